@@ -1,0 +1,29 @@
+# Set-up: `make install` then `make test`. `make demo` runs the pipeline on bundled digits.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install test test-all demo bench clean
+
+install: $(BIN)/analogai-deploy
+
+$(BIN)/analogai-deploy: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --constraint constraints.txt -e '.[test]'
+	touch $@
+
+# pytest exits 5 when no test was collected: not a failure of the code.
+test: install
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+test-all: install
+	$(BIN)/python -m pytest -q -m ''
+
+demo: install
+	bash scripts/demo.sh
+
+clean:
+	rm -rf runs .pytest_cache build *.egg-info

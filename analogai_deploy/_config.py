@@ -1,0 +1,150 @@
+"""Typed configs: dataclasses that refuse unknown keys and round-trip through plain dicts.
+
+Serialised form (torchao style): {"_type": "AnalogConfig", "_version": 1, "_data": {...}};
+`config_from_dict` only builds classes registered here (an allow-list), never arbitrary ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Any, TypeVar
+
+from .errors import UsageError, closest
+
+T = TypeVar("T", bound="StrictConfig")
+_REGISTRY: dict[str, type[StrictConfig]] = {}
+
+
+class StrictConfig:
+    """Mixin for dataclass configs. Subclasses set `_version` and call `validate()` checks in `__post_init__`."""
+
+    _version: typing.ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+        """Build from a plain dict, recursively; unknown keys fail and name the valid ones."""
+        data = dict(data or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in data.items():
+            if key not in fields:
+                path = f"{where}{key}"
+                hint = closest(key, fields) or ""
+                valid = ", ".join(sorted(fields))
+                raise UsageError(
+                    f"unknown key {path!r} in {cls.__name__}",
+                    (hint + " " if hint else "") + f"valid keys{' under ' + where.rstrip('.') if where else ''}: {valid}",
+                )
+            kwargs[key] = _coerce(fields[key], value, f"{where}{key}", cls)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def serialise(self) -> dict[str, Any]:
+        return {"_type": type(self).__name__, "_version": self._version, "_data": self.to_dict()}
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def config_from_dict(blob: dict[str, Any]) -> StrictConfig:
+    """Inverse of `serialise`, restricted to the configs defined in this package."""
+    name = blob.get("_type")
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown config type {name!r}", f"known: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[name]
+    if blob.get("_version") != cls._version:
+        raise UsageError(f"{name} version {blob.get('_version')} is not supported (this toolkit reads {cls._version})")
+    return cls.from_dict(blob.get("_data", {}))
+
+
+def _coerce(field: dataclasses.Field, value: Any, path: str, owner: type) -> Any:
+    hints = typing.get_type_hints(owner)
+    return _coerce_to(hints[field.name], value, path)
+
+
+def _coerce_to(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, StrictConfig):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise UsageError(f"{path} must be a mapping, got {value!r}")
+        return tp.from_dict(value, where=path + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce_to(arg, value, path)
+            except UsageError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else UsageError(f"{path}: bad value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise UsageError(f"{path} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{path} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce_to(inner, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{path} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise UsageError(f"{path} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UsageError(f"{path} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UsageError(f"{path} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise UsageError(f"{path} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            out = float(value)
+        else:
+            try:
+                out = float(str(value))
+            except ValueError:
+                raise UsageError(f"{path} must be a number, got {value!r}") from None
+        if out != out or out in (float("inf"), float("-inf")):
+            raise UsageError(f"{path} must be a finite number, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, str):
+            if isinstance(value, (int, float, bool)):
+                return str(value)
+            raise UsageError(f"{path} must be a string, got {value!r}")
+        return value
+    return value

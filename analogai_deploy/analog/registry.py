@@ -1,0 +1,39 @@
+"""Which digital layer becomes which analog layer. Users extend it with `register_layer`."""
+from __future__ import annotations
+
+from torch import nn
+
+from . import layers
+
+_LAYERS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: layers.AnalogLinear,
+    nn.Conv1d: layers.AnalogConv1d,
+    nn.Conv2d: layers.AnalogConv2d,
+    nn.Conv3d: layers.AnalogConv3d,
+    nn.MultiheadAttention: layers.AnalogMultiheadAttention,
+    # nn.MultiheadAttention's out_proj: a Linear subclass that the attention kernel reads directly,
+    # so it is converted as part of its parent (see AnalogMultiheadAttention).
+}
+_hf = layers._hf_conv1d_class()
+if _hf is not None:
+    _LAYERS[_hf[0]] = _hf[1]
+
+
+def register_layer(torch_cls: type[nn.Module], analog_cls: type[nn.Module]) -> None:
+    """Convert every module of exactly `torch_cls` into `analog_cls`.
+
+    `analog_cls` must subclass both `torch_cls` and `AnalogLayer` (so it keeps the digital parameters
+    and its forward reads `self.analog`).
+    """
+    if not (issubclass(analog_cls, torch_cls) and issubclass(analog_cls, layers.AnalogLayer)):
+        raise TypeError(f"{analog_cls.__name__} must subclass {torch_cls.__name__} and AnalogLayer")
+    _LAYERS[torch_cls] = analog_cls
+
+
+def analog_class_for(module: nn.Module) -> type[nn.Module] | None:
+    """The analog class for this module's exact type (subclasses are not guessed: they may change forward)."""
+    return _LAYERS.get(type(module))
+
+
+def registered() -> dict[str, str]:
+    return {k.__name__: v.__name__ for k, v in _LAYERS.items()}

@@ -1,0 +1,68 @@
+"""One verb per stage. Each takes typed configs, reads a package and writes a package."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import package as pkg
+from .analog.config import AnalogConfig
+from .analog.convert import convert as convert_model
+from .provenance import now, versions
+from .sources import Source, resolve
+
+
+def default_output(spec: str) -> Path:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(spec.split(":", 1)[-1].split(".py")[0]).name or spec).strip("-.")
+    return Path("runs") / (base or "model")
+
+
+def convert(
+    source: str | Source,
+    config: AnalogConfig | None = None,
+    output: str | Path | None = None,
+    *,
+    num_classes: int | None = None,
+    weights: str | None = None,
+    task: str | None = None,
+    input_shape: list[int] | None = None,
+    seed: int = 0,
+    overwrite: bool = True,
+) -> pkg.Package:
+    """Build the model named by `source`, make it analog-aware, and write a package.
+
+    `source` is a spec string (`resnet18`, `hf:/path/to/folder`, `file.py:factory`) or a `Source`.
+    Returns the written package with the converted model and its `ConversionReport` in `.report`.
+    """
+    config = config or AnalogConfig()
+    torch.manual_seed(seed)  # random-init architectures are reproducible from the recorded seed
+    src = source if isinstance(source, Source) else resolve(
+        source, num_classes=num_classes, weights=weights, task=task, input_shape=input_shape
+    )
+    model: nn.Module = src.model.eval()
+    report = convert_model(model, config)
+    spec_name = source if isinstance(source, str) else src.spec.get("name", "model")
+    meta = {
+        "source": src.spec,
+        "task": src.task,
+        "num_classes": src.num_classes,
+        "input": src.input,
+        "analog": config.to_dict(),
+        "conversion": {k: v for k, v in report.to_dict().items() if k not in ("converted", "digital")},
+        "provenance": {
+            "created": now(),
+            "seed": seed,
+            "versions": versions(),
+            "history": [{"stage": "convert", "time": now(), "source": spec_name, "weights_file": weights}],
+        },
+    }
+    out = pkg.write(output or default_output(spec_name), meta, model, src.extra_files, overwrite=overwrite)
+    out.model, out.report = model, report
+    return out
+
+
+def load(path: str | Path, *, verify: bool = True) -> pkg.Package:
+    """Read a package: the analog-aware model, rebuilt and loaded bit for bit (sha256 checked)."""
+    return pkg.load(path, verify_hash=verify)

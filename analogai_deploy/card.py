@@ -1,0 +1,99 @@
+"""The model card (README.md of a package), rendered from config.json and certificate.json."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+
+def certificate_summary(cert: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers worth carrying elsewhere (ONNX metadata, the zoo index, card front matter)."""
+    return {
+        "device": cert.get("device", {}).get("name"),
+        "verdict": cert.get("verdict", {}).get("passed"),
+        "digital_accuracy": cert.get("digital", {}).get("accuracy"),
+        "metric": cert.get("metric"),
+        "results": {r["time"]: r.get("mean") for r in cert.get("results", [])},
+        "weights_sha256": cert.get("weights_sha256"),
+    }
+
+
+def results_markdown(cert: dict[str, Any]) -> str:
+    """The certificate's results as a markdown table (model card, CLI, benchmarks)."""
+    metric = cert.get("metric", "accuracy")
+    digital = cert.get("digital", {}).get(metric)
+    head = f"| time | mean {metric} | std | 95% CI | min | normalised |\n|---|---|---|---|---|---|"
+    rows = []
+    for r in cert.get("results", []):
+        ci = r.get("ci95", [None, None])
+        rows.append(
+            f"| {r['time']} | {_pct(r.get('mean'))} | {_pct(r.get('std'))} | {_pct(ci[0])} - {_pct(ci[1])} | "
+            f"{_pct(r.get('min'))} | {_pct(r.get('normalised'))} |"
+        )
+    device = cert.get("device", {})
+    verdict = cert.get("verdict", {})
+    tail = f"\nDigital {metric}: {_pct(digital)}. Device: {device.get('name')} ({cert.get('tile', '?')} tiles)."
+    if verdict:
+        tail += f" Gate: {verdict.get('rule')} -> {'PASS' if verdict.get('passed') else 'FAIL'}."
+    return head + "\n" + "\n".join(rows) + "\n" + tail
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> str:
+    source = config.get("source", {})
+    name = source.get("name") or source.get("source") or source.get("factory") or "model"
+    tags = ["analog-ai", "aihwkit", "analogai-deploy", source.get("kind", "")]
+    front: dict[str, Any] = {"library_name": "analogai-deploy", "tags": [t for t in tags if t]}
+    if config.get("task"):
+        front["pipeline_tag"] = {"image-classification": "image-classification",
+                                 "feature-extraction": "feature-extraction",
+                                 "sequence-classification": "text-classification"}.get(config["task"], config["task"])
+    lines = [f"# {name} (analog-aware)", ""]
+    lines.append(f"Converted by analogai-deploy for analog in-memory computing from `{name}` ({source.get('kind')}).")
+    conv = config.get("conversion") or {}
+    if conv:
+        lines.append(
+            f"{conv.get('converted_layers', 0)} layers on analog tiles, "
+            f"{conv.get('analog_share', 0):.1%} of {conv.get('total_params', 0):,} parameters."
+        )
+    recipe = config.get("recipe")
+    if recipe:
+        lines += ["", "## Recovery", "", f"Recipe `{recipe.get('name')}` (sha256 `{recipe.get('sha256', '')[:16]}...`)."]
+        if config.get("training", {}).get("best"):
+            lines.append(f"Best validation: `{json.dumps(config['training']['best'])}`.")
+    if certificate:
+        dev = certificate.get("device", {}).get("name", "?")
+        front["tags"].append(dev)
+        res = certificate.get("results", [])
+        front["model-index"] = [{
+            "name": name,
+            "results": [{
+                "task": {"type": config.get("task", "image-classification")},
+                "dataset": {"name": certificate.get("data", {}).get("spec", "?"), "type": certificate.get("data", {}).get("spec", "?")},
+                "metrics": [
+                    {"type": certificate.get("metric", "accuracy"), "name": f"{certificate.get('metric', 'accuracy')} at t={r['time']} on {dev}",
+                     "value": r.get("mean")}
+                    for r in res
+                ],
+            }],
+        }]
+        lines += ["", "## Certificate", "", results_markdown(certificate)]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import analogai_deploy",
+        "pkg = analogai_deploy.load('path/to/this/folder')   # checks the weights' sha256",
+        "model = pkg.model",
+        "```",
+        "",
+        "Weights are stored as safetensors (no pickle); `config.json` records the source, the analog",
+        "settings and the provenance of every stage.",
+        "",
+    ]
+    return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(lines)

@@ -1,0 +1,27 @@
+"""Exceptions -> one-line messages with the fix, and exit codes (0 ok, 1 failed, 2 usage).
+
+ANALOGAI_DEBUG=1 shows the full traceback instead.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+
+from ..errors import AnalogAIError
+from ._output import out
+
+
+def handle(exc: BaseException) -> int:
+    if os.environ.get("ANALOGAI_DEBUG"):
+        traceback.print_exception(exc)
+    if isinstance(exc, AnalogAIError):
+        out().error(exc.message, exc.hint)
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        out().error("interrupted")
+        return 130
+    if isinstance(exc, MemoryError):
+        out().error("out of memory", "lower the batch size (training.batch_size=...) or the model size")
+        return 1
+    out().error(f"{type(exc).__name__}: {exc}", "this is a bug; rerun with ANALOGAI_DEBUG=1 and report the traceback")
+    return 1

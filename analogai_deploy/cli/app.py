@@ -1,0 +1,46 @@
+"""The `analogai-deploy` command line, assembled from one module per command group.
+
+Heavy imports (torch, aihwkit, onnx) happen inside commands so `--help` stays fast.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from . import commands
+
+app = typer.Typer(
+    name="analogai-deploy",
+    help="Make neural networks survive analog in-memory-computing hardware: "
+    "convert -> recover -> export -> certify -> publish.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+commands.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ._errors import handle
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return handle(KeyboardInterrupt())
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except BaseException as exc:  # every other failure goes through the one error mapper
+        if isinstance(exc, SystemExit):
+            return exc.code if isinstance(exc.code, int) else 1
+        return handle(exc)
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""The command groups; each module has `register(app)` and keeps its heavy imports inside commands."""
+from __future__ import annotations
+
+import importlib
+
+MODULES = ["convert", "env"]
+
+
+def register(app) -> None:
+    for name in MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(app)

@@ -1,0 +1,166 @@
+"""Datasets by spec string, split the same way every time.
+
+    digits                 scikit-learn's bundled 8x8 digits (1,797 real images, no download)
+    cifar10:PATH           torchvision CIFAR-10 already on disk under PATH
+    mnist:PATH             torchvision MNIST already on disk under PATH
+    imagefolder:PATH       one sub-folder per class
+
+Images are shaped to the model's input (channels replicated, bilinear resize) and normalised with
+the dataset's mean/std; `Data.pixel_bounds` gives the valid range of a normalised input so that
+adversarial perturbations stay inside real pixel values.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from ..errors import UsageError, unknown
+
+KINDS = ("digits", "cifar10", "mnist", "imagefolder")
+SPLIT_SEED = 0  # the split never depends on the training seed: the test set is the same for every run
+SPLIT = (0.7, 0.15, 0.15)
+
+
+@dataclass
+class Data:
+    spec: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: list[int]
+    mean: list[float]
+    std: list[float]
+    fingerprint: str  # sha256 over the test set's contents (digits) or its file list (folders)
+
+    def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (low, high) of a normalised input whose pixels lie in [0, 1], shaped (C, 1, 1)."""
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return (0 - mean) / std, (1 - mean) / std
+
+    @property
+    def std_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.std).view(-1, 1, 1)
+
+
+def parse(spec: str) -> tuple[str, str | None]:
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise unknown("dataset", kind, KINDS)
+    if kind == "digits":
+        if arg:
+            raise UsageError(f"digits takes no path (got {arg!r})", "write --data digits")
+        return kind, None
+    if not arg:
+        raise UsageError(f"{kind} needs a local path", f"write --data {kind}:/path/to/data (nothing is downloaded)")
+    if not Path(arg).exists():
+        raise UsageError(f"dataset path not found: {arg}", f"put the {kind} data there or pass the right path")
+    return kind, arg
+
+
+def load(spec: str, input_shape: list[int] | None = None) -> Data:
+    """Load the dataset named by `spec`, shaped to `input_shape` ([C, H, W]) when given."""
+    kind, arg = parse(spec)
+    if kind == "digits":
+        return _digits(spec, input_shape)
+    return _torchvision(kind, arg, spec, input_shape)
+
+
+def _split(n: int) -> tuple[list[int], list[int], list[int]]:
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    order = torch.randperm(n, generator=g).tolist()
+    a = int(SPLIT[0] * n)
+    b = a + int(SPLIT[1] * n)
+    return order[:a], order[a:b], order[b:]
+
+
+def shape_images(x: torch.Tensor, input_shape: list[int] | None) -> torch.Tensor:
+    """(N, C, H, W) in [0, 1] -> the model's channels and size."""
+    if not input_shape:
+        return x
+    c, h, w = input_shape
+    if x.shape[1] != c:
+        if x.shape[1] == 1:
+            x = x.expand(-1, c, -1, -1)
+        elif c == 1:
+            x = x.mean(1, keepdim=True)
+        else:
+            raise UsageError(f"cannot map {x.shape[1]}-channel images to {c} channels")
+    if tuple(x.shape[2:]) != (h, w):
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x.contiguous()
+
+
+def _digits(spec: str, input_shape: list[int] | None) -> Data:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    x = shape_images(x, input_shape)
+    tr, va, te = _split(len(y))
+    mean = x[tr].mean(dim=(0, 2, 3)).tolist()
+    std = x[tr].std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+    xn = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    fp = hashlib.sha256(x[te].numpy().tobytes() + y[te].numpy().tobytes()).hexdigest()
+    return Data(
+        spec, TensorDataset(xn[tr], y[tr]), TensorDataset(xn[va], y[va]), TensorDataset(xn[te], y[te]),
+        10, list(x.shape[1:]), mean, std, fp,
+    )
+
+
+_STATS = {
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616], [3, 32, 32]),
+    "mnist": ([0.1307], [0.3081], [1, 28, 28]),
+    "imagefolder": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], [3, 224, 224]),
+}
+
+
+def _torchvision(kind: str, root: str, spec: str, input_shape: list[int] | None) -> Data:
+    import torchvision
+    from torchvision import transforms as T
+
+    mean, std, native = _STATS[kind]
+    shape = list(input_shape or native)
+    channels = shape[0]
+    if channels != len(mean):
+        mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+    tf = T.Compose([
+        T.Grayscale(channels) if channels == 1 or kind == "mnist" else T.Lambda(lambda im: im.convert("RGB")),
+        T.Resize(tuple(shape[1:])),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+    try:
+        if kind == "cifar10":
+            full = torchvision.datasets.CIFAR10(root, train=True, transform=tf, download=False)
+            test = torchvision.datasets.CIFAR10(root, train=False, transform=tf, download=False)
+            files = [str(n) for n in full.data.shape] + [str(len(test))]
+        elif kind == "mnist":
+            full = torchvision.datasets.MNIST(root, train=True, transform=tf, download=False)
+            test = torchvision.datasets.MNIST(root, train=False, transform=tf, download=False)
+            files = [str(len(full)), str(len(test))]
+        else:
+            full = torchvision.datasets.ImageFolder(root, transform=tf)
+            test = None
+            files = [p for p, _ in full.samples]
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise UsageError(f"cannot read {kind} under {root}: {str(exc).splitlines()[0]}",
+                         "nothing is downloaded: place the dataset files there first") from None
+    classes = len(full.classes)
+    if test is None:
+        tr, va, te = _split(len(full))
+        train, val, test_ds = Subset(full, tr), Subset(full, va), Subset(full, te)
+    else:
+        g = torch.Generator().manual_seed(SPLIT_SEED)
+        order = torch.randperm(len(full), generator=g).tolist()
+        nval = len(full) // 10
+        train, val, test_ds = Subset(full, order[nval:]), Subset(full, order[:nval]), test
+    fp = hashlib.sha256("\n".join([kind, *files]).encode()).hexdigest()
+    return Data(spec, train, val, test_ds, classes, shape, list(mean), list(std), fp)

@@ -1,0 +1,54 @@
+"""Every error a user can cause or meet, each with a one-line fix.
+
+The CLI maps these to exit codes: a `UsageError` (bad input, exit 2) or an
+`OperationFailed` (the operation ran and failed, exit 1).
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AnalogAIError(Exception):
+    """Base class. `hint` says how to fix it; `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class UsageError(AnalogAIError):
+    """The user asked for something that cannot work: unknown name, bad key, missing path."""
+
+    exit_code = 2
+
+
+class OperationFailed(AnalogAIError):
+    """The request was valid but the operation failed (a gate, a mismatch, a divergence)."""
+
+    exit_code = 1
+
+
+class PackageError(OperationFailed):
+    """A package is missing, corrupt, or has been tampered with."""
+
+
+def closest(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """'did you mean ...' text for `word`, or '' when nothing is close."""
+    matches = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    return f"did you mean: {', '.join(matches)}?" if matches else ""
+
+
+def unknown(kind: str, word: str, choices: Iterable[str]) -> UsageError:
+    """An UsageError for an unknown name that suggests close ones, else lists the valid ones."""
+    choices = sorted(choices)
+    hint = closest(word, choices) or (
+        "valid: " + ", ".join(choices) if len(choices) <= 30 else f"{len(choices)} valid names; see --help"
+    )
+    return UsageError(f"unknown {kind} {word!r}", hint)

@@ -1,0 +1,257 @@
+"""The package: a folder in the Hugging Face layout that every stage reads and writes.
+
+    config.json          what the model is and where it came from (source, analog settings, provenance,
+                         the sha256 of the weights, and later recipe / quantization / certificate summary)
+    model.safetensors    clean digital weights; the same metadata, flattened, in its header
+    README.md            the model card
+    certificate.json     after `certify`;  model.onnx after `export`;  tokenizer files for text models
+
+No pickle anywhere. Every write builds the new folder beside the old one and swaps it in, so a crash
+leaves either the old package or the complete new one. Loading checks the weights' sha256.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PackageError, UsageError
+from .provenance import sha256_file
+
+FORMAT = "analogai-deploy/package"
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+CARD = "README.md"
+CERTIFICATE = "certificate.json"
+MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; anything larger is hostile or corrupt
+#: files a package may hold at its top level besides tokenizer files; nothing else is written or read
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+@dataclass
+class Package:
+    """A package folder, read. `model` is the analog-aware model (noise at the package's default level)."""
+
+    path: Path
+    config: dict[str, Any]
+    model: nn.Module | None = None
+    report: Any = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.config["weights"]["sha256"]
+
+    def file(self, name: str) -> Path:
+        return self.path / safe_name(name)
+
+    def certificate(self) -> dict[str, Any] | None:
+        p = self.path / CERTIFICATE
+        return read_json(p) if p.exists() else None
+
+
+def safe_name(name: str) -> str:
+    """A file name inside a package: no folders, no '..', nothing hidden."""
+    if not name or name.startswith(".") or not set(name) <= _NAME_OK:
+        raise PackageError(f"refusing file name {name!r} in a package", "package files are plain names like model.onnx")
+    return name
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PackageError(f"{path.name} missing in {path.parent}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PackageError(f"{path} must hold a JSON object")
+    return data
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_dir():
+        _restore_interrupted_swap(path)
+    if not path.is_dir():
+        raise UsageError(f"no package at {path}", "pass a folder made by `analogai-deploy convert`")
+    config = read_json(path / CONFIG)
+    if config.get("format") != FORMAT:
+        raise PackageError(f"{path / CONFIG} is not an analogai-deploy package config (format {config.get('format')!r})")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise PackageError(f"package format version {config.get('format_version')} is not supported (this toolkit reads {FORMAT_VERSION})")
+    for key in ("source", "analog", "weights", "input"):
+        if not isinstance(config.get(key), dict):
+            raise PackageError(f"{path / CONFIG} lacks the {key!r} section")
+    if config["weights"].get("file") != WEIGHTS:
+        raise PackageError(f"{path / CONFIG} names weights file {config['weights'].get('file')!r}; only {WEIGHTS} is allowed")
+    return config
+
+
+def check_safetensors(path: Path) -> None:
+    """Structural check before any parsing: header length sane and inside the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+    except FileNotFoundError:
+        raise PackageError(f"{path.name} missing in {path.parent}") from None
+    if len(raw) < 8:
+        raise PackageError(f"{path} is truncated (no safetensors header)")
+    (n,) = struct.unpack("<Q", raw)
+    if n > MAX_HEADER or 8 + n > size:
+        raise PackageError(f"{path} has a corrupt or oversized safetensors header ({n} bytes, file {size})")
+
+
+def verify(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check the weights file against the sha256 in config.json (and the certificate's, if any)."""
+    path = Path(path)
+    config = config or read_config(path)
+    weights = path / WEIGHTS
+    check_safetensors(weights)
+    actual = sha256_file(weights)
+    if actual != config["weights"].get("sha256"):
+        raise PackageError(
+            f"{weights} does not match the sha256 recorded in config.json (tampered or corrupt)",
+            "fetch the package again; never load weights you cannot verify",
+        )
+    cert = path / CERTIFICATE
+    if cert.exists():
+        recorded = read_json(cert).get("weights_sha256")
+        if recorded != actual:
+            raise PackageError(f"{cert} was issued for other weights (sha256 mismatch)", "certify the package again")
+    return config
+
+
+def load(path: str | Path, *, verify_hash: bool = True) -> Package:
+    """Rebuild the analog-aware model of a package: same weights bit for bit, checked against their sha256."""
+    from safetensors.torch import load_model
+
+    from .analog.config import AnalogConfig
+    from .analog.convert import convert
+    from .sources import rebuild
+
+    path = Path(path)
+    config = read_config(path)
+    if verify_hash:
+        verify(path, config)
+    else:
+        check_safetensors(path / WEIGHTS)
+    model = rebuild(config["source"])
+    report = convert(model, AnalogConfig.from_dict(config["analog"]))
+    try:
+        missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
+    except Exception as exc:  # safetensors raises its own types for corrupt files
+        raise PackageError(f"cannot read {path / WEIGHTS}: {exc}") from None
+    if missing or unexpected:
+        raise PackageError(f"{path / WEIGHTS} does not fit the architecture in config.json "
+                           f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    model.eval()
+    return Package(path, config, model, report)
+
+
+def flat_metadata(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> dict[str, str]:
+    """The package metadata as flat string -> string under `analogai.` (safetensors header, ONNX metadata_props)."""
+    keys = ("source", "task", "num_classes", "input", "analog", "recipe", "quantization", "provenance")
+    out = {f"analogai.{k}": json.dumps(config[k], sort_keys=True) for k in keys if config.get(k) is not None}
+    out["analogai.format"] = f"{FORMAT}/{FORMAT_VERSION}"
+    if config.get("recipe"):
+        out["analogai.recipe_sha256"] = config["recipe"].get("sha256", "")
+    if certificate:
+        from .card import certificate_summary
+
+        out["analogai.certificate"] = json.dumps(certificate_summary(certificate), sort_keys=True)
+    return out
+
+
+def write(
+    dest: str | Path,
+    config: dict[str, Any],
+    model: nn.Module | None = None,
+    files: dict[str, bytes] | None = None,
+    *,
+    base: str | Path | None = None,
+    overwrite: bool = True,
+) -> Package:
+    """Write a package atomically.
+
+    With `model`, its state_dict becomes model.safetensors and config.json records its sha256. With
+    `base`, the files of an existing package are carried over first (e.g. certify adding a certificate).
+    The README.md model card is regenerated from config.json and certificate.json.
+    """
+    from safetensors.torch import save_model
+
+    from .card import render
+
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise UsageError(f"{dest} already exists", "pass --overwrite or choose another -o")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        if base is not None:
+            for f in Path(base).iterdir():
+                if f.is_file():
+                    shutil.copy2(f, tmp / safe_name(f.name))
+        for name, data in (files or {}).items():
+            (tmp / safe_name(name)).write_bytes(data)
+        config = dict(config)
+        config["format"], config["format_version"] = FORMAT, FORMAT_VERSION
+        cert_path = tmp / CERTIFICATE
+        certificate = read_json(cert_path) if cert_path.exists() else None
+        if model is not None:
+            state_model = model
+            save_model(state_model, str(tmp / WEIGHTS), metadata=flat_metadata(config, certificate))
+            config["weights"] = {"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)}
+        elif not (tmp / WEIGHTS).exists():
+            raise ValueError("write() needs a model or a base package holding model.safetensors")
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        (tmp / CARD).write_text(render(config, certificate), encoding="utf-8")
+        _fsync_tree(tmp)
+        _swap(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Package(dest, config, model)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap(tmp: Path, dest: Path) -> None:
+    """Replace dest with tmp. A crash between the two renames leaves only `.NAME.old-*`; reading restores it."""
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, dest)
+
+
+def _restore_interrupted_swap(path: Path) -> None:
+    olds = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
+    if olds:
+        os.rename(olds[-1], path)

@@ -1,0 +1,69 @@
+"""Where models come from, resolved from one string.
+
+    lenet, mlp                 small built-in models for the bundled digits data
+    resnet18                   a torchvision classification builder
+    hf:ID_OR_DIR               a Hugging Face model (a local folder, or a hub id when online / cached)
+    path/to/file.py:factory    a local Python factory function
+
+Every source returns a `Source`: the built digital model plus the recipe to rebuild it
+(`spec`), which the package stores so `load` can rebuild the architecture without the original.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..errors import UsageError, closest
+
+
+@dataclass
+class Source:
+    model: nn.Module
+    spec: dict[str, Any]  # JSON-able: how to rebuild the architecture (kind + its arguments)
+    task: str  # "image-classification", "feature-extraction", "sequence-classification", ...
+    input: dict[str, Any]  # {"kind": "image", "shape": [C, H, W]} or {"kind": "text", "names": [...], "seq_len": N}
+    num_classes: int | None = None
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # e.g. tokenizer files, copied into the package
+
+
+def resolve(
+    spec: str,
+    *,
+    num_classes: int | None = None,
+    weights: str | None = None,
+    task: str | None = None,
+    input_shape: list[int] | None = None,
+) -> Source:
+    """Build the digital model named by `spec` (see module docstring)."""
+    from . import builtin, huggingface, local, torchvision_models
+
+    spec = spec.strip()
+    if spec.startswith("hf:") or spec.startswith("hf-hub:"):
+        if num_classes is not None and task in (None, "feature-extraction"):
+            task = "sequence-classification"
+        return huggingface.build(spec.split(":", 1)[1], task=task, num_classes=num_classes, weights=weights)
+    if ".py:" in spec or spec.endswith(".py"):
+        return local.build(spec, num_classes=num_classes, weights=weights, input_shape=input_shape)
+    if spec in builtin.names():
+        return builtin.build(spec, num_classes=num_classes, weights=weights, input_shape=input_shape)
+    if spec in torchvision_models.names():
+        return torchvision_models.build(spec, num_classes=num_classes, weights=weights, input_shape=input_shape)
+    hint = closest(spec, builtin.names() + torchvision_models.names())
+    raise UsageError(
+        f"unknown model {spec!r}",
+        (hint + " " if hint else "")
+        + "use a torchvision name (see `analogai-deploy models`), hf:ID_OR_DIR, or path/to/file.py:factory",
+    )
+
+
+def rebuild(spec: dict[str, Any]) -> nn.Module:
+    """The architecture recorded in a package (no weights: those come from model.safetensors)."""
+    from . import builtin, huggingface, local, torchvision_models
+
+    kind = spec.get("kind")
+    builders = {"builtin": builtin.rebuild, "torchvision": torchvision_models.rebuild, "huggingface": huggingface.rebuild, "local": local.rebuild}
+    if kind not in builders:
+        raise UsageError(f"package names an unknown model source kind {kind!r}", f"known: {', '.join(builders)}")
+    return builders[kind](spec)

