@@ -82,16 +82,32 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
             }],
         }]
         lines += ["", "## Certificate", "", results_markdown(certificate)]
+    lines += ["", "## Use", ""]
+    zoo = config.get("zoo") or {}
+    spec = f"hf-hub:{zoo['hub']}" if zoo.get("hub") else zoo.get("name")
+    if spec:  # a published copy: say how to pull it (pull verifies the sha256 and the certificate)
+        lines += [
+            "```bash",
+            f"analogai-deploy pull {spec} -o {spec.split('/')[-1].split(':')[-1]}",
+            "```",
+            "",
+            "```python",
+            "import analogai_deploy",
+            f"pkg = analogai_deploy.from_pretrained({spec!r})   # checks sha256 against config.json and the certificate",
+            "model = pkg.model",
+            "```",
+            "",
+        ]
+    else:
+        lines += [
+            "```python",
+            "import analogai_deploy",
+            "pkg = analogai_deploy.load('path/to/this/folder')   # checks the weights' sha256",
+            "model = pkg.model",
+            "```",
+            "",
+        ]
     lines += [
-        "",
-        "## Use",
-        "",
-        "```python",
-        "import analogai_deploy",
-        "pkg = analogai_deploy.load('path/to/this/folder')   # checks the weights' sha256",
-        "model = pkg.model",
-        "```",
-        "",
         "Weights are stored as safetensors (no pickle); `config.json` records the source, the analog",
         "settings and the provenance of every stage.",
         "",

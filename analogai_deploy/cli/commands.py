@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ["convert", "env"]
+MODULES = ["convert", "env", "zoo"]
 
 
 def register(app) -> None:

@@ -1,0 +1,89 @@
+"""The model zoo: only certified packages go in, and nothing comes out unverified.
+
+    publish(pkg)                                   -> the local zoo (model_zoo/, $ANALOGAI_ZOO or zoo=DIR)
+    publish(pkg, hub="owner/name")                 -> the Hugging Face Hub, with the model card
+    from_pretrained("digits-cnn-msnat-pcm")        a local zoo name
+    from_pretrained("hf-hub:owner/name@revision")  a Hub repo (snapshot download, HF cache, HF_HUB_OFFLINE)
+
+Both directions run the same gate (`zoo.gate`): a trusted model source, weights that match the
+sha256 in config.json and in the certificate, and a certificate whose verdict did not fail.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import package as pkgio
+from ..errors import UsageError
+from . import gate, hub, local
+
+__all__ = ["from_pretrained", "pull", "publish", "list_models"]
+
+
+def publish(
+    path: str | Path,
+    *,
+    zoo: str | Path | None = None,
+    hub_repo: str | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    private: bool | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """Publish a certified package to the local zoo (default) or, with `hub_repo`, to the Hub."""
+    if hub_repo and (zoo or name):
+        raise UsageError("publish goes to one place: a local zoo or the Hub", "pass either --zoo/--name or --hub")
+    if hub_repo:
+        return {"where": "hub", **hub.push(path, hub_repo, private=private, token=token)}
+    zoo_dir = local.resolve_dir(zoo)
+    entry = local.publish(path, zoo_dir, name=name, overwrite=overwrite)
+    return {"where": "zoo", "zoo": str(zoo_dir), "folder": str(zoo_dir / entry["path"]), **entry}
+
+
+def locate(spec: str, *, zoo: str | Path | None = None, revision: str | None = None,
+           cache_dir: str | Path | None = None, token: str | None = None) -> Path:
+    """The verified package folder for a zoo name or an hf-hub: spec (gate passed, nothing loaded yet)."""
+    spec = spec.strip()
+    if spec.startswith(hub.PREFIX):
+        return hub.download(spec, revision=revision, cache_dir=cache_dir, token=token)
+    if revision:
+        raise UsageError("--revision only applies to hf-hub: models", "drop --revision for local zoo names")
+    entry, folder = local.find(spec, zoo)
+    config, _ = gate.admit(folder)
+    if entry.get("sha256") != config["weights"]["sha256"]:
+        raise pkgio.PackageError(f"zoo entry {spec!r} holds other weights than its index records (tampered)",
+                                 "publish the package again; never load weights you cannot verify")
+    return folder
+
+
+def pull(spec: str, output: str | Path | None = None, *, zoo: str | Path | None = None,
+         revision: str | None = None, cache_dir: str | Path | None = None, token: str | None = None) -> pkgio.Package:
+    """Fetch, verify and load a zoo model; with `output`, also copy the verified package there."""
+    folder = locate(spec, zoo=zoo, revision=revision, cache_dir=cache_dir, token=token)
+    if output is not None:
+        folder = _copy(folder, Path(output))
+    return pkgio.load(folder)
+
+
+def from_pretrained(name_or_hf_hub_spec: str, *, zoo: str | Path | None = None, revision: str | None = None,
+                    cache_dir: str | Path | None = None, token: str | None = None) -> pkgio.Package:
+    """A certified, verified zoo model: a local zoo name or 'hf-hub:owner/name[@revision]'."""
+    return pull(name_or_hf_hub_spec, zoo=zoo, revision=revision, cache_dir=cache_dir, token=token)
+
+
+def list_models(zoo: str | Path | None = None) -> list[dict[str, Any]]:
+    """The local zoo's index entries (name, device, accuracy at 1 d and 1 y, size, sha256, path, ...)."""
+    return local.entries(zoo)
+
+
+def _copy(folder: Path, dest: Path) -> Path:
+    """Copy a verified package (plain top-level files only: no cache links, no hidden files) to `dest`."""
+    if dest.exists() and not (dest / pkgio.CONFIG).is_file():
+        raise UsageError(f"{dest} exists and is not a package folder", "choose a new or package folder for -o")
+    config = pkgio.read_config(folder)
+    files = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")}
+    files.pop(pkgio.CONFIG, None)
+    files.pop(pkgio.CARD, None)
+    pkgio.write(dest, config, files=files)
+    gate.admit(dest)  # re-check the copy before anyone loads it
+    return dest

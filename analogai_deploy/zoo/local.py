@@ -1,0 +1,163 @@
+"""The local zoo: a folder with index.json and one package folder per entry.
+
+    model_zoo/
+      index.json                   {"format": "analogai-deploy/zoo", "version": 1, "entries": [...]}
+      digits-cnn-msnat-pcm/        a certified package (config.json, model.safetensors, certificate.json, ...)
+
+Where: --zoo DIR, else $ANALOGAI_ZOO, else `model_zoo/` of this repository. Entries are written with
+`package.write` (temp folder + swap) and the index with temp file + rename, under a lock file, so a
+crash or a second publisher never leaves a half-written entry or index.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .. import package as pkgio
+from ..errors import OperationFailed, PackageError, UsageError, unknown
+from ..provenance import now
+from . import gate
+
+INDEX = "index.json"
+FORMAT = "analogai-deploy/zoo"
+VERSION = 1
+ENV = "ANALOGAI_ZOO"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
+
+
+def default_dir() -> Path:
+    """$ANALOGAI_ZOO, else the `model_zoo/` folder that ships beside the analogai_deploy package."""
+    env = os.environ.get(ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "model_zoo"
+
+
+def resolve_dir(zoo: str | Path | None) -> Path:
+    return Path(zoo).expanduser() if zoo else default_dir()
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name or "") or ".." in name:
+        raise UsageError(f"bad zoo name {name!r}",
+                         "use lowercase letters, digits, '.', '_' and '-' (e.g. digits-cnn-msnat-pcm), no folders")
+    return name
+
+
+def read_index(zoo: Path) -> dict[str, Any]:
+    path = zoo / INDEX
+    if not path.exists():
+        return {"format": FORMAT, "version": VERSION, "entries": []}
+    index = pkgio.read_json(path)
+    if index.get("format") != FORMAT or not isinstance(index.get("entries"), list):
+        raise PackageError(f"{path} is not an analogai-deploy zoo index", f"point --zoo (or ${ENV}) at a zoo folder")
+    if index.get("version") != VERSION:
+        raise PackageError(f"zoo index version {index.get('version')} is not supported (this toolkit reads {VERSION})")
+    return index
+
+
+def entries(zoo: str | Path | None = None) -> list[dict[str, Any]]:
+    """The index entries, sorted by name."""
+    return sorted(read_index(resolve_dir(zoo))["entries"], key=lambda e: e.get("name", ""))
+
+
+def find(name: str, zoo: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+    """The entry named `name` and its folder (refusing entries that point outside the zoo)."""
+    zoo_dir = resolve_dir(zoo)
+    found = {e.get("name"): e for e in read_index(zoo_dir)["entries"]}
+    if name not in found:
+        if not found:
+            raise UsageError(f"no zoo model {name!r}: the zoo at {zoo_dir} is empty",
+                             f"publish a package there, or point --zoo / ${ENV} at another zoo")
+        raise unknown(f"zoo model (zoo {zoo_dir})", name, found)
+    entry = found[name]
+    folder = (zoo_dir / pkgio.safe_name(str(entry.get("path", "")))).resolve()
+    if folder.parent != zoo_dir.resolve():
+        raise PackageError(f"zoo index entry {name!r} points outside the zoo ({entry.get('path')!r})")
+    return entry, folder
+
+
+def publish(path: str | Path, zoo: str | Path | None = None, *, name: str | None = None,
+            overwrite: bool = False) -> dict[str, Any]:
+    """Admit a certified package into the local zoo; returns its index entry."""
+    path = Path(path)
+    config, certificate = gate.admit(path)
+    name = check_name(name or path.resolve().name.lower())
+    zoo_dir = resolve_dir(zoo)
+    zoo_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(zoo_dir):
+        index = read_index(zoo_dir)
+        old = next((e for e in index["entries"] if e.get("name") == name), None)
+        if old and old.get("sha256") != config["weights"]["sha256"] and not overwrite:
+            raise UsageError(f"{name!r} is already in the zoo at {zoo_dir} with other weights",
+                             "pass --overwrite to replace it, or --name to publish under another name")
+        dest = zoo_dir / name
+        pkgio.write(dest, stamp(config, {"name": name}), base=path)  # copies first, so path == dest works too
+        config, certificate = gate.admit(dest)  # what landed is what was checked
+        entry = {
+            "name": name,
+            "path": name,
+            **gate.summary(certificate),
+            "size": folder_size(dest),
+            "sha256": config["weights"]["sha256"],
+            "source": config["source"].get("name") or config["source"].get("kind"),
+            "task": config.get("task"),
+            "recipe": (config.get("recipe") or {}).get("name"),
+            "published": now(),
+        }
+        index["entries"] = sorted([e for e in index["entries"] if e.get("name") != name] + [entry],
+                                  key=lambda e: e["name"])
+        _write_index(zoo_dir, index)
+    return entry
+
+
+def stamp(config: dict[str, Any], zoo_info: dict[str, Any]) -> dict[str, Any]:
+    """config.json for a published copy: where it was published (the card shows how to pull it) + history."""
+    out = dict(config)
+    out["zoo"] = zoo_info
+    prov = dict(out.get("provenance") or {})
+    prov["history"] = list(prov.get("history") or []) + [{"stage": "publish", "time": now(), **zoo_info}]
+    out["provenance"] = prov
+    return out
+
+
+def folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+def _write_index(zoo_dir: Path, index: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=zoo_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(index, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, zoo_dir / INDEX)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(zoo_dir: Path) -> Iterator[None]:
+    """One publisher at a time per zoo (advisory lock on zoo/.lock)."""
+    import fcntl
+
+    try:
+        fh = open(zoo_dir / ".lock", "a+")
+    except OSError as exc:
+        raise OperationFailed(f"cannot write to the zoo at {zoo_dir}: {exc.strerror}",
+                              f"choose a writable zoo with --zoo or ${ENV}") from None
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
