@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from . import commands
@@ -27,19 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     from ._errors import handle
 
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        rc = app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         return handle(KeyboardInterrupt())
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # the command line itself was wrong (bad option, missing argument)
+        exc.show() if hasattr(exc, "show") else print(exc.format_message(), file=sys.stderr)
         return 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # every other failure goes through the one error mapper
-        if isinstance(exc, SystemExit):
-            return exc.code if isinstance(exc.code, int) else 1
         return handle(exc)
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def run() -> None:

@@ -33,7 +33,11 @@ def load_state(path: str) -> dict[str, torch.Tensor]:
 
 def apply(model: nn.Module, path: str) -> None:
     state = load_state(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise UsageError(f"weights in {path} do not fit the model: {str(exc).splitlines()[1].strip()}",
+                         "check --num-classes and the architecture name") from None
     if missing or unexpected:
         raise UsageError(
             f"weights in {path} do not fit the model: {len(missing)} missing, {len(unexpected)} unexpected keys "
