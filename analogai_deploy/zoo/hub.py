@@ -8,6 +8,7 @@ The endpoint comes from HF_ENDPOINT, the token from HF_TOKEN or `hf auth login`.
 """
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -42,7 +43,7 @@ def push(path: str | Path, repo_id: str, *, private: bool | None = None, token: 
     repo_id, spec_rev = parse(repo_id)
     revision = revision or spec_rev
     config, certificate = gate.admit(path)
-    api = HfApi(token=token)
+    api = HfApi(endpoint=endpoint(), token=token)
     with tempfile.TemporaryDirectory(prefix="analogai-publish-") as tmp:
         staged = Path(tmp) / "package"
         pkgio.write(staged, stamp(config, {"hub": repo_id}), base=path)  # card now says how to pull it
@@ -62,14 +63,22 @@ def push(path: str | Path, repo_id: str, *, private: bool | None = None, token: 
 def download(spec: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
              token: str | None = None) -> Path:
     """snapshot_download the repo named by `spec`, then run the zoo gate; returns the snapshot folder."""
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
 
     repo_id, spec_rev = parse(spec)
     revision = revision or spec_rev
-    with _hub_errors(f"download {repo_id}", constants.ENDPOINT, repo_id=repo_id):
-        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token))
+    url = endpoint()
+    with _hub_errors(f"download {repo_id}", url, repo_id=repo_id):
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token, endpoint=url))
     gate.admit(folder)
     return folder
+
+
+def endpoint() -> str:
+    """HF_ENDPOINT as set now (huggingface_hub itself reads it once, at import)."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
 class _hub_errors:

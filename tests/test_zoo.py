@@ -1,0 +1,195 @@
+"""The local model zoo: certificate-gated publish, verified pull, zoo list (CLI and Python)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from zoo_helpers import FIXTURE_CERTIFICATE, certified_copy, flip_a_weight_byte
+
+import analogai_deploy as ad
+from analogai_deploy import package as pkgio
+from analogai_deploy import zoo
+from analogai_deploy.analog.convert import noise_off
+
+
+@pytest.fixture
+def zoo_dir(tmp_path, monkeypatch):
+    """An empty zoo, also set as $ANALOGAI_ZOO so nothing here touches the repo's model_zoo/."""
+    d = tmp_path / "zoo"
+    monkeypatch.setenv("ANALOGAI_ZOO", str(d))
+    return d
+
+
+@pytest.fixture
+def certified(lenet_pkg, tmp_path):
+    return certified_copy(lenet_pkg, tmp_path / "lenet-msnat")
+
+
+def front_matter(card: str) -> dict:
+    return yaml.safe_load(card.split("---", 2)[1])
+
+
+def test_publish_pull_list_roundtrip(cli, zoo_dir, certified, tmp_path):
+    code, out, err = cli("publish", certified, "--name", "digits-cnn", "--json")
+    assert code == 0, err
+    entry = json.loads(out)
+    assert entry["name"] == "digits-cnn" and entry["device"] == "PCM"
+    assert entry["accuracy_1d"] == 0.92 and entry["accuracy_1y"] == 0.9
+    assert entry["sha256"] == pkgio.read_config(certified)["weights"]["sha256"]
+
+    index = json.loads((zoo_dir / "index.json").read_text())
+    assert [e["name"] for e in index["entries"]] == ["digits-cnn"]
+    e = index["entries"][0]
+    assert e["path"] == "digits-cnn" and e["size"] == sum(f.stat().st_size for f in (zoo_dir / "digits-cnn").iterdir())
+
+    # the card: library name, tags with the device, certificate results as eval results, recipe, how to pull
+    card = (zoo_dir / "digits-cnn" / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["library_name"] == "analogai-deploy"
+    assert {"analog-ai", "aihwkit", "PCM"} <= set(meta["tags"])
+    metrics = meta["model-index"][0]["results"][0]["metrics"]
+    assert [m["value"] for m in metrics] == [r["mean"] for r in FIXTURE_CERTIFICATE["results"]]
+    assert "Recipe `msnat`" in card and "from_pretrained('digits-cnn')" in card
+    assert pkgio.read_config(zoo_dir / "digits-cnn")["provenance"]["history"][-1]["stage"] == "publish"
+
+    code, out, err = cli("zoo", "list")
+    assert code == 0 and "digits-cnn" in out and "PCM" in out and "92.0%" in out and "90.0%" in out
+    code, out, _ = cli("zoo", "list", "--json")
+    assert json.loads(out)[0]["name"] == "digits-cnn"
+
+    code, out, err = cli("pull", "digits-cnn", "-o", tmp_path / "pulled", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["verified"] and got["weights_sha256"] == entry["sha256"] and got["accuracy_1y"] == 0.9
+    pulled = pkgio.load(tmp_path / "pulled")
+    assert pulled.certificate()["weights_sha256"] == entry["sha256"]
+
+
+def test_from_pretrained_gives_the_same_model(zoo_dir, certified):
+    zoo.publish(certified, name="digits-cnn")
+    pkg = ad.from_pretrained("digits-cnn")
+    original = pkgio.load(certified)
+    for (k, a), (_, b) in zip(pkg.model.state_dict().items(), original.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    x = torch.randn(4, 1, 8, 8)
+    with noise_off(pkg.model), noise_off(original.model):
+        assert torch.equal(pkg.model(x), original.model(x))
+    assert [e["name"] for e in zoo.list_models()] == ["digits-cnn"]
+
+
+def test_refuses_package_without_certificate(cli, zoo_dir, lenet_pkg):
+    code, _, err = cli("publish", lenet_pkg)
+    assert code == 1 and "no certificate.json" in err and "certify" in err
+    assert not (zoo_dir / "index.json").exists()
+
+
+def test_refuses_failing_verdict(cli, zoo_dir, lenet_pkg, tmp_path):
+    failing = certified_copy(lenet_pkg, tmp_path / "failing", passed=False)
+    code, _, err = cli("publish", failing)
+    assert code == 1 and "failed its certificate gate" in err and "accuracy(1d) >= 0.9" in err
+    assert not (zoo_dir / "failing").exists()
+
+
+def test_certificate_without_verdict_is_accepted(zoo_dir, lenet_pkg, tmp_path):
+    entry = zoo.publish(certified_copy(lenet_pkg, tmp_path / "noverdict", passed=None))
+    assert entry["name"] == "noverdict" and entry["verdict"] is None
+
+
+def test_refuses_certificate_for_other_weights(cli, zoo_dir, lenet_pkg, tmp_path):
+    other = certified_copy(lenet_pkg, tmp_path / "other", sha256="f" * 64)
+    code, _, err = cli("publish", other)
+    assert code == 1 and "issued for other weights" in err
+
+
+def test_refuses_tampered_weights(cli, zoo_dir, certified):
+    flip_a_weight_byte(certified)
+    code, _, err = cli("publish", certified)
+    assert code == 1 and "tampered" in err
+    assert not (zoo_dir / "index.json").exists()
+
+
+def test_refuses_local_code_source(cli, zoo_dir, tmp_path):
+    model_py = tmp_path / "mine.py"
+    model_py.write_text("import torch.nn as nn\n\ndef net(num_classes=10):\n"
+                        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
+    pkg = ad.convert(f"{model_py}:net", output=tmp_path / "mine", num_classes=10, input_shape=[1, 8, 8])
+    certified = certified_copy(pkg.path, tmp_path / "mine-cert")
+    code, _, err = cli("publish", certified)
+    assert code == 1 and "local Python file" in err and "run that code" in err
+
+
+def test_pull_refuses_tampered_zoo_entry(cli, zoo_dir, certified):
+    zoo.publish(certified, name="digits-cnn")
+    flip_a_weight_byte(zoo_dir / "digits-cnn")
+    code, _, err = cli("pull", "digits-cnn")
+    assert code == 1 and "tampered" in err
+    with pytest.raises(pkgio.PackageError):
+        ad.from_pretrained("digits-cnn")
+
+
+def test_pull_refuses_entry_swapped_behind_the_index(zoo_dir, certified, lenet_pkg, mlp_pkg, tmp_path):
+    """A consistent package (weights, config, certificate agree) that is not what the index recorded."""
+    zoo.publish(certified, name="digits-cnn")
+    impostor = certified_copy(mlp_pkg, tmp_path / "impostor")
+    shutil.rmtree(zoo_dir / "digits-cnn")
+    shutil.copytree(impostor, zoo_dir / "digits-cnn")
+    with pytest.raises(pkgio.PackageError, match="other weights than its index records"):
+        zoo.pull("digits-cnn")
+
+
+def test_pull_refuses_index_path_traversal(zoo_dir, certified):
+    zoo.publish(certified, name="digits-cnn")
+    index = json.loads((zoo_dir / "index.json").read_text())
+    index["entries"][0]["path"] = "../digits-cnn"
+    (zoo_dir / "index.json").write_text(json.dumps(index))
+    with pytest.raises(pkgio.PackageError):
+        zoo.pull("digits-cnn")
+
+
+def test_bad_and_unknown_names(cli, zoo_dir, certified):
+    code, _, err = cli("publish", certified, "--name", "../evil")
+    assert code == 2 and "bad zoo name" in err
+    zoo.publish(certified, name="digits-cnn")
+    code, _, err = cli("pull", "digits-cnm")
+    assert code == 2 and "did you mean: digits-cnn" in err
+
+
+def test_overwrite_needs_a_flag(cli, zoo_dir, certified, mlp_pkg, tmp_path):
+    zoo.publish(certified, name="digits")
+    assert zoo.publish(certified, name="digits")["name"] == "digits"  # same weights: republish is fine
+    other = certified_copy(mlp_pkg, tmp_path / "mlp-cert")
+    code, _, err = cli("publish", other, "--name", "digits")
+    assert code == 2 and "--overwrite" in err
+    code, _, err = cli("publish", other, "--name", "digits", "--overwrite")
+    assert code == 0, err
+    assert zoo.list_models()[0]["sha256"] == pkgio.read_config(other)["weights"]["sha256"]
+
+
+def test_zoo_option_beats_environment(cli, zoo_dir, certified, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    code, _, err = cli("publish", certified, "--zoo", elsewhere)
+    assert code == 0, err
+    assert (elsewhere / "index.json").exists() and not zoo_dir.exists()
+    code, out, _ = cli("zoo", "list", "--zoo", elsewhere, "--json")
+    assert [e["name"] for e in json.loads(out)] == ["lenet-msnat"]
+    code, out, _ = cli("zoo", "list", "--json")
+    assert json.loads(out) == []
+
+
+def test_pull_output_refuses_non_package_folder(cli, zoo_dir, certified, tmp_path):
+    zoo.publish(certified, name="digits-cnn")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    code, _, err = cli("pull", "digits-cnn", "-o", busy)
+    assert code == 2 and "not a package folder" in err
+    assert (busy / "notes.txt").read_text() == "mine"
+
+
+def test_help_has_examples(cli):
+    for args in (["publish"], ["pull"], ["zoo", "list"]):
+        code, out, _ = cli(*args, "--help")
+        assert code == 0 and "Examples:" in out

@@ -1,0 +1,141 @@
+"""publish --hub / pull hf-hub: through the real huggingface_hub client against a local Hub stand-in.
+
+There is no network here: `hub_server.HubStandIn` stands in for https://huggingface.co (the
+create-repo, validate-yaml, preupload, commit, repo-info, tree and resolve routes that
+huggingface_hub 2.4 uses, Xet/LFS off) on 127.0.0.1 at a random port; HF_ENDPOINT points at it.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from hub_server import HubStandIn
+from zoo_helpers import certified_copy, tampered_weights
+
+import analogai_deploy as ad
+from analogai_deploy import package as pkgio
+from analogai_deploy import zoo
+
+REPO = "analog-lab/digits-cnn-msnat-pcm"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The Hub stand-in, started and stopped per test, with huggingface_hub pointed at it (online, no Xet)."""
+    from huggingface_hub import constants
+
+    server = HubStandIn().start()
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_stand_in_token")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    # huggingface_hub reads these once at import (the zoo reads HF_ENDPOINT per call) (conftest sets HF_HUB_OFFLINE=1 for the whole suite)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def certified(lenet_pkg, tmp_path):
+    return certified_copy(lenet_pkg, tmp_path / "lenet-msnat")
+
+
+def test_publish_to_hub_with_model_card(cli, hub, certified):
+    code, out, err = cli("publish", certified, "--hub", REPO, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["where"] == "hub" and data["repo_id"] == REPO
+    repo = hub.repos[REPO]
+    files = repo.commits[repo.refs["main"]]
+    assert data["commit"] == repo.refs["main"]
+    assert {"config.json", "model.safetensors", "certificate.json", "README.md"} <= set(files)
+    assert files["model.safetensors"] == (certified / "model.safetensors").read_bytes()
+
+    card = files["README.md"].decode()
+    meta = yaml.safe_load(card.split("---", 2)[1])
+    assert meta["library_name"] == "analogai-deploy"
+    assert {"analog-ai", "aihwkit", "PCM"} <= set(meta["tags"])
+    metrics = meta["model-index"][0]["results"][0]["metrics"]
+    assert [(m["name"], m["value"]) for m in metrics][-1] == ("accuracy at t=1y on PCM", 0.9)
+    assert "Recipe `msnat`" in card
+    assert f"from_pretrained('hf-hub:{REPO}')" in card and f"analogai-deploy pull hf-hub:{REPO}" in card
+    assert json.loads(files["config.json"])["zoo"] == {"hub": REPO}
+    # the routes the real client used: nothing was sent as LFS
+    assert ("POST", "/api/repos/create") in hub.requests and ("POST", f"/api/models/{REPO}/commit/main") in hub.requests
+
+
+def test_pull_from_hub_verifies_and_loads(cli, hub, certified, tmp_path):
+    zoo.publish(certified, hub_repo=REPO)
+    code, out, err = cli("pull", f"hf-hub:{REPO}", "-o", tmp_path / "pulled", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["verified"] and got["device"] == "PCM" and got["accuracy_1d"] == 0.92
+    assert got["weights_sha256"] == pkgio.read_config(certified)["weights"]["sha256"]
+    assert (tmp_path / "pulled" / "certificate.json").exists() and not (tmp_path / "pulled" / ".gitattributes").exists()
+
+    pkg = ad.from_pretrained(f"hf-hub:{REPO}")
+    assert str(pkg.path).startswith(str(tmp_path / "hf-cache")) and pkg.model is not None
+
+
+def test_pull_refuses_tampered_download(cli, hub, certified):
+    good = zoo.publish(certified, hub_repo=REPO)["commit"]
+    hub.tamper(REPO, "model.safetensors", tampered_weights(certified))
+    code, _, err = cli("pull", f"hf-hub:{REPO}")
+    assert code == 1 and "tampered" in err
+    with pytest.raises(pkgio.PackageError):
+        ad.from_pretrained(f"hf-hub:{REPO}")
+    # pinning the published commit still gets the certified weights
+    assert ad.from_pretrained(f"hf-hub:{REPO}@{good}").weights_sha256 == pkgio.read_config(certified)["weights"]["sha256"]
+
+
+def test_pull_refuses_uncertified_repo(cli, hub, lenet_pkg):
+    """Someone uploaded a package without a certificate straight to the Hub: pull will not load it."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.endpoint)
+    api.create_repo("someone/uncertified")
+    api.upload_folder(repo_id="someone/uncertified", folder_path=str(lenet_pkg))
+    code, _, err = cli("pull", "hf-hub:someone/uncertified")
+    assert code == 1 and "no certificate.json" in err
+
+
+def test_publish_refuses_before_touching_the_hub(cli, hub, lenet_pkg, tmp_path):
+    code, _, err = cli("publish", lenet_pkg, "--hub", REPO)
+    assert code == 1 and "no certificate.json" in err
+    failing = certified_copy(lenet_pkg, tmp_path / "failing", passed=False)
+    code, _, err = cli("publish", failing, "--hub", REPO)
+    assert code == 1 and "failed its certificate gate" in err
+    assert hub.requests == [] and REPO not in hub.repos
+
+
+def test_offline_pull_uses_the_cache(cli, hub, certified, monkeypatch):
+    from huggingface_hub import constants
+
+    zoo.publish(certified, hub_repo=REPO)
+    assert cli("pull", f"hf-hub:{REPO}")[0] == 0
+    seen = len(hub.requests)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code, out, err = cli("pull", f"hf-hub:{REPO}", "--json")
+    assert code == 0, err
+    assert json.loads(out)["verified"] and len(hub.requests) == seen  # served from the cache, no request
+    code, _, err = cli("pull", "hf-hub:analog-lab/never-downloaded")
+    assert code == 1 and "HF_HUB_OFFLINE" in err
+
+
+def test_hub_errors_are_one_line(cli, hub, certified, monkeypatch):
+    from huggingface_hub import constants
+
+    code, _, err = cli("pull", "hf-hub:analog-lab/missing")
+    assert code == 2 and "no such repository" in err
+    code, _, err = cli("pull", "hf-hub:not a repo")
+    assert code == 2 and "bad Hub repo id" in err
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(certified.parent / "no-token"))
+    code, _, err = cli("publish", certified, "--hub", REPO)
+    assert code == 1 and "HTTP 401" in err and "HF_TOKEN" in err
