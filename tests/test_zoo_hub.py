@@ -7,6 +7,7 @@ huggingface_hub 2.4 uses, Xet/LFS off) on 127.0.0.1 at a random port; HF_ENDPOIN
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -68,6 +69,18 @@ def test_publish_to_hub_with_model_card(cli, hub, certified):
     assert json.loads(files["config.json"])["zoo"] == {"hub": REPO}
     # the routes the real client used: nothing was sent as LFS
     assert ("POST", "/api/repos/create") in hub.requests and ("POST", f"/api/models/{REPO}/commit/main") in hub.requests
+
+
+def test_republish_mirrors_the_package(hub, certified, mlp_pkg, tmp_path):
+    stale = tmp_path / "with-extra"
+    shutil.copytree(certified, stale)
+    pkgio.write(stale, pkgio.read_config(stale), files={"notes.json": b"{}"}, base=stale)
+    zoo.publish(stale, hub_repo=REPO)
+    zoo.publish(certified_copy(mlp_pkg, tmp_path / "mlp-cert"), hub_repo=REPO)
+    repo = hub.repos[REPO]
+    files = repo.commits[repo.refs["main"]]
+    assert "notes.json" not in files and ".gitattributes" in files
+    assert ad.from_pretrained(f"hf-hub:{REPO}").config["source"]["name"] == "mlp"
 
 
 def test_pull_from_hub_verifies_and_loads(cli, hub, certified, tmp_path):

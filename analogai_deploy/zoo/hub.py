@@ -53,6 +53,8 @@ def push(path: str | Path, repo_id: str, *, private: bool | None = None, token: 
             device = (certificate.get("device") or {}).get("name", "?")
             info = api.upload_folder(
                 repo_id=repo_id, folder_path=str(staged), revision=revision,
+                # a republish mirrors the package: files of an older version (an ONNX of other weights) go
+                delete_patterns=["[!.]*"],
                 commit_message=f"analogai-deploy publish: {config['source'].get('name', 'model')} certified on {device}",
             )
         files = sorted(f.name for f in staged.iterdir() if f.is_file())
