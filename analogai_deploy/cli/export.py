@@ -1,0 +1,128 @@
+"""`export` (model.onnx checked with onnxruntime, or an aihwkit checkpoint) and `inspect` (analog metadata)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._options import Json, Quiet, output
+
+EXPORT_HELP = """Export a package to ONNX (validated against PyTorch with onnxruntime) or to an aihwkit checkpoint.
+
+The ONNX graph is the model with noise off (analog layers back to digital; QAT quantizers as
+QuantizeLinear/DequantizeLinear), with a dynamic batch axis and the package metadata under
+analogai.* in its metadata_props. onnxruntime runs sample inputs and every output must match
+PyTorch within tolerance, else nothing is written and the exit code is 1.
+
+--to aihwkit writes model.aihwkit.pt: the model converted with aihwkit (PCM by default). That file
+is PICKLED (aihwkit's tile state cannot be stored otherwise): load it only if you trust its origin,
+with torch.load(path, weights_only=False) and analog_model.load_state_dict(state, load_rpu_config=True)
+on convert_to_analog(model, rpu_config) (see analogai_deploy/exporter/aihwkit_ckpt.py).
+
+Examples:
+
+  analogai-deploy export runs/lenet
+
+  analogai-deploy export runs/minilm --opset 17 --json
+
+  analogai-deploy export runs/lenet --atol 1e-5 --samples 32
+
+  analogai-deploy export runs/lenet --to aihwkit --device PCM
+"""
+
+INSPECT_HELP = """Print the analog metadata (analogai.*) of a model.onnx or model.safetensors.
+
+The safetensors header is read without loading any tensor.
+
+Examples:
+
+  analogai-deploy inspect runs/lenet/model.onnx
+
+  analogai-deploy inspect runs/lenet/model.safetensors --json
+
+  analogai-deploy inspect runs/lenet/model.onnx --all
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="export", help=EXPORT_HELP)(export)
+    app.command(name="inspect", help=INSPECT_HELP)(inspect)
+
+
+def export(
+    package: Annotated[str, typer.Argument(help="Package folder (made by convert / recover).")],
+    to: Annotated[str, typer.Option(help="onnx (model.onnx) or aihwkit (model.aihwkit.pt, pickled).")] = "onnx",
+    opset: Annotated[int, typer.Option(help="ONNX opset, 13..20.")] = 17,
+    atol: Annotated[float | None, typer.Option(help="Absolute tolerance of the check [default: per model].")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance of the check [default: per model].")] = None,
+    samples: Annotated[int, typer.Option(help="Sample inputs onnxruntime and PyTorch are compared on.")] = 8,
+    device: Annotated[str, typer.Option(help="Target device (metadata when the package names none; the aihwkit device).")] = "PCM",
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    from ..exporter import ExportConfig
+    from ..exporter import export as run_export
+
+    out = output(json_, quiet)
+    config = ExportConfig(to=to, opset=opset, atol=atol, rtol=rtol, samples=samples, device=device)
+    out.info(f"exporting {package} to {to} ...")
+    try:
+        result = run_export(package, config)
+    except Exception as exc:
+        # the per-output lines are the point of the check: show them before the error
+        lines = getattr(exc, "validation_lines", None)
+        for line in lines or []:
+            out.info(line)
+        raise
+    for warning in result.warnings:
+        out.warn(warning)
+
+    def human(d) -> str:
+        if result.validation is None:
+            return f"wrote {d['file']} ({d['record'].get('analog_layers')} aihwkit layers, {d['record'].get('device')}, {d['record'].get('tile')} tiles)"
+        v = result.validation
+        head = f"checked on {v.inputs} (batch {v.batch}) with onnxruntime vs PyTorch:"
+        q = f", QDQ on {len(result.quantized_layers)} layers" if result.quantized_layers else ""
+        return "\n".join([head, *("  " + line for line in v.lines()),
+                          f"wrote {d['file']} (opset {result.opset}, {result.exporter} exporter{q})"])
+
+    out.result(result.to_dict(), human)
+
+
+def inspect(
+    file: Annotated[str, typer.Argument(help="model.onnx or model.safetensors.")],
+    all_: Annotated[bool, typer.Option("--all", help="Also print metadata outside the analogai.* namespace.")] = False,
+    json_: Json = False,
+) -> None:
+    from ..exporter import metadata as meta_io
+
+    out = output(json_)
+    meta = meta_io.read_metadata(file)
+    shown = dict(sorted(meta.items())) if all_ else meta_io.analog_only(meta)
+    if not shown:
+        out.warn(f"{file} carries no analogai.* metadata (not exported by analogai-deploy?)")
+    data = meta_io.decoded(shown)
+    out.result(data, lambda d: _human(file, d))
+
+
+def _human(file: str, d: dict) -> str:
+    import json
+
+    lines = [f"{file}:"]
+    source = d.get("analogai.source")
+    if isinstance(source, dict):
+        name = source.get("name") or source.get("source") or source.get("factory")
+        lines.append(f"  from: {source.get('kind')} {name}")
+    recipe = d.get("analogai.recipe")
+    if isinstance(recipe, dict):
+        lines.append(f"  recipe: {recipe.get('name')} (sha256 {str(d.get('analogai.recipe_sha256', ''))[:16]}...)")
+    cert = d.get("analogai.certificate")
+    if isinstance(cert, dict):
+        verdict = {True: "PASS", False: "FAIL"}.get(cert.get("verdict"), "-")
+        lines.append(f"  certified on {cert.get('device')}: {verdict}, results {json.dumps(cert.get('results'))}")
+    for key, value in d.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        if len(text) > 160:
+            text = text[:157] + "..."
+        lines.append(f"  {key} = {text}")
+    return "\n".join(lines)

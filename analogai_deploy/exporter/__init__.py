@@ -1,0 +1,202 @@
+"""`export`: a package -> model.onnx (checked numerically with onnxruntime) or an aihwkit checkpoint.
+
+    import analogai_deploy as ad
+    result = ad.export("runs/lenet")                    # writes runs/lenet/model.onnx
+    print("\\n".join(result.validation.lines()))          # a pass/fail line per output
+    ad.export("runs/lenet", to="aihwkit")               # writes runs/lenet/model.aihwkit.pt (pickled!)
+
+The ONNX graph is the package's model with noise off and its analog layers turned back into digital
+ones; a `quantization` section (QAT) becomes QuantizeLinear/DequantizeLinear. Its metadata_props carry
+the package metadata under `analogai.*` (`package.flat_metadata`) plus the versions used and the target
+device. A mismatch between onnxruntime and PyTorch raises `OperationFailed` and writes nothing.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._config import StrictConfig
+from ..errors import UsageError, unknown
+
+TARGETS = ("onnx", "aihwkit")
+ONNX_FILE = "model.onnx"
+
+
+@dataclass
+class ExportConfig(StrictConfig):
+    """How to export.
+
+    to: "onnx" (model.onnx, validated) or "aihwkit" (model.aihwkit.pt, a pickled aihwkit checkpoint).
+    opset: ONNX opset (13..20; QDQ needs 13+).
+    atol / rtol: validation tolerance; None = the per-model default (tighter for float graphs than QDQ).
+    samples: batch of sample inputs for the check (the graph is traced at batch 2, so this also checks
+        the dynamic batch axis).
+    device: target device recorded in the metadata when the package names none, and the aihwkit device.
+    """
+
+    to: str = "onnx"
+    opset: int = 17
+    atol: float | None = None
+    rtol: float | None = None
+    samples: int = 8
+    device: str = "PCM"
+
+    def __post_init__(self):
+        if self.to not in TARGETS:
+            raise unknown("export target", self.to, TARGETS)
+        from .graph import MAX_OPSET, MIN_OPSET
+
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise UsageError(f"opset {self.opset} is not supported", f"pick {MIN_OPSET}..{MAX_OPSET} (default 17)")
+        if self.samples < 1:
+            raise UsageError(f"samples must be >= 1, got {self.samples}")
+        if (self.atol is not None and self.atol < 0) or (self.rtol is not None and self.rtol < 0):
+            raise UsageError("atol and rtol must be >= 0")
+
+
+@dataclass
+class ExportResult:
+    package: Path
+    to: str
+    file: Path
+    exporter: str = ""
+    opset: int | None = None
+    validation: Any = None  # validate.Validation for ONNX
+    metadata: dict[str, str] = field(default_factory=dict)
+    quantized_layers: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"package": str(self.package), "to": self.to, "file": str(self.file), "record": self.record,
+               "warnings": self.warnings}
+        if self.validation is not None:
+            out["validation"] = self.validation.to_dict()
+            out["metadata"] = self.metadata
+        return out
+
+
+def export(
+    package: str | Path | Any,
+    config: ExportConfig | None = None,
+    *,
+    opset: int | None = None,
+    to: str | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    samples: int | None = None,
+    device: str | None = None,
+    graph_pass: Callable[[Any], None] | None = None,
+) -> ExportResult:
+    """Export the package at `package` (a folder or a `Package`) and write the result into it.
+
+    Keyword arguments override the fields of `config`. `graph_pass(onnx.ModelProto)` may edit the graph
+    in place before validation (custom graph rewrites; a rewrite that changes results is caught).
+    """
+    config = copy.deepcopy(config) if config is not None else ExportConfig()
+    overrides = {"opset": opset, "to": to, "atol": atol, "rtol": rtol, "samples": samples, "device": device}
+    config = ExportConfig.from_dict({**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
+    path = Path(getattr(package, "path", package))
+    if config.to == "aihwkit":
+        return _export_aihwkit(path, config)
+    return _export_onnx(path, config, graph_pass)
+
+
+def _fresh_digital(path: Path):
+    """A freshly loaded copy of the package's model (sha256 checked), analog layers back to digital."""
+    from ..analog.convert import analog_layers, to_digital
+    from ..package import load
+
+    pkg = load(path)
+    names = [n for n, _ in analog_layers(pkg.model)]
+    model = to_digital(pkg.model).eval()
+    return pkg, model, names
+
+
+def _record_stage(config: dict[str, Any], key: str, record: dict[str, Any]) -> dict[str, Any]:
+    from ..provenance import now
+
+    config = copy.deepcopy(config)
+    config.setdefault("export", {})[key] = record
+    prov = config.setdefault("provenance", {})
+    prov.setdefault("history", []).append({"stage": "export", "time": now(), "to": key,
+                                           **{k: v for k, v in record.items() if k in ("file", "sha256", "opset", "max_abs_error", "device")}})
+    return config
+
+
+def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
+    import hashlib
+
+    import onnx
+
+    from .. import package as package_io
+    from ..provenance import now
+    from . import graph as graph_io
+    from . import metadata as meta_io
+    from . import validate
+
+    pkg, model, analog_names = _fresh_digital(path)
+    quant = pkg.config.get("quantization")
+    quantized = graph_io.apply_quantization(model, quant, analog_names) if quant else []
+    inputs, source, note = validate.sample_inputs(pkg.config, config.samples)
+    trace = tuple(t[:2] for t in inputs)
+    graph = graph_io.build(model, pkg.config, trace)
+    raw, exporter = graph_io.to_onnx(graph, trace, config.opset)
+
+    proto = onnx.load_from_string(raw)
+    if graph_pass is not None:
+        graph_pass(proto)
+    atol, rtol = validate.QDQ_TOL if quantized else validate.FLOAT_TOL
+    atol = config.atol if config.atol is not None else atol
+    rtol = config.rtol if config.rtol is not None else rtol
+    result = validate.compare(proto.SerializeToString(), graph.module, inputs, graph.input_names,
+                              graph.output_names, atol, rtol, source=source, qdq=bool(quantized))
+    validate.check(result)  # raises before anything is written
+
+    certificate = pkg.certificate()
+    record = {
+        "file": ONNX_FILE, "opset": config.opset, "exporter": exporter, "time": now(),
+        "inputs": graph.input_names, "outputs": graph.output_names, "dynamic_axes": graph.dynamic_axes,
+        "qdq": bool(quantized), "max_abs_error": result.max_abs,
+        "validation": {"inputs": source, "batch": result.batch, "atol": atol, "rtol": rtol},
+    }
+    device = meta_io.target_device(pkg.config, certificate, config.device)
+    meta = meta_io.onnx_metadata(pkg.config, certificate, device=device, export=record)
+    meta_io.set_onnx_metadata(proto, meta)
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+
+    warnings = [note] if note else []
+    stale = meta_io.stale_keys(meta_io.read_safetensors_metadata(path / package_io.WEIGHTS), meta)
+    if stale:
+        warnings.append(f"model.safetensors header disagrees with config.json on {', '.join(stale)} "
+                        "(the weights were written before the config changed)")
+    new_config = _record_stage(pkg.config, "onnx", {**record, "sha256": hashlib.sha256(data).hexdigest(),
+                                                    "target_device": device})
+    package_io.write(path, new_config, files={ONNX_FILE: data}, base=path)
+    return ExportResult(path, "onnx", path / ONNX_FILE, exporter, config.opset, result, meta, quantized,
+                        new_config["export"]["onnx"], warnings)
+
+
+def _export_aihwkit(path: Path, config: ExportConfig) -> ExportResult:
+    import hashlib
+
+    from .. import package as package_io
+    from ..provenance import now
+    from . import aihwkit_ckpt
+
+    pkg, model, _ = _fresh_digital(path)
+    data, record = aihwkit_ckpt.checkpoint(model, config.device, aihwkit_ckpt.recipe_w_noise(pkg.config))
+    record.update(time=now(), sha256=hashlib.sha256(data).hexdigest())
+    warnings = [aihwkit_ckpt.PICKLE_WARNING]
+    if pkg.config.get("quantization"):
+        warnings.append("the QAT quantizers are not part of the aihwkit checkpoint (aihwkit models DAC/ADC itself)")
+    new_config = _record_stage(pkg.config, "aihwkit", record)
+    package_io.write(path, new_config, files={aihwkit_ckpt.FILE: data}, base=path)
+    return ExportResult(path, "aihwkit", path / aihwkit_ckpt.FILE, record=record, warnings=warnings)
+
+
+__all__ = ["ExportConfig", "ExportResult", "export", "TARGETS"]

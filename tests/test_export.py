@@ -1,0 +1,277 @@
+"""export: model.onnx checked against PyTorch with onnxruntime, analog metadata everywhere, inspect, --to aihwkit."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import analogai_deploy as ad
+from analogai_deploy import package
+from analogai_deploy.errors import OperationFailed, UsageError
+from analogai_deploy.exporter import metadata as meta_io
+from analogai_deploy.exporter import validate
+
+VIT_FACTORY = '''
+from torchvision.models.vision_transformer import VisionTransformer
+
+
+def tiny_vit(num_classes=10):
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
+                             mlp_dim=128, num_classes=num_classes)
+
+
+tiny_vit.input_shape = [3, 32, 32]
+'''
+
+
+def _copy(src: Path, tmp_path: Path, name: str = "pkg") -> Path:
+    dest = tmp_path / name
+    shutil.copytree(src, dest)
+    return dest
+
+
+def _ort(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _check_metadata(pkg_dir: Path, result, config_before: dict) -> None:
+    """What export wrote is what the files give back, and it is the package schema."""
+    onnx_meta = meta_io.analog_only(meta_io.read_metadata(pkg_dir / "model.onnx"))
+    assert onnx_meta == result.metadata
+    expected = package.flat_metadata(config_before, None)
+    assert {k: onnx_meta[k] for k in expected} == expected
+    assert set(onnx_meta) - set(expected) == {"analogai.versions", "analogai.target_device", "analogai.export"}
+    assert json.loads(onnx_meta["analogai.versions"])["torch"] == torch.__version__.split("+")[0]
+    header = meta_io.read_safetensors_metadata(pkg_dir / "model.safetensors")
+    assert meta_io.stale_keys(header, onnx_meta) == []
+    for key in meta_io.WEIGHT_KEYS:
+        assert header.get(key) == onnx_meta.get(key), key
+
+
+def test_lenet_round_trip(lenet_pkg, tmp_path):
+    pkg_dir = _copy(lenet_pkg, tmp_path)
+    before = package.read_config(pkg_dir)
+    result = ad.export(pkg_dir)
+    check = result.validation.outputs[0]
+    assert result.validation.passed and check.name == "logits" and check.max_abs < 1e-4 and check.agreement == 1.0
+    assert result.exporter == "torchscript" and result.opset == 17
+    _check_metadata(pkg_dir, result, before)
+
+    model = onnx.load(str(pkg_dir / "model.onnx"))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert model.opset_import[0].version == 17
+    # the package is still valid (weights untouched) and records the export
+    loaded = ad.load(pkg_dir)
+    record = loaded.config["export"]["onnx"]
+    assert record["sha256"] == package.sha256_file(pkg_dir / "model.onnx")
+    assert loaded.config["provenance"]["history"][-1]["stage"] == "export"
+    # an independent check at another batch size: onnxruntime == the package's model with noise off
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad(), ad.noise(loaded.model, 0.0, 0.0):
+        ref = loaded.model(x).numpy()
+    (got,) = _ort(pkg_dir / "model.onnx", {"input": x.numpy()})
+    assert got.shape == (5, 10) and np.abs(got - ref).max() < 1e-4
+
+
+def test_export_uses_the_package_dataset(lenet_pkg, tmp_path):
+    pkg_dir = _copy(lenet_pkg, tmp_path)
+    config = package.read_config(pkg_dir)
+    config["data"] = {"spec": "digits"}
+    package.write(pkg_dir, config, base=pkg_dir)
+    result = ad.export(pkg_dir, samples=16)
+    assert result.validation.inputs.startswith("dataset digits") and result.validation.batch == 16
+    assert not result.warnings
+
+
+def test_broken_graph_is_a_mismatch_and_writes_nothing(lenet_pkg, tmp_path):
+    pkg_dir = _copy(lenet_pkg, tmp_path)
+    config_before = (pkg_dir / "config.json").read_text()
+
+    def tamper(model: onnx.ModelProto) -> None:  # a "graph rewrite" that changes one weight tensor
+        init = next(i for i in model.graph.initializer if len(i.dims) == 4)
+        w = onnx.numpy_helper.to_array(init) * 1.5
+        init.CopyFrom(onnx.numpy_helper.from_array(w.astype(np.float32), init.name))
+
+    with pytest.raises(OperationFailed, match="onnxruntime does not match PyTorch: FAIL logits") as info:
+        ad.export(pkg_dir, graph_pass=tamper)
+    assert info.value.exit_code == 1 and info.value.validation_lines[0].startswith("FAIL logits")
+    assert not (pkg_dir / "model.onnx").exists()
+    assert (pkg_dir / "config.json").read_text() == config_before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+
+    # the validator on its own: a tampered graph fails, the untouched one passes
+    ad.export(pkg_dir)
+    good = onnx.load(str(pkg_dir / "model.onnx"))
+    from analogai_deploy.exporter import _fresh_digital
+    from analogai_deploy.exporter.graph import build
+
+    _, model, _ = _fresh_digital(pkg_dir)
+    x = (torch.randn(4, 1, 8, 8),)
+    graph = build(model, package.read_config(pkg_dir), x)
+    ok = validate.compare(good.SerializeToString(), graph.module, x, ["input"], ["logits"], 1e-4, 1e-3)
+    tamper(good)
+    bad = validate.compare(good.SerializeToString(), graph.module, x, ["input"], ["logits"], 1e-4, 1e-3)
+    assert ok.passed and not bad.passed and bad.outputs[0].max_abs > 1e-3
+    assert bad.lines()[0].startswith("FAIL logits (4, 10): max abs err")
+    with pytest.raises(OperationFailed):
+        validate.check(bad)
+
+
+def test_vit_round_trip(tmp_path):
+    factory = tmp_path / "vit_factory.py"
+    factory.write_text(VIT_FACTORY)
+    pkg_dir = tmp_path / "vit"
+    ad.convert(f"{factory}:tiny_vit", output=pkg_dir, num_classes=10)
+    before = package.read_config(pkg_dir)
+    result = ad.export(pkg_dir)
+    assert result.validation.passed and result.validation.outputs[0].shape == [8, 10]
+    assert result.validation.max_abs < 1e-4
+    _check_metadata(pkg_dir, result, before)
+    x = torch.randn(3, 3, 32, 32)
+    loaded = ad.load(pkg_dir)
+    with torch.no_grad():
+        ref = loaded.model(x).numpy()  # package default sigma is 0: the clean model
+    (got,) = _ort(pkg_dir / "model.onnx", {"input": x.numpy()})
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_minilm_round_trip(minilm_dir, tmp_path):
+    pkg_dir = tmp_path / "minilm"
+    ad.convert(f"hf:{minilm_dir}", output=pkg_dir)
+    before = package.read_config(pkg_dir)
+    result = ad.export(pkg_dir)
+    check = result.validation.outputs[0]
+    assert check.name == "last_hidden_state" and check.shape == [8, 32, 384] and check.passed
+    assert check.max_abs < 1e-4
+    _check_metadata(pkg_dir, result, before)
+    model = onnx.load(str(pkg_dir / "model.onnx"), load_external_data=False)
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", "sequence"]
+
+    # a real sentence through the real tokenizer, at another batch size and length
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(pkg_dir)
+    enc = tok(["analog chips compute in memory", "drift"], return_tensors="pt", padding=True)
+    loaded = ad.load(pkg_dir)
+    with torch.no_grad():
+        ref = loaded.model(**enc).last_hidden_state.numpy()
+    (got,) = _ort(pkg_dir / "model.onnx", {k: v.numpy() for k, v in enc.items()})
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4
+
+
+def test_qat_exports_as_qdq(lenet_pkg, tmp_path):
+    pkg_dir = _copy(lenet_pkg, tmp_path)
+    config = package.read_config(pkg_dir)
+    config["quantization"] = {"w_bits": 4, "a_bits": 4,
+                              "layers": {"0": {}, "4": {"act_max": 2.0}, "9": {"act_max": 2.0}, "11": {"act_max": 3.0}}}
+    package.write(pkg_dir, config, base=pkg_dir)
+    result = ad.export(pkg_dir, samples=32)
+    assert result.validation.passed and result.quantized_layers == ["0", "11", "4", "9"]
+    model = onnx.load(str(pkg_dir / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == 7 and ops.count("DequantizeLinear") == 7  # 4 weights + 3 inputs
+    assert json.loads(meta_io.read_metadata(pkg_dir / "model.onnx")["analogai.quantization"])["w_bits"] == 4
+
+    # the graph computes the quantized model: 4-bit weights have at most 15 levels per output channel
+    x = torch.randn(8, 1, 8, 8)
+    (q,) = _ort(pkg_dir / "model.onnx", {"input": x.numpy()})
+    loaded = ad.load(pkg_dir)
+    with torch.no_grad():
+        float_out = loaded.model(x).numpy()
+    assert np.abs(q - float_out).max() > 1e-3
+    from analogai_deploy.exporter import _fresh_digital
+    from analogai_deploy.exporter.graph import apply_quantization
+
+    _, digital, names = _fresh_digital(pkg_dir)
+    apply_quantization(digital, config["quantization"], names)
+    wq = digital[0].qdq_w(digital[0].weight).detach()
+    assert max(len(torch.unique(row)) for row in wq.flatten(1)) <= 15
+    with torch.no_grad():
+        assert np.abs(digital(x).numpy() - q).max() < 1e-3
+
+
+def test_bad_quantization_section(lenet_pkg, tmp_path):
+    pkg_dir = _copy(lenet_pkg, tmp_path)
+    config = package.read_config(pkg_dir)
+    config["quantization"] = {"w_bits": 8, "a_bits": 8, "layers": {"nope": {}}}
+    package.write(pkg_dir, config, base=pkg_dir)
+    with pytest.raises(OperationFailed, match="'nope'"):
+        ad.export(pkg_dir)
+
+
+def test_cli_export_and_inspect(lenet_pkg, tmp_path, cli):
+    pkg_dir = _copy(lenet_pkg, tmp_path)
+    code, out, err = cli("export", pkg_dir)
+    assert code == 0, err
+    assert "PASS logits (8, 10): max abs err" in out and "wrote" in out
+
+    code, out, err = cli("export", pkg_dir, "--json", "--opset", "18")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["validation"]["passed"] and data["record"]["opset"] == 18
+    assert onnx.load(str(pkg_dir / "model.onnx")).opset_import[0].version == 18
+
+    code, out, err = cli("inspect", pkg_dir / "model.onnx", "--json")
+    assert code == 0, err
+    meta = json.loads(out)
+    assert meta["analogai.source"]["name"] == "lenet" and meta["analogai.target_device"] == "PCM"
+    assert meta["analogai.export"]["opset"] == 18
+
+    code, out, err = cli("inspect", pkg_dir / "model.safetensors")
+    assert code == 0, err
+    assert "from: builtin lenet" in out and "analogai.analog =" in out
+
+
+def test_cli_errors(lenet_pkg, tmp_path, cli):
+    assert cli("export", tmp_path / "missing")[0] == 2
+    code, _, err = cli("export", lenet_pkg, "--to", "onx")
+    assert code == 2 and "did you mean: onnx" in err
+    assert cli("export", lenet_pkg, "--opset", "9")[0] == 2
+    (tmp_path / "notes.txt").write_text("hi")
+    code, _, err = cli("inspect", tmp_path / "notes.txt")
+    assert code == 2 and ".onnx" in err
+    (tmp_path / "model.onnx").write_bytes(b"\x00not a model" * 10)
+    code, _, err = cli("inspect", tmp_path / "model.onnx")
+    assert code == 1 and "not a readable ONNX model" in err
+    (tmp_path / "model.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    code, _, err = cli("inspect", tmp_path / "model.safetensors")
+    assert code == 1 and "corrupt or oversized" in err
+
+
+def test_export_to_aihwkit(mlp_pkg, tmp_path, cli):
+    pkg_dir = _copy(mlp_pkg, tmp_path)
+    code, out, err = cli("export", pkg_dir, "--to", "aihwkit")
+    assert code == 0, err
+    assert "pickled" in err and "trust" in err
+    assert "wrote" in out and (pkg_dir / "model.aihwkit.pt").exists()
+    record = package.read_config(pkg_dir)["export"]["aihwkit"]
+    assert record["device"] == "PCM" and record["analog_layers"] == 3 and record["pickled"]
+
+    # load it the documented way and find the package's weights on the aihwkit tiles
+    from aihwkit.nn.conversion import convert_to_analog
+
+    from analogai_deploy.analog.convert import to_digital
+    from analogai_deploy.exporter.aihwkit_ckpt import rpu_config
+
+    digital = to_digital(ad.load(pkg_dir).model)
+    ref = {k: v.clone() for k, v in digital.state_dict().items()}
+    analog = convert_to_analog(digital, rpu_config("PCM"))
+    state = torch.load(pkg_dir / "model.aihwkit.pt", weights_only=False)  # we wrote it: trusted
+    analog.load_state_dict(state, load_rpu_config=True)
+    layers = list(analog.named_analog_layers())
+    assert len(layers) == 3
+    for name, layer in layers:
+        weight, _ = layer.get_weights()
+        assert torch.allclose(weight.reshape(ref[f"{name}.weight"].shape), ref[f"{name}.weight"])
+        assert type(next(layer.analog_tiles()).rpu_config.noise_model).__name__ == "PCMLikeNoiseModel"
+    with pytest.raises(UsageError, match="unknown aihwkit device"):
+        ad.export(pkg_dir, to="aihwkit", device="SRAM")
