@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ["convert", "env", "zoo"]
+MODULES = ["convert", "env", "zoo", "export"]
 
 
 def register(app) -> None:
