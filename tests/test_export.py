@@ -18,12 +18,15 @@ from analogai_deploy.exporter import metadata as meta_io
 from analogai_deploy.exporter import validate
 
 VIT_FACTORY = '''
+import torch
 from torchvision.models.vision_transformer import VisionTransformer
 
 
 def tiny_vit(num_classes=10):
-    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
-                             mlp_dim=128, num_classes=num_classes)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
+                              mlp_dim=128, num_classes=num_classes)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision zero-inits the head: logits would be 0
+    return model
 
 
 tiny_vit.input_shape = [3, 32, 32]
@@ -133,6 +136,7 @@ def test_vit_round_trip(tmp_path):
     before = package.read_config(pkg_dir)
     result = ad.export(pkg_dir)
     assert result.validation.passed and result.validation.outputs[0].shape == [8, 10]
+    assert result.exporter == "torchscript" and not result.warnings
     assert result.validation.max_abs < 1e-4
     _check_metadata(pkg_dir, result, before)
     x = torch.randn(3, 3, 32, 32)
@@ -140,7 +144,7 @@ def test_vit_round_trip(tmp_path):
     with torch.no_grad():
         ref = loaded.model(x).numpy()  # package default sigma is 0: the clean model
     (got,) = _ort(pkg_dir / "model.onnx", {"input": x.numpy()})
-    assert np.abs(got - ref).max() < 1e-4
+    assert ref.std() > 0.1 and np.abs(got - ref).max() < 1e-4  # real logits, not the zero-init head
 
 
 def test_minilm_round_trip(minilm_dir, tmp_path):
@@ -150,6 +154,7 @@ def test_minilm_round_trip(minilm_dir, tmp_path):
     result = ad.export(pkg_dir)
     check = result.validation.outputs[0]
     assert check.name == "last_hidden_state" and check.shape == [8, 32, 384] and check.passed
+    assert result.exporter == "torchscript" and not result.warnings
     assert check.max_abs < 1e-4
     _check_metadata(pkg_dir, result, before)
     model = onnx.load(str(pkg_dir / "model.onnx"), load_external_data=False)

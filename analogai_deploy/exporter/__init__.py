@@ -144,7 +144,7 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
     inputs, source, note = validate.sample_inputs(pkg.config, config.samples)
     trace = tuple(t[:2] for t in inputs)
     graph = graph_io.build(model, pkg.config, trace)
-    raw, exporter = graph_io.to_onnx(graph, trace, config.opset)
+    raw, exporter, failures = graph_io.to_onnx(graph, trace, config.opset)
 
     proto = onnx.load_from_string(raw)
     if graph_pass is not None:
@@ -170,6 +170,7 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
     data = proto.SerializeToString()
 
     warnings = [note] if note else []
+    warnings += [f"{failure}; exported with the {exporter} exporter instead" for failure in failures]
     stale = meta_io.stale_keys(meta_io.read_safetensors_metadata(path / package_io.WEIGHTS), meta)
     if stale:
         warnings.append(f"model.safetensors header disagrees with config.json on {', '.join(stale)} "
