@@ -1,0 +1,151 @@
+"""`recover`: noise-aware retraining of a package (MSNAT, its ablations, baselines, aihwkit HWA).
+
+    import analogai_deploy as ad
+    pkg = ad.recover("runs/lenet", "msnat", "digits", output="runs/lenet-msnat", **{"training.rounds": 10})
+
+Everything a run needs is validated before training starts (recipe, overrides, data, package).
+The output package holds clean weights (the noise level lives in config.json), the resolved recipe
+and its sha256, the training summary, the data fingerprint, a provenance entry and train_log.jsonl.
+While it runs, OUTPUT.partial/ holds a checkpoint of the last finished round (`resume=True` continues).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import OperationFailed, UsageError
+from .recipe import Recipe, load as load_recipe
+
+__all__ = ["recover", "Recipe", "load_recipe", "Interrupted"]
+
+#: files a recovered package does not inherit: they describe the old weights
+_STALE = {"config.json", "model.safetensors", "README.md", "certificate.json", "model.onnx", "train_log.jsonl"}
+
+
+class Interrupted(OperationFailed):
+    """Ctrl-C during training; the checkpoint of the last finished round is kept."""
+
+    exit_code = 130
+
+
+def state_dir_for(output: Path) -> Path:
+    return output.parent / f"{output.name}.partial"
+
+
+def _overrides(overrides: list[str] | dict[str, Any] | None, kwargs: dict[str, Any]) -> list[str] | dict[str, Any]:
+    if kwargs:  # Python keywords: training__batch_size=256 or **{"training.batch_size": 256}
+        merged = dict(overrides) if isinstance(overrides, dict) else {}
+        merged.update({k.replace("__", "."): v for k, v in kwargs.items()})
+        if isinstance(overrides, list):
+            return overrides + [f"{k}={v}" for k, v in merged.items()]
+        return merged
+    return overrides or []
+
+
+def prepare(package, recipe, data, overrides=None):
+    """Load and check everything a run needs; raises UsageError before any training."""
+    from .. import data as data_mod
+    from .. import package as pkg_mod
+
+    rec = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
+    pkg = package if isinstance(package, pkg_mod.Package) and package.model is not None else pkg_mod.load(
+        package.path if isinstance(package, pkg_mod.Package) else package)
+    inp = pkg.config.get("input", {})
+    if inp.get("kind") != "image":
+        raise UsageError(f"recover trains on image datasets, but {pkg.path} takes {inp.get('kind')} input",
+                         "recover an image-classification package (text datasets are not in the data registry yet)")
+    ds = data if not isinstance(data, str) else data_mod.load(data, input_shape=inp.get("shape"))
+    want = pkg.config.get("num_classes")
+    if want is not None and ds.num_classes != want:
+        raise UsageError(f"{ds.spec} has {ds.num_classes} classes but the model has {want} outputs",
+                         f"convert the model with --num-classes {ds.num_classes}")
+    return pkg, rec, ds
+
+
+def recover(
+    package,
+    recipe: str | Path | Recipe = "msnat",
+    data="digits",
+    output: str | Path | None = None,
+    *,
+    overrides: list[str] | dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: Callable[..., Any] | None = None,
+    on_round: Callable[[dict], None] | None = None,
+    **kw_overrides: Any,
+):
+    """Retrain `package` with `recipe` on `data` and write the recovered package to `output`.
+
+    `package`: a folder or a loaded Package. `recipe`: a shipped name, a YAML path or a Recipe.
+    `data`: a dataset spec ("digits", "cifar10:PATH", ...) or a loaded Data. Overrides: dotted keys,
+    e.g. overrides=["training.rounds=5"] or **{"training.use_FL": False}. Returns the new Package.
+    """
+    from .. import package as pkg_mod
+    from ..analog.convert import set_noise
+    from ..provenance import now, versions
+
+    pkg, rec, ds = prepare(package, recipe, data, _overrides(overrides, kw_overrides))
+    out_path = Path(output) if output is not None else pkg.path.parent / f"{pkg.path.name}-{rec.name}"
+    state_dir = state_dir_for(out_path)
+    if not resume and state_dir.exists():
+        shutil.rmtree(state_dir)  # a fresh run never mixes with an old checkpoint
+    identity = {"recipe_sha256": rec.sha256(), "weights_sha256": pkg.weights_sha256, "data_fingerprint": ds.fingerprint}
+    default_sigma = pkg.config["analog"].get("sigma", 0.0)
+    model = pkg.model
+    if rec.training.engine == "aihwkit_hwa":
+        from .hwa import HwaTrainer as TrainerClass
+    else:
+        from .engine import Trainer as TrainerClass
+    trainer = TrainerClass(model, rec, ds, state_dir, identity=identity, progress=progress, on_round=on_round)
+    try:
+        result = trainer.run(resume=resume)
+    except KeyboardInterrupt:
+        done = getattr(trainer, "round", 0)
+        raise Interrupted(f"interrupted; {done} of {rec.training.rounds} rounds are checkpointed in {state_dir}",
+                          "rerun the same command with --resume to continue") from None
+    if not result.best_state:
+        raise OperationFailed("training finished without a validated round", "raise training.rounds")
+
+    final = trainer.output_model(result)
+    set_noise(final, default_sigma)
+    final.eval()
+    config = dict(pkg.config)
+    config.pop("quantization", None)
+    if rec.recovery.qat and rec.training.engine == "msnat":
+        from . import qat
+
+        config["quantization"] = qat.describe(final, trainer.quant)
+    config["recipe"] = {"name": rec.name, "sha256": identity["recipe_sha256"], "resolved": rec.resolved()}
+    config["training"] = {
+        "best": result.best,
+        "rounds": result.rounds,
+        "rounds_planned": rec.training.rounds,
+        "stopped_early": result.stopped_early,
+        "engine": rec.training.engine,
+        "mode": result.mode,
+        "device": result.device,
+        "clients": len(rec.recovery.sigmas) if rec.training.use_FI else 1,
+        "noise_levels": rec.recovery.sigmas,
+        "seed": rec.training.seed,
+        "seconds": round(result.seconds, 2),
+        "resumed": bool(resume),
+        "log": "train_log.jsonl",
+    }
+    config["data"] = {"spec": ds.spec, "fingerprint": ds.fingerprint, "split": "train/val (selection on val; test untouched)"}
+    prov = dict(config.get("provenance", {}))
+    prov["history"] = list(prov.get("history", [])) + [{
+        "stage": "recover", "time": now(), "recipe": rec.name, "recipe_sha256": identity["recipe_sha256"],
+        "data": ds.spec, "data_fingerprint": ds.fingerprint, "seed": rec.training.seed,
+        "input_weights_sha256": pkg.weights_sha256, "versions": versions(),
+    }]
+    config["provenance"] = prov
+    config.pop("weights", None)
+    log = "".join(json.dumps(e) + "\n" for e in result.log).encode()
+    files = {f.name: f.read_bytes() for f in pkg.path.iterdir() if f.is_file() and f.name not in _STALE}
+    files["train_log.jsonl"] = log
+    written = pkg_mod.write(out_path, config, final.cpu(), files)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    written.model = final
+    return written

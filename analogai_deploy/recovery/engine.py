@@ -1,0 +1,447 @@
+"""The training engine: rounds of K noise-level clients, fusion, validation, checkpoints, resume.
+
+One round: every client trains `epochs_per_round` epochs on the whole training set at its own noise
+level (its own optimizer state), the clients are fused (FI) and broadcast, the fused model is
+validated under noise, and a checkpoint is written. Without FI there is one model; with several noise
+levels it takes them in turn, one per mini-batch.
+
+Nothing is rebuilt per round: the K clients are deep copies made once, data sits on the device once
+(tensor datasets), and loss/accuracy stay on the device until the end of a client's epoch.
+Checkpoints are safetensors + JSON (no pickle) and hold everything the next round depends on — the
+clients, their optimizer states, the RNG states, the best model so far — so a resumed run ends
+bitwise where an uninterrupted one ends (CPU).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from ..errors import OperationFailed, UsageError
+from . import msnat
+from .recipe import Recipe
+
+EVAL_SEED = 12345  # validation noise draws are the same every round and every run
+CHECKPOINT = "state.safetensors"
+CHECKPOINT_META = "state.json"
+LOG = "train_log.jsonl"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"training.device={name} but no CUDA device is available", "use training.device=auto or cpu")
+    return dev
+
+
+class Batches:
+    """Mini-batches of a dataset. Tensor datasets move to the device once and are indexed there."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device):
+        self.batch_size = batch_size
+        self.device = device
+        self.n = len(dataset)
+        self.tensors = None
+        if isinstance(dataset, TensorDataset):
+            self.tensors = [t.to(device) for t in dataset.tensors]
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def iterate(self, generator: torch.Generator | None = None):
+        order = torch.randperm(self.n, generator=generator) if generator is not None else torch.arange(self.n)
+        if self.tensors is not None:
+            order = order.to(self.device)
+            for i in range(0, self.n, self.batch_size):
+                idx = order[i:i + self.batch_size]
+                yield tuple(t.index_select(0, idx) for t in self.tensors)
+            return
+        pin = self.device.type == "cuda"
+        loader = DataLoader(Subset(self.dataset, order.tolist()), batch_size=self.batch_size, shuffle=False,
+                            num_workers=min(4, os.cpu_count() or 1), pin_memory=pin)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, sigma: float, draws: int = 1, seed: int = EVAL_SEED) -> dict[str, float]:
+    """Accuracy and loss at weight-noise level `sigma`, mean over `draws` noise draws.
+
+    Runs in a forked RNG so validation never changes the training's random stream.
+    """
+    noise = msnat.NoiseControl(model)
+    saved = noise.layers[0].analog.sigma if noise.layers else 0.0
+    was_training = model.training
+    model.eval()
+    devices = [batches.device] if batches.device.type == "cuda" else []
+    correct = torch.zeros((), device=batches.device)
+    loss = torch.zeros((), device=batches.device)
+    draws = draws if sigma > 0 else 1
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        noise.set(sigma)
+        for _ in range(draws):
+            for x, y in batches.iterate():
+                z = model(x).float()
+                correct += (z.argmax(1) == y).sum()
+                loss += nn.functional.cross_entropy(z, y, reduction="sum")
+    noise.set(saved)
+    model.train(was_training)
+    n = batches.n * draws
+    return {"acc": correct.item() / n, "loss": loss.item() / n}
+
+
+def lr_at(cfg, round_: int) -> float:
+    """Learning rate of round `round_` (0-based); a pure function of the round, so nothing to checkpoint."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * (0.1 ** (round_ // max(1, cfg.rounds // 3)))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * round_ / cfg.rounds))
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe):
+    from .sam import SAM
+
+    t = recipe.training
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "adam":
+        base = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        base = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return SAM.from_config(base, recipe.recovery.optimizer)
+
+
+# ---- checkpoint: nested optimizer state <-> flat safetensors + JSON ---------------------------------
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().contiguous().cpu()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _flatten(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    return obj
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if isinstance(obj, dict) and "__dict__" in obj:
+        return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    out = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda{i}"] = s
+    return out
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = sorted(k for k in tensors if k.startswith("rng.cuda"))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _act_ranges(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{i}": q.act_max.detach().cpu().reshape(()) for i, q in enumerate(msnat._act_quantizers(model))
+            if q is not None and q.act_max is not None}
+
+
+def _set_act_ranges(model: nn.Module, ranges: dict[str, torch.Tensor], device) -> None:
+    for i, q in enumerate(msnat._act_quantizers(model)):
+        if q is not None and f"{i}" in ranges:
+            q.act_max = ranges[f"{i}"].to(device)
+
+
+@dataclass
+class Result:
+    best_state: dict[str, torch.Tensor]
+    best_act_ranges: dict[str, torch.Tensor]
+    best: dict[str, Any]
+    rounds: int
+    mode: str
+    device: str
+    log: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+class Trainer:
+    """Runs one recipe on one model. `state_dir` holds the resumable checkpoint."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe, data, state_dir: Path, *, identity: dict[str, str],
+                 progress: Callable[..., Any] | None = None, on_round: Callable[[dict], None] | None = None):
+        self.recipe = recipe
+        self.t = recipe.training
+        self.r = recipe.recovery
+        self.data = data
+        self.state_dir = Path(state_dir)
+        self.identity = identity  # recipe sha + input weights sha + data fingerprint: what a resume must match
+        self.progress = progress
+        self.on_round = on_round
+        self.device = pick_device(self.t.device)
+        self.amp = self.t.amp and self.device.type == "cuda"
+        self.sigmas = self.r.sigmas
+        self.fi = self.t.use_FI and len(self.sigmas) > 1
+        self.mode = "loop"  # the K clients run one after the other; see README of recovery for the batched mode
+        model.to(self.device).train()
+        if self.r.qat:
+            from . import qat
+
+            self.quant = qat.attach(model, self.r.quant)
+        n_clients = len(self.sigmas) if self.fi else 1
+        # K deep copies made once; the fused model is separate so momentum broadcast keeps the clients distinct
+        self.clients = [model] + [copy.deepcopy(model) for _ in range(n_clients - 1)]
+        self.fused = copy.deepcopy(model) if self.fi else model
+        self.noise = [msnat.NoiseControl(c) for c in self.clients]
+        self.optimizers = [make_optimizer(c, recipe) for c in self.clients]
+        self.train_batches = Batches(data.train, self.t.batch_size, self.device)
+        self.val_batches = Batches(data.val, max(256, self.t.batch_size), self.device)
+        self.adv = self.r.adversarial.FGSM.use or self.r.adversarial.PGD.use
+        if self.adv:
+            low, high = data.pixel_bounds()
+            self.bounds = (low.to(self.device), high.to(self.device), data.std_tensor.to(self.device))
+        self.round = 0
+        self.best: dict[str, Any] = {}
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.best_ranges: dict[str, torch.Tensor] = {}
+        self.since_best = 0
+        self.log: list[dict[str, Any]] = []
+
+    # ---- one mini-batch ------------------------------------------------------------------------------
+    def _loss_fn(self, noise: msnat.NoiseControl) -> Callable:
+        fl, cfg = self.t.use_FL, self.r.feedback
+
+        def loss_fn(model, x, y):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                z, _ = msnat.feedback_logits(model, x, noise, cfg, fl)
+            return msnat.feedback_loss(z, y, cfg, fl)
+
+        return loss_fn
+
+    def _loss(self, model, noise, loss_fn, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        fl, cfg = self.t.use_FL, self.r.feedback
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            z, z0 = msnat.feedback_logits(model, x, noise, cfg, fl)
+        loss = msnat.feedback_loss(z, y, cfg, fl)
+        if self.adv:
+            from .adversarial import adversarial_loss
+
+            extra = adversarial_loss(model, loss_fn, x, y, self.r.adversarial, *self.bounds)
+            if extra is not None:
+                loss = loss + extra
+        return loss, (z0.argmax(1) == y).sum()
+
+    def _step(self, k: int, x, y, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+        model, noise, opt = self.clients[k], self.noise[k], self.optimizers[k]
+        opt.zero_grad(set_to_none=True)
+        loss, correct = self._loss(model, noise, loss_fn, x, y)
+        loss.backward()
+        if hasattr(opt, "first_step"):  # SAM: gradient at the perturbed point, then the real step
+            opt.first_step(zero_grad=True)
+            loss2, _ = self._loss(model, noise, loss_fn, x, y)
+            loss2.backward()
+            opt.second_step()
+        else:
+            opt.step()
+        return loss.detach(), correct
+
+    # ---- one round -----------------------------------------------------------------------------------
+    def _client_epoch(self, k: int, epoch: int, bar) -> dict[str, float]:
+        model, noise = self.clients[k], self.noise[k]
+        model.train()
+        loss_fn = self._loss_fn(noise)
+        # the shuffle is a pure function of (seed, round, epoch, client): nothing to checkpoint
+        g = torch.Generator().manual_seed(self.t.seed * 1_000_003 + self.round * 1009 + epoch * 101 + k)
+        total = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        steps = 0
+        for i, (x, y) in enumerate(self.train_batches.iterate(g)):
+            if not self.fi:  # one model: it takes the noise levels in turn
+                noise.set(self.sigmas[(steps + self.round) % len(self.sigmas)])
+            loss, c = self._step(k, x, y, loss_fn)
+            total += loss * len(y)
+            correct += c
+            steps += 1
+            if bar is not None:
+                bar.update(1)
+        n = self.train_batches.n
+        stats = {"loss": total.item() / n, "acc": correct.item() / n, "sigma": noise.sigma}
+        if not math.isfinite(stats["loss"]):
+            raise OperationFailed(
+                f"training diverged: loss is {stats['loss']} in round {self.round + 1} (client sigma={noise.sigma})",
+                f"the last good checkpoint is kept in {self.state_dir}; lower training.lr and rerun with --resume",
+            )
+        if bar is not None:
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", refresh=False)
+        return stats
+
+    def run_round(self, bar=None) -> dict[str, Any]:
+        start = time.perf_counter()
+        lr = lr_at(self.t, self.round)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        clients = []
+        for k in range(len(self.clients)):
+            if self.fi:
+                self.noise[k].set(self.sigmas[k])
+            for e in range(self.t.epochs_per_round):
+                stats = self._client_epoch(k, e, bar)
+            clients.append(stats)
+        entry: dict[str, Any] = {"round": self.round + 1, "lr": lr, "clients": clients}
+        if self.fi:
+            accs = None
+            if self.r.fusion.weights == "accuracy":
+                accs = [evaluate(c, self.val_batches, s, 1)["acc"] for c, s in zip(self.clients, self.sigmas)]
+            a = msnat.fusion_weights(len(self.clients), accs)
+            msnat.fuse(self.clients, a, self.fused)
+            msnat.broadcast(self.fused, self.clients, self.r.fusion.keep if self.r.fusion.momentum_broadcast else 0.0)
+            entry["fusion_weights"] = a
+        val = evaluate(self.fused, self.val_batches, self.t.eval_sigma, self.t.eval_draws)
+        clean = evaluate(self.fused, self.val_batches, 0.0)
+        entry["val"] = {"acc": val["acc"], "loss": val["loss"], "sigma": self.t.eval_sigma, "clean_acc": clean["acc"]}
+        self.round += 1
+        if not self.best or val["acc"] > self.best["val_acc"]:
+            self.best = {"round": self.round, "val_acc": val["acc"], "val_loss": val["loss"],
+                         "val_sigma": self.t.eval_sigma, "val_clean_acc": clean["acc"]}
+            self.best_state = _state(self.fused)
+            self.best_ranges = _act_ranges(self.fused)
+            self.since_best = 0
+        else:
+            self.since_best += 1
+        entry["seconds"] = round(time.perf_counter() - start, 3)
+        self.log.append(entry)
+        return entry
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    def save(self) -> None:
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        opts = []
+        for k, (client, opt) in enumerate(zip(self.clients, self.optimizers)):
+            for key, v in client.state_dict().items():
+                tensors[f"client{k}/{key}"] = v.detach().contiguous().cpu()
+            for key, v in _act_ranges(client).items():
+                tensors[f"client{k}.act/{key}"] = v
+            opts.append(_flatten(opt.state_dict(), f"opt{k}", tensors))
+        for key, v in self.best_state.items():
+            tensors[f"best/{key}"] = v.contiguous().cpu()
+        for key, v in self.best_ranges.items():
+            tensors[f"best.act/{key}"] = v
+        if self.fi:
+            for key, v in self.fused.state_dict().items():
+                tensors[f"fused/{key}"] = v.detach().contiguous().cpu()
+            for key, v in _act_ranges(self.fused).items():
+                tensors[f"fused.act/{key}"] = v
+        tensors.update(_rng_state())
+        meta = {"identity": self.identity, "round": self.round, "best": self.best, "since_best": self.since_best,
+                "optimizers": opts, "log": self.log, "mode": self.mode, "clients": len(self.clients)}
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp_t, tmp_m = self.state_dir / f".{CHECKPOINT}.tmp", self.state_dir / f".{CHECKPOINT_META}.tmp"
+        save_file(tensors, str(tmp_t))
+        tmp_m.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        os.replace(tmp_t, self.state_dir / CHECKPOINT)  # tensors first: meta names a round only once they match
+        os.replace(tmp_m, self.state_dir / CHECKPOINT_META)
+        with open(self.state_dir / LOG, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(e) + "\n" for e in self.log)
+
+    def has_checkpoint(self) -> bool:
+        return (self.state_dir / CHECKPOINT_META).exists() and (self.state_dir / CHECKPOINT).exists()
+
+    def load(self) -> None:
+        from safetensors.torch import load_file
+
+        meta = json.loads((self.state_dir / CHECKPOINT_META).read_text(encoding="utf-8"))
+        for key, want in self.identity.items():
+            if meta["identity"].get(key) != want:
+                raise UsageError(f"the checkpoint in {self.state_dir} was made with another {key.replace('_', ' ')}",
+                                 "resume with the same package, recipe, overrides and data, or delete that folder")
+        tensors = load_file(str(self.state_dir / CHECKPOINT))
+        if meta["clients"] != len(self.clients):
+            raise UsageError(f"the checkpoint in {self.state_dir} has {meta['clients']} clients, this recipe "
+                             f"{len(self.clients)}", "resume with the same recipe, or delete that folder")
+
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        for k, (client, opt) in enumerate(zip(self.clients, self.optimizers)):
+            client.load_state_dict(part(f"client{k}/"))
+            _set_act_ranges(client, part(f"client{k}.act/"), self.device)
+            opt.load_state_dict(_unflatten(meta["optimizers"][k], tensors))
+        if self.fi:
+            self.fused.load_state_dict(part("fused/"))
+            _set_act_ranges(self.fused, part("fused.act/"), self.device)
+        self.best_state = {k: v.to(self.device) for k, v in part("best/").items()}
+        self.best_ranges = part("best.act/")
+        self.best, self.since_best, self.log, self.round = meta["best"], meta["since_best"], meta["log"], meta["round"]
+        _set_rng_state(tensors)
+
+    def output_model(self, result: Result) -> nn.Module:
+        """The selected (best validation) fused state in the package's own model object."""
+        model = self.clients[0]
+        model.load_state_dict(result.best_state)
+        _set_act_ranges(model, result.best_act_ranges, self.device)
+        return model
+
+    # ---- the whole run -------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> Result:
+        threads = torch.get_num_threads()
+        if self.t.cpu_threads:
+            torch.set_num_threads(self.t.cpu_threads)
+        try:
+            return self._run(resume)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, resume: bool) -> Result:
+        start = time.perf_counter()
+        if resume and self.has_checkpoint():
+            self.load()
+        else:
+            torch.manual_seed(self.t.seed)
+            if torch.cuda.is_available():
+                torch.cuda.manual_seed_all(self.t.seed)
+        stopped = False
+        per_round = len(self.clients) * self.t.epochs_per_round * len(self.train_batches)
+        bar = self.progress(total=self.t.rounds * per_round, initial=self.round * per_round, unit="step",
+                            desc=f"{self.recipe.name}") if self.progress else None
+        try:
+            while self.round < self.t.rounds:
+                if self.t.patience and self.since_best >= self.t.patience:
+                    stopped = True
+                    break
+                entry = self.run_round(bar)
+                self.save()
+                if self.on_round:
+                    self.on_round(entry)
+        finally:
+            if bar is not None:
+                bar.close()
+        return Result(self.best_state, self.best_ranges, self.best, self.round, self.mode, str(self.device),
+                      self.log, stopped, time.perf_counter() - start)

@@ -1,0 +1,214 @@
+"""The `hwa_aihwkit` engine: aihwkit's own hardware-aware training, the baseline users would otherwise pick.
+
+The package's digital model is converted with aihwkit's `convert_to_analog` (TorchInferenceRPUConfig
+tiles, pure PyTorch, so it runs with every torch we support) with a weight-noise modifier applied in
+every training forward pass and output noise on the tiles, and trained with `AnalogSGD`. After each
+epoch the trained weights come back with `convert_to_digital` into the package's own analog-aware model,
+which is validated under noise exactly like the MSNAT engine's models, so selection is comparable.
+
+Checkpoints hold the digital weights, the optimizer state and the RNG state; a resume rebuilds the
+tiles from those weights (aihwkit re-derives its tile mapping), so it is close to, not bitwise equal
+to, an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..analog.convert import analog_layers, to_digital
+from ..errors import OperationFailed, UsageError
+from . import engine
+from .recipe import Recipe
+
+_MODIFIERS = {"add_normal": "ADD_NORMAL", "mult_normal": "MULT_NORMAL", "pcm_noise": "PCM_NOISE"}
+_ANALOG_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def rpu_config(recipe: Recipe):
+    from aihwkit.simulator.configs import TorchInferenceRPUConfig, WeightModifierType
+
+    cfg = recipe.recovery.hwa
+    rpu = TorchInferenceRPUConfig()
+    rpu.modifier.type = getattr(WeightModifierType, _MODIFIERS[cfg.modifier])
+    rpu.modifier.std_dev = cfg.w_noise
+    rpu.modifier.rel_to_actual_wmax = True
+    rpu.forward.out_noise = cfg.out_noise
+    return rpu
+
+
+class HwaTrainer:
+    """Same interface as engine.Trainer: run(resume) -> engine.Result, output_model(result)."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe, data, state_dir: Path, *, identity: dict[str, str],
+                 progress: Callable[..., Any] | None = None, on_round: Callable[[dict], None] | None = None):
+        try:
+            from aihwkit.nn.conversion import convert_to_analog  # noqa: F401
+        except Exception as exc:
+            raise OperationFailed(f"the hwa_aihwkit recipe needs aihwkit: {type(exc).__name__}: {exc}",
+                                  "install the tested pins: make install (torch 2.10.0 + aihwkit 1.1.0)") from None
+        self.recipe, self.t = recipe, recipe.training
+        self.model = model
+        self.state_dir = Path(state_dir)
+        self.identity = identity
+        self.progress, self.on_round = progress, on_round
+        self.device = engine.pick_device(self.t.device)
+        self.mode = "aihwkit"
+        self.model.to(self.device)
+        self.train_batches = engine.Batches(data.train, self.t.batch_size, self.device)
+        self.val_batches = engine.Batches(data.val, max(256, self.t.batch_size), self.device)
+        self.round = 0
+        self.best: dict[str, Any] = {}
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.since_best = 0
+        self.log: list[dict[str, Any]] = []
+        self._build(model.state_dict())
+
+    def _build(self, state: dict[str, torch.Tensor]) -> None:
+        """Fresh aihwkit tiles from digital weights; layers the package keeps digital stay digital."""
+        from aihwkit.nn.conversion import convert_to_analog
+        from aihwkit.optim import AnalogSGD
+
+        digital = copy.deepcopy(self.model)
+        analog_names = {n for n, _ in analog_layers(digital)}
+        to_digital(digital)
+        digital.load_state_dict(state)
+        keep = [n for n, m in digital.named_modules() if isinstance(m, _ANALOG_TYPES) and n not in analog_names]
+        self.analog = convert_to_analog(digital, rpu_config(self.recipe), exclude_modules=keep or None).to(self.device)
+        self.optimizer = AnalogSGD(self.analog.parameters(), lr=self.t.lr, momentum=self.t.momentum,
+                                   weight_decay=self.t.weight_decay)
+        self.optimizer.regroup_param_groups(self.analog)
+
+    def _sync(self) -> None:
+        """The tiles' trained weights -> the package's model (digital state_dict keys are the same)."""
+        from aihwkit.nn.conversion import convert_to_digital
+
+        self.model.load_state_dict(convert_to_digital(self.analog).state_dict())
+
+    def run_round(self, bar=None) -> dict[str, Any]:
+        start = time.perf_counter()
+        lr = engine.lr_at(self.t, self.round)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.analog.train()
+        g = torch.Generator().manual_seed(self.t.seed * 1_000_003 + self.round * 1009)
+        total = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        for x, y in self.train_batches.iterate(g):
+            self.optimizer.zero_grad(set_to_none=True)
+            z = self.analog(x)
+            loss = nn.functional.cross_entropy(z, y)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach() * len(y)
+            correct += (z.argmax(1) == y).sum()
+            if bar is not None:
+                bar.update(1)
+        n = self.train_batches.n
+        stats = {"loss": total.item() / n, "acc": correct.item() / n}
+        if not torch.isfinite(torch.tensor(stats["loss"])):
+            raise OperationFailed(f"training diverged: loss is {stats['loss']} in epoch {self.round + 1}",
+                                  f"the last good checkpoint is kept in {self.state_dir}; lower training.lr and "
+                                  "rerun with --resume")
+        if bar is not None:
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", refresh=False)
+        self._sync()
+        val = engine.evaluate(self.model, self.val_batches, self.t.eval_sigma, self.t.eval_draws)
+        clean = engine.evaluate(self.model, self.val_batches, 0.0)
+        self.round += 1
+        entry = {"round": self.round, "lr": lr, "clients": [stats],
+                 "val": {"acc": val["acc"], "loss": val["loss"], "sigma": self.t.eval_sigma, "clean_acc": clean["acc"]}}
+        if not self.best or val["acc"] > self.best["val_acc"]:
+            self.best = {"round": self.round, "val_acc": val["acc"], "val_loss": val["loss"],
+                         "val_sigma": self.t.eval_sigma, "val_clean_acc": clean["acc"]}
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.since_best = 0
+        else:
+            self.since_best += 1
+        entry["seconds"] = round(time.perf_counter() - start, 3)
+        self.log.append(entry)
+        return entry
+
+    def save(self) -> None:
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        for key, v in self.model.state_dict().items():
+            tensors[f"model/{key}"] = v.detach().contiguous().cpu()
+        for key, v in self.best_state.items():
+            tensors[f"best/{key}"] = v.contiguous().cpu()
+        opt = engine._flatten(self.optimizer.state_dict(), "opt0", tensors)
+        tensors.update(engine._rng_state())
+        meta = {"identity": self.identity, "round": self.round, "best": self.best, "since_best": self.since_best,
+                "optimizers": [opt], "log": self.log, "mode": self.mode, "clients": 1}
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp_t = self.state_dir / f".{engine.CHECKPOINT}.tmp"
+        tmp_m = self.state_dir / f".{engine.CHECKPOINT_META}.tmp"
+        save_file(tensors, str(tmp_t))
+        tmp_m.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        os.replace(tmp_t, self.state_dir / engine.CHECKPOINT)
+        os.replace(tmp_m, self.state_dir / engine.CHECKPOINT_META)
+
+    def load(self) -> None:
+        from safetensors.torch import load_file
+
+        meta = json.loads((self.state_dir / engine.CHECKPOINT_META).read_text(encoding="utf-8"))
+        for key, want in self.identity.items():
+            if meta["identity"].get(key) != want:
+                raise UsageError(f"the checkpoint in {self.state_dir} was made with another {key.replace('_', ' ')}",
+                                 "resume with the same package, recipe, overrides and data, or delete that folder")
+        tensors = load_file(str(self.state_dir / engine.CHECKPOINT))
+        state = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+        self.model.load_state_dict(state)
+        self._build(self.model.state_dict())
+        self.optimizer.load_state_dict(engine._unflatten(meta["optimizers"][0], tensors))
+        self.best_state = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best/")}
+        self.best, self.since_best, self.log, self.round = meta["best"], meta["since_best"], meta["log"], meta["round"]
+        engine._set_rng_state(tensors)
+
+    def has_checkpoint(self) -> bool:
+        return (self.state_dir / engine.CHECKPOINT_META).exists()
+
+    def output_model(self, result: engine.Result) -> nn.Module:
+        self.model.load_state_dict(result.best_state)
+        return self.model
+
+    def run(self, resume: bool = False) -> engine.Result:
+        threads = torch.get_num_threads()
+        if self.t.cpu_threads:
+            torch.set_num_threads(self.t.cpu_threads)
+        try:
+            return self._run(resume)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, resume: bool) -> engine.Result:
+        start = time.perf_counter()
+        if resume and self.has_checkpoint():
+            self.load()
+        else:
+            torch.manual_seed(self.t.seed)
+        per_round = len(self.train_batches)
+        bar = self.progress(total=self.t.rounds * per_round, initial=self.round * per_round, unit="step",
+                            desc=self.recipe.name) if self.progress else None
+        stopped = False
+        try:
+            while self.round < self.t.rounds:
+                if self.t.patience and self.since_best >= self.t.patience:
+                    stopped = True
+                    break
+                entry = self.run_round(bar)
+                self.save()
+                if self.on_round:
+                    self.on_round(entry)
+        finally:
+            if bar is not None:
+                bar.close()
+        return engine.Result(self.best_state, {}, self.best, self.round, self.mode, str(self.device), self.log,
+                             stopped, time.perf_counter() - start)

@@ -1,0 +1,298 @@
+"""Recipes: typed, validated training configurations, loaded from YAML and patched by dotted overrides.
+
+    recipes/msnat.yaml            shipped recipes (`analogai-deploy recipes list`)
+    my_recipe.yaml                a user's own file (any path ending in .yaml / .yml)
+    training.batch_size=256       an override; the seed's names work verbatim
+    recovery.noise_4.act_inject.sigma=0.3
+
+`recovery.noise_0 ... noise_{K-1}` are the K noise levels (one FI client each). The seed calls the
+level `act_inject.sigma`; it is the relative weight-noise level of DESIGN.md (s = c * sigma * max|W|).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .._config import StrictConfig
+from ..errors import UsageError, unknown
+from ..provenance import sha256_json
+from .adversarial import AdversarialConfig
+from .qat import QuantConfig
+from .sam import SamConfig
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+_NOISE_KEY = re.compile(r"^noise_(\d+)$")
+
+
+@dataclass
+class ActInject(StrictConfig):
+    """sigma: relative weight-noise level of this client (the seed's name for it)."""
+
+    sigma: float = 0.1
+
+    def __post_init__(self):
+        if self.sigma < 0:
+            raise UsageError(f"act_inject.sigma must be >= 0, got {self.sigma}")
+
+
+@dataclass
+class NoiseLevel(StrictConfig):
+    act_inject: ActInject = field(default_factory=ActInject)
+
+
+@dataclass
+class FusionConfig(StrictConfig):
+    """Multi-noise fusion injection: how the K clients' states are averaged each round.
+
+    weights: a_k uniform (1/K, the reference) or proportional to each client's validation accuracy.
+    momentum_broadcast: w_k <- keep * w_k + (1 - keep) * w instead of w_k <- w (reference keep = 0.1).
+    """
+
+    weights: Literal["uniform", "accuracy"] = "uniform"
+    momentum_broadcast: bool = False
+    keep: float = 0.1
+
+    def __post_init__(self):
+        if not 0.0 <= self.keep < 1.0:
+            raise UsageError(f"fusion.keep must be in [0, 1), got {self.keep}")
+
+
+@dataclass
+class FeedbackConfig(StrictConfig):
+    """Multiple feedback loops: z = z0 - beta * sum_j gamma_j z_j, z_j at sigma + delta_j; loss CE(z / T, y)."""
+
+    beta: float = 1e-3
+    deltas: list[float] = field(default_factory=lambda: [0.05, 0.10, 0.15])
+    gammas: list[float] = field(default_factory=lambda: [1.0, 0.1, 0.01])
+    temperature: float = 4.0
+
+    def __post_init__(self):
+        if len(self.deltas) != len(self.gammas):
+            raise UsageError(f"feedback.deltas ({len(self.deltas)}) and feedback.gammas ({len(self.gammas)}) "
+                             "must have the same length", "give one gamma per feedback loop")
+        if self.temperature <= 0:
+            raise UsageError(f"feedback.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class HwaConfig(StrictConfig):
+    """aihwkit's own hardware-aware training (engine: aihwkit_hwa).
+
+    modifier: aihwkit WeightModifierType applied to the weights in every training forward pass;
+    w_noise: its std_dev (relative to the largest weight of a tile).
+    """
+
+    modifier: Literal["add_normal", "mult_normal", "pcm_noise"] = "add_normal"
+    w_noise: float = 0.08
+    out_noise: float = 0.04
+
+
+@dataclass
+class RecoveryConfig(StrictConfig):
+    """What recovery does. `noise_0 ... noise_{K-1}` are read by `from_dict` (any K >= 1)."""
+
+    noise: list[NoiseLevel] = field(default_factory=lambda: [NoiseLevel(ActInject(s)) for s in (0.10, 0.15, 0.20, 0.25, 0.30)])
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    optimizer: SamConfig = field(default_factory=SamConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    qat: bool = False
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    hwa: HwaConfig = field(default_factory=HwaConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "") -> RecoveryConfig:
+        data = dict(data or {})
+        if "noise" in data:
+            raise UsageError(f"write the noise levels as {where}noise_0, {where}noise_1, ... (the seed's names)")
+        levels = {int(m.group(1)): data.pop(k) for k in list(data) if (m := _NOISE_KEY.match(k))}
+        levels = {k: v for k, v in levels.items() if v is not None}  # `noise_4=null` drops a level
+        if levels and sorted(levels) != list(range(len(levels))):
+            raise UsageError(f"noise levels must be {where}noise_0 ... noise_{len(levels) - 1} without gaps, "
+                             f"got {', '.join(f'noise_{k}' for k in sorted(levels))}")
+        try:
+            out = super().from_dict(data, where)
+        except UsageError as exc:
+            if "unknown key" in exc.message:
+                exc.hint = (exc.hint or "") + ", noise_0 ... noise_K"
+            raise
+        if levels:
+            out.noise = [NoiseLevel.from_dict(levels[k], where=f"{where}noise_{k}.") for k in sorted(levels)]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        noise = d.pop("noise")
+        return {**{f"noise_{k}": n for k, n in enumerate(noise)}, **d}
+
+    @property
+    def sigmas(self) -> list[float]:
+        return [n.act_inject.sigma for n in self.noise]
+
+
+@dataclass
+class TrainingConfig(StrictConfig):
+    """The training loop. One round = `epochs_per_round` epochs of every client, then fusion + validation.
+
+    engine: msnat (this toolkit's loop: vanilla, single noise, MSNAT and its ablations) or aihwkit_hwa.
+    eval_sigma / eval_draws: model selection and early stopping use the validation accuracy at this
+      noise level, averaged over this many noise draws (fixed seed, so selection is deterministic).
+    patience: stop after this many rounds without a better validation accuracy (0 = never).
+    mode: how the K clients run; "loop" trains them one after the other ("auto" picks the fastest available).
+    cpu_threads: torch CPU threads while training (0 = torch's default); 1 is fastest for tiny models
+      on a busy machine, where threads of a small kernel mostly wait for each other.
+    """
+
+    engine: Literal["msnat", "aihwkit_hwa"] = "msnat"
+    rounds: int = 20
+    epochs_per_round: int = 1
+    batch_size: int = 64
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    patience: int = 0
+    use_FI: bool = True
+    use_FL: bool = True
+    mode: Literal["auto", "loop"] = "auto"
+    eval_sigma: float = 0.2
+    eval_draws: int = 3
+    cpu_threads: int = 0
+
+    def __post_init__(self):
+        for name in ("rounds", "epochs_per_round", "batch_size", "eval_draws"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UsageError(f"training.lr must be > 0, got {self.lr}")
+        if self.patience < 0 or self.eval_sigma < 0 or self.cpu_threads < 0:
+            raise UsageError("training.patience, training.eval_sigma and training.cpu_threads must be >= 0")
+        if self.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", self.device):
+            raise UsageError(f"training.device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+@dataclass
+class Recipe(StrictConfig):
+    name: str = "custom"
+    description: str = ""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+
+    def __post_init__(self):
+        t, r = self.training, self.recovery
+        if t.engine == "aihwkit_hwa":
+            if t.optimizer != "sgd":
+                raise UsageError("the aihwkit_hwa engine trains with aihwkit's AnalogSGD",
+                                 "set training.optimizer=sgd (momentum via training.momentum)")
+            on = [n for n, v in (("training.use_FI", t.use_FI), ("training.use_FL", t.use_FL),
+                                 ("recovery.optimizer.sam", r.optimizer.sam), ("recovery.qat", r.qat),
+                                 ("recovery.adversarial.FGSM.use", r.adversarial.FGSM.use),
+                                 ("recovery.adversarial.PGD.use", r.adversarial.PGD.use)) if v]
+            if on:
+                raise UsageError(f"the aihwkit_hwa engine does not combine with {', '.join(on)}",
+                                 "set them to false, or use training.engine=msnat")
+
+    def resolved(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "training": self.training.to_dict(), "recovery": self.recovery.to_dict()}
+
+    def sha256(self) -> str:
+        return sha256_json(self.resolved())
+
+    def summary(self) -> str:
+        t, r = self.training, self.recovery
+        if t.engine == "aihwkit_hwa":
+            return f"aihwkit HWA training ({r.hwa.modifier} w_noise={r.hwa.w_noise}), {t.rounds} epochs"
+        parts = [f"K={len(r.noise)} sigma={r.sigmas}", f"FI={'on' if t.use_FI and len(r.noise) > 1 else 'off'}",
+                 f"FL={'on' if t.use_FL else 'off'}", f"{t.rounds} rounds x {t.epochs_per_round} epoch"]
+        extras = [n for n, on in (("SAM", r.optimizer.sam), ("FGSM", r.adversarial.FGSM.use),
+                                  ("PGD", r.adversarial.PGD.use), ("QAT", r.qat)) if on]
+        return ", ".join(parts + extras)
+
+
+def shipped() -> dict[str, Path]:
+    """name -> file of every recipe shipped in recipes/."""
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"recipe file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}", "fix the file's syntax") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a mapping of recipe sections", "see `analogai-deploy recipes show msnat`")
+    return data
+
+
+def raw(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    """The recipe's YAML as a dict, and where it came from (a shipped name or a file path)."""
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith((".yaml", ".yml")) or path.is_file():
+        data = read_yaml(path)
+        data.setdefault("name", path.stem)
+        return data, str(path)
+    files = shipped()
+    if text not in files:
+        raise unknown("recipe", text, files)
+    return read_yaml(files[text]), text
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'training.batch_size=256' -> (['training', 'batch_size'], 256); values are YAML scalars/lists."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    key = key.strip().lstrip("-")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UsageError(f"bad override {item!r}", "write dotted.key=value, e.g. training.batch_size=256")
+    value = value.strip()
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, str) and len(parsed) >= 2 and parsed[0] == parsed[-1] and parsed[0] in "'\"":
+        parsed = parsed[1:-1]
+    return key.split("."), parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Patch nested dict `data` with dotted overrides (a list of 'k=v' strings or a {dotted: value} dict)."""
+    items = [parse_override(o) for o in overrides] if isinstance(overrides, list) else [
+        (k.split("."), v) for k, v in overrides.items()]
+    for keys, value in items:
+        node = data
+        for i, k in enumerate(keys[:-1]):
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise UsageError(f"cannot set {'.'.join(keys)}: {'.'.join(keys[:i + 1])} is a value, not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+def load(name_or_path: str | Path | Recipe = "msnat", overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """A validated Recipe from a shipped name or a YAML file, with dotted overrides applied."""
+    if isinstance(name_or_path, Recipe):
+        if not overrides:
+            return name_or_path
+        data = name_or_path.to_dict()
+    else:
+        data, _ = raw(name_or_path)
+    return Recipe.from_dict(apply_overrides(data, overrides or []))
