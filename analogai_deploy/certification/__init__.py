@@ -1,0 +1,477 @@
+"""Certify a package on aihwkit: Monte Carlo accuracy of the model on simulated analog chips under drift.
+
+    cert = analogai_deploy.certify("runs/lenet", device="PCM", data="digits", times="1s,1h,1d,1y", repeats=10)
+    cert["results"][2]["mean"], cert.passed
+
+The package's clean digital weights are converted with aihwkit's `convert_to_analog` once. Each
+Monte Carlo repeat r seeds torch with seed + r, programs the tiles afresh (`program_analog_weights`:
+new programming noise) and drifts them to every time in turn (`drift_analog_weights(t)` always
+starts from the programmed state). A repeat depends only on (seed, r), so repeats can be split
+across processes and merged. certificate.json, certificate.png and the card are written into the package.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io as _io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._config import StrictConfig
+from ..errors import UsageError, unknown
+from .devices import DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, rpu_config
+from .evaluation import METRICS, EvalSet, load_eval_set, normalised, parse_times, resolve_metric, run, score, stats
+
+__all__ = ["certify", "sweep", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings", "CustomDevice",
+           "DEVICES", "PRESETS", "METRICS", "apply_overrides", "parse_sweep"]
+
+DEFAULT_TIMES = "1s,1h,1d,1y"
+CERTIFICATE_PNG = "certificate.png"
+SWEEP_CSV, SWEEP_PNG = "sweep.csv", "sweep.png"
+SWEEPABLE = ("n_w", "out_noise", "dac_bits", "adc_bits", "tile_size")
+#: the seed's config names (and short forms) accepted as KEY=VALUE overrides
+ALIASES = {
+    "inference.platform.aihwkit.device": "device", "inference.platform.aihwkit.n_w": "n_w",
+    "inference.platform.aihwkit": "aihwkit",
+}
+
+
+@dataclass
+class CertifyConfig(StrictConfig):
+    """Everything that decides a certificate's numbers.
+
+    data: dataset spec for image packages (default digits); sentences / tokens for text packages.
+    metric: auto, accuracy, agreement (top-1 vs digital), cosine (outputs vs digital).
+    times: after programming: 1s, 1h, 1d, 1y or seconds.  repeats: Monte Carlo repeats (>= 2 for a gate).
+    max_drop / at: the gate, in percentage points below digital at time `at`, on the lower 95% CI bound.
+    limit: evaluate on at most this many test samples (None = the whole test split).
+    match_qat: set the DAC bits to the package's QAT activation bits (config["quantization"]["a_bits"]).
+    """
+
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    data: str | None = None
+    metric: str = "auto"
+    times: list[str] = field(default_factory=lambda: DEFAULT_TIMES.split(","))
+    repeats: int = 10
+    seed: int = 0
+    max_drop: float | None = None
+    at: str = "1d"
+    limit: int | None = None
+    match_qat: bool = False
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise UsageError(f"repeats must be >= 1, got {self.repeats}")
+        if self.metric not in METRICS:
+            raise unknown("metric", self.metric, METRICS)
+        if self.max_drop is not None:
+            if self.max_drop < 0:
+                raise UsageError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
+            if self.repeats < 2:
+                raise UsageError("a gate judges the lower 95% CI bound, which needs >= 2 repeats", "pass --repeats 10")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"limit must be >= 1, got {self.limit}")
+        self.time_points()  # validate early
+
+    def time_points(self) -> list[tuple[str, float]]:
+        points = parse_times(self.times)
+        if self.max_drop is not None:
+            from .evaluation import parse_time
+
+            at = parse_time(self.at)
+            if all(abs(s - at[1]) > 1e-9 for _, s in points):
+                points = sorted(points + [at], key=lambda p: p[1])  # the gate's time is always measured
+        return points
+
+
+class Certificate(dict):
+    """certificate.json as a dict, plus `path` (where it was written), `passed`, and `timing` (not saved)."""
+
+    path: Path | None = None
+    timing: dict[str, float] | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        return self.get("verdict", {}).get("passed")
+
+    def result(self, time_label: str) -> dict[str, Any]:
+        from .evaluation import parse_time
+
+        seconds = parse_time(time_label)[1]
+        for r in self["results"]:
+            if abs(r["seconds"] - seconds) < 1e-9:
+                return r
+        raise KeyError(time_label)
+
+
+def apply_overrides(overrides: list[str] | None) -> dict[str, str]:
+    """KEY=VALUE strings (the seed's `inference.platform.aihwkit.n_w=0.2` too) -> {setting: value}."""
+    out: dict[str, str] = {}
+    valid = set(ALIASES) | {"device", "preset", "tile", "repeats", "seed", "times", "data", "metric"} | set(
+        f.name for f in IOSettings.__dataclass_fields__.values())
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise UsageError(f"bad override {item!r}", "write KEY=VALUE, e.g. inference.platform.aihwkit.n_w=0.2")
+        if key not in valid:
+            raise unknown("setting", key, valid)
+        key = ALIASES.get(key, key)
+        value = value.strip().strip("'\"")
+        if key == "aihwkit":  # the seed's on/off switch: certification is aihwkit by definition
+            if value.lower() not in ("true", "1", "yes", "on"):
+                raise UsageError("inference.platform.aihwkit=false: certify always runs on aihwkit",
+                                 "drop that override")
+            continue
+        out[key] = value
+    return out
+
+
+def _device_config(device: str | DeviceConfig, device_file: str | Path | None, preset: str | None, tile: str,
+                   io: dict[str, Any]) -> DeviceConfig:
+    if isinstance(device, DeviceConfig):
+        return device
+    ioset = IOSettings.from_dict({k: v for k, v in io.items() if v is not None})
+    if device_file is not None:
+        if str(device).lower() != "custom":
+            raise UsageError(f"--device-file goes with --device custom (got --device {device})")
+        return DeviceConfig.from_file(device_file, io=ioset, preset=preset, tile=tile)
+    return DeviceConfig(name=device, io=ioset, preset=preset, tile=tile)
+
+
+def _match_qat(cfg: CertifyConfig, pkg_config: dict[str, Any]) -> None:
+    """--match-qat: the DAC resolves what QAT trained the activations for (a_bits)."""
+    quant = pkg_config.get("quantization")
+    if not quant or not quant.get("a_bits"):
+        raise UsageError("--match-qat: this package has no quantization section with a_bits",
+                         "recover it with a QAT recipe first, or drop --match-qat")
+    io = cfg.device.io
+    if io.dac_bits is not None and io.dac_bits != int(quant["a_bits"]):
+        raise UsageError(f"--match-qat sets dac_bits={quant['a_bits']} but dac_bits={io.dac_bits} was also given",
+                         "pass one of them")
+    io.dac_bits = int(quant["a_bits"])
+
+
+@dataclass
+class _Bench:
+    """What every Monte Carlo run of one package shares: the digital model, the inputs, the reference."""
+
+    path: Path
+    config: dict[str, Any]
+    digital: nn.Module
+    data: EvalSet
+    metric: str
+    reference: torch.Tensor | None
+    digital_value: float
+    digital_seconds: float
+
+
+def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
+    from .. import package as pkg_io
+    from ..analog.convert import to_digital
+
+    pkg = pkg_io.load(package)  # verifies the weights' sha256
+    if cfg.match_qat:
+        _match_qat(cfg, pkg.config)
+    metric = resolve_metric(cfg.metric, pkg.config, cfg.data)
+    data = load_eval_set(pkg.path, pkg.config, cfg.data, seed=cfg.seed, limit=cfg.limit)
+    if metric == "accuracy" and data.num_classes and pkg.config.get("num_classes") not in (None, data.num_classes):
+        raise UsageError(f"the package has {pkg.config['num_classes']} classes but {data.spec} has {data.num_classes}",
+                         "certify on the dataset the model was trained for")
+    digital = to_digital(pkg.model).eval()
+    start = time.perf_counter()
+    outputs = run(digital, data)
+    seconds = time.perf_counter() - start
+    reference = None if metric == "accuracy" else outputs
+    value = score(metric, outputs, data, reference)
+    return _Bench(pkg.path, pkg.config, digital, data, metric, reference, value, seconds)
+
+
+def _to_aihwkit(digital: nn.Module, rpu) -> nn.Module:
+    from aihwkit.nn.conversion import convert_to_analog
+
+    analog = convert_to_analog(copy.deepcopy(digital), rpu, inplace=True)
+    return analog.eval()
+
+
+def _conversion(analog: nn.Module) -> dict[str, Any]:
+    from aihwkit.nn.modules.base import AnalogLayerBase
+
+    layers = [m for m in analog.modules() if isinstance(m, AnalogLayerBase) and hasattr(m, "analog_module")]
+    tiles = sum(1 for _ in analog.analog_tiles()) if hasattr(analog, "analog_tiles") else None
+    analog_ids = {id(p) for m in layers for p in m.parameters()}
+    total = sum(p.numel() for p in analog.parameters())
+    digital_types: dict[str, int] = {}
+    for m in analog.modules():
+        own = list(m.parameters(recurse=False))
+        if own and not any(id(p) in analog_ids for p in own):
+            digital_types[type(m).__name__] = digital_types.get(type(m).__name__, 0) + 1
+    weights = sum(m.in_features * m.out_features if hasattr(m, "in_features") else
+                  m.weight.numel() if getattr(m, "weight", None) is not None else 0 for m in layers)
+    return {"analog_layers": len(layers), "tiles": tiles, "analog_weights": weights, "digital_modules": digital_types,
+            "total_params": total}
+
+
+def monte_carlo(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], repeats: int, seed: int,
+                progress: Callable[..., Any] | None = None, first_repeat: int = 0) -> list[list[float]]:
+    """values[time][repeat] for repeats first_repeat .. first_repeat + repeats - 1 (seed + r each)."""
+    values = [[0.0] * repeats for _ in times]
+    bar = progress(total=repeats * len(times), desc="certify", unit="eval") if progress else None
+    try:
+        for i in range(repeats):
+            torch.manual_seed(seed + first_repeat + i)
+            analog.eval()
+            analog.program_analog_weights()  # fresh programming noise for this repeat
+            for j, (_, seconds) in enumerate(times):
+                analog.drift_analog_weights(seconds)
+                values[j][i] = score(bench.metric, run(analog, bench.data), bench.data, bench.reference)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return values
+
+
+def _results(bench: _Bench, times: list[tuple[str, float]], values: list[list[float]]) -> list[dict[str, Any]]:
+    classes = bench.data.num_classes or bench.config.get("num_classes")
+    rows = []
+    for (label, seconds), vals in zip(times, values):
+        s = stats(vals, (-1.0, 1.0) if bench.metric == "cosine" else (0.0, 1.0))
+        norm = normalised(s["mean"], bench.digital_value, classes) if bench.metric != "cosine" else None
+        rows.append({"time": label, "seconds": seconds, **s, "normalised": norm, "values": vals})
+    return rows
+
+
+def _verdict(cfg: CertifyConfig, digital: float, results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if cfg.max_drop is None:
+        return None
+    from .evaluation import parse_time
+
+    label, seconds = parse_time(cfg.at)
+    row = next(r for r in results if abs(r["seconds"] - seconds) < 1e-9)
+    threshold = digital - cfg.max_drop / 100.0
+    drop_pp = 100.0 * (digital - row["ci95"][0])
+    return {
+        "rule": f"max drop {cfg.max_drop:g} pp at {label} (lower 95% CI)",
+        "max_drop_pp": cfg.max_drop, "at": label, "threshold": threshold,
+        "drop_pp": drop_pp, "passed": bool(drop_pp <= cfg.max_drop + 1e-9),
+    }
+
+
+def _digital_block(bench: _Bench) -> dict[str, Any]:
+    return {bench.metric: bench.digital_value}
+
+
+def _data_block(bench: _Bench) -> dict[str, Any]:
+    split = "test" if bench.data.labels is not None else "label-free"
+    return {"spec": bench.data.spec, "fingerprint": bench.data.fingerprint, "split": split, "n": bench.data.n}
+
+
+def certify(
+    package: str | Path,
+    device: str | DeviceConfig = "PCM",
+    data: str | None = None,
+    times: str | list[str] = DEFAULT_TIMES,
+    repeats: int = 10,
+    seed: int = 0,
+    *,
+    config: CertifyConfig | None = None,
+    max_drop: float | None = None,
+    at: str = "1d",
+    metric: str = "auto",
+    preset: str | None = None,
+    tile: str = "auto",
+    device_file: str | Path | None = None,
+    match_qat: bool = False,
+    limit: int | None = None,
+    progress: Callable[..., Any] | None = None,
+    write: bool = True,
+    **io: Any,
+) -> Certificate:
+    """Monte Carlo certificate of `package` on a simulated analog device; written into the package.
+
+    `device`: PCM, ReRAM, ReRAM-CMO, Hermes-PCM, ideal, custom (+ `device_file`), or a DeviceConfig.
+    `io`: IOSettings fields (dac_bits, adc_bits, out_noise, tile_size, drift_compensation, n_w, w_noise_type).
+    `data`: default digits for image packages, built-in sentences for text packages (label-free).
+    `progress(total=..., desc=...)`: a tqdm-like bar factory. Pass `config` to give everything at once.
+    """
+    cfg = config or CertifyConfig(
+        device=_device_config(device, device_file, preset, tile, io), data=data, metric=metric,
+        times=[times] if isinstance(times, (int, float)) else times, repeats=repeats, seed=seed,
+        max_drop=max_drop, at=at, limit=limit, match_qat=match_qat,
+    )
+    if isinstance(cfg.times, str):
+        cfg.times = cfg.times.split(",")
+    cfg = CertifyConfig.from_dict(cfg.to_dict())  # a private copy: match_qat edits the device settings
+    bench = _bench(package, cfg)
+    times_ = cfg.time_points()
+    tile_kind = choose_tile(cfg.device)
+    rpu = rpu_config(cfg.device, tile_kind)
+    start = time.perf_counter()
+    analog = _to_aihwkit(bench.digital, rpu)
+    convert_s = time.perf_counter() - start
+    start = time.perf_counter()
+    values = monte_carlo(analog, bench, times_, cfg.repeats, cfg.seed, progress)
+    mc_s = time.perf_counter() - start
+    from ..provenance import now, version_of, versions
+
+    results = _results(bench, times_, values)
+    cert = Certificate({
+        "metric": bench.metric,
+        "device": describe(cfg.device, rpu, tile_kind),
+        "tile": tile_kind,
+        "aihwkit": version_of("aihwkit"),
+        "reproducible": tile_kind == "torch",
+        "data": _data_block(bench),
+        "weights_sha256": bench.config["weights"]["sha256"],
+        "seed": cfg.seed,
+        "repeats": cfg.repeats,
+        "seeds": [cfg.seed + r for r in range(cfg.repeats)],
+        "digital": _digital_block(bench),
+        "conversion": _conversion(analog),
+        "results": results,
+        "settings": cfg.to_dict(),
+        "created": now(),
+        "versions": versions(),
+    })
+    verdict = _verdict(cfg, bench.digital_value, results)
+    if verdict is not None:
+        cert["verdict"] = verdict
+    cert.timing = {"convert_s": convert_s, "monte_carlo_s": mc_s,
+                   "per_eval_s": mc_s / (cfg.repeats * len(times_)), "digital_pass_s": bench.digital_seconds}
+    if write:
+        cert.path = _write_certificate(bench, cert)
+    return cert
+
+
+def _write_certificate(bench: _Bench, cert: Certificate) -> Path:
+    from .. import package as pkg_io
+    from ..card import certificate_summary
+    from ..provenance import now
+    from .plots import certificate_png
+
+    config = copy.deepcopy(bench.config)
+    config["certificate"] = certificate_summary(cert)
+    history = config.setdefault("provenance", {}).setdefault("history", [])
+    history.append({"stage": "certify", "time": now(), "device": cert["device"]["name"], "tile": cert["tile"],
+                    "repeats": cert["repeats"], "seed": cert["seed"],
+                    "passed": cert.get("verdict", {}).get("passed")})
+    files = {
+        pkg_io.CERTIFICATE: (json.dumps(cert, indent=2) + "\n").encode(),
+        CERTIFICATE_PNG: certificate_png(cert),
+    }
+    pkg_io.write(bench.path, config, files=files, base=bench.path)
+    return bench.path / pkg_io.CERTIFICATE
+
+
+def parse_sweep(text: str) -> tuple[str, list[float]]:
+    """'n_w=0:0.2:10' -> ('n_w', 10 evenly spaced values from 0 to 0.2); 'dac_bits=4,6,8' -> a list."""
+    key, sep, spec = text.partition("=")
+    key = ALIASES.get(key.strip(), key.strip())
+    if not sep or not spec.strip():
+        raise UsageError(f"bad sweep {text!r}", "write PARAM=START:STOP:N (N points) or PARAM=V1,V2,..., e.g. n_w=0:0.2:10")
+    if key not in SWEEPABLE:
+        raise unknown("sweep parameter", key, SWEEPABLE)
+    try:
+        if ":" in spec:
+            a, b, n = spec.split(":")
+            count = int(n)
+            if count < 2:
+                raise ValueError
+            values = [float(a) + (float(b) - float(a)) * i / (count - 1) for i in range(count)]
+        else:
+            values = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"bad sweep range {spec!r}", "write START:STOP:N with N >= 2 points, e.g. n_w=0:0.2:10") from None
+    if key in ("dac_bits", "adc_bits", "tile_size"):
+        values = sorted({int(round(v)) for v in values})
+    return key, [round(v, 12) for v in values]
+
+
+def sweep(
+    package: str | Path,
+    param: str,
+    values: list[float] | None = None,
+    *,
+    config: CertifyConfig | None = None,
+    progress: Callable[..., Any] | None = None,
+    write: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The metric vs one device setting (the seed's inference script: accuracy vs n_w).
+
+    `param` is 'n_w' with `values`, or a whole spec 'n_w=0:0.2:10'. Other keywords as `certify`.
+    Writes sweep.csv and sweep.png into the package. One aihwkit conversion per value (the setting
+    changes the tiles), Monte Carlo as in `certify` at every time.
+    """
+    if values is None:
+        param, values = parse_sweep(param)
+    else:
+        param = ALIASES.get(param, param)
+        if param not in SWEEPABLE:
+            raise unknown("sweep parameter", param, SWEEPABLE)
+    if config is None:
+        device = kwargs.pop("device", "PCM")
+        io_keys = set(IOSettings.__dataclass_fields__)
+        io_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in io_keys}
+        if param in io_kw:
+            raise UsageError(f"{param} is swept; do not also set it")
+        dev = _device_config(device, kwargs.pop("device_file", None), kwargs.pop("preset", None),
+                             kwargs.pop("tile", "auto"), io_kw)
+        if "times" in kwargs and isinstance(kwargs["times"], str):
+            kwargs["times"] = kwargs["times"].split(",")
+        config = CertifyConfig(device=dev, **kwargs)
+    cfg = CertifyConfig.from_dict(config.to_dict())
+    bench = _bench(package, cfg)
+    times_ = cfg.time_points()
+    rows: list[dict[str, Any]] = []
+    device_desc = None
+    bar = progress(total=len(values) * cfg.repeats * len(times_), desc=f"sweep {param}", unit="eval") if progress else None
+    try:
+        for value in values:
+            dev = DeviceConfig.from_dict(cfg.device.to_dict())
+            setattr(dev.io, param, value)
+            dev.io.__post_init__()
+            tile_kind = choose_tile(dev)
+            rpu = rpu_config(dev, tile_kind)
+            analog = _to_aihwkit(bench.digital, rpu)
+            vals = monte_carlo(analog, bench, times_, cfg.repeats, cfg.seed)
+            if bar is not None:
+                bar.update(cfg.repeats * len(times_))
+            desc = describe(dev, rpu, tile_kind)
+            device_desc = device_desc or desc
+            for res in _results(bench, times_, vals):
+                rows.append({"param": param, "value": value, "time": res["time"], "seconds": res["seconds"],
+                             "mean": res["mean"], "std": res["std"], "ci_low": res["ci95"][0],
+                             "ci_high": res["ci95"][1], "min": res["min"], "normalised": res["normalised"],
+                             "tile": tile_kind})
+    finally:
+        if bar is not None:
+            bar.close()
+    from ..provenance import now, version_of
+
+    result = {"param": param, "values": values, "metric": bench.metric, "device": device_desc,
+              "digital": _digital_block(bench), "data": _data_block(bench),
+              "weights_sha256": bench.config["weights"]["sha256"], "seed": cfg.seed, "repeats": cfg.repeats,
+              "aihwkit": version_of("aihwkit"), "rows": rows, "created": now()}
+    if write:
+        from .. import package as pkg_io
+        from .plots import sweep_png
+
+        buf = _io.StringIO()
+        fields = ["param", "value", "time", "seconds", "mean", "std", "ci_low", "ci_high", "min", "normalised", "tile"]
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        pkg_io.write(bench.path, bench.config, files={SWEEP_CSV: buf.getvalue().encode(), SWEEP_PNG: sweep_png(result)},
+                     base=bench.path)
+        result["files"] = [str(bench.path / SWEEP_CSV), str(bench.path / SWEEP_PNG)]
+    return result

@@ -1,0 +1,294 @@
+"""The aihwkit side of certification: device presets, IO settings, and the rpu_config they build.
+
+    PCM          PCMLikeNoiseModel(g_max=25) + GlobalDriftCompensation (aihwkit's standard PCM statistics)
+    ReRAM        ReRamWan2022NoiseModel
+    ReRAM-CMO    ReRamCMONoiseModel
+    Hermes-PCM   HermesNoiseModel (IBM HERMES project chip statistics)
+    ideal        perfect tile: no programming/read noise, no drift, no IO non-idealities (= digital)
+    custom       a YAML file naming an aihwkit noise model, its parameters and IO settings
+
+IO settings left at None keep the base config's value (aihwkit's InferenceRPUConfig: 7-bit DAC,
+9-bit ADC, out_noise 0.06, 512x512 tiles; or the standard-hwa preset's 8/8 bits, w_noise 0.0175
+PCM_READ, out_noise 0.04). The certificate records the values that were actually used.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._config import StrictConfig
+from ..errors import OperationFailed, UsageError, unknown
+
+DEVICES = ("PCM", "ReRAM", "ReRAM-CMO", "Hermes-PCM", "ideal", "custom")
+PRESETS = ("standard-hwa",)
+TILES = ("auto", "cpp", "torch")
+#: noise models a custom YAML may name (an allow-list: nothing else is ever instantiated)
+NOISE_MODELS = ("PCMLikeNoiseModel", "ReRamWan2022NoiseModel", "ReRamCMONoiseModel", "HermesNoiseModel",
+                "StateIndependentNoiseModel")
+W_NOISE_TYPES = ("additive_constant", "pcm_read", "relative")
+
+
+@dataclass
+class IOSettings(StrictConfig):
+    """Peripheral settings of the analog tiles; None keeps the base config's value.
+
+    dac_bits / adc_bits: input (DAC) and output (ADC) resolution; 0 = no quantisation.
+    out_noise: Gaussian noise on each output, relative to the output bound.
+    tile_size: the largest crossbar (rows = columns); bigger layers are split over several tiles.
+    drift_compensation: GlobalDriftCompensation on/off.
+    n_w: the seed's `inference.platform.aihwkit.n_w`: aihwkit's forward.w_noise, weight noise on every
+        MAC (C++ tiles only). w_noise_type: how it scales (additive_constant, pcm_read, relative).
+    """
+
+    dac_bits: int | None = None
+    adc_bits: int | None = None
+    out_noise: float | None = None
+    tile_size: int | None = None
+    drift_compensation: bool | None = None
+    n_w: float | None = None
+    w_noise_type: str | None = None
+
+    def __post_init__(self):
+        for name in ("dac_bits", "adc_bits"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 24:
+                raise UsageError(f"{name} must be in 0..24 (0 = no quantisation), got {v}")
+        if self.out_noise is not None and self.out_noise < 0:
+            raise UsageError(f"out_noise must be >= 0, got {self.out_noise}")
+        if self.n_w is not None and self.n_w < 0:
+            raise UsageError(f"n_w must be >= 0, got {self.n_w}")
+        if self.tile_size is not None and self.tile_size < 1:
+            raise UsageError(f"tile_size must be >= 1, got {self.tile_size}")
+        if self.w_noise_type is not None and self.w_noise_type.lower() not in W_NOISE_TYPES:
+            raise unknown("w_noise_type", self.w_noise_type, W_NOISE_TYPES)
+
+
+@dataclass
+class CustomDevice(StrictConfig):
+    """The YAML file behind `--device custom --device-file FILE`.
+
+        name: my-pcm                       # shown in the certificate and the card
+        noise_model: PCMLikeNoiseModel     # one of NOISE_MODELS
+        params: {g_max: 25.0, prog_noise_scale: 1.5}
+        io: {dac_bits: 8, adc_bits: 8, out_noise: 0.04, drift_compensation: true}
+    """
+
+    noise_model: str = "PCMLikeNoiseModel"
+    name: str = "custom"
+    params: dict[str, Any] = field(default_factory=dict)
+    io: IOSettings = field(default_factory=IOSettings)
+
+    def __post_init__(self):
+        if self.noise_model not in NOISE_MODELS:
+            raise unknown("noise model", self.noise_model, NOISE_MODELS)
+
+
+@dataclass
+class DeviceConfig(StrictConfig):
+    """Which simulated chip a certificate is for. `tile`: auto, cpp (C++ InferenceRPUConfig) or torch."""
+
+    name: str = "PCM"
+    io: IOSettings = field(default_factory=IOSettings)
+    preset: str | None = None
+    tile: str = "auto"
+    custom: CustomDevice | None = None
+
+    def __post_init__(self):
+        canon = {d.lower(): d for d in DEVICES}
+        if self.name.lower() not in canon:
+            raise unknown("device", self.name, DEVICES)
+        self.name = canon[self.name.lower()]
+        if self.preset is not None and self.preset not in PRESETS:
+            raise unknown("preset", self.preset, PRESETS)
+        if self.tile not in TILES:
+            raise unknown("tile kind", self.tile, TILES)
+        if self.name == "custom" and self.custom is None:
+            raise UsageError("device custom needs a YAML file", "pass --device-file my-device.yaml (see `certify --help`)")
+        if self.name != "custom" and self.custom is not None:
+            raise UsageError(f"a device file only goes with --device custom (got --device {self.name})")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs) -> DeviceConfig:
+        """`--device custom --device-file FILE`: read and validate the YAML file."""
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"device file not found: {p}", "pass a YAML file with noise_model, params and io")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"{p} must hold a mapping (noise_model, params, io)")
+        return cls(name="custom", custom=CustomDevice.from_dict(data, where=""), **kwargs)
+
+    @property
+    def label(self) -> str:
+        return self.custom.name if self.custom else self.name
+
+    def effective_io(self) -> IOSettings:
+        """The user's IO settings over the custom file's (command-line values win)."""
+        if self.custom is None:
+            return self.io
+        merged = self.custom.io.to_dict()
+        merged.update({k: v for k, v in self.io.to_dict().items() if v is not None})
+        return IOSettings.from_dict(merged)
+
+    def needs_cpp(self) -> str:
+        """Why this config needs the C++ tile ('' when the torch tile can run it)."""
+        io = self.effective_io()
+        if io.n_w:
+            return "n_w (aihwkit forward.w_noise)"
+        if self.preset:
+            return f"preset {self.preset} (its PCM_READ weight noise)"
+        return ""
+
+
+def choose_tile(config: DeviceConfig) -> str:
+    """The tile kind that will run `config`.
+
+    auto: the PyTorch tile, whose every random draw follows torch's seed (same seed, same certificate),
+    unless a setting needs the C++ tile. aihwkit's C++ tiles draw their forward noise from an internal
+    generator that cannot be seeded, so their certificates vary slightly from run to run.
+    """
+    from ..aihwkit_probe import tile_support
+
+    support = tile_support()
+    if not support.get("aihwkit"):
+        raise OperationFailed(f"aihwkit is not usable here: {support.get('error')}",
+                              "install the tested pins: make install (torch 2.10.0 + aihwkit 1.1.0)")
+    need = config.needs_cpp()
+    tile = config.tile
+    if tile == "auto":
+        tile = "cpp" if need or not support.get("torch") else "torch"
+    if tile == "torch" and need:
+        raise UsageError(f"{need} needs aihwkit's C++ tiles; the PyTorch tile cannot simulate it",
+                         "drop --tile torch (auto picks the C++ tile for it) or leave that setting out")
+    if not support.get(tile):
+        why = support.get(f"{tile}_error", "not available")
+        fix = ("the C++ tiles need an aihwkit binary built for this torch (torch 2.10/2.11 with aihwkit 1.1.0)"
+               if tile == "cpp" else "reinstall aihwkit")
+        if need:
+            raise OperationFailed(f"{need} needs aihwkit's C++ tiles, which do not run here ({why})", fix)
+        raise OperationFailed(f"aihwkit's {tile} tiles do not run here ({why})", fix)
+    return tile
+
+
+def _noise_model(config: DeviceConfig):
+    from aihwkit.inference import (PCMLikeNoiseModel, ReRamCMONoiseModel, ReRamWan2022NoiseModel,
+                                   StateIndependentNoiseModel)
+    from aihwkit.inference.noise.hermes import HermesNoiseModel
+
+    classes = {c.__name__: c for c in (PCMLikeNoiseModel, ReRamWan2022NoiseModel, ReRamCMONoiseModel,
+                                       HermesNoiseModel, StateIndependentNoiseModel)}
+    name = config.name
+    if name == "PCM":
+        return PCMLikeNoiseModel(g_max=25.0)
+    if name == "ReRAM":
+        return ReRamWan2022NoiseModel()
+    if name == "ReRAM-CMO":
+        return ReRamCMONoiseModel()
+    if name == "Hermes-PCM":
+        return HermesNoiseModel()
+    if name == "ideal":
+        return StateIndependentNoiseModel(prog_noise_scale=0.0, read_noise_scale=0.0, drift_scale=0.0,
+                                          drift_nu_mean=0.0, drift_nu_std=0.0)
+    custom = config.custom
+    cls = classes[custom.noise_model]
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "g_converter")]
+    for key in custom.params:
+        if key not in valid:
+            raise UsageError(f"unknown parameter {key!r} for {custom.noise_model}", f"valid: {', '.join(valid)}")
+    try:
+        return cls(**custom.params)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad parameters for {custom.noise_model}: {exc}") from None
+
+
+def _res(bits: int) -> float:
+    """aihwkit's resolution for a b-bit converter (1/(2^b - 2), as its defaults); 0 bits -> -1 = unquantised."""
+    return -1.0 if bits == 0 else 1.0 / (2**bits - 2)
+
+
+def _bits(res: float) -> int:
+    if res <= 0:
+        return 0
+    steps = res if res > 1 else 1.0 / res  # aihwkit accepts steps (>1) or the resolution (1/steps)
+    return int(round(math.log2(steps + 2)))
+
+
+def rpu_config(config: DeviceConfig, tile: str):
+    """The aihwkit rpu_config for `config` on tile kind `tile` ('cpp' or 'torch')."""
+    from aihwkit.inference import GlobalDriftCompensation
+    from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig, WeightNoiseType
+
+    if config.preset == "standard-hwa":
+        from aihwkit.simulator.presets import StandardHWATrainingPreset
+
+        rpu = StandardHWATrainingPreset()
+    else:
+        rpu = InferenceRPUConfig() if tile == "cpp" else TorchInferenceRPUConfig()
+        rpu.drift_compensation = GlobalDriftCompensation()
+        # map each tile's largest |w| to the full conductance range (as aihwkit's inference tutorials do):
+        # noise levels (out_noise, n_w) then mean the same thing whatever the raw scale of the weights
+        rpu.mapping.weight_scaling_omega = 1.0
+    rpu.noise_model = _noise_model(config)
+    if config.name == "ideal":
+        rpu.forward.is_perfect = True
+        rpu.drift_compensation = None
+    io = config.effective_io()
+    if io.dac_bits is not None:
+        rpu.forward.inp_res = _res(io.dac_bits)
+    if io.adc_bits is not None:
+        rpu.forward.out_res = _res(io.adc_bits)
+    if io.out_noise is not None:
+        rpu.forward.out_noise = io.out_noise
+    if io.tile_size is not None:
+        rpu.mapping.max_input_size = rpu.mapping.max_output_size = io.tile_size
+    if io.drift_compensation is not None:
+        rpu.drift_compensation = GlobalDriftCompensation() if io.drift_compensation else None
+    if io.n_w is not None:
+        rpu.forward.w_noise = io.n_w
+        if io.n_w > 0 and (io.w_noise_type or rpu.forward.w_noise_type == WeightNoiseType.NONE):
+            rpu.forward.w_noise_type = WeightNoiseType[(io.w_noise_type or "additive_constant").upper()]
+        elif io.n_w == 0 and not config.preset:
+            rpu.forward.w_noise_type = WeightNoiseType.NONE
+    return rpu
+
+
+def describe(config: DeviceConfig, rpu, tile: str) -> dict[str, Any]:
+    """Every setting that shapes the simulation, read back from the rpu_config that ran."""
+    fwd = rpu.forward
+    nm = rpu.noise_model
+    params = {k: v for k, v in vars(nm).items() if isinstance(v, (int, float, str, bool, list)) or v is None}
+    g_conv = getattr(nm, "g_converter", None)
+    if g_conv is not None:
+        params["g_converter"] = type(g_conv).__name__
+    return {
+        "name": config.label,
+        "kind": config.name,
+        "preset": config.preset,
+        "tile": tile,
+        "rpu_config": type(rpu).__name__,
+        "noise_model": type(nm).__name__,
+        "noise_params": params,
+        "drift_compensation": type(rpu.drift_compensation).__name__ if rpu.drift_compensation else None,
+        "perfect_io": bool(fwd.is_perfect),
+        "dac_bits": _bits(fwd.inp_res),
+        "adc_bits": _bits(fwd.out_res),
+        "inp_res": fwd.inp_res,
+        "out_res": fwd.out_res,
+        "out_noise": fwd.out_noise,
+        "out_bound": fwd.out_bound,
+        "n_w": fwd.w_noise,
+        "w_noise_type": fwd.w_noise_type.name.lower(),
+        "ir_drop": fwd.ir_drop,
+        "bound_management": fwd.bound_management.name.lower(),
+        "noise_management": fwd.noise_management.name.lower(),
+        "tile_size": [rpu.mapping.max_input_size, rpu.mapping.max_output_size],
+        "weight_scaling_omega": rpu.mapping.weight_scaling_omega,
+    }

@@ -1,0 +1,70 @@
+"""PNG plots of a certificate (metric vs time after programming) and of a sweep (metric vs a setting).
+
+matplotlib's object API on the Agg canvas: no pyplot global state, no display needed.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def certificate_png(cert: dict[str, Any], title: str = "") -> bytes:
+    from matplotlib.figure import Figure
+
+    metric = cert["metric"]
+    res = cert["results"]
+    t = [r["seconds"] for r in res]
+    mean = [100 * r["mean"] for r in res]
+    lo = [100 * r["ci95"][0] for r in res]
+    hi = [100 * r["ci95"][1] for r in res]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.fill_between(t, lo, hi, alpha=0.25, color="C0", label="95% CI")
+    ax.plot(t, mean, "o-", color="C0", label=f"analog ({cert['device']['name']}, {cert['repeats']} repeats)")
+    ax.plot(t, [100 * r["min"] for r in res], "v", color="C0", alpha=0.5, markersize=4, label="min")
+    digital = cert["digital"].get(metric)
+    if digital is not None:
+        ax.axhline(100 * digital, color="k", ls="--", lw=1, label=f"digital {100 * digital:.2f}%")
+    verdict = cert.get("verdict")
+    if verdict and verdict.get("threshold") is not None:
+        ax.axhline(100 * verdict["threshold"], color="C3", ls=":", lw=1,
+                   label=f"gate ({'pass' if verdict['passed'] else 'FAIL'})")
+    ax.set_xticks(t, [r["time"] for r in res])
+    ax.set_xlabel("time after programming")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title or f"{metric} under drift on {cert['device']['name']} ({cert['tile']} tiles)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return _png(fig)
+
+
+def sweep_png(sweep: dict[str, Any]) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    rows = sweep["rows"]
+    for i, label in enumerate(dict.fromkeys(r["time"] for r in rows)):
+        pts = [r for r in rows if r["time"] == label]
+        x = [r["value"] for r in pts]
+        ax.fill_between(x, [100 * r["ci_low"] for r in pts], [100 * r["ci_high"] for r in pts], alpha=0.2, color=f"C{i}")
+        ax.plot(x, [100 * r["mean"] for r in pts], "o-", color=f"C{i}", label=f"t = {label}")
+    digital = sweep["digital"].get(sweep["metric"])
+    if digital is not None:
+        ax.axhline(100 * digital, color="k", ls="--", lw=1, label=f"digital {100 * digital:.2f}%")
+    ax.set_xlabel(sweep["param"])
+    ax.set_ylabel(f"{sweep['metric']} (%)")
+    ax.set_title(f"{sweep['metric']} vs {sweep['param']} on {sweep['device']['name']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)

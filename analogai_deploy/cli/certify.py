@@ -1,0 +1,136 @@
+"""`certify`: Monte Carlo accuracy of a package on simulated analog chips (aihwkit) under drift."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._options import Json, Quiet, output
+
+EXAMPLES = """
+Examples:
+
+  analogai-deploy certify runs/lenet --device PCM --data digits
+
+  analogai-deploy certify runs/lenet --times 1s,1h,1d,1y --repeats 10 --max-drop 1.0 --at 1d
+
+  analogai-deploy certify runs/lenet --device ReRAM --dac-bits 8 --adc-bits 8 --out-noise 0.04 --json
+
+  analogai-deploy certify runs/lenet inference.platform.aihwkit.device=PCM inference.platform.aihwkit.n_w=0.2
+
+  analogai-deploy certify runs/lenet --preset standard-hwa
+
+  analogai-deploy certify runs/lenet --sweep n_w=0:0.2:10 --times 1d --repeats 5
+
+  analogai-deploy certify runs/lenet --device custom --device-file my-device.yaml
+
+  analogai-deploy certify runs/minilm            # text: label-free, cosine vs the digital model
+
+Devices: PCM (PCMLikeNoiseModel g_max=25 + GlobalDriftCompensation), ReRAM (ReRamWan2022NoiseModel),
+ReRAM-CMO (ReRamCMONoiseModel), Hermes-PCM (HermesNoiseModel), ideal (no noise, no drift, perfect IO),
+custom (YAML: noise_model: PCMLikeNoiseModel / params: {g_max: 25.0} / io: {dac_bits: 8, out_noise: 0.04}).
+
+Tiles: auto uses aihwkit's PyTorch tiles, whose every random draw follows --seed (same seed, same
+certificate), and the C++ tiles when a setting needs them (--n-w, --preset standard-hwa); the C++
+tiles' read noise comes from an unseeded generator, so their numbers vary slightly between runs.
+
+--match-qat: for packages recovered with QAT (config.json "quantization"), sets the DAC to the
+activation bits QAT trained for (a_bits), so the certificate simulates the converter the model expects.
+
+Exit codes: 0 certified (and the gate passed), 1 the gate failed (the certificate is still written), 2 bad input.
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help="Certify a package on aihwkit: accuracy vs time after programming, with a pass/fail gate."
+                + EXAMPLES)(certify)
+
+
+def certify(
+    package: Annotated[str, typer.Argument(help="Package folder.")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="KEY=VALUE settings, e.g. inference.platform.aihwkit.n_w=0.2 or dac_bits=8.", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option("--device", "-d", help="PCM, ReRAM, ReRAM-CMO, Hermes-PCM, ideal or custom. [default: PCM]")] = None,
+    device_file: Annotated[str | None, typer.Option(help="YAML file for --device custom.")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset (digits, cifar10:PATH, ...); text: sentences or tokens. [default: digits / sentences]")] = None,
+    metric: Annotated[str, typer.Option(help="auto, accuracy, agreement (vs digital top-1) or cosine.")] = "auto",
+    times: Annotated[str | None, typer.Option(help="Times after programming: 1s,1h,1d,1y or seconds. [default: 1s,1h,1d,1y]")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Monte Carlo repeats (fresh programming noise each). [default: 10]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Repeat r runs with seed + r. [default: 0]")] = None,
+    max_drop: Annotated[float | None, typer.Option(help="Gate: fail when the lower 95% CI is more than this many percentage points below digital.")] = None,
+    at: Annotated[str, typer.Option(help="Gate time.")] = "1d",
+    dac_bits: Annotated[int | None, typer.Option(help="Input DAC bits (0 = unquantised). [default: 7]")] = None,
+    adc_bits: Annotated[int | None, typer.Option(help="Output ADC bits (0 = unquantised). [default: 9]")] = None,
+    out_noise: Annotated[float | None, typer.Option(help="Output noise. [default: 0.06]")] = None,
+    tile_size: Annotated[int | None, typer.Option(help="Crossbar rows = columns. [default: 512]")] = None,
+    drift_compensation: Annotated[bool | None, typer.Option("--drift-compensation/--no-drift-compensation", help="Global drift compensation. [default: on]")] = None,
+    n_w: Annotated[float | None, typer.Option("--n-w", help="aihwkit forward.w_noise per MAC (the seed's n_w; C++ tiles).")] = None,
+    w_noise_type: Annotated[str | None, typer.Option(help="additive_constant, pcm_read or relative.")] = None,
+    preset: Annotated[str | None, typer.Option(help="standard-hwa: aihwkit's StandardHWATrainingPreset.")] = None,
+    tile: Annotated[str | None, typer.Option(help="auto, cpp or torch. [default: auto]")] = None,
+    match_qat: Annotated[bool, typer.Option(help="Set the DAC bits to the package's QAT a_bits.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Evaluate on at most this many test samples.")] = None,
+    sweep: Annotated[str | None, typer.Option(help="PARAM=START:STOP:N, e.g. n_w=0:0.2:10; writes sweep.csv and sweep.png.")] = None,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    from ..errors import OperationFailed, UsageError
+    from .. import certification as cert_mod
+
+    out = output(json_, quiet)
+    given = {"device": device, "dac_bits": dac_bits, "adc_bits": adc_bits, "out_noise": out_noise,
+             "tile_size": tile_size, "drift_compensation": drift_compensation, "n_w": n_w,
+             "w_noise_type": w_noise_type, "preset": preset, "tile": tile, "times": times, "repeats": repeats,
+             "seed": seed, "data": data, "metric": None if metric == "auto" else metric}
+    for key, value in cert_mod.apply_overrides(overrides).items():
+        if given.get(key) is not None and str(given[key]) != value:
+            raise UsageError(f"{key} is given twice ({given[key]} and {value})", "pass it once")
+        given[key] = value
+    settings = {k: v for k, v in given.items() if v is not None}
+    device_name = settings.pop("device", "PCM")
+    common = dict(device=device_name, device_file=device_file, max_drop=max_drop if not sweep else None, at=at,
+                  match_qat=match_qat, limit=limit, times=settings.pop("times", cert_mod.DEFAULT_TIMES))
+    kwargs = {**common, **settings}
+    for key, cast in (("repeats", int), ("seed", int)):
+        if key in kwargs:
+            try:
+                kwargs[key] = cast(kwargs[key])
+            except ValueError:
+                raise UsageError(f"{key} must be an integer, got {kwargs[key]!r}") from None
+
+    if sweep:
+        if max_drop is not None:
+            raise UsageError("--max-drop gates a certificate, not a sweep", "run the sweep and the gate separately")
+        param, values = cert_mod.parse_sweep(sweep)
+        out.info(f"sweeping {param} over {len(values)} values on {device_name} ...")
+        result = cert_mod.sweep(package, param, values, progress=out.progress, **kwargs)
+        out.result(result, _sweep_text)
+        return
+
+    out.info(f"certifying {package} on {device_name} ...")
+    cert = cert_mod.certify(package, progress=out.progress, **kwargs)
+    out.result(dict(cert), lambda c: _cert_text(c, cert))
+    if cert.passed is False:
+        v = cert["verdict"]
+        raise OperationFailed(
+            f"gate failed: {v['drop_pp']:.2f} pp below digital at {v['at']} (lower 95% CI), allowed {v['max_drop_pp']:g} pp",
+            "recover the model for noise (analogai-deploy recover PKG --recipe msnat) or relax --max-drop",
+        )
+
+
+def _cert_text(c: dict, cert) -> str:
+    from ..card import results_markdown
+
+    lines = [results_markdown(c)]
+    if not c.get("reproducible"):
+        lines.append("note: C++ tiles: read noise is not seeded, numbers vary slightly between runs")
+    lines.append(f"wrote {cert.path} and certificate.png")
+    return "\n".join(lines)
+
+
+def _sweep_text(r: dict) -> str:
+    head = f"{r['param']:>10} {'time':>6} {'mean':>8} {'95% CI':>17}"
+    rows = [f"{row['value']:>10g} {row['time']:>6} {100 * row['mean']:>7.2f}% "
+            f"{100 * row['ci_low']:>7.2f}-{100 * row['ci_high']:.2f}%" for row in r["rows"]]
+    digital = r["digital"].get(r["metric"])
+    return "\n".join([head, *rows, f"digital {r['metric']}: {100 * digital:.2f}%", "wrote " + ", ".join(r.get("files", []))])
