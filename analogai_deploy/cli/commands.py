@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ["convert", "env", "zoo", "export"]
+MODULES = ["convert", "env", "zoo", "export", "certify"]
 
 
 def register(app) -> None:
