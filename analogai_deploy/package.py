@@ -158,6 +158,10 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
     if missing or unexpected:
         raise PackageError(f"{path / WEIGHTS} does not fit the architecture in config.json "
                            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    if config.get("quantization"):  # QAT: fake-quantizers with their frozen activation ranges
+        from .recovery import qat
+
+        qat.restore(model, config["quantization"])
     model.eval()
     return Package(path, config, model, report)
 
