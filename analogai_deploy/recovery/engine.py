@@ -167,7 +167,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _act_ranges(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{i}": q.act_max.detach().cpu().reshape(()) for i, q in enumerate(msnat._act_quantizers(model))
+    return {f"{i}": q.act_max.detach().cpu().reshape(()).clone() for i, q in enumerate(msnat._act_quantizers(model))
             if q is not None and q.act_max is not None}
 
 
