@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ["convert", "env", "zoo", "export", "certify"]
+MODULES = ["convert", "env", "zoo", "export", "certify", "recover"]
 
 
 def register(app) -> None:

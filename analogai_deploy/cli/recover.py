@@ -1,0 +1,114 @@
+"""`recover`: noise-aware retraining of a package; `recipes list` / `recipes show NAME`."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._options import Json, Quiet, output
+
+EXAMPLES = """
+Examples:
+
+  analogai-deploy recover runs/lenet --recipe msnat --data digits
+
+  analogai-deploy recover runs/lenet --recipe vanilla -o runs/lenet-vanilla training.rounds=10
+
+  analogai-deploy recover runs/resnet18 --data cifar10:/data/cifar10 training.batch_size=256 training.use_FL=False
+
+  analogai-deploy recover runs/lenet recovery.noise_4.act_inject.sigma=0.35 recovery.optimizer.sam=true
+
+  analogai-deploy recover runs/lenet --recipe my_recipe.yaml --resume --json
+
+Overrides are dotted keys (the seed's names work verbatim); `analogai-deploy recipes show msnat` lists them.
+Ctrl-C keeps a checkpoint of the last finished round in OUTPUT.partial/; rerun with --resume to continue.
+"""
+
+LIST_HELP = """List the shipped recipes.
+
+Example:
+
+  analogai-deploy recipes list --json
+"""
+
+SHOW_HELP = """Print a recipe fully resolved (every field with its value) and its sha256.
+
+Examples:
+
+  analogai-deploy recipes show msnat
+
+  analogai-deploy recipes show msnat training.rounds=5 training.use_FI=false
+
+  analogai-deploy recipes show ./my_recipe.yaml --json
+"""
+
+recipes_app = typer.Typer(
+    help="Training recipes for `recover`: list them, show one resolved.\n\nExamples:\n\n"
+    "  analogai-deploy recipes list\n\n  analogai-deploy recipes show msnat training.rounds=5",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help="Retrain a package with a noise-aware recipe (MSNAT by default) and write the recovered package."
+                + EXAMPLES)(recover)
+    recipes_app.command("list", help=LIST_HELP)(list_recipes)
+    recipes_app.command("show", help=SHOW_HELP)(show_recipe)
+    app.add_typer(recipes_app, name="recipes")
+
+
+def recover(
+    package: Annotated[str, typer.Argument(help="Package folder (made by `convert` or an earlier stage).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Recipe overrides: dotted.key=value ...")] = None,
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Shipped recipe name or a .yaml file.")] = "msnat",
+    data: Annotated[str, typer.Option("--data", "-d", help="Dataset: digits, cifar10:PATH, mnist:PATH, imagefolder:PATH.")] = "digits",
+    output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Package to write [default: PACKAGE-RECIPE].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in OUTPUT.partial/ if there is one.")] = False,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    from ..recovery import recover as run_recover
+
+    out = output(json_, quiet)
+    out.info(f"recovering {package} with recipe {recipe} on {data} ...")
+    pkg = run_recover(package, recipe, data, output_dir, overrides=list(overrides or []), resume=resume,
+                      progress=lambda **kw: out.progress(**kw))
+    t = pkg.config["training"]
+    best = t["best"]
+    result = {"package": str(pkg.path), "weights_sha256": pkg.weights_sha256, "recipe": pkg.config["recipe"]["name"],
+              "recipe_sha256": pkg.config["recipe"]["sha256"], "training": t}
+
+    def human(d):
+        return (f"{d['recipe']}: {t['rounds']} rounds in {t['seconds']:.0f} s ({t['mode']} mode, {t['device']}); "
+                f"best round {best['round']}: val acc {best['val_acc']:.4f} at sigma={best['val_sigma']} "
+                f"(clean {best['val_clean_acc']:.4f})\nwrote {d['package']}")
+
+    out.result(result, human)
+
+
+def list_recipes(json_: Json = False) -> None:
+    from ..recovery import recipe as recipes
+
+    out = output(json_)
+    rows = []
+    for name in recipes.shipped():
+        r = recipes.load(name)
+        rows.append({"name": name, "description": r.description, "summary": r.summary(), "sha256": r.sha256()})
+    width = max((len(r["name"]) for r in rows), default=4)
+    out.result(rows, lambda d: "\n".join(f"{r['name']:<{width}}  {r['description']}" for r in d))
+
+
+def show_recipe(
+    name: Annotated[str, typer.Argument(help="Shipped recipe name or a .yaml file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Overrides to apply first: dotted.key=value ...")] = None,
+    json_: Json = False,
+) -> None:
+    import yaml
+
+    from ..recovery import recipe as recipes
+
+    out = output(json_)
+    r = recipes.load(name, list(overrides or []))
+    data = {"name": r.name, "sha256": r.sha256(), "summary": r.summary(), "resolved": r.resolved()}
+    out.result(data, lambda d: f"# {r.summary()}\n# sha256 {d['sha256']}\n"
+               + yaml.safe_dump(d["resolved"], sort_keys=False, default_flow_style=None, width=110))

@@ -1,0 +1,241 @@
+"""`recover` end to end on digits with a small CNN (LeNet, with BatchNorm) and an MLP, plus MSNAT's pieces."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import analogai_deploy as ad
+from analogai_deploy import package
+from analogai_deploy.errors import OperationFailed, UsageError
+from analogai_deploy.recovery import Interrupted, msnat, recipe as R
+
+FAST = ["training.rounds=1", "training.cpu_threads=1"]
+# two noise levels instead of five: the same code paths at 40% of the cost
+TWO = ["recovery.noise_2=null", "recovery.noise_3=null", "recovery.noise_4=null"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from analogai_deploy import data
+
+    return data.load("digits", input_shape=[1, 8, 8])
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("name, source", [
+    ("vanilla", "mlp"), ("single_noise", "mlp"), ("msnat_no_fi", "mlp"), ("msnat_no_fl", "lenet"),
+    ("msnat", "lenet"), ("hwa_aihwkit", "lenet"),
+])
+def test_every_recipe_runs_and_records_itself(name, source, lenet_pkg, mlp_pkg, digits, tmp_path):
+    src = lenet_pkg if source == "lenet" else mlp_pkg
+    overrides = FAST + (TWO if name.startswith("msnat") else [])
+    pkg = ad.recover(src, name, digits, output=tmp_path / "out", overrides=overrides)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    rec = R.load(name, overrides)
+    assert cfg["recipe"]["name"] == name and cfg["recipe"]["sha256"] == rec.sha256()
+    assert cfg["recipe"]["resolved"] == rec.resolved()
+    assert cfg["data"]["fingerprint"] == digits.fingerprint
+    assert cfg["training"]["rounds"] == 1 and 0.0 <= cfg["training"]["best"]["val_acc"] <= 1.0
+    assert cfg["training"]["mode"] == ("aihwkit" if name == "hwa_aihwkit" else "loop")
+    assert cfg["provenance"]["history"][-1]["stage"] == "recover"
+    assert cfg["analog"] == json.loads((src / "config.json").read_text())["analog"]  # noise level unchanged
+    log = (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["round"] == 1
+    assert not (tmp_path / "out.partial").exists()  # the checkpoint goes once the package is written
+    loaded = package.load(tmp_path / "out")  # sha256-verified, rebuilt bit for bit
+    assert loaded.weights_sha256 == pkg.weights_sha256
+    before = _weights(src)
+    after = _weights(tmp_path / "out")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+
+
+def test_msnat_learns_and_keeps_accuracy_under_noise(lenet_pkg, digits, tmp_path):
+    ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "m", overrides=["training.rounds=4", "training.cpu_threads=1"] + TWO)
+    m = package.load(tmp_path / "m").model
+    from analogai_deploy.recovery.engine import Batches, evaluate
+
+    acc = evaluate(m, Batches(digits.test, 512, torch.device("cpu")), 0.3, draws=3)["acc"]
+    assert acc > 0.6  # an untrained model sits at 0.1
+
+
+def test_fusion_is_the_mean_of_the_clients_full_state(lenet_pkg):
+    clients = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = package.load(lenet_pkg).model.train()
+        for p in m.parameters():
+            p.data.normal_()
+        m(torch.randn(16, 1, 8, 8))  # moves BatchNorm running stats and num_batches_tracked
+        clients.append(m)
+    fused = package.load(lenet_pkg).model
+    msnat.fuse(clients, msnat.fusion_weights(3), fused)
+    states = [c.state_dict() for c in clients]
+    for key, value in fused.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[key] for s in states) / 3)
+        else:
+            assert torch.equal(value, states[0][key])
+    assert any("running_mean" in k for k in fused.state_dict())
+    # accuracy-weighted a_k and momentum broadcast w_k <- 0.1 w_k + 0.9 w
+    a = msnat.fusion_weights(3, [0.5, 0.25, 0.25])
+    assert a == [0.5, 0.25, 0.25]
+    msnat.fuse(clients, a, fused)
+    old = clients[1].state_dict()["9.weight"].clone()
+    msnat.broadcast(fused, clients, keep=0.1)
+    torch.testing.assert_close(clients[1].state_dict()["9.weight"], 0.1 * old + 0.9 * fused.state_dict()["9.weight"])
+    msnat.broadcast(fused, clients, keep=0.0)
+    assert all(torch.equal(c.state_dict()["0.weight"], fused.state_dict()["0.weight"]) for c in clients)
+
+
+def test_feedback_loss_equals_a_hand_computation(lenet_pkg):
+    model = package.load(lenet_pkg).model.train()
+    cfg = R.load("msnat").recovery.feedback
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    noise = msnat.NoiseControl(model)
+    noise.set(0.2)
+    torch.manual_seed(7)
+    z, z0 = msnat.feedback_logits(model, x, noise, cfg)
+    loss = msnat.feedback_loss(z, y, cfg)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert noise.sigma == 0.2 and all(l.analog.sigma == 0.2 for l in noise.layers)
+
+    model.zero_grad()
+    torch.manual_seed(7)  # same noise draws, same order: sigma, sigma+0.05, sigma+0.10, sigma+0.15
+    outs = []
+    for s in (0.2, 0.25, 0.30, 0.35):
+        ad.set_noise(model, s)
+        outs.append(model(x))
+    hand_z = outs[0] - 1e-3 * (1.0 * outs[1] + 0.1 * outs[2] + 0.01 * outs[3])
+    hand = F.cross_entropy(hand_z / 4.0, y)
+    hand.backward()
+    torch.testing.assert_close(loss, hand)
+    torch.testing.assert_close(z0, outs[0])
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad)  # backward went through all four passes
+    assert not torch.allclose(outs[0], outs[1])  # the passes saw different noise
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(lenet_pkg, digits, tmp_path):
+    over = ["training.rounds=3", "training.cpu_threads=1", "recovery.fusion.momentum_broadcast=true"] + TWO
+    ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "a", overrides=over)
+
+    def stop_after_two(entry):
+        if entry["round"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="--resume"):
+        ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over, on_round=stop_after_two)
+    state = json.loads((tmp_path / "b.partial" / "state.json").read_text())
+    assert state["round"] == 2 and not (tmp_path / "b").exists()
+    with pytest.raises(UsageError, match="recipe"):  # a checkpoint only resumes the run it belongs to
+        ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over + ["training.lr=0.01"], resume=True)
+    pkg = ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over, resume=True)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise, buffers included
+    assert pkg.config["training"]["best"] == json.loads((tmp_path / "a" / "config.json").read_text())["training"]["best"]
+    assert len((tmp_path / "b" / "train_log.jsonl").read_text().splitlines()) == 3
+
+
+def test_same_seed_same_weights_other_seed_other_weights(mlp_pkg, digits, tmp_path):
+    over = FAST + ["recovery.noise_0.act_inject.sigma=0.2"]
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        ad.recover(mlp_pkg, "single_noise", digits, output=tmp_path / name, overrides=over + [f"training.seed={seed}"])
+    a, b, c = (_weights(tmp_path / n) for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(mlp_pkg, digits, tmp_path):
+    def poison(entry):  # after round 1 is checkpointed, break the weights as a bad step would
+        if entry["round"] == 1:
+            with torch.no_grad():
+                for p in poisoned.parameters():
+                    p.fill_(float("nan"))
+
+    src = package.load(mlp_pkg)
+    poisoned = src.model
+    with pytest.raises(OperationFailed, match="diverged") as err:
+        ad.recover(src, "vanilla", digits, output=tmp_path / "o", on_round=poison,
+                   overrides=["training.rounds=3", "training.cpu_threads=1"])
+    assert "--resume" in err.value.hint
+    state = json.loads((tmp_path / "o.partial" / "state.json").read_text())
+    assert state["round"] == 1
+
+
+def test_bad_inputs_fail_before_training(lenet_pkg, tmp_path):
+    for recipe, data, over, match in (
+        ("nosuch", "digits", [], "recipe"),
+        ("msnat", "cifar10", [], "local path"),
+        ("msnat", "digits", ["training.lr=-1"], "lr"),
+        ("msnat", "digits", ["recovery.feedback.gammas=[1, 2]"], "same length"),
+    ):
+        with pytest.raises(UsageError, match=match):
+            ad.recover(lenet_pkg, recipe, data, output=tmp_path / "x", overrides=over)
+    wrong = tmp_path / "lenet3"
+    ad.convert("lenet", output=wrong, num_classes=3)
+    with pytest.raises(UsageError, match="--num-classes 10"):
+        ad.recover(wrong, "vanilla", "digits", output=tmp_path / "x")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_robust_methods_compose_with_msnat(mlp_pkg, digits, tmp_path):
+    over = FAST + TWO + ["recovery.optimizer.sam=true", "recovery.adversarial.FGSM.use=true", "recovery.qat=true",
+                         "recovery.quant.w_bits=6", "training.batch_size=128"]
+    ad.recover(mlp_pkg, "msnat", digits, output=tmp_path / "q", overrides=over)
+    cfg = json.loads((tmp_path / "q" / "config.json").read_text())
+    q = cfg["quantization"]
+    assert q["w_bits"] == 6 and q["layers"] and all(v["act_max"] > 0 for v in q["layers"].values())
+    loaded = package.load(tmp_path / "q")
+    from analogai_deploy.analog.convert import analog_layers
+
+    assert all(layer.analog.weight_quant is not None for _, layer in analog_layers(loaded.model))
+
+
+def test_noise_reaches_every_analog_layer_of_resnet18(tmp_path):
+    from torch import nn
+
+    pkg = ad.convert("resnet18", output=tmp_path / "r18", num_classes=10, input_shape=[3, 32, 32])
+    model = pkg.model.train()
+    noise = msnat.NoiseControl(model)
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(noise.layers) == len(convs) == 21  # 20 convolutions (residual blocks and shortcuts) + fc
+    noise.set(0.3)
+    seen = {}
+
+    def check(layer, inputs, output):
+        clean = layer._conv_forward(inputs[0], layer.weight, layer.bias) if isinstance(layer, nn.Conv2d) else \
+            F.linear(inputs[0], layer.weight, layer.bias)
+        seen[layer] = not torch.allclose(clean, output)
+
+    hooks = [layer.register_forward_hook(check) for layer in noise.layers]
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 21 and all(seen.values())
+
+
+def test_recover_cli(lenet_pkg, cli, tmp_path):
+    src = tmp_path / "lenet"
+    shutil.copytree(lenet_pkg, src)
+    code, out, err = cli("recover", src, "--recipe", "vanilla", "-o", tmp_path / "v", "training.rounds=1",
+                         "training.cpu_threads=1", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["recipe"] == "vanilla" and data["training"]["rounds"] == 1
+    assert package.load(data["package"]).weights_sha256 == data["weights_sha256"]
+    code, _, err = cli("recover", src, "training.batchsize=3")
+    assert code == 2 and "batch_size" in err
+    code, _, err = cli("recover", src, "--data", "mnist")
+    assert code == 2 and "mnist:" in err
