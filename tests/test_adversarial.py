@@ -139,3 +139,37 @@ def test_token_inputs_are_refused():
     with pytest.raises(UsageError, match="token ids"):
         adversarial_loss(model, loss_fn, x, torch.zeros(3, dtype=torch.long),
                          AdversarialConfig.from_dict({"FGSM": {"use": True}}))
+
+
+TINY = {"training.rounds": 1, "training.batch_size": 128, "recovery.noise_2": None, "recovery.noise_3": None,
+        "recovery.noise_4": None, "training.cpu_threads": 1}
+
+
+def test_msnat_with_adaptive_sam_fgsm_and_pgd_end_to_end(mlp_pkg, tmp_path):
+    import analogai_deploy as ad
+
+    out = ad.recover(mlp_pkg, "msnat", "digits", output=tmp_path / "mlp-adv", overrides={
+        **TINY, "recovery.optimizer.sam": True, "recovery.optimizer.adaptive": True, "recovery.optimizer.rho": 0.5,
+        "recovery.adversarial.FGSM.use": True, "recovery.adversarial.PGD.use": True,
+        "recovery.adversarial.PGD.steps": 2})
+    resolved = out.config["recipe"]["resolved"]["recovery"]
+    assert resolved["adversarial"]["FGSM"]["use"] and resolved["adversarial"]["PGD"]["use"]
+    assert resolved["optimizer"] == {"sam": True, "adaptive": True, "rho": 0.5}
+    assert out.config["training"]["best"]["val_clean_acc"] > 0.3  # it learned something in one round
+    assert "quantization" not in out.config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("switch", [
+    {"recovery.optimizer.sam": True},
+    {"recovery.optimizer.sam": True, "recovery.optimizer.adaptive": True},
+    {"recovery.adversarial.FGSM.use": True},
+    {"recovery.adversarial.PGD.use": True, "recovery.adversarial.PGD.steps": 3},
+    {"recovery.qat": True},
+])
+def test_each_switch_alone_with_msnat(lenet_pkg, tmp_path, switch):
+    import analogai_deploy as ad
+
+    out = ad.recover(lenet_pkg, "msnat", "digits", output=tmp_path / "out", overrides={**TINY, **switch})
+    assert out.config["training"]["best"]["val_clean_acc"] > 0.2
+    assert ("quantization" in out.config) == bool(switch.get("recovery.qat"))

@@ -221,3 +221,52 @@ def test_match_tile_takes_the_dac_bits():
     model(torch.randn(4, 1, 8, 8))
     section = qat.describe(model, cfg)
     assert section["a_bits"] == 7 and section["out_bits"] == 9 and section["match_tile"] is True
+
+
+TINY = ["training.rounds=1", "training.batch_size=128", "recovery.noise_2=null", "recovery.noise_3=null",
+        "recovery.noise_4=null", "training.cpu_threads=1"]
+
+
+def test_msnat_with_sam_and_qat_end_to_end(cli, lenet_pkg, tmp_path):
+    import json
+
+    import onnx
+
+    import analogai_deploy as ad
+    from analogai_deploy import package
+
+    out = tmp_path / "lenet-robust"
+    code, stdout, stderr = cli("recover", lenet_pkg, "--recipe", "msnat", "-o", out, "--json", *TINY,
+                               "recovery.optimizer.sam=true", "recovery.qat=True", "recovery.quant.w_bits=4")
+    assert code == 0, stderr
+    assert json.loads(stdout)["recipe"] == "msnat"
+    pkg = package.load(out)
+    section = pkg.config["quantization"]
+    assert (section["w_bits"], section["a_bits"]) == (4, 8)  # qat=True alone: 8 bits, w_bits overridden
+    resolved = pkg.config["recipe"]["resolved"]["recovery"]
+    assert resolved["optimizer"]["sam"] is True and resolved["qat"] is True
+    assert all(v["act_max"] > 0 for v in section["layers"].values())
+    for name, layer in analog_layers(pkg.model):
+        assert layer.analog.weight_quant.bits == 4
+        assert _distinct_per_channel(noisy(layer.weight, layer.analog)) <= 16, name
+    # export turns the recorded quantization into QDQ nodes and checks them against this model
+    result = ad.export(out)
+    assert sorted(result.quantized_layers) == sorted(section["layers"]) and result.record["qdq"]
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+@pytest.mark.parametrize("override, match", [
+    ("recovery.quant.a_bits=0", r"a_bits must be in 2\.\.16, got 0"),
+    ("recovery.quant.w_bits=1", r"w_bits must be in 2\.\.16, got 1"),
+    ("recovery.optimizer.adaptive=true", "needs recovery.optimizer.sam=true"),
+    ("recovery.adversarial.PGD.steps=0", "PGD.steps must be >= 1"),
+    ("recovery.adversarial.FGSM.eps=8", r"FGSM.eps must be in \(0, 1\]"),
+])
+def test_invalid_combinations_fail_before_training(cli, lenet_pkg, tmp_path, override, match):
+    import re
+
+    code, stdout, stderr = cli("recover", lenet_pkg, "-o", tmp_path / "never", "recovery.qat=true", override)
+    assert code == 2
+    assert re.search(match, stderr), stderr
+    assert not (tmp_path / "never").exists()
