@@ -39,8 +39,11 @@ def _copy(src: Path, tmp_path: Path, name: str = "pkg") -> Path:
     return dest
 
 
-def _ort(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+def _ort(path: Path, feeds: dict[str, np.ndarray], optimize: bool = True) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
 def _check_metadata(pkg_dir: Path, result, config_before: dict) -> None:
@@ -174,34 +177,61 @@ def test_minilm_round_trip(minilm_dir, tmp_path):
 
 
 def test_qat_exports_as_qdq(lenet_pkg, tmp_path):
+    from analogai_deploy.analog.convert import noise_off, to_digital
+    from analogai_deploy.recovery import qat
+
     pkg_dir = _copy(lenet_pkg, tmp_path)
     config = package.read_config(pkg_dir)
-    config["quantization"] = {"w_bits": 4, "a_bits": 4,
-                              "layers": {"0": {}, "4": {"act_max": 2.0}, "9": {"act_max": 2.0}, "11": {"act_max": 3.0}}}
+    # the section recover writes (recovery/qat.py describe); layer "0" has no calibrated range (per-batch max)
+    section = {"w_bits": 4, "a_bits": 4, "layers": {"0": {"act_max": None, "weight_axis": 0},
+               "4": {"act_max": 2.0, "weight_axis": 0}, "9": {"act_max": 2.0, "weight_axis": 0},
+               "11": {"act_max": 3.0, "weight_axis": 0}}}
+    config["quantization"] = section
     package.write(pkg_dir, config, base=pkg_dir)
     result = ad.export(pkg_dir, samples=32)
     assert result.validation.passed and result.quantized_layers == ["0", "11", "4", "9"]
     model = onnx.load(str(pkg_dir / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") == 7 and ops.count("DequantizeLinear") == 7  # 4 weights + 3 inputs
+    assert ops.count("QuantizeLinear") == 8 and ops.count("DequantizeLinear") == 8  # 4 weights + 4 inputs
     assert json.loads(meta_io.read_metadata(pkg_dir / "model.onnx")["analogai.quantization"])["w_bits"] == 4
 
-    # the graph computes the quantized model: 4-bit weights have at most 15 levels per output channel
-    x = torch.randn(8, 1, 8, 8)
-    (q,) = _ort(pkg_dir / "model.onnx", {"input": x.numpy()})
-    loaded = ad.load(pkg_dir)
+    # onnxruntime reproduces the QAT model of recovery/qat.py (not only the exporter's own quantizers):
+    # exactly with graph optimizations off; its integer QDQ kernels re-round, so there only predictions
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    (q,) = _ort(pkg_dir / "model.onnx", {"input": x.numpy()}, optimize=False)
+    (q_opt,) = _ort(pkg_dir / "model.onnx", {"input": x.numpy()})
+    qat_model = ad.load(pkg_dir).model
+    if not qat.is_attached(qat_model):
+        qat.restore(qat_model, section)
+    with torch.no_grad(), noise_off(qat_model):
+        ref = qat_model(x).numpy()
+    assert np.abs(q - ref).max() < 1e-4
+    assert (q_opt.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    qat.detach(qat_model)
     with torch.no_grad():
-        float_out = loaded.model(x).numpy()
-    assert np.abs(q - float_out).max() > 1e-3
-    from analogai_deploy.exporter import _fresh_digital
-    from analogai_deploy.exporter.graph import apply_quantization
+        float_out = to_digital(qat_model)(x).numpy()
+    assert np.abs(q - float_out).max() > 1e-2  # quantization really is in the graph
 
-    _, digital, names = _fresh_digital(pkg_dir)
-    apply_quantization(digital, config["quantization"], names)
-    wq = digital[0].qdq_w(digital[0].weight).detach()
-    assert max(len(torch.unique(row)) for row in wq.flatten(1)) <= 15
-    with torch.no_grad():
-        assert np.abs(digital(x).numpy() - q).max() < 1e-3
+
+def test_qat_wide_bits_and_attention(tmp_path):
+    """12-bit weights (beyond int8 QDQ) become Round/Clip ops; attention weights are quantized too."""
+    factory = tmp_path / "vit_factory.py"
+    factory.write_text(VIT_FACTORY)
+    pkg_dir = tmp_path / "vit"
+    ad.convert(f"{factory}:tiny_vit", output=pkg_dir, num_classes=10)
+    config = package.read_config(pkg_dir)
+    from analogai_deploy.analog.convert import analog_layers
+
+    names = [n for n, _ in analog_layers(ad.load(pkg_dir).model)]
+    assert any(n.endswith("self_attention") for n in names)
+    config["quantization"] = {"w_bits": 12, "a_bits": 8,
+                              "layers": {n: {"act_max": 4.0, "weight_axis": 0} for n in names}}
+    package.write(pkg_dir, config, base=pkg_dir)
+    result = ad.export(pkg_dir)
+    assert result.validation.passed and len(result.quantized_layers) == len(names)
+    assert any("w_bits=12 > 8" in w for w in result.warnings)
+    ops = [n.op_type for n in onnx.load(str(pkg_dir / "model.onnx")).graph.node]
+    assert "Round" in ops and ops.count("QuantizeLinear") == len(names) - 2  # inputs; attention has none
 
 
 def test_bad_quantization_section(lenet_pkg, tmp_path):

@@ -116,6 +116,21 @@ def _fresh_digital(path: Path):
     return pkg, model, names
 
 
+def _reference(pkg) -> Any:
+    """The package's own analog-aware model, as recover left it (QAT quantizers included), to run with
+    noise off: the function the exported graph must reproduce. Call before to_digital(pkg.model)."""
+    model = copy.deepcopy(pkg.model).eval()
+    section = pkg.config.get("quantization")
+    if section:
+        try:
+            from ..recovery import qat
+        except ImportError:  # QAT not available: the exporter's own quantizers are the reference
+            return None
+        if not qat.is_attached(model):
+            qat.restore(model, section)
+    return model
+
+
 def _record_stage(config: dict[str, Any], key: str, record: dict[str, Any]) -> dict[str, Any]:
     from ..provenance import now
 
@@ -133,14 +148,18 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
     import onnx
 
     from .. import package as package_io
+    from ..analog.convert import analog_layers, noise_off, to_digital
     from ..provenance import now
     from . import graph as graph_io
     from . import metadata as meta_io
     from . import validate
 
-    pkg, model, analog_names = _fresh_digital(path)
+    pkg = package_io.load(path)
+    analog_names = [n for n, _ in analog_layers(pkg.model)]
+    reference_model = _reference(pkg)
+    model = to_digital(pkg.model).eval()
     quant = pkg.config.get("quantization")
-    quantized = graph_io.apply_quantization(model, quant, analog_names) if quant else []
+    quantized, warnings = graph_io.apply_quantization(model, quant, analog_names) if quant else ([], [])
     inputs, source, note = validate.sample_inputs(pkg.config, config.samples)
     trace = tuple(t[:2] for t in inputs)
     graph = graph_io.build(model, pkg.config, trace)
@@ -152,7 +171,15 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
     atol, rtol = validate.QDQ_TOL if quantized else validate.FLOAT_TOL
     atol = config.atol if config.atol is not None else atol
     rtol = config.rtol if config.rtol is not None else rtol
-    result = validate.compare(proto.SerializeToString(), graph.module, inputs, graph.input_names,
+    if reference_model is not None:
+        wrapped = graph_io.wrap(reference_model, pkg.config)[0]
+
+        def reference(*xs):
+            with noise_off(reference_model):
+                return wrapped(*xs)
+    else:
+        reference = graph.module
+    result = validate.compare(proto.SerializeToString(), reference, inputs, graph.input_names,
                               graph.output_names, atol, rtol, source=source, qdq=bool(quantized))
     validate.check(result)  # raises before anything is written
 
@@ -169,7 +196,7 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
 
-    warnings = [note] if note else []
+    warnings += [note] if note else []
     warnings += [f"{failure}; exported with the {exporter} exporter instead" for failure in failures]
     stale = meta_io.stale_keys(meta_io.read_safetensors_metadata(path / package_io.WEIGHTS), meta)
     if stale:

@@ -54,29 +54,31 @@ class _Plain(nn.Module):
         return out
 
 
-def _hf_output(model: nn.Module, task: str) -> str:
+def _hf_output(task: str) -> str:
     if task.endswith("classification") or task.endswith("-lm"):
         return "logits"
     return "last_hidden_state"
 
 
-def build(model: nn.Module, config: dict[str, Any], sample: tuple[torch.Tensor, ...]) -> GraphSpec:
-    """Wrap `model` (already digital, eval, quantizers applied) for export."""
+def wrap(model: nn.Module, config: dict[str, Any]) -> tuple[nn.Module, list[str], str]:
+    """(the model called as the graph is, its input names, its output name)."""
     spec = config["input"]
     if config["source"].get("kind") == "huggingface":
         names = list(spec.get("names") or (["pixel_values"] if spec.get("kind") == "image" else ["input_ids", "attention_mask"]))
-        output = _hf_output(model, config.get("task", ""))
-        wrapped: nn.Module = _Named(model, names, output)
-    else:
-        names, output = ["input"], "logits" if str(config.get("task", "")).endswith("classification") else "output"
-        wrapped = _Plain(model)
-    wrapped.eval()
-    axes: dict[str, dict[int, str]] = {}
-    for n in names:
-        axes[n] = {0: "batch", 1: "sequence"} if spec.get("kind") == "text" else {0: "batch"}
+        output = _hf_output(str(config.get("task", "")))
+        return _Named(model, names, output).eval(), names, output
+    output = "logits" if str(config.get("task", "")).endswith("classification") else "output"
+    return _Plain(model).eval(), ["input"], output
+
+
+def build(model: nn.Module, config: dict[str, Any], sample: tuple[torch.Tensor, ...]) -> GraphSpec:
+    """Wrap `model` (already digital, eval, quantizers applied) for export."""
+    wrapped, names, output = wrap(model, config)
+    text = config["input"].get("kind") == "text"
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} if text else {0: "batch"} for n in names}
     with torch.no_grad():
         ref = wrapped(*sample)
-    axes[output] = {0: "batch", 1: "sequence"} if spec.get("kind") == "text" and ref.dim() >= 3 else {0: "batch"}
+    axes[output] = {0: "batch", 1: "sequence"} if text and ref.dim() >= 3 else {0: "batch"}
     return GraphSpec(wrapped, names, [output], axes)
 
 
@@ -119,6 +121,12 @@ def to_onnx(graph: GraphSpec, sample: tuple[torch.Tensor, ...], opset: int) -> t
 
 
 # --- QAT: fake quantizers that export as QuantizeLinear/DequantizeLinear ---------------------------
+# Same arithmetic as recovery/qat.py (symmetric grids, round half to even, clip then round), written
+# with the ops the ONNX exporter turns into QDQ nodes. ONNX QuantizeLinear below opset 21 holds int8,
+# so widths above 8 bits are written as Div/Round/Clip/Mul instead (same values, no QDQ node).
+
+QDQ_MAX_BITS = 8
+
 
 def _qmax(bits: int) -> int:
     return 2 ** (int(bits) - 1) - 1
@@ -129,72 +137,123 @@ class _QDQWeight:
 
     The weights are fixed at export, so the scales are constants of the graph (standard QDQ format)."""
 
-    def __init__(self, bits: int, weight: torch.Tensor):
-        if not 2 <= bits <= 8:
-            raise UsageError(f"w_bits={bits} cannot be exported as ONNX QuantizeLinear", "ONNX int8 QDQ holds 2..8 bits")
+    def __init__(self, bits: int, weight: torch.Tensor, axis: int = 0):
+        self.bits, self.axis = int(bits), int(axis) % weight.dim()
         w = weight.detach()
-        self.scale = (w.abs().flatten(1).amax(1) / _qmax(bits)).clamp_min(1e-12).float()
+        dims = [d for d in range(w.dim()) if d != self.axis]
+        self.scale = (w.abs().amax(dim=dims) / _qmax(bits)).clamp_min(1e-30).float()
         self.zero = torch.zeros_like(self.scale, dtype=torch.int32)
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
-        # |W/scale| <= qmax, so the int8 range never clips: this is exactly the symmetric b-bit quantizer
-        return torch.fake_quantize_per_channel_affine(w, self.scale, self.zero, 0, -128, 127)
+        if self.bits <= QDQ_MAX_BITS:
+            # |W/scale| <= qmax, so the int8 range never clips: this is exactly the symmetric b-bit grid
+            return torch.fake_quantize_per_channel_affine(w, self.scale, self.zero, self.axis, -128, 127)
+        shape = [1] * w.dim()
+        shape[self.axis] = -1
+        s = self.scale.view(shape)
+        return torch.round(w / s).clamp(-_qmax(self.bits), _qmax(self.bits)) * s
 
 
 class _QDQInput:
-    """Per-tensor symmetric activation quantization, clipped at act_max, scale act_max / (2^(b-1)-1)."""
+    """Per-tensor symmetric input quantization, clipped at act_max, scale act_max / (2^(b-1)-1).
 
-    def __init__(self, bits: int, act_max: float):
-        if not 2 <= bits <= 8:
-            raise UsageError(f"a_bits={bits} cannot be exported as ONNX QuantizeLinear", "ONNX int8 QDQ holds 2..8 bits")
-        if not act_max > 0:
-            raise UsageError(f"act_max must be > 0, got {act_max}", "calibrate the activation range again (recover with QAT)")
-        self.act_max, self.scale = float(act_max), float(act_max) / _qmax(bits)
+    Without a recorded act_max (a quantizer that never saw a batch) the range is each batch's max|x|,
+    as in QAT; the scale is then computed in the graph."""
+
+    def __init__(self, bits: int, act_max: float | None):
+        if act_max is not None and not act_max > 0:
+            raise OperationFailed(f"act_max must be > 0, got {act_max}", "calibrate the activation ranges again (recover with QAT)")
+        self.bits, self.act_max = int(bits), None if act_max is None else float(act_max)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # clip first so a_bits < 8 saturates at +-qmax like the QAT quantizer, not at the int8 limits
-        x = torch.clamp(x, -self.act_max, self.act_max)
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, 0, -128, 127)
+        if not x.is_floating_point():
+            return x
+        n = _qmax(self.bits)
+        if self.act_max is not None:
+            m: float | torch.Tensor = self.act_max
+            # clip first so a_bits < 8 saturates at +-qmax like the QAT quantizer, not at the int8 limits
+            x = torch.clamp(x, -self.act_max, self.act_max)
+        else:
+            m = x.detach().abs().amax().clamp_min(1e-30)
+            x = torch.maximum(torch.minimum(x, m), -m)
+        if self.bits > QDQ_MAX_BITS:
+            return torch.round(x / (m / n)) * (m / n)
+        if isinstance(m, float):
+            return torch.fake_quantize_per_tensor_affine(x, m / n, 0, -128, 127)
+        scale = (m / n).float().reshape(1)
+        return torch.fake_quantize_per_tensor_affine(x, scale, torch.zeros(1, dtype=torch.int32), -128, 127)
 
 
-class _QuantLinear(nn.Linear):
-    def forward(self, x):
-        return F.linear(self.qdq_in(x) if self.qdq_in else x, self.qdq_w(self.weight), self.bias)
+class _WeightParam(nn.Module):
+    """A parametrization: reading `layer.weight` yields the fake-quantized weight (traced as QDQ nodes)."""
+
+    def __init__(self, quantizer: _QDQWeight):
+        super().__init__()
+        self.quantizer = quantizer
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.quantizer(w)
 
 
-class _QuantConv(nn.Module):
-    def forward(self, x):
-        return self._conv_forward(self.qdq_in(x) if self.qdq_in else x, self.qdq_w(self.weight), self.bias)
+def _quantize_weight(module: nn.Module, name: str, bits: int, axis: int) -> None:
+    from torch.nn.utils import parametrize
+
+    owner_name, _, param = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    parametrize.register_parametrization(owner, param, _WeightParam(_QDQWeight(bits, getattr(owner, param), axis)))
 
 
-def apply_quantization(model: nn.Module, quant: dict[str, Any], analog_names: list[str]) -> list[str]:
-    """Install QDQ fake quantizers on the layers named in the package's `quantization` section.
+def _hf_conv1d():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except Exception:  # transformers absent: no such layers to quantize
+        return None
+    return Conv1D
 
-    Layers listed under `layers` get weight QDQ and, when they carry `act_max`, input QDQ; without a
-    `layers` map every formerly analog layer gets weight QDQ. Returns the names of quantized layers.
+
+def apply_quantization(model: nn.Module, quant: dict[str, Any], analog_names: list[str]) -> tuple[list[str], list[str]]:
+    """Install QDQ fake quantizers as the package's `quantization` section (recovery/qat.py) describes.
+
+    Layers under `layers` get weight QDQ (per channel, on `weight_axis`) and input QDQ (per tensor,
+    `act_max`); without a `layers` map every formerly analog layer is quantized. Returns (quantized
+    layer names, notes).
     """
     try:
         w_bits, a_bits = int(quant.get("w_bits", 8)), int(quant.get("a_bits", 8))
     except (TypeError, ValueError):
-        raise UsageError(f"bad quantization section {quant!r}", "w_bits and a_bits must be integers") from None
+        raise OperationFailed(f"bad quantization section {quant!r}", "w_bits and a_bits must be integers") from None
+    if not (2 <= w_bits <= 16 and 2 <= a_bits <= 16):
+        raise OperationFailed(f"quantization bits w_bits={w_bits}, a_bits={a_bits} are outside 2..16",
+                              "the package's quantization section is corrupt; recover again")
     layers = quant.get("layers")
     targets = dict(layers) if isinstance(layers, dict) else {n: {} for n in analog_names}
     modules = dict(model.named_modules())
-    done = []
+    conv1d = _hf_conv1d()
+    done: list[str] = []
     for name, info in sorted(targets.items()):
+        info = info or {}
         module = modules.get(name)
         if module is None:
             raise OperationFailed(f"quantization names layer {name!r}, which the model does not have",
                                   "the package's quantization section does not fit its architecture; recover again")
-        if type(module) is nn.Linear:
-            module.__class__ = type("QuantLinear", (_QuantLinear,), {})
-        elif isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
-            module.__class__ = type(f"Quant{type(module).__name__}", (_QuantConv, type(module)), {})
+        if isinstance(module, nn.MultiheadAttention):
+            # weights only: the attention kernel reads query/key/value directly (as in QAT)
+            weights = (("in_proj_weight", "out_proj.weight") if module._qkv_same_embed_dim
+                       else ("q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"))
+            quant_input = False
+        elif (conv1d is not None and type(module) is conv1d) or type(module) is nn.Linear or (
+                isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd)):
+            weights, quant_input = ("weight",), True
         else:
             raise OperationFailed(f"cannot export QAT layer {name!r} of type {type(module).__name__} as QDQ",
-                                  "only Linear and Conv layers have QDQ export")
-        module.qdq_w = _QDQWeight(w_bits, module.weight)
-        act_max = (info or {}).get("act_max")
-        module.qdq_in = _QDQInput(a_bits, float(act_max)) if act_max is not None else None
+                                  "QDQ export covers Linear, Conv, MultiheadAttention and Hugging Face Conv1D layers")
+        default_axis = 1 if conv1d is not None and type(module) is conv1d else 0
+        for weight in weights:
+            _quantize_weight(module, weight, w_bits, int(info.get("weight_axis", default_axis)))
+        if quant_input:
+            q_in = _QDQInput(a_bits, info.get("act_max"))
+            module.register_forward_pre_hook(lambda _m, args, q=q_in: (q(args[0]), *args[1:]))
         done.append(name)
-    return done
+    notes = [f"{kind}={bits} > {QDQ_MAX_BITS}: written as Round/Clip ops, not QuantizeLinear (ONNX int8 QDQ holds "
+             f"at most {QDQ_MAX_BITS} bits)" for kind, bits in (("w_bits", w_bits), ("a_bits", a_bits)) if bits > QDQ_MAX_BITS]
+    return done, notes

@@ -5,13 +5,12 @@ tolerance (|ort - torch| <= atol + rtol * |torch| everywhere), and one pass/fail
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from ..errors import OperationFailed
 
 #: default tolerance (atol, rtol): onnxruntime and PyTorch are fp32 rounding apart
@@ -112,7 +111,7 @@ def sample_inputs(config: dict[str, Any], n: int, seed: int = 0) -> tuple[tuple[
     return (torch.randn(n, *shape, generator=g),), f"generated N(0,1) images ({n} x {list(shape)})", note
 
 
-def compare(onnx_bytes: bytes, reference: nn.Module, inputs: tuple[torch.Tensor, ...], input_names: list[str],
+def compare(onnx_bytes: bytes, reference: Callable[..., Any], inputs: tuple[torch.Tensor, ...], input_names: list[str],
             output_names: list[str], atol: float, rtol: float, *, source: str = "given inputs",
             qdq: bool = False) -> Validation:
     """Run the ONNX graph in onnxruntime and the reference in PyTorch on `inputs`; never raises on mismatch
