@@ -310,3 +310,21 @@ def test_export_to_aihwkit(mlp_pkg, tmp_path, cli):
         assert type(next(layer.analog_tiles()).rpu_config.noise_model).__name__ == "PCMLikeNoiseModel"
     with pytest.raises(UsageError, match="unknown aihwkit device"):
         ad.export(pkg_dir, to="aihwkit", device="SRAM")
+
+
+def test_certified_package_carries_its_certificate(lenet_pkg, tmp_path, cli):
+    pkg_dir = _copy(lenet_pkg, tmp_path)
+    config = package.read_config(pkg_dir)
+    certificate = {"device": {"name": "PCM"}, "metric": "accuracy", "digital": {"accuracy": 0.97},
+                   "results": [{"time": "1s", "mean": 0.96}, {"time": "1y", "mean": 0.93}],
+                   "verdict": {"passed": True, "rule": "normalised >= 0.95 at 1y"},
+                   "weights_sha256": config["weights"]["sha256"]}
+    package.write(pkg_dir, config, files={"certificate.json": json.dumps(certificate).encode()}, base=pkg_dir)
+    result = ad.export(pkg_dir, device="ReRAM-CMO")  # the certified device wins over the default
+    assert result.metadata["analogai.target_device"] == "PCM"
+    summary = json.loads(result.metadata["analogai.certificate"])
+    assert summary["verdict"] is True and summary["results"] == {"1s": 0.96, "1y": 0.93}
+    code, out, err = cli("inspect", pkg_dir / "model.onnx")
+    assert code == 0, err
+    assert "certified on PCM: PASS" in out
+    ad.load(pkg_dir)  # the certificate still matches the untouched weights
