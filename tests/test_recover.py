@@ -239,3 +239,22 @@ def test_recover_cli(lenet_pkg, cli, tmp_path):
     assert code == 2 and "batch_size" in err
     code, _, err = cli("recover", src, "--data", "mnist")
     assert code == 2 and "mnist:" in err
+
+
+def test_batched_mode_trains_the_same_clients_as_the_loop(lenet_pkg, digits, tmp_path):
+    """Noise-free and FL-free, the stacked vmap clients must follow the loop's clients step for step."""
+    over = ["training.rounds=2", "training.cpu_threads=1", "training.use_FL=false", "training.optimizer=sgd",
+            "training.lr=0.05", "recovery.noise_0.act_inject.sigma=0", "recovery.noise_1.act_inject.sigma=0",
+            "recovery.fusion.momentum_broadcast=true"] + TWO
+    for mode in ("loop", "batched"):
+        pkg = ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / mode, overrides=over + [f"training.mode={mode}"])
+        assert pkg.config["training"]["mode"] == mode
+    a, b = _weights(tmp_path / "loop"), _weights(tmp_path / "batched")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    # with noise and FL it runs too, and resumes in its own mode only
+    over = ["training.rounds=1", "training.cpu_threads=1", "training.mode=batched"] + TWO
+    pkg = ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "noisy", overrides=over)
+    assert pkg.config["training"]["best"]["val_acc"] > 0.1
+    with pytest.raises(UsageError, match="SAM"):
+        ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "x", overrides=over + ["recovery.optimizer.sam=true"])

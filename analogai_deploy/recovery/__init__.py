@@ -97,7 +97,7 @@ def recover(
     if rec.training.engine == "aihwkit_hwa":
         from .hwa import HwaTrainer as TrainerClass
     else:
-        from .engine import Trainer as TrainerClass
+        from .engine import make_trainer as TrainerClass
     trainer = TrainerClass(model, rec, ds, state_dir, identity=identity, progress=progress, on_round=on_round)
     try:
         result = trainer.run(resume=resume)

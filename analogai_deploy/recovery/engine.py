@@ -103,6 +103,15 @@ def evaluate(model: nn.Module, batches: Batches, sigma: float, draws: int = 1, s
     return {"acc": correct.item() / n, "loss": loss.item() / n}
 
 
+def make_trainer(model: nn.Module, recipe: Recipe, data, state_dir: Path, **kwargs) -> Trainer:
+    """The loop trainer, or the batched one when training.mode asks for it (see batched.py)."""
+    from . import batched
+
+    mode = batched.resolve_mode(recipe, data, pick_device(recipe.training.device))
+    cls = batched.BatchedTrainer if mode == "batched" else Trainer
+    return cls(model, recipe, data, state_dir, **kwargs)
+
+
 def lr_at(cfg, round_: int) -> float:
     """Learning rate of round `round_` (0-based); a pure function of the round, so nothing to checkpoint."""
     if cfg.schedule == "constant":
@@ -112,11 +121,11 @@ def lr_at(cfg, round_: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * round_ / cfg.rounds))
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe):
+def make_optimizer(model: nn.Module | list[torch.Tensor], recipe: Recipe):
     from .sam import SAM
 
     t = recipe.training
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in (model.parameters() if isinstance(model, nn.Module) else model) if p.requires_grad]
     if t.optimizer == "adam":
         base = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     else:
@@ -207,7 +216,7 @@ class Trainer:
         self.amp = self.t.amp and self.device.type == "cuda"
         self.sigmas = self.r.sigmas
         self.fi = self.t.use_FI and len(self.sigmas) > 1
-        self.mode = "loop"  # the K clients run one after the other; see README of recovery for the batched mode
+        self.mode = "loop"  # the K clients run one after the other (BatchedTrainer: all at once)
         model.to(self.device).train()
         if self.r.qat:
             from . import qat
@@ -275,8 +284,7 @@ class Trainer:
         model, noise = self.clients[k], self.noise[k]
         model.train()
         loss_fn = self._loss_fn(noise)
-        # the shuffle is a pure function of (seed, round, epoch, client): nothing to checkpoint
-        g = torch.Generator().manual_seed(self.t.seed * 1_000_003 + self.round * 1009 + epoch * 101 + k)
+        g = self._shuffle(epoch, k)
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         steps = 0
@@ -300,12 +308,11 @@ class Trainer:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", refresh=False)
         return stats
 
-    def run_round(self, bar=None) -> dict[str, Any]:
-        start = time.perf_counter()
-        lr = lr_at(self.t, self.round)
-        for opt in self.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr
+    def _shuffle(self, epoch: int, k: int) -> torch.Generator:
+        """The data order is a pure function of (seed, round, epoch, client): nothing to checkpoint."""
+        return torch.Generator().manual_seed(self.t.seed * 1_000_003 + self.round * 1009 + epoch * 101 + k)
+
+    def _train_clients(self, bar) -> list[dict[str, float]]:
         clients = []
         for k in range(len(self.clients)):
             if self.fi:
@@ -313,6 +320,15 @@ class Trainer:
             for e in range(self.t.epochs_per_round):
                 stats = self._client_epoch(k, e, bar)
             clients.append(stats)
+        return clients
+
+    def run_round(self, bar=None) -> dict[str, Any]:
+        start = time.perf_counter()
+        lr = lr_at(self.t, self.round)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        clients = self._train_clients(bar)
         entry: dict[str, Any] = {"round": self.round + 1, "lr": lr, "clients": clients}
         if self.fi:
             accs = None
@@ -382,6 +398,9 @@ class Trainer:
             if meta["identity"].get(key) != want:
                 raise UsageError(f"the checkpoint in {self.state_dir} was made with another {key.replace('_', ' ')}",
                                  "resume with the same package, recipe, overrides and data, or delete that folder")
+        if meta["mode"] != self.mode:
+            raise UsageError(f"the checkpoint in {self.state_dir} was made in {meta['mode']} mode, this run is {self.mode}",
+                             f"resume with training.mode={meta['mode']}, or delete that folder")
         tensors = load_file(str(self.state_dir / CHECKPOINT))
         if meta["clients"] != len(self.clients):
             raise UsageError(f"the checkpoint in {self.state_dir} has {meta['clients']} clients, this recipe "

@@ -140,7 +140,9 @@ class TrainingConfig(StrictConfig):
     eval_sigma / eval_draws: model selection and early stopping use the validation accuracy at this
       noise level, averaged over this many noise draws (fixed seed, so selection is deterministic).
     patience: stop after this many rounds without a better validation accuracy (0 = never).
-    mode: how the K clients run; "loop" trains them one after the other ("auto" picks the fastest available).
+    mode: how the K FI clients run: "loop" one after the other; "batched" as one stacked model
+      (torch.func vmap over stacked parameters; plain MSNAT only: no SAM, adversarial or QAT);
+      "auto" = loop (batched measured no faster on CPU for small models).
     cpu_threads: torch CPU threads while training (0 = torch's default); 1 is fastest for tiny models
       on a busy machine, where threads of a small kernel mostly wait for each other.
     """
@@ -160,7 +162,7 @@ class TrainingConfig(StrictConfig):
     patience: int = 0
     use_FI: bool = True
     use_FL: bool = True
-    mode: Literal["auto", "loop"] = "auto"
+    mode: Literal["auto", "loop", "batched"] = "auto"
     eval_sigma: float = 0.2
     eval_draws: int = 3
     cpu_threads: int = 0
