@@ -168,9 +168,8 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
     proto = onnx.load_from_string(raw)
     if graph_pass is not None:
         graph_pass(proto)
-    atol, rtol = validate.QDQ_TOL if quantized else validate.FLOAT_TOL
-    atol = config.atol if config.atol is not None else atol
-    rtol = config.rtol if config.rtol is not None else rtol
+    atol = config.atol  # None: per model, scaled by the output's magnitude
+    rtol = config.rtol if config.rtol is not None else validate.FLOAT_TOL[1]
     if reference_model is not None:
         wrapped = graph_io.wrap(reference_model, pkg.config)[0]
 
@@ -188,7 +187,7 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
         "file": ONNX_FILE, "opset": config.opset, "exporter": exporter, "time": now(),
         "inputs": graph.input_names, "outputs": graph.output_names, "dynamic_axes": graph.dynamic_axes,
         "qdq": bool(quantized), "max_abs_error": result.max_abs,
-        "validation": {"inputs": source, "batch": result.batch, "atol": atol, "rtol": rtol},
+        "validation": {"inputs": source, "batch": result.batch, "atol": [o.atol for o in result.outputs], "rtol": rtol},
     }
     device = meta_io.target_device(pkg.config, certificate, config.device)
     meta = meta_io.onnx_metadata(pkg.config, certificate, device=device, export=record)

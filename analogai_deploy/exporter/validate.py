@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from ..errors import OperationFailed
 
-#: default tolerance (atol, rtol): onnxruntime and PyTorch are fp32 rounding apart
+#: default tolerance (atol, rtol): onnxruntime and PyTorch are fp32 rounding apart. The default atol is
+#: per model: 1e-4 times the output's magnitude (max|torch|, at least 1), because rounding errors
+#: accumulate in proportion to the values summed, also in elements that end up near zero.
 FLOAT_TOL = (1e-4, 1e-3)
-#: QDQ graphs: an fp32 rounding difference just before a quantizer can flip one value to the next level,
-#: so a small share of output elements may be off by about one step; a broken graph moves nearly all of them.
-#: They are compared with onnxruntime's graph optimizations off (its QDQ fusions into integer kernels
-#: re-round legitimately); the optimized session's prediction agreement is reported beside.
-QDQ_TOL = (1e-4, 1e-3)
+#: QDQ graphs, same tolerance: an fp32 rounding difference just before a quantizer can flip one value to
+#: the next level, so a small share of output elements may be off by about one step (a broken graph moves
+#: nearly all of them). They are compared with onnxruntime's graph optimizations off (its QDQ fusions into
+#: integer kernels re-round legitimately); the optimized session's prediction agreement is reported beside.
 QDQ_OUTSIDE = 0.01
 
 
@@ -39,7 +40,7 @@ class OutputCheck:
 
     def line(self) -> str:
         word = "PASS" if self.passed else "FAIL"
-        text = (f"{word} {self.name} {tuple(self.shape)}: max abs err {self.max_abs:.3g} (atol {self.atol:g}), "
+        text = (f"{word} {self.name} {tuple(self.shape)}: max abs err {self.max_abs:.3g} (atol {self.atol:.3g}), "
                 f"max rel err {self.max_rel:.3g} (rtol {self.rtol:g})")
         if self.allowed or (self.outside and not self.passed):
             text += f", {self.outside:.2%} of elements beyond tolerance (allowed {self.allowed:.2%})"
@@ -112,10 +113,12 @@ def sample_inputs(config: dict[str, Any], n: int, seed: int = 0) -> tuple[tuple[
 
 
 def compare(onnx_bytes: bytes, reference: Callable[..., Any], inputs: tuple[torch.Tensor, ...], input_names: list[str],
-            output_names: list[str], atol: float, rtol: float, *, source: str = "given inputs",
+            output_names: list[str], atol: float | None, rtol: float, *, source: str = "given inputs",
             qdq: bool = False) -> Validation:
     """Run the ONNX graph in onnxruntime and the reference in PyTorch on `inputs`; never raises on mismatch
-    (see `check`). `qdq`: judge as a quantized graph (see QDQ_OUTSIDE)."""
+    (see `check`). `atol=None`: the per-model default (see FLOAT_TOL). `qdq`: judge as a quantized graph
+    (see QDQ_OUTSIDE)."""
+    base_atol = atol
     feeds = {n: t.numpy() for n, t in zip(input_names, inputs)}
     got = _run(onnx_bytes, output_names, feeds, optimize=not qdq)
     optimized = _run(onnx_bytes, output_names, feeds, optimize=True) if qdq else None
@@ -127,6 +130,7 @@ def compare(onnx_bytes: bytes, reference: Callable[..., Any], inputs: tuple[torc
     for i, (name, o, r) in enumerate(zip(output_names, got, refs)):
         r = r.detach().float().numpy()
         o = np.asarray(o, dtype=np.float32)
+        atol = base_atol if base_atol is not None else FLOAT_TOL[0] * max(1.0, float(np.abs(r).max()) if r.size else 1.0)
         if o.shape != r.shape:
             result.outputs.append(OutputCheck(name, list(o.shape), float("inf"), float("inf"), atol, rtol, False, outside=1.0))
             continue
