@@ -328,3 +328,36 @@ def test_certified_package_carries_its_certificate(lenet_pkg, tmp_path, cli):
     assert code == 0, err
     assert "certified on PCM: PASS" in out
     ad.load(pkg_dir)  # the certificate still matches the untouched weights
+
+
+STOCHASTIC_FACTORY = '''
+import torch
+from torch import nn
+
+
+class Jitter(nn.Module):
+    """Noise at inference too (as in Monte Carlo dropout): no ONNX runtime can reproduce its draws."""
+
+    def forward(self, x):
+        return x + torch.randn_like(x)
+
+
+def noisy_mlp(num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), Jitter(), nn.ReLU(), nn.Linear(32, num_classes))
+
+
+noisy_mlp.input_shape = [1, 8, 8]
+'''
+
+
+def test_cli_mismatch_exits_1_and_leaves_no_file(tmp_path, cli):
+    factory = tmp_path / "stochastic.py"
+    factory.write_text(STOCHASTIC_FACTORY)
+    pkg_dir = tmp_path / "noisy"
+    ad.convert(f"{factory}:noisy_mlp", output=pkg_dir, num_classes=10)
+    before = sorted(p.name for p in pkg_dir.iterdir())
+    code, out, err = cli("export", pkg_dir)
+    assert code == 1
+    assert "FAIL logits (8, 10): max abs err" in err and "onnxruntime does not match PyTorch" in err
+    assert out == "" and sorted(p.name for p in pkg_dir.iterdir()) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
