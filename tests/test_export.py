@@ -361,3 +361,19 @@ def test_cli_mismatch_exits_1_and_leaves_no_file(tmp_path, cli):
     assert "FAIL logits (8, 10): max abs err" in err and "onnxruntime does not match PyTorch" in err
     assert out == "" and sorted(p.name for p in pkg_dir.iterdir()) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_dynamo_exporter_fallback_path(lenet_pkg, capsys):
+    """The torch.export-based exporter (used when tracing fails) gives a graph that passes the same check."""
+    from analogai_deploy.exporter import _fresh_digital
+    from analogai_deploy.exporter.graph import build, to_onnx
+
+    pkg, model, _ = _fresh_digital(lenet_pkg)
+    x = torch.randn(2, 1, 8, 8)
+    graph = build(model, pkg.config, (x,))
+    raw, exporter, failures = to_onnx(graph, (x,), 18, exporters=("dynamo",))
+    assert exporter == "dynamo" and failures == []
+    assert capsys.readouterr().out == ""  # nothing on stdout: --json output stays parseable
+    xs = (torch.randn(6, 1, 8, 8),)
+    result = validate.compare(raw, graph.module, xs, graph.input_names, graph.output_names, None, 1e-3)
+    assert result.passed and result.batch == 6

@@ -146,6 +146,7 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
     import hashlib
 
     import onnx
+    import torch
 
     from .. import package as package_io
     from ..analog.convert import analog_layers, noise_off, to_digital
@@ -161,7 +162,8 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
     quant = pkg.config.get("quantization")
     quantized, warnings = graph_io.apply_quantization(model, quant, analog_names) if quant else ([], [])
     inputs, source, note = validate.sample_inputs(pkg.config, config.samples)
-    trace = tuple(t[:2] for t in inputs)
+    # traced at batch 2 (never 1, which tracing could bake in) and checked at `samples`: the dynamic axis
+    trace = tuple(torch.cat([t, t])[:2] for t in inputs)
     graph = graph_io.build(model, pkg.config, trace)
     raw, exporter, failures = graph_io.to_onnx(graph, trace, config.opset)
 
