@@ -92,16 +92,18 @@ def _statistics_frozen(model: nn.Module):
     """Batch-norm running stats and QAT activation ranges stay put while attacks are searched."""
     from . import qat
 
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0  # train-mode batch statistics, but running = 1*running + 0*batch
+    # train-mode forward passes still normalise with batch statistics; only the running buffers are restored
+    buffers = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    saved = [b.clone() for b in buffers]
     try:
         with qat.paused(model):
             yield
     finally:
-        for m, mom in zip(norms, saved):
-            m.momentum = mom
+        # `.data`: a value restore autograd must not see (an earlier pass of this step may have saved the
+        # buffers for backward; train-mode batch norm does not use their values there)
+        for b, v in zip(buffers, saved):
+            b.data.copy_(v)
 
 
 def _bounds(x: torch.Tensor, low, high, std):
