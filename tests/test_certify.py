@@ -1,0 +1,329 @@
+"""certify: real aihwkit Monte Carlo on a trained MLP (digits), and label-free on the real MiniLM."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import struct
+
+import pytest
+import torch
+
+import analogai_deploy as ad
+from analogai_deploy import package
+from analogai_deploy.aihwkit_probe import tile_support
+from analogai_deploy.certification import (CertifyConfig, _bench, _to_aihwkit, apply_overrides, monte_carlo,
+                                           parse_sweep)
+from analogai_deploy.certification.devices import DeviceConfig, choose_tile, rpu_config
+from analogai_deploy.certification.evaluation import normalised, parse_times, stats
+from analogai_deploy.errors import UsageError
+
+needs_cpp = pytest.mark.skipif(not tile_support().get("cpp"), reason="aihwkit C++ tiles do not run with this torch")
+FAST = dict(repeats=2, times="1d")
+
+
+def _train(path, epochs: int = 25) -> None:
+    """A few epochs of plain training so accuracies mean something (an untrained model sits at chance)."""
+    from analogai_deploy.data import load
+
+    pkg = ad.load(path)
+    d = load("digits", input_shape=pkg.config["input"]["shape"])
+    x, y = d.train.tensors
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(pkg.model.parameters(), 1e-2)
+    pkg.model.train()
+    for _ in range(epochs):
+        for i in range(0, len(x), 128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(pkg.model(x[i:i + 128]), y[i:i + 128]).backward()
+            opt.step()
+    pkg.model.eval()
+    package.write(path, pkg.config, model=pkg.model, base=path)
+
+
+@pytest.fixture(scope="module")
+def trained(mlp_pkg, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cert") / "mlp"
+    shutil.copytree(mlp_pkg, path)
+    _train(path)
+    return path
+
+
+@pytest.fixture
+def pkg(trained, tmp_path):
+    path = tmp_path / "mlp"
+    shutil.copytree(trained, path)
+    return path
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def test_certificate_written_with_schema_plot_and_card(pkg):
+    cert = ad.certify(pkg, device="PCM", data="digits", times="1s,1h,1d,1y", repeats=3, seed=0)
+    on_disk = json.loads((pkg / "certificate.json").read_text())
+    assert on_disk == json.loads(json.dumps(dict(cert)))
+    for key in ("metric", "device", "tile", "aihwkit", "data", "weights_sha256", "seed", "repeats", "digital",
+                "results", "created", "versions"):
+        assert key in on_disk, key
+    assert "verdict" not in on_disk  # no gate asked
+    assert on_disk["metric"] == "accuracy" and on_disk["aihwkit"] == "1.1.0"
+    assert on_disk["tile"] in ("cpp", "torch") and on_disk["device"]["tile"] == on_disk["tile"]
+    dev = on_disk["device"]
+    assert dev["name"] == "PCM" and dev["noise_model"] == "PCMLikeNoiseModel" and dev["noise_params"]["g_max"] == 25.0
+    assert dev["drift_compensation"] == "GlobalDriftCompensation"
+    assert (dev["dac_bits"], dev["adc_bits"], dev["out_noise"], dev["tile_size"]) == (7, 9, 0.06, [512, 512])
+    assert on_disk["data"] == {"spec": "digits", "fingerprint": on_disk["data"]["fingerprint"], "split": "test", "n": 271}
+    assert on_disk["weights_sha256"] == package.read_config(pkg)["weights"]["sha256"]
+    digital = on_disk["digital"]["accuracy"]
+    assert digital > 0.9  # the fixture model is trained
+    assert [r["time"] for r in on_disk["results"]] == ["1s", "1h", "1d", "1y"]
+    assert [r["seconds"] for r in on_disk["results"]] == [1, 3600, 86400, 365 * 86400]
+    for r in on_disk["results"]:
+        assert len(r["values"]) == 3 and all(0 <= v <= 1 for v in r["values"])
+        assert r["ci95"][0] <= r["mean"] <= r["ci95"][1] and r["min"] == min(r["values"])
+        assert r["normalised"] == pytest.approx(normalised(r["mean"], digital, 10))
+    # drift costs accuracy: one year after programming is worse than one second
+    assert on_disk["results"][-1]["mean"] < on_disk["results"][0]["mean"]
+    w, h = _png_size((pkg / "certificate.png").read_bytes())
+    assert w > 200 and h > 200
+    card = (pkg / "README.md").read_text()
+    assert "## Certificate" in card and "| 1y |" in card and "on PCM" in card
+    config = package.read_config(pkg)
+    assert config["certificate"]["device"] == "PCM" and set(config["certificate"]["results"]) == {"1s", "1h", "1d", "1y"}
+    assert config["provenance"]["history"][-1]["stage"] == "certify"
+    package.verify(pkg)  # the certificate names these very weights
+
+
+def test_same_seed_same_certificate_other_seed_differs(pkg):
+    def run(seed):
+        c = dict(ad.certify(pkg, seed=seed, times="1h,1y", repeats=3, write=False))
+        c.pop("created")
+        return c
+
+    first, second = run(7), run(7)
+    assert first["tile"] == "torch" and first["reproducible"] is True
+    assert first == second
+    assert run(8)["results"] != first["results"]
+
+
+def test_repeats_split_across_runs_give_the_same_numbers(pkg):
+    """Repeat r depends only on seed + r, so repeats can be farmed out and merged."""
+    cfg = CertifyConfig(repeats=3, times=["1h", "1y"])
+    bench = _bench(pkg, cfg)
+    times = cfg.time_points()
+    rpu = rpu_config(cfg.device, choose_tile(cfg.device))
+    whole = monte_carlo(_to_aihwkit(bench.digital, rpu), bench, times, 3, seed=5)
+    part_a = monte_carlo(_to_aihwkit(bench.digital, rpu), bench, times, 2, seed=5)
+    part_b = monte_carlo(_to_aihwkit(bench.digital, rpu), bench, times, 1, seed=5, first_repeat=2)
+    assert [a + b for a, b in zip(part_a, part_b)] == whole
+
+
+def test_noisier_device_gives_lower_accuracy(pkg, tmp_path):
+    ideal = ad.certify(pkg, device="ideal", times="1y", repeats=2, write=False)
+    assert ideal.result("1y")["mean"] == pytest.approx(ideal["digital"]["accuracy"])  # no noise = digital
+    pcm = ad.certify(pkg, device="PCM", times="1y", repeats=3, write=False)
+    noisy_file = tmp_path / "noisy.yaml"
+    noisy_file.write_text(
+        "name: noisy-pcm\nnoise_model: PCMLikeNoiseModel\n"
+        "params: {g_max: 25.0, prog_noise_scale: 4.0, read_noise_scale: 4.0, drift_scale: 3.0}\n"
+        "io: {out_noise: 0.3, dac_bits: 5}\n")
+    noisy = ad.certify(pkg, device="custom", device_file=noisy_file, times="1y", repeats=3, write=False)
+    assert noisy["device"]["name"] == "noisy-pcm" and noisy["device"]["noise_params"]["prog_noise_scale"] == 4.0
+    assert noisy["device"]["out_noise"] == 0.3 and noisy["device"]["dac_bits"] == 5
+    # (mild PCM noise may even land above digital on 271 test images; 4x noise cannot)
+    assert noisy.result("1y")["mean"] < pcm.result("1y")["mean"] - 0.05
+    assert noisy.result("1y")["ci95"][1] < ideal.result("1y")["mean"]
+
+
+@pytest.mark.parametrize("device", ["ReRAM", "ReRAM-CMO", "Hermes-PCM"])
+def test_other_devices_run(pkg, device):
+    cert = ad.certify(pkg, device=device, limit=100, write=False, **FAST)
+    model = {"ReRAM": "ReRamWan2022NoiseModel", "ReRAM-CMO": "ReRamCMONoiseModel", "Hermes-PCM": "HermesNoiseModel"}
+    assert cert["device"]["noise_model"] == model[device]
+    assert cert["data"]["n"] == 100 and 0 <= cert.result("1d")["mean"] <= 1
+
+
+def test_io_settings_reach_aihwkit(pkg):
+    cert = ad.certify(pkg, dac_bits=8, adc_bits=6, out_noise=0.02, tile_size=64, drift_compensation=False,
+                      write=False, **FAST)
+    dev = cert["device"]
+    assert (dev["dac_bits"], dev["adc_bits"], dev["out_noise"], dev["tile_size"]) == (8, 6, 0.02, [64, 64])
+    assert dev["drift_compensation"] is None
+    assert cert["conversion"]["tiles"] > cert["conversion"]["analog_layers"]  # 128-wide layers split over 64x64 tiles
+
+
+# ---------------------------------------------------------------- C++-only settings
+
+
+@needs_cpp
+def test_n_w_runs_on_cpp_tiles_and_lowers_accuracy(pkg):
+    clean = ad.certify(pkg, n_w=0.0, tile="cpp", write=False, **FAST)
+    noisy = ad.certify(pkg, n_w=0.3, write=False, **FAST)  # auto picks the C++ tile for n_w
+    assert noisy["tile"] == "cpp" and noisy["reproducible"] is False
+    assert noisy["device"]["n_w"] == 0.3 and noisy["device"]["w_noise_type"] == "additive_constant"
+    assert noisy.result("1d")["mean"] < clean.result("1d")["mean"] - 0.05
+
+
+@needs_cpp
+def test_standard_hwa_preset(pkg):
+    cert = ad.certify(pkg, preset="standard-hwa", write=False, **FAST)
+    dev = cert["device"]
+    assert cert["tile"] == "cpp" and dev["preset"] == "standard-hwa"
+    assert (dev["dac_bits"], dev["adc_bits"], dev["out_noise"]) == (8, 8, 0.04)
+    assert dev["n_w"] == pytest.approx(0.0175) and dev["w_noise_type"] == "pcm_read"
+
+
+def test_unsupported_setting_on_torch_tile_errors_clearly(pkg, cli):
+    code, out, err = cli("certify", pkg, "--n-w", "0.1", "--tile", "torch", "--repeats", "2")
+    assert code == 2 and out == ""
+    assert "n_w" in err and "C++ tiles" in err and "hint:" in err
+    code, _, err = cli("certify", pkg, "--preset", "standard-hwa", "--tile", "torch")
+    assert code == 2 and "C++ tiles" in err
+    assert not (pkg / "certificate.json").exists()
+
+
+# ---------------------------------------------------------------- CLI: gate, json, sweep, aliases
+
+
+def test_gate_fails_with_exit_1_and_still_writes_the_certificate(pkg, cli):
+    code, out, err = cli("certify", pkg, "--times", "1h,1y", "--repeats", "2", "--max-drop", "0", "--at", "1y")
+    assert code == 1
+    assert "gate failed" in err and "hint:" in err
+    cert = json.loads((pkg / "certificate.json").read_text())
+    assert cert["verdict"]["passed"] is False
+    assert cert["verdict"]["rule"] == "max drop 0 pp at 1y (lower 95% CI)"
+    assert "FAIL" in out and "FAIL" in (pkg / "README.md").read_text()
+
+
+def test_gate_passes_and_adds_the_gate_time(pkg, cli):
+    code, out, err = cli("certify", pkg, "--device", "ideal", "--times", "1h", "--repeats", "2",
+                         "--max-drop", "0.5", "--at", "1d", "--json")
+    assert code == 0, err
+    cert = json.loads(out)
+    assert cert["verdict"]["passed"] is True and cert["verdict"]["drop_pp"] == pytest.approx(0, abs=1e-6)
+    assert [r["time"] for r in cert["results"]] == ["1h", "1d"]  # the gate's time is always measured
+    assert "certify" not in err  # no progress bar in --json mode
+
+
+def test_seed_config_names_work_as_overrides(pkg, cli):
+    code, out, err = cli("certify", pkg, "inference.platform.aihwkit=True", "inference.platform.aihwkit.device=ideal",
+                         "inference.platform.aihwkit.n_w=0", "--times", "1d", "--repeats", "2", "--json")
+    assert code == 0, err
+    cert = json.loads(out)
+    assert cert["device"]["name"] == "ideal" and cert["device"]["n_w"] == 0
+    assert apply_overrides(["inference.platform.aihwkit.n_w=0.2", "dac_bits=8"]) == {"n_w": "0.2", "dac_bits": "8"}
+    with pytest.raises(UsageError, match="unknown setting"):
+        apply_overrides(["inference.platform.aihwkit.nw=0.2"])
+    code, _, err = cli("certify", pkg, "--device", "PCM", "inference.platform.aihwkit.device=ReRAM")
+    assert code == 2 and "given twice" in err
+
+
+def test_sweep_writes_csv_and_png(pkg, cli):
+    param = "n_w" if tile_support().get("cpp") else "out_noise"
+    code, out, err = cli("certify", pkg, "--sweep", f"{param}=0:0.4:3", "--times", "1d", "--repeats", "2",
+                         "--limit", "120", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["param"] == param and result["values"] == [0.0, 0.2, 0.4]
+    rows = list(csv.DictReader((pkg / "sweep.csv").open()))
+    assert [float(r["value"]) for r in rows] == [0.0, 0.2, 0.4] and {r["time"] for r in rows} == {"1d"}
+    means = [float(r["mean"]) for r in rows]
+    assert means[-1] < means[0]  # more noise per MAC, lower accuracy
+    _png_size((pkg / "sweep.png").read_bytes())
+
+
+def test_bad_input_is_one_line_with_a_fix(pkg, cli, tmp_path):
+    cases = [
+        (["--device", "PCN"], "did you mean: PCM"),
+        (["--times", "1 fortnight"], "bad time"),
+        (["--metric", "f1"], "unknown metric"),
+        (["--max-drop", "1", "--repeats", "1"], "needs >= 2 repeats"),
+        (["--device", "custom"], "--device-file"),
+        (["--sweep", "n_q=0:1:3"], "unknown sweep parameter"),
+        (["--match-qat"], "no quantization section"),
+        (["--data", "sentences"], "for text packages"),
+    ]
+    for args, needle in cases:
+        code, out, err = cli("certify", pkg, *args)
+        assert code == 2, (args, err)
+        assert needle in err, (args, err)
+        assert err.count("error:") == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("noise_model: PCMLikeNoiseModel\nparams: {gmax: 20}\n")
+    code, _, err = cli("certify", pkg, "--device", "custom", "--device-file", bad)
+    assert code == 2 and "unknown parameter 'gmax'" in err and "g_max" in err
+    bad.write_text("noise_model: PCMLikeNoiseModel\nnoise: 1\n")
+    code, _, err = cli("certify", pkg, "--device", "custom", "--device-file", bad)
+    assert code == 2 and "unknown key 'noise'" in err and "valid keys" in err
+    code, _, err = cli("certify", tmp_path / "nowhere")
+    assert code == 2 and "no package" in err
+
+
+def test_match_qat_sets_the_dac_to_the_activation_bits(pkg):
+    from analogai_deploy.recovery import qat
+
+    loaded = ad.load(pkg)  # a QAT section as recover writes it (quantizers calibrated on a few images)
+    qcfg = qat.attach(loaded.model, qat.QuantConfig(w_bits=4, a_bits=6))
+    loaded.model.train()
+    with torch.no_grad():
+        loaded.model(torch.randn(32, 1, 8, 8))
+    loaded.model.eval()
+    config = package.read_config(pkg)
+    config["quantization"] = qat.describe(loaded.model, qcfg)
+    package.write(pkg, config, base=pkg)
+    cert = ad.certify(pkg, match_qat=True, write=False, **FAST)
+    assert cert["device"]["dac_bits"] == 6
+    with pytest.raises(UsageError, match="given"):
+        ad.certify(pkg, match_qat=True, dac_bits=8, write=False, **FAST)
+
+
+# ---------------------------------------------------------------- label-free: the real MiniLM
+
+
+@pytest.fixture(scope="module")
+def minilm_pkg(minilm_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cert") / "minilm"
+    ad.convert(f"hf:{minilm_dir}", output=out)
+    return out
+
+
+def test_label_free_cosine_on_minilm(minilm_pkg):
+    # one repeat: programming 11M PCM weights is aihwkit's heaviest step (seconds per repeat)
+    cert = ad.certify(minilm_pkg, device="PCM", repeats=1, times="1d", limit=8, write=False)
+    assert cert["metric"] == "cosine" and cert["digital"] == {"cosine": 1.0}
+    assert cert["data"]["spec"] == "sentences" and cert["data"]["split"] == "label-free" and cert["data"]["n"] == 8
+    assert cert["conversion"]["analog_layers"] >= 36  # every Linear of the 6 BERT layers is on tiles
+    r = cert.result("1d")
+    assert -1 <= r["mean"] < 0.999 and r["normalised"] is None  # PCM noise moved the embeddings
+
+
+@pytest.mark.slow
+def test_label_free_ideal_minilm_matches_digital(minilm_pkg):
+    ideal = ad.certify(minilm_pkg, device="ideal", repeats=2, times="1d", limit=4, data="tokens", write=False)
+    assert ideal["data"]["spec"] == "tokens" and ideal.result("1d")["mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------- units
+
+
+def test_times_stats_and_normalised_accuracy():
+    assert parse_times("1y,1s,3600,1d") == [("1s", 1.0), ("3600s", 3600.0), ("1d", 86400.0), ("1y", 31536000.0)]
+    s = stats([0.9, 0.92, 0.94])
+    assert s["mean"] == pytest.approx(0.92) and s["std"] == pytest.approx(0.02) and s["min"] == 0.9
+    assert s["ci95"] == pytest.approx([0.92 - 4.302653 * 0.02 / 3 ** 0.5, 0.92 + 4.302653 * 0.02 / 3 ** 0.5])
+    assert stats([0.99, 1.0])["ci95"][1] == 1.0  # clipped to the metric's range
+    # Rasch et al.: FP 94% on 10 classes; analog 90% -> 1 - (0.10 - 0.06) / (0.90 - 0.06)
+    assert normalised(0.90, 0.94, 10) == pytest.approx(1 - 0.04 / 0.84)
+    assert normalised(0.94, 0.94, 10) == 1.0 and normalised(0.1, 0.05, 10) is None
+    assert parse_sweep("n_w=0:0.2:5") == ("n_w", [0.0, 0.05, 0.1, 0.15, 0.2])
+    assert parse_sweep("inference.platform.aihwkit.n_w=0.1,0.2") == ("n_w", [0.1, 0.2])
+    assert parse_sweep("dac_bits=4:8:3") == ("dac_bits", [4, 6, 8])
+    with pytest.raises(UsageError):
+        DeviceConfig(name="PCM", tile="gpu")
