@@ -56,7 +56,9 @@ def export(
     atol: Annotated[float | None, typer.Option(help="Absolute tolerance of the check [default: per model].")] = None,
     rtol: Annotated[float | None, typer.Option(help="Relative tolerance of the check [default: per model].")] = None,
     samples: Annotated[int, typer.Option(help="Sample inputs onnxruntime and PyTorch are compared on.")] = 8,
-    device: Annotated[str, typer.Option(help="Target device (metadata when the package names none; the aihwkit device).")] = "PCM",
+    device: Annotated[str, typer.Option(
+        help="Target device: recorded when the package names none; the aihwkit device (PCM, ReRAM-Wan2022, ReRAM-CMO).",
+    )] = "PCM",
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -79,7 +81,9 @@ def export(
 
     def human(d) -> str:
         if result.validation is None:
-            return f"wrote {d['file']} ({d['record'].get('analog_layers')} aihwkit layers, {d['record'].get('device')}, {d['record'].get('tile')} tiles)"
+            rec = d["record"]
+            return (f"wrote {d['file']} ({rec.get('analog_layers')} aihwkit layers, {rec.get('device')}, "
+                    f"{rec.get('tile')} tiles)")
         v = result.validation
         head = f"checked on {v.inputs} (batch {v.batch}) with onnxruntime vs PyTorch:"
         q = f", QDQ on {len(result.quantized_layers)} layers" if result.quantized_layers else ""

@@ -137,8 +137,8 @@ def _record_stage(config: dict[str, Any], key: str, record: dict[str, Any]) -> d
     config = copy.deepcopy(config)
     config.setdefault("export", {})[key] = record
     prov = config.setdefault("provenance", {})
-    prov.setdefault("history", []).append({"stage": "export", "time": now(), "to": key,
-                                           **{k: v for k, v in record.items() if k in ("file", "sha256", "opset", "max_abs_error", "device")}})
+    brief = {k: v for k, v in record.items() if k in ("file", "sha256", "opset", "max_abs_error", "device")}
+    prov.setdefault("history", []).append({"stage": "export", "time": now(), "to": key, **brief})
     return config
 
 

@@ -49,7 +49,7 @@ class _Plain(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
         if not isinstance(out, torch.Tensor):
-            raise OperationFailed(f"the model returns {type(out).__name__}, not a tensor; ONNX export needs a tensor output",
+            raise OperationFailed(f"the model returns {type(out).__name__}, not a tensor; ONNX export needs one",
                                   "wrap the model in a factory that returns the logits tensor")
         return out
 
@@ -64,7 +64,8 @@ def wrap(model: nn.Module, config: dict[str, Any]) -> tuple[nn.Module, list[str]
     """(the model called as the graph is, its input names, its output name)."""
     spec = config["input"]
     if config["source"].get("kind") == "huggingface":
-        names = list(spec.get("names") or (["pixel_values"] if spec.get("kind") == "image" else ["input_ids", "attention_mask"]))
+        default = ["pixel_values"] if spec.get("kind") == "image" else ["input_ids", "attention_mask"]
+        names = list(spec.get("names") or default)
         output = _hf_output(str(config.get("task", "")))
         return _Named(model, names, output).eval(), names, output
     output = "logits" if str(config.get("task", "")).endswith("classification") else "output"
@@ -166,7 +167,8 @@ class _QDQInput:
 
     def __init__(self, bits: int, act_max: float | None):
         if act_max is not None and not act_max > 0:
-            raise OperationFailed(f"act_max must be > 0, got {act_max}", "calibrate the activation ranges again (recover with QAT)")
+            raise OperationFailed(f"act_max must be > 0, got {act_max}",
+                                  "calibrate the activation ranges again (recover with QAT)")
         self.bits, self.act_max = int(bits), None if act_max is None else float(act_max)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,6 +209,10 @@ def _quantize_weight(module: nn.Module, name: str, bits: int, axis: int) -> None
     parametrize.register_parametrization(owner, param, _WeightParam(_QDQWeight(bits, getattr(owner, param), axis)))
 
 
+def _is_conv(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd)
+
+
 def _hf_conv1d():
     try:
         from transformers.pytorch_utils import Conv1D
@@ -245,8 +251,7 @@ def apply_quantization(model: nn.Module, quant: dict[str, Any], analog_names: li
             weights = (("in_proj_weight", "out_proj.weight") if module._qkv_same_embed_dim
                        else ("q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"))
             quant_input = False
-        elif (conv1d is not None and type(module) is conv1d) or type(module) is nn.Linear or (
-                isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd)):
+        elif (conv1d is not None and type(module) is conv1d) or type(module) is nn.Linear or _is_conv(module):
             weights, quant_input = ("weight",), True
         else:
             raise OperationFailed(f"cannot export QAT layer {name!r} of type {type(module).__name__} as QDQ",
@@ -258,6 +263,7 @@ def apply_quantization(model: nn.Module, quant: dict[str, Any], analog_names: li
             q_in = _QDQInput(a_bits, info.get("act_max"))
             module.register_forward_pre_hook(lambda _m, args, q=q_in: (q(args[0]), *args[1:]))
         done.append(name)
-    notes = [f"{kind}={bits} > {QDQ_MAX_BITS}: written as Round/Clip ops, not QuantizeLinear (ONNX int8 QDQ holds "
-             f"at most {QDQ_MAX_BITS} bits)" for kind, bits in (("w_bits", w_bits), ("a_bits", a_bits)) if bits > QDQ_MAX_BITS]
+    notes = [f"{kind}={bits} > {QDQ_MAX_BITS}: written as Round/Clip ops, not QuantizeLinear "
+             f"(ONNX int8 QDQ holds at most {QDQ_MAX_BITS} bits)"
+             for kind, bits in (("w_bits", w_bits), ("a_bits", a_bits)) if bits > QDQ_MAX_BITS]
     return done, notes

@@ -78,7 +78,8 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises its own DecodeError types
-        raise PackageError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PackageError(f"{path} is not a readable ONNX model: {reason}") from None
     return {p.key: p.value for p in model.metadata_props}
 
 
