@@ -377,3 +377,16 @@ def test_dynamo_exporter_fallback_path(lenet_pkg, capsys):
     xs = (torch.randn(6, 1, 8, 8),)
     result = validate.compare(raw, graph.module, xs, graph.input_names, graph.output_names, None, 1e-3)
     assert result.passed and result.batch == 6
+
+
+def test_inspect_reads_only_the_safetensors_header(lenet_pkg, tmp_path, cli):
+    import struct
+
+    raw = (lenet_pkg / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header_only = tmp_path / "model.safetensors"
+    header_only.write_bytes(raw[: 8 + n])  # every tensor byte cut off: only the header is read
+    code, out, err = cli("inspect", header_only, "--json")
+    assert code == 0, err
+    assert json.loads(out) == meta_io.decoded(meta_io.analog_only(meta_io.read_metadata(lenet_pkg / "model.safetensors")))
+    assert json.loads(out)["analogai.source"]["name"] == "lenet"
