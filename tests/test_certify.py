@@ -314,7 +314,8 @@ def test_label_free_ideal_minilm_matches_digital(minilm_pkg):
 
 
 def test_times_stats_and_normalised_accuracy():
-    assert parse_times("1y,1s,3600,1d") == [("1s", 1.0), ("3600s", 3600.0), ("1d", 86400.0), ("1y", 31536000.0)]
+    assert parse_times("1y,1s,3600,1d,1d") == [("1s", 1.0), ("1h", 3600.0), ("1d", 86400.0), ("1y", 31536000.0)]
+    assert parse_times("10m,90min,2.5,1w") == [("2.5s", 2.5), ("10min", 600.0), ("90min", 5400.0), ("7d", 604800.0)]
     s = stats([0.9, 0.92, 0.94])
     assert s["mean"] == pytest.approx(0.92) and s["std"] == pytest.approx(0.02) and s["min"] == 0.9
     assert s["ci95"] == pytest.approx([0.92 - 4.302653 * 0.02 / 3 ** 0.5, 0.92 + 4.302653 * 0.02 / 3 ** 0.5])

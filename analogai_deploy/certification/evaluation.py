@@ -74,8 +74,16 @@ def parse_time(text: str | float | int) -> tuple[str, float]:
     seconds = value * _UNITS[unit]
     if seconds <= 0:
         raise UsageError(f"time {text!r} must be after programming (> 0 s)")
-    label = f"{value:g}{unit}"
-    return label, seconds
+    return _label(seconds), seconds
+
+
+def _label(seconds: float) -> str:
+    """The largest unit that divides `seconds` exactly: 86400 -> '1d', 5400 -> '90min', 1.5 -> '1.5s'."""
+    for unit in ("y", "d", "h", "min"):
+        n = seconds / _UNITS[unit]
+        if n >= 1 and abs(n - round(n)) < 1e-9:
+            return f"{round(n)}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_times(times: str | list | tuple) -> list[tuple[str, float]]:

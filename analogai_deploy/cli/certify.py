@@ -109,6 +109,9 @@ def certify(
 
     out.info(f"certifying {package} on {device_name} ...")
     cert = cert_mod.certify(package, progress=out.progress, **kwargs)
+    t = cert.timing
+    out.info(f"aihwkit ({cert['tile']} tiles): {1e3 * t['per_eval_s']:.0f} ms per repeat x time point, "
+             f"digital pass {1e3 * t['digital_pass_s']:.0f} ms over the same {cert['data']['n']} inputs")
     out.result(dict(cert), lambda c: _cert_text(c, cert))
     if cert.passed is False:
         v = cert["verdict"]
