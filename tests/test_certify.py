@@ -159,6 +159,29 @@ def test_io_settings_reach_aihwkit(pkg):
     assert cert["conversion"]["tiles"] > cert["conversion"]["analog_layers"]  # 128-wide layers split over 64x64 tiles
 
 
+def test_label_free_agreement_for_an_image_classifier(pkg):
+    ideal = ad.certify(pkg, device="ideal", metric="agreement", write=False, **FAST)
+    assert ideal["metric"] == "agreement" and ideal["digital"] == {"agreement": 1.0}
+    assert ideal.result("1d")["mean"] == 1.0 and ideal.result("1d")["normalised"] == 1.0
+    noisy = ad.certify(pkg, device="PCM", metric="agreement", out_noise=0.5, write=False, **FAST)
+    assert noisy.result("1d")["mean"] < 1.0
+
+
+def test_typed_config_api(pkg):
+    from analogai_deploy.certification import DeviceConfig, IOSettings
+
+    cfg = CertifyConfig(device=DeviceConfig(name="ReRAM", io=IOSettings(adc_bits=8)), repeats=2, limit=100)
+    cert = ad.certify(pkg, config=cfg, write=False)
+    assert cert["device"]["name"] == "ReRAM" and cert["device"]["adc_bits"] == 8
+    # ReRamWan2022NoiseModel is characterised at 1 s, 1 d and 2 d only: those are its default times
+    assert [r["time"] for r in cert["results"]] == ["1s", "1d", "2d"]
+    with pytest.raises(UsageError, match="characterised only at 1s, 1d, 2d, not 1h"):
+        ad.certify(pkg, device="ReRAM", times="1h,1d", repeats=2, write=False)
+    assert CertifyConfig.from_dict(cert["settings"]) == cfg  # the certificate carries what decided its numbers
+    with pytest.raises(UsageError, match="beside a CertifyConfig"):
+        ad.certify(pkg, config=cfg, dac_bits=8, write=False)
+
+
 # ---------------------------------------------------------------- C++-only settings
 
 

@@ -26,7 +26,8 @@ from torch import nn
 
 from .._config import StrictConfig
 from ..errors import UsageError, unknown
-from .devices import DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, rpu_config
+from .devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
+                      rpu_config)
 from .evaluation import METRICS, EvalSet, load_eval_set, normalised, parse_times, resolve_metric, run, score, stats
 
 __all__ = ["certify", "sweep", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings", "CustomDevice",
@@ -49,7 +50,8 @@ class CertifyConfig(StrictConfig):
 
     data: dataset spec for image packages (default digits); sentences / tokens for text packages.
     metric: auto, accuracy, agreement (top-1 vs digital), cosine (outputs vs digital).
-    times: after programming: 1s, 1h, 1d, 1y or seconds.  repeats: Monte Carlo repeats (>= 2 for a gate).
+    times: after programming: 1s, 1h, 1d, 1y or seconds; None = 1s,1h,1d,1y, or the times a device
+        model is characterised at (ReRAM: 1s, 1d, 2d).  repeats: Monte Carlo repeats (>= 2 for a gate).
     max_drop / at: the gate, in percentage points below digital at time `at`, on the lower 95% CI bound.
     limit: evaluate on at most this many test samples (None = the whole test split).
     match_qat: set the DAC bits to the package's QAT activation bits (config["quantization"]["a_bits"]).
@@ -58,7 +60,7 @@ class CertifyConfig(StrictConfig):
     device: DeviceConfig = field(default_factory=DeviceConfig)
     data: str | None = None
     metric: str = "auto"
-    times: list[str] = field(default_factory=lambda: DEFAULT_TIMES.split(","))
+    times: list[str] | None = None
     repeats: int = 10
     seed: int = 0
     max_drop: float | None = None
@@ -80,8 +82,8 @@ class CertifyConfig(StrictConfig):
             raise UsageError(f"limit must be >= 1, got {self.limit}")
         self.time_points()  # validate early
 
-    def time_points(self) -> list[tuple[str, float]]:
-        points = parse_times(self.times)
+    def time_points(self, default: str | list[str] = DEFAULT_TIMES) -> list[tuple[str, float]]:
+        points = parse_times(self.times or default)
         if self.max_drop is not None:
             from .evaluation import parse_time
 
@@ -137,6 +139,10 @@ def apply_overrides(overrides: list[str] | None) -> dict[str, str]:
 def _device_config(device: str | DeviceConfig, device_file: str | Path | None, preset: str | None, tile: str,
                    io: dict[str, Any]) -> DeviceConfig:
     if isinstance(device, DeviceConfig):
+        extra = [k for k, v in io.items() if v is not None] + (["preset"] if preset else []) + (
+            ["tile"] if tile != "auto" else []) + (["device_file"] if device_file else [])
+        if extra:
+            raise UsageError(f"{', '.join(extra)} given beside a DeviceConfig", "set them inside the DeviceConfig")
         return device
     ioset = IOSettings.from_dict({k: v for k, v in io.items() if v is not None})
     if device_file is not None:
@@ -219,6 +225,19 @@ def _conversion(analog: nn.Module) -> dict[str, Any]:
             "total_params": total}
 
 
+def _time_points(cfg: CertifyConfig, device: DeviceConfig, rpu) -> list[tuple[str, float]]:
+    """The times to measure; a device model characterised at fixed times only (ReRAM) accepts just those."""
+    fixed = fixed_times(rpu)
+    points = cfg.time_points([f"{t:g}" for t in fixed] if fixed else DEFAULT_TIMES)
+    if fixed:
+        labels = [parse_times([f"{t:g}"])[0][0] for t in fixed]
+        bad = [label for label, seconds in points if seconds not in fixed]
+        if bad:
+            raise UsageError(f"{device.label} ({type(rpu.noise_model).__name__}) is characterised only at "
+                             f"{', '.join(labels)}, not {', '.join(bad)}", f"pass --times {','.join(labels)}")
+    return points
+
+
 def monte_carlo(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], repeats: int, seed: int,
                 progress: Callable[..., Any] | None = None, first_repeat: int = 0) -> list[list[float]]:
     """values[time][repeat] for repeats first_repeat .. first_repeat + repeats - 1 (seed + r each)."""
@@ -279,7 +298,7 @@ def certify(
     package: str | Path,
     device: str | DeviceConfig = "PCM",
     data: str | None = None,
-    times: str | list[str] = DEFAULT_TIMES,
+    times: str | list[str] | None = None,
     repeats: int = 10,
     seed: int = 0,
     *,
@@ -303,6 +322,8 @@ def certify(
     `data`: default digits for image packages, built-in sentences for text packages (label-free).
     `progress(total=..., desc=...)`: a tqdm-like bar factory. Pass `config` to give everything at once.
     """
+    if config is not None and io:
+        raise UsageError(f"{', '.join(io)} given beside a CertifyConfig", "set them in config.device.io")
     cfg = config or CertifyConfig(
         device=_device_config(device, device_file, preset, tile, io), data=data, metric=metric,
         times=[times] if isinstance(times, (int, float)) else times, repeats=repeats, seed=seed,
@@ -312,9 +333,9 @@ def certify(
         cfg.times = cfg.times.split(",")
     cfg = CertifyConfig.from_dict(cfg.to_dict())  # a private copy: match_qat edits the device settings
     bench = _bench(package, cfg)
-    times_ = cfg.time_points()
     tile_kind = choose_tile(cfg.device)
     rpu = rpu_config(cfg.device, tile_kind)
+    times_ = _time_points(cfg, cfg.device, rpu)
     start = time.perf_counter()
     analog = _to_aihwkit(bench.digital, rpu)
     convert_s = time.perf_counter() - start
@@ -431,7 +452,6 @@ def sweep(
         config = CertifyConfig(device=dev, **kwargs)
     cfg = CertifyConfig.from_dict(config.to_dict())
     bench = _bench(package, cfg)
-    times_ = cfg.time_points()
     rows: list[dict[str, Any]] = []
     device_desc = None
     bar = progress(total=len(values) * cfg.repeats * len(times_), desc=f"sweep {param}", unit="eval") if progress else None
@@ -442,6 +462,7 @@ def sweep(
             dev.io.__post_init__()
             tile_kind = choose_tile(dev)
             rpu = rpu_config(dev, tile_kind)
+            times_ = _time_points(cfg, dev, rpu)
             analog = _to_aihwkit(bench.digital, rpu)
             vals = monte_carlo(analog, bench, times_, cfg.repeats, cfg.seed)
             if bar is not None:

@@ -260,6 +260,14 @@ def rpu_config(config: DeviceConfig, tile: str):
     return rpu
 
 
+def fixed_times(rpu) -> list[float] | None:
+    """Seconds a noise model is characterised at, when it only knows fixed times (ReRamWan2022: 1 s, 1 d, 2 d)."""
+    coeff = getattr(rpu.noise_model, "coeff_dic", None)
+    if type(rpu.noise_model).__name__ == "ReRamWan2022NoiseModel" and isinstance(coeff, dict):
+        return sorted(float(t) for t in coeff)
+    return None
+
+
 def describe(config: DeviceConfig, rpu, tile: str) -> dict[str, Any]:
     """Every setting that shapes the simulation, read back from the rpu_config that ran."""
     fwd = rpu.forward

@@ -54,7 +54,7 @@ def certify(
     device_file: Annotated[str | None, typer.Option(help="YAML file for --device custom.")] = None,
     data: Annotated[str | None, typer.Option(help="Dataset (digits, cifar10:PATH, ...); text: sentences or tokens. [default: digits / sentences]")] = None,
     metric: Annotated[str, typer.Option(help="auto, accuracy, agreement (vs digital top-1) or cosine.")] = "auto",
-    times: Annotated[str | None, typer.Option(help="Times after programming: 1s,1h,1d,1y or seconds. [default: 1s,1h,1d,1y]")] = None,
+    times: Annotated[str | None, typer.Option(help="Times after programming: 1s,1h,1d,1y or seconds. [default: 1s,1h,1d,1y; ReRAM: 1s,1d,2d]")] = None,
     repeats: Annotated[int | None, typer.Option(help="Monte Carlo repeats (fresh programming noise each). [default: 10]")] = None,
     seed: Annotated[int | None, typer.Option(help="Repeat r runs with seed + r. [default: 0]")] = None,
     max_drop: Annotated[float | None, typer.Option(help="Gate: fail when the lower 95% CI is more than this many percentage points below digital.")] = None,
@@ -89,7 +89,7 @@ def certify(
     settings = {k: v for k, v in given.items() if v is not None}
     device_name = settings.pop("device", "PCM")
     common = dict(device=device_name, device_file=device_file, max_drop=max_drop if not sweep else None, at=at,
-                  match_qat=match_qat, limit=limit, times=settings.pop("times", cert_mod.DEFAULT_TIMES))
+                  match_qat=match_qat, limit=limit, times=settings.pop("times", None))
     kwargs = {**common, **settings}
     for key, cast in (("repeats", int), ("seed", int)):
         if key in kwargs:
