@@ -165,6 +165,16 @@ def _match_qat(cfg: CertifyConfig, pkg_config: dict[str, Any]) -> None:
     io.dac_bits = int(quant["a_bits"])
 
 
+def _resolved(package: str | Path, cfg: CertifyConfig) -> CertifyConfig:
+    """A private copy of `cfg` with --match-qat applied (it reads the package's quantization section)."""
+    from .. import package as pkg_io
+
+    cfg = CertifyConfig.from_dict(cfg.to_dict())
+    if cfg.match_qat:
+        _match_qat(cfg, pkg_io.read_config(package))
+    return cfg
+
+
 @dataclass
 class _Bench:
     """What every Monte Carlo run of one package shares: the digital model, the inputs, the reference."""
@@ -184,8 +194,6 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
     from ..analog.convert import to_digital
 
     pkg = pkg_io.load(package)  # verifies the weights' sha256
-    if cfg.match_qat:
-        _match_qat(cfg, pkg.config)
     metric = resolve_metric(cfg.metric, pkg.config, cfg.data)
     data = load_eval_set(pkg.path, pkg.config, cfg.data, seed=cfg.seed, limit=cfg.limit)
     if metric == "accuracy" and data.num_classes and pkg.config.get("num_classes") not in (None, data.num_classes):
@@ -331,11 +339,11 @@ def certify(
     )
     if isinstance(cfg.times, str):
         cfg.times = cfg.times.split(",")
-    cfg = CertifyConfig.from_dict(cfg.to_dict())  # a private copy: match_qat edits the device settings
-    bench = _bench(package, cfg)
-    tile_kind = choose_tile(cfg.device)
+    cfg = _resolved(package, cfg)
+    tile_kind = choose_tile(cfg.device)  # settings are checked before the slow part starts
     rpu = rpu_config(cfg.device, tile_kind)
     times_ = _time_points(cfg, cfg.device, rpu)
+    bench = _bench(package, cfg)
     start = time.perf_counter()
     analog = _to_aihwkit(bench.digital, rpu)
     convert_s = time.perf_counter() - start
@@ -450,25 +458,25 @@ def sweep(
         if "times" in kwargs and isinstance(kwargs["times"], str):
             kwargs["times"] = kwargs["times"].split(",")
         config = CertifyConfig(device=dev, **kwargs)
-    cfg = CertifyConfig.from_dict(config.to_dict())
+    cfg = _resolved(package, config)
+    plans = []  # every value's tiles and times, checked before the slow part starts
+    for value in values:
+        dev = DeviceConfig.from_dict(cfg.device.to_dict())
+        setattr(dev.io, param, value)
+        dev.io.__post_init__()
+        tile_kind = choose_tile(dev)
+        rpu = rpu_config(dev, tile_kind)
+        plans.append((value, dev, tile_kind, rpu, _time_points(cfg, dev, rpu)))
     bench = _bench(package, cfg)
     rows: list[dict[str, Any]] = []
-    device_desc = None
-    bar = progress(total=len(values) * cfg.repeats * len(times_), desc=f"sweep {param}", unit="eval") if progress else None
+    total = sum(cfg.repeats * len(p[-1]) for p in plans)
+    bar = progress(total=total, desc=f"sweep {param}", unit="eval") if progress else None
     try:
-        for value in values:
-            dev = DeviceConfig.from_dict(cfg.device.to_dict())
-            setattr(dev.io, param, value)
-            dev.io.__post_init__()
-            tile_kind = choose_tile(dev)
-            rpu = rpu_config(dev, tile_kind)
-            times_ = _time_points(cfg, dev, rpu)
+        for value, dev, tile_kind, rpu, times_ in plans:
             analog = _to_aihwkit(bench.digital, rpu)
             vals = monte_carlo(analog, bench, times_, cfg.repeats, cfg.seed)
             if bar is not None:
                 bar.update(cfg.repeats * len(times_))
-            desc = describe(dev, rpu, tile_kind)
-            device_desc = device_desc or desc
             for res in _results(bench, times_, vals):
                 rows.append({"param": param, "value": value, "time": res["time"], "seconds": res["seconds"],
                              "mean": res["mean"], "std": res["std"], "ci_low": res["ci95"][0],
@@ -479,6 +487,7 @@ def sweep(
             bar.close()
     from ..provenance import now, version_of
 
+    device_desc = {**describe(plans[0][1], plans[0][3], plans[0][2]), "swept": param}
     result = {"param": param, "values": values, "metric": bench.metric, "device": device_desc,
               "digital": _digital_block(bench), "data": _data_block(bench),
               "weights_sha256": bench.config["weights"]["sha256"], "seed": cfg.seed, "repeats": cfg.repeats,
