@@ -258,3 +258,20 @@ def test_batched_mode_trains_the_same_clients_as_the_loop(lenet_pkg, digits, tmp
     assert pkg.config["training"]["best"]["val_acc"] > 0.1
     with pytest.raises(UsageError, match="SAM"):
         ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "x", overrides=over + ["recovery.optimizer.sam=true"])
+
+
+def test_recover_on_an_image_folder(tmp_path):
+    """Datasets that are not in-memory tensors go through a DataLoader (the cifar10/mnist/imagefolder path)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for label, level in (("dark", 40), ("light", 215)):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = (level + torch.randint(-30, 30, (8, 8), generator=g)).clamp(0, 255).to(torch.uint8)
+            Image.fromarray(pixels.numpy(), mode="L").save(tmp_path / "imgs" / label / f"{i}.png")
+    ad.convert("mlp", output=tmp_path / "mlp2", num_classes=2)
+    pkg = ad.recover(tmp_path / "mlp2", "single_noise", f"imagefolder:{tmp_path / 'imgs'}", output=tmp_path / "out",
+                     overrides=["training.rounds=3", "training.batch_size=8"])
+    assert pkg.config["data"]["spec"].startswith("imagefolder:")
+    assert pkg.config["training"]["best"]["val_acc"] == 1.0  # dark vs light is easy

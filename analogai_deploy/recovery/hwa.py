@@ -180,13 +180,8 @@ class HwaTrainer:
         return self.model
 
     def run(self, resume: bool = False) -> engine.Result:
-        threads = torch.get_num_threads()
-        if self.t.cpu_threads:
-            torch.set_num_threads(self.t.cpu_threads)
-        try:
+        with engine.cpu_threads(self.t.cpu_threads, self.model, self.device):
             return self._run(resume)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self, resume: bool) -> engine.Result:
         start = time.perf_counter()
@@ -205,6 +200,8 @@ class HwaTrainer:
                     break
                 entry = self.run_round(bar)
                 self.save()
+                if bar is not None:
+                    engine._postfix(bar, entry)
                 if self.on_round:
                     self.on_round(entry)
         finally:

@@ -143,8 +143,8 @@ class TrainingConfig(StrictConfig):
     mode: how the K FI clients run: "loop" one after the other; "batched" as one stacked model
       (torch.func vmap over stacked parameters; plain MSNAT only: no SAM, adversarial or QAT);
       "auto" = loop (batched measured no faster on CPU for small models).
-    cpu_threads: torch CPU threads while training (0 = torch's default); 1 is fastest for tiny models
-      on a busy machine, where threads of a small kernel mostly wait for each other.
+    cpu_threads: torch CPU threads while training; 0 = automatic: 1 for models under 1M parameters
+      (their kernels are too small to split; extra threads only spin-wait), else torch's default.
     """
 
     engine: Literal["msnat", "aihwkit_hwa"] = "msnat"
