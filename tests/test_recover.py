@@ -145,6 +145,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(lenet_pkg, digits, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise, buffers included
     assert pkg.config["training"]["best"] == json.loads((tmp_path / "a" / "config.json").read_text())["training"]["best"]
     assert len((tmp_path / "b" / "train_log.jsonl").read_text().splitlines()) == 3
+    assert pkg.config["training"]["resumed_from_round"] == 2
 
 
 def test_same_seed_same_weights_other_seed_other_weights(mlp_pkg, digits, tmp_path):

@@ -67,10 +67,16 @@ def recover(
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    from ..recovery import recover as run_recover
+    from pathlib import Path
+
+    from ..recovery import recover as run_recover, state_dir_for
 
     out = output(json_, quiet)
     out.info(f"recovering {package} with recipe {recipe} on {data} ...")
+    if resume:
+        target = Path(output_dir) if output_dir else None
+        if target is not None and not state_dir_for(target).exists():
+            out.warn(f"no checkpoint in {state_dir_for(target)}; starting from round 1")
     pkg = run_recover(package, recipe, data, output_dir, overrides=list(overrides or []), resume=resume,
                       progress=lambda **kw: out.progress(**kw))
     t = pkg.config["training"]

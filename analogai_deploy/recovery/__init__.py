@@ -130,7 +130,7 @@ def recover(
         "noise_levels": rec.recovery.sigmas,
         "seed": rec.training.seed,
         "seconds": round(result.seconds, 2),
-        "resumed": bool(resume),
+        "resumed_from_round": result.resumed_from,
         "log": "train_log.jsonl",
     }
     config["data"] = {"spec": ds.spec, "fingerprint": ds.fingerprint, "split": "train/val (selection on val; test untouched)"}

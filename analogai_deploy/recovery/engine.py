@@ -225,6 +225,7 @@ class Result:
     log: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
     seconds: float = 0.0
+    resumed_from: int = 0  # rounds already done in the checkpoint this run continued (0 = fresh start)
 
 
 class Trainer:
@@ -470,6 +471,7 @@ class Trainer:
             if torch.cuda.is_available():
                 torch.cuda.manual_seed_all(self.t.seed)
         stopped = False
+        resumed_from = self.round
         per_round = len(self.clients) * self.t.epochs_per_round * len(self.train_batches)
         bar = self.progress(total=self.t.rounds * per_round, initial=self.round * per_round, unit="step",
                             desc=f"{self.recipe.name}") if self.progress else None
@@ -488,4 +490,4 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return Result(self.best_state, self.best_ranges, self.best, self.round, self.mode, str(self.device),
-                      self.log, stopped, time.perf_counter() - start)
+                      self.log, stopped, time.perf_counter() - start, resumed_from)

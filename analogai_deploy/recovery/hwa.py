@@ -189,6 +189,7 @@ class HwaTrainer:
             self.load()
         else:
             torch.manual_seed(self.t.seed)
+        resumed_from = self.round
         per_round = len(self.train_batches)
         bar = self.progress(total=self.t.rounds * per_round, initial=self.round * per_round, unit="step",
                             desc=self.recipe.name) if self.progress else None
@@ -208,4 +209,4 @@ class HwaTrainer:
             if bar is not None:
                 bar.close()
         return engine.Result(self.best_state, {}, self.best, self.round, self.mode, str(self.device), self.log,
-                             stopped, time.perf_counter() - start)
+                             stopped, time.perf_counter() - start, resumed_from)

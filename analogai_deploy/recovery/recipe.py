@@ -85,7 +85,7 @@ class HwaConfig(StrictConfig):
     """
 
     modifier: Literal["add_normal", "mult_normal", "pcm_noise"] = "add_normal"
-    w_noise: float = 0.08
+    w_noise: float = 0.15
     out_noise: float = 0.04
 
 
