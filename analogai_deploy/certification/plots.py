@@ -44,7 +44,7 @@ def certificate_png(cert: dict[str, Any], title: str = "") -> bytes:
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(title or f"{metric} under drift on {cert['device']['name']} ({cert['tile']} tiles)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     return _png(fig)
 
 
