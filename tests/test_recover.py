@@ -276,3 +276,17 @@ def test_recover_on_an_image_folder(tmp_path):
                      overrides=["training.rounds=3", "training.batch_size=8"])
     assert pkg.config["data"]["spec"].startswith("imagefolder:")
     assert pkg.config["training"]["best"]["val_acc"] == 1.0  # dark vs light is easy
+
+
+def test_hwa_baseline_resumes(lenet_pkg, digits, tmp_path):
+    over = ["training.rounds=2"]
+
+    def stop(entry):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        ad.recover(lenet_pkg, "hwa_aihwkit", digits, output=tmp_path / "h", overrides=over, on_round=stop)
+    pkg = ad.recover(lenet_pkg, "hwa_aihwkit", digits, output=tmp_path / "h", overrides=over, resume=True)
+    t = pkg.config["training"]
+    assert (t["rounds"], t["resumed_from_round"], t["mode"]) == (2, 1, "aihwkit")
+    assert [json.loads(line)["round"] for line in (tmp_path / "h" / "train_log.jsonl").read_text().splitlines()] == [1, 2]
