@@ -246,11 +246,11 @@ def test_gate_passes_and_adds_the_gate_time(pkg, cli):
 
 
 def test_seed_config_names_work_as_overrides(pkg, cli):
-    code, out, err = cli("certify", pkg, "inference.platform.aihwkit=True", "inference.platform.aihwkit.device=ideal",
+    code, out, err = cli("certify", pkg, "inference.platform.aihwkit=True", "inference.platform.aihwkit.device=ReRAM-CMO",
                          "inference.platform.aihwkit.n_w=0", "--times", "1d", "--repeats", "2", "--json")
     assert code == 0, err
     cert = json.loads(out)
-    assert cert["device"]["name"] == "ideal" and cert["device"]["n_w"] == 0
+    assert cert["device"]["name"] == "ReRAM-CMO" and cert["device"]["n_w"] == 0
     assert apply_overrides(["inference.platform.aihwkit.n_w=0.2", "dac_bits=8"]) == {"n_w": "0.2", "dac_bits": "8"}
     with pytest.raises(UsageError, match="unknown setting"):
         apply_overrides(["inference.platform.aihwkit.nw=0.2"])
@@ -282,6 +282,7 @@ def test_bad_input_is_one_line_with_a_fix(pkg, cli, tmp_path):
         (["--sweep", "n_q=0:1:3"], "unknown sweep parameter"),
         (["--match-qat"], "no quantization section"),
         (["--data", "sentences"], "for text packages"),
+        (["--device", "ideal", "--n-w", "0.1"], "perfect IO"),
     ]
     for args, needle in cases:
         code, out, err = cli("certify", pkg, *args)

@@ -339,6 +339,7 @@ def certify(
     )
     if isinstance(cfg.times, str):
         cfg.times = cfg.times.split(",")
+    package = getattr(package, "path", package)  # a Package object or its folder
     cfg = _resolved(package, cfg)
     tile_kind = choose_tile(cfg.device)  # settings are checked before the slow part starts
     rpu = rpu_config(cfg.device, tile_kind)

@@ -107,6 +107,11 @@ class DeviceConfig(StrictConfig):
             raise unknown("tile kind", self.tile, TILES)
         if self.name == "custom" and self.custom is None:
             raise UsageError("device custom needs a YAML file", "pass --device-file my-device.yaml (see `certify --help`)")
+        if self.name == "ideal":
+            given = [k for k, v in self.io.to_dict().items() if v is not None] + (["preset"] if self.preset else [])
+            if given:  # a perfect tile would silently ignore them
+                raise UsageError(f"the ideal device has perfect IO and no noise; {', '.join(given)} cannot apply",
+                                 "use --device PCM (or custom) with those settings, or drop them")
         if self.name != "custom" and self.custom is not None:
             raise UsageError(f"a device file only goes with --device custom (got --device {self.name})")
 
