@@ -362,3 +362,11 @@ def test_times_stats_and_normalised_accuracy():
     assert parse_sweep("dac_bits=4:8:3") == ("dac_bits", [4, 6, 8])
     with pytest.raises(UsageError):
         DeviceConfig(name="PCM", tile="gpu")
+
+
+def test_a_model_without_analog_layers_is_refused():
+    from analogai_deploy.errors import OperationFailed
+
+    rpu = rpu_config(DeviceConfig(), "torch")
+    with pytest.raises(OperationFailed, match="no layer of this model maps to aihwkit tiles"):
+        _to_aihwkit(torch.nn.Sequential(torch.nn.Embedding(10, 4)), rpu)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .._config import StrictConfig
-from ..errors import UsageError, unknown
+from ..errors import OperationFailed, UsageError, unknown
 from .devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
                       rpu_config)
 from .evaluation import METRICS, EvalSet, load_eval_set, normalised, parse_times, resolve_metric, run, score, stats
@@ -198,7 +198,7 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
     data = load_eval_set(pkg.path, pkg.config, cfg.data, seed=cfg.seed, limit=cfg.limit)
     if metric == "accuracy" and data.num_classes and pkg.config.get("num_classes") not in (None, data.num_classes):
         raise UsageError(f"the package has {pkg.config['num_classes']} classes but {data.spec} has {data.num_classes}",
-                         "certify on the dataset the model was trained for")
+                         "certify on the dataset the model was trained for, or label-free: --metric agreement")
     digital = to_digital(pkg.model).eval()
     start = time.perf_counter()
     outputs = run(digital, data)
@@ -212,6 +212,10 @@ def _to_aihwkit(digital: nn.Module, rpu) -> nn.Module:
     from aihwkit.nn.conversion import convert_to_analog
 
     analog = convert_to_analog(copy.deepcopy(digital), rpu, inplace=True)
+    if not any(True for _ in analog.analog_tiles()):
+        raise OperationFailed("no layer of this model maps to aihwkit tiles (aihwkit converts exact nn.Linear / "
+                              "nn.Conv classes only), so there is nothing analog to certify",
+                              "use a model whose weights live in nn.Linear / nn.Conv2d layers")
     return analog.eval()
 
 
