@@ -316,14 +316,12 @@ class Trainer:
         g = self._shuffle(epoch, k)
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        steps = 0
-        for i, (x, y) in enumerate(self.train_batches.iterate(g)):
+        for step, (x, y) in enumerate(self.train_batches.iterate(g)):
             if not self.fi:  # one model: it takes the noise levels in turn
-                noise.set(self.sigmas[(steps + self.round) % len(self.sigmas)])
+                noise.set(self.sigmas[(step + self.round) % len(self.sigmas)])
             loss, c = self._step(k, x, y, loss_fn)
             total += loss * len(y)
             correct += c
-            steps += 1
             if bar is not None:
                 bar.update(1)
         n = self.train_batches.n
