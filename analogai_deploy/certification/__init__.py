@@ -28,7 +28,8 @@ from .._config import StrictConfig
 from ..errors import OperationFailed, UsageError, unknown
 from .devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
                       rpu_config)
-from .evaluation import METRICS, EvalSet, load_eval_set, normalised, parse_times, resolve_metric, run, score, stats
+from .evaluation import (METRICS, EvalSet, load_eval_set, normalised, parse_time, parse_times, resolve_metric, run,
+                         score, stats)
 
 __all__ = ["certify", "sweep", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings", "CustomDevice",
            "DEVICES", "PRESETS", "METRICS", "apply_overrides", "parse_sweep"]
@@ -85,8 +86,6 @@ class CertifyConfig(StrictConfig):
     def time_points(self, default: str | list[str] = DEFAULT_TIMES) -> list[tuple[str, float]]:
         points = parse_times(self.times or default)
         if self.max_drop is not None:
-            from .evaluation import parse_time
-
             at = parse_time(self.at)
             if all(abs(s - at[1]) > 1e-9 for _, s in points):
                 points = sorted(points + [at], key=lambda p: p[1])  # the gate's time is always measured
@@ -104,8 +103,6 @@ class Certificate(dict):
         return self.get("verdict", {}).get("passed")
 
     def result(self, time_label: str) -> dict[str, Any]:
-        from .evaluation import parse_time
-
         seconds = parse_time(time_label)[1]
         for r in self["results"]:
             if abs(r["seconds"] - seconds) < 1e-9:
@@ -284,8 +281,6 @@ def _results(bench: _Bench, times: list[tuple[str, float]], values: list[list[fl
 def _verdict(cfg: CertifyConfig, digital: float, results: list[dict[str, Any]]) -> dict[str, Any] | None:
     if cfg.max_drop is None:
         return None
-    from .evaluation import parse_time
-
     label, seconds = parse_time(cfg.at)
     row = next(r for r in results if abs(r["seconds"] - seconds) < 1e-9)
     threshold = digital - cfg.max_drop / 100.0
