@@ -25,29 +25,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoo", default=str(ROOT / "model_zoo"), help="zoo folder to publish into")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=10, help="Monte Carlo repeats of the certificate")
-    parser.add_argument("--max-drop", type=float, default=5.0,
+    parser.add_argument("--max-drop", type=float, default=1.0,
                         help="gate: lower 95%% CI bound at --at at most this many points below digital")
     parser.add_argument("--at", default="1d", help="time the gate is judged at")
     parser.add_argument("--override", action="append", default=[], help="recipe override, e.g. training.rounds=10")
     args = parser.parse_args(argv)
 
     import torch
+    from tqdm.auto import tqdm
 
     import analogai_deploy as ad
     from analogai_deploy import zoo
 
     torch.manual_seed(args.seed)
+    bar = lambda **kw: tqdm(file=sys.stderr, mininterval=10, **kw)  # noqa: E731  (progress on stderr)
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="build-zoo-") as tmp:
         base = ad.convert("lenet", output=Path(tmp) / "lenet", num_classes=10, seed=args.seed)
         print(f"[{time.time() - t0:5.1f}s] converted: {base.report.summary().splitlines()[0]}", flush=True)
-        recovered = ad.recover(base.path, "msnat", "digits", output=Path(tmp) / NAME, overrides=args.override)
+        recovered = ad.recover(base.path, "msnat", "digits", output=Path(tmp) / NAME, overrides=args.override,
+                               progress=bar)
         best = recovered.config.get("training", {}).get("best")
         print(f"[{time.time() - t0:5.1f}s] recovered with msnat: {best}", flush=True)
         exported = ad.export(recovered.path)
-        print(f"[{time.time() - t0:5.1f}s] exported: {getattr(exported, 'summary', lambda: 'ok')()}", flush=True)
+        check = exported.validation
+        print(f"[{time.time() - t0:5.1f}s] exported {exported.file.name}: onnxruntime check "
+              f"{'passed' if check.passed else 'FAILED'} (max |diff| {check.max_abs:.1e})", flush=True)
         cert = ad.certify(recovered.path, device="PCM", data="digits", times="1s,1h,1d,1y", repeats=args.repeats,
-                          seed=args.seed, max_drop=args.max_drop, at=args.at)
+                          seed=args.seed, max_drop=args.max_drop, at=args.at, progress=bar)
         means = {r["time"]: round(r["mean"], 4) for r in cert["results"]}
         print(f"[{time.time() - t0:5.1f}s] certified on PCM: digital {cert['digital']}, {means}, "
               f"verdict {cert.get('verdict')}", flush=True)

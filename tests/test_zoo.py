@@ -193,3 +193,59 @@ def test_help_has_examples(cli):
     for args in (["publish"], ["pull"], ["zoo", "list"]):
         code, out, _ = cli(*args, "--help")
         assert code == 0 and "Examples:" in out
+
+
+# ---- the shipped entry ---------------------------------------------------------------------------
+
+SHIPPED = "digits-cnn-msnat-pcm"
+
+
+@pytest.fixture
+def shipped_zoo(monkeypatch):
+    """The repository's own model_zoo/ (read only here)."""
+    monkeypatch.delenv("ANALOGAI_ZOO", raising=False)
+    from analogai_deploy.zoo import local
+
+    return local.default_dir()
+
+
+def test_shipped_model_is_listed_small_and_certified_on_pcm(cli, shipped_zoo):
+    code, out, err = cli("zoo", "list", "--json")
+    assert code == 0, err
+    entry = {e["name"]: e for e in json.loads(out)}[SHIPPED]
+    assert entry["device"] == "PCM" and entry["verdict"] is True and entry["recipe"] == "msnat"
+    assert entry["size"] < 1_000_000
+    assert 0.5 < entry["accuracy_1y"] <= entry["accuracy_1d"] <= 1.0
+
+
+def test_shipped_model_pulls_and_matches_its_certificate(cli, shipped_zoo, tmp_path):
+    """Pull offline, then check the certificate's digital accuracy against the weights on the digits test split."""
+    from analogai_deploy import data as data_mod
+
+    code, out, err = cli("pull", SHIPPED, "-o", tmp_path / "digits-cnn", "--json")
+    assert code == 0, err
+    assert json.loads(out)["verified"]
+    pkg = pkgio.load(tmp_path / "digits-cnn")
+    cert = pkg.certificate()
+    assert cert["data"]["spec"] == "digits" and cert["device"]["name"] == "PCM"
+    ds = data_mod.load("digits", input_shape=pkg.config["input"]["shape"])
+    x, y = ds.test.tensors
+    with torch.no_grad(), noise_off(pkg.model):
+        accuracy = (pkg.model(x).argmax(1) == y).float().mean().item()
+    assert accuracy == pytest.approx(cert["digital"]["accuracy"], abs=0.01)
+
+
+def test_shipped_model_certifies_offline_to_its_own_numbers(shipped_zoo, tmp_path):
+    """Re-run the real aihwkit certification on a pulled copy with the shipped settings: same numbers."""
+    pkg = zoo.pull(SHIPPED, tmp_path / "digits-cnn")
+    shipped = pkg.certificate()
+    verdict = shipped["verdict"]
+    cert = ad.certify(pkg.path, device=shipped["device"]["name"], data=shipped["data"]["spec"],
+                      times=[r["time"] for r in shipped["results"]], repeats=shipped["repeats"], seed=shipped["seed"],
+                      max_drop=verdict["max_drop_pp"], at=verdict["at"])
+    assert cert.passed is True
+    for mine, theirs in zip(cert["results"], shipped["results"]):
+        assert mine["time"] == theirs["time"]
+        assert mine["mean"] == pytest.approx(theirs["mean"], abs=1e-6)
+    assert (tmp_path / "digits-cnn" / "certificate.json").exists()
+    assert zoo.locate(SHIPPED) == shipped_zoo / SHIPPED  # the zoo's own copy is untouched and still verifies

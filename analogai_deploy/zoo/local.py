@@ -100,6 +100,7 @@ def publish(path: str | Path, zoo: str | Path | None = None, *, name: str | None
         dest = zoo_dir / name
         pkgio.write(dest, stamp(config, {"name": name}), base=path)  # copies first, so path == dest works too
         config, certificate = gate.admit(dest)  # what landed is what was checked
+        _readable(dest)
         entry = {
             "name": name,
             "path": name,
@@ -131,9 +132,18 @@ def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
+def _readable(folder: Path) -> None:
+    """A zoo is for sharing: entries readable by all (temp folders and files start private)."""
+    folder.chmod(0o755)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
+
+
 def _write_index(zoo_dir: Path, index: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=zoo_dir)
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(index, indent=2) + "\n")
             f.flush()
