@@ -299,3 +299,18 @@ def test_python_keyword_overrides_and_early_stopping(mlp_pkg, digits, tmp_path):
     t = pkg.config["training"]
     assert t["stopped_early"] and t["rounds"] == 3 and t["best"]["round"] == 1
     assert pkg.config["recipe"]["resolved"]["training"]["patience"] == 2
+
+
+def test_recovered_package_drops_what_described_the_old_weights(mlp_pkg, digits, tmp_path):
+    src = package.load(mlp_pkg)
+    config = dict(src.config, export={"onnx": {"file": "model.onnx"}}, certificate={"passed": True})
+    cert = json.dumps({"weights_sha256": src.weights_sha256}).encode()
+    package.write(tmp_path / "staged", config, files={"certificate.json": cert, "model.onnx": b"onnx",
+                                                      "certificate.png": b"png", "tokenizer.json": b"{}"},
+                  base=mlp_pkg)
+    pkg = ad.recover(tmp_path / "staged", "vanilla", digits, output=tmp_path / "out", overrides=FAST)
+    names = {f.name for f in (tmp_path / "out").iterdir()}
+    assert names == {"config.json", "model.safetensors", "README.md", "train_log.jsonl", "tokenizer.json"}
+    assert "certificate" not in pkg.config and "export" not in pkg.config
+    assert pkg.config["recipe"]["type"] == "Recipe" and pkg.config["recipe"]["version"] == 1
+    package.load(tmp_path / "out")

@@ -20,8 +20,14 @@ from .recipe import Recipe, load as load_recipe
 
 __all__ = ["recover", "Recipe", "load_recipe", "Interrupted"]
 
-#: files a recovered package does not inherit: they describe the old weights
-_STALE = {"config.json", "model.safetensors", "README.md", "certificate.json", "model.onnx", "train_log.jsonl"}
+#: what a recovered package does not inherit, because it describes the old weights: the weights and their
+#: exports (model.*), certificates and sweeps, the card and log (rewritten), and these config.json sections
+_STALE_FILES = ("model.", "certificate.", "sweep.", "README.md", "config.json", "train_log.jsonl")
+_STALE_SECTIONS = ("certificate", "export", "quantization", "weights")
+
+
+def _inherited(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith((".",) + _STALE_FILES)
 
 
 class Interrupted(OperationFailed):
@@ -111,13 +117,13 @@ def recover(
     final = trainer.output_model(result)
     set_noise(final, default_sigma)
     final.eval()
-    config = dict(pkg.config)
-    config.pop("quantization", None)
+    config = {k: v for k, v in pkg.config.items() if k not in _STALE_SECTIONS}
     if rec.recovery.qat and rec.training.engine == "msnat":
         from . import qat
 
         config["quantization"] = qat.describe(final, trainer.quant)
-    config["recipe"] = {"name": rec.name, "sha256": identity["recipe_sha256"], "resolved": rec.resolved()}
+    config["recipe"] = {"name": rec.name, "sha256": identity["recipe_sha256"], "type": "Recipe",
+                        "version": rec._version, "resolved": rec.resolved()}
     config["training"] = {
         "best": result.best,
         "rounds": result.rounds,
@@ -141,9 +147,8 @@ def recover(
         "input_weights_sha256": pkg.weights_sha256, "versions": versions(),
     }]
     config["provenance"] = prov
-    config.pop("weights", None)
     log = "".join(json.dumps(e) + "\n" for e in result.log).encode()
-    files = {f.name: f.read_bytes() for f in pkg.path.iterdir() if f.is_file() and f.name not in _STALE}
+    files = {f.name: f.read_bytes() for f in pkg.path.iterdir() if _inherited(f)}
     files["train_log.jsonl"] = log
     written = pkg_mod.write(out_path, config, final.cpu(), files)
     shutil.rmtree(state_dir, ignore_errors=True)
