@@ -16,6 +16,7 @@ import csv
 import io as _io
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ DEFAULT_TIMES = "1s,1h,1d,1y"
 CERTIFICATE_PNG = "certificate.png"
 SWEEP_CSV, SWEEP_PNG = "sweep.csv", "sweep.png"
 SWEEPABLE = ("n_w", "out_noise", "dac_bits", "adc_bits", "tile_size")
+#: a torch deprecation aihwkit's HermesNoiseModel triggers on every drift; not the user's concern
+_AIHWKIT_NOISE = "Using a non-tuple sequence for multidimensional indexing"
 #: the seed's config names (and short forms) accepted as KEY=VALUE overrides
 ALIASES = {
     "inference.platform.aihwkit.device": "device", "inference.platform.aihwkit.n_w": "n_w",
@@ -252,19 +255,21 @@ def monte_carlo(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]]
     """values[time][repeat] for repeats first_repeat .. first_repeat + repeats - 1 (seed + r each)."""
     values = [[0.0] * repeats for _ in times]
     bar = progress(total=repeats * len(times), desc="certify", unit="eval") if progress else None
-    try:
-        for i in range(repeats):
-            torch.manual_seed(seed + first_repeat + i)
-            analog.eval()
-            analog.program_analog_weights()  # fresh programming noise for this repeat
-            for j, (_, seconds) in enumerate(times):
-                analog.drift_analog_weights(seconds)
-                values[j][i] = score(bench.metric, run(analog, bench.data), bench.data, bench.reference)
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_AIHWKIT_NOISE, category=UserWarning)
+        try:
+            for i in range(repeats):
+                torch.manual_seed(seed + first_repeat + i)
+                analog.eval()
+                analog.program_analog_weights()  # fresh programming noise for this repeat
+                for j, (_, seconds) in enumerate(times):
+                    analog.drift_analog_weights(seconds)
+                    values[j][i] = score(bench.metric, run(analog, bench.data), bench.data, bench.reference)
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
     return values
 
 
