@@ -229,6 +229,7 @@ def test_gate_fails_with_exit_1_and_still_writes_the_certificate(pkg, cli):
     code, out, err = cli("certify", pkg, "--times", "1h,1y", "--repeats", "2", "--max-drop", "0", "--at", "1y")
     assert code == 1
     assert "gate failed" in err and "hint:" in err
+    assert "4/4" in err  # the progress bar counts repeats x times (2 x 2)
     cert = json.loads((pkg / "certificate.json").read_text())
     assert cert["verdict"]["passed"] is False
     assert cert["verdict"]["rule"] == "max drop 0 pp at 1y (lower 95% CI)"
