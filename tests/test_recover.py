@@ -137,6 +137,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(lenet_pkg, digits, tmp_pa
     with pytest.raises(Interrupted, match="--resume"):
         ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over, on_round=stop_after_two)
     state = json.loads((tmp_path / "b.partial" / "state.json").read_text())
+    assert [f.name for f in (tmp_path / "b.partial").glob("state-*.safetensors")] == [state["tensors"]]
     assert state["round"] == 2 and not (tmp_path / "b").exists()
     with pytest.raises(UsageError, match="recipe"):  # a checkpoint only resumes the run it belongs to
         ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over + ["training.lr=0.01"], resume=True)
@@ -314,3 +315,29 @@ def test_recovered_package_drops_what_described_the_old_weights(mlp_pkg, digits,
     assert "certificate" not in pkg.config and "export" not in pkg.config
     assert pkg.config["recipe"]["type"] == "Recipe" and pkg.config["recipe"]["version"] == 1
     package.load(tmp_path / "out")
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(mlp_pkg, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-c", "from analogai_deploy.cli.app import run; run()", "recover", str(mlp_pkg),
+           "--recipe", "vanilla", "-o", str(out), "training.rounds=100000", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.parent / "o.partial" / "state.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "rerun the same command with --resume" in err
+    state = json.loads((out.parent / "o.partial" / "state.json").read_text())
+    assert state["round"] >= 1 and (out.parent / "o.partial" / state["tensors"]).exists()
+    assert not out.exists()

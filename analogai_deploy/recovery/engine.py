@@ -32,8 +32,7 @@ from . import msnat
 from .recipe import Recipe
 
 EVAL_SEED = 12345  # validation noise draws are the same every round and every run
-CHECKPOINT = "state.safetensors"
-CHECKPOINT_META = "state.json"
+CHECKPOINT_META = "state.json"  # the commit point: it names the tensors file of the last finished round
 LOG = "train_log.jsonl"
 
 
@@ -175,6 +174,46 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, list):
         return [_unflatten(v, tensors) for v in obj]
     return obj
+
+
+def write_checkpoint(state_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Tensors to state-RRRR.safetensors, then state.json naming it (atomic replace), then old files go.
+
+    A crash at any point leaves a state.json that names a complete tensors file.
+    """
+    from safetensors.torch import save_file
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    name = f"state-{meta['round']:04d}.safetensors"
+    save_file(tensors, str(state_dir / f".{name}.tmp"))
+    os.replace(state_dir / f".{name}.tmp", state_dir / name)
+    tmp = state_dir / f".{CHECKPOINT_META}.tmp"
+    tmp.write_text(json.dumps({**meta, "tensors": name}, indent=1), encoding="utf-8")
+    os.replace(tmp, state_dir / CHECKPOINT_META)
+    for old in state_dir.glob("state-*.safetensors"):
+        if old.name != name:
+            old.unlink()
+    with open(state_dir / LOG, "w", encoding="utf-8") as f:  # for people watching a run: tail -f
+        f.writelines(json.dumps(e) + "\n" for e in meta["log"])
+
+
+def read_checkpoint(state_dir: Path, identity: dict[str, str], mode: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The last checkpoint, refused when it belongs to another run (package, recipe, data or mode)."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((state_dir / CHECKPOINT_META).read_text(encoding="utf-8"))
+    for key, want in identity.items():
+        if meta["identity"].get(key) != want:
+            raise UsageError(f"the checkpoint in {state_dir} was made with another {key.replace('_', ' ')}",
+                             "resume with the same package, recipe, overrides and data, or delete that folder")
+    if meta["mode"] != mode:
+        raise UsageError(f"the checkpoint in {state_dir} was made in {meta['mode']} mode, this run is {mode}",
+                         f"resume with training.mode={meta['mode']}, or delete that folder")
+    return load_file(str(state_dir / meta["tensors"])), meta
+
+
+def has_checkpoint(state_dir: Path) -> bool:
+    return (state_dir / CHECKPOINT_META).exists()
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -383,8 +422,6 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> None:
-        from safetensors.torch import save_file
-
         tensors: dict[str, torch.Tensor] = {}
         opts = []
         for k, (client, opt) in enumerate(zip(self.clients, self.optimizers)):
@@ -405,30 +442,10 @@ class Trainer:
         tensors.update(_rng_state())
         meta = {"identity": self.identity, "round": self.round, "best": self.best, "since_best": self.since_best,
                 "optimizers": opts, "log": self.log, "mode": self.mode, "clients": len(self.clients)}
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp_t, tmp_m = self.state_dir / f".{CHECKPOINT}.tmp", self.state_dir / f".{CHECKPOINT_META}.tmp"
-        save_file(tensors, str(tmp_t))
-        tmp_m.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        os.replace(tmp_t, self.state_dir / CHECKPOINT)  # tensors first: meta names a round only once they match
-        os.replace(tmp_m, self.state_dir / CHECKPOINT_META)
-        with open(self.state_dir / LOG, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(e) + "\n" for e in self.log)
-
-    def has_checkpoint(self) -> bool:
-        return (self.state_dir / CHECKPOINT_META).exists() and (self.state_dir / CHECKPOINT).exists()
+        write_checkpoint(self.state_dir, tensors, meta)
 
     def load(self) -> None:
-        from safetensors.torch import load_file
-
-        meta = json.loads((self.state_dir / CHECKPOINT_META).read_text(encoding="utf-8"))
-        for key, want in self.identity.items():
-            if meta["identity"].get(key) != want:
-                raise UsageError(f"the checkpoint in {self.state_dir} was made with another {key.replace('_', ' ')}",
-                                 "resume with the same package, recipe, overrides and data, or delete that folder")
-        if meta["mode"] != self.mode:
-            raise UsageError(f"the checkpoint in {self.state_dir} was made in {meta['mode']} mode, this run is {self.mode}",
-                             f"resume with training.mode={meta['mode']}, or delete that folder")
-        tensors = load_file(str(self.state_dir / CHECKPOINT))
+        tensors, meta = read_checkpoint(self.state_dir, self.identity, self.mode)
         if meta["clients"] != len(self.clients):
             raise UsageError(f"the checkpoint in {self.state_dir} has {meta['clients']} clients, this recipe "
                              f"{len(self.clients)}", "resume with the same recipe, or delete that folder")
@@ -462,7 +479,7 @@ class Trainer:
 
     def _run(self, resume: bool) -> Result:
         start = time.perf_counter()
-        if resume and self.has_checkpoint():
+        if resume and has_checkpoint(self.state_dir):
             self.load()
         else:
             torch.manual_seed(self.t.seed)

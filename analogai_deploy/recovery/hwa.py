@@ -13,8 +13,6 @@ to, an uninterrupted run.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +21,7 @@ import torch
 from torch import nn
 
 from ..analog.convert import analog_layers, to_digital
-from ..errors import OperationFailed, UsageError
+from ..errors import OperationFailed
 from . import engine
 from .recipe import Recipe
 
@@ -136,8 +134,6 @@ class HwaTrainer:
         return entry
 
     def save(self) -> None:
-        from safetensors.torch import save_file
-
         tensors: dict[str, torch.Tensor] = {}
         for key, v in self.model.state_dict().items():
             tensors[f"model/{key}"] = v.detach().contiguous().cpu()
@@ -147,23 +143,10 @@ class HwaTrainer:
         tensors.update(engine._rng_state())
         meta = {"identity": self.identity, "round": self.round, "best": self.best, "since_best": self.since_best,
                 "optimizers": [opt], "log": self.log, "mode": self.mode, "clients": 1}
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp_t = self.state_dir / f".{engine.CHECKPOINT}.tmp"
-        tmp_m = self.state_dir / f".{engine.CHECKPOINT_META}.tmp"
-        save_file(tensors, str(tmp_t))
-        tmp_m.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        os.replace(tmp_t, self.state_dir / engine.CHECKPOINT)
-        os.replace(tmp_m, self.state_dir / engine.CHECKPOINT_META)
+        engine.write_checkpoint(self.state_dir, tensors, meta)
 
     def load(self) -> None:
-        from safetensors.torch import load_file
-
-        meta = json.loads((self.state_dir / engine.CHECKPOINT_META).read_text(encoding="utf-8"))
-        for key, want in self.identity.items():
-            if meta["identity"].get(key) != want:
-                raise UsageError(f"the checkpoint in {self.state_dir} was made with another {key.replace('_', ' ')}",
-                                 "resume with the same package, recipe, overrides and data, or delete that folder")
-        tensors = load_file(str(self.state_dir / engine.CHECKPOINT))
+        tensors, meta = engine.read_checkpoint(self.state_dir, self.identity, self.mode)
         state = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
         self.model.load_state_dict(state)
         self._build(self.model.state_dict())
@@ -171,9 +154,6 @@ class HwaTrainer:
         self.best_state = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best/")}
         self.best, self.since_best, self.log, self.round = meta["best"], meta["since_best"], meta["log"], meta["round"]
         engine._set_rng_state(tensors)
-
-    def has_checkpoint(self) -> bool:
-        return (self.state_dir / engine.CHECKPOINT_META).exists()
 
     def output_model(self, result: engine.Result) -> nn.Module:
         self.model.load_state_dict(result.best_state)
@@ -185,7 +165,7 @@ class HwaTrainer:
 
     def _run(self, resume: bool) -> engine.Result:
         start = time.perf_counter()
-        if resume and self.has_checkpoint():
+        if resume and engine.has_checkpoint(self.state_dir):
             self.load()
         else:
             torch.manual_seed(self.t.seed)
