@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -166,6 +167,21 @@ def test_overwrite_needs_a_flag(cli, zoo_dir, certified, mlp_pkg, tmp_path):
     code, _, err = cli("publish", other, "--name", "digits", "--overwrite")
     assert code == 0, err
     assert zoo.list_models()[0]["sha256"] == pkgio.read_config(other)["weights"]["sha256"]
+
+
+def test_concurrent_publishers_both_land(zoo_dir, certified, mlp_pkg, tmp_path):
+    other = certified_copy(mlp_pkg, tmp_path / "mlp-cert")
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda args: zoo.publish(args[0], name=args[1]), [(certified, "a-cnn"), (other, "b-mlp")]))
+    assert [e["name"] for e in zoo.list_models()] == ["a-cnn", "b-mlp"]
+    assert sorted(p.name for p in zoo_dir.iterdir()) == [".lock", "a-cnn", "b-mlp", "index.json"]  # no temp left
+
+
+def test_unwritable_zoo_is_one_line(cli, certified, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = cli("publish", certified, "--zoo", blocker / "zoo")
+    assert code == 1 and "cannot write to the zoo" in err
 
 
 def test_zoo_option_beats_environment(cli, zoo_dir, certified, tmp_path):

@@ -90,7 +90,6 @@ def publish(path: str | Path, zoo: str | Path | None = None, *, name: str | None
     config, certificate = gate.admit(path)
     name = check_name(name or path.resolve().name.lower())
     zoo_dir = resolve_dir(zoo)
-    zoo_dir.mkdir(parents=True, exist_ok=True)
     with _locked(zoo_dir):
         index = read_index(zoo_dir)
         old = next((e for e in index["entries"] if e.get("name") == name), None)
@@ -161,6 +160,7 @@ def _locked(zoo_dir: Path) -> Iterator[None]:
     import fcntl
 
     try:
+        zoo_dir.mkdir(parents=True, exist_ok=True)
         fh = open(zoo_dir / ".lock", "a+")
     except OSError as exc:
         raise OperationFailed(f"cannot write to the zoo at {zoo_dir}: {exc.strerror}",
