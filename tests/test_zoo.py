@@ -262,6 +262,7 @@ def test_shipped_model_certifies_offline_to_its_own_numbers(shipped_zoo, tmp_pat
     assert cert.passed is True
     for mine, theirs in zip(cert["results"], shipped["results"]):
         assert mine["time"] == theirs["time"]
-        assert mine["mean"] == pytest.approx(theirs["mean"], abs=1e-6)
+        assert mine["mean"] == pytest.approx(theirs["mean"], abs=1e-6), (
+            "certify now measures differently; if that is intended, rebuild with scripts/build_zoo.py")
     assert (tmp_path / "digits-cnn" / "certificate.json").exists()
     assert zoo.locate(SHIPPED) == shipped_zoo / SHIPPED  # the zoo's own copy is untouched and still verifies

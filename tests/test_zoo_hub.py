@@ -33,7 +33,8 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    # huggingface_hub reads these once at import (the zoo reads HF_ENDPOINT per call) (conftest sets HF_HUB_OFFLINE=1 for the whole suite)
+    # huggingface_hub reads these once at import (conftest sets HF_HUB_OFFLINE=1 for the whole suite);
+    # the zoo itself reads HF_ENDPOINT per call
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
@@ -104,7 +105,8 @@ def test_pull_refuses_tampered_download(cli, hub, certified):
     with pytest.raises(pkgio.PackageError):
         ad.from_pretrained(f"hf-hub:{REPO}")
     # pinning the published commit still gets the certified weights
-    assert ad.from_pretrained(f"hf-hub:{REPO}@{good}").weights_sha256 == pkgio.read_config(certified)["weights"]["sha256"]
+    pinned = ad.from_pretrained(f"hf-hub:{REPO}@{good}")
+    assert pinned.weights_sha256 == pkgio.read_config(certified)["weights"]["sha256"]
 
 
 def test_pull_refuses_uncertified_repo(cli, hub, lenet_pkg):

@@ -132,7 +132,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def _published(d: dict[str, Any]) -> str:
     if d["where"] == "hub":
-        return f"pushed {len(d['files'])} files to {d['url']} (commit {d['commit'][:12]})\npull with: analogai-deploy pull hf-hub:{d['repo_id']}"
+        return (f"pushed {len(d['files'])} files to {d['url']} (commit {d['commit'][:12]})\n"
+                f"pull with: analogai-deploy pull hf-hub:{d['repo_id']}")
     return (f"published {d['name']} to {d['zoo']}: {d.get('device')} accuracy {_pct(d.get('accuracy_1d'))} at 1 d, "
             f"{_pct(d.get('accuracy_1y'))} at 1 y, {_size(d.get('size'))}\npull with: analogai-deploy pull {d['name']}")
 

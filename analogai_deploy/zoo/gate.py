@@ -23,7 +23,8 @@ def check_source(config: dict[str, Any], where: Path | str) -> None:
         raise OperationFailed(
             f"{where} was built from a local Python file ({config['source'].get('file')}); the zoo refuses it "
             "because loading it would run that code on every user's machine",
-            "convert from a built-in, torchvision or Hugging Face model (or register the architecture) and publish that",
+            "convert from a built-in, torchvision or Hugging Face model (or register the architecture) "
+            "and publish that",
         )
 
 

@@ -55,7 +55,8 @@ def push(path: str | Path, repo_id: str, *, private: bool | None = None, token: 
                 repo_id=repo_id, folder_path=str(staged), revision=revision,
                 # a republish mirrors the package: files of an older version (an ONNX of other weights) go
                 delete_patterns=["[!.]*"],
-                commit_message=f"analogai-deploy publish: {config['source'].get('name', 'model')} certified on {device}",
+                commit_message=f"analogai-deploy publish: {config['source'].get('name', 'model')} "
+                               f"certified on {device}",
             )
         files = sorted(f.name for f in staged.iterdir() if f.is_file())
     return {"repo_id": repo_id, "url": f"{api.endpoint}/{repo_id}", "commit": info.oid, "files": files,
@@ -99,11 +100,13 @@ class _hub_errors:
 
         if isinstance(exc, hf.LocalEntryNotFoundError):
             raise OperationFailed(
-                f"cannot {self.what}: the Hub is unreachable or offline (HF_HUB_OFFLINE) and the files are not in the cache",
+                f"cannot {self.what}: the Hub is unreachable or offline (HF_HUB_OFFLINE) "
+                "and the files are not in the cache",
                 "pull once with network access (unset HF_HUB_OFFLINE), or pull a local zoo name",
             ) from None
         if isinstance(exc, hf.RevisionNotFoundError):
-            raise UsageError(f"cannot {self.what}: no such revision", "check the text after '@' (a branch, tag or commit)") from None
+            raise UsageError(f"cannot {self.what}: no such revision",
+                             "check the text after '@' (a branch, tag or commit)") from None
         if isinstance(exc, hf.RepositoryNotFoundError):
             raise UsageError(f"cannot {self.what}: no such repository on {self.endpoint} (or it is private)",
                              "check the repo id; for private repos log in (hf auth login) or set HF_TOKEN") from None
@@ -113,7 +116,8 @@ class _hub_errors:
                     if status in (401, 403) else "retry later; ANALOGAI_DEBUG=1 shows the server's answer")
             raise OperationFailed(f"cannot {self.what}: the Hub answered HTTP {status}", hint) from None
         if isinstance(exc, hf.OfflineModeIsEnabled):
-            raise OperationFailed(f"cannot {self.what}: HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE to reach the Hub") from None
+            raise OperationFailed(f"cannot {self.what}: HF_HUB_OFFLINE is set",
+                                  "unset HF_HUB_OFFLINE to reach the Hub") from None
         if _is_network_error(exc):
             raise OperationFailed(f"cannot {self.what}: {self.endpoint} is unreachable ({type(exc).__name__})",
                                   "check the network, or HF_ENDPOINT if you use a mirror") from None
