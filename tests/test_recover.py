@@ -170,7 +170,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(mlp_pkg, digits, tm
     with pytest.raises(OperationFailed, match="diverged") as err:
         ad.recover(src, "vanilla", digits, output=tmp_path / "o", on_round=poison,
                    overrides=["training.rounds=3", "training.cpu_threads=1"])
-    assert "--resume" in err.value.hint
+    assert "training.lr" in err.value.hint and "round 1" in err.value.hint
     state = json.loads((tmp_path / "o.partial" / "state.json").read_text())
     assert state["round"] == 1
 

@@ -139,7 +139,7 @@ class BatchedTrainer(engine.Trainer):
         if bad:
             raise OperationFailed(
                 f"training diverged: loss is not finite in round {self.round + 1} (client sigma={bad[0]})",
-                f"the last good checkpoint is kept in {self.state_dir}; lower training.lr and rerun with --resume",
+                self.divergence_hint(),
             )
         if bar is not None:
             bar.set_postfix(loss=f"{sum(losses) / k:.3f}", acc=f"{sum(accs) / k:.3f}", refresh=False)

@@ -212,6 +212,11 @@ def read_checkpoint(state_dir: Path, identity: dict[str, str], mode: str) -> tup
     return load_file(str(state_dir / meta["tensors"])), meta
 
 
+def divergence_hint(state_dir: Path, rounds_done: int) -> str:
+    kept = f"round {rounds_done}'s checkpoint stays in {state_dir}" if rounds_done else "no round finished"
+    return f"lower training.lr and run again; {kept}"
+
+
 def has_checkpoint(state_dir: Path) -> bool:
     return (state_dir / CHECKPOINT_META).exists()
 
@@ -368,7 +373,7 @@ class Trainer:
         if not math.isfinite(stats["loss"]):
             raise OperationFailed(
                 f"training diverged: loss is {stats['loss']} in round {self.round + 1} (client sigma={noise.sigma})",
-                f"the last good checkpoint is kept in {self.state_dir}; lower training.lr and rerun with --resume",
+                self.divergence_hint(),
             )
         if bar is not None:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", refresh=False)
@@ -419,6 +424,9 @@ class Trainer:
         entry["seconds"] = round(time.perf_counter() - start, 3)
         self.log.append(entry)
         return entry
+
+    def divergence_hint(self) -> str:
+        return divergence_hint(self.state_dir, self.round)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> None:

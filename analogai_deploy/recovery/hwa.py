@@ -112,8 +112,7 @@ class HwaTrainer:
         stats = {"loss": total.item() / n, "acc": correct.item() / n}
         if not torch.isfinite(torch.tensor(stats["loss"])):
             raise OperationFailed(f"training diverged: loss is {stats['loss']} in epoch {self.round + 1}",
-                                  f"the last good checkpoint is kept in {self.state_dir}; lower training.lr and "
-                                  "rerun with --resume")
+                                  engine.divergence_hint(self.state_dir, self.round))
         if bar is not None:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", refresh=False)
         self._sync()
