@@ -115,8 +115,8 @@ class RecoveryConfig(StrictConfig):
         try:
             out = super().from_dict(data, where)
         except UsageError as exc:
-            if "unknown key" in exc.message:
-                exc.hint = (exc.hint or "") + ", noise_0 ... noise_K"
+            if exc.message.endswith(f"in {cls.__name__}"):  # this level's keys: name the noise levels too
+                exc.hint = (exc.hint or "").replace(", noise,", ",") + ", noise_0 ... noise_K"
             raise
         if levels:
             out.noise = [NoiseLevel.from_dict(levels[k], where=f"{where}noise_{k}.") for k in sorted(levels)]
