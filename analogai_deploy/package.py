@@ -168,8 +168,13 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
 
 def flat_metadata(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> dict[str, str]:
     """The package metadata as flat string -> string under `analogai.` (safetensors header, ONNX metadata_props)."""
-    keys = ("source", "task", "num_classes", "input", "analog", "recipe", "quantization", "provenance")
+    keys = ("source", "task", "num_classes", "input", "analog", "recipe", "quantization")
     out = {f"analogai.{k}": json.dumps(config[k], sort_keys=True) for k in keys if config.get(k) is not None}
+    prov = config.get("provenance") or {}
+    # No timestamps: the same model, seed and settings give a byte-identical weights file (and sha256).
+    out["analogai.provenance"] = json.dumps(
+        {"seed": prov.get("seed"), "versions": prov.get("versions"),
+         "stages": [h.get("stage") for h in prov.get("history", [])]}, sort_keys=True)
     out["analogai.format"] = f"{FORMAT}/{FORMAT_VERSION}"
     if config.get("recipe"):
         out["analogai.recipe_sha256"] = config["recipe"].get("sha256", "")
@@ -218,6 +223,7 @@ def write(
         if model is not None:
             state_model = model
             save_model(state_model, str(tmp / WEIGHTS), metadata=flat_metadata(config, certificate))
+            _canonicalise_safetensors(tmp / WEIGHTS)
             config["weights"] = {"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)}
         elif not (tmp / WEIGHTS).exists():
             raise ValueError("write() needs a model or a base package holding model.safetensors")
@@ -229,6 +235,18 @@ def write(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Package(dest, config, model)
+
+
+def _canonicalise_safetensors(path: Path) -> None:
+    """Rewrite the header with sorted keys: safetensors orders it arbitrarily, and a reproducible run
+    should give a byte-identical file (so the same sha256). Tensor offsets are relative to the data
+    section, so only the header and its 8-byte-aligned padding change."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
 
 
 def _fsync_tree(folder: Path) -> None:
