@@ -273,6 +273,22 @@ def monte_carlo(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]]
     return values
 
 
+def _spread(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], repeats: int, seed: int,
+            progress: Callable[..., Any] | None = None) -> list[list[float]]:
+    """`monte_carlo` over every rank of a distributed run: each its block of repeats, merged in repeat order."""
+    from .. import distributed
+
+    if distributed.world() == 1:
+        return monte_carlo(analog, bench, times, repeats, seed, progress)
+    mine = distributed.share(repeats)
+    values: list[list[float]] = []
+    with distributed.guard():  # a rank that fails here stops every rank with its message
+        values = monte_carlo(analog, bench, times, len(mine), seed, progress if distributed.is_main() else None,
+                             first_repeat=mine.start)
+    parts = distributed.all_gather(values)
+    return [[v for part in parts for v in part[j]] for j in range(len(times))]
+
+
 def _results(bench: _Bench, times: list[tuple[str, float]], values: list[list[float]]) -> list[dict[str, Any]]:
     classes = bench.data.num_classes or bench.config.get("num_classes")
     rows = []
@@ -325,6 +341,8 @@ def certify(
     limit: int | None = None,
     progress: Callable[..., Any] | None = None,
     write: bool = True,
+    nproc: int = 1,
+    dist_timeout: float | None = None,
     **io: Any,
 ) -> Certificate:
     """Monte Carlo certificate of `package` on a simulated analog device; written into the package.
@@ -333,6 +351,8 @@ def certify(
     `io`: IOSettings fields (dac_bits, adc_bits, out_noise, tile_size, drift_compensation, n_w, w_noise_type).
     `data`: default digits for image packages, built-in sentences for text packages (label-free).
     `progress(total=..., desc=...)`: a tqdm-like bar factory. Pass `config` to give everything at once.
+    `nproc`: spread the repeats over that many local processes (see distributed.py; under torchrun the
+    repeats spread over its ranks by themselves); the same seed gives the same certificate.
     """
     if config is not None and io:
         raise UsageError(f"{', '.join(io)} given beside a CertifyConfig", "set them in config.device.io")
@@ -348,12 +368,14 @@ def certify(
     tile_kind = choose_tile(cfg.device)  # settings are checked before the slow part starts
     rpu = rpu_config(cfg.device, tile_kind)
     times_ = _time_points(cfg, cfg.device, rpu)
+    if nproc != 1:
+        return _certify_on(nproc, package, cfg, write, progress is not None, dist_timeout)
     bench = _bench(package, cfg)
     start = time.perf_counter()
     analog = _to_aihwkit(bench.digital, rpu)
     convert_s = time.perf_counter() - start
     start = time.perf_counter()
-    values = monte_carlo(analog, bench, times_, cfg.repeats, cfg.seed, progress)
+    values = _spread(analog, bench, times_, cfg.repeats, cfg.seed, progress)
     mc_s = time.perf_counter() - start
     from ..provenance import now, version_of, versions
 
@@ -381,8 +403,30 @@ def certify(
         cert["verdict"] = verdict
     cert.timing = {"convert_s": convert_s, "monte_carlo_s": mc_s,
                    "per_eval_s": mc_s / (cfg.repeats * len(times_)), "digital_pass_s": bench.digital_seconds}
-    if write:
+    if write and _is_main():  # in a distributed run every rank holds the merged certificate; rank 0 writes it
         cert.path = _write_certificate(bench, cert)
+    return cert
+
+
+def _is_main() -> bool:
+    from .. import distributed
+
+    return distributed.is_main()
+
+
+def _certify_on(nproc: int, package: str | Path, cfg: CertifyConfig, write: bool, progress: bool,
+                timeout: float | None) -> Certificate:
+    """certify on `nproc` local ranks (distributed.run_job); the merged certificate from rank 0."""
+    from .. import distributed
+
+    distributed.check_nproc(nproc)
+    if not Path(package).is_dir():
+        raise UsageError(f"no package folder at {package}", "pass the folder written by convert or recover")
+    res = distributed.run_job("certify", {"package": str(Path(package).resolve()), "config": cfg.to_dict(),
+                                          "write": write}, nproc, progress=progress, timeout=timeout)
+    cert = Certificate(res["certificate"])
+    cert.timing = {**res["timing"], "processes": nproc}
+    cert.path = Path(res["path"]) if res.get("path") else None
     return cert
 
 
@@ -438,6 +482,8 @@ def sweep(
     config: CertifyConfig | None = None,
     progress: Callable[..., Any] | None = None,
     write: bool = True,
+    nproc: int = 1,
+    dist_timeout: float | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """The metric vs one device setting (the seed's inference script: accuracy vs n_w).
@@ -472,6 +518,14 @@ def sweep(
         tile_kind = choose_tile(dev)
         rpu = rpu_config(dev, tile_kind)
         plans.append((value, dev, tile_kind, rpu, _time_points(cfg, dev, rpu)))
+    if nproc != 1:
+        from .. import distributed
+
+        distributed.check_nproc(nproc)
+        return distributed.run_job("sweep", {"package": str(Path(getattr(package, "path", package)).resolve()),
+                                             "param": param, "values": values, "config": cfg.to_dict(),
+                                             "write": write}, nproc, progress=progress is not None,
+                                   timeout=dist_timeout)
     bench = _bench(package, cfg)
     rows: list[dict[str, Any]] = []
     total = sum(cfg.repeats * len(p[-1]) for p in plans)
@@ -479,7 +533,7 @@ def sweep(
     try:
         for value, dev, tile_kind, rpu, times_ in plans:
             analog = _to_aihwkit(bench.digital, rpu)
-            vals = monte_carlo(analog, bench, times_, cfg.repeats, cfg.seed)
+            vals = _spread(analog, bench, times_, cfg.repeats, cfg.seed)
             if bar is not None:
                 bar.update(cfg.repeats * len(times_))
             for res in _results(bench, times_, vals):
@@ -497,7 +551,7 @@ def sweep(
               "digital": _digital_block(bench), "data": _data_block(bench),
               "weights_sha256": bench.config["weights"]["sha256"], "seed": cfg.seed, "repeats": cfg.repeats,
               "aihwkit": version_of("aihwkit"), "rows": rows, "created": now()}
-    if write:
+    if write and _is_main():
         from .. import package as pkg_io
         from .plots import sweep_png
 

@@ -1,6 +1,7 @@
 """`certify`: Monte Carlo accuracy of a package on simulated analog chips (aihwkit) under drift."""
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -25,6 +26,10 @@ Examples:
   analogai-deploy certify runs/lenet --device custom --device-file my-device.yaml
 
   analogai-deploy certify runs/minilm            # text: label-free, cosine vs the digital model
+
+  analogai-deploy certify runs/lenet --repeats 40 --nproc 4   # repeats spread over 4 processes, same certificate
+
+  torchrun --nproc-per-node 4 -m analogai_deploy certify runs/lenet --repeats 40   # or under torchrun
 
 Devices: PCM (PCMLikeNoiseModel g_max=25 + GlobalDriftCompensation), ReRAM (ReRamWan2022NoiseModel),
 ReRAM-CMO (ReRamCMONoiseModel), Hermes-PCM (HermesNoiseModel), ideal (no noise, no drift, perfect IO),
@@ -71,13 +76,21 @@ def certify(
     match_qat: Annotated[bool, typer.Option(help="Set the DAC bits to the package's QAT a_bits.")] = False,
     limit: Annotated[int | None, typer.Option(help="Evaluate on at most this many test samples.")] = None,
     sweep: Annotated[str | None, typer.Option(help="PARAM=START:STOP:N, e.g. n_w=0:0.2:10; writes sweep.csv and sweep.png.")] = None,
+    nproc: Annotated[int, typer.Option(help="Spread the Monte Carlo repeats over N local processes (torch.distributed, gloo); same seed, same certificate.")] = 1,
+    dist_timeout: Annotated[float | None, typer.Option(help="Seconds a process waits for the others before the run fails (with --nproc or torchrun). [default: 1800]")] = None,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
     from ..errors import OperationFailed, UsageError
     from .. import certification as cert_mod
+    from .. import distributed
 
-    out = output(json_, quiet)
+    distributed.check_nproc(nproc)
+    if dist_timeout is not None and dist_timeout <= 0:
+        raise UsageError(f"--dist-timeout must be a positive number of seconds, got {dist_timeout:g}")
+    if dist_timeout is not None:
+        os.environ[distributed.TIMEOUT_ENV] = str(dist_timeout)  # read when a torchrun rank joins the group
+    out = output(json_, quiet or not distributed.is_main())  # under torchrun only rank 0 prints
     given = {"device": device, "dac_bits": dac_bits, "adc_bits": adc_bits, "out_noise": out_noise,
              "tile_size": tile_size, "drift_compensation": drift_compensation, "n_w": n_w,
              "w_noise_type": w_noise_type, "preset": preset, "tile": tile, "times": times, "repeats": repeats,
@@ -90,7 +103,7 @@ def certify(
     device_name = settings.pop("device", "PCM")
     common = dict(device=device_name, device_file=device_file, max_drop=max_drop if not sweep else None, at=at,
                   match_qat=match_qat, limit=limit, times=settings.pop("times", None))
-    kwargs = {**common, **settings}
+    kwargs = {**common, **settings, "nproc": nproc, "dist_timeout": dist_timeout}
     for key, cast in (("repeats", int), ("seed", int)):
         if key in kwargs:
             try:
@@ -103,12 +116,13 @@ def certify(
             raise UsageError("--max-drop gates a certificate, not a sweep", "run the sweep and the gate separately")
         param, values = cert_mod.parse_sweep(sweep)
         out.info(f"sweeping {param} over {len(values)} values on {device_name} ...")
-        result = cert_mod.sweep(package, param, values, progress=out.progress, **kwargs)
+        result = cert_mod.sweep(package, param, values, progress=out.progress if out.mode == "human" else None,
+                                **kwargs)
         out.result(result, _sweep_text)
         return
 
     out.info(f"certifying {package} on {device_name} ...")
-    cert = cert_mod.certify(package, progress=out.progress, **kwargs)
+    cert = cert_mod.certify(package, progress=out.progress if out.mode == "human" else None, **kwargs)
     t = cert.timing
     out.info(f"aihwkit ({cert['tile']} tiles): {1e3 * t['per_eval_s']:.0f} ms per repeat x time point, "
              f"digital pass {1e3 * t['digital_pass_s']:.0f} ms over the same {cert['data']['n']} inputs")
