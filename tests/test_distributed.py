@@ -1,0 +1,157 @@
+"""recover and certify on torch.distributed: 2 CPU processes (gloo on 127.0.0.1) give one process's results,
+and a rank that fails stops the whole run with its message, within the timeout."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from analogai_deploy import distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKER = """
+import os, sys
+import torch
+torch.set_num_threads(1)
+from analogai_deploy import distributed as D
+
+mode = sys.argv[1]
+if mode == "early" and os.environ["RANK"] == "1":
+    raise SystemExit("rank 1 gives up before joining")
+D.init()
+if mode == "guard":
+    with D.guard():
+        if D.rank() == 1:
+            raise ValueError("boom on rank 1")
+    print("every rank passed the guard")
+elif mode == "die":
+    if D.rank() == 1:
+        os._exit(3)
+    D.all_gather("waiting for a rank that is gone")
+elif mode == "early":
+    D.all_gather("waiting for a rank that never came")
+"""
+
+
+def _env(rank: int, world: int, port: int, timeout: float) -> dict[str, str]:
+    return {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), distributed.TIMEOUT_ENV: str(timeout),
+            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _run_ranks(script: Path, mode: str, world: int = 2, timeout: float = 20.0) -> list[tuple[int, str]]:
+    """Start `world` ranks by hand (no launcher to kill anyone): what each rank does on its own."""
+    port = distributed.free_port()
+    procs = [subprocess.Popen([sys.executable, str(script), mode], env=_env(r, world, port, timeout),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout + 90)
+        out.append((p.returncode, stdout + stderr))
+    return out
+
+
+@pytest.fixture
+def worker(tmp_path) -> Path:
+    path = tmp_path / "worker.py"
+    path.write_text(WORKER)
+    return path
+
+
+def test_share_splits_every_item_once():
+    for n in (0, 1, 5, 10):
+        for ranks in (1, 2, 3):
+            blocks = [distributed.share(n, ranks, r) for r in range(ranks)]
+            assert [i for b in blocks for i in b] == list(range(n))
+            assert max(len(b) for b in blocks) - min(len(b) for b in blocks) <= 1
+
+
+def test_not_distributed_without_torchrun_env(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.world() == 1 and distributed.rank() == 0 and distributed.is_main()
+    with pytest.raises(ValueError):  # one process: a failure is simply raised
+        with distributed.guard():
+            raise ValueError("plain")
+
+
+def test_bad_nproc_and_timeout_are_usage_errors(cli, lenet_pkg, monkeypatch):
+    code, _, err = cli("certify", lenet_pkg, "--nproc", "0")
+    assert code == 2 and "--nproc must be >= 1" in err
+    code, _, err = cli("certify", lenet_pkg, "--nproc", "2", "--dist-timeout", "-1")
+    assert code == 2 and "--dist-timeout" in err
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
+    with pytest.raises(Exception, match="positive number of seconds"):
+        distributed.timeout_s()
+
+
+def test_a_rank_that_raises_stops_every_rank_with_its_message(worker):
+    (code0, out0), (code1, out1) = _run_ranks(worker, "guard")
+    assert code0 != 0 and code1 != 0
+    assert "rank 1: ValueError: boom on rank 1" in out0  # rank 0 says which rank failed and why
+    assert "boom on rank 1" in out1
+    assert "every rank passed the guard" not in out0 + out1
+
+
+def test_a_rank_that_dies_does_not_hang_the_others(worker):
+    start = time.monotonic()
+    (code0, out0), (code1, _) = _run_ranks(worker, "die", timeout=10.0)
+    assert code1 == 3 and code0 != 0  # rank 0's collective fails (peer gone or timeout) instead of hanging
+    assert time.monotonic() - start < 10.0 + 60.0
+
+
+def test_launcher_stops_the_run_when_a_rank_fails_before_joining(worker):
+    # rank 0 would wait in the rendezvous for the full timeout; the launcher kills it after GRACE_S instead
+    start = time.monotonic()
+    code = distributed.launch([str(worker), "early"], 2, timeout=300.0, env={"PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.DEVNULL)
+    assert code != 0
+    assert time.monotonic() - start < 120.0
+
+
+def test_certify_on_two_processes_equals_one(cli, lenet_pkg, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(lenet_pkg, one)
+    shutil.copytree(lenet_pkg, two)
+    args = ["--repeats", "3", "--times", "1s,1d", "--limit", "200", "--seed", "7", "--json"]
+    code, out, err = cli("certify", two, *args, "--nproc", "2")
+    assert code == 0, err
+    merged = json.loads(out)
+
+    import analogai_deploy as ad
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker
+    try:
+        single = ad.certify(one, repeats=3, times="1s,1d", limit=200, seed=7)
+    finally:
+        torch.set_num_threads(threads)
+    assert merged["seeds"] == single["seeds"] == [7, 8, 9]
+    for a, b in zip(merged["results"], single["results"]):
+        assert a["time"] == b["time"]
+        assert a["values"] == pytest.approx(b["values"], abs=1e-6)
+        assert a["mean"] == pytest.approx(b["mean"], abs=1e-6)
+    on_disk = json.loads((two / "certificate.json").read_text())  # rank 0 wrote the package, once
+    assert on_disk["results"] == merged["results"]
+    assert sum(1 for h in json.loads((two / "config.json").read_text())["provenance"]["history"]
+               if h["stage"] == "certify") == 1
+
+
+def test_certify_failure_in_the_workers_is_reported_once_with_exit_1(cli, lenet_pkg, tmp_path):
+    pkg = tmp_path / "tampered"
+    shutil.copytree(lenet_pkg, pkg)
+    weights = pkg / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    code, out, err = cli("certify", pkg, "--repeats", "2", "--times", "1s", "--nproc", "2")
+    assert code == 1
+    assert "rank 0:" in err and "sha256" in err
+    assert not (pkg / "certificate.json").exists()
