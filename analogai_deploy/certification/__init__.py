@@ -59,6 +59,7 @@ class CertifyConfig(StrictConfig):
     max_drop / at: the gate, in percentage points below digital at time `at`, on the lower 95% CI bound.
     limit: evaluate on at most this many test samples (None = the whole test split).
     match_qat: set the DAC bits to the package's QAT activation bits (config["quantization"]["a_bits"]).
+    engine: aihwkit (aihwkit's tiles) or fast (aihwkit's device model around the fused forward; fast.py).
     """
 
     device: DeviceConfig = field(default_factory=DeviceConfig)
@@ -71,8 +72,13 @@ class CertifyConfig(StrictConfig):
     at: str = "1d"
     limit: int | None = None
     match_qat: bool = False
+    engine: str = "aihwkit"
 
     def __post_init__(self):
+        from .fast import ENGINES
+
+        if self.engine not in ENGINES:
+            raise unknown("engine", self.engine, ENGINES)
         if self.repeats < 1:
             raise UsageError(f"repeats must be >= 1, got {self.repeats}")
         if self.metric not in METRICS:
@@ -253,6 +259,10 @@ def _time_points(cfg: CertifyConfig, device: DeviceConfig, rpu) -> list[tuple[st
 def monte_carlo(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], repeats: int, seed: int,
                 progress: Callable[..., Any] | None = None, first_repeat: int = 0) -> list[list[float]]:
     """values[time][repeat] for repeats first_repeat .. first_repeat + repeats - 1 (seed + r each)."""
+    if getattr(analog, "fast_engine", False):
+        from . import fast
+
+        return fast.monte_carlo(analog, bench, times, repeats, seed, progress, first_repeat)
     values = [[0.0] * repeats for _ in times]
     bar = progress(total=repeats * len(times), desc="certify", unit="eval") if progress else None
     with warnings.catch_warnings():
@@ -287,6 +297,26 @@ def _spread(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], re
                              first_repeat=mine.start)
     parts = distributed.all_gather(values)
     return [[v for part in parts for v in part[j]] for j in range(len(times))]
+
+
+def _tile_for(cfg: CertifyConfig, device: DeviceConfig | None = None) -> str:
+    """The tile kind that runs `device`; the fast engine reproduces aihwkit's PyTorch tile."""
+    device = device or cfg.device
+    if cfg.engine == "fast":
+        from .fast import check_supported
+
+        check_supported(device)
+        choose_tile(DeviceConfig.from_dict({**device.to_dict(), "tile": "torch"}))  # aihwkit must be usable
+        return "torch"
+    return choose_tile(device)
+
+
+def _simulator(cfg: CertifyConfig, digital: nn.Module, rpu):
+    if cfg.engine == "fast":
+        from .fast import FastModel
+
+        return FastModel(digital, rpu)
+    return _to_aihwkit(digital, rpu)
 
 
 def _results(bench: _Bench, times: list[tuple[str, float]], values: list[list[float]]) -> list[dict[str, Any]]:
@@ -339,6 +369,7 @@ def certify(
     device_file: str | Path | None = None,
     match_qat: bool = False,
     limit: int | None = None,
+    engine: str = "aihwkit",
     progress: Callable[..., Any] | None = None,
     write: bool = True,
     nproc: int = 1,
@@ -350,6 +381,7 @@ def certify(
     `device`: PCM, ReRAM, ReRAM-CMO, Hermes-PCM, ideal, custom (+ `device_file`), or a DeviceConfig.
     `io`: IOSettings fields (dac_bits, adc_bits, out_noise, tile_size, drift_compensation, n_w, w_noise_type).
     `data`: default digits for image packages, built-in sentences for text packages (label-free).
+    `engine`: aihwkit (its tiles) or fast (its device model around the fused forward; see fast.py).
     `progress(total=..., desc=...)`: a tqdm-like bar factory. Pass `config` to give everything at once.
     `nproc`: spread the repeats over that many local processes (see distributed.py; under torchrun the
     repeats spread over its ranks by themselves); the same seed gives the same certificate.
@@ -359,20 +391,20 @@ def certify(
     cfg = config or CertifyConfig(
         device=_device_config(device, device_file, preset, tile, io), data=data, metric=metric,
         times=[times] if isinstance(times, (int, float)) else times, repeats=repeats, seed=seed,
-        max_drop=max_drop, at=at, limit=limit, match_qat=match_qat,
+        max_drop=max_drop, at=at, limit=limit, match_qat=match_qat, engine=engine,
     )
     if isinstance(cfg.times, str):
         cfg.times = cfg.times.split(",")
     package = getattr(package, "path", package)  # a Package object or its folder
     cfg = _resolved(package, cfg)
-    tile_kind = choose_tile(cfg.device)  # settings are checked before the slow part starts
+    tile_kind = _tile_for(cfg)  # settings are checked before the slow part starts
     rpu = rpu_config(cfg.device, tile_kind)
     times_ = _time_points(cfg, cfg.device, rpu)
     if nproc != 1:
         return _certify_on(nproc, package, cfg, write, progress is not None, dist_timeout)
     bench = _bench(package, cfg)
     start = time.perf_counter()
-    analog = _to_aihwkit(bench.digital, rpu)
+    analog = _simulator(cfg, bench.digital, rpu)
     convert_s = time.perf_counter() - start
     start = time.perf_counter()
     values = _spread(analog, bench, times_, cfg.repeats, cfg.seed, progress)
@@ -384,6 +416,7 @@ def certify(
         "metric": bench.metric,
         "device": describe(cfg.device, rpu, tile_kind),
         "tile": tile_kind,
+        "engine": cfg.engine,
         "aihwkit": version_of("aihwkit"),
         "reproducible": tile_kind == "torch",
         "data": _data_block(bench),
@@ -392,7 +425,7 @@ def certify(
         "repeats": cfg.repeats,
         "seeds": [cfg.seed + r for r in range(cfg.repeats)],
         "digital": _digital_block(bench),
-        "conversion": _conversion(analog),
+        "conversion": analog.conversion() if cfg.engine == "fast" else _conversion(analog),
         "results": results,
         "settings": cfg.to_dict(),
         "created": now(),
@@ -440,6 +473,7 @@ def _write_certificate(bench: _Bench, cert: Certificate) -> Path:
     config["certificate"] = certificate_summary(cert)
     history = config.setdefault("provenance", {}).setdefault("history", [])
     history.append({"stage": "certify", "time": now(), "device": cert["device"]["name"], "tile": cert["tile"],
+                    "engine": cert.get("engine", "aihwkit"),
                     "repeats": cert["repeats"], "seed": cert["seed"],
                     "passed": cert.get("verdict", {}).get("passed")})
     files = {
@@ -515,7 +549,7 @@ def sweep(
         dev = DeviceConfig.from_dict(cfg.device.to_dict())
         setattr(dev.io, param, value)
         dev.io.__post_init__()
-        tile_kind = choose_tile(dev)
+        tile_kind = _tile_for(cfg, dev)
         rpu = rpu_config(dev, tile_kind)
         plans.append((value, dev, tile_kind, rpu, _time_points(cfg, dev, rpu)))
     if nproc != 1:
@@ -532,7 +566,7 @@ def sweep(
     bar = progress(total=total, desc=f"sweep {param}", unit="eval") if progress else None
     try:
         for value, dev, tile_kind, rpu, times_ in plans:
-            analog = _to_aihwkit(bench.digital, rpu)
+            analog = _simulator(cfg, bench.digital, rpu)
             vals = _spread(analog, bench, times_, cfg.repeats, cfg.seed)
             if bar is not None:
                 bar.update(cfg.repeats * len(times_))
@@ -546,7 +580,7 @@ def sweep(
             bar.close()
     from ..provenance import now, version_of
 
-    device_desc = {**describe(plans[0][1], plans[0][3], plans[0][2]), "swept": param}
+    device_desc = {**describe(plans[0][1], plans[0][3], plans[0][2]), "swept": param, "engine": cfg.engine}
     result = {"param": param, "values": values, "metric": bench.metric, "device": device_desc,
               "digital": _digital_block(bench), "data": _data_block(bench),
               "weights_sha256": bench.config["weights"]["sha256"], "seed": cfg.seed, "repeats": cfg.repeats,

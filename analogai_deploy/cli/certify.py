@@ -21,6 +21,8 @@ Examples:
 
   analogai-deploy certify runs/lenet --preset standard-hwa
 
+  analogai-deploy certify runs/lenet --engine fast --repeats 50
+
   analogai-deploy certify runs/lenet --sweep n_w=0:0.2:10 --times 1d --repeats 5
 
   analogai-deploy certify runs/lenet --device custom --device-file my-device.yaml
@@ -41,6 +43,11 @@ tiles' read noise comes from an unseeded generator, so their numbers vary slight
 
 --match-qat: for packages recovered with QAT (config.json "quantization"), sets the DAC to the
 activation bits QAT trained for (a_bits), so the certificate simulates the converter the model expects.
+
+Engines: aihwkit (default) runs aihwkit's tiles; fast draws the same aihwkit device statistics
+(programming noise, drift, read noise, drift compensation) and runs the network's fused forward
+with the PyTorch tile's DAC/ADC, output noise and bound management around each layer: several times
+faster, statistically equal (BENCHMARKS.md); it covers the PyTorch tile's settings (not --n-w, --preset).
 
 Exit codes: 0 certified (and the gate passed), 1 the gate failed (the certificate is still written), 2 bad input.
 """
@@ -73,6 +80,7 @@ def certify(
     w_noise_type: Annotated[str | None, typer.Option(help="additive_constant, pcm_read or relative.")] = None,
     preset: Annotated[str | None, typer.Option(help="standard-hwa: aihwkit's StandardHWATrainingPreset.")] = None,
     tile: Annotated[str | None, typer.Option(help="auto, cpp or torch. [default: auto]")] = None,
+    engine: Annotated[str, typer.Option(help="aihwkit (aihwkit's tiles) or fast (aihwkit's device model around the fused forward).")] = "aihwkit",
     match_qat: Annotated[bool, typer.Option(help="Set the DAC bits to the package's QAT a_bits.")] = False,
     limit: Annotated[int | None, typer.Option(help="Evaluate on at most this many test samples.")] = None,
     sweep: Annotated[str | None, typer.Option(help="PARAM=START:STOP:N, e.g. n_w=0:0.2:10; writes sweep.csv and sweep.png.")] = None,
@@ -103,7 +111,7 @@ def certify(
     device_name = settings.pop("device", "PCM")
     common = dict(device=device_name, device_file=device_file, max_drop=max_drop if not sweep else None, at=at,
                   match_qat=match_qat, limit=limit, times=settings.pop("times", None))
-    kwargs = {**common, **settings, "nproc": nproc, "dist_timeout": dist_timeout}
+    kwargs = {**common, **settings, "engine": engine, "nproc": nproc, "dist_timeout": dist_timeout}
     for key, cast in (("repeats", int), ("seed", int)):
         if key in kwargs:
             try:
@@ -124,7 +132,8 @@ def certify(
     out.info(f"certifying {package} on {device_name} ...")
     cert = cert_mod.certify(package, progress=out.progress if out.mode == "human" else None, **kwargs)
     t = cert.timing
-    out.info(f"aihwkit ({cert['tile']} tiles): {1e3 * t['per_eval_s']:.0f} ms per repeat x time point, "
+    sim = "fast engine" if cert.get("engine") == "fast" else f"aihwkit ({cert['tile']} tiles)"
+    out.info(f"{sim}: {1e3 * t['per_eval_s']:.0f} ms per repeat x time point, "
              f"digital pass {1e3 * t['digital_pass_s']:.0f} ms over the same {cert['data']['n']} inputs")
     out.result(dict(cert), lambda c: _cert_text(c, cert))
     if cert.passed is False:

@@ -1,0 +1,368 @@
+"""The fast certify engine: aihwkit's device statistics, the network's own fused forward.
+
+    cert = analogai_deploy.certify("runs/lenet", engine="fast")      # CLI: certify PKG --engine fast
+
+aihwkit's tiles simulate an analog layer as unfold + a Python-level IO-managed matmul per tile,
+which costs 8-15x a digital pass. The statistics that decide a certificate are not in that loop
+but in the noise model and the periphery, so this engine keeps those and drops the loop:
+
+  * weights: every layer is cut into tiles exactly as aihwkit's TileModuleArray does (even splits
+    of at most tile_size rows / columns), each tile mapped to max|w| = 1 (weight_scaling_omega = 1).
+    Per repeat: `noise_model.apply_programming_noise` (programming noise + drift coefficients nu)
+    and per time `noise_model.apply_drift_noise` (drift + read noise): aihwkit's own classes, on
+    the same normalised tile weights aihwkit's tiles hold.
+  * drift compensation: GlobalDriftCompensation's readout (mean |tile(eye)| through the noisy,
+    quantised periphery) at programming and at time t, alpha = baseline / current, as aihwkit does.
+  * forward: the ordinary F.linear / F.conv2d with the effective weights, and around it the torch
+    tile's periphery: ABS_MAX noise management per input vector (per conv patch: a max-pool of
+    |x|), DAC quantisation, output noise, ADC quantisation and clipping at out_bound, iterative
+    bound management (halve the inputs and redo the tile while any output of the batch clips).
+
+Linear layers are exact: given the same effective weights, their outputs equal aihwkit's bit for bit
+up to float rounding. One approximation, for convolutions only: aihwkit rounds every im2col patch
+on its own DAC grid (step = patch max * 2 / (2^b - 2)), which a fused convolution cannot do. Here
+the rounding error is drawn instead: uniform over one step of that grid, on every non-zero input
+(zeros convert exactly), pushed through the same convolution (one extra conv per layer). That
+matches the error's size per patch, not its exact value; the agreement test and BENCHMARKS.md
+check that accuracy statistics agree. `FastModel(..., exact=True)` runs convolutions as aihwkit
+does (im2col through the tile periphery, bit-exact, ~2x slower). Settings only aihwkit's C++ tiles
+have (n_w, the standard-hwa preset) are refused: use the aihwkit engine for those.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UsageError
+
+ENGINES = ("aihwkit", "fast")
+
+
+@dataclass
+class _Tile:
+    """One crossbar: rows out_lo:out_hi, flattened inputs in_lo:in_hi of the layer's [out, in] weight."""
+
+    out_lo: int
+    out_hi: int
+    in_lo: int
+    in_hi: int
+    scale: float  # max|w| of the tile: the digital factor the output is multiplied back by
+    ref: torch.Tensor  # normalised target weights, max|w| = 1
+    programmed: torch.Tensor | None = None
+    nu: Any = None
+    baseline: torch.Tensor | None = None
+    current: torch.Tensor | None = None
+    alpha: float = 1.0
+
+
+def _splits(size: int, max_size: int) -> list[tuple[int, int]]:
+    """aihwkit's TileModuleArray.get_split_sizes: n = ceil(size / max) near-equal parts."""
+    if max_size <= 0:
+        return [(0, size)]
+    n = (size + max_size - 1) // max_size
+    base, extra = divmod(size, n)
+    out, lo = [], 0
+    for i in range(n):
+        hi = lo + base + (i < extra)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def check_supported(device) -> None:
+    """Refuse the settings the fast engine does not simulate (those of aihwkit's C++ tiles)."""
+    need = device.needs_cpp() or ("--tile cpp" if device.tile == "cpp" else "")
+    if need:
+        raise UsageError(f"the fast engine simulates aihwkit's PyTorch tile; {need} needs the C++ tile",
+                         "use --engine aihwkit for this setting")
+
+
+def _step(res: float, bound: float) -> float:
+    """aihwkit's quantisation step: res (or 1 / states when res > 1) times the full range 2 * bound."""
+    return (1 / res if res > 1.0 else res) * 2 * bound
+
+
+def _quantize(x: torch.Tensor, res: float, bound: float) -> torch.Tensor:
+    """aihwkit's UniformQuantize (deterministic rounding)."""
+    step = _step(res, bound)
+    return torch.round(x / step) * step
+
+
+class FastLayer:
+    """The analog state of one nn.Linear / nn.Conv2d: its tiles and the IO parameters of its tile kind."""
+
+    def __init__(self, module: nn.Module, rpu):
+        self.module = module
+        self.io = rpu.forward
+        self.noise_model = rpu.noise_model
+        self.compensation = rpu.drift_compensation
+        self.perfect = bool(self.io.is_perfect)
+        w = module.weight.detach().reshape(module.weight.shape[0], -1).float()
+        self.shape = module.weight.shape
+        out_size, in_size = w.shape
+        omega = rpu.mapping.weight_scaling_omega
+        if rpu.mapping.weight_scaling_columnwise:
+            raise UsageError("the fast engine maps one scale per tile (weight_scaling_columnwise is off in every "
+                             "device preset)", "use --engine aihwkit")
+        self.tiles: list[_Tile] = []
+        for in_lo, in_hi in _splits(in_size, rpu.mapping.max_input_size):
+            for out_lo, out_hi in _splits(out_size, rpu.mapping.max_output_size):
+                part = w[out_lo:out_hi, in_lo:in_hi]
+                wmax = part.abs().max().item() / omega if omega and omega > 0 else 1.0
+                wmax = wmax or 1.0
+                self.tiles.append(_Tile(out_lo, out_hi, in_lo, in_hi, wmax, part / wmax))
+        self.in_chunks = sorted({(t.in_lo, t.in_hi) for t in self.tiles})
+        self.eye: dict[int, torch.Tensor] = {}
+
+    # -- the device model (aihwkit's own classes) -------------------------------------------------------
+    def _readout(self, weights: torch.Tensor) -> torch.Tensor:
+        """GlobalDriftCompensation.readout of the tile forward on its read-out tensor (one-hot rows)."""
+        n = weights.shape[1]
+        if n not in self.eye:
+            self.eye[n] = self.compensation.get_readout_tensor(n)
+        out = self._tile_mvm(self.eye[n], weights, per_row=True)
+        return self.compensation.readout(out)
+
+    @torch.no_grad()
+    def program(self) -> None:
+        for t in self.tiles:
+            t.programmed, t.nu = self.noise_model.apply_programming_noise(t.ref)
+            t.current = t.programmed
+            t.alpha = 1.0
+            if self.compensation is not None:
+                t.baseline = self._readout(t.programmed)
+
+    @torch.no_grad()
+    def drift(self, seconds: float) -> None:
+        for t in self.tiles:
+            t.current = self.noise_model.apply_drift_noise(t.programmed, t.nu, seconds)
+            if self.compensation is not None:
+                t.alpha = float(self.compensation.apply(self._readout(t.current), t.baseline))
+
+    # -- the periphery (aihwkit's AnalogMVM.matmul for the torch tile) ------------------------------------
+    def _finalize(self, y: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Output noise, ADC, clipping; returns the outputs and whether nothing clipped (bound test)."""
+        io = self.io
+        if io.out_noise > 0:
+            y = y + io.out_noise * torch.randn_like(y)
+        if io.out_res > 0:
+            y = _quantize(y, io.out_res, io.out_bound)
+        bound = io.out_bound if io.out_bound > 0 else math.inf
+        ok = bool(((y <= bound) & (y >= -bound)).all())
+        return y.clamp(-bound, bound), ok
+
+    def _managed(self, compute, nm: torch.Tensor) -> torch.Tensor:
+        """AnalogMVM.matmul's iterative bound management around `compute(reduction) -> normalised outputs`:
+        while any output of the batch clips, halve the inputs and redo the tile (fresh noise)."""
+        from aihwkit.simulator.parameters.enums import BoundManagementType
+
+        io = self.io
+        managed = io.bound_management != BoundManagementType.NONE
+        inp_res = io.inp_res
+        if inp_res > 0:
+            inp_res = (1 / inp_res if inp_res > 1.0 else inp_res) * 2.0 * io.inp_bound
+        red = 0.5 if managed else 1.0
+        while True:
+            if managed:
+                red *= 2.0
+            y, ok = self._finalize(compute(red))
+            if (not managed or ok or red > io.max_bm_factor
+                    or (inp_res > 0 and red > io.max_bm_res / inp_res)):
+                return y * (nm * (red * io.out_scale))
+
+    def _dac(self, x: torch.Tensor) -> torch.Tensor:
+        io = self.io
+        if io.inp_res > 0:
+            x = _quantize(x, io.inp_res, io.inp_bound)
+        bound = io.inp_bound if io.inp_bound > 0 else math.inf
+        return x.clamp(-bound, bound)
+
+    def _nm(self, absmax: torch.Tensor) -> torch.Tensor:
+        from aihwkit.simulator.parameters.enums import NoiseManagementType
+
+        io = self.io
+        if io.noise_management == NoiseManagementType.NONE:
+            return torch.ones_like(absmax)
+        if io.noise_management != NoiseManagementType.ABS_MAX:
+            raise UsageError(f"the fast engine implements ABS_MAX noise management, not {io.noise_management.name}",
+                             "use --engine aihwkit")
+        if io.nm_thres > 0:
+            absmax = absmax.clamp(max=io.nm_thres)
+        return torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+
+    def _tile_mvm(self, x: torch.Tensor, w: torch.Tensor, per_row: bool = True) -> torch.Tensor:
+        """One tile on [N, in] inputs, exactly as AnalogMVM.matmul (noise + bound management)."""
+        if self.perfect:
+            return x @ w.T
+        nm = self._nm(x.abs().amax(-1, keepdim=True))
+        return self._managed(lambda red: self._dac(x / (nm * red)) @ w.T, nm)
+
+    # -- the layer forward --------------------------------------------------------------------------------
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        out = self._tiles_mvm(x, m.out_features)
+        return out if m.bias is None else out + m.bias
+
+    def _tiles_mvm(self, x: torch.Tensor, out_features: int) -> torch.Tensor:
+        out = None
+        for t in self.tiles:
+            y = self._tile_mvm(x[..., t.in_lo:t.in_hi], t.current) * (t.scale * t.alpha)
+            if len(self.tiles) > 1:
+                full = x.new_zeros(*x.shape[:-1], out_features)
+                full[..., t.out_lo:t.out_hi] = y
+                y = full
+            out = y if out is None else out + y
+        return out
+
+    def conv_unfolded(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact conv periphery: im2col patches through the tiles, as aihwkit's AnalogConv2d."""
+        m = self.module
+        k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
+        cols = F.unfold(x, k, d, p, s).transpose(1, 2)  # [N, L, C*kh*kw]
+        y = self._tiles_mvm(cols, self.shape[0]).transpose(1, 2)
+        oh = (x.shape[2] + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+        y = y.reshape(x.shape[0], self.shape[0], oh, -1)
+        return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
+
+    def conv(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
+        if self.perfect:
+            w = self._full_weight(None)
+            return F.conv2d(x, w, m.bias, s, p, d)
+        out = 0.0
+        for in_lo, in_hi in self.in_chunks:
+            w = self._full_weight((in_lo, in_hi))  # normalised effective weights of this input chunk
+            if len(self.in_chunks) == 1:  # the patch max = a max-pool of the channel max
+                nm = F.max_pool2d(x.abs().amax(1, keepdim=True), k, s, p, d)
+            else:
+                cols = F.unfold(x.abs(), k, d, p, s)[:, in_lo:in_hi]  # [N, chunk, L]
+                oh = (x.shape[2] + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+                nm = cols.amax(1).reshape(x.shape[0], 1, oh, -1)
+            nm = self._nm(nm)
+            nonzero = (x != 0).to(x.dtype)  # a zero input converts exactly, as in aihwkit
+
+            def compute(red: float, w=w, nm=nm, nonzero=nonzero) -> torch.Tensor:
+                y = F.conv2d(x, w, None, s, p, d) / (nm * red)
+                if self.io.inp_res > 0:  # the DAC's rounding error, uniform over one step of the patch's grid
+                    step = _step(self.io.inp_res, self.io.inp_bound)
+                    u = (torch.rand_like(x) - 0.5) * (step * nonzero)
+                    y = y + F.conv2d(u, w, None, s, p, d)
+                return y
+
+            out = out + self._per_out_tile(compute, nm, in_lo)
+        return out if m.bias is None else out + m.bias.view(1, -1, 1, 1)
+
+    def _full_weight(self, chunk: tuple[int, int] | None) -> torch.Tensor:
+        out_size = self.shape[0]
+        flat = torch.zeros(out_size, math.prod(self.shape[1:]))
+        for t in self.tiles:
+            if chunk is None or (t.in_lo, t.in_hi) == chunk:
+                w = t.current if not self.perfect else t.ref * t.scale
+                flat[t.out_lo:t.out_hi, t.in_lo:t.in_hi] = w
+        return flat.reshape(self.shape)
+
+    def _per_out_tile(self, compute, nm: torch.Tensor, in_lo: int) -> torch.Tensor:
+        """Each output tile of one input chunk runs its own bound management, then its digital scales."""
+        tiles = [t for t in self.tiles if t.in_lo == in_lo]
+        if len(tiles) == 1:
+            t = tiles[0]
+            return self._managed(compute, nm) * (t.scale * t.alpha)
+        parts = []
+        for t in tiles:
+            parts.append(self._managed(lambda red, t=t: compute(red)[:, t.out_lo:t.out_hi], nm) * (t.scale * t.alpha))
+        return torch.cat(parts, 1)
+
+
+class _FastLinear(nn.Linear):
+    def forward(self, x):
+        return self._fast.linear(x)
+
+
+class _FastConv2d(nn.Conv2d):
+    def forward(self, x):
+        return self._fast.conv_unfolded(x) if self._fast.exact else self._fast.conv(x)
+
+
+class FastModel(nn.Module):
+    """A copy of the digital model whose nn.Linear / nn.Conv2d layers run through FastLayer."""
+
+    fast_engine = True  # certification.monte_carlo hands such models to this module's monte_carlo
+
+    def __init__(self, digital: nn.Module, rpu, exact: bool = False):
+        super().__init__()
+        self.model = copy.deepcopy(digital).eval()
+        self.layers: list[FastLayer] = []
+        skipped = []
+        for name, mod in self.model.named_modules():
+            kind = type(mod)
+            if kind is nn.Linear:  # aihwkit converts exact classes only; so does this engine
+                mod.__class__ = _FastLinear
+            elif kind is nn.Conv2d:
+                if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                    skipped.append(f"{name} (groups/padding mode)")
+                    continue
+                mod.__class__ = _FastConv2d
+            elif kind in (nn.Conv1d, nn.Conv3d, nn.LSTM, nn.RNN, nn.GRU, nn.ConvTranspose2d):
+                skipped.append(f"{name} ({kind.__name__})")
+                continue
+            else:
+                continue
+            mod._fast = FastLayer(mod, rpu)
+            mod._fast.exact = exact
+            self.layers.append(mod._fast)
+        if skipped:
+            raise UsageError(f"the fast engine covers nn.Linear and plain nn.Conv2d; this model also has "
+                             f"{', '.join(skipped[:3])}", "use --engine aihwkit")
+
+    def program(self) -> None:
+        for layer in self.layers:
+            layer.program()
+
+    def drift(self, seconds: float) -> None:
+        for layer in self.layers:
+            layer.drift(seconds)
+
+    @torch.no_grad()
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def conversion(self) -> dict[str, Any]:
+        """The certificate's conversion block, counted as aihwkit's conversion would."""
+        total = sum(p.numel() for p in self.model.parameters())
+        analog = {id(layer.module) for layer in self.layers}
+        digital: dict[str, int] = {}
+        for m in self.model.modules():
+            if id(m) not in analog and list(m.parameters(recurse=False)):
+                digital[type(m).__name__] = digital.get(type(m).__name__, 0) + 1
+        return {"analog_layers": len(self.layers), "tiles": sum(len(layer.tiles) for layer in self.layers),
+                "analog_weights": sum(math.prod(layer.shape) for layer in self.layers),
+                "digital_modules": digital, "total_params": total}
+
+
+def monte_carlo(model: FastModel, bench, times: list[tuple[str, float]], repeats: int, seed: int,
+                progress=None, first_repeat: int = 0) -> list[list[float]]:
+    """values[time][repeat], as certification.monte_carlo, on the fast engine."""
+    from .evaluation import run, score
+
+    values = [[0.0] * repeats for _ in times]
+    bar = progress(total=repeats * len(times), desc="certify (fast)", unit="eval") if progress else None
+    try:
+        for i in range(repeats):
+            torch.manual_seed(seed + first_repeat + i)
+            model.program()
+            for j, (_, seconds) in enumerate(times):
+                model.drift(seconds)
+                values[j][i] = score(bench.metric, run(model, bench.data), bench.data, bench.reference)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return values
