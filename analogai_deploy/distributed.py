@@ -213,6 +213,121 @@ def guard() -> Iterator[None]:
     agree(error)
 
 
+# ---- recover: data parallel (one model) and MSNAT clients over ranks ---------------------------------
+
+class DataParallel:
+    """DDP's arithmetic for the loop trainer: each rank takes its slice of every global mini-batch, and
+    the gradients are summed with weights n_rank / n_batch, so every rank applies the full batch's mean
+    gradient (bitwise the same on every rank, so the replicas never drift apart). All ranks draw the
+    same weight noise (same seed, same calls), as one process would; a replica's batch-norm statistics
+    and QAT activation ranges are averaged at the end of each epoch. Several forward passes per step (FL)
+    and SAM's two backward passes need no special hooks this way, which DDP's wrapper would.
+    """
+
+    def __init__(self):
+        self.world, self.rank = world(), rank()
+        self.weight = 1.0
+
+    def slice(self, x, y):
+        n = len(y)
+        if n < self.world:  # a tiny last batch: every rank takes all of it, each a 1/world share
+            self.weight = 1.0 / self.world
+            return x, y
+        part = share(n, self.world, self.rank)
+        self.weight = len(part) / n
+        return x[part.start:part.stop], y[part.start:part.stop]
+
+    def sync_grads(self, model) -> None:
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(self.weight)
+        dist.all_reduce(flat)
+        torch._foreach_copy_(grads, [t.view_as(g) for t, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+    def sum(self, *values):
+        """Per-epoch totals (loss sums, correct counts) over all ranks."""
+        import torch
+        import torch.distributed as dist
+
+        flat = torch.stack([v.reshape(()).float() for v in values])
+        dist.all_reduce(flat)
+        return list(flat.unbind())
+
+    def sync_state(self, model) -> None:
+        """Average the float buffers (batch-norm statistics) and QAT activation ranges over the replicas."""
+        import torch
+
+        from .recovery.msnat import _act_quantizers
+
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        quant = [q for q in _act_quantizers(model) if q is not None and q.act_max is not None]
+        tensors = buffers + [q.act_max for q in quant]
+        if tensors:
+            averaged = _all_reduce_flat([t.detach().reshape(-1).float() for t in tensors], 1.0 / self.world)
+            with torch.no_grad():
+                for b, v in zip(buffers, averaged):
+                    b.copy_(v.view_as(b))
+            for q, v in zip(quant, averaged[len(buffers):]):
+                q.act_max = v.view_as(q.act_max).to(q.act_max.dtype)
+
+
+def _all_reduce_flat(tensors, scale: float = 1.0):
+    """Sum (times `scale`) of each tensor over all ranks, in one collective; returns new tensors."""
+    import torch
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    if scale != 1.0:
+        flat.mul_(scale)
+    return list(flat.split([t.numel() for t in tensors]))
+
+
+def client_share(k: int) -> range:
+    """The MSNAT clients this rank trains; every rank needs at least one."""
+    n = world()
+    if n > k:
+        raise UsageError(f"{n} processes for {k} MSNAT clients: a process would have no client to train",
+                         f"run with at most {k} processes (--nproc {k}), or use a recipe without FI")
+    return share(k)
+
+
+def fuse(clients, weights, into, mine: range) -> None:
+    """Fusion injection across ranks: into <- sum_k a_k w_k, each rank adding its own clients, then an
+    all-reduce sum; integer buffers (num_batches_tracked) come from client 0, which rank 0 trains."""
+    import torch
+    import torch.distributed as dist
+
+    from .recovery import msnat
+
+    msnat.fuse([clients[k] for k in mine], [weights[k] for k in mine], into)
+    state = into.state_dict()
+    keys = [k for k, t in state.items() if t.is_floating_point()]
+    quant = [q for q in msnat._act_quantizers(into) if q is not None and q.act_max is not None]
+    parts = [state[k] for k in keys] + [q.act_max.reshape(-1).float() for q in quant]
+    summed = _all_reduce_flat([t.detach() for t in parts])
+    with torch.no_grad():
+        for key, v in zip(keys, summed):
+            state[key].copy_(v.view_as(state[key]))
+        for key, t in state.items():
+            if not t.is_floating_point():
+                dist.broadcast(t, src=0)
+    for q, v in zip(quant, summed[len(keys):]):
+        q.act_max = v.view_as(q.act_max).to(q.act_max.dtype)
+
+
+def gather_clients(items: dict[int, Any], k: int) -> list[Any]:
+    """Per-client values from the ranks that own them (stats, accuracies, checkpoint parts) -> a list of k."""
+    merged: dict[int, Any] = {}
+    for part in all_gather(items):
+        merged.update(part)
+    return [merged[i] for i in range(k)]
+
+
 # ---- the --nproc launcher ---------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -290,7 +405,7 @@ def run_job(job: str, kwargs: dict[str, Any], nproc: int, *, progress: bool = Fa
             return json.loads(result.read_text(encoding="utf-8"))
         reports = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(tmp).glob("error-*.json"))]
         if reports:
-            first = min(reports, key=lambda r: r["rank"])
+            first = min(reports, key=lambda r: (r.get("time", 0.0), r["rank"]))
             cls = UsageError if first.get("exit_code") == 2 else OperationFailed
             err = cls(f"{job} on {nproc} processes: rank {first['rank']}: {first['message']}", first.get("hint"))
             err.exit_code = first.get("exit_code", err.exit_code)
@@ -365,7 +480,7 @@ def _worker(spec_path: str) -> int:
     except Exception as exc:  # noqa: BLE001 - reported to the launching process, which raises it
         if os.environ.get("ANALOGAI_DEBUG"):
             traceback.print_exc()
-        report = _describe(exc)
+        report = {**_describe(exc), "time": time.time()}
         report.setdefault("rank", my_rank)
         spec_file.with_name(f"error-{my_rank}.json").write_text(json.dumps(report), encoding="utf-8")
         return int(report.get("exit_code") or 1)

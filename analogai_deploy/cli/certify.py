@@ -98,7 +98,8 @@ def certify(
         raise UsageError(f"--dist-timeout must be a positive number of seconds, got {dist_timeout:g}")
     if dist_timeout is not None:
         os.environ[distributed.TIMEOUT_ENV] = str(dist_timeout)  # read when a torchrun rank joins the group
-    out = output(json_, quiet or not distributed.is_main())  # under torchrun only rank 0 prints
+    main = distributed.is_main()
+    out = output(json_ and main, quiet or not main)  # under torchrun only rank 0 prints
     given = {"device": device, "dac_bits": dac_bits, "adc_bits": adc_bits, "out_noise": out_noise,
              "tile_size": tile_size, "drift_compensation": drift_compensation, "n_w": n_w,
              "w_noise_type": w_noise_type, "preset": preset, "tile": tile, "times": times, "repeats": repeats,
