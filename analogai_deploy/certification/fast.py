@@ -52,13 +52,13 @@ class _Tile:
     out_hi: int
     in_lo: int
     in_hi: int
-    scale: float  # max|w| of the tile: the digital factor the output is multiplied back by
+    scale: torch.Tensor  # max|w| of the tile: the digital factor the output is multiplied back by
     ref: torch.Tensor  # normalised target weights, max|w| = 1
     programmed: torch.Tensor | None = None
     nu: Any = None
     baseline: torch.Tensor | None = None
     current: torch.Tensor | None = None
-    alpha: float = 1.0
+    alpha: torch.Tensor | float = 1.0  # drift compensation factor
 
 
 def _splits(size: int, max_size: int) -> list[tuple[int, int]]:
@@ -114,8 +114,9 @@ class FastLayer:
         for in_lo, in_hi in _splits(in_size, rpu.mapping.max_input_size):
             for out_lo, out_hi in _splits(out_size, rpu.mapping.max_output_size):
                 part = w[out_lo:out_hi, in_lo:in_hi]
-                wmax = part.abs().max().item() / omega if omega and omega > 0 else 1.0
-                wmax = wmax or 1.0
+                # as aihwkit's apply_weight_scaling: alpha = max|w| / omega (1 where the tile is all zeros)
+                wmax = part.abs().max().view(1) / omega if omega and omega > 0 else torch.ones(1)
+                wmax[wmax == 0.0] = 1.0
                 self.tiles.append(_Tile(out_lo, out_hi, in_lo, in_hi, wmax, part / wmax))
         self.in_chunks = sorted({(t.in_lo, t.in_hi) for t in self.tiles})
         self.eye: dict[int, torch.Tensor] = {}
@@ -143,7 +144,7 @@ class FastLayer:
         for t in self.tiles:
             t.current = self.noise_model.apply_drift_noise(t.programmed, t.nu, seconds)
             if self.compensation is not None:
-                t.alpha = float(self.compensation.apply(self._readout(t.current), t.baseline))
+                t.alpha = self.compensation.apply(self._readout(t.current), t.baseline)
 
     # -- the periphery (aihwkit's AnalogMVM.matmul for the torch tile) ------------------------------------
     def _finalize(self, y: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -158,8 +159,9 @@ class FastLayer:
         return y.clamp(-bound, bound), ok
 
     def _managed(self, compute, nm: torch.Tensor) -> torch.Tensor:
-        """AnalogMVM.matmul's iterative bound management around `compute(reduction) -> normalised outputs`:
-        while any output of the batch clips, halve the inputs and redo the tile (fresh noise)."""
+        """AnalogMVM.matmul's iterative bound management around `compute(input scale) -> normalised outputs`:
+        while any output of the batch clips, halve the inputs and redo the tile (fresh noise). The
+        arithmetic follows aihwkit's order (scale = 1 / nm / reduction), so DAC rounding matches bit for bit."""
         from aihwkit.simulator.parameters.enums import BoundManagementType
 
         io = self.io
@@ -171,10 +173,11 @@ class FastLayer:
         while True:
             if managed:
                 red *= 2.0
-            y, ok = self._finalize(compute(red))
+            scale = (1.0 / nm) / red
+            y, ok = self._finalize(compute(scale))
             if (not managed or ok or red > io.max_bm_factor
                     or (inp_res > 0 and red > io.max_bm_res / inp_res)):
-                return y * (nm * (red * io.out_scale))
+                return y * (io.out_scale / scale)
 
     def _dac(self, x: torch.Tensor) -> torch.Tensor:
         io = self.io
@@ -201,7 +204,7 @@ class FastLayer:
         if self.perfect:
             return x @ w.T
         nm = self._nm(x.abs().amax(-1, keepdim=True))
-        return self._managed(lambda red: self._dac(x / (nm * red)) @ w.T, nm)
+        return self._managed(lambda scale: self._dac(x * scale) @ w.T, nm)
 
     # -- the layer forward --------------------------------------------------------------------------------
     def linear(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +215,7 @@ class FastLayer:
     def _tiles_mvm(self, x: torch.Tensor, out_features: int) -> torch.Tensor:
         out = None
         for t in self.tiles:
-            y = self._tile_mvm(x[..., t.in_lo:t.in_hi], t.current) * (t.scale * t.alpha)
+            y = self._tile_mvm(x[..., t.in_lo:t.in_hi], t.current) * t.scale * t.alpha
             if len(self.tiles) > 1:
                 full = x.new_zeros(*x.shape[:-1], out_features)
                 full[..., t.out_lo:t.out_hi] = y
@@ -248,8 +251,8 @@ class FastLayer:
             nm = self._nm(nm)
             nonzero = (x != 0).to(x.dtype)  # a zero input converts exactly, as in aihwkit
 
-            def compute(red: float, w=w, nm=nm, nonzero=nonzero) -> torch.Tensor:
-                y = F.conv2d(x, w, None, s, p, d) / (nm * red)
+            def compute(scale: torch.Tensor, w=w, nonzero=nonzero) -> torch.Tensor:
+                y = F.conv2d(x, w, None, s, p, d) * scale
                 if self.io.inp_res > 0:  # the DAC's rounding error, uniform over one step of the patch's grid
                     step = _step(self.io.inp_res, self.io.inp_bound)
                     u = (torch.rand_like(x) - 0.5) * (step * nonzero)
@@ -273,10 +276,10 @@ class FastLayer:
         tiles = [t for t in self.tiles if t.in_lo == in_lo]
         if len(tiles) == 1:
             t = tiles[0]
-            return self._managed(compute, nm) * (t.scale * t.alpha)
+            return self._managed(compute, nm) * t.scale * t.alpha
         parts = []
         for t in tiles:
-            parts.append(self._managed(lambda red, t=t: compute(red)[:, t.out_lo:t.out_hi], nm) * (t.scale * t.alpha))
+            parts.append(self._managed(lambda scale, t=t: compute(scale)[:, t.out_lo:t.out_hi], nm) * t.scale * t.alpha)
         return torch.cat(parts, 1)
 
 

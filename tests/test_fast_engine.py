@@ -1,0 +1,132 @@
+"""The fast certify engine against aihwkit's PyTorch tiles: exact where it claims to be, statistically equal overall."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import analogai_deploy as ad
+from analogai_deploy.certification import CertifyConfig, DeviceConfig, IOSettings, _bench, _to_aihwkit
+from analogai_deploy.certification.devices import rpu_config
+from analogai_deploy.certification.fast import FastModel
+from analogai_deploy.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def trained_lenet(lenet_pkg, tmp_path_factory) -> Path:
+    """A LeNet that has learnt digits (~97%), so accuracy has room to fall under noise."""
+    out = tmp_path_factory.mktemp("fast") / "lenet-vanilla"
+    ad.recover(lenet_pkg, "vanilla", "digits", output=out, overrides=["training.rounds=4"])
+    return out
+
+
+def _pair(pkg: Path, io: dict, exact: bool):
+    """aihwkit's model and the fast model of one package, the fast tiles loaded with aihwkit's drifted weights."""
+    cfg = CertifyConfig(device=DeviceConfig(name="PCM", io=IOSettings(**io)), repeats=1)
+    bench = _bench(pkg, cfg)
+    rpu = rpu_config(cfg.device, "torch")
+    analog = _to_aihwkit(bench.digital, rpu)
+    fast = FastModel(bench.digital, rpu, exact=exact)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analog.program_analog_weights()
+        analog.drift_analog_weights(86400.0)
+    fast.program()
+    fast.drift(86400.0)
+    tiles = list(analog.analog_tiles())
+    ours = [t for layer in fast.layers for t in layer.tiles]
+    assert len(tiles) == len(ours)  # the same tile split as aihwkit's TileModuleArray
+    for mine, theirs in zip(ours, tiles):
+        assert float(mine.scale) == pytest.approx(float(theirs.get_scales().max()), rel=1e-6)
+        mine.current = theirs.tile.get_weights().clone()
+        mine.alpha = theirs.alpha.clone()
+    return analog, fast, bench.data.batches[0][:128]
+
+
+@pytest.mark.parametrize("io", [{"out_noise": 0.0}, {"out_noise": 0.0, "adc_bits": 5, "tile_size": 64}])
+def test_exact_mode_matches_aihwkit_given_the_same_weights(trained_lenet, io):
+    # out_noise 0 makes both sides deterministic: DAC, ADC, noise and bound management must then agree
+    # to float rounding; tile_size 64 splits every layer over several tiles (and 5 ADC bits make it clip)
+    analog, fast, x = _pair(trained_lenet, io, exact=True)
+    a, f = analog(x), fast(x)
+    assert torch.allclose(a, f, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+def test_fused_mode_is_exact_without_a_dac(trained_lenet):
+    # the fused convolution's only approximation is the per-patch DAC grid; without a DAC it is exact
+    analog, fast, x = _pair(trained_lenet, {"out_noise": 0.0, "dac_bits": 0}, exact=False)
+    a, f = analog(x), fast(x)
+    assert torch.allclose(a, f, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+def test_fast_mean_accuracy_agrees_with_aihwkit(trained_lenet):
+    """Statistical agreement on LeNet at 1 s / 1 d / 1 y, default PCM and with a 5-bit ADC (which costs ~10 pp at 1 y).
+
+    Tolerance: the two engines draw independent Monte Carlo samples, so their means differ by sampling
+    error alone with standard error se = sqrt(sd_a^2 / n + sd_f^2 / n). We require |difference| <= 3 se
+    + 0.2 pp (the 0.2 pp floor: with n = 8 the sample sd itself is uncertain, and one test image is
+    0.37 pp). A real modelling error shows up far outside this: the fast engine without drift
+    compensation (checked below) misses by > 10 se at 1 y.
+    """
+    n = 8
+    for io in ({}, {"adc_bits": 5}):
+        ref = ad.certify(trained_lenet, repeats=n, times="1s,1d,1y", write=False, seed=0, **io)
+        fast = ad.certify(trained_lenet, repeats=n, times="1s,1d,1y", write=False, seed=500, engine="fast", **io)
+        assert fast["engine"] == "fast" and ref["engine"] == "aihwkit"
+        assert fast["conversion"]["analog_weights"] == ref["conversion"]["analog_weights"]
+        for ra, rf in zip(ref["results"], fast["results"]):
+            se = math.sqrt((ra["std"] ** 2 + rf["std"] ** 2) / n)
+            assert abs(ra["mean"] - rf["mean"]) <= 3 * se + 0.002, (io, ra["time"], ra["mean"], rf["mean"], se)
+    # the check has power: dropping drift compensation in the fast engine only is caught at 1 y
+    ref = ad.certify(trained_lenet, repeats=n, times="1y", write=False, seed=0, adc_bits=5)
+    off = ad.certify(trained_lenet, repeats=n, times="1y", write=False, seed=500, engine="fast", adc_bits=5,
+                     drift_compensation=False)
+    ra, rf = ref["results"][0], off["results"][0]
+    assert abs(ra["mean"] - rf["mean"]) > 3 * math.sqrt((ra["std"] ** 2 + rf["std"] ** 2) / n) + 0.002
+
+
+def test_small_resnet_runs_on_split_tiles(tmp_path):
+    # 3x3x64 convolutions have 576 inputs: two tiles each; shortcut 1x1 convs and BatchNorm stay as in aihwkit
+    pkg = ad.convert(f"{ROOT}/bench/models.py:small_resnet", output=tmp_path / "r", num_classes=10,
+                     input_shape=[1, 8, 8]).path
+    analog, fast, x = _pair(pkg, {"out_noise": 0.0}, exact=True)
+    assert max(len(layer.tiles) for layer in fast.layers) == 2
+    a, f = analog(x), fast(x)
+    assert torch.allclose(a, f, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+def test_cli_engine_fast_writes_the_engine_into_the_certificate(trained_lenet, tmp_path, cli):
+    pkg = tmp_path / "p"
+    shutil.copytree(trained_lenet, pkg)
+    code, out, err = cli("certify", str(pkg), "--engine", "fast", "--repeats", "2", "--times", "1d", "--json")
+    assert code == 0, err
+    cert = json.loads((pkg / "certificate.json").read_text())
+    assert cert["engine"] == "fast" and cert["settings"]["engine"] == "fast"
+    assert cert["results"][0]["mean"] > 0.8
+    history = json.loads((pkg / "config.json").read_text())["provenance"]["history"]
+    assert history[-1]["engine"] == "fast"
+
+
+def test_fast_engine_refuses_what_only_cpp_tiles_simulate(trained_lenet, cli):
+    code, _, err = cli("certify", str(trained_lenet), "--engine", "fast", "--n-w", "0.1")
+    assert code == 2 and "--engine aihwkit" in err
+    code, _, err = cli("certify", str(trained_lenet), "--engine", "fats")
+    assert code == 2 and "fast" in err
+    with pytest.raises(UsageError):
+        ad.certify(trained_lenet, engine="fast", tile="cpp", write=False)
