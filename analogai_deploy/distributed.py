@@ -287,6 +287,24 @@ def _all_reduce_flat(tensors, scale: float = 1.0):
     return list(flat.split([t.numel() for t in tensors]))
 
 
+def check_recover(recipe, data: Any = "digits", recipe_arg: Any = "msnat", nproc: int = 1) -> None:
+    """What a distributed recover cannot do, refused before any process starts training."""
+    t, sigmas = recipe.training, recipe.recovery.sigmas
+    if t.engine == "aihwkit_hwa":
+        raise UsageError("training.engine=aihwkit_hwa (aihwkit's own trainer) runs on one process",
+                         "drop --nproc / torchrun, or use an MSNAT-family recipe (vanilla, single_noise, msnat, ...)")
+    if t.mode == "batched":
+        raise UsageError("training.mode=batched stacks every client in one process", "use training.mode=loop")
+    if nproc > 1:
+        if not isinstance(data, str):
+            raise UsageError("with nproc the dataset goes by name", "pass data as a spec, e.g. 'digits'")
+        if not isinstance(recipe_arg, (str, Path)):
+            raise UsageError("with nproc the recipe goes by name or file", "pass 'msnat' or a YAML path, plus overrides")
+        if t.use_FI and len(sigmas) > 1 and nproc > len(sigmas):
+            raise UsageError(f"{nproc} processes for {len(sigmas)} MSNAT clients: a process would have no client",
+                             f"use --nproc {len(sigmas)} or fewer")
+
+
 def client_share(k: int) -> range:
     """The MSNAT clients this rank trains; every rank needs at least one."""
     n = world()
@@ -455,7 +473,7 @@ def _recover_job(kwargs: dict[str, Any], progress) -> dict[str, Any]:
 
     pkg = recover(kwargs.pop("package"), kwargs.pop("recipe"), kwargs.pop("data"), kwargs.pop("output"),
                   progress=progress, **kwargs)
-    return {"package": str(pkg.path)}
+    return {"package": str(pkg.path) if pkg is not None else None}
 
 
 JOBS = {"certify": _certify_job, "sweep": _sweep_job, "recover": _recover_job}

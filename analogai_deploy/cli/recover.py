@@ -20,6 +20,10 @@ Examples:
 
   analogai-deploy recover runs/lenet --recipe my_recipe.yaml --resume --json
 
+  analogai-deploy recover runs/lenet --recipe msnat --nproc 5      # one MSNAT client per process
+
+  torchrun --nproc-per-node 4 -m analogai_deploy recover runs/lenet --recipe vanilla   # data parallel
+
 Overrides are dotted keys (the seed's names work verbatim); `analogai-deploy recipes show msnat` lists them.
 Ctrl-C keeps a checkpoint of the last finished round in OUTPUT.partial/; rerun with --resume to continue.
 """
@@ -64,21 +68,35 @@ def recover(
     data: Annotated[str, typer.Option("--data", "-d", help="Dataset: digits, cifar10:PATH, mnist:PATH, imagefolder:PATH.")] = "digits",
     output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Package to write [default: PACKAGE-RECIPE].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in OUTPUT.partial/ if there is one.")] = False,
+    nproc: Annotated[int, typer.Option(help="Train on N local processes (torch.distributed): MSNAT clients spread over them, other recipes data parallel.")] = 1,
+    dist_timeout: Annotated[float | None, typer.Option(help="Seconds a process waits for the others before the run fails (with --nproc or torchrun). [default: 1800]")] = None,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
+    import os
     from pathlib import Path
 
+    from .. import distributed
+    from ..errors import UsageError
     from ..recovery import recover as run_recover, state_dir_for
 
-    out = output(json_, quiet)
+    distributed.check_nproc(nproc)
+    if dist_timeout is not None and dist_timeout <= 0:
+        raise UsageError(f"--dist-timeout must be a positive number of seconds, got {dist_timeout:g}")
+    if dist_timeout is not None:
+        os.environ[distributed.TIMEOUT_ENV] = str(dist_timeout)  # read when a torchrun rank joins the group
+    main = distributed.is_main()
+    out = output(json_ and main, quiet or not main)  # under torchrun only rank 0 prints
     out.info(f"recovering {package} with recipe {recipe} on {data} ...")
     if resume:
         target = Path(output_dir) if output_dir else None
         if target is not None and not state_dir_for(target).exists():
             out.warn(f"no checkpoint in {state_dir_for(target)}; starting from round 1")
     pkg = run_recover(package, recipe, data, output_dir, overrides=list(overrides or []), resume=resume,
-                      progress=lambda **kw: out.progress(**kw))
+                      progress=(lambda **kw: out.progress(**kw)) if out.mode == "human" else None,
+                      nproc=nproc, dist_timeout=dist_timeout)
+    if pkg is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     t = pkg.config["training"]
     best = t["best"]
     result = {"package": str(pkg.path), "weights_sha256": pkg.weights_sha256, "recipe": pkg.config["recipe"]["name"],

@@ -80,6 +80,8 @@ def recover(
     resume: bool = False,
     progress: Callable[..., Any] | None = None,
     on_round: Callable[[dict], None] | None = None,
+    nproc: int = 1,
+    dist_timeout: float | None = None,
     **kw_overrides: Any,
 ):
     """Retrain `package` with `recipe` on `data` and write the recovered package to `output`.
@@ -87,15 +89,27 @@ def recover(
     `package`: a folder or a loaded Package. `recipe`: a shipped name, a YAML path or a Recipe.
     `data`: a dataset spec ("digits", "cifar10:PATH", ...) or a loaded Data. Overrides: dotted keys,
     e.g. overrides=["training.rounds=5"] or **{"training.use_FL": False}. Returns the new Package.
+    `nproc`: train on that many local processes (torch.distributed; see distributed.py). Under torchrun
+    every rank calls recover; rank 0 writes the package and returns it, the others return None.
     """
     from .. import package as pkg_mod
     from ..analog.convert import set_noise
     from ..provenance import now, versions
 
-    pkg, rec, ds = prepare(package, recipe, data, _overrides(overrides, kw_overrides))
+    from .. import distributed
+
+    merged = _overrides(overrides, kw_overrides)
+    pkg, rec, ds = prepare(package, recipe, data, merged)
     out_path = Path(output) if output is not None else pkg.path.parent / f"{pkg.path.name}-{rec.name}"
     state_dir = state_dir_for(out_path)
-    if not resume and state_dir.exists():
+    if nproc != 1 or distributed.world() > 1:
+        distributed.check_recover(rec, data, recipe, nproc)
+    if nproc != 1:
+        res = distributed.run_job("recover", {
+            "package": str(pkg.path.resolve()), "recipe": str(recipe), "data": data, "output": str(out_path.resolve()),
+            "overrides": merged, "resume": resume}, nproc, progress=progress is not None, timeout=dist_timeout)
+        return pkg_mod.load(res["package"])
+    if not resume and state_dir.exists() and distributed.is_main():
         shutil.rmtree(state_dir)  # a fresh run never mixes with an old checkpoint
     identity = {"recipe_sha256": rec.sha256(), "weights_sha256": pkg.weights_sha256, "data_fingerprint": ds.fingerprint}
     default_sigma = pkg.config["analog"].get("sigma", 0.0)
@@ -113,6 +127,8 @@ def recover(
                           "rerun the same command with --resume to continue") from None
     if not result.best_state:
         raise OperationFailed("training finished without a validated round", "raise training.rounds")
+    if not distributed.is_main():
+        return None  # every rank holds the same result; rank 0 writes it
 
     final = trainer.output_model(result)
     set_noise(final, default_sigma)

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .. import distributed
 from ..errors import OperationFailed, UsageError
 from . import msnat
 from .recipe import Recipe
@@ -296,6 +297,11 @@ class Trainer:
 
             self.quant = qat.attach(model, self.r.quant)
         n_clients = len(self.sigmas) if self.fi else 1
+        # torch.distributed (distributed.py): with FI each rank trains its share of the clients, without FI
+        # the ranks split every mini-batch (data parallel); one process trains everything
+        self.dist = distributed.world() > 1
+        self.mine = distributed.client_share(n_clients) if self.dist and self.fi else range(n_clients)
+        self.dp = distributed.DataParallel() if self.dist and not self.fi else None
         # K deep copies made once; the fused model is separate so momentum broadcast keeps the clients distinct
         self.clients = [model] + [copy.deepcopy(model) for _ in range(n_clients - 1)]
         self.fused = copy.deepcopy(model) if self.fi else model
@@ -343,10 +349,14 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         loss, correct = self._loss(model, noise, loss_fn, x, y)
         loss.backward()
+        if self.dp is not None:
+            self.dp.sync_grads(model)
         if hasattr(opt, "first_step"):  # SAM: gradient at the perturbed point, then the real step
             opt.first_step(zero_grad=True)
             loss2, _ = self._loss(model, noise, loss_fn, x, y)
             loss2.backward()
+            if self.dp is not None:
+                self.dp.sync_grads(model)
             opt.second_step()
         else:
             opt.step()
@@ -363,11 +373,16 @@ class Trainer:
         for step, (x, y) in enumerate(self.train_batches.iterate(g)):
             if not self.fi:  # one model: it takes the noise levels in turn
                 noise.set(self.sigmas[(step + self.round) % len(self.sigmas)])
+            if self.dp is not None:  # this rank's slice of the global mini-batch
+                x, y = self.dp.slice(x, y)
             loss, c = self._step(k, x, y, loss_fn)
             total += loss * len(y)
             correct += c
             if bar is not None:
                 bar.update(1)
+        if self.dp is not None:
+            total, correct = self.dp.sum(total, correct)
+            self.dp.sync_state(model)
         n = self.train_batches.n
         stats = {"loss": total.item() / n, "acc": correct.item() / n, "sigma": noise.sigma}
         if not math.isfinite(stats["loss"]):
@@ -383,15 +398,23 @@ class Trainer:
         """The data order is a pure function of (seed, round, epoch, client): nothing to checkpoint."""
         return torch.Generator().manual_seed(self.t.seed * 1_000_003 + self.round * 1009 + epoch * 101 + k)
 
+    def _client_seed(self, k: int) -> int:
+        """Client k's noise stream in a round: a pure function, so a client draws the same noise in any process."""
+        return self.t.seed * 1_000_003 + self.round * 1009 + k + 7
+
     def _train_clients(self, bar) -> list[dict[str, float]]:
-        clients = []
-        for k in range(len(self.clients)):
-            if self.fi:
-                self.noise[k].set(self.sigmas[k])
-            for e in range(self.t.epochs_per_round):
-                stats = self._client_epoch(k, e, bar)
-            clients.append(stats)
-        return clients
+        clients = {}
+        with distributed.guard() if self.dist else nullcontext():  # a failing rank stops every rank
+            for k in self.mine:
+                if self.fi:
+                    self.noise[k].set(self.sigmas[k])
+                    torch.manual_seed(self._client_seed(k))
+                for e in range(self.t.epochs_per_round):
+                    stats = self._client_epoch(k, e, bar)
+                clients[k] = stats
+        if self.dist and self.fi:
+            return distributed.gather_clients(clients, len(self.clients))
+        return list(clients.values())
 
     def run_round(self, bar=None) -> dict[str, Any]:
         start = time.perf_counter()
@@ -404,9 +427,13 @@ class Trainer:
         if self.fi:
             accs = None
             if self.r.fusion.weights == "accuracy":
-                accs = [evaluate(c, self.val_batches, s, 1)["acc"] for c, s in zip(self.clients, self.sigmas)]
+                accs = {k: evaluate(self.clients[k], self.val_batches, self.sigmas[k], 1)["acc"] for k in self.mine}
+                accs = distributed.gather_clients(accs, len(self.clients)) if self.dist else list(accs.values())
             a = msnat.fusion_weights(len(self.clients), accs)
-            msnat.fuse(self.clients, a, self.fused)
+            if self.dist:  # FI as an all-reduce: each rank adds its clients' a_k w_k
+                distributed.fuse(self.clients, a, self.fused, self.mine)
+            else:
+                msnat.fuse(self.clients, a, self.fused)
             msnat.broadcast(self.fused, self.clients, self.r.fusion.keep if self.r.fusion.momentum_broadcast else 0.0)
             entry["fusion_weights"] = a
         val = evaluate(self.fused, self.val_batches, self.t.eval_sigma, self.t.eval_draws)
@@ -429,7 +456,25 @@ class Trainer:
         return divergence_hint(self.state_dir, self.round)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
+    def _collect_clients(self) -> None:
+        """Distributed FI: every rank receives the clients (and optimizer states) other ranks trained."""
+        mine = {}
+        for k in self.mine:
+            opt_tensors: dict[str, torch.Tensor] = {}
+            opt_meta = _flatten(self.optimizers[k].state_dict(), "opt", opt_tensors)
+            state = {key: v.detach().cpu() for key, v in self.clients[k].state_dict().items()}
+            mine[k] = (state, _act_ranges(self.clients[k]), opt_meta, opt_tensors)
+        for k, (state, ranges, opt_meta, opt_tensors) in enumerate(distributed.gather_clients(mine, len(self.clients))):
+            if k not in self.mine:
+                self.clients[k].load_state_dict(state)
+                _set_act_ranges(self.clients[k], ranges, self.device)
+                self.optimizers[k].load_state_dict(_unflatten(opt_meta, opt_tensors))
+
     def save(self) -> None:
+        if self.dist and self.fi:
+            self._collect_clients()
+        if self.dist and not distributed.is_main():
+            return  # rank 0 writes the checkpoint; it is the same as one process's
         tensors: dict[str, torch.Tensor] = {}
         opts = []
         for k, (client, opt) in enumerate(zip(self.clients, self.optimizers)):
@@ -495,7 +540,7 @@ class Trainer:
                 torch.cuda.manual_seed_all(self.t.seed)
         stopped = False
         resumed_from = self.round
-        per_round = len(self.clients) * self.t.epochs_per_round * len(self.train_batches)
+        per_round = len(self.mine) * self.t.epochs_per_round * len(self.train_batches)
         bar = self.progress(total=self.t.rounds * per_round, initial=self.round * per_round, unit="step",
                             desc=f"{self.recipe.name}") if self.progress else None
         try:
