@@ -28,6 +28,7 @@ INDEX = "index.json"
 FORMAT = "analogai-deploy/zoo"
 VERSION = 1
 ENV = "ANALOGAI_ZOO"
+PENDING = ".pending-"  # journal of a publish in progress: .pending-NAME.json
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
 
 
@@ -53,12 +54,15 @@ def check_name(name: str) -> str:
 def read_index(zoo: Path) -> dict[str, Any]:
     path = zoo / INDEX
     if not path.exists():
-        return {"format": FORMAT, "version": VERSION, "entries": []}
+        index = {"format": FORMAT, "version": VERSION, "entries": []}
+        _roll_forward(zoo, index)
+        return index
     index = pkgio.read_json(path)
     if index.get("format") != FORMAT or not isinstance(index.get("entries"), list):
         raise PackageError(f"{path} is not an analogai-deploy zoo index", f"point --zoo (or ${ENV}) at a zoo folder")
     if index.get("version") != VERSION:
         raise PackageError(f"zoo index version {index.get('version')} is not supported (this toolkit reads {VERSION})")
+    _roll_forward(zoo, index)
     return index
 
 
@@ -97,24 +101,51 @@ def publish(path: str | Path, zoo: str | Path | None = None, *, name: str | None
             raise UsageError(f"{name!r} is already in the zoo at {zoo_dir} with other weights",
                              "pass --overwrite to replace it, or --name to publish under another name")
         dest = zoo_dir / name
-        pkgio.write(dest, stamp(config, {"name": name}), base=path)  # copies first, so path == dest works too
-        config, certificate = gate.admit(dest)  # what landed is what was checked
+        new_config = stamp(config, {"name": name})
+        # Journal first: a kill between the folder swap and the index write leaves a pending record that
+        # read_index rolls forward, so the zoo serves the old entry or the new one, never a mismatch.
+        pending = zoo_dir / f"{PENDING}{name}.json"
+        published = now()
+        _write_json(pending, {"name": name, "sha256": config["weights"]["sha256"], "published": published})
+        pkgio.write(dest, new_config, base=path)  # copies first, so path == dest works too
         _readable(dest)
-        entry = {
-            "name": name,
-            "path": name,
-            **gate.summary(certificate),
-            "size": folder_size(dest),
-            "sha256": config["weights"]["sha256"],
-            "source": config["source"].get("name") or config["source"].get("kind"),
-            "task": config.get("task"),
-            "recipe": (config.get("recipe") or {}).get("name"),
-            "published": now(),
-        }
+        entry = _entry(name, dest, published)  # what landed is what was checked
         index["entries"] = sorted([e for e in index["entries"] if e.get("name") != name] + [entry],
                                   key=lambda e: e["name"])
         _write_index(zoo_dir, index)
+        pending.unlink()
     return entry
+
+
+def _entry(name: str, folder: Path, published: str | None = None) -> dict[str, Any]:
+    """The index entry of a zoo folder, after the gate (sha256, certificate) passed on it."""
+    config, certificate = gate.admit(folder)
+    return {
+        "name": name,
+        "path": name,
+        **gate.summary(certificate),
+        "size": folder_size(folder),
+        "sha256": config["weights"]["sha256"],
+        "source": config["source"].get("name") or config["source"].get("kind"),
+        "task": config.get("task"),
+        "recipe": (config.get("recipe") or {}).get("name"),
+        "published": published or now(),
+    }
+
+
+def _roll_forward(zoo: Path, index: dict[str, Any]) -> None:
+    """Finish publishes that were killed after their folder swap: the folder holds the journalled weights."""
+    for record_path in sorted(zoo.glob(f"{PENDING}*.json")):
+        try:
+            record = pkgio.read_json(record_path)
+            name = check_name(str(record.get("name", "")))
+            folder = zoo / name
+            if pkgio.read_config(folder)["weights"]["sha256"] != record.get("sha256"):
+                continue  # killed before the swap: the old entry is still whole
+            entry = _entry(name, folder, record.get("published"))
+        except (PackageError, UsageError, OSError):
+            continue  # a broken record or folder: the index entry stands, and locate's checks still apply
+        index["entries"] = [e for e in index["entries"] if e.get("name") != name] + [entry]
 
 
 def stamp(config: dict[str, Any], zoo_info: dict[str, Any]) -> dict[str, Any]:
@@ -140,14 +171,19 @@ def _readable(folder: Path) -> None:
 
 
 def _write_index(zoo_dir: Path, index: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=zoo_dir)
+    _write_json(zoo_dir / INDEX, index)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Temp file + fsync + rename: the file is the old one or the complete new one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(index, indent=2) + "\n")
+            f.write(json.dumps(data, indent=2) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, zoo_dir / INDEX)
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
