@@ -37,8 +37,42 @@ def _context():
     return _CTX
 
 
-def _child(argv: list[str], log: str) -> None:
+@dataclass(frozen=True)
+class CrashPoint:
+    """SIGKILL the child itself when it calls `target` ("module:attr"), before or after the call.
+
+    `match`: only calls whose first argument contains this text count (e.g. the temp folder's rename).
+    """
+
+    name: str
+    target: str
+    when: str = "before"
+    match: str = ""
+
+
+def _arm(crash: CrashPoint) -> None:
+    import importlib
+
+    module, attr = crash.target.split(":")
+    owner = importlib.import_module(module)
+    original = getattr(owner, attr)
+
+    def wrapper(*args, **kwargs):
+        hit = not crash.match or (args and crash.match in str(args[0]))
+        if hit and crash.when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = original(*args, **kwargs)
+        if hit and crash.when == "after":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(owner, attr, wrapper)
+
+
+def _child(argv: list[str], log: str, crash: CrashPoint | None = None) -> None:
     """Runs in the child: the CLI's own main(), output to a log file, its exit code as the process's."""
+    if crash is not None:
+        _arm(crash)
     fh = open(log, "a", buffering=1)
     os.dup2(fh.fileno(), 1)
     os.dup2(fh.fileno(), 2)
@@ -83,10 +117,10 @@ class Runner:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.n = 0
 
-    def _start(self, argv: list[str]):
+    def _start(self, argv: list[str], crash: CrashPoint | None = None):
         self.n += 1
         log = self.logs / f"run-{self.n:03d}.log"
-        p = _context().Process(target=_child, args=([str(a) for a in argv], str(log)))
+        p = _context().Process(target=_child, args=([str(a) for a in argv], str(log), crash))
         p.start()
         return p, log
 
@@ -115,6 +149,16 @@ class Runner:
     def warm(self) -> None:
         """Start the forkserver (it imports PRELOAD once) so later timings measure the command only."""
         assert self.to_end(["--help"]) == 0
+
+    def crash_at(self, argv: list[str], crash: CrashPoint, timeout: float = 600) -> bool:
+        """Run argv until it reaches `crash` and kills itself; True when it died there."""
+        p, log = self._start(argv, crash)
+        p.join(timeout)
+        self.last_log = log
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+        return p.exitcode == -signal.SIGKILL
 
     def timed(self, argv: list[str]) -> tuple[int, float]:
         self.warm()
