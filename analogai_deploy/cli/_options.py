@@ -12,11 +12,6 @@ Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")]
 
 
-def examples(*lines: str) -> str:
-    """An 'Examples:' block for --help that the formatter does not rewrap (click's \\b marker)."""
-    return "\n\n\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
-
-
 def output(json_: bool, quiet: bool = False) -> Output:
     return set_mode("json" if json_ else "quiet" if quiet else "human")
 

@@ -5,19 +5,21 @@ from typing import Annotated
 
 import typer
 
-from ._options import Json, Quiet, examples, output, parse_shape
+from ._options import Json, Quiet, output, parse_shape
 
-EXAMPLES = examples(
-    "analogai-deploy convert resnet18 --num-classes 10 -o runs/resnet18",
-    "analogai-deploy convert hf:/path/to/minilm-folder",
-    "analogai-deploy convert mymodels.py:small_cnn --weights cnn.safetensors --keep-first-last",
-    "analogai-deploy convert mobilenet_v3_small --num-classes 10 --exclude 'features.0.*' --json",
-)
+EXAMPLES = """
+
+Examples:
+  analogai-deploy convert resnet18 --num-classes 10 -o runs/resnet18
+  analogai-deploy convert hf:/path/to/minilm-folder
+  analogai-deploy convert mymodels.py:small_cnn --weights cnn.safetensors --keep-first-last
+  analogai-deploy convert mobilenet_v3_small --num-classes 10 --exclude 'features.0.*' --json
+"""
 
 
 def register(app: typer.Typer) -> None:
     app.command(help="Turn a model into an analog-aware package and print the conversion report." + EXAMPLES)(convert)
-    app.command(help="List the model names `convert` accepts by name." + examples("analogai-deploy models --filter resnet"))(models)
+    app.command(help="List the model names `convert` accepts by name.\n\nExample:\n  analogai-deploy models --filter resnet")(models)
 
 
 def convert(

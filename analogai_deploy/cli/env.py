@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import typer
 
-from ._options import Json, examples, output
+from ._options import Json, output
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help="Print versions and which aihwkit tiles work here (paste this into bug reports)."
-                     + examples("analogai-deploy env", "analogai-deploy env --json"))(env)
+    app.command(help="Print versions and which aihwkit tiles work here (paste this into bug reports).\n\n"
+                     "Examples:\n  analogai-deploy env\n  analogai-deploy env --json")(env)
 
 
 def env(json_: Json = False) -> None:
