@@ -11,7 +11,6 @@ While it runs, OUTPUT.partial/ holds a checkpoint of the last finished round (`r
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,6 +94,7 @@ def recover(
     from .. import package as pkg_mod
     from ..analog.convert import set_noise
     from ..provenance import now, versions
+    from .engine import discard_checkpoint
 
     from .. import distributed
 
@@ -110,7 +110,7 @@ def recover(
             "overrides": merged, "resume": resume}, nproc, progress=progress is not None, timeout=dist_timeout)
         return pkg_mod.load(res["package"])
     if not resume and state_dir.exists() and distributed.is_main():
-        shutil.rmtree(state_dir)  # a fresh run never mixes with an old checkpoint
+        discard_checkpoint(state_dir)  # a fresh run never mixes with an old checkpoint
     identity = {"recipe_sha256": rec.sha256(), "weights_sha256": pkg.weights_sha256, "data_fingerprint": ds.fingerprint}
     default_sigma = pkg.config["analog"].get("sigma", 0.0)
     model = pkg.model
@@ -167,6 +167,6 @@ def recover(
     files = {f.name: f.read_bytes() for f in pkg.path.iterdir() if _inherited(f)}
     files["train_log.jsonl"] = log
     written = pkg_mod.write(out_path, config, final.cpu(), files)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    discard_checkpoint(state_dir)
     written.model = final
     return written

@@ -17,6 +17,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -216,6 +217,13 @@ def read_checkpoint(state_dir: Path, identity: dict[str, str], mode: str) -> tup
 def divergence_hint(state_dir: Path, rounds_done: int) -> str:
     kept = f"round {rounds_done}'s checkpoint stays in {state_dir}" if rounds_done else "no round finished"
     return f"lower training.lr and run again; {kept}"
+
+
+def discard_checkpoint(state_dir: Path) -> None:
+    """Remove a checkpoint folder, its commit point (state.json) first: a kill halfway through the removal
+    must not leave a state.json naming a tensors file that is already gone."""
+    (state_dir / CHECKPOINT_META).unlink(missing_ok=True)
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def has_checkpoint(state_dir: Path) -> bool:
