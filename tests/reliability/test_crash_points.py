@@ -14,13 +14,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from harness import CrashPoint, Runner, package_state, sha256, tensors_equal  # noqa: E402
-from test_kill_resume import RECOVER_OVERRIDES  # noqa: E402
+from test_kill_resume import RECOVER_OVERRIDES as _RECOVER  # noqa: E402
+
+RECOVER_OVERRIDES = [o for o in _RECOVER if not o.startswith("training.rounds=")] + ["training.rounds=2"]
 
 RECOVER_POINTS = [
     CrashPoint("checkpoint tensors written, state.json not yet replaced", "os:replace", "before", "state.json"),
     CrashPoint("package temp folder complete, not yet swapped in", "analogai_deploy.package:_swap", "before"),
-    CrashPoint("package in place, checkpoint not yet removed", "shutil:rmtree", "before", ".partial"),
-    CrashPoint("checkpoint tensors removed, state.json still there", "os:unlink", "after", "state-0003.safetensors"),
+    CrashPoint("package in place, checkpoint not yet removed", "analogai_deploy.recovery.engine:discard_checkpoint",
+               "before", ".partial"),
+    CrashPoint("package in place, state.json removed, tensors not yet", "shutil:rmtree", "before", ".partial"),
+    CrashPoint("checkpoint tensors removed, state.json still there", "os:unlink", "after", "state-0002.safetensors"),
 ]
 
 
