@@ -29,6 +29,10 @@ TIMES = ("1s", "1h", "1d", "1y")
 #: the degrading condition: PCM plus per-MAC weight noise n_w (aihwkit forward.w_noise, C++ tiles).
 #: PCM drift alone costs a digits LeNet < 1.5 pp even at 1 y; at n_w = 0.1 vanilla loses ~10 pp.
 DEGRADE_N_W = 0.1
+#: --gpu: train on cuda with larger batches on 3x32x32 inputs (CIFAR-10 / ResNet-18); aihwkit certifies on the
+#: CPU, so it runs on 2,000 test images with 5 repeats to stay inside ~10 minutes. Untested: no GPU here.
+GPU_ABLATION = {"device": "cuda", "batch_size": 256, "input_shape": [3, 32, 32], "limit": 2000, "repeats": 5,
+                "sweep_repeats": 3}
 
 
 @dataclass
@@ -40,6 +44,7 @@ class AblationConfig(StrictConfig):
       "same budget" means the same number of passes over the data per client, not the same FLOPs.
     repeats: Monte Carlo repeats per time point; sweep_repeats: per n_w value (at sweep_time).
     data: dataset spec; models: built-in or torchvision names; input_shape for non-digits data.
+    limit: certify on at most this many test samples (None = the whole test split).
     """
 
     models: list[str] = field(default_factory=lambda: ["lenet", "mlp"])
@@ -56,6 +61,8 @@ class AblationConfig(StrictConfig):
     sweep_time: str = "1d"
     sweep_repeats: int = 5
     device: str = "auto"
+    num_classes: int = 10
+    limit: int | None = None
 
     def __post_init__(self):
         bad = [r for r in self.recipes if r not in RECIPES]
@@ -84,19 +91,19 @@ def _one(cfg: AblationConfig, model: str, recipe: str, seed: int, root: Path) ->
     base = root / f"{model}-init-s{seed}"
     if not (base / "config.json").is_file():
         kw = {"input_shape": cfg.input_shape} if cfg.input_shape else {}
-        ad.convert(model, output=base, num_classes=None if cfg.data != "digits" else 10, seed=seed, **kw)
+        ad.convert(model, output=base, num_classes=cfg.num_classes, seed=seed, **kw)
     overrides = [f"training.rounds={cfg.rounds}", f"training.seed={seed}", f"training.device={cfg.device}"]
     if cfg.batch_size:
         overrides.append(f"training.batch_size={cfg.batch_size}")
     start = time.perf_counter()
     pkg = ad.recover(base, recipe, cfg.data, output=root / name, overrides=overrides)
     train_s = time.perf_counter() - start
-    common = {"data": cfg.data, "repeats": cfg.repeats, "seed": 1000 * seed, "write": False}
+    common = {"data": cfg.data, "repeats": cfg.repeats, "seed": 1000 * seed, "write": False, "limit": cfg.limit}
     start = time.perf_counter()
     pcm = ad.certify(pkg.path, "PCM", times=cfg.times, **common)
     noisy = ad.certify(pkg.path, "PCM", times=cfg.times, n_w=cfg.n_w, **common)
     sw = sweep(pkg.path, cfg.sweep, times=[cfg.sweep_time], data=cfg.data, repeats=cfg.sweep_repeats,
-               seed=1000 * seed, write=False)
+               seed=1000 * seed, write=False, limit=cfg.limit)
     cert_s = time.perf_counter() - start
     row = {"model": model, "recipe": recipe, "seed": seed, "train_s": train_s, "certify_s": cert_s,
            "training": pkg.config.get("training", {}), "pcm": _cert_summary(pcm), "pcm_nw": _cert_summary(noisy),
@@ -337,13 +344,24 @@ def ablation_main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.gpu:
         if not torch.cuda.is_available():
             raise UsageError("--gpu: no CUDA device here", "drop --gpu to run on the CPU")
-        kw = {"device": "cuda", "batch_size": 256, "input_shape": [3, 32, 32]}
+        kw = GPU_ABLATION
+    kw.setdefault("repeats", args.repeats)
     cfg = AblationConfig(models=args.models.split(","), recipes=args.recipes.split(","),
-                         seeds=[int(s) for s in args.seeds.split(",")], rounds=args.rounds, repeats=args.repeats,
-                         data=args.data, **kw)
-    result = ablation(cfg, args.out, log=lambda msg: print(msg, flush=True))
-    _write_ablation(result, args.markdown, args.png)
+                         seeds=[int(s) for s in args.seeds.split(",")], rounds=args.rounds, data=args.data, **kw)
+    result = run_ablation(cfg, args.out, args.markdown, args.png, log=lambda msg: print(msg, flush=True))
     print(ablation_markdown(result, args.png))
+    return result
+
+
+def run_ablation(cfg: AblationConfig, out_dir: str | Path, markdown: str | Path | None, png: str | Path,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the ablation and write the PNG and the markdown section (markdown=None: PNG only)."""
+    result = ablation(cfg, out_dir, log=log)
+    if markdown:
+        _write_ablation(result, markdown, png)
+    else:
+        Path(png).parent.mkdir(parents=True, exist_ok=True)
+        Path(png).write_bytes(ablation_png(result))
     return result
 
 
@@ -525,27 +543,37 @@ def _rss_mb() -> float:
 
 def _peak_worker(group: str, name: str, cfg_dict: dict[str, Any], queue) -> None:
     """In a fresh process: build the group, run `name` once, report the peak memory it added."""
-    import resource
-
     import torch
 
     cfg = SpeedConfig.from_dict(cfg_dict)
     torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.gpu else "cpu")
     fns = _groups(cfg, device)[group]()
-    fns[name]()  # warm-up: first-call allocations are part of the steady state
     if device.type == "cuda":
+        fns[name]()  # warm-up, then the allocator's peak above what the setup holds
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         fns[name]()
         queue.put((torch.cuda.max_memory_allocated() - base) / 2**20)
         return
+    import threading
+
     base = _rss_mb()
-    before_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    fns[name]()
-    after_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # the workload's own peak above the resident set it started from (0 if it never rose past the setup's peak)
-    queue.put(max(after_peak - max(base, before_peak), 0.0) if after_peak > before_peak else 0.0)
+    peak = [base]
+    stop = threading.Event()
+
+    def poll():  # the resident set sampled every 0.5 ms while the workload runs
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    for _ in range(3):
+        fns[name]()
+    stop.set()
+    thread.join()
+    queue.put(peak[0] - base)
 
 
 def _groups(cfg: SpeedConfig, device) -> dict[str, Callable[[], dict]]:
@@ -656,6 +684,71 @@ def speed_markdown(result: dict[str, Any]) -> str:
             f"(MSNAT rounds: {max(3, cfg['n'] // 5)}).\n\n" + "\n".join(rows) + "\n")
 
 
+# ---- fast engine vs aihwkit ------------------------------------------------------------------------------
+AGREEMENT_CONDITIONS = {"PCM (7-bit DAC, 9-bit ADC)": {}, "PCM, 5-bit ADC": {"adc_bits": 5}}
+
+
+def agreement(out_dir: str | Path = "runs/bench/agreement", repeats: int = 20, data: str = "digits",
+              models: dict[str, tuple[str, list[int] | None, int]] | None = None,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Certify the same trained packages with both engines; is the fast mean inside aihwkit's 95% CI?
+
+    models: label -> (source spec, input_shape, vanilla training rounds). The two engines use
+    different seeds, so they draw independent Monte Carlo samples.
+    """
+    import analogai_deploy as ad
+
+    models = models or {"LeNet": ("lenet", None, 10), "ResNet-8": (f"{_bench_models()}:small_resnet", [1, 8, 8], 8)}
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for label, (spec, shape, rounds) in models.items():
+        pkg = root / f"{label}-vanilla"
+        if not (pkg / "config.json").is_file():
+            kw = {"input_shape": shape} if shape else {}
+            ad.convert(spec, output=root / f"{label}-init", num_classes=10, **kw)
+            ad.recover(root / f"{label}-init", "vanilla", data, output=pkg, overrides=[f"training.rounds={rounds}"])
+        for cond, io in AGREEMENT_CONDITIONS.items():
+            certs = {}
+            for engine, seed in (("aihwkit", 0), ("fast", 100_000)):
+                certs[engine] = ad.certify(pkg, data=data, repeats=repeats, seed=seed, engine=engine, write=False, **io)
+            if log:
+                log(f"{label} / {cond}: aihwkit {1e3 * certs['aihwkit'].timing['per_eval_s']:.0f} ms per eval, "
+                    f"fast {1e3 * certs['fast'].timing['per_eval_s']:.0f} ms")
+            for ra, rf in zip(certs["aihwkit"]["results"], certs["fast"]["results"]):
+                rows.append({"model": label, "condition": cond, "time": ra["time"],
+                             "digital": certs["aihwkit"]["digital"]["accuracy"],
+                             "aihwkit": {k: ra[k] for k in ("mean", "std", "ci95")},
+                             "fast": {k: rf[k] for k in ("mean", "std", "ci95")},
+                             "inside": ra["ci95"][0] <= rf["mean"] <= ra["ci95"][1],
+                             "aihwkit_eval_s": certs["aihwkit"].timing["per_eval_s"],
+                             "fast_eval_s": certs["fast"].timing["per_eval_s"]})
+    result = {"repeats": repeats, "data": data, "rows": rows, "machine": machine()}
+    (root / "agreement.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def agreement_markdown(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    out = [f"{result['repeats']} repeats per engine and time point, {result['data']} test split; aihwkit engine = "
+           "aihwkit's PyTorch tiles (seeds 0..), fast engine = independent seeds (100000..).\n",
+           "| model | condition | time | aihwkit mean [95% CI] | fast mean [95% CI] | fast mean inside aihwkit CI |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        a, f = r["aihwkit"], r["fast"]
+        out.append(f"| {r['model']} | {r['condition']} | {r['time']} | {100 * a['mean']:.2f} "
+                   f"[{100 * a['ci95'][0]:.2f}, {100 * a['ci95'][1]:.2f}] | {100 * f['mean']:.2f} "
+                   f"[{100 * f['ci95'][0]:.2f}, {100 * f['ci95'][1]:.2f}] | {'yes' if r['inside'] else '**no**'} |")
+    inside = sum(r["inside"] for r in rows)
+    per = {}
+    for r in rows:
+        per.setdefault((r["model"], r["condition"]), (r["aihwkit_eval_s"], r["fast_eval_s"]))
+    speed = "; ".join(f"{m} / {c}: {1e3 * a:.0f} ms vs {1e3 * f:.0f} ms" for (m, c), (a, f) in per.items())
+    out.append(f"\n{inside} of {len(rows)} fast means lie inside aihwkit's 95% CI. Time per repeat and time point "
+               f"(aihwkit vs fast, this run, machine shared): {speed}.\n")
+    return "\n".join(out)
+
+
 def speed_main(argv: list[str] | None = None) -> dict[str, Any]:
     """The command line of bench/speed.py (and `analogai-deploy bench speed`)."""
     import argparse
@@ -666,12 +759,29 @@ def speed_main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--gpu", action="store_true", help="cuda, resnet18 on 3x32x32, batch 512 (untested here)")
     ap.add_argument("--markdown", default="BENCHMARKS.md")
     ap.add_argument("--json", default="runs/bench/speed.json")
+    ap.add_argument("--agreement-repeats", type=int, default=20, help="0 skips the fast-vs-aihwkit agreement table")
     args = ap.parse_args(argv)
     cfg = SpeedConfig(n=args.n, threads=args.threads, gpu=args.gpu)
-    result = speed(cfg, log=lambda msg: print(msg, flush=True))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
-    text = speed_markdown(result)
-    update_markdown(args.markdown, "speed", text)
-    print(text)
+    result = run_speed(cfg, args.markdown, args.json, args.agreement_repeats, log=lambda msg: print(msg, flush=True))
+    print(speed_markdown(result))
+    if "agreement" in result:
+        print(agreement_markdown(result["agreement"]))
+    return result
+
+
+def run_speed(cfg: SpeedConfig, markdown: str | Path | None, json_path: str | Path | None,
+              agreement_repeats: int = 20, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The speed table, then (CPU) the engine agreement table; writes both sections and the JSON."""
+    result = speed(cfg, log=log)
+    if markdown:
+        update_markdown(markdown, "speed", speed_markdown(result))
+    if agreement_repeats and not cfg.gpu:
+        if log:
+            log("agreement: fast engine vs aihwkit ...")
+        result["agreement"] = agreement(repeats=agreement_repeats, log=log)
+        if markdown:
+            update_markdown(markdown, "agreement", agreement_markdown(result["agreement"]))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=1))
     return result

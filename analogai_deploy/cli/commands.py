@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 # In pipeline order: this is the order `--help` lists them.
-MODULES = ["convert", "recover", "export", "certify", "zoo", "env"]
+MODULES = ["convert", "recover", "export", "certify", "zoo", "env", "bench"]
 
 
 def register(app) -> None:
