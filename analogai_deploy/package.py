@@ -154,7 +154,8 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
     try:
         missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
     except Exception as exc:  # safetensors raises its own types for corrupt files
-        raise PackageError(f"cannot read {path / WEIGHTS}: {exc}") from None
+        raise PackageError(f"cannot read {path / WEIGHTS}: {_one_line(exc)}",
+                           "the weights do not fit config.json; fetch the package again") from None
     if missing or unexpected:
         raise PackageError(f"{path / WEIGHTS} does not fit the architecture in config.json "
                            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
@@ -164,6 +165,15 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
         qat.restore(model, config["quantization"])
     model.eval()
     return Package(path, config, model, report)
+
+
+def _one_line(exc: Exception) -> str:
+    """torch's load_state_dict errors list every mismatch on its own line: count them instead."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    shapes = [line for line in lines if line.startswith("size mismatch")]
+    if shapes:
+        return f"{len(shapes)} tensors have another shape than the architecture in config.json ({shapes[0]})"
+    return lines[0] if lines else type(exc).__name__
 
 
 def flat_metadata(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> dict[str, str]:
