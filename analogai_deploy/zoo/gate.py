@@ -54,15 +54,32 @@ def check_certificate(config: dict[str, Any], certificate: dict[str, Any] | None
     return certificate
 
 
-def admit(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run the whole gate on a package folder; returns (config, certificate)."""
+def check_files(path: Path) -> None:
+    """A package on its way into a zoo holds plain files: a symbolic link would carry a file from outside
+    the folder (any file the publisher can read) to everyone who pulls it."""
+    for f in sorted(path.iterdir()):
+        if f.is_symlink() or not (f.is_file() or f.is_dir()):
+            raise PackageError(f"{f} is a symbolic link or special file; a published package holds plain files only",
+                               "replace it with a copy of the file it points to, or remove it")
+
+
+def admit(path: str | Path, *, publishing: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the whole gate on a package folder; returns (config, certificate).
+
+    `publishing`: also refuse links and special files, and rebuild the model, so a package whose weights
+    do not fit its architecture never enters a zoo (on the way out, loading does that check).
+    """
     path = Path(path)
+    if publishing and path.is_dir():
+        check_files(path)
     config = pkgio.read_config(path)
     check_source(config, path)
     pkgio.verify(path, config)  # weights vs config.json, and vs the certificate when there is one
     cert_path = path / pkgio.CERTIFICATE
     certificate = pkgio.read_json(cert_path) if cert_path.exists() else None
     check_certificate(config, certificate, path)
+    if publishing:
+        pkgio.load(path, verify_hash=False)  # hash checked above; this checks the weights fit the architecture
     return config, certificate
 
 

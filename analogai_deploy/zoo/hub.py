@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import package as pkgio
-from ..errors import OperationFailed, UsageError
+from ..errors import OperationFailed, PackageError, UsageError
 from . import gate
 from .local import stamp
 
@@ -42,7 +42,7 @@ def push(path: str | Path, repo_id: str, *, private: bool | None = None, token: 
     path = Path(path)
     repo_id, spec_rev = parse(repo_id)
     revision = revision or spec_rev
-    config, certificate = gate.admit(path)
+    config, certificate = gate.admit(path, publishing=True)
     api = HfApi(endpoint=endpoint(), token=token)
     with tempfile.TemporaryDirectory(prefix="analogai-publish-") as tmp:
         staged = Path(tmp) / "package"
@@ -118,6 +118,10 @@ class _hub_errors:
         if isinstance(exc, hf.OfflineModeIsEnabled):
             raise OperationFailed(f"cannot {self.what}: HF_HUB_OFFLINE is set",
                                   "unset HF_HUB_OFFLINE to reach the Hub") from None
+        if isinstance(exc, ValueError) and "filename" in str(exc).lower():  # e.g. a '..' path segment
+            raise PackageError(f"cannot {self.what}: the repository holds a file name that would land outside "
+                               f"its folder ({str(exc).splitlines()[0]})",
+                               "do not use this repository; ask its owner to rename the file") from None
         if _is_network_error(exc):
             raise OperationFailed(f"cannot {self.what}: {self.endpoint} is unreachable ({type(exc).__name__})",
                                   "check the network, or HF_ENDPOINT if you use a mirror") from None

@@ -91,7 +91,7 @@ def publish(path: str | Path, zoo: str | Path | None = None, *, name: str | None
             overwrite: bool = False) -> dict[str, Any]:
     """Admit a certified package into the local zoo; returns its index entry."""
     path = Path(path)
-    config, certificate = gate.admit(path)
+    config, certificate = gate.admit(path, publishing=True)
     name = check_name(name or path.resolve().name.lower())
     zoo_dir = resolve_dir(zoo)
     with _locked(zoo_dir):
