@@ -181,13 +181,15 @@ def ablation_markdown(result: dict[str, Any], png_name: str = "bench/ablation.pn
                            ("pcm_nw", f"PCM + n_w = {cfg['n_w']:g} (the degrading condition), accuracy %")):
             out.append(f"**{model}: {title}** (mean ± std over {len(cfg['seeds'])} seeds of each seed's "
                        f"{cfg['repeats']}-repeat Monte Carlo mean)\n")
-            out.append("| recipe | digital | " + " | ".join(cfg["times"]) + " |")
-            out.append("|---|---|" + "---|" * len(cfg["times"]))
+            train = key == "pcm"  # the first table also says what each recipe's training cost
+            out.append("| recipe | digital | " + " | ".join(cfg["times"]) + (" | train time |" if train else " |"))
+            out.append("|---|---|" + "---|" * (len(cfg["times"]) + train))
             best = {t: max(r[key][t][0] for r in mrows) for t in cfg["times"]}
             best_d = max(r["digital"][0] for r in mrows)
             for r in mrows:
                 cells = [_cell(r[key][t], r[key][t][0] == best[t]) for t in cfg["times"]]
-                out.append(f"| {r['recipe']} | {_cell(r['digital'], r['digital'][0] == best_d)} | " + " | ".join(cells) + " |")
+                extra = f" | {r['train_s']:.0f} s |" if train else " |"
+                out.append(f"| {r['recipe']} | {_cell(r['digital'], r['digital'][0] == best_d)} | " + " | ".join(cells) + extra)
             out.append("")
         out.append(f"**{model}: accuracy % vs n_w at {cfg['sweep_time']}** ({cfg['sweep_repeats']} repeats per value)\n")
         out.append("| recipe | " + " | ".join(f"n_w={v}" for v in sweep_keys) + " |")
