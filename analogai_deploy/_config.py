@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import reprlib
 import types
 import typing
 from typing import Any, TypeVar
@@ -66,6 +67,14 @@ def config_from_dict(blob: dict[str, Any]) -> StrictConfig:
     return cls.from_dict(blob.get("_data", {}))
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """repr for an error message, cut short: a hostile value (a YAML alias bomb) must not become the message."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 2, 4, 4, limit, limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _coerce(field: dataclasses.Field, value: Any, path: str, owner: type) -> Any:
     hints = typing.get_type_hints(owner)
     return _coerce_to(hints[field.name], value, path)
@@ -78,7 +87,7 @@ def _coerce_to(tp: Any, value: Any, path: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise UsageError(f"{path} must be a mapping, got {value!r}")
+            raise UsageError(f"{path} must be a mapping, got {_show(value)}")
         return tp.from_dict(value, where=path + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -91,21 +100,21 @@ def _coerce_to(tp: Any, value: Any, path: str) -> Any:
                 return _coerce_to(arg, value, path)
             except UsageError as exc:
                 errors.append(exc)
-        raise errors[0] if errors else UsageError(f"{path}: bad value {value!r}")
+        raise errors[0] if errors else UsageError(f"{path}: bad value {_show(value)}")
     if origin is typing.Literal:
         if value not in args:
-            raise UsageError(f"{path} must be one of {', '.join(map(repr, args))}, got {value!r}")
+            raise UsageError(f"{path} must be one of {', '.join(map(repr, args))}, got {_show(value)}")
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise UsageError(f"{path} must be a list, got {value!r}")
+            raise UsageError(f"{path} must be a list, got {_show(value)}")
         inner = args[0] if args else Any
         return [_coerce_to(inner, v, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise UsageError(f"{path} must be a mapping, got {value!r}")
+            raise UsageError(f"{path} must be a mapping, got {_show(value)}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -114,10 +123,10 @@ def _coerce_to(tp: Any, value: Any, path: str) -> Any:
             return value.lower() in ("true", "1", "yes", "on")
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise UsageError(f"{path} must be true or false, got {value!r}")
+        raise UsageError(f"{path} must be true or false, got {_show(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise UsageError(f"{path} must be an integer, got {value!r}")
+            raise UsageError(f"{path} must be an integer, got {_show(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -127,24 +136,24 @@ def _coerce_to(tp: Any, value: Any, path: str) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise UsageError(f"{path} must be an integer, got {value!r}")
+        raise UsageError(f"{path} must be an integer, got {_show(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise UsageError(f"{path} must be a number, got {value!r}")
+            raise UsageError(f"{path} must be a number, got {_show(value)}")
         if isinstance(value, (int, float)):
             out = float(value)
         else:
             try:
                 out = float(str(value))
             except ValueError:
-                raise UsageError(f"{path} must be a number, got {value!r}") from None
+                raise UsageError(f"{path} must be a number, got {_show(value)}") from None
         if out != out or out in (float("inf"), float("-inf")):
-            raise UsageError(f"{path} must be a finite number, got {value!r}")
+            raise UsageError(f"{path} must be a finite number, got {_show(value)}")
         return out
     if tp is str:
         if not isinstance(value, str):
             if isinstance(value, (int, float, bool)):
                 return str(value)
-            raise UsageError(f"{path} must be a string, got {value!r}")
+            raise UsageError(f"{path} must be a string, got {_show(value)}")
         return value
     return value

@@ -226,13 +226,40 @@ def shipped() -> dict[str, Path]:
     return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
 
 
+MAX_BYTES = 1 << 20  # a recipe is a few kB
+MAX_NODES = 10_000  # values after YAML aliases are expanded; an alias bomb reaches billions
+
+
+def check_size(data: Any, where: str) -> Any:
+    """Refuse YAML whose aliases expand to a huge (or self-referencing) structure before anything walks it."""
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise UsageError(f"{where} expands to more than {MAX_NODES} values (YAML aliases?)",
+                             "write the recipe out without anchors and aliases (&name / *name)")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return data
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_BYTES:
+            raise UsageError(f"{path} is {path.stat().st_size} bytes; a recipe is a few kB",
+                             "pass a recipe YAML file (see `analogai-deploy recipes show msnat`)")
+        data = check_size(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
     except FileNotFoundError:
         raise UsageError(f"recipe file not found: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not a recipe file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not a text file", "pass a recipe YAML file") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}", "fix the file's syntax") from None
     if not isinstance(data, dict):
@@ -267,6 +294,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value) if value else ""
     except yaml.YAMLError:
         parsed = value
+    check_size(parsed, f"override {key}")
     if isinstance(parsed, str) and len(parsed) >= 2 and parsed[0] == parsed[-1] and parsed[0] in "'\"":
         parsed = parsed[1:-1]
     return key.split("."), parsed
