@@ -507,4 +507,7 @@ def _worker(spec_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1]))
+    # run the importable module's worker, so its RankFailed is the class the library raises (not __main__'s)
+    from analogai_deploy.distributed import _worker as worker
+
+    sys.exit(worker(sys.argv[1]))
