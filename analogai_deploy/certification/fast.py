@@ -135,6 +135,11 @@ class FastLayer:
                 self.tiles.append(_Tile(out_lo, out_hi, in_lo, in_hi, wmax, part / wmax))
         self.in_chunks = sorted({(t.in_lo, t.in_hi) for t in self.tiles})
         self.eye: dict[int, torch.Tensor] = {}
+        from aihwkit.inference.compensation.drift import GlobalDriftCompensation
+
+        # GlobalDriftCompensation reads out with eye(n); subclasses may read out otherwise
+        self._one_hot_readout = type(self.compensation) is GlobalDriftCompensation
+        self._q1 = float(self._dac(torch.ones(1))[0]) if self.io.inp_res > 0 else 1.0
 
     # -- the device model (aihwkit's own classes) -------------------------------------------------------
     def _readout(self, weights: torch.Tensor) -> torch.Tensor:
@@ -142,7 +147,14 @@ class FastLayer:
         n = weights.shape[1]
         if n not in self.eye:
             self.eye[n] = self.compensation.get_readout_tensor(n)
-        out = self._tile_mvm(self.eye[n], weights, per_row=True)
+        out = None
+        if self._one_hot_readout and not self.perfect:
+            # one-hot rows: noise management scales by 1, the DAC maps 1 to q1, so the MVM is q1 * W^T
+            # exactly; the periphery then runs as usual (the full path only if that clips)
+            out, ok = self._finalize(weights.T * self._q1)
+            out = out if ok else None
+        if out is None:
+            out = self._tile_mvm(self.eye[n], weights)
         return self.compensation.readout(out)
 
     @torch.no_grad()
@@ -163,24 +175,29 @@ class FastLayer:
 
     # -- the periphery (aihwkit's AnalogMVM.matmul for the torch tile) ------------------------------------
     def _finalize(self, y: torch.Tensor, extra_var: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
-        """Output noise, ADC, clipping; returns the outputs and whether nothing clipped (bound test).
-        `extra_var`: variance added to the output noise (the fused convolution's DAC rounding error)."""
+        """Output noise, ADC, clipping (in place on a fresh `y`); returns the outputs and whether nothing
+        clipped (the bound test). `extra_var`: variance added to the output noise (the fused conv's DAC error)."""
         io = self.io
         if extra_var is not None:
-            y = y + torch.sqrt(io.out_noise**2 + extra_var) * torch.randn_like(y)
+            y.add_(torch.randn_like(y).mul_(torch.sqrt(io.out_noise**2 + extra_var)))
         elif io.out_noise > 0:
-            y = y + io.out_noise * torch.randn_like(y)
+            y.add_(torch.randn_like(y).mul_(io.out_noise))
         if io.out_res > 0:
-            y = _quantize(y, io.out_res, io.out_bound)
+            step = _step(io.out_res, io.out_bound)
+            y.div_(step).round_().mul_(step)
         if io.out_bound <= 0:
             return y, True
-        ok = bool(y.abs().amax() <= io.out_bound)
-        return y.clamp(-io.out_bound, io.out_bound), ok
+        low, high = torch.aminmax(y)
+        ok = bool(high <= io.out_bound) and bool(low >= -io.out_bound)
+        return y.clamp_(-io.out_bound, io.out_bound), ok
 
-    def _managed(self, compute, nm: torch.Tensor, extra_var: torch.Tensor | None = None) -> torch.Tensor:
+    def _managed(self, compute, nm: torch.Tensor, extra_var: torch.Tensor | None = None,
+                 post: torch.Tensor | None = None) -> torch.Tensor:
         """AnalogMVM.matmul's iterative bound management around `compute(input scale) -> normalised outputs`:
         while any output of the batch clips, halve the inputs and redo the tile (fresh noise). The
-        arithmetic follows aihwkit's order (scale = 1 / nm / reduction), so DAC rounding matches bit for bit."""
+        arithmetic follows aihwkit's order (scale = 1 / nm / reduction), so DAC rounding matches bit for bit.
+        `post`: the digital factors after the tile (mapping scale x drift compensation), folded into one
+        multiply (fused path; the exact path applies them one by one, in aihwkit's order)."""
         from aihwkit.simulator.parameters.enums import BoundManagementType
 
         io = self.io
@@ -196,6 +213,8 @@ class FastLayer:
             y, ok = self._finalize(compute(scale), extra_var)
             if (not managed or ok or red > io.max_bm_factor
                     or (inp_res > 0 and red > io.max_bm_res / inp_res)):
+                if post is not None:
+                    return y.mul_((io.out_scale / scale) * post)
                 return y * (io.out_scale / scale)
 
     def _dac(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,7 +237,7 @@ class FastLayer:
             absmax = absmax.clamp(max=io.nm_thres)
         return torch.where(absmax > 0, absmax, torch.ones_like(absmax))
 
-    def _tile_mvm(self, x: torch.Tensor, w: torch.Tensor, per_row: bool = True) -> torch.Tensor:
+    def _tile_mvm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """One tile on [N, in] inputs, exactly as AnalogMVM.matmul (noise + bound management)."""
         if self.perfect:
             return x @ w.T
@@ -274,8 +293,9 @@ class FastLayer:
                 nonzero = (x != 0).float().mean()
                 extra = (step**2 / 12.0 * nonzero * w.pow(2).flatten(1).sum(1)).view(1, -1, 1, 1)
             conv = F.conv2d(x, w, None, s, p, d)
-            out = out + self._per_out_tile(lambda scale, conv=conv: conv * scale, nm, in_lo, extra)
-        return out if m.bias is None else out + m.bias.view(1, -1, 1, 1)
+            y = self._per_out_tile(lambda scale, conv=conv: conv * scale, nm, in_lo, extra)
+            out = y if len(self.in_chunks) == 1 else out + y
+        return out if m.bias is None else out.add_(m.bias.view(1, -1, 1, 1))
 
     def _full_weight(self, chunk: tuple[int, int] | None) -> torch.Tensor:
         out_size = self.shape[0]
@@ -291,12 +311,12 @@ class FastLayer:
         tiles = [t for t in self.tiles if t.in_lo == in_lo]
         if len(tiles) == 1:
             t = tiles[0]
-            return self._managed(compute, nm, extra) * t.scale * t.alpha
+            return self._managed(compute, nm, extra, t.scale * t.alpha)
         parts = []
         for t in tiles:
             part = None if extra is None else extra[:, t.out_lo:t.out_hi]
-            parts.append(self._managed(lambda scale, t=t: compute(scale)[:, t.out_lo:t.out_hi], nm, part)
-                         * t.scale * t.alpha)
+            parts.append(self._managed(lambda scale, t=t: compute(scale)[:, t.out_lo:t.out_hi].clone(), nm, part,
+                                       t.scale * t.alpha))
         return torch.cat(parts, 1)
 
 
@@ -341,13 +361,78 @@ class FastModel(nn.Module):
             raise UsageError(f"the fast engine covers nn.Linear and plain nn.Conv2d; this model also has "
                              f"{', '.join(skipped[:3])}", "use --engine aihwkit")
 
-    def program(self) -> None:
-        for layer in self.layers:
-            layer.program()
+    def _setup_batched(self) -> None:
+        """PCM-like noise models act element by element on conductances, and the single-pair converter
+        maps each tile by its own max|w|: so all tiles of the model can go through aihwkit's conductance
+        functions in one call, with per-tile scale ratios applied element-wise (same numbers as per tile)."""
+        from aihwkit.inference import PCMLikeNoiseModel
+        from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
 
-    def drift(self, seconds: float) -> None:
+        self.tiles = [t for layer in self.layers for t in layer.tiles]
+        nm = self.layers[0].noise_model if self.layers else None
+        self.batched = (type(nm) is PCMLikeNoiseModel and type(nm.g_converter) is SinglePairConductanceConverter
+                        and len(self.tiles) > 1)
+        if not self.batched:
+            return
+        self.sizes = [t.ref.numel() for t in self.tiles]
+        self.ref = torch.cat([t.ref.flatten() for t in self.tiles])
+        self.ref_ratio = self._ratio(self.ref)
+
+    def _ratio(self, flat: torch.Tensor) -> torch.Tensor:
+        """SinglePairConductanceConverter's scale_ratio of every tile, one value per element."""
+        conv = self.layers[0].noise_model.g_converter
+        maxima = torch.stack([part.abs().max() for part in flat.split(self.sizes)])
+        ratio = (conv.g_max - conv.g_min) / maxima.clamp(min=1e-7)  # aihwkit's _ZERO_CLIP
+        return ratio.repeat_interleave(torch.tensor(self.sizes))
+
+    def _to_g(self, w: torch.Tensor, ratio: torch.Tensor) -> list[torch.Tensor]:
+        conv = self.layers[0].noise_model.g_converter
+        scaled = w * ratio
+        return [scaled.clamp(min=0.0, max=conv.g_max) + conv.g_min, (-scaled).clamp(min=0.0, max=conv.g_max) + conv.g_min]
+
+    def _from_g(self, g: list[torch.Tensor], ratio: torch.Tensor) -> torch.Tensor:
+        conv = self.layers[0].noise_model.g_converter
+        return ((g[0] - conv.g_min) - (g[1] - conv.g_min)) / ratio
+
+    def _scatter(self, flat: torch.Tensor, attr: str) -> None:
+        for t, part in zip(self.tiles, flat.split(self.sizes)):
+            setattr(t, attr, part.view_as(t.ref))
+
+    @torch.no_grad()
+    def program(self) -> None:
+        if not hasattr(self, "batched"):
+            self._setup_batched()
+        if not self.batched:
+            for layer in self.layers:
+                layer.program()
+            return
+        nm = self.layers[0].noise_model
+        g = self._to_g(self.ref, self.ref_ratio)
+        prog = [nm.apply_programming_noise_to_conductance(gi) for gi in g]
+        self.nu = [nm.generate_drift_coefficients(gi) for gi in g]
+        self.programmed = self._from_g(prog, self.ref_ratio)
+        self._scatter(self.programmed, "programmed")
         for layer in self.layers:
-            layer.drift(seconds)
+            for t in layer.tiles:
+                t.current, t.alpha = t.programmed, 1.0
+                if layer.compensation is not None:
+                    t.baseline = layer._readout(t.programmed)
+
+    @torch.no_grad()
+    def drift(self, seconds: float) -> None:
+        if not self.batched:
+            for layer in self.layers:
+                layer.drift(seconds)
+            return
+        nm = self.layers[0].noise_model
+        ratio = self._ratio(self.programmed)  # aihwkit converts the programmed weights by their own max
+        g = self._to_g(self.programmed, ratio)
+        drifted = [nm.apply_drift_noise_to_conductance(gi, nu, seconds) for gi, nu in zip(g, self.nu)]
+        self._scatter(self._from_g(drifted, ratio), "current")
+        for layer in self.layers:
+            if layer.compensation is not None:
+                for t in layer.tiles:
+                    t.alpha = layer.compensation.apply(layer._readout(t.current), t.baseline)
 
     @torch.no_grad()
     def forward(self, *args, **kwargs):
