@@ -47,6 +47,7 @@ class RankFailed(OperationFailed):
     def __init__(self, rank: int, message: str, hint: str | None = None, exit_code: int = 1):
         super().__init__(f"rank {rank}: {message}", hint)
         self.rank = rank
+        self.origin_message = message
         self.exit_code = exit_code
 
 
@@ -177,7 +178,7 @@ def all_gather(obj: Any) -> list[Any]:
 
 def _describe(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, RankFailed):
-        return {"rank": exc.rank, "message": exc.message.split(": ", 1)[-1], "hint": exc.hint,
+        return {"rank": exc.rank, "message": exc.origin_message, "hint": exc.hint,
                 "exit_code": exc.exit_code}
     if isinstance(exc, AnalogAIError):
         return {"rank": _rank_now(), "message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
