@@ -91,12 +91,11 @@ def recover(
     `nproc`: train on that many local processes (torch.distributed; see distributed.py). Under torchrun
     every rank calls recover; rank 0 writes the package and returns it, the others return None.
     """
+    from .. import distributed
     from .. import package as pkg_mod
     from ..analog.convert import set_noise
     from ..provenance import now, versions
     from .engine import discard_checkpoint
-
-    from .. import distributed
 
     merged = _overrides(overrides, kw_overrides)
     pkg, rec, ds = prepare(package, recipe, data, merged)
