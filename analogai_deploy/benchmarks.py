@@ -189,9 +189,11 @@ def ablation_markdown(result: dict[str, Any], png_name: str = "bench/ablation.pn
             for r in mrows:
                 cells = [_cell(r[key][t], r[key][t][0] == best[t]) for t in cfg["times"]]
                 extra = f" | {r['train_s']:.0f} s |" if train else " |"
-                out.append(f"| {r['recipe']} | {_cell(r['digital'], r['digital'][0] == best_d)} | " + " | ".join(cells) + extra)
+                digital = _cell(r["digital"], r["digital"][0] == best_d)
+                out.append(f"| {r['recipe']} | {digital} | " + " | ".join(cells) + extra)
             out.append("")
-        out.append(f"**{model}: accuracy % vs n_w at {cfg['sweep_time']}** ({cfg['sweep_repeats']} repeats per value)\n")
+        out.append(f"**{model}: accuracy % vs n_w at {cfg['sweep_time']}** "
+                   f"({cfg['sweep_repeats']} repeats per value)\n")
         out.append("| recipe | " + " | ".join(f"n_w={v}" for v in sweep_keys) + " |")
         out.append("|---|" + "---|" * len(sweep_keys))
         best = {v: max(r["sweep"][v][0] for r in mrows) for v in sweep_keys}
@@ -500,8 +502,6 @@ def _certify_repeat(model_spec: str, device, input_shape: list[int] | None = Non
     import tempfile
     import warnings
 
-    import torch
-
     import analogai_deploy as ad
     from .aihwkit_probe import tile_support
     from .certification import CertifyConfig, DeviceConfig, _bench, _simulator, monte_carlo
@@ -648,7 +648,8 @@ def _mb(v: float | None) -> str:
 def speed_markdown(result: dict[str, Any]) -> str:
     g = result["groups"]
     cfg = result["config"]
-    rows = ["| figure | ours | reference | ratio | target | peak memory (ours / reference) |", "|---|---|---|---|---|---|"]
+    rows = ["| figure | ours | reference | ratio | target | peak memory (ours / reference) |",
+            "|---|---|---|---|---|---|"]
 
     def row(label, a, b, target, ga, gb):
         ratio = ga[a]["median_s"] / gb[b]["median_s"]

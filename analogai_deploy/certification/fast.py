@@ -388,7 +388,8 @@ class FastModel(nn.Module):
     def _to_g(self, w: torch.Tensor, ratio: torch.Tensor) -> list[torch.Tensor]:
         conv = self.layers[0].noise_model.g_converter
         scaled = w * ratio
-        return [scaled.clamp(min=0.0, max=conv.g_max) + conv.g_min, (-scaled).clamp(min=0.0, max=conv.g_max) + conv.g_min]
+        return [scaled.clamp(min=0.0, max=conv.g_max) + conv.g_min,
+                (-scaled).clamp(min=0.0, max=conv.g_max) + conv.g_min]
 
     def _from_g(self, g: list[torch.Tensor], ratio: torch.Tensor) -> torch.Tensor:
         conv = self.layers[0].noise_model.g_converter

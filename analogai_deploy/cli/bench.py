@@ -47,9 +47,11 @@ def _csv(text: str) -> list[str]:
 
 def ablation(
     models: Annotated[str, typer.Option(help="Comma-separated model sources.")] = "lenet,mlp",
-    recipes: Annotated[str, typer.Option(help="Comma-separated recipes.")] = "vanilla,single_noise,msnat_no_fi,msnat_no_fl,msnat,hwa_aihwkit",
+    recipes: Annotated[str, typer.Option(help="Comma-separated recipes.")] = (
+        "vanilla,single_noise,msnat_no_fi,msnat_no_fl,msnat,hwa_aihwkit"),
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
-    rounds: Annotated[int, typer.Option(help="Training rounds for every recipe (passes over the data per client).")] = 20,
+    rounds: Annotated[int, typer.Option(
+        help="Training rounds for every recipe (passes over the data per client).")] = 20,
     repeats: Annotated[int, typer.Option(help="Monte Carlo repeats per time point.")] = 10,
     data: Annotated[str, typer.Option(help="Dataset spec.")] = "digits",
     out: Annotated[str, typer.Option(help="Folder for the packages and cached results.")] = "runs/bench/ablation",
