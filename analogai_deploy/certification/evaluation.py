@@ -72,6 +72,8 @@ def parse_time(text: str | float | int) -> tuple[str, float]:
         raise UsageError(f"bad time {text!r}", "write times like 1s, 10min, 1h, 1d, 1w, 1y or plain seconds: --times 1s,1h,1d,1y")
     value, unit = float(m.group(1)), m.group(2) or "s"
     seconds = value * _UNITS[unit]
+    if not math.isfinite(seconds):  # '1e400' parses as inf
+        raise UsageError(f"time {text!r} is too large", "write times like 1s, 1h, 1d, 1y or plain seconds")
     if seconds <= 0:
         raise UsageError(f"time {text!r} must be after programming (> 0 s)")
     return _label(seconds), seconds
