@@ -66,6 +66,10 @@ def prepare(package, recipe, data, overrides=None):
     if want is not None and ds.num_classes != want:
         raise UsageError(f"{ds.spec} has {ds.num_classes} classes but the model has {want} outputs",
                          f"convert the model with --num-classes {ds.num_classes}")
+    from .engine import pick_device
+    from .memory import check_fits
+
+    check_fits(pkg.model, rec, ds, pick_device(rec.training.device))  # a batch too large fails here, not by OOM
     return pkg, rec, ds
 
 
