@@ -4,11 +4,21 @@ ANALOGAI_DEBUG=1 shows the full traceback instead.
 """
 from __future__ import annotations
 
+import errno
 import os
 import traceback
 
 from ..errors import AnalogAIError
 from ._output import out
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free disk space or write elsewhere (-o); a package being replaced is left as it was",
+    errno.EDQUOT: "free space within your disk quota or write elsewhere (-o)",
+    errno.EACCES: "choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "choose a folder you can write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only: write elsewhere (-o)",
+}
 
 
 def handle(exc: BaseException) -> int:
@@ -20,6 +30,10 @@ def handle(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         out().error("interrupted")
         return 130
+    if isinstance(exc, OSError) and exc.errno in _OS_HINTS:  # the machine, not the toolkit: say which file
+        where = f": {exc.filename}" if exc.filename else ""
+        out().error(f"{exc.strerror or os.strerror(exc.errno)}{where}", _OS_HINTS[exc.errno])
+        return 1
     if isinstance(exc, MemoryError):
         out().error("out of memory", "lower the batch size (training.batch_size=...) or the model size")
         return 1
