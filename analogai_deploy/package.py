@@ -149,6 +149,7 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
         verify(path, config)
     else:
         check_safetensors(path / WEIGHTS)
+    _refuse_bundled_code(path, config["source"])
     model = rebuild(config["source"])
     report = convert(model, AnalogConfig.from_dict(config["analog"]))
     try:
@@ -165,6 +166,17 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
         qat.restore(model, config["quantization"])
     model.eval()
     return Package(path, config, model, report)
+
+
+def _refuse_bundled_code(path: Path, source: dict[str, Any]) -> None:
+    """A local-code source names the user's own model file by absolute path. A package that ships the code
+    it asks to run (or names it relatively) came from someone else: loading it would run their code."""
+    if source.get("kind") != "local":
+        return
+    file = Path(str(source.get("file", "")))
+    if not file.is_absolute() or path.resolve() in file.resolve().parents:
+        raise PackageError(f"{path / CONFIG} asks to run Python code from {file}, which comes with the package",
+                           "never load a package that brings its own code; convert the model from code you trust")
 
 
 def _one_line(exc: Exception) -> str:
