@@ -107,6 +107,17 @@ def config_local_code_source(p: Path) -> None:
     _edit_config(p, lambda c: c.update(source={"kind": "local", "file": "../../evil.py", "name": "Net"}))
 
 
+def config_runs_bundled_code(p: Path) -> None:
+    """The package ships evil.py and its config.json names it (with the right sha256) as the model's code."""
+    import hashlib
+
+    code = f"open({str(p.parent / 'pwned')!r}, 'w').write('ran')\ndef net():\n    return None\n"
+    (p / "evil.py").write_text(code)
+    _edit_config(p, lambda c: c.update(source={"kind": "local", "file": str((p / "evil.py").resolve()),
+                                               "factory": "net", "sha256": hashlib.sha256(code.encode()).hexdigest(),
+                                               "kwargs": {}}))
+
+
 def weights_symlink_outside(p: Path) -> None:
     outside = p.parent / "outside.safetensors"
     shutil.copy(_weights(p), outside)
@@ -138,7 +149,7 @@ def certificate_not_an_object(p: Path) -> None:
 LOAD_CASES = [truncated, truncated_to_header, bit_flipped, header_flipped, oversized_header, header_past_the_end,
               config_not_json, config_not_an_object, config_binary, config_missing, config_weights_outside,
               config_weights_hash_changed, config_other_architecture, config_future_format,
-              config_section_wrong_type, certificate_not_json, certificate_other_weights,
+              config_section_wrong_type, config_runs_bundled_code, certificate_not_json, certificate_other_weights,
               certificate_not_an_object]
 
 
@@ -162,6 +173,7 @@ def test_hostile_package_never_loads(spoil, certified, cli):
     with pytest.raises(AnalogAIError) as info:
         pkgio.load(certified)
     assert "\n" not in str(info.value)
+    assert not (certified.parent / "pwned").exists()
     line = _one_line_error(*cli("inspect", certified))
     assert "digits-cnn" in line or "config.json" in line or "certificate" in line, line
 
