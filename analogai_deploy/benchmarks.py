@@ -611,7 +611,7 @@ def speed(cfg: SpeedConfig | None = None, log: Callable[[str], None] | None = No
             log(f"{group} ...")
         fns = build()
         k = fns.pop("_k", None)
-        n = max(3, cfg.n // 5) if group == "msnat_round" else cfg.n
+        n = max(6, cfg.n // 2) if group == "msnat_round" else cfg.n
         for fn in fns.values():  # warm-up
             fn()
         # CPU: this process's CPU time (one thread), which other jobs on a shared machine do not inflate;
@@ -688,7 +688,7 @@ def speed_markdown(result: dict[str, Any]) -> str:
                     f"forward {_ms(fwd)} | | | | |")
     clock = "wall time" if cfg["gpu"] else "CPU time of the one benchmark thread (time.process_time)"
     return (f"Measured on: {describe_machine(result['machine'])}; {clock}, medians of {cfg['n']} interleaved runs "
-            f"(MSNAT rounds: {max(3, cfg['n'] // 5)}).\n\n" + "\n".join(rows) + "\n")
+            f"(MSNAT rounds: {max(6, cfg['n'] // 2)}).\n\n" + "\n".join(rows) + "\n")
 
 
 # ---- fast engine vs aihwkit ------------------------------------------------------------------------------
