@@ -143,8 +143,7 @@ class Runner:
             return False
         os.kill(p.pid, signal.SIGKILL)
         p.join()
-        assert p.exitcode == -signal.SIGKILL, f"child ended with {p.exitcode}, not by SIGKILL"
-        return True
+        return p.exitcode == -signal.SIGKILL  # else it ended on its own in the instant before the kill
 
     def warm(self) -> None:
         """Start the forkserver (it imports PRELOAD once) so later timings measure the command only."""
