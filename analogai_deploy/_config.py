@@ -31,6 +31,9 @@ class StrictConfig:
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         """Build from a plain dict, recursively; unknown keys fail and name the valid ones."""
+        if data is not None and not isinstance(data, dict):
+            raise UsageError(f"{where.rstrip('.') or cls.__name__} must be a mapping of keys, got {_show(data)}",
+                             f"valid keys: {', '.join(sorted(f.name for f in dataclasses.fields(cls)))}")
         data = dict(data or {})
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}

@@ -104,6 +104,8 @@ class RecoveryConfig(StrictConfig):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "") -> RecoveryConfig:
+        if data is not None and not isinstance(data, dict):
+            return super().from_dict(data, where)  # refuses it, naming the valid keys
         data = dict(data or {})
         if "noise" in data:
             raise UsageError(f"write the noise levels as {where}noise_0, {where}noise_1, ... (the seed's names)")
