@@ -258,3 +258,30 @@ def test_fuzz_certify_lists(cli, capsys, tmp_path, lenet_pkg):
 @pytest.mark.slow
 def test_fuzz_certify_lists_500(cli, capsys, tmp_path, lenet_pkg):
     _certify(cli, capsys, tmp_path, lenet_pkg, SLOW)
+
+
+# ---- what the fuzzing found, kept as fixed cases -----------------------------------------------------
+
+BOMB = "description: [" + ", ".join(
+    ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [f"&{n} [" + ",".join([f"*{p}"] * 9) + "]" for p, n in zip("abcdefg", "bcdefgh")]) + "]\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ["recipes", "show", "msnat", "recovery.noise_0=1"],  # was TypeError: a level that is not a mapping
+    ["recipes", "show", "msnat", "recovery.noise_0.act_inject=[1]"],
+    ["recipes", "show", "msnat", "training.rounds=" + BOMB.removeprefix("description: ").strip()],  # alias bomb
+], ids=["level-not-a-mapping", "section-a-list", "override-alias-bomb"])
+def test_found_by_fuzzing(argv, cli):
+    Tally("found").check(*cli(*argv), ok=(2,))
+
+
+def test_found_by_fuzzing_files(cli, tmp_path, lenet_pkg):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)  # 9**8 strings once expanded: was 1.7 GB and a 40 MB error line
+    code, out, err = cli("recipes", "show", bomb)
+    Tally("found").check(code, out, err, ok=(2,))
+    assert len(err) < 1000
+    pkg = tmp_path / "pkg"
+    shutil.copytree(lenet_pkg, pkg)
+    Tally("found").check(*cli("certify", pkg, "--times=1e400", "--repeats", "2"), ok=(2,))  # was OverflowError
