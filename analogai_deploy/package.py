@@ -290,7 +290,10 @@ def _swap(tmp: Path, dest: Path) -> None:
             shutil.rmtree(old)
         os.rename(dest, old)
         os.rename(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
+        # renamed before deleting: a kill mid-delete must not leave a partial `.old-*` that a read would restore
+        trash = dest.parent / f".{dest.name}.trash-{os.getpid()}"
+        os.rename(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(tmp, dest)
 
