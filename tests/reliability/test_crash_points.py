@@ -64,6 +64,21 @@ def test_export_killed_between_the_renames_of_the_swap(lenet_pkg, tmp_path):
     assert (pkg / "model.onnx").exists() and pkgio.read_config(pkg)["export"]["onnx"]["sha256"] == sha256(pkg / "model.onnx")
 
 
+def test_export_killed_while_the_old_folder_is_deleted(lenet_pkg, tmp_path):
+    """The replaced folder is renamed to .NAME.trash-PID before deletion: nothing a read would restore."""
+    from analogai_deploy import package as pkgio
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(lenet_pkg, pkg)
+    run = Runner(tmp_path / "logs")
+    assert run.crash_at(["export", pkg, "-q"], CrashPoint("old folder being deleted", "shutil:rmtree", "before", ".pkg."))
+    assert not list(tmp_path.glob(".pkg.old-*"))
+    assert (pkg / "model.onnx").exists() and package_state(pkg) == "complete"  # the new state
+    shutil.rmtree(pkg)
+    with pytest.raises(Exception, match="no package"):
+        pkgio.read_config(pkg)  # nothing half-deleted comes back
+
+
 PUBLISH_POINTS = [
     CrashPoint("entry folder swapped, index not yet written", "analogai_deploy.zoo.local:_write_index", "before"),
     CrashPoint("entry folder parked, new one not yet renamed in", "os:rename", "before", ".tmp-"),
