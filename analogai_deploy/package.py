@@ -32,6 +32,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
 CERTIFICATE = "certificate.json"
+MAX_JSON = 64 * 1024 * 1024  # config.json / certificate.json: a few kB in practice
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; anything larger is hostile or corrupt
 #: files a package may hold at its top level besides tokenizer files; nothing else is written or read
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -71,6 +72,8 @@ def safe_name(name: str) -> str:
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
+        if path.stat().st_size > MAX_JSON:  # checked before reading: a hostile file could be any size
+            raise PackageError(f"{path} is {path.stat().st_size} bytes; package JSON files are small (corrupt or hostile)")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PackageError(f"{path.name} missing in {path.parent}") from None
