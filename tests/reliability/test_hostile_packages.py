@@ -78,6 +78,16 @@ def config_binary(p: Path) -> None:
     (p / pkgio.CONFIG).write_bytes(b"\xff\xfe\x00garbage")
 
 
+def config_huge(p: Path) -> None:
+    with open(p / pkgio.CONFIG, "r+b") as f:
+        f.truncate(1 << 30)  # 1 GiB (sparse): refused before it is read
+
+
+def certificate_huge(p: Path) -> None:
+    with open(p / pkgio.CERTIFICATE, "r+b") as f:
+        f.truncate(1 << 30)
+
+
 def config_missing(p: Path) -> None:
     (p / pkgio.CONFIG).unlink()
 
@@ -146,11 +156,13 @@ def certificate_not_an_object(p: Path) -> None:
     (p / pkgio.CERTIFICATE).write_text('"passed"')
 
 
-LOAD_CASES = [truncated, truncated_to_header, bit_flipped, header_flipped, oversized_header, header_past_the_end,
-              config_not_json, config_not_an_object, config_binary, config_missing, config_weights_outside,
-              config_weights_hash_changed, config_other_architecture, config_future_format,
-              config_section_wrong_type, config_runs_bundled_code, certificate_not_json, certificate_other_weights,
-              certificate_not_an_object]
+LOAD_CASES = [
+    truncated, truncated_to_header, bit_flipped, header_flipped, oversized_header, header_past_the_end,
+    config_not_json, config_not_an_object, config_binary, config_huge, config_missing, config_weights_outside,
+    config_weights_hash_changed, config_other_architecture, config_future_format, config_section_wrong_type,
+    config_runs_bundled_code, certificate_not_json, certificate_huge, certificate_other_weights,
+    certificate_not_an_object,
+]
 
 
 @pytest.fixture
