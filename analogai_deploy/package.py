@@ -73,7 +73,8 @@ def safe_name(name: str) -> str:
 def read_json(path: Path) -> dict[str, Any]:
     try:
         if path.stat().st_size > MAX_JSON:  # checked before reading: a hostile file could be any size
-            raise PackageError(f"{path} is {path.stat().st_size} bytes; package JSON files are small (corrupt or hostile)")
+            raise PackageError(f"{path} is {path.stat().st_size} bytes; package JSON files are small "
+                               "(corrupt or hostile)")
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PackageError(f"{path.name} missing in {path.parent}") from None

@@ -21,7 +21,9 @@ GiB = 2**30
 
 
 def activations_per_sample(model: nn.Module, input_shape: list[int]) -> int:
-    """Floats produced by all leaf modules for one sample (noise draws in a forked RNG: training's stream is untouched)."""
+    """Floats produced by all leaf modules for one sample.
+
+    The analog layers' noise draws happen in a forked RNG, so training's random stream is untouched."""
     total = 0
 
     def hook(_module, _inputs, output):

@@ -61,7 +61,8 @@ def test_export_killed_between_the_renames_of_the_swap(lenet_pkg, tmp_path):
     assert package_state(pkg) == "complete"
     assert not (pkg / "model.onnx").exists() and "export" not in pkgio.read_config(pkg)  # the old state
     assert run.to_end(["export", pkg, "-q"]) == 0
-    assert (pkg / "model.onnx").exists() and pkgio.read_config(pkg)["export"]["onnx"]["sha256"] == sha256(pkg / "model.onnx")
+    assert (pkg / "model.onnx").exists()
+    assert pkgio.read_config(pkg)["export"]["onnx"]["sha256"] == sha256(pkg / "model.onnx")
 
 
 def test_export_killed_while_the_old_folder_is_deleted(lenet_pkg, tmp_path):
@@ -71,7 +72,8 @@ def test_export_killed_while_the_old_folder_is_deleted(lenet_pkg, tmp_path):
     pkg = tmp_path / "pkg"
     shutil.copytree(lenet_pkg, pkg)
     run = Runner(tmp_path / "logs")
-    assert run.crash_at(["export", pkg, "-q"], CrashPoint("old folder being deleted", "shutil:rmtree", "before", ".pkg."))
+    point = CrashPoint("old folder being deleted", "shutil:rmtree", "before", ".pkg.")
+    assert run.crash_at(["export", pkg, "-q"], point)
     assert not list(tmp_path.glob(".pkg.old-*"))
     assert (pkg / "model.onnx").exists() and package_state(pkg) == "complete"  # the new state
     shutil.rmtree(pkg)
@@ -113,4 +115,5 @@ def test_publish_crash_point(point, lenet_pkg, tmp_path):
     assert pkgio.read_config(folder)["weights"]["sha256"] in shas
     zoo.pull("digits-cnn", zoo=z)
     assert run.to_end(argv) == 0, run.last_log.read_text()[-1500:]
-    assert pkgio.read_config(zoo.locate("digits-cnn", zoo=z))["weights"]["sha256"] == pkgio.read_config(new)["weights"]["sha256"]
+    served = pkgio.read_config(zoo.locate("digits-cnn", zoo=z))["weights"]["sha256"]
+    assert served == pkgio.read_config(new)["weights"]["sha256"]

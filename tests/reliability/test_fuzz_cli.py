@@ -36,8 +36,9 @@ RECIPE_KEYS = [
 
 scalars = st.one_of(
     st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(),
-    st.text(max_size=12), st.sampled_from(["true", "False", "null", "nan", "-inf", "1e400", "0x10", "adam", "sgd",
-                                           "cosine", "cuda:99", "cuda", "auto", "[", "]", "{", "'", '"', "~", "&a", "*a"]),
+    st.text(max_size=12),
+    st.sampled_from(["true", "False", "null", "nan", "-inf", "1e400", "0x10", "adam", "sgd", "cosine", "cuda:99",
+                     "cuda", "auto", "[", "]", "{", "'", '"', "~", "&a", "*a"]),
 )
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.text(max_size=8) | st.sampled_from(["act_inject", "sigma", "use", "rounds"]), inner, max_size=3), max_leaves=8)
@@ -45,7 +46,8 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.di
 
 def _key():
     mutated = st.builds(lambda k, cut, junk: (k[:cut] + junk) if junk else k,
-                        st.sampled_from(RECIPE_KEYS), st.integers(0, 40), st.sampled_from(["", ".", "..", "_", "x", " "]))
+                        st.sampled_from(RECIPE_KEYS), st.integers(0, 40),
+                        st.sampled_from(["", ".", "..", "_", "x", " "]))
     return st.one_of(st.sampled_from(RECIPE_KEYS), mutated, st.text(min_size=0, max_size=20))
 
 
@@ -131,7 +133,8 @@ def _recipe_docs():
 
     structured = st.lists(st.tuples(_key(), values), max_size=6).map(nest)
     mangled = st.builds(lambda text, cut, junk: text[:cut] + junk, structured, st.integers(0, 200),
-                        st.sampled_from(["", ":", "\t", "- ", "{", "&a [1, *a]", "\x00", "\ufeff", "!!python/object:os.system"]))
+                        st.sampled_from(["", ":", "\t", "- ", "{", "&a [1, *a]", "\x00", "\ufeff",
+                                         "!!python/object:os.system"]))
     raw = st.text(max_size=200) | st.binary(max_size=64).map(lambda b: b.decode("latin-1"))
     return st.one_of(structured, mangled, raw, st.just("!!python/object/apply:os.system ['echo pwned']\n"))
 
@@ -194,7 +197,8 @@ ONE_ROUND = ["training.rounds=1", "training.use_FL=false", "training.eval_draws=
 
 def _data_specs(folder: Path):
     prefixes = st.sampled_from(["", "digits", "digits:", "cifar10:", "mnist:", "imagefolder:", "cifar100:",
-                                f"imagefolder:{folder}", f"cifar10:{folder}", f"mnist:{folder}", "hf:", "/", "sentences"])
+                                f"imagefolder:{folder}", f"cifar10:{folder}", f"mnist:{folder}", "hf:", "/",
+                                "sentences"])
     return st.one_of(st.sampled_from(["digits", "digits ", "DIGITS", "cifar10", f"imagefolder:{folder}"]),
                      st.builds(lambda p, t: p + t, prefixes, st.text(max_size=12)), st.text(max_size=24))
 
