@@ -139,7 +139,7 @@ def test_export_kill_20(lenet_pkg, tmp_path, capsys):
 
 # ---- publish -----------------------------------------------------------------------------------------
 
-def publish_trials(lenet_pkg: Path, mlp_pkg: Path, tmp: Path, trials: int, seed: int = SEED + 2) -> Stats:
+def publish_trials(lenet_pkg: Path, tmp: Path, trials: int, seed: int = SEED + 2) -> Stats:
     """Replacing a zoo entry (--overwrite) and being killed: `pull` then gives the old or the new model."""
     import torch
     from zoo_helpers import certified_copy
@@ -193,10 +193,10 @@ def publish_trials(lenet_pkg: Path, mlp_pkg: Path, tmp: Path, trials: int, seed:
     return stats
 
 
-def test_publish_kill(lenet_pkg, mlp_pkg, tmp_path, capsys):
-    _report(capsys, publish_trials(lenet_pkg, mlp_pkg, tmp_path, trials=3))
+def test_publish_kill(lenet_pkg, tmp_path, capsys):
+    _report(capsys, publish_trials(lenet_pkg, tmp_path, trials=3))
 
 
 @pytest.mark.slow
-def test_publish_kill_20(lenet_pkg, mlp_pkg, tmp_path, capsys):
-    _report(capsys, publish_trials(lenet_pkg, mlp_pkg, tmp_path, trials=20))
+def test_publish_kill_20(lenet_pkg, tmp_path, capsys):
+    _report(capsys, publish_trials(lenet_pkg, tmp_path, trials=20))
