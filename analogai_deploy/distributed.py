@@ -362,6 +362,16 @@ def check_nproc(nproc: int) -> None:
         raise UsageError("--nproc inside a torchrun worker", "drop --nproc: torchrun already started the processes")
 
 
+def configure_cli(nproc: int, timeout: float | None) -> bool:
+    """Check --nproc / --dist-timeout and export the timeout for torchrun ranks; True on the rank that prints."""
+    check_nproc(nproc)
+    if timeout is not None:
+        if timeout <= 0:
+            raise UsageError(f"--dist-timeout must be a positive number of seconds, got {timeout:g}")
+        os.environ[TIMEOUT_ENV] = str(timeout)  # read when a torchrun rank joins the group
+    return is_main()
+
+
 def launch(argv: list[str], nproc: int, *, timeout: float | None = None, env: dict[str, str] | None = None,
            stdout: int | None = None) -> int:
     """Run `python ARGV` as `nproc` ranks on 127.0.0.1 and wait; returns the first non-zero exit code (or 0).

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import typer
 from typer.main import get_command
 
 from analogai_deploy.cli.app import app

@@ -259,21 +259,24 @@ def _time_points(cfg: CertifyConfig, device: DeviceConfig, rpu) -> list[tuple[st
 def monte_carlo(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], repeats: int, seed: int,
                 progress: Callable[..., Any] | None = None, first_repeat: int = 0) -> list[list[float]]:
     """values[time][repeat] for repeats first_repeat .. first_repeat + repeats - 1 (seed + r each)."""
-    if getattr(analog, "fast_engine", False):
-        from . import fast
+    if getattr(analog, "fast_engine", False):  # fast.FastModel: aihwkit's device model around the fused forward
+        program, drift, desc = analog.program, analog.drift, "certify (fast)"
+    else:
+        def program():
+            analog.eval()
+            analog.program_analog_weights()  # fresh programming noise for this repeat
 
-        return fast.monte_carlo(analog, bench, times, repeats, seed, progress, first_repeat)
+        drift, desc = analog.drift_analog_weights, "certify"
     values = [[0.0] * repeats for _ in times]
-    bar = progress(total=repeats * len(times), desc="certify", unit="eval") if progress else None
+    bar = progress(total=repeats * len(times), desc=desc, unit="eval") if progress else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_AIHWKIT_NOISE, category=UserWarning)
         try:
             for i in range(repeats):
                 torch.manual_seed(seed + first_repeat + i)
-                analog.eval()
-                analog.program_analog_weights()  # fresh programming noise for this repeat
+                program()
                 for j, (_, seconds) in enumerate(times):
-                    analog.drift_analog_weights(seconds)
+                    drift(seconds)
                     values[j][i] = score(bench.metric, run(analog, bench.data), bench.data, bench.reference)
                     if bar is not None:
                         bar.update(1)

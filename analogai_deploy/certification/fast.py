@@ -456,25 +456,3 @@ class FastModel(nn.Module):
         return {"analog_layers": len(self.layers), "tiles": sum(len(layer.tiles) for layer in self.layers),
                 "analog_weights": sum(math.prod(layer.shape) for layer in self.layers),
                 "digital_modules": digital, "total_params": total}
-
-
-def monte_carlo(model: FastModel, bench, times: list[tuple[str, float]], repeats: int, seed: int,
-                progress=None, first_repeat: int = 0) -> list[list[float]]:
-    """values[time][repeat], as certification.monte_carlo, on the fast engine."""
-    from .evaluation import run, score
-
-    values = [[0.0] * repeats for _ in times]
-    bar = progress(total=repeats * len(times), desc="certify (fast)", unit="eval") if progress else None
-    try:
-        for i in range(repeats):
-            torch.manual_seed(seed + first_repeat + i)
-            model.program()
-            for j, (_, seconds) in enumerate(times):
-                model.drift(seconds)
-                values[j][i] = score(bench.metric, run(model, bench.data), bench.data, bench.reference)
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return values

@@ -1,7 +1,6 @@
 """`certify`: Monte Carlo accuracy of a package on simulated analog chips (aihwkit) under drift."""
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -93,12 +92,7 @@ def certify(
     from .. import certification as cert_mod
     from .. import distributed
 
-    distributed.check_nproc(nproc)
-    if dist_timeout is not None and dist_timeout <= 0:
-        raise UsageError(f"--dist-timeout must be a positive number of seconds, got {dist_timeout:g}")
-    if dist_timeout is not None:
-        os.environ[distributed.TIMEOUT_ENV] = str(dist_timeout)  # read when a torchrun rank joins the group
-    main = distributed.is_main()
+    main = distributed.configure_cli(nproc, dist_timeout)
     out = output(json_ and main, quiet or not main)  # under torchrun only rank 0 prints
     given = {"device": device, "dac_bits": dac_bits, "adc_bits": adc_bits, "out_noise": out_noise,
              "tile_size": tile_size, "drift_compensation": drift_compensation, "n_w": n_w,

@@ -73,19 +73,12 @@ def recover(
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    import os
     from pathlib import Path
 
     from .. import distributed
-    from ..errors import UsageError
     from ..recovery import recover as run_recover, state_dir_for
 
-    distributed.check_nproc(nproc)
-    if dist_timeout is not None and dist_timeout <= 0:
-        raise UsageError(f"--dist-timeout must be a positive number of seconds, got {dist_timeout:g}")
-    if dist_timeout is not None:
-        os.environ[distributed.TIMEOUT_ENV] = str(dist_timeout)  # read when a torchrun rank joins the group
-    main = distributed.is_main()
+    main = distributed.configure_cli(nproc, dist_timeout)
     out = output(json_ and main, quiet or not main)  # under torchrun only rank 0 prints
     out.info(f"recovering {package} with recipe {recipe} on {data} ...")
     if resume:
