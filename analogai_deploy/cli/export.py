@@ -16,8 +16,8 @@ PyTorch within tolerance, else nothing is written and the exit code is 1.
 
 --to aihwkit writes model.aihwkit.pt: the model converted with aihwkit (PCM by default). That file
 is PICKLED (aihwkit's tile state cannot be stored otherwise): load it only if you trust its origin,
-with torch.load(path, weights_only=False) and analog_model.load_state_dict(state, load_rpu_config=True)
-on convert_to_analog(model, rpu_config) (see docs/export.md).
+with torch's loader (weights_only=False), then load_state_dict(state, load_rpu_config=True) on
+convert_to_analog(model, rpu_config) (see docs/export.md).
 
 Examples:
 

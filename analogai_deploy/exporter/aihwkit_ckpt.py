@@ -2,17 +2,9 @@
 
 The checkpoint is `torch.save(analog_model.state_dict())`: aihwkit's tile state (including its
 RPU config) is PICKLED, so the file is only for trusted use. The package's own weights stay in
-model.safetensors; this file is a convenience for people who continue in aihwkit. To load it:
-
-    import torch, analogai_deploy
-    from aihwkit.nn.conversion import convert_to_analog
-    from analogai_deploy.analog.convert import to_digital
-    from analogai_deploy.exporter.aihwkit_ckpt import rpu_config
-
-    model = to_digital(analogai_deploy.load(PKG).model)            # the architecture, digital
-    analog = convert_to_analog(model, rpu_config("PCM"))            # same device settings as the export
-    state = torch.load(f"{PKG}/model.aihwkit.pt", weights_only=False)  # pickled: trusted files only
-    analog.load_state_dict(state, load_rpu_config=True)
+model.safetensors; this file is a convenience for people who continue in aihwkit. docs/export.md
+shows how to load it (torch's loader with weights_only=False, then load_state_dict(..., load_rpu_config=True)
+on the model converted with `rpu_config(device)` from this module).
 """
 from __future__ import annotations
 
