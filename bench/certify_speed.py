@@ -17,15 +17,6 @@ import time
 import torch
 
 
-def median_time(fn, n: int) -> float:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="lenet")
@@ -39,6 +30,7 @@ def main() -> None:
     from analogai_deploy.certification import CertifyConfig, DeviceConfig, _bench, _to_aihwkit, monte_carlo
     from analogai_deploy.certification.devices import rpu_config
     from analogai_deploy.certification.evaluation import run, score
+    from analogai_deploy.benchmarks import median_time
 
     with tempfile.TemporaryDirectory() as tmp:
         ad.convert(args.model, output=f"{tmp}/pkg", num_classes=10)

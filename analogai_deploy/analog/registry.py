@@ -34,6 +34,3 @@ def analog_class_for(module: nn.Module) -> type[nn.Module] | None:
     """The analog class for this module's exact type (subclasses are not guessed: they may change forward)."""
     return _LAYERS.get(type(module))
 
-
-def registered() -> dict[str, str]:
-    return {k.__name__: v.__name__ for k, v in _LAYERS.items()}
