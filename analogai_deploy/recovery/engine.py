@@ -214,6 +214,23 @@ def read_checkpoint(state_dir: Path, identity: dict[str, str], mode: str) -> tup
     return load_file(str(state_dir / meta["tensors"])), meta
 
 
+def close_round(trainer: Any, model: nn.Module, entry: dict[str, Any], snapshot: Callable[[], None]) -> None:
+    """End a round of any trainer: validate `model` (at the recipe's eval sigma and clean), count the round,
+    keep the best round (model selection on validation, never test) and the rounds since it (early stopping)."""
+    t = trainer.t
+    val = evaluate(model, trainer.val_batches, t.eval_sigma, t.eval_draws)
+    clean = evaluate(model, trainer.val_batches, 0.0)
+    entry["val"] = {"acc": val["acc"], "loss": val["loss"], "sigma": t.eval_sigma, "clean_acc": clean["acc"]}
+    trainer.round += 1
+    if not trainer.best or val["acc"] > trainer.best["val_acc"]:
+        trainer.best = {"round": trainer.round, "val_acc": val["acc"], "val_loss": val["loss"],
+                        "val_sigma": t.eval_sigma, "val_clean_acc": clean["acc"]}
+        snapshot()
+        trainer.since_best = 0
+    else:
+        trainer.since_best += 1
+
+
 def divergence_hint(state_dir: Path, rounds_done: int) -> str:
     kept = f"round {rounds_done}'s checkpoint stays in {state_dir}" if rounds_done else "no round finished"
     return f"lower training.lr and run again; {kept}"
@@ -444,21 +461,14 @@ class Trainer:
                 msnat.fuse(self.clients, a, self.fused)
             msnat.broadcast(self.fused, self.clients, self.r.fusion.keep if self.r.fusion.momentum_broadcast else 0.0)
             entry["fusion_weights"] = a
-        val = evaluate(self.fused, self.val_batches, self.t.eval_sigma, self.t.eval_draws)
-        clean = evaluate(self.fused, self.val_batches, 0.0)
-        entry["val"] = {"acc": val["acc"], "loss": val["loss"], "sigma": self.t.eval_sigma, "clean_acc": clean["acc"]}
-        self.round += 1
-        if not self.best or val["acc"] > self.best["val_acc"]:
-            self.best = {"round": self.round, "val_acc": val["acc"], "val_loss": val["loss"],
-                         "val_sigma": self.t.eval_sigma, "val_clean_acc": clean["acc"]}
-            self.best_state = _state(self.fused)
-            self.best_ranges = _act_ranges(self.fused)
-            self.since_best = 0
-        else:
-            self.since_best += 1
+        close_round(self, self.fused, entry, self._snapshot_best)
         entry["seconds"] = round(time.perf_counter() - start, 3)
         self.log.append(entry)
         return entry
+
+    def _snapshot_best(self) -> None:
+        self.best_state = _state(self.fused)
+        self.best_ranges = _act_ranges(self.fused)
 
     def divergence_hint(self) -> str:
         return divergence_hint(self.state_dir, self.round)

@@ -116,21 +116,14 @@ class HwaTrainer:
         if bar is not None:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", refresh=False)
         self._sync()
-        val = engine.evaluate(self.model, self.val_batches, self.t.eval_sigma, self.t.eval_draws)
-        clean = engine.evaluate(self.model, self.val_batches, 0.0)
-        self.round += 1
-        entry = {"round": self.round, "lr": lr, "clients": [stats],
-                 "val": {"acc": val["acc"], "loss": val["loss"], "sigma": self.t.eval_sigma, "clean_acc": clean["acc"]}}
-        if not self.best or val["acc"] > self.best["val_acc"]:
-            self.best = {"round": self.round, "val_acc": val["acc"], "val_loss": val["loss"],
-                         "val_sigma": self.t.eval_sigma, "val_clean_acc": clean["acc"]}
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.since_best = 0
-        else:
-            self.since_best += 1
+        entry: dict[str, Any] = {"round": self.round + 1, "lr": lr, "clients": [stats]}
+        engine.close_round(self, self.model, entry, self._snapshot_best)
         entry["seconds"] = round(time.perf_counter() - start, 3)
         self.log.append(entry)
         return entry
+
+    def _snapshot_best(self) -> None:
+        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def save(self) -> None:
         tensors: dict[str, torch.Tensor] = {}
