@@ -25,9 +25,10 @@ _LAZY = {
     "Package": "analogai_deploy.package",
     "convert": "analogai_deploy.api",
     "load": "analogai_deploy.api",
-    # stage verbs live with their stage (subpackage names differ from the verbs, so they never shadow them)
-    "recover": "analogai_deploy.recovery",
-    "certify": "analogai_deploy.certification",
+    # recover / certify: the stage functions plus nproc (launcher.py runs a stage on N local processes);
+    # subpackage names differ from the verbs, so they never shadow them
+    "recover": "analogai_deploy.launcher",
+    "certify": "analogai_deploy.launcher",
     "export": "analogai_deploy.exporter",
     "from_pretrained": "analogai_deploy.zoo",
 }

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analogai_deploy import distributed
+from analogai_deploy import distributed, launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def _env(rank: int, world: int, port: int, timeout: float) -> dict[str, str]:
 
 def _run_ranks(script: Path, mode: str, world: int = 2, timeout: float = 20.0) -> list[tuple[int, str]]:
     """Start `world` ranks by hand (no launcher to kill anyone): what each rank does on its own."""
-    port = distributed.free_port()
+    port = launcher.free_port()
     procs = [subprocess.Popen([sys.executable, str(script), mode], env=_env(r, world, port, timeout),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
     out = []
@@ -111,8 +111,8 @@ def test_a_rank_that_dies_does_not_hang_the_others(worker):
 def test_launcher_stops_the_run_when_a_rank_fails_before_joining(worker):
     # rank 0 would wait in the rendezvous for the full timeout; the launcher kills it after GRACE_S instead
     start = time.monotonic()
-    code = distributed.launch([str(worker), "early"], 2, timeout=300.0, env={"PYTHONPATH": str(ROOT)},
-                              stdout=subprocess.DEVNULL)
+    code = launcher.launch([str(worker), "early"], 2, timeout=300.0, env={"PYTHONPATH": str(ROOT)},
+                           stdout=subprocess.DEVNULL)
     assert code != 0
     assert time.monotonic() - start < 120.0
 
@@ -276,3 +276,23 @@ def test_distributed_recover_resumes_where_one_process_ends(lenet_pkg, tmp_path)
         assert torch.allclose(a[key].float(), b[key].float(), atol=5e-3), key
     assert json.loads(resumed.stdout)["training"]["best"]["val_acc"] == pytest.approx(
         one.config["training"]["best"]["val_acc"], abs=0.01)
+
+
+def test_layers_have_no_import_circle():
+    # distributed.py knows no stage; the stages never import the launcher that sits above them
+    import ast
+
+    def imports(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                found.add(("." * node.level) + (node.module or "") + ":" + ",".join(a.name for a in node.names))
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        return found
+
+    pkg = ROOT / "analogai_deploy"
+    assert not [i for i in imports(pkg / "distributed.py") if any(s in i for s in ("certification", "recovery",
+                                                                                     "launcher"))]
+    for stage in [*(pkg / "certification").glob("*.py"), *(pkg / "recovery").glob("*.py")]:
+        assert not [i for i in imports(stage) if "launcher" in i], stage

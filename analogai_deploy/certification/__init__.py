@@ -355,6 +355,44 @@ def _data_block(bench: _Bench) -> dict[str, Any]:
     return {"spec": bench.data.spec, "fingerprint": bench.data.fingerprint, "split": split, "n": bench.data.n}
 
 
+def resolve(
+    package: str | Path,
+    device: str | DeviceConfig = "PCM",
+    data: str | None = None,
+    times: str | list[str] | None = None,
+    repeats: int = 10,
+    seed: int = 0,
+    *,
+    config: CertifyConfig | None = None,
+    max_drop: float | None = None,
+    at: str = "1d",
+    metric: str = "auto",
+    preset: str | None = None,
+    tile: str = "auto",
+    device_file: str | Path | None = None,
+    match_qat: bool = False,
+    limit: int | None = None,
+    engine: str = "aihwkit",
+    **io: Any,
+) -> tuple[str | Path, CertifyConfig, str, Any, list[tuple[str, float]]]:
+    """`certify`'s arguments checked and resolved before the slow part starts (the launcher checks them
+    before it spawns processes): (package folder, config, tile kind, rpu config, time points)."""
+    if config is not None and io:
+        raise UsageError(f"{', '.join(io)} given beside a CertifyConfig", "set them in config.device.io")
+    cfg = config or CertifyConfig(
+        device=_device_config(device, device_file, preset, tile, io), data=data, metric=metric,
+        times=[times] if isinstance(times, (int, float)) else times, repeats=repeats, seed=seed,
+        max_drop=max_drop, at=at, limit=limit, match_qat=match_qat, engine=engine,
+    )
+    if isinstance(cfg.times, str):
+        cfg.times = cfg.times.split(",")
+    package = getattr(package, "path", package)  # a Package object or its folder
+    cfg = _resolved(package, cfg)
+    tile_kind = _tile_for(cfg)
+    rpu = rpu_config(cfg.device, tile_kind)
+    return package, cfg, tile_kind, rpu, _time_points(cfg, cfg.device, rpu)
+
+
 def certify(
     package: str | Path,
     device: str | DeviceConfig = "PCM",
@@ -375,8 +413,6 @@ def certify(
     engine: str = "aihwkit",
     progress: Callable[..., Any] | None = None,
     write: bool = True,
-    nproc: int = 1,
-    dist_timeout: float | None = None,
     **io: Any,
 ) -> Certificate:
     """Monte Carlo certificate of `package` on a simulated analog device; written into the package.
@@ -386,25 +422,12 @@ def certify(
     `data`: default digits for image packages, built-in sentences for text packages (label-free).
     `engine`: aihwkit (its tiles) or fast (its device model around the fused forward; see fast.py).
     `progress(total=..., desc=...)`: a tqdm-like bar factory. Pass `config` to give everything at once.
-    `nproc`: spread the repeats over that many local processes (see distributed.py; under torchrun the
-    repeats spread over its ranks by themselves); the same seed gives the same certificate.
+    This process only (under torchrun the repeats spread over its ranks by themselves);
+    `analogai_deploy.certify(..., nproc=N)` (launcher.py) spreads them over N local processes.
     """
-    if config is not None and io:
-        raise UsageError(f"{', '.join(io)} given beside a CertifyConfig", "set them in config.device.io")
-    cfg = config or CertifyConfig(
-        device=_device_config(device, device_file, preset, tile, io), data=data, metric=metric,
-        times=[times] if isinstance(times, (int, float)) else times, repeats=repeats, seed=seed,
-        max_drop=max_drop, at=at, limit=limit, match_qat=match_qat, engine=engine,
-    )
-    if isinstance(cfg.times, str):
-        cfg.times = cfg.times.split(",")
-    package = getattr(package, "path", package)  # a Package object or its folder
-    cfg = _resolved(package, cfg)
-    tile_kind = _tile_for(cfg)  # settings are checked before the slow part starts
-    rpu = rpu_config(cfg.device, tile_kind)
-    times_ = _time_points(cfg, cfg.device, rpu)
-    if nproc != 1:
-        return _certify_on(nproc, package, cfg, write, progress is not None, dist_timeout)
+    package, cfg, tile_kind, rpu, times_ = resolve(
+        package, device, data, times, repeats, seed, config=config, max_drop=max_drop, at=at, metric=metric,
+        preset=preset, tile=tile, device_file=device_file, match_qat=match_qat, limit=limit, engine=engine, **io)
     bench = _bench(package, cfg)
     start = time.perf_counter()
     analog = _simulator(cfg, bench.digital, rpu)
@@ -448,22 +471,6 @@ def _is_main() -> bool:
     from .. import distributed
 
     return distributed.is_main()
-
-
-def _certify_on(nproc: int, package: str | Path, cfg: CertifyConfig, write: bool, progress: bool,
-                timeout: float | None) -> Certificate:
-    """certify on `nproc` local ranks (distributed.run_job); the merged certificate from rank 0."""
-    from .. import distributed
-
-    distributed.check_nproc(nproc)
-    if not Path(package).is_dir():
-        raise UsageError(f"no package folder at {package}", "pass the folder written by convert or recover")
-    res = distributed.run_job("certify", {"package": str(Path(package).resolve()), "config": cfg.to_dict(),
-                                          "write": write}, nproc, progress=progress, timeout=timeout)
-    cert = Certificate(res["certificate"])
-    cert.timing = {**res["timing"], "processes": nproc}
-    cert.path = Path(res["path"]) if res.get("path") else None
-    return cert
 
 
 def _write_certificate(bench: _Bench, cert: Certificate) -> Path:
@@ -511,24 +518,10 @@ def parse_sweep(text: str) -> tuple[str, list[float]]:
     return key, [round(v, 12) for v in values]
 
 
-def sweep(
-    package: str | Path,
-    param: str,
-    values: list[float] | None = None,
-    *,
-    config: CertifyConfig | None = None,
-    progress: Callable[..., Any] | None = None,
-    write: bool = True,
-    nproc: int = 1,
-    dist_timeout: float | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """The metric vs one device setting (the seed's inference script: accuracy vs n_w).
-
-    `param` is 'n_w' with `values`, or a whole spec 'n_w=0:0.2:10'. Other keywords as `certify`.
-    Writes sweep.csv and sweep.png into the package. One aihwkit conversion per value (the setting
-    changes the tiles), Monte Carlo as in `certify` at every time.
-    """
+def sweep_plan(package: str | Path, param: str, values: list[float] | None, config: CertifyConfig | None,
+               kwargs: dict[str, Any]) -> tuple[str, list[float], CertifyConfig, list[tuple]]:
+    """`sweep`'s arguments checked, and every value's tiles and times, before the slow part starts."""
+    kwargs = dict(kwargs)
     if values is None:
         param, values = parse_sweep(param)
     else:
@@ -555,14 +548,26 @@ def sweep(
         tile_kind = _tile_for(cfg, dev)
         rpu = rpu_config(dev, tile_kind)
         plans.append((value, dev, tile_kind, rpu, _time_points(cfg, dev, rpu)))
-    if nproc != 1:
-        from .. import distributed
+    return param, values, cfg, plans
 
-        distributed.check_nproc(nproc)
-        return distributed.run_job("sweep", {"package": str(Path(getattr(package, "path", package)).resolve()),
-                                             "param": param, "values": values, "config": cfg.to_dict(),
-                                             "write": write}, nproc, progress=progress is not None,
-                                   timeout=dist_timeout)
+
+def sweep(
+    package: str | Path,
+    param: str,
+    values: list[float] | None = None,
+    *,
+    config: CertifyConfig | None = None,
+    progress: Callable[..., Any] | None = None,
+    write: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The metric vs one device setting (the seed's inference script: accuracy vs n_w).
+
+    `param` is 'n_w' with `values`, or a whole spec 'n_w=0:0.2:10'. Other keywords as `certify`.
+    Writes sweep.csv and sweep.png into the package. One aihwkit conversion per value (the setting
+    changes the tiles), Monte Carlo as in `certify` at every time.
+    """
+    param, values, cfg, plans = sweep_plan(package, param, values, config, kwargs)
     bench = _bench(package, cfg)
     rows: list[dict[str, Any]] = []
     total = sum(cfg.repeats * len(p[-1]) for p in plans)

@@ -1,4 +1,4 @@
-"""`bench ablation` / `bench speed`: the benchmarks behind BENCHMARKS.md (logic in analogai_deploy/benchmarks.py)."""
+"""`bench ablation` / `bench speed`: the benchmarks behind BENCHMARKS.md (logic in analogai_deploy/benchmarks/)."""
 from __future__ import annotations
 
 from typing import Annotated

@@ -90,7 +90,7 @@ def certify(
 ) -> None:
     from ..errors import OperationFailed, UsageError
     from .. import certification as cert_mod
-    from .. import distributed
+    from .. import distributed, launcher
 
     main = distributed.configure_cli(nproc, dist_timeout)
     out = output(json_ and main, quiet or not main)  # under torchrun only rank 0 prints
@@ -119,13 +119,13 @@ def certify(
             raise UsageError("--max-drop gates a certificate, not a sweep", "run the sweep and the gate separately")
         param, values = cert_mod.parse_sweep(sweep)
         out.info(f"sweeping {param} over {len(values)} values on {device_name} ...")
-        result = cert_mod.sweep(package, param, values, progress=out.progress if out.mode == "human" else None,
+        result = launcher.sweep(package, param, values, progress=out.progress if out.mode == "human" else None,
                                 **kwargs)
         out.result(result, _sweep_text)
         return
 
     out.info(f"certifying {package} on {device_name} ...")
-    cert = cert_mod.certify(package, progress=out.progress if out.mode == "human" else None, **kwargs)
+    cert = launcher.certify(package, progress=out.progress if out.mode == "human" else None, **kwargs)
     t = cert.timing
     sim = "fast engine" if cert.get("engine") == "fast" else f"aihwkit ({cert['tile']} tiles)"
     out.info(f"{sim}: {1e3 * t['per_eval_s']:.0f} ms per repeat x time point, "

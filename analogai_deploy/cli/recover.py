@@ -76,7 +76,8 @@ def recover(
     from pathlib import Path
 
     from .. import distributed
-    from ..recovery import recover as run_recover, state_dir_for
+    from ..launcher import recover as run_recover
+    from ..recovery import state_dir_for
 
     main = distributed.configure_cli(nproc, dist_timeout)
     out = output(json_ and main, quiet or not main)  # under torchrun only rank 0 prints

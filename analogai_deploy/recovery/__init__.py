@@ -49,6 +49,10 @@ def _overrides(overrides: list[str] | dict[str, Any] | None, kwargs: dict[str, A
     return overrides or []
 
 
+def output_for(pkg, rec: Recipe, output: str | Path | None) -> Path:
+    return Path(output) if output is not None else pkg.path.parent / f"{pkg.path.name}-{rec.name}"
+
+
 def prepare(package, recipe, data, overrides=None):
     """Load and check everything a run needs; raises UsageError before any training."""
     from .. import data as data_mod
@@ -83,8 +87,6 @@ def recover(
     resume: bool = False,
     progress: Callable[..., Any] | None = None,
     on_round: Callable[[dict], None] | None = None,
-    nproc: int = 1,
-    dist_timeout: float | None = None,
     **kw_overrides: Any,
 ):
     """Retrain `package` with `recipe` on `data` and write the recovered package to `output`.
@@ -92,8 +94,9 @@ def recover(
     `package`: a folder or a loaded Package. `recipe`: a shipped name, a YAML path or a Recipe.
     `data`: a dataset spec ("digits", "cifar10:PATH", ...) or a loaded Data. Overrides: dotted keys,
     e.g. overrides=["training.rounds=5"] or **{"training.use_FL": False}. Returns the new Package.
-    `nproc`: train on that many local processes (torch.distributed; see distributed.py). Under torchrun
-    every rank calls recover; rank 0 writes the package and returns it, the others return None.
+    This process only: under torchrun every rank calls recover (MSNAT clients spread over the ranks,
+    see parallel.py); rank 0 writes the package and returns it, the others return None.
+    `analogai_deploy.recover(..., nproc=N)` (launcher.py) starts N local processes.
     """
     from .. import distributed
     from .. import package as pkg_mod
@@ -103,15 +106,12 @@ def recover(
 
     merged = _overrides(overrides, kw_overrides)
     pkg, rec, ds = prepare(package, recipe, data, merged)
-    out_path = Path(output) if output is not None else pkg.path.parent / f"{pkg.path.name}-{rec.name}"
+    out_path = output_for(pkg, rec, output)
     state_dir = state_dir_for(out_path)
-    if nproc != 1 or distributed.world() > 1:
-        distributed.check_recover(rec, data, recipe, nproc)
-    if nproc != 1:
-        res = distributed.run_job("recover", {
-            "package": str(pkg.path.resolve()), "recipe": str(recipe), "data": data, "output": str(out_path.resolve()),
-            "overrides": merged, "resume": resume}, nproc, progress=progress is not None, timeout=dist_timeout)
-        return pkg_mod.load(res["package"])
+    if distributed.world() > 1:
+        from .parallel import check_recover
+
+        check_recover(rec, data, recipe)
     if not resume and state_dir.exists() and distributed.is_main():
         discard_checkpoint(state_dir)  # a fresh run never mixes with an old checkpoint
     identity = {"recipe_sha256": rec.sha256(), "weights_sha256": pkg.weights_sha256, "data_fingerprint": ds.fingerprint}

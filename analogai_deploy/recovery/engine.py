@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .. import distributed
 from ..errors import OperationFailed, UsageError
-from . import msnat
+from . import msnat, parallel
 from .recipe import Recipe
 
 EVAL_SEED = 12345  # validation noise draws are the same every round and every run
@@ -325,8 +325,8 @@ class Trainer:
         # torch.distributed (distributed.py): with FI each rank trains its share of the clients, without FI
         # the ranks split every mini-batch (data parallel); one process trains everything
         self.dist = distributed.world() > 1
-        self.mine = distributed.client_share(n_clients) if self.dist and self.fi else range(n_clients)
-        self.dp = distributed.DataParallel() if self.dist and not self.fi else None
+        self.mine = parallel.client_share(n_clients) if self.dist and self.fi else range(n_clients)
+        self.dp = parallel.DataParallel() if self.dist and not self.fi else None
         # K deep copies made once; the fused model is separate so momentum broadcast keeps the clients distinct
         self.clients = [model] + [copy.deepcopy(model) for _ in range(n_clients - 1)]
         self.fused = copy.deepcopy(model) if self.fi else model
@@ -438,7 +438,7 @@ class Trainer:
                     stats = self._client_epoch(k, e, bar)
                 clients[k] = stats
         if self.dist and self.fi:
-            return distributed.gather_clients(clients, len(self.clients))
+            return parallel.gather_clients(clients, len(self.clients))
         return list(clients.values())
 
     def run_round(self, bar=None) -> dict[str, Any]:
@@ -453,10 +453,10 @@ class Trainer:
             accs = None
             if self.r.fusion.weights == "accuracy":
                 accs = {k: evaluate(self.clients[k], self.val_batches, self.sigmas[k], 1)["acc"] for k in self.mine}
-                accs = distributed.gather_clients(accs, len(self.clients)) if self.dist else list(accs.values())
+                accs = parallel.gather_clients(accs, len(self.clients)) if self.dist else list(accs.values())
             a = msnat.fusion_weights(len(self.clients), accs)
             if self.dist:  # FI as an all-reduce: each rank adds its clients' a_k w_k
-                distributed.fuse(self.clients, a, self.fused, self.mine)
+                parallel.fuse(self.clients, a, self.fused, self.mine)
             else:
                 msnat.fuse(self.clients, a, self.fused)
             msnat.broadcast(self.fused, self.clients, self.r.fusion.keep if self.r.fusion.momentum_broadcast else 0.0)
@@ -482,7 +482,7 @@ class Trainer:
             opt_meta = _flatten(self.optimizers[k].state_dict(), "opt", opt_tensors)
             state = {key: v.detach().cpu() for key, v in self.clients[k].state_dict().items()}
             mine[k] = (state, _act_ranges(self.clients[k]), opt_meta, opt_tensors)
-        for k, (state, ranges, opt_meta, opt_tensors) in enumerate(distributed.gather_clients(mine, len(self.clients))):
+        for k, (state, ranges, opt_meta, opt_tensors) in enumerate(parallel.gather_clients(mine, len(self.clients))):
             if k not in self.mine:
                 self.clients[k].load_state_dict(state)
                 _set_act_ranges(self.clients[k], ranges, self.device)

@@ -1,0 +1,253 @@
+"""Run a stage on N local ranks: the `--nproc` launcher, above the stages it launches.
+
+    analogai_deploy.certify("runs/lenet", repeats=40, nproc=4)   # = certification.certify on 4 processes
+    analogai_deploy.recover("runs/lenet", "msnat", nproc=5)      # one MSNAT client per process
+
+`certify`, `sweep` and `recover` here are the public verbs: with nproc=1 they are the stage functions
+(certification.certify, certification.sweep, recovery.recover); with nproc > 1 they check everything the
+stage would check, then start `nproc` workers of this module (`python -m analogai_deploy.launcher JOB`),
+each of which calls the stage with WORLD_SIZE/RANK set, and return rank 0's result. The stages call only
+the stage-free helpers of distributed.py, so nothing below imports this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from . import distributed
+from .errors import OperationFailed, UsageError
+
+GRACE_S = 5.0  # after one worker fails, how long the others get to exit on their own before they are killed
+
+
+# ---- the public verbs with nproc -------------------------------------------------------------------------
+
+def certify(package, *args: Any, nproc: int = 1, dist_timeout: float | None = None, **kwargs: Any):
+    """`certification.certify` (same arguments); nproc > 1 spreads the repeats over that many local
+    processes, with the same seed giving the same certificate."""
+    from . import certification
+
+    if nproc == 1:
+        return certification.certify(package, *args, **kwargs)
+    distributed.check_nproc(nproc)
+    progress, write = kwargs.pop("progress", None), kwargs.pop("write", True)
+    package, cfg, *_ = certification.resolve(package, *args, **kwargs)  # bad settings fail before any spawn
+    if not Path(package).is_dir():
+        raise UsageError(f"no package folder at {package}", "pass the folder written by convert or recover")
+    res = run_job("certify", {"package": str(Path(package).resolve()), "config": cfg.to_dict(), "write": write},
+                  nproc, progress=progress is not None, timeout=dist_timeout)
+    cert = certification.Certificate(res["certificate"])
+    cert.timing = {**res["timing"], "processes": nproc}
+    cert.path = Path(res["path"]) if res.get("path") else None
+    return cert
+
+
+def sweep(package, param: str, values: list[float] | None = None, *, nproc: int = 1,
+          dist_timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
+    """`certification.sweep` (same arguments), optionally on `nproc` local processes."""
+    from . import certification
+
+    if nproc == 1:
+        return certification.sweep(package, param, values, **kwargs)
+    distributed.check_nproc(nproc)
+    progress, write = kwargs.pop("progress", None), kwargs.pop("write", True)
+    param, values, cfg, _ = certification.sweep_plan(package, param, values, kwargs.pop("config", None), kwargs)
+    return run_job("sweep", {"package": str(Path(getattr(package, "path", package)).resolve()), "param": param,
+                             "values": values, "config": cfg.to_dict(), "write": write},
+                   nproc, progress=progress is not None, timeout=dist_timeout)
+
+
+def recover(package, recipe="msnat", data="digits", output=None, *, overrides=None, resume: bool = False,
+            progress: Callable[..., Any] | None = None, nproc: int = 1, dist_timeout: float | None = None,
+            **kwargs: Any):
+    """`recovery.recover` (same arguments); nproc > 1 trains on that many local processes (MSNAT clients
+    spread over them, other recipes data parallel). Returns the written package."""
+    from . import package as pkg_mod
+    from . import recovery
+
+    if nproc == 1:
+        return recovery.recover(package, recipe, data, output, overrides=overrides, resume=resume,
+                                progress=progress, **kwargs)
+    from .recovery.parallel import check_recover
+
+    distributed.check_nproc(nproc)
+    on_round = kwargs.pop("on_round", None)
+    if on_round is not None:
+        raise UsageError("on_round runs in this process; with nproc > 1 training runs in others", "drop on_round")
+    merged = recovery._overrides(overrides, kwargs)
+    pkg, rec, _ = recovery.prepare(package, recipe, data, merged)
+    out_path = recovery.output_for(pkg, rec, output)
+    check_recover(rec, data, recipe, nproc)
+    res = run_job("recover", {"package": str(pkg.path.resolve()), "recipe": str(recipe), "data": data,
+                              "output": str(out_path.resolve()), "overrides": merged, "resume": resume},
+                  nproc, progress=progress is not None, timeout=dist_timeout)
+    return pkg_mod.load(res["package"])
+
+
+# ---- the launcher ------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(argv: list[str], nproc: int, *, timeout: float | None = None, env: dict[str, str] | None = None,
+           stdout: int | None = None) -> int:
+    """Run `python ARGV` as `nproc` ranks on 127.0.0.1 and wait; returns the first non-zero exit code (or 0).
+
+    When a worker fails the others get GRACE_S seconds to stop on their own (they usually fail too, with
+    the same message), then they are killed: no run outlives its first failure by more than that.
+    """
+    distributed.check_nproc(nproc)
+    port = str(free_port())
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    procs = []
+    for r in range(nproc):
+        worker_env = {**os.environ, **(env or {}), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                      "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+                      "GROUP_RANK": "0"}
+        worker_env.setdefault("OMP_NUM_THREADS", threads)  # as torchrun: the cores are shared by the ranks
+        if timeout is not None:
+            worker_env[distributed.TIMEOUT_ENV] = str(timeout)
+        procs.append(subprocess.Popen([sys.executable, *argv], env=worker_env, stdout=stdout))
+    code = 0
+    try:
+        failed_at = None
+        while True:
+            codes = [p.poll() for p in procs]
+            bad = [c for c in codes if c not in (None, 0)]
+            if bad and failed_at is None:
+                code, failed_at = bad[0], time.monotonic()
+            if all(c is not None for c in codes):
+                break
+            if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.05)
+    except BaseException:  # Ctrl-C or an error here: never leave workers behind
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT) if sys.platform != "win32" else p.kill()
+        for p in procs:
+            try:
+                p.wait(GRACE_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    return code if code >= 0 else 1  # killed by a signal -> a plain failure code
+
+
+# ---- jobs: a Python API call run on N local ranks -----------------------------------------------------
+
+def run_job(job: str, kwargs: dict[str, Any], nproc: int, *, progress: bool = False,
+            timeout: float | None = None) -> dict[str, Any]:
+    """Run JOBS[job](**kwargs) on `nproc` local ranks; rank 0's JSON result, or the failing rank's error."""
+    distributed.check_nproc(nproc)
+    with tempfile.TemporaryDirectory(prefix="analogai-dist-") as tmp:
+        spec = Path(tmp) / "job.json"
+        spec.write_text(json.dumps({"job": job, "kwargs": kwargs, "progress": progress}), encoding="utf-8")
+        code = launch(["-m", __name__, str(spec)], nproc, timeout=timeout, stdout=_stderr_fd())
+        result = Path(tmp) / "result.json"
+        if code == 0 and result.exists():
+            return json.loads(result.read_text(encoding="utf-8"))
+        reports = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(tmp).glob("error-*.json"))]
+        if reports:
+            first = min(reports, key=lambda r: (r.get("time", 0.0), r["rank"]))
+            cls = UsageError if first.get("exit_code") == 2 else OperationFailed
+            err = cls(f"{job} on {nproc} processes: rank {first['rank']}: {first['message']}", first.get("hint"))
+            err.exit_code = first.get("exit_code", err.exit_code)
+            raise err
+        raise OperationFailed(f"{job} on {nproc} processes: a worker exited with code {code}",
+                              "see the messages above; ANALOGAI_DEBUG=1 shows each rank's traceback")
+
+
+def _stderr_fd() -> int | None:
+    """Workers' stdout goes to our stderr: the launching process alone prints results."""
+    try:
+        return sys.stderr.fileno()
+    except (OSError, ValueError, AttributeError):  # a captured stderr without a descriptor
+        return subprocess.DEVNULL
+
+
+def _progress_factory(enabled: bool):
+    if not enabled or not distributed.is_main():
+        return None
+
+    def bar(iterable=None, **kw):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kw)
+
+    return bar
+
+
+def _certify_job(kwargs: dict[str, Any], progress) -> dict[str, Any]:
+    from .certification import CertifyConfig, certify as certify_stage
+
+    cfg = CertifyConfig.from_dict(kwargs.pop("config"))
+    cert = certify_stage(kwargs.pop("package"), config=cfg, progress=progress, **kwargs)
+    return {"certificate": dict(cert), "timing": cert.timing, "path": str(cert.path) if cert.path else None}
+
+
+def _sweep_job(kwargs: dict[str, Any], progress) -> dict[str, Any]:
+    from .certification import CertifyConfig, sweep as sweep_stage
+
+    cfg = CertifyConfig.from_dict(kwargs.pop("config"))
+    return sweep_stage(kwargs.pop("package"), kwargs.pop("param"), kwargs.pop("values"), config=cfg, progress=progress,
+                 **kwargs)
+
+
+def _recover_job(kwargs: dict[str, Any], progress) -> dict[str, Any]:
+    from .recovery import recover as recover_stage
+
+    pkg = recover_stage(kwargs.pop("package"), kwargs.pop("recipe"), kwargs.pop("data"), kwargs.pop("output"),
+                  progress=progress, **kwargs)
+    return {"package": str(pkg.path) if pkg is not None else None}
+
+
+JOBS = {"certify": _certify_job, "sweep": _sweep_job, "recover": _recover_job}
+
+
+def _worker(spec_path: str) -> int:
+    """One rank of `run_job`: run the job; rank 0 writes result.json, a failing rank error-RANK.json."""
+    import torch
+
+    spec_file = Path(spec_path)
+    spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    my_rank = int(os.environ.get("RANK", "0"))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        distributed.init()
+        result = JOBS[spec["job"]](spec["kwargs"], _progress_factory(spec["progress"]))
+        if distributed.is_main():
+            tmp = spec_file.with_name("result.json.tmp")
+            tmp.write_text(json.dumps(result, default=str), encoding="utf-8")
+            tmp.replace(spec_file.with_name("result.json"))
+        return 0
+    except Exception as exc:  # noqa: BLE001 - reported to the launching process, which raises it
+        if os.environ.get("ANALOGAI_DEBUG"):
+            traceback.print_exc()
+        report = {**distributed._describe(exc), "time": time.time()}
+        report.setdefault("rank", my_rank)
+        spec_file.with_name(f"error-{my_rank}.json").write_text(json.dumps(report), encoding="utf-8")
+        return int(report.get("exit_code") or 1)
+    finally:
+        distributed.teardown()
+
+
+if __name__ == "__main__":
+    # run the importable module's worker, so its RankFailed is the class the library raises (not __main__'s)
+    from analogai_deploy.launcher import _worker as worker
+
+    sys.exit(worker(sys.argv[1]))
