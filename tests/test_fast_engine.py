@@ -79,9 +79,10 @@ def test_fast_mean_accuracy_agrees_with_aihwkit(trained_lenet):
     """Statistical agreement on LeNet at 1 s / 1 d / 1 y, default PCM and with a 5-bit ADC (which costs ~10 pp at 1 y).
 
     Tolerance: the two engines draw independent Monte Carlo samples, so their means differ by sampling
-    error alone with standard error se = sqrt(sd_a^2 / n + sd_f^2 / n). We require |difference| <= 3 se
-    + 0.2 pp (the 0.2 pp floor: with n = 8 the sample sd itself is uncertain, and one test image is
-    0.37 pp). A real modelling error shows up far outside this: the fast engine without drift
+    error alone with standard error se = sqrt(sd_a^2 / n + sd_f^2 / n). We require |difference| <= 4 se
+    + 0.2 pp (4 se: six comparisons with sd estimated from n = 8, Welch df ~ 14, so sampling alone exceeds
+    it in one of them with probability ~0.8%, where 3 se gave ~5.7%; the 0.2 pp floor: one test image
+    is 0.37 pp). A real modelling error shows up far outside this: the fast engine without drift
     compensation (checked below) misses by > 10 se at 1 y.
     """
     n = 8
@@ -92,13 +93,13 @@ def test_fast_mean_accuracy_agrees_with_aihwkit(trained_lenet):
         assert fast["conversion"]["analog_weights"] == ref["conversion"]["analog_weights"]
         for ra, rf in zip(ref["results"], fast["results"]):
             se = math.sqrt((ra["std"] ** 2 + rf["std"] ** 2) / n)
-            assert abs(ra["mean"] - rf["mean"]) <= 3 * se + 0.002, (io, ra["time"], ra["mean"], rf["mean"], se)
+            assert abs(ra["mean"] - rf["mean"]) <= 4 * se + 0.002, (io, ra["time"], ra["mean"], rf["mean"], se)
     # the check has power: dropping drift compensation in the fast engine only is caught at 1 y
     ref = ad.certify(trained_lenet, repeats=n, times="1y", write=False, seed=0, adc_bits=5)
     off = ad.certify(trained_lenet, repeats=n, times="1y", write=False, seed=500, engine="fast", adc_bits=5,
                      drift_compensation=False)
     ra, rf = ref["results"][0], off["results"][0]
-    assert abs(ra["mean"] - rf["mean"]) > 3 * math.sqrt((ra["std"] ** 2 + rf["std"] ** 2) / n) + 0.002
+    assert abs(ra["mean"] - rf["mean"]) > 4 * math.sqrt((ra["std"] ** 2 + rf["std"] ** 2) / n) + 0.002
 
 
 def test_small_resnet_runs_on_split_tiles(tmp_path):

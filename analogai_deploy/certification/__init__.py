@@ -6,13 +6,15 @@
 The package's clean digital weights are converted with aihwkit's `convert_to_analog` once. Each
 Monte Carlo repeat r seeds torch with seed + r, programs the tiles afresh (`program_analog_weights`:
 new programming noise) and drifts them to every time in turn (`drift_analog_weights(t)` always
-starts from the programmed state). A repeat depends only on (seed, r), so repeats can be split
-across processes and merged. certificate.json, certificate.png and the card are written into the package.
+starts from the programmed state). Before each drift torch is reseeded with `stream_seed(seed, r, t)`,
+so the value at (r, t) depends only on (seed, r, t): not on which other times were requested, nor
+on how repeats are split across processes and merged. certificate.json, certificate.png and the card are written into the package.
 """
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io as _io
 import json
 import time
@@ -256,9 +258,20 @@ def _time_points(cfg: CertifyConfig, device: DeviceConfig, rpu) -> list[tuple[st
     return points
 
 
+def stream_seed(seed: int, repeat: int, seconds: float) -> int:
+    """The seed of the draws at (repeat, time) after programming (read noise, drift, output noise):
+    a hash of the three, so adding or dropping a time point leaves every other value as it was."""
+    digest = hashlib.sha256(f"{int(seed)}:{int(repeat)}:{float(seconds)!r}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch.manual_seed takes < 2**63
+
+
+STREAMS = "programming: torch.manual_seed(seed + r); time t: torch.manual_seed(stream_seed(seed, r, t))"
+
+
 def monte_carlo(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], repeats: int, seed: int,
                 progress: Callable[..., Any] | None = None, first_repeat: int = 0) -> list[list[float]]:
-    """values[time][repeat] for repeats first_repeat .. first_repeat + repeats - 1 (seed + r each)."""
+    """values[time][repeat] for repeats first_repeat .. first_repeat + repeats - 1 (programmed with seed + r,
+    each time point then drawn from its own stream, `stream_seed`)."""
     if getattr(analog, "fast_engine", False):  # fast.FastModel: aihwkit's device model around the fused forward
         program, drift, desc = analog.program, analog.drift, "certify (fast)"
     else:
@@ -273,9 +286,11 @@ def monte_carlo(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]]
         warnings.filterwarnings("ignore", message=_AIHWKIT_NOISE, category=UserWarning)
         try:
             for i in range(repeats):
-                torch.manual_seed(seed + first_repeat + i)
+                r = first_repeat + i
+                torch.manual_seed(seed + r)
                 program()
                 for j, (_, seconds) in enumerate(times):
+                    torch.manual_seed(stream_seed(seed, r, seconds))
                     drift(seconds)
                     values[j][i] = score(bench.metric, run(analog, bench.data), bench.data, bench.reference)
                     if bar is not None:
@@ -450,6 +465,7 @@ def certify(
         "seed": cfg.seed,
         "repeats": cfg.repeats,
         "seeds": [cfg.seed + r for r in range(cfg.repeats)],
+        "streams": STREAMS,
         "digital": _digital_block(bench),
         "conversion": analog.conversion() if cfg.engine == "fast" else _conversion(analog),
         "results": results,

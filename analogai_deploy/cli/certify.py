@@ -67,7 +67,7 @@ def certify(
     metric: Annotated[str, typer.Option(help="auto, accuracy, agreement (vs digital top-1) or cosine.")] = "auto",
     times: Annotated[str | None, typer.Option(help="Times after programming: 1s,1h,1d,1y or seconds. [default: 1s,1h,1d,1y; ReRAM: 1s,1d,2d]")] = None,
     repeats: Annotated[int | None, typer.Option(help="Monte Carlo repeats (fresh programming noise each). [default: 10]")] = None,
-    seed: Annotated[int | None, typer.Option(help="Repeat r runs with seed + r. [default: 0]")] = None,
+    seed: Annotated[int | None, typer.Option(help="Repeat r is programmed with seed + r; each time point draws from its own stream (seed, r, t). [default: 0]")] = None,
     max_drop: Annotated[float | None, typer.Option(help="Gate: fail when the lower 95% CI is more than this many percentage points below digital.")] = None,
     at: Annotated[str, typer.Option(help="Gate time.")] = "1d",
     dac_bits: Annotated[int | None, typer.Option(help="Input DAC bits (0 = unquantised). [default: 7]")] = None,
