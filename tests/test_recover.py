@@ -262,6 +262,26 @@ def test_batched_mode_trains_the_same_clients_as_the_loop(lenet_pkg, digits, tmp
         ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "x", overrides=over + ["recovery.optimizer.sam=true"])
 
 
+def test_batched_mode_interrupted_then_resumed_equals_uninterrupted(lenet_pkg, digits, tmp_path):
+    """The checkpoint holds every client of the stacked model (not only client 0) and its one optimizer."""
+    over = ["training.rounds=2", "training.cpu_threads=1", "training.mode=batched"] + TWO
+    ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "a", overrides=over)
+
+    def stop_after_one(entry):
+        if entry["round"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="--resume"):
+        ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over, on_round=stop_after_one)
+    state = json.loads((tmp_path / "b.partial" / "state.json").read_text())
+    assert state["round"] == 1 and state["clients"] == 2
+    pkg = ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over, resume=True)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise, buffers included
+    assert pkg.config["training"]["best"] == json.loads((tmp_path / "a" / "config.json").read_text())["training"]["best"]
+    assert pkg.config["training"]["mode"] == "batched" and pkg.config["training"]["resumed_from_round"] == 1
+
+
 def test_recover_on_an_image_folder(tmp_path):
     """Datasets that are not in-memory tensors go through a DataLoader (the cifar10/mnist/imagefolder path)."""
     from PIL import Image

@@ -494,13 +494,14 @@ class Trainer:
         if self.dist and not distributed.is_main():
             return  # rank 0 writes the checkpoint; it is the same as one process's
         tensors: dict[str, torch.Tensor] = {}
-        opts = []
-        for k, (client, opt) in enumerate(zip(self.clients, self.optimizers)):
+        # every client, and every optimizer: one per client in the loop, one over the stacked clients in
+        # batched mode (so never zip the two lists: that kept client 0 only)
+        for k, client in enumerate(self.clients):
             for key, v in client.state_dict().items():
                 tensors[f"client{k}/{key}"] = v.detach().contiguous().cpu()
             for key, v in _act_ranges(client).items():
                 tensors[f"client{k}.act/{key}"] = v
-            opts.append(_flatten(opt.state_dict(), f"opt{k}", tensors))
+        opts = [_flatten(opt.state_dict(), f"opt{k}", tensors) for k, opt in enumerate(self.optimizers)]
         for key, v in self.best_state.items():
             tensors[f"best/{key}"] = v.contiguous().cpu()
         for key, v in self.best_ranges.items():
@@ -524,9 +525,13 @@ class Trainer:
         def part(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-        for k, (client, opt) in enumerate(zip(self.clients, self.optimizers)):
+        if len(meta["optimizers"]) != len(self.optimizers):
+            raise UsageError(f"the checkpoint in {self.state_dir} holds {len(meta['optimizers'])} optimizer states, "
+                             f"this run {len(self.optimizers)}", "resume with the same recipe, or delete that folder")
+        for k, client in enumerate(self.clients):
             client.load_state_dict(part(f"client{k}/"))
             _set_act_ranges(client, part(f"client{k}.act/"), self.device)
+        for k, opt in enumerate(self.optimizers):
             opt.load_state_dict(_unflatten(meta["optimizers"][k], tensors))
         if self.fi:
             self.fused.load_state_dict(part("fused/"))
