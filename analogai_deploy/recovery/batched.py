@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analog.convert import analog_layers
-from ..analog.layers import AnalogMultiheadAttention
+from ..analog.layers import AnalogMultiheadAttention, AnalogState, add_noise
 from ..errors import OperationFailed, UsageError
 from . import engine, msnat
 from .recipe import Recipe
@@ -73,6 +73,7 @@ class BatchedTrainer(engine.Trainer):
         self.optimizers = [engine.make_optimizer(list(self.params.values()), recipe)]
         self.sigma_t = torch.tensor(self.sigmas, device=self.device)
         self._vf = torch.func.vmap(self._forward, randomness="different")
+        self._state = AnalogState()  # holds the noise buffers, one per stacked weight
 
     def _forward(self, params, buffers, x):
         return torch.func.functional_call(self.base, {**params, **buffers}, (x,))
@@ -100,8 +101,9 @@ class BatchedTrainer(engine.Trainer):
         out = dict(self.params)
         for name, c in self.analog_weights:
             w = self.params[name]
-            scale = c * sigma * w.detach().abs().flatten(1).amax(1)
-            out[name] = w + torch.randn_like(w) * scale.view(-1, *[1] * (w.dim() - 1))
+            lo, hi = torch.aminmax(w.detach().flatten(1), dim=1)  # per client max|W|, no |W| temporary
+            scale = (c * sigma * torch.maximum(hi, lo.neg())).view(-1, *[1] * (w.dim() - 1))
+            out[name] = add_noise(w, self._state.standard_normal(w, name), scale)  # in place into a kept buffer
         return out
 
     def _train_clients(self, bar) -> list[dict[str, float]]:
