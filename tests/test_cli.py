@@ -58,3 +58,22 @@ def test_env_reports_aihwkit_tiles(cli):
     assert code == 0
     info = json.loads(out)
     assert info["torch"] and "cpp" in info["aihwkit_tiles"]
+
+
+def test_version(cli):
+    from importlib.metadata import version
+
+    code, out, _ = cli("--version")
+    assert code == 0 and out.startswith(f"analogai-deploy {version('analogai-deploy')} (torch ")
+
+
+def test_a_bare_ctrl_c_says_interrupted(cli, monkeypatch):
+    """Ctrl-C before a command catches it: typer returns 130 silently; the CLI says what happened."""
+    from analogai_deploy import aihwkit_probe
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(aihwkit_probe, "tile_support", interrupt)
+    code, _, err = cli("env")
+    assert code == 130 and "error: interrupted" in err

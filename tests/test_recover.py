@@ -282,6 +282,34 @@ def test_batched_mode_interrupted_then_resumed_equals_uninterrupted(lenet_pkg, d
     assert pkg.config["training"]["mode"] == "batched" and pkg.config["training"]["resumed_from_round"] == 1
 
 
+def test_interrupt_in_round_one_names_no_checkpoint_and_resume_counts_honestly(mlp_pkg, digits, cli, tmp_path):
+    class StopAtFirstStep:  # a progress bar whose first update is Ctrl-C: inside round 1, before any checkpoint
+        def __init__(self, **kw):
+            pass
+
+        def update(self, n=1):
+            raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    over = ["training.rounds=2", "training.cpu_threads=1"]
+    with pytest.raises(Interrupted) as info:
+        ad.recover(mlp_pkg, "vanilla", digits, output=tmp_path / "o", overrides=over, progress=StopAtFirstStep)
+    assert "nothing is checkpointed" in str(info.value) and "--resume" not in info.value.hint
+    assert not (tmp_path / "o.partial").exists()
+
+    def stop_after_one(entry):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match=r"1 of 2 rounds are checkpointed in .*o\.partial"):
+        ad.recover(mlp_pkg, "vanilla", digits, output=tmp_path / "o", overrides=over, on_round=stop_after_one)
+    assert (tmp_path / "o.partial" / "state.json").exists()
+    code, out, err = cli("recover", mlp_pkg, "--recipe", "vanilla", "-o", tmp_path / "o", "--resume", *over)
+    assert code == 0, err
+    assert "vanilla: 2 rounds, 1 of them in this run" in out and "round 1 from the checkpoint" in out
+
+
 def test_recover_on_an_image_folder(tmp_path):
     """Datasets that are not in-memory tensors go through a DataLoader (the cifar10/mnist/imagefolder path)."""
     from PIL import Image

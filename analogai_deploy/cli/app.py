@@ -22,6 +22,22 @@ app = typer.Typer(
 commands.register(app)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from ..provenance import TOOLKIT, version_of
+
+        # package metadata only (no torch import), so this stays as fast as --help
+        deps = ", ".join(f"{d} {version_of(d) or 'not installed'}" for d in ("torch", "aihwkit"))
+        typer.echo(f"{TOOLKIT} {version_of(TOOLKIT) or 'unknown'} ({deps})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version (and torch's and aihwkit's) and exit.")) -> None:
+    """Make neural networks survive analog in-memory-computing hardware: convert -> recover -> export -> certify -> publish."""
+
+
 def main(argv: list[str] | None = None) -> int:
     from ._errors import handle
 
@@ -38,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # every other failure goes through the one error mapper
         return handle(exc)
+    if rc == 130:  # typer turns a bare Ctrl-C (before a command catches it) into a silent return of 130
+        return handle(KeyboardInterrupt())
     return rc if isinstance(rc, int) else 0
 
 

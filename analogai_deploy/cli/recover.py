@@ -97,7 +97,12 @@ def recover(
               "recipe_sha256": pkg.config["recipe"]["sha256"], "training": t}
 
     def human(d):
-        return (f"{d['recipe']}: {t['rounds']} rounds in {t['seconds']:.0f} s ({t['mode']} mode, {t['device']}); "
+        done, kept = t["rounds"], t.get("resumed_from_round", 0)
+        earlier = "round 1" if kept == 1 else f"rounds 1-{kept}"
+        rounds = f"{done} rounds in {t['seconds']:.0f} s" if not kept else (
+            f"{done} rounds, {done - kept} of them in this run ({t['seconds']:.0f} s; {earlier} from the checkpoint)"
+            if done > kept else f"{done} rounds, all from the checkpoint (none left to run)")
+        return (f"{d['recipe']}: {rounds} ({t['mode']} mode, {t['device']}); "
                 f"best round {best['round']}: val acc {best['val_acc']:.4f} at sigma={best['val_sigma']} "
                 f"(clean {best['val_clean_acc']:.4f})\nwrote {d['package']}")
 

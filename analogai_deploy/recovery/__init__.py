@@ -35,6 +35,18 @@ class Interrupted(OperationFailed):
     exit_code = 130
 
 
+def _interrupted(state_dir: Path, rounds: int) -> Interrupted:
+    """What Ctrl-C leaves: the checkpoint on disk (read back, so the message names only what exists)."""
+    from .engine import CHECKPOINT_META, has_checkpoint
+
+    if not has_checkpoint(state_dir):  # stopped inside round 1: nothing was written
+        return Interrupted(f"interrupted in round 1 of {rounds}; no round finished, so nothing is checkpointed",
+                           "rerun the same command to start again")
+    done = json.loads((state_dir / CHECKPOINT_META).read_text(encoding="utf-8"))["round"]
+    return Interrupted(f"interrupted; {done} of {rounds} rounds are checkpointed in {state_dir}",
+                       "rerun the same command with --resume to continue")
+
+
 def state_dir_for(output: Path) -> Path:
     return output.parent / f"{output.name}.partial"
 
@@ -125,9 +137,7 @@ def recover(
     try:
         result = trainer.run(resume=resume)
     except KeyboardInterrupt:
-        done = getattr(trainer, "round", 0)
-        raise Interrupted(f"interrupted; {done} of {rec.training.rounds} rounds are checkpointed in {state_dir}",
-                          "rerun the same command with --resume to continue") from None
+        raise _interrupted(state_dir, rec.training.rounds) from None
     if not result.best_state:
         raise OperationFailed("training finished without a validated round", "raise training.rounds")
     if not distributed.is_main():
@@ -154,7 +164,7 @@ def recover(
         "clients": len(rec.recovery.sigmas) if rec.training.use_FI else 1,
         "noise_levels": rec.recovery.sigmas,
         "seed": rec.training.seed,
-        "seconds": round(result.seconds, 2),
+        "seconds": round(result.seconds, 2),  # this run's (a resumed run did rounds resumed_from_round+1 ...)
         "resumed_from_round": result.resumed_from,
         "log": "train_log.jsonl",
     }
