@@ -102,8 +102,8 @@ class BatchedTrainer(engine.Trainer):
         for name, c in self.analog_weights:
             w = self.params[name]
             lo, hi = torch.aminmax(w.detach().flatten(1), dim=1)  # per client max|W|, no |W| temporary
-            scale = (c * sigma * torch.maximum(hi, lo.neg())).view(-1, *[1] * (w.dim() - 1))
-            out[name] = add_noise(w, self._state.standard_normal(w, name), scale)  # in place into a kept buffer
+            scale = c * sigma * torch.maximum(hi, lo.neg())
+            out[name] = add_noise(w, scale, self._state, name)  # each client's slice at its own scale
         return out
 
     def _train_clients(self, bar) -> list[dict[str, float]]:
