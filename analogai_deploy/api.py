@@ -10,6 +10,7 @@ from torch import nn
 from . import package as pkg
 from .analog.config import AnalogConfig
 from .analog.convert import convert as convert_model
+from .analog.placement import check_selection, plan
 from .provenance import now, versions
 from .sources import Source, resolve
 
@@ -28,6 +29,7 @@ def convert(
     weights: str | None = None,
     task: str | None = None,
     input_shape: list[int] | None = None,
+    tokenizer: str | None = None,
     seed: int = 0,
     overwrite: bool = True,
 ) -> pkg.Package:
@@ -39,18 +41,22 @@ def convert(
     config = config or AnalogConfig()
     torch.manual_seed(seed)  # random-init architectures are reproducible from the recorded seed
     src = source if isinstance(source, Source) else resolve(
-        source, num_classes=num_classes, weights=weights, task=task, input_shape=input_shape
+        source, num_classes=num_classes, weights=weights, task=task, input_shape=input_shape, tokenizer=tokenizer
     )
     model: nn.Module = src.model.eval()
-    report = convert_model(model, config)
+    check_selection(model, config)
+    placement = plan(model, config)
+    report = convert_model(model, config, placement)
     spec_name = source if isinstance(source, str) else src.spec.get("name", "model")
     meta = {
         "source": src.spec,
         "task": src.task,
         "num_classes": src.num_classes,
         "input": src.input,
+        **({"tokenizer": src.tokenizer} if src.tokenizer else {}),
         "analog": config.to_dict(),
-        "conversion": {k: v for k, v in report.to_dict().items() if k not in ("converted", "digital")},
+        "placement": placement.to_dict(),
+        "conversion": placement.conversion_summary(),  # the counts, for readers of older packages' summary
         "provenance": {
             "created": now(),
             "seed": seed,
@@ -59,7 +65,7 @@ def convert(
         },
     }
     out = pkg.write(output or default_output(spec_name), meta, model, src.extra_files, overwrite=overwrite)
-    out.model, out.report = model, report
+    out.model, out.report, out.placement = model, report, placement
     return out
 
 

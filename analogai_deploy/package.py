@@ -45,6 +45,8 @@ class Package:
     config: dict[str, Any]
     model: nn.Module | None = None
     report: Any = field(default=None, repr=False)
+    #: the analog placement (analog.placement.Placement) the model was built with; set by `load`
+    placement: Any = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -144,6 +146,7 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
 
     from .analog.config import AnalogConfig
     from .analog.convert import convert
+    from .analog.placement import Placement, plan
     from .sources import rebuild
 
     path = Path(path)
@@ -154,7 +157,13 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
         check_safetensors(path / WEIGHTS)
     _refuse_bundled_code(path, config["source"])
     model = rebuild(config["source"])
-    report = convert(model, AnalogConfig.from_dict(config["analog"]))
+    analog = AnalogConfig.from_dict(config["analog"])
+    if "placement" in config:  # the record convert wrote: exactly those modules go analog
+        placement = Placement.from_dict(config["placement"])
+    else:  # a package made before the record: derive it once, the way convert did then
+        placement = plan(model, analog)
+        placement.derived = True
+    report = convert(model, analog, placement)
     try:
         missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
     except Exception as exc:  # safetensors raises its own types for corrupt files
@@ -168,7 +177,7 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
 
         qat.restore(model, config["quantization"])
     model.eval()
-    return Package(path, config, model, report)
+    return Package(path, config, model, report, placement)
 
 
 def _refuse_bundled_code(path: Path, source: dict[str, Any]) -> None:
@@ -201,6 +210,8 @@ def flat_metadata(config: dict[str, Any], certificate: dict[str, Any] | None = N
         {"seed": prov.get("seed"), "versions": prov.get("versions"),
          "stages": [h.get("stage") for h in prov.get("history", [])]}, sort_keys=True)
     out["analogai.format"] = f"{FORMAT}/{FORMAT_VERSION}"
+    if isinstance(config.get("placement"), dict):
+        out["analogai.placement_sha256"] = str(config["placement"].get("sha256", ""))
     if config.get("recipe"):
         out["analogai.recipe_sha256"] = config["recipe"].get("sha256", "")
     if certificate:

@@ -382,5 +382,5 @@ def test_a_model_without_analog_layers_is_refused():
     from analogai_deploy.errors import OperationFailed
 
     rpu = rpu_config(DeviceConfig(), "torch")
-    with pytest.raises(OperationFailed, match="no layer of this model maps to aihwkit tiles"):
+    with pytest.raises(OperationFailed, match="puts no layer on analog tiles"):
         _to_aihwkit(torch.nn.Sequential(torch.nn.Embedding(10, 4)), rpu)

@@ -292,14 +292,15 @@ def test_export_to_aihwkit(mlp_pkg, tmp_path, cli):
     assert record["device"] == "PCM" and record["analog_layers"] == 3 and record["pickled"]
 
     # load it the documented way and find the package's weights on the aihwkit tiles
-    from aihwkit.nn.conversion import convert_to_analog
-
     from analogai_deploy.analog.convert import to_digital
+    from analogai_deploy.certification.tiles import to_aihwkit
     from analogai_deploy.exporter.aihwkit_ckpt import rpu_config
 
-    digital = to_digital(ad.load(pkg_dir).model)
+    loaded = ad.load(pkg_dir)
+    assert record["placement_sha256"] == loaded.placement.sha256 and record["simulated"] == loaded.placement.names
+    digital = to_digital(loaded.model)
     ref = {k: v.clone() for k, v in digital.state_dict().items()}
-    analog = convert_to_analog(digital, rpu_config("PCM"))
+    analog, _ = to_aihwkit(digital, loaded.placement, rpu_config("PCM"))
     state = torch.load(pkg_dir / "model.aihwkit.pt", weights_only=False)  # we wrote it: trusted
     analog.load_state_dict(state, load_rpu_config=True)
     layers = list(analog.named_analog_layers())

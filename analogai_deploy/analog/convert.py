@@ -1,7 +1,6 @@
 """Turn a digital model into an analog-aware one, and report exactly what was and was not converted."""
 from __future__ import annotations
 
-import fnmatch
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -9,10 +8,8 @@ import torch
 from torch import nn
 
 from .config import AnalogConfig
-from .layers import AnalogLayer, AnalogMultiheadAttention, AnalogState
-from .registry import analog_class_for
-
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+from .layers import AnalogLayer
+from .placement import Placement, apply, plan
 
 
 @dataclass
@@ -26,9 +23,20 @@ class LayerRecord:
 
 @dataclass
 class ConversionReport:
+    """What `convert` did, as a list view of its `Placement` (the record config.json stores)."""
+
     converted: list[LayerRecord] = field(default_factory=list)
     digital: list[LayerRecord] = field(default_factory=list)
     total_params: int = 0
+    placement: Placement | None = None
+
+    @classmethod
+    def of(cls, placement: Placement, analog_types: dict[str, str]) -> ConversionReport:
+        return cls(
+            [LayerRecord(e.name, e.type, e.params, analog_type=analog_types.get(e.name, "")) for e in placement.analog],
+            [LayerRecord(e.name, e.type, e.params, reason=e.reason) for e in placement.digital],
+            placement.total_params, placement,
+        )
 
     @property
     def analog_params(self) -> int:
@@ -49,79 +57,21 @@ class ConversionReport:
         }
 
     def summary(self) -> str:
-        by_type: dict[str, int] = {}
-        for r in self.converted:
-            by_type[r.type] = by_type.get(r.type, 0) + 1
-        kinds = ", ".join(f"{n} {t}" for t, n in sorted(by_type.items()))
-        lines = [
-            f"converted {len(self.converted)} layers ({kinds or 'none'}); "
-            f"{self.analog_share:.1%} of {self.total_params:,} parameters on analog tiles"
-        ]
-        reasons: dict[tuple[str, str], list[str]] = {}
-        for r in self.digital:
-            reasons.setdefault((r.type, r.reason), []).append(r.name)
-        for (typ, reason), names in sorted(reasons.items()):
-            shown = ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
-            lines.append(f"  digital: {typ} x{len(names)} - {reason} [{shown}]")
-        return "\n".join(lines)
+        return self.placement.summary() if self.placement is not None else ""
 
 
-def _own_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters(recurse=False))
-
-
-def _excluded(name: str, module: nn.Module, config: AnalogConfig) -> str:
-    if type(module).__name__ in config.exclude_types:
-        return f"excluded by type {type(module).__name__}"
-    for pattern in config.exclude:
-        if fnmatch.fnmatchcase(name, pattern):
-            return f"excluded by pattern {pattern!r}"
-    if config.include and not any(fnmatch.fnmatchcase(name, p) for p in config.include):
-        return "not matched by include patterns"
-    return ""
-
-
-def convert(model: nn.Module, config: AnalogConfig | None = None) -> ConversionReport:
+def convert(model: nn.Module, config: AnalogConfig | None = None, placement: Placement | None = None) -> ConversionReport:
     """Make `model` analog-aware in place and return what was converted.
 
-    Layers whose exact type is registered (see `register_layer`) become analog layers; every other
-    module that owns parameters is listed in the report with the reason it stays digital.
+    Without `placement`, layers whose exact type is registered (see `register_layer`) become analog
+    layers, as `config` selects (placement.plan); every other module that owns parameters is listed
+    with the reason it stays digital. With `placement` (a package's record), exactly its modules.
     """
     config = config or AnalogConfig()
-    report = ConversionReport(total_params=sum(p.numel() for p in model.parameters()))
-    candidates: list[tuple[str, nn.Module, type]] = []
-    inside_analog: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix + ".") for prefix in inside_analog):
-            continue  # part of a converted parent (e.g. an attention block's out_proj)
-        analog_cls = analog_class_for(module)
-        if analog_cls is not None:
-            candidates.append((name, module, analog_cls))
-            if analog_cls is AnalogMultiheadAttention or any(True for _ in module.children()):
-                inside_analog.append(name)
-        elif isinstance(module, AnalogLayer):
-            raise ValueError(f"module {name!r} is already analog; convert a digital model")
-        elif _own_params(module):
-            reason = (
-                "normalisation layer, kept digital by design"
-                if isinstance(module, _NORM_TYPES)
-                else "no analog layer registered for this type (see register_layer)"
-            )
-            report.digital.append(LayerRecord(name, type(module).__name__, _own_params(module), reason=reason))
-
-    keep = set()
-    if config.keep_first_last and candidates:
-        keep = {candidates[0][0], candidates[-1][0]}
-    for name, module, analog_cls in candidates:
-        params = sum(p.numel() for p in module.parameters())
-        reason = "first/last layer kept digital (keep_first_last)" if name in keep else _excluded(name, module, config)
-        if reason:
-            report.digital.append(LayerRecord(name, type(module).__name__, params, reason=reason))
-            continue
-        record = LayerRecord(name, type(module).__name__, params, analog_type=analog_cls.__name__)
-        analog_cls.from_digital(module, AnalogState(config.sigma, config.noise_scale, config.act_noise))
-        report.converted.append(record)
-    return report
+    placement = placement or plan(model, config)
+    apply(model, placement, config)
+    modules = dict(model.named_modules())
+    return ConversionReport.of(placement, {e.name: type(modules[e.name]).__name__ for e in placement.analog})
 
 
 def analog_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -3,7 +3,10 @@
     cert = analogai_deploy.certify("runs/lenet", device="PCM", data="digits", times="1s,1h,1d,1y", repeats=10)
     cert["results"][2]["mean"], cert.passed
 
-The package's clean digital weights are converted with aihwkit's `convert_to_analog` once. Each
+The package's clean digital weights go on aihwkit tiles once, exactly as config.json's placement
+record says (tiles.py: only the placement's analog modules, every layer kind convert makes analog;
+everything else stays digital); the certificate states the placement's sha256 and the layers it
+simulated, and a planned layer that cannot be simulated stops certify (exit 1) naming it. Each
 Monte Carlo repeat r seeds torch with seed + r, programs the tiles afresh (`program_analog_weights`:
 new programming noise) and drifts them to every time in turn (`drift_analog_weights(t)` always
 starts from the programmed state). Before each drift torch is reseeded with `stream_seed(seed, r, t)`,
@@ -195,6 +198,7 @@ class _Bench:
     reference: torch.Tensor | None
     digital_value: float
     digital_seconds: float
+    placement: Any = None  # analog.placement.Placement: what goes on tiles
 
 
 def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
@@ -213,36 +217,7 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
     seconds = time.perf_counter() - start
     reference = None if metric == "accuracy" else outputs
     value = score(metric, outputs, data, reference)
-    return _Bench(pkg.path, pkg.config, digital, data, metric, reference, value, seconds)
-
-
-def _to_aihwkit(digital: nn.Module, rpu) -> nn.Module:
-    from aihwkit.nn.conversion import convert_to_analog
-
-    analog = convert_to_analog(copy.deepcopy(digital), rpu, inplace=True)
-    if not any(True for _ in analog.analog_tiles()):
-        raise OperationFailed("no layer of this model maps to aihwkit tiles (aihwkit converts exact nn.Linear / "
-                              "nn.Conv classes only), so there is nothing analog to certify",
-                              "use a model whose weights live in nn.Linear / nn.Conv2d layers")
-    return analog.eval()
-
-
-def _conversion(analog: nn.Module) -> dict[str, Any]:
-    from aihwkit.nn.modules.base import AnalogLayerBase
-
-    layers = [m for m in analog.modules() if isinstance(m, AnalogLayerBase) and hasattr(m, "analog_module")]
-    tiles = sum(1 for _ in analog.analog_tiles()) if hasattr(analog, "analog_tiles") else None
-    analog_ids = {id(p) for m in layers for p in m.parameters()}
-    total = sum(p.numel() for p in analog.parameters())
-    digital_types: dict[str, int] = {}
-    for m in analog.modules():
-        own = list(m.parameters(recurse=False))
-        if own and not any(id(p) in analog_ids for p in own):
-            digital_types[type(m).__name__] = digital_types.get(type(m).__name__, 0) + 1
-    weights = sum(m.in_features * m.out_features if hasattr(m, "in_features") else
-                  m.weight.numel() if getattr(m, "weight", None) is not None else 0 for m in layers)
-    return {"analog_layers": len(layers), "tiles": tiles, "analog_weights": weights, "digital_modules": digital_types,
-            "total_params": total}
+    return _Bench(pkg.path, pkg.config, digital, data, metric, reference, value, seconds, pkg.placement)
 
 
 def _time_points(cfg: CertifyConfig, device: DeviceConfig, rpu) -> list[tuple[str, float]]:
@@ -329,12 +304,59 @@ def _tile_for(cfg: CertifyConfig, device: DeviceConfig | None = None) -> str:
     return choose_tile(device)
 
 
-def _simulator(cfg: CertifyConfig, digital: nn.Module, rpu):
+def _to_aihwkit(digital: nn.Module, rpu, placement=None) -> nn.Module:
+    """`digital` on aihwkit tiles as `placement` says (benches and tests on a bare model may omit it:
+    then the default conversion's placement of that model)."""
+    from ..analog.placement import plan
+    from .tiles import to_aihwkit
+
+    return to_aihwkit(digital, placement or plan(digital), rpu)[0]
+
+
+def _simulator(cfg: CertifyConfig, bench: _Bench | nn.Module, rpu):
+    """The model on simulated tiles (benches: `_simulate` also says which layers)."""
+    if isinstance(bench, nn.Module):
+        from ..analog.placement import plan
+
+        bench = _Bench(Path("."), {}, bench, None, "", None, 0.0, 0.0, plan(bench))
+    return _simulate(cfg, bench, rpu)[0]
+
+
+def _simulate(cfg: CertifyConfig, bench: _Bench, rpu):
+    """The model on simulated tiles, and the placement layers it simulates (in placement order)."""
     if cfg.engine == "fast":
         from .fast import FastModel
 
-        return FastModel(digital, rpu)
-    return _to_aihwkit(digital, rpu)
+        analog = FastModel(bench.digital, rpu)
+        names = {id(m): n for n, m in analog.model.named_modules()}
+        simulated = [names[id(layer.module)] for layer in analog.layers]
+        planned = bench.placement.names
+        if sorted(simulated) != sorted(planned):
+            missing = [n for n in planned if n not in simulated]
+            extra = [n for n in simulated if n not in planned]
+            what = (f"leaves planned layers digital: {', '.join(missing[:4])}" if missing
+                    else f"would also simulate layers the placement keeps digital: {', '.join(extra[:4])}")
+            raise OperationFailed(f"the fast engine {what}", "use --engine aihwkit, which follows the placement")
+        return analog, planned
+    from .tiles import to_aihwkit
+
+    return to_aihwkit(bench.digital, bench.placement, rpu)
+
+
+def _conversion(cfg: CertifyConfig, analog: nn.Module, bench: _Bench, simulated: list[str]) -> dict[str, Any]:
+    if cfg.engine == "fast":
+        return analog.conversion()
+    from .tiles import conversion
+
+    return conversion(analog, bench.placement, simulated)
+
+
+def _placement_block(bench: _Bench, simulated: list[str]) -> dict[str, Any]:
+    """What the certificate simulated: the record's hash and the layers put on tiles (= its analog list)."""
+    block = {"sha256": bench.placement.sha256, "simulated": list(simulated)}
+    if bench.placement.derived:
+        block["derived"] = True  # the package predates the record; derived from its analog settings at load
+    return block
 
 
 def _results(bench: _Bench, times: list[tuple[str, float]], values: list[list[float]]) -> list[dict[str, Any]]:
@@ -445,7 +467,7 @@ def certify(
         preset=preset, tile=tile, device_file=device_file, match_qat=match_qat, limit=limit, engine=engine, **io)
     bench = _bench(package, cfg)
     start = time.perf_counter()
-    analog = _simulator(cfg, bench.digital, rpu)
+    analog, simulated = _simulate(cfg, bench, rpu)
     convert_s = time.perf_counter() - start
     start = time.perf_counter()
     values = _spread(analog, bench, times_, cfg.repeats, cfg.seed, progress)
@@ -467,7 +489,8 @@ def certify(
         "seeds": [cfg.seed + r for r in range(cfg.repeats)],
         "streams": STREAMS,
         "digital": _digital_block(bench),
-        "conversion": analog.conversion() if cfg.engine == "fast" else _conversion(analog),
+        "placement": _placement_block(bench, simulated),
+        "conversion": _conversion(cfg, analog, bench, simulated),
         "results": results,
         "settings": cfg.to_dict(),
         "created": now(),
@@ -590,7 +613,7 @@ def sweep(
     bar = progress(total=total, desc=f"sweep {param}", unit="eval") if progress else None
     try:
         for value, dev, tile_kind, rpu, times_ in plans:
-            analog = _simulator(cfg, bench.digital, rpu)
+            analog, simulated = _simulate(cfg, bench, rpu)
             vals = _spread(analog, bench, times_, cfg.repeats, cfg.seed)
             if bar is not None:
                 bar.update(cfg.repeats * len(times_))
@@ -608,6 +631,7 @@ def sweep(
     result = {"param": param, "values": values, "metric": bench.metric, "device": device_desc,
               "digital": _digital_block(bench), "data": _data_block(bench),
               "weights_sha256": bench.config["weights"]["sha256"], "seed": cfg.seed, "repeats": cfg.repeats,
+              "placement": _placement_block(bench, simulated),
               "aihwkit": version_of("aihwkit"), "rows": rows, "created": now()}
     if write and _is_main():
         from .. import package as pkg_io

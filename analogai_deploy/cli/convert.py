@@ -27,7 +27,9 @@ def convert(
     output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Package folder to write [default: runs/NAME].")] = None,
     num_classes: Annotated[int | None, typer.Option(help="Number of output classes.")] = None,
     weights: Annotated[str | None, typer.Option(help="Local checkpoint (.safetensors, or a .pt/.pth state_dict).")] = None,
-    task: Annotated[str | None, typer.Option(help="Hugging Face task (feature-extraction, sequence-classification, ...).")] = None,
+    task: Annotated[str | None, typer.Option(help="Hugging Face task [default: from the folder's config.architectures]: "
+                                              "feature-extraction, sequence-classification, causal-lm, ...")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder for a Hugging Face text model without one.")] = None,
     input_shape: Annotated[str | None, typer.Option(help="Input C,H,W for image models, e.g. 3,32,32.")] = None,
     include: Annotated[list[str] | None, typer.Option(help="Only convert modules matching this name pattern (repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Keep modules matching this name pattern digital (repeatable).")] = None,
@@ -50,7 +52,7 @@ def convert(
     out.info(f"converting {model} ...")
     pkg = api.convert(
         model, config, output_dir, num_classes=num_classes, weights=weights, task=task,
-        input_shape=parse_shape(input_shape), seed=seed,
+        input_shape=parse_shape(input_shape), tokenizer=tokenizer, seed=seed,
     )
     data = {"package": str(pkg.path), "weights_sha256": pkg.weights_sha256, "report": pkg.report.to_dict()}
     out.result(data, lambda d: f"{pkg.report.summary()}\nwrote {d['package']}")

@@ -107,11 +107,11 @@ def export(
 
 def _fresh_digital(path: Path):
     """A freshly loaded copy of the package's model (sha256 checked), analog layers back to digital."""
-    from ..analog.convert import analog_layers, to_digital
+    from ..analog.convert import to_digital
     from ..package import load
 
     pkg = load(path)
-    names = [n for n, _ in analog_layers(pkg.model)]
+    names = pkg.placement.names
     model = to_digital(pkg.model).eval()
     return pkg, model, names
 
@@ -149,14 +149,14 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
     import torch
 
     from .. import package as package_io
-    from ..analog.convert import analog_layers, noise_off, to_digital
+    from ..analog.convert import noise_off, to_digital
     from ..provenance import now
     from . import graph as graph_io
     from . import metadata as meta_io
     from . import validate
 
     pkg = package_io.load(path)
-    analog_names = [n for n, _ in analog_layers(pkg.model)]
+    analog_names = pkg.placement.names  # the record, not a re-derivation
     reference_model = _reference(pkg)
     model = to_digital(pkg.model).eval()
     quant = pkg.config.get("quantization")
@@ -218,7 +218,8 @@ def _export_aihwkit(path: Path, config: ExportConfig) -> ExportResult:
     from . import aihwkit_ckpt
 
     pkg, model, _ = _fresh_digital(path)
-    data, record = aihwkit_ckpt.checkpoint(model, config.device, aihwkit_ckpt.recipe_w_noise(pkg.config))
+    data, record = aihwkit_ckpt.checkpoint(model, config.device, aihwkit_ckpt.recipe_w_noise(pkg.config),
+                                           pkg.placement)
     record.update(time=now(), sha256=hashlib.sha256(data).hexdigest())
     warnings = [aihwkit_ckpt.PICKLE_WARNING]
     if pkg.config.get("quantization"):

@@ -61,20 +61,21 @@ def recipe_w_noise(config: dict[str, Any]) -> float | None:
     return float(value) if value is not None else None
 
 
-def checkpoint(digital: nn.Module, device: str, w_noise: float | None) -> tuple[bytes, dict[str, Any]]:
-    """(checkpoint bytes, a JSON-able record of how it was made)."""
+def checkpoint(digital: nn.Module, device: str, w_noise: float | None, placement) -> tuple[bytes, dict[str, Any]]:
+    """(checkpoint bytes, a JSON-able record of how it was made). Exactly the placement's layers go on tiles."""
     import torch
-    from aihwkit.nn.conversion import convert_to_analog
 
     from ..aihwkit_probe import best_tile
+    from ..certification.tiles import to_aihwkit
 
     tile = best_tile()
     rpu = rpu_config(device, tile, w_noise)
-    analog = convert_to_analog(digital, rpu)
+    analog, simulated = to_aihwkit(digital, placement, rpu)
     analog.eval()
     buf = io.BytesIO()
     torch.save(analog.state_dict(), buf)
     layers = len(list(analog.analog_layers())) if hasattr(analog, "analog_layers") else None
     record = {"file": FILE, "device": device, "tile": tile, "rpu_config": type(rpu).__name__,
-              "w_noise": w_noise if tile == "cpp" else None, "analog_layers": layers, "pickled": True}
+              "w_noise": w_noise if tile == "cpp" else None, "analog_layers": layers, "pickled": True,
+              "placement_sha256": placement.sha256, "simulated": simulated}
     return buf.getvalue(), record

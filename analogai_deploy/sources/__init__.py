@@ -26,6 +26,7 @@ class Source:
     input: dict[str, Any]  # {"kind": "image", "shape": [C, H, W]} or {"kind": "text", "names": [...], "seq_len": N}
     num_classes: int | None = None
     extra_files: dict[str, bytes] = field(default_factory=dict)  # e.g. tokenizer files, copied into the package
+    tokenizer: dict[str, Any] | None = None  # config.json["tokenizer"] for text models (huggingface.py)
 
 
 def resolve(
@@ -35,15 +36,18 @@ def resolve(
     weights: str | None = None,
     task: str | None = None,
     input_shape: list[int] | None = None,
+    tokenizer: str | None = None,
 ) -> Source:
     """Build the digital model named by `spec` (see module docstring)."""
     from . import builtin, huggingface, local, torchvision_models
 
     spec = spec.strip()
     if spec.startswith("hf:") or spec.startswith("hf-hub:"):
-        if num_classes is not None and task in (None, "feature-extraction"):
-            task = "sequence-classification"
-        return huggingface.build(spec.split(":", 1)[1], task=task, num_classes=num_classes, weights=weights)
+        return huggingface.build(spec.split(":", 1)[1], task=task, num_classes=num_classes, weights=weights,
+                                 tokenizer=tokenizer)
+    if task or tokenizer:
+        flag = "--task" if task else "--tokenizer"
+        raise UsageError(f"{flag} is for Hugging Face models (hf:ID_OR_DIR); {spec} is not one", f"drop {flag}")
     if ".py:" in spec or spec.endswith(".py"):
         return local.build(spec, num_classes=num_classes, weights=weights, input_shape=input_shape)
     if spec in builtin.names():
@@ -63,7 +67,8 @@ def rebuild(spec: dict[str, Any]) -> nn.Module:
     from . import builtin, huggingface, local, torchvision_models
 
     kind = spec.get("kind")
-    builders = {"builtin": builtin.rebuild, "torchvision": torchvision_models.rebuild, "huggingface": huggingface.rebuild, "local": local.rebuild}
+    builders = {"builtin": builtin.rebuild, "torchvision": torchvision_models.rebuild,
+                "huggingface": huggingface.rebuild, "local": local.rebuild}
     if kind not in builders:
         raise UsageError(f"package names an unknown model source kind {kind!r}", f"known: {', '.join(builders)}")
     return builders[kind](spec)

@@ -1,0 +1,256 @@
+"""The package's placement on aihwkit tiles: every analog module of the record, nothing else.
+
+    analog, simulated = to_aihwkit(digital_model, placement, rpu_config)
+
+aihwkit 1.1 converts exact nn.Linear / nn.Conv classes and simulates convolutions with groups=1 only
+(and Conv1d / Conv3d only with indexed tiles, which its PyTorch tile lacks on CPU). Each placement
+kind gets aihwkit's own layers, mapped so the tile matrices are exactly the record's:
+
+    linear      aihwkit AnalogLinear
+    conv2d      aihwkit AnalogConv2d (groups=1, zero padding given as numbers)
+    conv*       other convolutions: `GroupedConv`, one aihwkit layer per group over its channel slice
+                (each group its own tile set, the [out/g, in/g*k] matrix of the record), outputs
+                concatenated; Conv1d runs as a 1 x k AnalogConv2d, Conv3d as im2col + AnalogLinear;
+                string padding ('same') and non-zero padding modes are applied before the tiles
+    hf_conv1d   transformers' GPT-2 Conv1D: an AnalogLinear holding the transposed weight
+    attention   nn.MultiheadAttention: `AnalogAttention`, its input and output projections as
+                AnalogLinear layers around the attention kernel of the original module
+    custom      a layer type added with register_layer has no aihwkit mapping: certify exits 1 naming it
+
+Everything else stays digital. The root is wrapped in aihwkit's AnalogWrapper, so program / drift
+reach every tile.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import OperationFailed
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, rpu) -> nn.Module:
+    from aihwkit.nn import AnalogLinear
+
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return AnalogLinear.from_digital(layer, copy.deepcopy(rpu))
+
+
+def _explicit_padding(conv: nn.Module) -> list[int] | None:
+    """F.pad amounts (last dim first) equal to the conv's padding, or None when aihwkit can take it as is."""
+    k, d = conv.kernel_size, conv.dilation
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            per_dim = [(0, 0)] * len(k)
+        else:  # 'same': torch puts the odd pixel on the right
+            per_dim = [((d[i] * (k[i] - 1)) // 2, d[i] * (k[i] - 1) - (d[i] * (k[i] - 1)) // 2) for i in range(len(k))]
+    else:
+        per_dim = [(p, p) for p in conv.padding]
+    out: list[int] = []
+    for lo, hi in reversed(per_dim):
+        out += [lo, hi]
+    return out
+
+
+class GroupedConv(nn.Module):
+    """A Conv1d/2d/3d (any groups) as one aihwkit layer per group, each groups=1 over its channel slice."""
+
+    def __init__(self, conv: nn.Module, rpu):
+        super().__init__()
+        from aihwkit.nn import AnalogConv2d
+
+        self.dims = conv.weight.dim() - 2
+        self.groups = conv.groups
+        self.in_per_group = conv.in_channels // conv.groups
+        self.out_per_group = conv.out_channels // conv.groups
+        self.kernel, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
+        self.pad = _explicit_padding(conv)
+        self.pad_mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        tiles = []
+        for g in range(conv.groups):
+            w = conv.weight.detach()[g * self.out_per_group:(g + 1) * self.out_per_group]
+            b = None if conv.bias is None else conv.bias.detach()[g * self.out_per_group:(g + 1) * self.out_per_group]
+            if self.dims == 3:  # im2col here, the [out/g, in/g*kd*kh*kw] matrix on an AnalogLinear
+                tiles.append(_linear(w.reshape(w.shape[0], -1), b, rpu))
+                continue
+            k = self.kernel if self.dims == 2 else (1, self.kernel[0])
+            s = self.stride if self.dims == 2 else (1, self.stride[0])
+            dl = self.dilation if self.dims == 2 else (1, self.dilation[0])
+            digital = nn.Conv2d(self.in_per_group, self.out_per_group, k, s, 0, dl, bias=b is not None)
+            with torch.no_grad():
+                digital.weight.copy_(w.reshape(digital.weight.shape))
+                if b is not None:
+                    digital.bias.copy_(b)
+            tiles.append(AnalogConv2d.from_digital(digital, copy.deepcopy(rpu)))
+        self.tiles = nn.ModuleList(tiles)
+
+    def _im2col3d(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        k, s, d = self.kernel, self.stride, self.dilation
+        for i in range(3):
+            span = d[i] * (k[i] - 1) + 1
+            x = x.unfold(2 + i, span, s[i])
+        x = x[..., ::d[0], ::d[1], ::d[2]]  # [N, C, D', H', W', kd, kh, kw]
+        n, c, od, oh, ow = x.shape[:5]
+        cols = x.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(n * od * oh * ow, c * math.prod(k))
+        return cols, (n, od, oh, ow)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pad):
+            x = F.pad(x, self.pad, mode=self.pad_mode)
+        outs = []
+        for g, tile in enumerate(self.tiles):
+            xg = x[:, g * self.in_per_group:(g + 1) * self.in_per_group]
+            if self.dims == 1:
+                outs.append(tile(xg.unsqueeze(2)).squeeze(2))
+            elif self.dims == 2:
+                outs.append(tile(xg))
+            else:
+                cols, (n, od, oh, ow) = self._im2col3d(xg)
+                outs.append(tile(cols).reshape(n, od, oh, ow, -1).permute(0, 4, 1, 2, 3))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
+class AnalogAttention(nn.Module):
+    """nn.MultiheadAttention with its projections on aihwkit tiles.
+
+    The projections run on AnalogLinear layers; the attention itself (masks, dropout, bias_k/v,
+    zero attention, head averaging) is the original module's kernel, given identity projections,
+    which multiply exactly (x * 1 + 0), so the digital part is unchanged bit for bit.
+    """
+
+    # nn.TransformerEncoderLayer's fused fast path reads the projection weights itself and would bypass
+    # the tiles; these attributes make it take the ordinary path, which calls this module.
+    _qkv_same_embed_dim = False
+    in_proj_bias = None
+
+    def __init__(self, mha: nn.MultiheadAttention, rpu):
+        super().__init__()
+        e = mha.embed_dim
+        self.embed_dim = e
+        self.batch_first = mha.batch_first
+        self.packed = mha._qkv_same_embed_dim
+        bias = mha.in_proj_bias
+        if self.packed:
+            self.in_proj = _linear(mha.in_proj_weight.detach(), None if bias is None else bias.detach(), rpu)
+        else:
+            parts = [None, None, None] if bias is None else bias.detach().split(e)
+            self.q_proj, self.k_proj, self.v_proj = (
+                _linear(w.detach(), b, rpu) for w, b in zip((mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight), parts))
+        out = mha.out_proj
+        self.out_proj = _linear(out.weight.detach(), None if out.bias is None else out.bias.detach(), rpu)
+        core = nn.MultiheadAttention(e, mha.num_heads, dropout=mha.dropout, bias=True,
+                                     add_bias_kv=mha.bias_k is not None, add_zero_attn=mha.add_zero_attn,
+                                     batch_first=mha.batch_first)
+        with torch.no_grad():
+            core.in_proj_weight.copy_(torch.eye(e).repeat(3, 1))
+            core.in_proj_bias.zero_()
+            core.out_proj.weight.copy_(torch.eye(e))
+            core.out_proj.bias.zero_()
+            if mha.bias_k is not None:
+                core.bias_k.copy_(mha.bias_k)
+                core.bias_v.copy_(mha.bias_v)
+        for p in core.parameters():
+            p.requires_grad_(False)
+        self.core = core.train(mha.training)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        e = self.embed_dim
+        if self.packed:
+            if query is key and key is value:
+                q, k, v = self.in_proj(query).split(e, dim=-1)
+            else:  # cross attention: each input through the same tile matrix, its own third kept
+                q = self.in_proj(query)[..., :e]
+                k = self.in_proj(key)[..., e:2 * e]
+                v = self.in_proj(value)[..., 2 * e:]
+        else:
+            q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        out, weights = self.core(q, k, v, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                                 attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        return self.out_proj(out), weights
+
+
+def _replacement(kind: str, module: nn.Module, rpu) -> nn.Module:
+    from aihwkit.nn import AnalogConv2d, AnalogLinear
+
+    if kind == "linear":
+        return AnalogLinear.from_digital(module, copy.deepcopy(rpu))
+    if kind == "conv2d" and module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        return AnalogConv2d.from_digital(module, copy.deepcopy(rpu))
+    if kind in ("conv1d", "conv2d", "conv3d"):
+        return GroupedConv(module, rpu)
+    if kind == "hf_conv1d":  # y = x @ W + b with W [in, out]: a Linear with weight W^T
+        return _linear(module.weight.detach().t(), None if module.bias is None else module.bias.detach(), rpu)
+    if kind == "attention":
+        return AnalogAttention(module, rpu)
+    raise OperationFailed(f"layer {{name}} ({type(module).__name__}, added with register_layer) has no aihwkit "
+                          "mapping, so certify cannot simulate it", "keep it digital (--exclude-type "
+                          f"{type(module).__name__}) and convert again, or certify without it")
+
+
+def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    holder = root.get_submodule(parent) if parent else root
+    holder._modules[child] = module
+
+
+def to_aihwkit(digital: nn.Module, placement, rpu) -> tuple[nn.Module, list[str]]:
+    """A copy of `digital` with exactly the placement's analog modules on aihwkit tiles.
+
+    Returns (the model, wrapped in AnalogWrapper; the names it put on tiles, in placement order).
+    A planned layer that cannot be simulated raises OperationFailed naming it and why.
+    """
+    from aihwkit.nn.modules.container import AnalogWrapper
+    from aihwkit.simulator.tiles.module import TileModule
+
+    model = copy.deepcopy(digital)
+    if not placement.analog:
+        raise OperationFailed("the package's placement puts no layer on analog tiles, so there is nothing to certify",
+                              "convert without excluding every layer")
+    simulated = []
+    for entry in placement.analog:
+        try:
+            module = model.get_submodule(entry.name) if entry.name else model
+        except AttributeError:
+            raise OperationFailed(f"placement layer {entry.name!r} is not in the model") from None
+        if type(module).__name__ != entry.type:
+            raise OperationFailed(f"placement layer {entry.name!r} is {entry.type} in config.json but "
+                                  f"{type(module).__name__} in the model", "convert the model again")
+        try:
+            new = _replacement(entry.kind, module, rpu)
+        except OperationFailed as exc:
+            raise OperationFailed(exc.message.replace("{name}", repr(entry.name)), exc.hint) from None
+        except Exception as exc:  # aihwkit refusing a shape or setting: say which layer
+            raise OperationFailed(f"aihwkit cannot simulate layer {entry.name!r} ({entry.type}, kind {entry.kind}): "
+                                  f"{type(exc).__name__}: {exc}") from None
+        if not any(isinstance(m, TileModule) for m in new.modules()):
+            raise OperationFailed(f"layer {entry.name!r} ({entry.type}) got no aihwkit tile")
+        if isinstance(getattr(module, "weight", None), torch.Tensor) and "weight" not in new._parameters:
+            # model code that reads layer.weight.dtype / .device (HF ViT does) keeps working; the tiles hold the
+            # weights the forward uses, this copy is never computed with
+            new.weight = module.weight.detach()
+        if entry.name:
+            _set(model, entry.name, new)
+        else:
+            model = new
+        simulated.append(entry.name)
+    return AnalogWrapper(model).eval(), simulated
+
+
+def conversion(analog: nn.Module, placement, simulated: list[str]) -> dict[str, Any]:
+    """The certificate's conversion block, counted from the placement that ran."""
+    digital_types: dict[str, int] = {}
+    for e in placement.digital:
+        digital_types[e.type] = digital_types.get(e.type, 0) + 1
+    entries = [placement.entry(n) for n in simulated]
+    return {"analog_layers": len(simulated), "tiles": sum(1 for _ in analog.analog_tiles()),
+            "analog_weights": sum(e.tile_weights for e in entries), "digital_modules": digital_types,
+            "total_params": placement.total_params}

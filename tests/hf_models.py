@@ -1,0 +1,79 @@
+"""Tiny Hugging Face models built from configs, saved as folders the way users have them (no network).
+
+Text models get a real tokenizer: a byte-level BPE trained here on the built-in sentences (GPT-2 style:
+an eos token and no pad token), or the MiniLM's WordPiece tokenizer for BERT.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+VOCAB = 400
+
+
+def bpe_tokenizer(folder: Path) -> Path:
+    """A GPT-2-style byte-level BPE tokenizer (eos, no pad) trained on the built-in sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from analogai_deploy.certification.evaluation import SENTENCES
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(SENTENCES * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    fast.save_pretrained(folder)
+    return folder
+
+
+def gpt2_lm(folder: Path, tokenizer: bool = True) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64,
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(folder)
+    if tokenizer:
+        bpe_tokenizer(folder)
+    return folder
+
+
+def llama_lm(folder: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 bos_token_id=0, eos_token_id=0, pad_token_id=None)).save_pretrained(folder)
+    bpe_tokenizer(folder)
+    return folder
+
+
+def bert_classifier(folder: Path, minilm_dir: Path, num_labels: int = 3) -> Path:
+    """A 1-layer BERT sequence classifier with the MiniLM's vocabulary and tokenizer."""
+    import shutil
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+                        id2label={i: f"label_{i}" for i in range(num_labels)},
+                        label2id={f"label_{i}": i for i in range(num_labels)})
+    BertForSequenceClassification(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / name, folder / name)
+    return folder
+
+
+def vit_classifier(folder: Path, num_labels: int = 10, size: int = 32) -> Path:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(image_size=size, patch_size=8, num_channels=3, hidden_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                        num_labels=num_labels)).save_pretrained(folder)
+    return folder
