@@ -33,9 +33,15 @@ def results_markdown(cert: dict[str, Any]) -> str:
         )
     device = cert.get("device", {})
     verdict = cert.get("verdict", {})
-    tail = f"\nDigital {metric}: {_pct(digital)}. Device: {device.get('name')} ({cert.get('tile', '?')} tiles)."
+    data = cert.get("data", {})
+    n, repeats = data.get("n"), cert.get("repeats")
+    samples = f" on {n} test sample{'s' if n != 1 else ''} ({data.get('spec')})" if n is not None else ""
+    tail = f"\nDigital {metric}: {_pct(digital)}{samples}; {repeats} Monte Carlo repeats per time."
+    tail += f" Device: {device.get('name')} ({cert.get('tile', '?')} tiles)."
     if verdict:
         tail += f" Gate: {verdict.get('rule')} -> {'PASS' if verdict.get('passed') else 'FAIL'}."
+    if cert.get("normalised_note"):
+        tail += f"\n{cert['normalised_note'][0].upper()}{cert['normalised_note'][1:]}."
     return head + "\n" + "\n".join(rows) + "\n" + tail
 
 
@@ -82,6 +88,7 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
             }],
         }]
         lines += ["", "## Certificate", "", results_markdown(certificate)]
+        lines += [f"\n> Warning: {w}." for w in certificate.get("warnings", [])]
     lines += ["", "## Use", ""]
     zoo = config.get("zoo") or {}
     spec = f"hf-hub:{zoo['hub']}" if zoo.get("hub") else zoo.get("name")

@@ -146,6 +146,35 @@ def test_a_value_does_not_depend_on_the_other_times_requested(pkg, engine):
     assert "stream_seed" in alone["streams"]
 
 
+def test_sample_count_shown_and_a_tiny_test_set_warned(pkg, cli):
+    code, out, err = cli("certify", pkg, "--limit", "1", "--times", "1d", "--repeats", "2")
+    assert code == 0, err
+    assert "on 1 test sample (digits); 2 Monte Carlo repeats per time" in out
+    assert "warning: only 1 test sample" in err and "whatever the repeats" in err
+    cert = json.loads((pkg / "certificate.json").read_text())
+    assert cert["data"]["n"] == 1 and any("only 1 test sample" in w for w in cert["warnings"])
+    assert cert["results"][0]["normalised"] is None and "on 1 sample" in cert["normalised_note"]
+    assert "> Warning: only 1 test sample" in (pkg / "README.md").read_text()
+    # the whole test split, a trained model and 3 repeats: no warning, normalised accuracy given
+    cert = ad.certify(pkg, times="1d", repeats=3, write=False)
+    assert cert["warnings"] == [] and "normalised_note" not in cert and cert["results"][0]["normalised"] > 0.5
+
+
+def test_normalised_accuracy_omitted_near_chance(lenet_pkg, tmp_path):
+    from analogai_deploy.certification import precision
+
+    cert = ad.certify(lenet_pkg, times="1d", repeats=2, write=False)  # untrained: digital at about chance
+    assert cert["digital"]["accuracy"] < 0.2 and cert["results"][0]["normalised"] is None
+    assert cert["normalised_note"].startswith("normalised accuracy omitted: the digital model")
+    # 12% on 271 samples with 10 classes: 2 pp above chance, so sampling would move A by far more than 20 pp
+    note = precision.normalised_note(0.12, 10, 271)
+    assert "only 2.0 pp above chance" in note
+    assert precision.normalised_note(0.97, 10, 271) is None
+    assert precision.normalised_note(1.0, 2, 1) is not None  # one sample says nothing
+    lo, hi = precision.wilson(1.0, 1)
+    assert hi == 1.0 and 0.2 < lo < 0.21
+
+
 def test_noisier_device_gives_lower_accuracy(pkg, tmp_path):
     ideal = ad.certify(pkg, device="ideal", times="1y", repeats=2, write=False)
     assert ideal.result("1y")["mean"] == pytest.approx(ideal["digital"]["accuracy"])  # no noise = digital
@@ -283,6 +312,8 @@ def test_sweep_writes_csv_and_png(pkg, cli):
     assert [float(r["value"]) for r in rows] == [0.0, 0.2, 0.4] and {r["time"] for r in rows} == {"1d"}
     means = [float(r["mean"]) for r in rows]
     assert means[-1] < means[0]  # more noise per MAC, lower accuracy
+    # one simulator for the whole curve: n_w = 0 runs on the C++ tiles the n_w > 0 points need
+    assert {r["tile"] for r in rows} == {result["tile"]} == {"cpp" if param == "n_w" else "torch"}
     _png_size((pkg / "sweep.png").read_bytes())
 
 

@@ -327,6 +327,23 @@ def test_recover_on_an_image_folder(tmp_path):
     assert pkg.config["training"]["best"]["val_acc"] == 1.0  # dark vs light is easy
 
 
+def test_a_dataset_too_small_to_split_is_a_usage_error(tmp_path, cli):
+    from PIL import Image
+
+    for label in ("a", "b"):  # one image per class: 1 train / 0 val / 1 test
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        Image.new("L", (8, 8), 40 if label == "a" else 200).save(tmp_path / "imgs" / label / "0.png")
+    ad.convert("mlp", output=tmp_path / "mlp2", num_classes=2)
+    spec = f"imagefolder:{tmp_path / 'imgs'}"
+    for args in (("recover", tmp_path / "mlp2", "--recipe", "vanilla", "--data", spec, "-o", tmp_path / "out"),
+                 ("certify", tmp_path / "mlp2", "--data", spec, "--repeats", "2", "--times", "1d")):
+        code, _, err = cli(*args)
+        assert code == 2, err
+        assert "has 2 samples, split 1 train / 0 val / 1 test: the val split is empty" in err
+        assert "at least 7 samples" in err and "bug" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_hwa_baseline_resumes(lenet_pkg, digits, tmp_path):
     over = ["training.rounds=2"]
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from .._config import StrictConfig
 from ..errors import OperationFailed, UsageError, unknown
+from . import precision
 from .devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
                       rpu_config)
 from .evaluation import (METRICS, EvalSet, load_eval_set, normalised, parse_time, parse_times, resolve_metric, run,
@@ -359,12 +360,21 @@ def _placement_block(bench: _Bench, simulated: list[str]) -> dict[str, Any]:
     return block
 
 
+def _normalised_note(bench: _Bench) -> str | None:
+    """Why the normalised accuracy is left out (precision.py); None where it is given or does not apply."""
+    if not precision.is_proportion(bench.metric):
+        return None
+    classes = bench.data.num_classes or bench.config.get("num_classes")
+    return precision.normalised_note(bench.digital_value, classes, bench.data.n)
+
+
 def _results(bench: _Bench, times: list[tuple[str, float]], values: list[list[float]]) -> list[dict[str, Any]]:
     classes = bench.data.num_classes or bench.config.get("num_classes")
+    given = precision.is_proportion(bench.metric) and _normalised_note(bench) is None
     rows = []
     for (label, seconds), vals in zip(times, values):
         s = stats(vals, (-1.0, 1.0) if bench.metric == "cosine" else (0.0, 1.0))
-        norm = normalised(s["mean"], bench.digital_value, classes) if bench.metric != "cosine" else None
+        norm = normalised(s["mean"], bench.digital_value, classes) if given else None
         rows.append({"time": label, "seconds": seconds, **s, "normalised": norm, "values": vals})
     return rows
 
@@ -496,6 +506,10 @@ def certify(
         "created": now(),
         "versions": versions(),
     })
+    note = _normalised_note(bench)
+    if note:
+        cert["normalised_note"] = note
+    cert["warnings"] = precision.warnings(bench.metric, bench.data.n, cfg.repeats, results)
     verdict = _verdict(cfg, bench.digital_value, results)
     if verdict is not None:
         cert["verdict"] = verdict
@@ -579,11 +593,20 @@ def sweep_plan(package: str | Path, param: str, values: list[float] | None, conf
             kwargs["times"] = kwargs["times"].split(",")
         config = CertifyConfig(device=dev, **kwargs)
     cfg = _resolved(package, config)
-    plans = []  # every value's tiles and times, checked before the slow part starts
-    for value in values:
-        dev = DeviceConfig.from_dict(cfg.device.to_dict())
+
+    def point(value, tile: str | None = None) -> DeviceConfig:
+        dev = DeviceConfig.from_dict({**cfg.device.to_dict(), **({"tile": tile} if tile else {})})
         setattr(dev.io, param, value)
         dev.io.__post_init__()
+        return dev
+
+    # one tile kind for every point, so the curve compares settings and not simulators: where one point
+    # needs the C++ tiles (n_w > 0) and --tile is auto, every point runs on them (n_w = 0 included)
+    kinds = {_tile_for(cfg, point(value)) for value in values}
+    tile = "cpp" if len(kinds) > 1 else None
+    plans = []  # every value's tiles and times, checked before the slow part starts
+    for value in values:
+        dev = point(value, tile)
         tile_kind = _tile_for(cfg, dev)
         rpu = rpu_config(dev, tile_kind)
         plans.append((value, dev, tile_kind, rpu, _time_points(cfg, dev, rpu)))
@@ -629,6 +652,7 @@ def sweep(
 
     device_desc = {**describe(plans[0][1], plans[0][3], plans[0][2]), "swept": param, "engine": cfg.engine}
     result = {"param": param, "values": values, "metric": bench.metric, "device": device_desc,
+              "tile": plans[0][2], "normalised_note": _normalised_note(bench),
               "digital": _digital_block(bench), "data": _data_block(bench),
               "weights_sha256": bench.config["weights"]["sha256"], "seed": cfg.seed, "repeats": cfg.repeats,
               "placement": _placement_block(bench, simulated),

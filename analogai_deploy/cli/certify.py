@@ -131,6 +131,8 @@ def certify(
     out.info(f"{sim}: {1e3 * t['per_eval_s']:.0f} ms per repeat x time point, "
              f"digital pass {1e3 * t['digital_pass_s']:.0f} ms over the same {cert['data']['n']} inputs")
     out.result(dict(cert), lambda c: _cert_text(c, cert))
+    for warning in cert.get("warnings", []):
+        out.warn(warning)
     if cert.passed is False:
         v = cert["verdict"]
         raise OperationFailed(
@@ -154,4 +156,7 @@ def _sweep_text(r: dict) -> str:
     rows = [f"{row['value']:>10g} {row['time']:>6} {100 * row['mean']:>7.2f}% "
             f"{100 * row['ci_low']:>7.2f}-{100 * row['ci_high']:.2f}%" for row in r["rows"]]
     digital = r["digital"].get(r["metric"])
-    return "\n".join([head, *rows, f"digital {r['metric']}: {100 * digital:.2f}%", "wrote " + ", ".join(r.get("files", []))])
+    tiles = "the fast engine" if r["device"].get("engine") == "fast" else f"aihwkit's {r['tile']} tiles"
+    where = f"every point on {tiles}, {r['repeats']} Monte Carlo repeats each, {r['data']['n']} test samples"
+    return "\n".join([head, *rows, f"digital {r['metric']}: {100 * digital:.2f}%; {where}",
+                      "wrote " + ", ".join(r.get("files", []))])

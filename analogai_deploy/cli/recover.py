@@ -99,7 +99,7 @@ def recover(
     def human(d):
         done, kept = t["rounds"], t.get("resumed_from_round", 0)
         earlier = "round 1" if kept == 1 else f"rounds 1-{kept}"
-        rounds = f"{done} rounds in {t['seconds']:.0f} s" if not kept else (
+        rounds = f"{done} round{'s' if done != 1 else ''} in {t['seconds']:.0f} s" if not kept else (
             f"{done} rounds, {done - kept} of them in this run ({t['seconds']:.0f} s; {earlier} from the checkpoint)"
             if done > kept else f"{done} rounds, all from the checkpoint (none left to run)")
         return (f"{d['recipe']}: {rounds} ({t['mode']} mode, {t['device']}); "

@@ -72,6 +72,20 @@ def load(spec: str, input_shape: list[int] | None = None) -> Data:
     return _torchvision(kind, arg, spec, input_shape)
 
 
+def _check_splits(spec: str, train: Dataset, val: Dataset, test: Dataset) -> None:
+    """Training needs a train and a validation split, certify a test split: refuse a dataset too small
+    for the fixed 70/15/15 split here, naming the counts, rather than divide by zero later."""
+    sizes = {"train": len(train), "val": len(val), "test": len(test)}
+    empty = [name for name, size in sizes.items() if size == 0]
+    if empty:
+        total = sum(sizes.values())
+        counts = " / ".join(f"{size} {name}" for name, size in sizes.items())
+        raise UsageError(f"{spec} has {total} sample{'s' if total != 1 else ''}, split {counts}: "
+                         f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty",
+                         "give it at least 7 samples (every split needs one); numbers mean something "
+                         "only with hundreds")
+
+
 def _split(n: int) -> tuple[list[int], list[int], list[int]]:
     g = torch.Generator().manual_seed(SPLIT_SEED)
     order = torch.randperm(n, generator=g).tolist()
@@ -162,5 +176,6 @@ def _torchvision(kind: str, root: str, spec: str, input_shape: list[int] | None)
         order = torch.randperm(len(full), generator=g).tolist()
         nval = len(full) // 10
         train, val, test_ds = Subset(full, order[nval:]), Subset(full, order[:nval]), test
+    _check_splits(spec, train, val, test_ds)
     fp = hashlib.sha256("\n".join([kind, *files]).encode()).hexdigest()
     return Data(spec, train, val, test_ds, classes, shape, list(mean), list(std), fp)
