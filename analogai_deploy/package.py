@@ -265,6 +265,7 @@ def write(
             raise ValueError("write() needs a model or a base package holding model.safetensors")
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(render(config, certificate), encoding="utf-8")
+        _follow_umask(tmp)
         _fsync_tree(tmp)
         _swap(tmp, dest)
     except BaseException:
@@ -283,6 +284,29 @@ def _canonicalise_safetensors(path: Path) -> None:
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(folder: Path) -> None:
+    """mkdtemp makes the folder 0700 and safetensors writes 0600; a package is an ordinary output, so
+    it gets the modes every other tool gives under the user's umask (0755 / 0644 for umask 022)."""
+    mask = _umask()
+    folder.chmod(0o777 & ~mask)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~mask)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -117,3 +117,21 @@ def test_data_registry(tmp_path):
         data.load("mnist")
     with pytest.raises(UsageError, match="cannot read cifar10"):
         data.load(f"cifar10:{tmp_path}")  # exists but holds no CIFAR-10 files
+
+
+@pytest.mark.parametrize("mask, folder_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600),
+                                                         (0o002, 0o775, 0o664)])
+def test_package_modes_follow_the_umask(lenet_pkg, tmp_path, mask, folder_mode, file_mode):
+    import os
+    import stat
+
+    old = os.umask(mask)
+    try:
+        pkg = package.load(lenet_pkg)
+        package.write(tmp_path / "p", pkg.config, model=pkg.model)  # a fresh package (convert, recover)
+        package.write(tmp_path / "p", pkg.config, files={"extra.json": b"{}"}, base=tmp_path / "p")  # certify, export
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "p").stat().st_mode) == folder_mode
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "p").iterdir()}
+    assert modes == {name: file_mode for name in ("config.json", "model.safetensors", "README.md", "extra.json")}
