@@ -11,6 +11,7 @@ from . import package as pkg
 from .analog.config import AnalogConfig
 from .analog.convert import convert as convert_model
 from .analog.placement import check_selection, plan
+from .certification.mapping import MappingConfig
 from .provenance import now, versions
 from .sources import Source, resolve
 
@@ -32,11 +33,13 @@ def convert(
     tokenizer: str | None = None,
     seed: int = 0,
     overwrite: bool = True,
+    mapping: MappingConfig | None = None,
 ) -> pkg.Package:
     """Build the model named by `source`, make it analog-aware, and write a package.
 
     `source` is a spec string (`resnet18`, `hf:/path/to/folder`, `file.py:factory`) or a `Source`.
     Returns the written package with the converted model and its `ConversionReport` in `.report`.
+    `mapping`: the tile mapping recorded in config.json["mapping"] (default: mapping.DEFAULTS).
     """
     config = config or AnalogConfig()
     torch.manual_seed(seed)  # random-init architectures are reproducible from the recorded seed
@@ -56,6 +59,8 @@ def convert(
         **({"tokenizer": src.tokenizer} if src.tokenizer else {}),
         "analog": config.to_dict(),
         "placement": placement.to_dict(),
+        # how the weights and signals go onto tiles; certify uses it unless told otherwise (mapping.py)
+        "mapping": (mapping or MappingConfig()).complete().to_dict(),
         "conversion": placement.conversion_summary(),  # the counts, for readers of older packages' summary
         "provenance": {
             "created": now(),

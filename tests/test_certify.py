@@ -12,8 +12,8 @@ import torch
 import analogai_deploy as ad
 from analogai_deploy import package
 from analogai_deploy.aihwkit_probe import tile_support
-from analogai_deploy.certification import (CertifyConfig, _bench, _to_aihwkit, apply_overrides, monte_carlo,
-                                           parse_sweep)
+from analogai_deploy.certification import (CertifyConfig, _bench, _resolved, _to_aihwkit, apply_overrides,
+                                           monte_carlo, parse_sweep)
 from analogai_deploy.certification.devices import DeviceConfig, choose_tile, rpu_config
 from analogai_deploy.certification.evaluation import normalised, parse_times, stats
 from analogai_deploy.errors import UsageError
@@ -99,8 +99,9 @@ def test_certificate_written_with_schema_plot_and_card(pkg):
         assert len(r["values"]) == 3 and all(0 <= v <= 1 for v in r["values"])
         assert r["ci95"][0] <= r["mean"] <= r["ci95"][1] and r["min"] == min(r["values"])
         assert r["normalised"] == pytest.approx(normalised(r["mean"], digital, 10))
-    # drift costs accuracy: one year after programming is worse than one second
-    assert on_disk["results"][-1]["mean"] < on_disk["results"][0]["mean"]
+    # drift does not help: one year after programming is no better than one second (with per-column
+    # scaling and calibrated input scales this MLP barely loses anything, so not strictly worse)
+    assert on_disk["results"][-1]["mean"] <= on_disk["results"][0]["mean"] + 1e-6
     w, h = _png_size((pkg / "certificate.png").read_bytes())
     assert w > 200 and h > 200
     card = (pkg / "README.md").read_text()
@@ -227,7 +228,9 @@ def test_typed_config_api(pkg):
     assert [r["time"] for r in cert["results"]] == ["1s", "1d", "2d"]
     with pytest.raises(UsageError, match="characterised only at 1s, 1d, 2d, not 1h"):
         ad.certify(pkg, device="ReRAM", times="1h,1d", repeats=2, write=False)
-    assert CertifyConfig.from_dict(cert["settings"]) == cfg  # the certificate carries what decided its numbers
+    # the certificate carries what decided its numbers: the config as resolved against the package (its mapping)
+    assert CertifyConfig.from_dict(cert["settings"]) == _resolved(pkg, cfg)
+    assert cert["settings"]["mapping"]["weight_scaling"] == "column"
     with pytest.raises(UsageError, match="beside a CertifyConfig"):
         ad.certify(pkg, config=cfg, dac_bits=8, write=False)
 

@@ -35,10 +35,11 @@ from ..errors import OperationFailed, UsageError, unknown
 from . import precision
 from .devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
                       rpu_config)
+from .mapping import MAPPING_FIELDS, MappingConfig, package_mapping
 from .evaluation import (METRICS, EvalSet, load_eval_set, normalised, parse_time, parse_times, resolve_metric, run,
                          score, stats)
 
-__all__ = ["certify", "sweep", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings", "CustomDevice",
+__all__ = ["certify", "sweep", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings", "CustomDevice", "MappingConfig",
            "DEVICES", "PRESETS", "METRICS", "apply_overrides", "parse_sweep"]
 
 DEFAULT_TIMES = "1s,1h,1d,1y"
@@ -66,6 +67,9 @@ class CertifyConfig(StrictConfig):
     limit: evaluate on at most this many test samples (None = the whole test split).
     match_qat: set the DAC bits to the package's QAT activation bits (config["quantization"]["a_bits"]).
     engine: aihwkit (aihwkit's tiles) or fast (aihwkit's device model around the fused forward; fast.py).
+    mapping: the mapping options (mapping.py); fields left at None come from the package's
+        config.json["mapping"] (what it was converted / trained for), whose "io" also fills the IO
+        settings not given here. Once resolved, this holds the complete mapping that runs.
     """
 
     device: DeviceConfig = field(default_factory=DeviceConfig)
@@ -79,6 +83,7 @@ class CertifyConfig(StrictConfig):
     limit: int | None = None
     match_qat: bool = False
     engine: str = "aihwkit"
+    mapping: MappingConfig = field(default_factory=MappingConfig)
 
     def __post_init__(self):
         from .fast import ENGINES
@@ -129,7 +134,7 @@ def apply_overrides(overrides: list[str] | None) -> dict[str, str]:
     """KEY=VALUE strings (the seed's `inference.platform.aihwkit.n_w=0.2` too) -> {setting: value}."""
     out: dict[str, str] = {}
     valid = set(ALIASES) | {"device", "preset", "tile", "repeats", "seed", "times", "data", "metric"} | set(
-        f.name for f in IOSettings.__dataclass_fields__.values())
+        f.name for f in IOSettings.__dataclass_fields__.values()) | {f"mapping.{k}" for k in MAPPING_FIELDS}
     for item in overrides or []:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -182,9 +187,24 @@ def _resolved(package: str | Path, cfg: CertifyConfig) -> CertifyConfig:
     from .. import package as pkg_io
 
     cfg = CertifyConfig.from_dict(cfg.to_dict())
+    config = pkg_io.read_config(package)
     if cfg.match_qat:
-        _match_qat(cfg, pkg_io.read_config(package))
+        _match_qat(cfg, config)
+    cfg.mapping = cfg.mapping.over(package_mapping(config))
+    _package_io(cfg)
     return cfg
+
+
+def _package_io(cfg: CertifyConfig) -> None:
+    """The IO settings the package was trained for fill those not given (a preset or the ideal device
+    brings its own periphery, so they are left alone there)."""
+    dev = cfg.device
+    if dev.preset or dev.name == "ideal":
+        return
+    for key, value in cfg.mapping.io.to_dict().items():
+        if value is not None and getattr(dev.io, key) is None and (
+                dev.custom is None or getattr(dev.custom.io, key) is None):
+            setattr(dev.io, key, value)
 
 
 @dataclass
@@ -200,6 +220,9 @@ class _Bench:
     digital_value: float
     digital_seconds: float
     placement: Any = None  # analog.placement.Placement: what goes on tiles
+    prepared: nn.Module | None = None  # the digital model as mapped: weights clipped and input-scaled
+    calibration: Any = None  # mapping.Calibration, when the mapping calibrates on data
+    mapping_record: dict[str, Any] = field(default_factory=dict)
 
 
 def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
@@ -218,7 +241,46 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
     seconds = time.perf_counter() - start
     reference = None if metric == "accuracy" else outputs
     value = score(metric, outputs, data, reference)
-    return _Bench(pkg.path, pkg.config, digital, data, metric, reference, value, seconds, pkg.placement)
+    bench = _Bench(pkg.path, pkg.config, digital, data, metric, reference, value, seconds, pkg.placement)
+    _map(bench, cfg)
+    return bench
+
+
+def _map(bench: _Bench, cfg: CertifyConfig) -> None:
+    """The mapping's digital side, shared by both engines: clip the weights, calibrate on data, fold the
+    per-channel input scales into the weights; and what the certificate records about it."""
+    from . import mapping as mp
+
+    m = cfg.mapping.complete()
+    prepared = copy.deepcopy(bench.digital)
+    layers = mp.mapped_layers(prepared, bench.placement)
+    clipped = mp.clip_weights(prepared, m, layers)
+    record: dict[str, Any] = {**m.to_dict(), "source": "package" if "mapping" in bench.config else "legacy (no "
+                              "mapping in config.json)", "overridden": _overridden(bench.config, m)}
+    if clipped:
+        record["clipped_fraction"] = sum(clipped.values()) / len(clipped)
+    if m.needs_calibration:
+        batches, info = mp.calibration_batches(bench.path, bench.config, m, cfg.data)
+        bench.calibration = mp.calibrate(prepared, batches, m, info, layers)
+        mp.apply_input_scaling(prepared, bench.calibration)
+        record["calibrated"] = bench.calibration.summary()
+    if clipped:  # what the mapped weights alone cost, before any analog noise (the ceiling of this mapping)
+        handles = mp.install(prepared, bench.calibration) if bench.calibration else []
+        try:
+            outputs = run(prepared.eval(), bench.data)
+        finally:
+            for h in handles:
+                h.remove()
+        record["digital_mapped"] = {bench.metric: score(bench.metric, outputs, bench.data, bench.reference)}
+    bench.prepared = prepared.eval()
+    bench.mapping_record = record
+
+
+def _overridden(config: dict[str, Any], m: MappingConfig) -> dict[str, Any]:
+    """The mapping fields (and trained-for IO) that differ from what the package records."""
+    base = package_mapping(config).complete().to_dict()
+    mine = m.to_dict()
+    return {k: v for k, v in mine.items() if k != "io" and base.get(k) != v}
 
 
 def _time_points(cfg: CertifyConfig, device: DeviceConfig, rpu) -> list[tuple[str, float]]:
@@ -324,11 +386,13 @@ def _simulator(cfg: CertifyConfig, bench: _Bench | nn.Module, rpu):
 
 
 def _simulate(cfg: CertifyConfig, bench: _Bench, rpu):
-    """The model on simulated tiles, and the placement layers it simulates (in placement order)."""
+    """The model on simulated tiles, and the placement layers it simulates (in placement order).
+    Both engines start from the mapped digital model (`_map`) and get its calibration installed."""
+    model = bench.prepared if bench.prepared is not None else bench.digital
     if cfg.engine == "fast":
         from .fast import FastModel
 
-        analog = FastModel(bench.digital, rpu)
+        analog = FastModel(model, rpu)
         names = {id(m): n for n, m in analog.model.named_modules()}
         simulated = [names[id(layer.module)] for layer in analog.layers]
         planned = bench.placement.names
@@ -338,10 +402,33 @@ def _simulate(cfg: CertifyConfig, bench: _Bench, rpu):
             what = (f"leaves planned layers digital: {', '.join(missing[:4])}" if missing
                     else f"would also simulate layers the placement keeps digital: {', '.join(extra[:4])}")
             raise OperationFailed(f"the fast engine {what}", "use --engine aihwkit, which follows the placement")
+        _install(analog.model, bench, fast=True)
         return analog, planned
     from .tiles import to_aihwkit
 
-    return to_aihwkit(bench.digital, bench.placement, rpu)
+    analog, simulated = to_aihwkit(model, bench.placement, rpu)
+    _install(analog, bench, fast=False)
+    return analog, simulated
+
+
+def _install(model: nn.Module, bench: _Bench, fast: bool) -> None:
+    """The calibrated part of the mapping on the simulated model: x / s before each scaled layer's DAC
+    (a digital multiply), and the static input range of every tile of a layer."""
+    from . import mapping as mp
+
+    cal = bench.calibration
+    if cal is None:
+        return
+    mp.install(model, cal)
+    for name, r in cal.ranges.items():
+        mod = model.get_submodule(name)
+        if fast:
+            mod._fast.input_range = r
+            continue
+        from aihwkit.simulator.tiles.module import TileModule
+
+        for tile in (m for m in mod.modules() if isinstance(m, TileModule)):
+            tile.set_input_range(r)
 
 
 def _conversion(cfg: CertifyConfig, analog: nn.Module, bench: _Bench, simulated: list[str]) -> dict[str, Any]:
@@ -420,6 +507,7 @@ def resolve(
     match_qat: bool = False,
     limit: int | None = None,
     engine: str = "aihwkit",
+    mapping: MappingConfig | dict[str, Any] | None = None,
     **io: Any,
 ) -> tuple[str | Path, CertifyConfig, str, Any, list[tuple[str, float]]]:
     """`certify`'s arguments checked and resolved before the slow part starts (the launcher checks them
@@ -430,14 +518,25 @@ def resolve(
         device=_device_config(device, device_file, preset, tile, io), data=data, metric=metric,
         times=[times] if isinstance(times, (int, float)) else times, repeats=repeats, seed=seed,
         max_drop=max_drop, at=at, limit=limit, match_qat=match_qat, engine=engine,
+        mapping=_mapping_arg(mapping),
     )
+    if config is not None and mapping is not None:
+        raise UsageError("mapping given beside a CertifyConfig", "set it in config.mapping")
     if isinstance(cfg.times, str):
         cfg.times = cfg.times.split(",")
     package = getattr(package, "path", package)  # a Package object or its folder
     cfg = _resolved(package, cfg)
     tile_kind = _tile_for(cfg)
-    rpu = rpu_config(cfg.device, tile_kind)
+    rpu = rpu_config(cfg.device, tile_kind, cfg.mapping)
     return package, cfg, tile_kind, rpu, _time_points(cfg, cfg.device, rpu)
+
+
+def _mapping_arg(mapping: MappingConfig | dict[str, Any] | None) -> MappingConfig:
+    if mapping is None:
+        return MappingConfig()
+    if isinstance(mapping, MappingConfig):
+        return mapping
+    return MappingConfig.from_dict(mapping, where="mapping.")
 
 
 def certify(
@@ -458,6 +557,7 @@ def certify(
     match_qat: bool = False,
     limit: int | None = None,
     engine: str = "aihwkit",
+    mapping: MappingConfig | dict[str, Any] | None = None,
     progress: Callable[..., Any] | None = None,
     write: bool = True,
     **io: Any,
@@ -468,13 +568,15 @@ def certify(
     `io`: IOSettings fields (dac_bits, adc_bits, out_noise, tile_size, drift_compensation, n_w, w_noise_type).
     `data`: default digits for image packages, built-in sentences for text packages (label-free).
     `engine`: aihwkit (its tiles) or fast (its device model around the fused forward; see fast.py).
+    `mapping`: a MappingConfig (or its dict) over the package's config.json["mapping"] (mapping.py).
     `progress(total=..., desc=...)`: a tqdm-like bar factory. Pass `config` to give everything at once.
     This process only (under torchrun the repeats spread over its ranks by themselves);
     `analogai_deploy.certify(..., nproc=N)` (launcher.py) spreads them over N local processes.
     """
     package, cfg, tile_kind, rpu, times_ = resolve(
         package, device, data, times, repeats, seed, config=config, max_drop=max_drop, at=at, metric=metric,
-        preset=preset, tile=tile, device_file=device_file, match_qat=match_qat, limit=limit, engine=engine, **io)
+        preset=preset, tile=tile, device_file=device_file, match_qat=match_qat, limit=limit, engine=engine,
+        mapping=mapping, **io)
     bench = _bench(package, cfg)
     start = time.perf_counter()
     analog, simulated = _simulate(cfg, bench, rpu)
@@ -500,6 +602,7 @@ def certify(
         "streams": STREAMS,
         "digital": _digital_block(bench),
         "placement": _placement_block(bench, simulated),
+        "mapping": bench.mapping_record,
         "conversion": _conversion(cfg, analog, bench, simulated),
         "results": results,
         "settings": cfg.to_dict(),
@@ -591,6 +694,8 @@ def sweep_plan(package: str | Path, param: str, values: list[float] | None, conf
                              kwargs.pop("tile", "auto"), io_kw)
         if "times" in kwargs and isinstance(kwargs["times"], str):
             kwargs["times"] = kwargs["times"].split(",")
+        if "mapping" in kwargs:
+            kwargs["mapping"] = _mapping_arg(kwargs["mapping"])
         config = CertifyConfig(device=dev, **kwargs)
     cfg = _resolved(package, config)
 
@@ -608,7 +713,7 @@ def sweep_plan(package: str | Path, param: str, values: list[float] | None, conf
     for value in values:
         dev = point(value, tile)
         tile_kind = _tile_for(cfg, dev)
-        rpu = rpu_config(dev, tile_kind)
+        rpu = rpu_config(dev, tile_kind, cfg.mapping)
         plans.append((value, dev, tile_kind, rpu, _time_points(cfg, dev, rpu)))
     return param, values, cfg, plans
 
@@ -653,6 +758,7 @@ def sweep(
     device_desc = {**describe(plans[0][1], plans[0][3], plans[0][2]), "swept": param, "engine": cfg.engine}
     result = {"param": param, "values": values, "metric": bench.metric, "device": device_desc,
               "tile": plans[0][2], "normalised_note": _normalised_note(bench),
+              "mapping": bench.mapping_record,
               "digital": _digital_block(bench), "data": _data_block(bench),
               "weights_sha256": bench.config["weights"]["sha256"], "seed": cfg.seed, "repeats": cfg.repeats,
               "placement": _placement_block(bench, simulated),

@@ -226,8 +226,9 @@ def _bits(res: float) -> int:
     return int(round(math.log2(steps + 2)))
 
 
-def rpu_config(config: DeviceConfig, tile: str):
-    """The aihwkit rpu_config for `config` on tile kind `tile` ('cpp' or 'torch')."""
+def rpu_config(config: DeviceConfig, tile: str, mapping=None):
+    """The aihwkit rpu_config for `config` on tile kind `tile` ('cpp' or 'torch'), mapped by `mapping`
+    (a MappingConfig; None = one scale per tile, dynamic inputs, a global drift correction)."""
     from aihwkit.inference import GlobalDriftCompensation
     from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig, WeightNoiseType
 
@@ -262,7 +263,31 @@ def rpu_config(config: DeviceConfig, tile: str):
             rpu.forward.w_noise_type = WeightNoiseType[(io.w_noise_type or "additive_constant").upper()]
         elif io.n_w == 0 and not config.preset:
             rpu.forward.w_noise_type = WeightNoiseType.NONE
+    if mapping is not None:
+        _apply_mapping(rpu, mapping.complete(), keep_inputs=bool(config.preset))
     return rpu
+
+
+def _apply_mapping(rpu, m, keep_inputs: bool = False) -> None:
+    """The aihwkit fields behind a MappingConfig (clipping and input scaling act on the weights instead)."""
+    from aihwkit.inference.compensation.drift import GlobalDriftCompensation, PerColumnDriftCompensation
+    from aihwkit.simulator.parameters.enums import NoiseManagementType
+
+    rpu.mapping.weight_scaling_omega = 1.0
+    rpu.mapping.weight_scaling_columnwise = m.weight_scaling == "column"
+    if rpu.drift_compensation is not None:
+        rpu.drift_compensation = (PerColumnDriftCompensation() if m.output_scaling == "column"
+                                  else GlobalDriftCompensation())
+    ir = rpu.pre_post.input_range
+    if m.input_range == "calibrated":
+        # a static range per layer, set on every tile after conversion from the calibration pass;
+        # it replaces the dynamic abs-max scaling (aihwkit: noise management off with input ranges)
+        ir.enable, ir.learn_input_range, ir.init_from_data = True, False, 0
+        rpu.forward.noise_management = NoiseManagementType.NONE
+    elif not keep_inputs:  # a preset keeps its own input handling unless calibrated ranges are asked for
+        ir.enable = False
+        if rpu.forward.noise_management == NoiseManagementType.NONE:
+            rpu.forward.noise_management = NoiseManagementType.ABS_MAX
 
 
 def fixed_times(rpu) -> list[float] | None:
@@ -304,4 +329,7 @@ def describe(config: DeviceConfig, rpu, tile: str) -> dict[str, Any]:
         "noise_management": fwd.noise_management.name.lower(),
         "tile_size": [rpu.mapping.max_input_size, rpu.mapping.max_output_size],
         "weight_scaling_omega": rpu.mapping.weight_scaling_omega,
+        "weight_scaling_columnwise": bool(rpu.mapping.weight_scaling_columnwise),
+        "input_range": bool(getattr(getattr(rpu, "pre_post", None), "input_range", None)
+                            and rpu.pre_post.input_range.enable),
     }

@@ -122,28 +122,42 @@ class FastLayer:
         self.shape = module.weight.shape
         out_size, in_size = w.shape
         omega = rpu.mapping.weight_scaling_omega
-        if rpu.mapping.weight_scaling_columnwise:
-            raise UsageError("the fast engine maps one scale per tile (weight_scaling_columnwise is off in every "
-                             "device preset)", "use --engine aihwkit")
+        columnwise = bool(rpu.mapping.weight_scaling_columnwise)
+        #: a static input range (calibrated, aihwkit pre_post.input_range) replacing the abs-max scaling
+        self.input_range: float | None = None
         self.tiles: list[_Tile] = []
         for in_lo, in_hi in _splits(in_size, rpu.mapping.max_input_size):
             for out_lo, out_hi in _splits(out_size, rpu.mapping.max_output_size):
                 part = w[out_lo:out_hi, in_lo:in_hi]
-                # as aihwkit's apply_weight_scaling: alpha = max|w| / omega (1 where the tile is all zeros)
-                wmax = part.abs().max().view(1) / omega if omega and omega > 0 else torch.ones(1)
+                # as aihwkit's apply_weight_scaling: alpha = max|w| / omega, per tile or per output column
+                # (1 where the tile / column is all zeros)
+                if not (omega and omega > 0):
+                    wmax = torch.ones(1)
+                elif columnwise:
+                    wmax = part.abs().amax(1) / omega
+                else:
+                    wmax = part.abs().max().view(1) / omega
                 wmax[wmax == 0.0] = 1.0
-                self.tiles.append(_Tile(out_lo, out_hi, in_lo, in_hi, wmax, part / wmax))
+                self.tiles.append(_Tile(out_lo, out_hi, in_lo, in_hi, wmax, part / wmax.view(-1, 1)))
         self.in_chunks = sorted({(t.in_lo, t.in_hi) for t in self.tiles})
         self.eye: dict[int, torch.Tensor] = {}
-        from aihwkit.inference.compensation.drift import GlobalDriftCompensation
+        from aihwkit.inference.compensation.drift import GlobalDriftCompensation, PerColumnDriftCompensation
 
-        # GlobalDriftCompensation reads out with eye(n); subclasses may read out otherwise
-        self._one_hot_readout = type(self.compensation) is GlobalDriftCompensation
+        # the global and the per-column compensation read out with eye(n); subclasses may read out otherwise
+        self._one_hot_readout = type(self.compensation) in (GlobalDriftCompensation, PerColumnDriftCompensation)
         self._q1 = float(self._dac(torch.ones(1))[0]) if self.io.inp_res > 0 else 1.0
 
     # -- the device model (aihwkit's own classes) -------------------------------------------------------
     def _readout(self, weights: torch.Tensor) -> torch.Tensor:
-        """GlobalDriftCompensation.readout of the tile forward on its read-out tensor (one-hot rows)."""
+        """The compensation's readout of the tile forward on its read-out tensor (the drift baseline)."""
+        return self.compensation.readout(self._readout_forward(weights))
+
+    def _alpha(self, weights: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+        """The compensation factor at the current weights (`apply` reads out itself, as in aihwkit)."""
+        return self.compensation.apply(self._readout_forward(weights), baseline)
+
+    def _readout_forward(self, weights: torch.Tensor) -> torch.Tensor:
+        """The tile forward on the compensation's read-out tensor (one-hot rows)."""
         n = weights.shape[1]
         if n not in self.eye:
             self.eye[n] = self.compensation.get_readout_tensor(n)
@@ -155,7 +169,7 @@ class FastLayer:
             out = out if ok else None
         if out is None:
             out = self._tile_mvm(self.eye[n], weights)
-        return self.compensation.readout(out)
+        return out
 
     @torch.no_grad()
     def program(self) -> None:
@@ -171,7 +185,7 @@ class FastLayer:
         for t in self.tiles:
             t.current = self.noise_model.apply_drift_noise(t.programmed, t.nu, seconds)
             if self.compensation is not None:
-                t.alpha = self.compensation.apply(self._readout(t.current), t.baseline)
+                t.alpha = self._alpha(t.current, t.baseline)
 
     # -- the periphery (aihwkit's AnalogMVM.matmul for the torch tile) ------------------------------------
     def _finalize(self, y: torch.Tensor, extra_var: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
@@ -237,12 +251,22 @@ class FastLayer:
             absmax = absmax.clamp(max=io.nm_thres)
         return torch.where(absmax > 0, absmax, torch.ones_like(absmax))
 
-    def _tile_mvm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """One tile on [N, in] inputs, exactly as AnalogMVM.matmul (noise + bound management)."""
+    def _tile_mvm(self, x: torch.Tensor, w: torch.Tensor, ranged: bool = False) -> torch.Tensor:
+        """One tile on [N, in] inputs, exactly as AnalogMVM.matmul (noise + bound management).
+        `ranged`: a layer input, scaled by the static input range when there is one (the drift read-out is not)."""
         if self.perfect:
             return x @ w.T
-        nm = self._nm(x.abs().amax(-1, keepdim=True))
+        if ranged and self.input_range is not None:
+            nm = x.new_full((*x.shape[:-1], 1), self.input_range)
+        else:
+            nm = self._nm(x.abs().amax(-1, keepdim=True))
         return self._managed(lambda scale: self._dac(x * scale) @ w.T, nm)
+
+    def _clip_input(self, x: torch.Tensor) -> torch.Tensor:
+        """aihwkit's apply_input_range: inputs beyond a static range clip (before the tile)."""
+        if self.input_range is None or self.perfect:
+            return x
+        return x.clamp(-self.input_range, self.input_range)
 
     # -- the layer forward --------------------------------------------------------------------------------
     def linear(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,8 +276,9 @@ class FastLayer:
 
     def _tiles_mvm(self, x: torch.Tensor, out_features: int) -> torch.Tensor:
         out = None
+        x = self._clip_input(x)
         for t in self.tiles:
-            y = self._tile_mvm(x[..., t.in_lo:t.in_hi], t.current) * t.scale * t.alpha
+            y = self._tile_mvm(x[..., t.in_lo:t.in_hi], t.current, ranged=True) * t.scale * t.alpha
             if len(self.tiles) > 1:
                 full = x.new_zeros(*x.shape[:-1], out_features)
                 full[..., t.out_lo:t.out_hi] = y
@@ -280,6 +305,7 @@ class FastLayer:
         kk = k[0] * k[1]
         nonzero = None
         out = 0.0
+        x = self._clip_input(x)
         for in_lo, in_hi in self.in_chunks:
             w = self._full_weight((in_lo, in_hi))  # normalised effective weights of this input chunk
             xin = x
@@ -291,7 +317,7 @@ class FastLayer:
                 cols = F.unfold(x.abs(), k, d, p, s)[:, in_lo:in_hi]  # [N, chunk, L]
                 oh = (x.shape[2] + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
                 nm = cols.amax(1).reshape(x.shape[0], 1, oh, -1)
-            nm = self._nm(nm)
+            nm = self._nm(nm) if self.input_range is None else torch.full_like(nm, self.input_range)
             extra = None
             if self.io.inp_res > 0:  # DAC rounding: uniform over one grid step per non-zero input (zeros are exact)
                 step = _step(self.io.inp_res, self.io.inp_bound)
@@ -308,7 +334,7 @@ class FastLayer:
         flat = torch.zeros(out_size, math.prod(self.shape[1:]))
         for t in self.tiles:
             if chunk is None or (t.in_lo, t.in_hi) == chunk:
-                w = t.current if not self.perfect else t.ref * t.scale
+                w = t.current if not self.perfect else t.ref * t.scale.view(-1, 1)
                 flat[t.out_lo:t.out_hi, t.in_lo:t.in_hi] = w
         return flat.reshape(self.shape)
 
@@ -317,13 +343,20 @@ class FastLayer:
         tiles = [t for t in self.tiles if t.in_lo == in_lo]
         if len(tiles) == 1:
             t = tiles[0]
-            return self._managed(compute, nm, extra, t.scale * t.alpha)
+            return self._managed(compute, nm, extra, _per_channel(t.scale * t.alpha))
         parts = []
         for t in tiles:
             part = None if extra is None else extra[:, t.out_lo:t.out_hi]
             parts.append(self._managed(lambda scale, t=t: compute(scale)[:, t.out_lo:t.out_hi].clone(), nm, part,
-                                       t.scale * t.alpha))
+                                       _per_channel(t.scale * t.alpha)))
         return torch.cat(parts, 1)
+
+
+def _per_channel(post: torch.Tensor | float) -> torch.Tensor | float:
+    """Per-column digital factors (one per output channel) shaped for a conv output [N, C, H, W]."""
+    if isinstance(post, torch.Tensor) and post.numel() > 1:
+        return post.view(1, -1, 1, 1)
+    return post
 
 
 class _FastLinear(nn.Linear):
@@ -439,7 +472,7 @@ class FastModel(nn.Module):
         for layer in self.layers:
             if layer.compensation is not None:
                 for t in layer.tiles:
-                    t.alpha = layer.compensation.apply(layer._readout(t.current), t.baseline)
+                    t.alpha = layer._alpha(t.current, t.baseline)
 
     @torch.no_grad()
     def forward(self, *args, **kwargs):

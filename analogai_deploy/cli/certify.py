@@ -28,6 +28,10 @@ Examples:
 
   analogai-deploy certify runs/minilm            # text: label-free, cosine vs the digital model
 
+  analogai-deploy certify runs/minilm --weight-scaling tile --input-scaling none --output-scaling tile  # the old mapping
+
+  analogai-deploy certify runs/lenet --clip channel_std --clip-value 2.5 --input-range calibrated
+
   analogai-deploy certify runs/lenet --repeats 40 --nproc 4   # repeats spread over 4 processes, same certificate
 
   torchrun --nproc-per-node 4 -m analogai_deploy certify runs/lenet --repeats 40   # or under torchrun
@@ -47,6 +51,12 @@ Engines: aihwkit (default) runs aihwkit's tiles; fast draws the same aihwkit dev
 (programming noise, drift, read noise, drift compensation) and runs the network's fused forward
 with the PyTorch tile's DAC/ADC, output noise and bound management around each layer: several times
 faster, statistically equal (BENCHMARKS.md); it covers the PyTorch tile's settings (not --n-w, --preset).
+
+Mapping (docs/certify.md): how weights and signals go onto the tiles. Defaults come from the package's
+config.json["mapping"] (what it was converted or trained for; new packages: one scale per output column,
+per-channel input scaling calibrated on data, dynamic abs-max inputs, one drift correction per tile, no
+clipping; packages from before mapping options: one scale per tile). A flag here overrides one field and
+the certificate records it. The IO settings a package was trained for (its "io") are the default IO.
 
 Exit codes: 0 certified (and the gate passed), 1 the gate failed (the certificate is still written), 2 bad input.
 """
@@ -82,6 +92,16 @@ def certify(
     engine: Annotated[str, typer.Option(help="aihwkit (aihwkit's tiles) or fast (aihwkit's device model around the fused forward).")] = "aihwkit",
     match_qat: Annotated[bool, typer.Option(help="Set the DAC bits to the package's QAT a_bits.")] = False,
     limit: Annotated[int | None, typer.Option(help="Evaluate on at most this many test samples.")] = None,
+    weight_scaling: Annotated[str | None, typer.Option(help="Mapping: one weight scale per 'tile' or per output 'column' (aihwkit weight_scaling_columnwise). [default: the package's; new packages: column]")] = None,
+    clip: Annotated[str | None, typer.Option(help="Mapping: clip weights before programming: none, fixed (|w| <= --clip-value), layer_std or channel_std (--clip-value std per layer / output channel). [default: the package's; new: none]")] = None,
+    clip_value: Annotated[float | None, typer.Option(help="Mapping: the clip bound (fixed: weight units; *_std: std multiples). [default: 3]")] = None,
+    input_range: Annotated[str | None, typer.Option(help="Mapping: 'dynamic' abs-max scaling per input vector, or 'calibrated' static range per layer from data (aihwkit pre_post.input_range). [default: the package's; new: dynamic]")] = None,
+    input_range_k: Annotated[float | None, typer.Option(help="Mapping: calibrated range = this many std of the layer's inputs. [default: 3]")] = None,
+    input_scaling: Annotated[str | None, typer.Option(help="Mapping: 'channel' per-input-channel digital scales calibrated on data, folded into the weights, or 'none'. [default: the package's; new: channel]")] = None,
+    input_scaling_alpha: Annotated[float | None, typer.Option(help="Mapping: s_j = max|x_j|^a / max|W_:j|^(1-a). [default: 0.5]")] = None,
+    output_scaling: Annotated[str | None, typer.Option(help="Mapping: drift-compensation gain per 'tile' (GlobalDriftCompensation) or per output 'column' (PerColumnDriftCompensation). (column needs --weight-scaling column: aihwkit reads each column out one-hot, and a column read as 0 by the ADC explodes) [default: the package's; new: tile]")] = None,
+    calibration: Annotated[str | None, typer.Option(help="Mapping: calibration data (a --data spec). [default: the train split of --data; text: built-in calibration sentences]")] = None,
+    calibration_samples: Annotated[int | None, typer.Option(help="Mapping: calibration samples. [default: 64]")] = None,
     sweep: Annotated[str | None, typer.Option(help="PARAM=START:STOP:N, e.g. n_w=0:0.2:10; writes sweep.csv and sweep.png.")] = None,
     nproc: Annotated[int, typer.Option(help="Spread the Monte Carlo repeats over N local processes (torch.distributed, gloo); same seed, same certificate.")] = 1,
     dist_timeout: Annotated[float | None, typer.Option(help="Seconds a process waits for the others before the run fails (with --nproc or torchrun). [default: 1800]")] = None,
@@ -102,11 +122,22 @@ def certify(
         if given.get(key) is not None and str(given[key]) != value:
             raise UsageError(f"{key} is given twice ({given[key]} and {value})", "pass it once")
         given[key] = value
+    mapping = {k: v for k, v in {
+        "weight_scaling": weight_scaling, "clip": clip, "clip_value": clip_value, "input_range": input_range,
+        "input_range_k": input_range_k, "input_scaling": input_scaling, "input_scaling_alpha": input_scaling_alpha,
+        "output_scaling": output_scaling, "calibration": calibration, "calibration_samples": calibration_samples,
+    }.items() if v is not None}
+    for key in [k for k in given if k.startswith("mapping.")]:  # mapping.clip=channel_std as an override
+        name = key.split(".", 1)[1]
+        if name in mapping and str(mapping[name]) != given[key]:
+            raise UsageError(f"{name} is given twice ({mapping[name]} and {given[key]})", "pass it once")
+        mapping[name] = given.pop(key)
     settings = {k: v for k, v in given.items() if v is not None}
     device_name = settings.pop("device", "PCM")
     common = dict(device=device_name, device_file=device_file, max_drop=max_drop if not sweep else None, at=at,
                   match_qat=match_qat, limit=limit, times=settings.pop("times", None))
-    kwargs = {**common, **settings, "engine": engine, "nproc": nproc, "dist_timeout": dist_timeout}
+    kwargs = {**common, **settings, "engine": engine, "nproc": nproc, "dist_timeout": dist_timeout,
+              "mapping": cert_mod.MappingConfig.from_dict(mapping, where="mapping.")}
     for key, cast in (("repeats", int), ("seed", int)):
         if key in kwargs:
             try:
@@ -144,7 +175,14 @@ def certify(
 def _cert_text(c: dict, cert) -> str:
     from ..card import results_markdown
 
+    from ..certification.mapping import MappingConfig, MAPPING_FIELDS
+
     lines = [results_markdown(c)]
+    m = c.get("mapping") or {}
+    if m:
+        label = MappingConfig.from_dict({k: m[k] for k in MAPPING_FIELDS if k in m}).label()
+        over = m.get("overridden") or {}
+        lines.append(f"mapping: {label}" + (f" (overridden: {', '.join(sorted(over))})" if over else ""))
     if not c.get("reproducible"):
         lines.append("note: C++ tiles: read noise is not seeded, numbers vary slightly between runs")
     lines.append(f"wrote {cert.path} and certificate.png")
