@@ -13,7 +13,7 @@ from .analog.convert import convert as convert_model
 from .analog.placement import check_selection, plan
 from .certification.mapping import MappingConfig
 from .provenance import now, versions
-from .sources import Source, resolve
+from .sources import Source, check_runs, resolve
 
 
 def default_output(spec: str) -> Path:
@@ -47,10 +47,11 @@ def convert(
         source, num_classes=num_classes, weights=weights, task=task, input_shape=input_shape, tokenizer=tokenizer
     )
     model: nn.Module = src.model.eval()
+    spec_name = source if isinstance(source, str) else src.spec.get("name", "model")
+    check_runs(src, spec_name)  # before anything is decided or written
     check_selection(model, config)
     placement = plan(model, config)
     report = convert_model(model, config, placement)
-    spec_name = source if isinstance(source, str) else src.spec.get("name", "model")
     meta = {
         "source": src.spec,
         "task": src.task,

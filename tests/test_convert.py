@@ -210,6 +210,7 @@ def test_local_factory_and_weights_file(tmp_path):
     with pytest.raises(UsageError, match="did you mean"):
         resolve(f"{code}:tinyy")
     torch.save(trained.state_dict(), tmp_path / "w.pt")
-    ad.convert(f"{code}:tiny", output=tmp_path / "pkg2", num_classes=3, weights=str(tmp_path / "w.pt"))
+    ad.convert(f"{code}:tiny", output=tmp_path / "pkg2", num_classes=3, weights=str(tmp_path / "w.pt"),
+               input_shape=[3, 2, 2])
     with pytest.raises(UsageError, match="do not fit"):
         resolve(f"{code}:tiny", num_classes=5, weights=str(tmp_path / "w.pt"))

@@ -1,7 +1,8 @@
 """Datasets by spec string, split the same way every time.
 
     digits                 scikit-learn's bundled 8x8 digits (1,797 real images, no download)
-    cifar10:PATH           torchvision CIFAR-10 already on disk under PATH
+    cifar10:PATH           CIFAR-10 already on disk under PATH: the binary version (cifar-10-batches-bin/, read
+                           here without pickle) or torchvision's python version (cifar-10-batches-py/)
     mnist:PATH             torchvision MNIST already on disk under PATH
     imagefolder:PATH       one sub-folder per class
 
@@ -136,7 +137,65 @@ _STATS = {
 }
 
 
+CIFAR_BIN = "cifar-10-batches-bin"
+CIFAR_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
+CIFAR_TEST = "test_batch.bin"
+_RECORD = 1 + 3 * 32 * 32  # label byte, then 1024 red, 1024 green, 1024 blue bytes (row-major 32x32)
+
+
+def cifar_binary_folder(root: str | Path) -> Path | None:
+    """The folder holding CIFAR-10's binary batches under `root` (root itself or root/cifar-10-batches-bin)."""
+    for folder in (Path(root), Path(root) / CIFAR_BIN):
+        if (folder / CIFAR_TEST).is_file():
+            return folder
+    return None
+
+
+def _read_cifar_bin(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % _RECORD:
+        raise UsageError(f"{path} is not a CIFAR-10 binary batch ({raw.size} bytes, not a multiple of {_RECORD})",
+                         "use the files of the CIFAR-10 binary version, unchanged")
+    records = raw.reshape(-1, _RECORD)
+    labels = torch.from_numpy(records[:, 0].astype(np.int64))
+    if int(labels.max()) > 9:
+        raise UsageError(f"{path} holds labels above 9; not a CIFAR-10 batch")
+    images = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy()).float() / 255.0
+    return images, labels
+
+
+def _cifar_binary(folder: Path, spec: str, input_shape: list[int] | None) -> Data:
+    """CIFAR-10's binary version: fixed-size records, read without unpickling anything."""
+    mean, std, native = _STATS["cifar10"]
+    missing = [f for f in CIFAR_TRAIN if not (folder / f).is_file()]
+    if missing:
+        raise UsageError(f"cannot read cifar10 under {folder}: {', '.join(missing)} missing",
+                         "nothing is downloaded: place the CIFAR-10 binary batches there first")
+    parts = [_read_cifar_bin(folder / f) for f in CIFAR_TRAIN]
+    x = torch.cat([p[0] for p in parts])
+    y = torch.cat([p[1] for p in parts])
+    xt, yt = _read_cifar_bin(folder / CIFAR_TEST)
+    shape = list(input_shape or native)
+    if shape[0] != 3:
+        mean, std = [sum(mean) / 3] * shape[0], [sum(std) / 3] * shape[0]
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    x = (shape_images(x, shape) - m) / s
+    xt = (shape_images(xt, shape) - m) / s
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    order = torch.randperm(len(y), generator=g)
+    nval = len(y) // 10
+    val, train = order[:nval], order[nval:]
+    h = hashlib.sha256(b"cifar10-bin")
+    h.update((folder / CIFAR_TEST).read_bytes())
+    return Data(spec, TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), TensorDataset(xt, yt),
+                10, shape, list(mean), list(std), h.hexdigest())
+
+
 def _torchvision(kind: str, root: str, spec: str, input_shape: list[int] | None) -> Data:
+    if kind == "cifar10" and cifar_binary_folder(root) is not None:
+        return _cifar_binary(cifar_binary_folder(root), spec, input_shape)
     import torchvision
     from torchvision import transforms as T
 

@@ -44,7 +44,7 @@ def resolve(
     spec = spec.strip()
     if spec.startswith("hf:") or spec.startswith("hf-hub:"):
         return huggingface.build(spec.split(":", 1)[1], task=task, num_classes=num_classes, weights=weights,
-                                 tokenizer=tokenizer)
+                                 tokenizer=tokenizer, input_shape=input_shape)
     if task or tokenizer:
         flag = "--task" if task else "--tokenizer"
         raise UsageError(f"{flag} is for Hugging Face models (hf:ID_OR_DIR); {spec} is not one", f"drop {flag}")
@@ -60,6 +60,48 @@ def resolve(
         (hint + " " if hint else "")
         + "use a torchvision name (see `analogai-deploy models`), hf:ID_OR_DIR, or path/to/file.py:factory",
     )
+
+
+def example_input(inp: dict[str, Any], batch: int = 2) -> tuple[tuple, dict]:
+    """(args, kwargs) for one forward pass at an input spec: zero images, or token ids of the recorded length."""
+    import torch
+
+    if inp.get("kind") == "text":
+        seq = int(inp.get("seq_len") or 32)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, max(1, int(inp.get("vocab_size") or 2)), (batch, seq), generator=g)
+        tensors = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        return (), {n: tensors[n] for n in inp.get("names") or ["input_ids", "attention_mask"] if n in tensors}
+    x = torch.zeros(batch, *inp["shape"])
+    names = inp.get("names")
+    return ((), {names[0]: x}) if names else ((x,), {})
+
+
+def check_runs(src: Source, name: str) -> None:
+    """One forward pass at the input spec the package will record; a model that does not run is refused now,
+    not at recover / export / certify. Errors raised in the user's own model file name its line."""
+    import torch
+
+    args, kwargs = example_input(src.input)
+    try:
+        with torch.no_grad():
+            src.model.eval()(*args, **kwargs)
+    except Exception as exc:  # any failure of the user's model at this input is a usage problem
+        if src.spec.get("kind") == "local":
+            from pathlib import Path
+
+            from .local import user_error
+
+            err = user_error(exc, Path(src.spec["file"]), "running the model's forward pass")
+            if err is not None:
+                raise err from None
+        message = (str(exc).splitlines() or [""])[0][:300]
+        if src.input.get("kind") == "image":
+            shape = "x".join(map(str, src.input["shape"]))
+            raise UsageError(f"{name} does not run on {shape} inputs: {type(exc).__name__}: {message}",
+                             "pass --input-shape C,H,W with a size this model takes") from None
+        raise UsageError(f"{name} does not run on its text inputs ({', '.join(kwargs)}): {type(exc).__name__}: "
+                         f"{message}") from None
 
 
 def rebuild(spec: dict[str, Any]) -> nn.Module:

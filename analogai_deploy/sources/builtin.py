@@ -1,4 +1,5 @@
-"""Small built-in models for the bundled digits data: `lenet` (a LeNet-style CNN) and `mlp`."""
+"""Built-in models: `lenet` (a LeNet-style CNN) and `mlp` for the bundled digits data, and
+`resnet18_cifar`, the seed's ResNet-18 in its CIFAR form (3x3 stem at stride 1, no max-pool)."""
 from __future__ import annotations
 
 from typing import Any
@@ -26,7 +27,20 @@ def mlp(num_classes: int = 10, in_channels: int = 1, size: int = 8, hidden: int 
     )
 
 
-BUILDERS = {"lenet": lenet, "mlp": mlp}
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3, size: int = 32) -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem: conv1 3x3 stride 1 padding 1 (no bias), no max-pool,
+    so a 32x32 image reaches layer1 at 32x32 (the ImageNet stem would shrink it to 8x8)."""
+    import torchvision.models
+
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+BUILDERS = {"lenet": lenet, "mlp": mlp, "resnet18_cifar": resnet18_cifar}
+#: the input each model is made for when --input-shape is not given
+DEFAULT_SHAPE = {"lenet": [1, 8, 8], "mlp": [1, 8, 8], "resnet18_cifar": [3, 32, 32]}
 
 
 def names() -> list[str]:
@@ -34,8 +48,8 @@ def names() -> list[str]:
 
 
 def build(name: str, *, num_classes=None, weights=None, input_shape=None) -> Source:
-    shape = list(input_shape or [1, 8, 8])
-    if shape[1] != shape[2] or shape[1] % 4:
+    shape = list(input_shape or DEFAULT_SHAPE[name])
+    if name != "resnet18_cifar" and (shape[1] != shape[2] or shape[1] % 4):
         raise UsageError(f"{name} needs a square input whose side is a multiple of 4, got {shape}")
     kwargs: dict[str, Any] = {"num_classes": int(num_classes or 10), "in_channels": shape[0], "size": shape[1]}
     model = BUILDERS[name](**kwargs)

@@ -197,7 +197,7 @@ def _tokenizer(id_or_dir: str, tokenizer: str | None, model: nn.Module) -> tuple
 
 
 def build(id_or_dir: str, *, task: str | None, num_classes: int | None, weights: str | None,
-          tokenizer: str | None = None) -> Source:
+          tokenizer: str | None = None, input_shape: list[int] | None = None) -> Source:
     config = _config(id_or_dir)
     inferred, arch = task_of(config)
     task, chosen = _choose_task(task, num_classes, inferred)
@@ -228,8 +228,14 @@ def build(id_or_dir: str, *, task: str | None, num_classes: int | None, weights:
         size = getattr(config, "image_size", 224)
         size = size if isinstance(size, int) else int(size[0])
         channels = getattr(config, "num_channels", 3)
-        inputs = {"kind": "image", "shape": [channels, size, size], "names": ["pixel_values"], "fixed_size": True}
+        shape = [channels, size, size]
+        if input_shape and list(input_shape) != shape:  # the config fixes the size (ViT: the patch grid)
+            raise UsageError(f"{id_or_dir} takes {'x'.join(map(str, shape))} images (its config's image_size), "
+                             f"not {'x'.join(map(str, input_shape))}", f"drop --input-shape or pass {','.join(map(str, shape))}")
+        inputs = {"kind": "image", "shape": shape, "names": ["pixel_values"]}
     else:
+        if input_shape:
+            raise UsageError("--input-shape is for image models; a text model takes token ids", "drop --input-shape")
         names = ["input_ids", "attention_mask"]
         if getattr(config, "type_vocab_size", 0):
             names.append("token_type_ids")

@@ -60,6 +60,10 @@ def build(name: str, *, num_classes=None, weights=None, input_shape=None) -> Sou
         weights_io.apply(model, weights)
     spec = {"kind": "torchvision", "name": name, "kwargs": kwargs}
     shape = list(input_shape) if input_shape else _default_shape(name)
+    fixed = getattr(model, "image_size", None)  # ViT: the patch grid and position embeddings fix the size
+    if isinstance(fixed, int) and shape[1:] != [fixed, fixed]:
+        raise UsageError(f"{name} takes {shape[0]}x{fixed}x{fixed} images only (its size is fixed), "
+                         f"not {'x'.join(map(str, shape))}", f"drop --input-shape or pass {shape[0]},{fixed},{fixed}")
     classes = _num_classes(model)
     return Source(model, spec, "image-classification", {"kind": "image", "shape": shape}, classes)
 
