@@ -9,11 +9,13 @@ import yaml
 
 def certificate_summary(cert: dict[str, Any]) -> dict[str, Any]:
     """The few numbers worth carrying elsewhere (ONNX metadata, the zoo index, card front matter)."""
+    metric = cert.get("metric")
     return {
         "device": cert.get("device", {}).get("name"),
         "verdict": cert.get("verdict", {}).get("passed"),
-        "digital_accuracy": cert.get("digital", {}).get("accuracy"),
-        "metric": cert.get("metric"),
+        "digital_accuracy": cert.get("digital", {}).get("accuracy"),  # None unless the metric is accuracy
+        "digital": cert.get("digital", {}).get(metric),
+        "metric": metric,
         "results": {r["time"]: r.get("mean") for r in cert.get("results", [])},
         "weights_sha256": cert.get("weights_sha256"),
     }
@@ -21,22 +23,26 @@ def certificate_summary(cert: dict[str, Any]) -> dict[str, Any]:
 
 def results_markdown(cert: dict[str, Any]) -> str:
     """The certificate's results as a markdown table (model card, CLI, benchmarks)."""
+    from .certification.evaluation import metric_info
+
     metric = cert.get("metric", "accuracy")
+    fmt = metric_info(metric).format  # percentages for fractions; a perplexity ratio as a plain number
+    better = "" if metric_info(metric).higher_is_better else " (lower is better)"
     digital = cert.get("digital", {}).get(metric)
-    head = f"| time | mean {metric} | std | 95% CI | min | normalised |\n|---|---|---|---|---|---|"
+    head = f"| time | mean {metric}{better} | std | 95% CI | min | normalised |\n|---|---|---|---|---|---|"
     rows = []
     for r in cert.get("results", []):
         ci = r.get("ci95", [None, None])
         rows.append(
-            f"| {r['time']} | {_pct(r.get('mean'))} | {_pct(r.get('std'))} | {_pct(ci[0])} - {_pct(ci[1])} | "
-            f"{_pct(r.get('min'))} | {_pct(r.get('normalised'))} |"
+            f"| {r['time']} | {fmt(r.get('mean'))} | {fmt(r.get('std'))} | {fmt(ci[0])} - {fmt(ci[1])} | "
+            f"{fmt(r.get('min'))} | {_pct(r.get('normalised'))} |"
         )
     device = cert.get("device", {})
     verdict = cert.get("verdict", {})
     data = cert.get("data", {})
     n, repeats = data.get("n"), cert.get("repeats")
     samples = f" on {n} test sample{'s' if n != 1 else ''} ({data.get('spec')})" if n is not None else ""
-    tail = f"\nDigital {metric}: {_pct(digital)}{samples}; {repeats} Monte Carlo repeats per time."
+    tail = f"\nDigital {metric}: {fmt(digital)}{samples}; {repeats} Monte Carlo repeats per time."
     tail += f" Device: {device.get('name')} ({cert.get('tile', '?')} tiles)."
     if verdict:
         tail += f" Gate: {verdict.get('rule')} -> {'PASS' if verdict.get('passed') else 'FAIL'}."
@@ -57,7 +63,8 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
     if config.get("task"):
         front["pipeline_tag"] = {"image-classification": "image-classification",
                                  "feature-extraction": "feature-extraction",
-                                 "sequence-classification": "text-classification"}.get(config["task"], config["task"])
+                                 "sequence-classification": "text-classification",
+                                 "causal-lm": "text-generation"}.get(config["task"], config["task"])
     lines = [f"# {name} (analog-aware)", ""]
     lines.append(f"Converted by analogai-deploy for analog in-memory computing from `{name}` ({source.get('kind')}).")
     conv = config.get("conversion") or {}

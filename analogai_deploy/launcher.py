@@ -66,7 +66,7 @@ def sweep(package, param: str, values: list[float] | None = None, *, nproc: int 
                    nproc, progress=progress is not None, timeout=dist_timeout)
 
 
-def recover(package, recipe="msnat", data="digits", output=None, *, overrides=None, resume: bool = False,
+def recover(package, recipe="msnat", data=None, output=None, *, overrides=None, resume: bool = False,
             progress: Callable[..., Any] | None = None, nproc: int = 1, dist_timeout: float | None = None,
             **kwargs: Any):
     """`recovery.recover` (same arguments); nproc > 1 trains on that many local processes (MSNAT clients
@@ -83,8 +83,12 @@ def recover(package, recipe="msnat", data="digits", output=None, *, overrides=No
     on_round = kwargs.pop("on_round", None)
     if on_round is not None:
         raise UsageError("on_round runs in this process; with nproc > 1 training runs in others", "drop on_round")
+    kwargs.pop("log", None)
     merged = recovery._overrides(overrides, kwargs)
-    pkg, rec, _ = recovery.prepare(package, recipe, data, merged)
+    pkg, rec, ds = recovery.prepare(package, recipe, data, merged)
+    if pkg.config.get("input", {}).get("kind") == "text":
+        raise UsageError("text packages recover on one process", "drop --nproc")
+    data = data if data is not None else ds.spec
     out_path = recovery.output_for(pkg, rec, output)
     check_recover(rec, data, recipe, nproc)
     res = run_job("recover", {"package": str(pkg.path.resolve()), "recipe": str(recipe), "data": data,

@@ -36,8 +36,8 @@ from . import precision
 from .devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
                       rpu_config)
 from .mapping import MAPPING_FIELDS, MappingConfig, package_mapping
-from .evaluation import (METRICS, EvalSet, load_eval_set, normalised, parse_time, parse_times, resolve_metric, run,
-                         score, stats)
+from .evaluation import (METRIC_CHOICES, METRICS, EvalSet, load_eval_set, metric_info, normalised, parse_time,
+                         parse_times, resolve_metric, run, score, stats)
 
 __all__ = ["certify", "sweep", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings", "CustomDevice", "MappingConfig",
            "DEVICES", "PRESETS", "METRICS", "apply_overrides", "parse_sweep"]
@@ -59,8 +59,10 @@ ALIASES = {
 class CertifyConfig(StrictConfig):
     """Everything that decides a certificate's numbers.
 
-    data: dataset spec for image packages (default digits); sentences / tokens for text packages.
-    metric: auto, accuracy, agreement (top-1 vs digital), cosine (outputs vs digital).
+    data: dataset spec for image packages (default digits); for text packages sentences (default), corpus
+        (the shipped held-out English), text:FILE, generated:N (causal LMs) or tokens.
+    metric: auto, accuracy, agreement (top-1 vs digital), cosine (outputs vs digital), next_token_agreement or
+        perplexity_ratio (causal LMs; see evaluation.METRICS for which way each is better).
     times: after programming: 1s, 1h, 1d, 1y or seconds; None = 1s,1h,1d,1y, or the times a device
         model is characterised at (ReRAM: 1s, 1d, 2d).  repeats: Monte Carlo repeats (>= 2 for a gate).
     max_drop / at: the gate, in percentage points below digital at time `at`, on the lower 95% CI bound.
@@ -92,8 +94,8 @@ class CertifyConfig(StrictConfig):
             raise unknown("engine", self.engine, ENGINES)
         if self.repeats < 1:
             raise UsageError(f"repeats must be >= 1, got {self.repeats}")
-        if self.metric not in METRICS:
-            raise unknown("metric", self.metric, METRICS)
+        if self.metric not in METRIC_CHOICES:
+            raise unknown("metric", self.metric, METRIC_CHOICES)
         if self.max_drop is not None:
             if self.max_drop < 0:
                 raise UsageError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
@@ -230,12 +232,12 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
     from ..analog.convert import to_digital
 
     pkg = pkg_io.load(package)  # verifies the weights' sha256
-    metric = resolve_metric(cfg.metric, pkg.config, cfg.data)
-    data = load_eval_set(pkg.path, pkg.config, cfg.data, seed=cfg.seed, limit=cfg.limit)
+    digital = to_digital(pkg.model).eval()
+    data = load_eval_set(pkg.path, pkg.config, cfg.data, seed=cfg.seed, limit=cfg.limit, model=digital)
+    metric = resolve_metric(cfg.metric, pkg.config, data)
     if metric == "accuracy" and data.num_classes and pkg.config.get("num_classes") not in (None, data.num_classes):
         raise UsageError(f"the package has {pkg.config['num_classes']} classes but {data.spec} has {data.num_classes}",
                          "certify on the dataset the model was trained for, or label-free: --metric agreement")
-    digital = to_digital(pkg.model).eval()
     start = time.perf_counter()
     outputs = run(digital, data)
     seconds = time.perf_counter() - start
@@ -460,21 +462,26 @@ def _results(bench: _Bench, times: list[tuple[str, float]], values: list[list[fl
     given = precision.is_proportion(bench.metric) and _normalised_note(bench) is None
     rows = []
     for (label, seconds), vals in zip(times, values):
-        s = stats(vals, (-1.0, 1.0) if bench.metric == "cosine" else (0.0, 1.0))
+        s = stats(vals, metric_info(bench.metric).bounds)
         norm = normalised(s["mean"], bench.digital_value, classes) if given else None
         rows.append({"time": label, "seconds": seconds, **s, "normalised": norm, "values": vals})
     return rows
 
 
-def _verdict(cfg: CertifyConfig, digital: float, results: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _verdict(cfg: CertifyConfig, digital: float, results: list[dict[str, Any]],
+             metric_name: str = "accuracy") -> dict[str, Any] | None:
     if cfg.max_drop is None:
         return None
     label, seconds = parse_time(cfg.at)
     row = next(r for r in results if abs(r["seconds"] - seconds) < 1e-9)
-    threshold = digital - cfg.max_drop / 100.0
-    drop_pp = 100.0 * (digital - row["ci95"][0])
+    metric = metric_info(metric_name)
+    threshold = metric.threshold(digital, cfg.max_drop)
+    drop_pp = metric.drop_pp(digital, row["ci95"])  # in the metric's bad direction, on the CI bound on that side
+    side = "lower" if metric.higher_is_better else "upper"
     return {
-        "rule": f"max drop {cfg.max_drop:g} pp at {label} (lower 95% CI)",
+        "rule": f"max drop {cfg.max_drop:g} pp{'' if metric_name == 'accuracy' else ' of ' + metric_name} at {label} "
+                f"({side} 95% CI)",
+        "metric": metric_name, "higher_is_better": metric.higher_is_better,
         "max_drop_pp": cfg.max_drop, "at": label, "threshold": threshold,
         "drop_pp": drop_pp, "passed": bool(drop_pp <= cfg.max_drop + 1e-9),
     }
@@ -486,6 +493,8 @@ def _digital_block(bench: _Bench) -> dict[str, Any]:
 
 def _data_block(bench: _Bench) -> dict[str, Any]:
     split = "test" if bench.data.labels is not None else "label-free"
+    if bench.data.split not in (None, "test", "built-in"):
+        split = f"{split}, {bench.data.split}"
     return {"spec": bench.data.spec, "fingerprint": bench.data.fingerprint, "split": split, "n": bench.data.n}
 
 
@@ -613,7 +622,7 @@ def certify(
     if note:
         cert["normalised_note"] = note
     cert["warnings"] = precision.warnings(bench.metric, bench.data.n, cfg.repeats, results)
-    verdict = _verdict(cfg, bench.digital_value, results)
+    verdict = _verdict(cfg, bench.digital_value, results, bench.metric)
     if verdict is not None:
         cert["verdict"] = verdict
     cert.timing = {"convert_s": convert_s, "monte_carlo_s": mc_s,

@@ -1,9 +1,16 @@
 """What a certificate measures: the evaluation inputs, the metric, and its statistics.
 
-    accuracy    top-1 accuracy against labels (image classifiers on a labelled dataset)
-    agreement   top-1 agreement with the digital model (classifiers, no labels needed)
-    cosine      cosine similarity of the outputs to the digital model's (encoders such as the MiniLM;
-                sentence embeddings = attention-masked mean of the last hidden state)
+    accuracy               top-1 accuracy against labels (classifiers on labelled data: images, text:FILE with labels)
+    agreement              top-1 agreement with the digital model (classifiers, no labels needed)
+    cosine                 cosine similarity of the outputs to the digital model's (encoders such as the MiniLM;
+                           sentence embeddings = attention-masked mean of the last hidden state)
+    next_token_agreement   causal LMs: share of (non-padding) positions whose greedy next token equals the
+                           digital model's
+    perplexity_ratio       causal LMs: perplexity of the analog model on the text / the digital model's
+                           (1.0 = as good as digital; lower is better)
+
+Every metric says which way is better (`Metric.higher_is_better`), so a gate's "drop" is the move in the
+bad direction on whichever metric a certificate carries.
 """
 from __future__ import annotations
 
@@ -19,8 +26,47 @@ from torch import nn
 
 from ..errors import UsageError, unknown
 
-METRICS = ("auto", "accuracy", "agreement", "cosine")
-TEXT_DATA = ("sentences", "tokens")
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    bounds: tuple[float, float]  # the range a value (and its CI) can take
+    percent: bool  # shown as a percentage (fractions in [0, 1]); else as a plain number
+    description: str
+
+    def drop_pp(self, digital: float, ci95: list[float]) -> float:
+        """How far the CI bound on the bad side lies from digital, in the bad direction, in percentage points
+        (for a ratio: 100 x the ratio's rise)."""
+        return 100.0 * (digital - ci95[0] if self.higher_is_better else ci95[1] - digital)
+
+    def threshold(self, digital: float, max_drop_pp: float) -> float:
+        """The worst value a gate of `max_drop_pp` admits."""
+        return digital - max_drop_pp / 100.0 if self.higher_is_better else digital + max_drop_pp / 100.0
+
+    def format(self, value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:.2f}%" if self.percent else f"{value:.4f}"
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("accuracy", True, (0.0, 1.0), True, "top-1 accuracy against labels"),
+    Metric("agreement", True, (0.0, 1.0), True, "top-1 agreement with the digital model"),
+    Metric("cosine", True, (-1.0, 1.0), True, "cosine similarity to the digital model's outputs"),
+    Metric("next_token_agreement", True, (0.0, 1.0), True, "greedy next token equal to the digital model's"),
+    Metric("perplexity_ratio", False, (0.0, math.inf), False, "perplexity / the digital model's perplexity"),
+)}
+METRIC_CHOICES = ("auto", *METRICS)
+LM_METRICS = ("next_token_agreement", "perplexity_ratio")
+
+
+def metric_info(name: str | None) -> Metric:
+    """The Metric named `name` (unknown or missing names read as accuracy, as old certificates do)."""
+    return METRICS.get(name or "accuracy", METRICS["accuracy"])
+
+
+TEXT_DATA = ("sentences", "tokens")  # built-in label-free inputs; data/text.py adds corpus, text:FILE, generated:N
 BATCH = 1024
 
 #: label-free text inputs: short, varied English sentences (the encoder sees real text, not noise)
@@ -123,7 +169,11 @@ def normalised(value: float, digital: float, num_classes: int | None) -> float |
 
 @dataclass
 class EvalSet:
-    """The inputs a certificate runs on, batched; labels only for `accuracy`."""
+    """The inputs a certificate runs on, batched; labels only for `accuracy`.
+
+    kind: image, pooled (encoders: masked-mean sentence embeddings), logits (classifiers) or lm (causal LMs:
+    per position the greedy next token and the loss of the true next token; token_mask marks real positions).
+    """
 
     spec: str
     batches: list[dict[str, torch.Tensor] | torch.Tensor]
@@ -131,6 +181,9 @@ class EvalSet:
     fingerprint: str
     n: int
     num_classes: int | None
+    kind: str = "image"
+    token_mask: torch.Tensor | None = None
+    split: str | None = None  # which part of the data: test, heldout, all, built-in
 
 
 def _primary(output: Any) -> torch.Tensor:
@@ -148,6 +201,20 @@ def _primary(output: Any) -> torch.Tensor:
     raise UsageError(f"cannot read a tensor out of the model's output ({type(output).__name__})")
 
 
+def pooled(out: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, tokens, hidden) -> attention-masked mean over tokens, as sentence-transformers pools."""
+    mask = attention_mask.unsqueeze(-1).to(out.dtype)
+    return (out * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def lm_rows(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, T, vocab) logits -> (batch, T-1, 2): greedy next token id, loss of the true next token."""
+    logits = logits[:, :-1].float()
+    nxt = input_ids[:, 1:]
+    nll = torch.logsumexp(logits, -1) - logits.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
+    return torch.stack([logits.argmax(-1).float(), nll], -1)
+
+
 @torch.no_grad()
 def run(model: nn.Module, data: EvalSet) -> torch.Tensor:
     """The model's outputs over the whole eval set, one row per sample (sentence embeddings for encoders)."""
@@ -155,9 +222,10 @@ def run(model: nn.Module, data: EvalSet) -> torch.Tensor:
     for batch in data.batches:
         if isinstance(batch, dict):
             out = _primary(model(**batch))
-            if out.dim() == 3:  # (batch, tokens, hidden): attention-masked mean, as sentence-transformers
-                mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
-                out = (out * mask).sum(1) / mask.sum(1).clamp_min(1)
+            if data.kind == "lm":
+                out = lm_rows(out, batch["input_ids"])
+            elif out.dim() == 3:  # (batch, tokens, hidden): attention-masked mean, as sentence-transformers
+                out = pooled(out, batch["attention_mask"])
         else:
             out = _primary(model(batch))
         rows.append(out.reshape(out.shape[0], -1).float())
@@ -169,41 +237,66 @@ def score(metric: str, outputs: torch.Tensor, data: EvalSet, reference: torch.Te
         return (outputs.argmax(1) == data.labels).float().mean().item()
     if metric == "agreement":
         return (outputs.argmax(1) == reference.argmax(1)).float().mean().item()
+    if metric in LM_METRICS:
+        out, ref = outputs.view(outputs.shape[0], -1, 2), reference.view(reference.shape[0], -1, 2)
+        mask = data.token_mask
+        if metric == "next_token_agreement":
+            return ((out[..., 0] == ref[..., 0]).float() * mask).sum().item() / mask.sum().item()
+        # exp(mean nll) / exp(mean nll of the digital model)
+        return math.exp(((out[..., 1] - ref[..., 1]) * mask).sum().item() / mask.sum().item())
     return torch.nn.functional.cosine_similarity(outputs, reference, dim=1).mean().item()
 
 
-def resolve_metric(metric: str, config: dict[str, Any], data_spec: str) -> str:
-    if metric not in METRICS:
-        raise unknown("metric", metric, METRICS)
-    text = config["input"].get("kind") == "text"
-    classifier = bool(config.get("num_classes")) and str(config.get("task", "")).endswith("classification")
+def _is_classifier(config: dict[str, Any]) -> bool:
+    return bool(config.get("num_classes")) and str(config.get("task", "")).endswith("classification")
+
+
+def resolve_metric(metric: str, config: dict[str, Any], data: EvalSet) -> str:
+    """The metric `metric` means for this package and eval set ('auto': the task's own)."""
+    if metric not in METRIC_CHOICES:
+        raise unknown("metric", metric, METRIC_CHOICES)
+    lm = data.kind == "lm"
+    classifier = _is_classifier(config)
     if metric == "auto":
-        if text:
-            return "agreement" if classifier else "cosine"
-        return "accuracy" if classifier else "cosine"
-    if metric == "accuracy" and (text or data_spec in TEXT_DATA):
-        raise UsageError("accuracy needs labelled data; text packages are certified label-free",
-                         "use --metric agreement (classifiers) or --metric cosine (encoders)")
-    if metric == "agreement" and not classifier:
-        raise UsageError("agreement compares top-1 classes; this package is not a classifier", "use --metric cosine")
+        if lm:
+            return "next_token_agreement"
+        if classifier:
+            return "accuracy" if data.labels is not None else "agreement"
+        return "cosine"
+    if lm != (metric in LM_METRICS):
+        if lm:
+            raise UsageError(f"--metric {metric} does not apply to a causal language model",
+                             "use --metric next_token_agreement or --metric perplexity_ratio")
+        raise UsageError(f"--metric {metric} is for causal language models", "use --metric auto")
+    if metric == "accuracy" and data.labels is None:
+        if data.kind == "image":
+            raise UsageError("accuracy needs labelled data", "use --metric agreement or cosine")
+        raise UsageError(f"accuracy needs labelled data; {data.spec} has no labels",
+                         "pass labelled text (--data text:FILE.jsonl with a label field) or use --metric agreement"
+                         if classifier else "use --metric cosine (encoders)")
+    if metric in ("accuracy", "agreement") and not classifier:
+        raise UsageError(f"{metric} compares top-1 classes; this package is not a classifier", "use --metric cosine")
     return metric
 
 
 def load_eval_set(package_path: Path, config: dict[str, Any], spec: str | None, *, seed: int = 0,
-                  limit: int | None = None) -> EvalSet:
-    """The test split of a dataset for image packages; built-in sentences or random tokens for text ones."""
+                  limit: int | None = None, model: nn.Module | None = None) -> EvalSet:
+    """The test split of a dataset for image packages; for text ones the built-in sentences (default), random
+    tokens, the shipped corpus's held-out part, a text file, or text the digital model generates."""
     inp = config["input"]
     if inp.get("kind") == "text":
-        return _text_set(package_path, inp, spec or "sentences", seed, limit)
+        return _text_set(package_path, config, spec or "sentences", seed, limit, model)
     spec = spec or "digits"
-    if spec in TEXT_DATA:
-        raise UsageError(f"--data {spec} is for text packages; this package takes images", "use e.g. --data digits")
     from ..data import load
+    from ..data.text import is_text_spec
 
+    if spec in TEXT_DATA or is_text_spec(spec):
+        raise UsageError(f"--data {spec} is for text packages; this package takes images", "use e.g. --data digits")
     d = load(spec, input_shape=inp.get("shape"))
     x, y = _tensors(d.test, limit)
     batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
-    return EvalSet(spec, batches, y, d.fingerprint if limit is None else _fingerprint(x, y), len(x), d.num_classes)
+    return EvalSet(spec, batches, y, d.fingerprint if limit is None else _fingerprint(x, y), len(x), d.num_classes,
+                   split="test")
 
 
 def _tensors(ds, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,24 +319,44 @@ def _fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _text_set(package_path: Path, inp: dict[str, Any], spec: str, seed: int, limit: int | None) -> EvalSet:
-    if spec not in TEXT_DATA:
-        raise UsageError(f"text packages are certified label-free on built-in inputs, not {spec!r}",
-                         "use --data sentences (built-in sentence list) or --data tokens (random token ids)")
+TEXT_BATCH = 32  # sentences per forward pass (a causal LM's logits are batch x tokens x vocab floats)
+
+
+def _text_kind(config: dict[str, Any]) -> str:
+    if str(config.get("task")) == "causal-lm":
+        return "lm"
+    return "logits" if _is_classifier(config) else "pooled"
+
+
+def _trained_on(config: dict[str, Any], spec: str) -> bool:
+    """Was this package recovered on the text file `spec` names? (then only its test split is held out)"""
+    from ..data.text import parse
+
+    trained = (config.get("data") or {}).get("spec")
+    if not trained or not str(trained).startswith("text:"):
+        return False
+    try:
+        return Path(parse(trained)[1]).resolve() == Path(parse(spec)[1]).resolve()
+    except UsageError:  # the training file is gone: it cannot be the one given now
+        return False
+
+
+def _text_set(package_path: Path, config: dict[str, Any], spec: str, seed: int, limit: int | None,
+              model: nn.Module | None) -> EvalSet:
+    from ..data import text as text_data
+
+    inp = config["input"]
+    kind = _text_kind(config)
     names = inp.get("names") or ["input_ids", "attention_mask"]
     seq_len = int(inp.get("seq_len") or 32)
+    labels = None
+    classes = None
     if spec == "sentences":
-        try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(package_path))
-        except Exception as exc:
-            raise UsageError(f"the package holds no usable tokenizer ({type(exc).__name__})",
-                             "use --data tokens (random token ids) instead") from None
+        tok = text_data.tokenizer_for(package_path)
         sentences = SENTENCES[:limit] if limit else SENTENCES
-        enc = tok(sentences, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-        batch = {k: enc[k] for k in names if k in enc}
-    else:
+        batch = dict(zip(names, text_data.tokenize(tok, sentences, seq_len, names)))
+        split = "built-in"
+    elif spec == "tokens":
         n = limit or 64
         g = torch.Generator().manual_seed(seed)
         vocab = int(inp.get("vocab_size") or 1000)
@@ -251,5 +364,38 @@ def _text_set(package_path: Path, inp: dict[str, Any], spec: str, seed: int, lim
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if "token_type_ids" in names:
             batch["token_type_ids"] = torch.zeros_like(ids)
+        batch = {k: batch[k] for k in names if k in batch}
+        split = "built-in"
+    elif text_data.is_text_spec(spec):
+        kind_, _ = text_data.parse(spec)
+        if kind_ == "text" and not _trained_on(config, spec):
+            # the user's own held-out text: all of it (a file the package was recovered on: its test split only)
+            tok = text_data.tokenizer_for(package_path)
+            texts, raw = text_data.read_file(text_data.parse(spec)[1])
+            if limit:
+                texts, raw = texts[:limit], (raw[:limit] if raw else raw)
+            batch = dict(zip(names, text_data.tokenize(tok, texts, seq_len, names)))
+            if raw is not None:
+                labels, _, classes = text_data.label_ids(raw)
+            split = "all"
+        else:
+            d = text_data.load(spec, package_path, config, model=model)
+            rows = tuple(t[:limit] if limit else t for t in d.test.tensors)
+            x, y = d.test.inputs(rows)
+            batch, labels, classes = x, (y if d.labelled else None), d.num_classes
+            split = "heldout" if kind_ == "corpus" else "test"
+        if labels is not None and not _is_classifier(config):
+            labels = None  # an encoder or LM has no classes to score labels against
+    else:
+        raise UsageError(f"text packages are certified on text, not {spec!r}",
+                         "use --data sentences (built-in), corpus (shipped held-out English), text:FILE, "
+                         "generated:N (causal LMs) or tokens (random token ids)")
     n = next(iter(batch.values())).shape[0]
-    return EvalSet(spec, [batch], None, _fingerprint(*batch.values()), n, None)
+    if n == 0:
+        raise UsageError(f"{spec} gives no examples to certify on", "pass more text")
+    batches = [{k: v[i:i + TEXT_BATCH] for k, v in batch.items()} for i in range(0, n, TEXT_BATCH)]
+    mask = batch["attention_mask"][:, 1:].float() if kind == "lm" and "attention_mask" in batch else None
+    if kind == "lm" and mask is None:
+        mask = torch.ones(n, seq_len - 1)
+    extra = (labels,) if labels is not None else ()
+    return EvalSet(spec, batches, labels, _fingerprint(*batch.values(), *extra), n, classes, kind, mask, split)

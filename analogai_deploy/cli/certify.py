@@ -32,6 +32,12 @@ Examples:
 
   analogai-deploy certify runs/lenet --clip channel_std --clip-value 2.5 --input-range calibrated
 
+  analogai-deploy certify runs/minilm --data text:my_heldout.txt   # your own text, one example per line
+
+  analogai-deploy certify runs/bert-cls --data text:test.jsonl     # labelled text: accuracy
+
+  analogai-deploy certify runs/smollm2 --metric perplexity_ratio --max-drop 5   # causal LM: ratio <= 1.05
+
   analogai-deploy certify runs/lenet --repeats 40 --nproc 4   # repeats spread over 4 processes, same certificate
 
   torchrun --nproc-per-node 4 -m analogai_deploy certify runs/lenet --repeats 40   # or under torchrun
@@ -58,6 +64,11 @@ per-channel input scaling calibrated on data, dynamic abs-max inputs, one drift 
 clipping; packages from before mapping options: one scale per tile). A flag here overrides one field and
 the certificate records it. The IO settings a package was trained for (its "io") are the default IO.
 
+Metrics: the task's own by default (accuracy with labels, agreement for unlabelled classifiers, cosine
+for encoders, next_token_agreement for causal LMs). --max-drop is in percentage points in the metric's bad
+direction: below digital for the others, above it for perplexity_ratio (5 = at most 5% more perplexity).
+A text file the package was recovered on is certified on its test split only; any other file, all of it.
+
 Exit codes: 0 certified (and the gate passed), 1 the gate failed (the certificate is still written), 2 bad input.
 """
 
@@ -73,8 +84,8 @@ def certify(
         help="KEY=VALUE settings, e.g. inference.platform.aihwkit.n_w=0.2 or dac_bits=8.", show_default=False)] = None,
     device: Annotated[str | None, typer.Option("--device", "-d", help="PCM, ReRAM, ReRAM-CMO, Hermes-PCM, ideal or custom. [default: PCM]")] = None,
     device_file: Annotated[str | None, typer.Option(help="YAML file for --device custom.")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset (digits, cifar10:PATH, ...); text: sentences or tokens. [default: digits / sentences]")] = None,
-    metric: Annotated[str, typer.Option(help="auto, accuracy, agreement (vs digital top-1) or cosine.")] = "auto",
+    data: Annotated[str | None, typer.Option(help="Dataset (digits, cifar10:PATH, ...); text: sentences (built-in), corpus (shipped held-out English), text:FILE (.txt/.jsonl/.csv), generated:N (causal LMs) or tokens. [default: digits / sentences]")] = None,
+    metric: Annotated[str, typer.Option(help="auto, accuracy, agreement (vs digital top-1), cosine, next_token_agreement or perplexity_ratio (causal LMs; lower is better).")] = "auto",
     times: Annotated[str | None, typer.Option(help="Times after programming: 1s,1h,1d,1y or seconds. [default: 1s,1h,1d,1y; ReRAM: 1s,1d,2d]")] = None,
     repeats: Annotated[int | None, typer.Option(help="Monte Carlo repeats (fresh programming noise each). [default: 10]")] = None,
     seed: Annotated[int | None, typer.Option(help="Repeat r is programmed with seed + r; each time point draws from its own stream (seed, r, t). [default: 0]")] = None,

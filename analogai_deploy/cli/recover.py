@@ -22,9 +22,18 @@ Examples:
 
   analogai-deploy recover runs/lenet --recipe msnat --nproc 5      # one MSNAT client per process
 
+  analogai-deploy recover runs/minilm --recipe msnat               # text: the shipped corpus, distillation
+
+  analogai-deploy recover runs/bert-cls --data text:reviews.jsonl  # labelled text: cross-entropy
+
+  analogai-deploy recover runs/smollm2 --data generated:200 training.rounds=2   # text the LM writes itself
+
   torchrun --nproc-per-node 4 -m analogai_deploy recover runs/lenet --recipe vanilla   # data parallel
 
 Overrides are dotted keys (the seed's names work verbatim); `analogai-deploy recipes show msnat` lists them.
+Text packages: with labels cross-entropy; without, distillation from the package's own clean weights
+(cosine on the pooled embedding for encoders, KL on the logits for classifiers and causal LMs;
+recovery.distill.loss=... picks one). The objective is printed and recorded in config.json.
 Ctrl-C keeps a checkpoint of the last finished round in OUTPUT.partial/; rerun with --resume to continue.
 """
 
@@ -65,7 +74,7 @@ def recover(
     package: Annotated[str, typer.Argument(help="Package folder (made by `convert` or an earlier stage).")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Recipe overrides: dotted.key=value ...")] = None,
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Shipped recipe name or a .yaml file.")] = "msnat",
-    data: Annotated[str, typer.Option("--data", "-d", help="Dataset: digits, cifar10:PATH, mnist:PATH, imagefolder:PATH.")] = "digits",
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset: digits, cifar10:PATH, mnist:PATH, imagefolder:PATH; text: corpus, text:FILE (.txt/.jsonl/.csv), generated:N. [default: digits / corpus]")] = None,
     output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Package to write [default: PACKAGE-RECIPE].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in OUTPUT.partial/ if there is one.")] = False,
     nproc: Annotated[int, typer.Option(help="Train on N local processes (torch.distributed): MSNAT clients spread over them, other recipes data parallel.")] = 1,
@@ -81,20 +90,22 @@ def recover(
 
     main = distributed.configure_cli(nproc, dist_timeout)
     out = output(json_ and main, quiet or not main)  # under torchrun only rank 0 prints
-    out.info(f"recovering {package} with recipe {recipe} on {data} ...")
+    out.info(f"recovering {package} with recipe {recipe} on {data or 'the default data'} ...")
     if resume:
         target = Path(output_dir) if output_dir else None
         if target is not None and not state_dir_for(target).exists():
             out.warn(f"no checkpoint in {state_dir_for(target)}; starting from round 1")
     pkg = run_recover(package, recipe, data, output_dir, overrides=list(overrides or []), resume=resume,
                       progress=(lambda **kw: out.progress(**kw)) if out.mode == "human" else None,
-                      nproc=nproc, dist_timeout=dist_timeout)
+                      nproc=nproc, dist_timeout=dist_timeout, log=out.info)
     if pkg is None:  # a torchrun rank other than 0: rank 0 reports
         return
     t = pkg.config["training"]
     best = t["best"]
     result = {"package": str(pkg.path), "weights_sha256": pkg.weights_sha256, "recipe": pkg.config["recipe"]["name"],
               "recipe_sha256": pkg.config["recipe"]["sha256"], "training": t}
+
+    metric = best.get("metric", "acc")  # "val_acc" holds the objective's metric (a cosine when distilling)
 
     def human(d):
         done, kept = t["rounds"], t.get("resumed_from_round", 0)
@@ -103,7 +114,7 @@ def recover(
             f"{done} rounds, {done - kept} of them in this run ({t['seconds']:.0f} s; {earlier} from the checkpoint)"
             if done > kept else f"{done} rounds, all from the checkpoint (none left to run)")
         return (f"{d['recipe']}: {rounds} ({t['mode']} mode, {t['device']}); "
-                f"best round {best['round']}: val acc {best['val_acc']:.4f} at sigma={best['val_sigma']} "
+                f"best round {best['round']}: val {metric} {best['val_acc']:.4f} at sigma={best['val_sigma']} "
                 f"(clean {best['val_clean_acc']:.4f})\nwrote {d['package']}")
 
     out.result(result, human)

@@ -114,6 +114,19 @@ def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _val(d: dict[str, Any], x: Any) -> str:
+    """A certificate number in its metric's form (index keys say accuracy_*; the value is the entry's metric)."""
+    from ..certification.evaluation import metric_info
+
+    if x is None:
+        return "-"
+    return _pct(x) if metric_info(d.get("metric")).percent else f"{x:.3f}"
+
+
+def _metric(d: dict[str, Any]) -> str:
+    return d.get("metric") or "accuracy"
+
+
 def _size(n: Any) -> str:
     if not isinstance(n, int):
         return "-"
@@ -123,9 +136,9 @@ def _size(n: Any) -> str:
 def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
-    head = ("NAME", "DEVICE", "ACC@1d", "ACC@1y", "SIZE")
-    body = [(r["name"], str(r.get("device") or "-"), _pct(r.get("accuracy_1d")), _pct(r.get("accuracy_1y")),
-             _size(r.get("size"))) for r in rows]
+    head = ("NAME", "DEVICE", "METRIC", "@1d", "@1y", "SIZE")
+    body = [(r["name"], str(r.get("device") or "-"), _metric(r), _val(r, r.get("accuracy_1d")),
+             _val(r, r.get("accuracy_1y")), _size(r.get("size"))) for r in rows]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body])
 
@@ -134,11 +147,11 @@ def _published(d: dict[str, Any]) -> str:
     if d["where"] == "hub":
         return (f"pushed {len(d['files'])} files to {d['url']} (commit {d['commit'][:12]})\n"
                 f"pull with: analogai-deploy pull hf-hub:{d['repo_id']}")
-    return (f"published {d['name']} to {d['zoo']}: {d.get('device')} accuracy {_pct(d.get('accuracy_1d'))} at 1 d, "
-            f"{_pct(d.get('accuracy_1y'))} at 1 y, {_size(d.get('size'))}\npull with: analogai-deploy pull {d['name']}")
+    return (f"published {d['name']} to {d['zoo']}: {d.get('device')} {_metric(d)} {_val(d, d.get('accuracy_1d'))} at 1 d, "
+            f"{_val(d, d.get('accuracy_1y'))} at 1 y, {_size(d.get('size'))}\npull with: analogai-deploy pull {d['name']}")
 
 
 def _pulled(d: dict[str, Any]) -> str:
     return (f"{d['name']}: verified (sha256 {d['weights_sha256'][:16]}... matches config.json and the certificate)\n"
-            f"certified on {d.get('device')}: {_pct(d.get('accuracy_1d'))} at 1 d, {_pct(d.get('accuracy_1y'))} at 1 y "
-            f"(digital {_pct(d.get('digital'))})\npackage: {d['package']}")
+            f"certified on {d.get('device')}: {_metric(d)} {_val(d, d.get('accuracy_1d'))} at 1 d, "
+            f"{_val(d, d.get('accuracy_1y'))} at 1 y (digital {_val(d, d.get('digital'))})\npackage: {d['package']}")

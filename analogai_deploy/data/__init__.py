@@ -6,6 +6,8 @@
     mnist:PATH             torchvision MNIST already on disk under PATH
     imagefolder:PATH       one sub-folder per class
 
+Text packages take corpus, text:FILE and generated:N instead (data/text.py).
+
 Images are shaped to the model's input (channels replicated, bilinear resize) and normalised with
 the dataset's mean/std; `Data.pixel_bounds` gives the valid range of a normalised input so that
 adversarial perturbations stay inside real pixel values.
@@ -53,7 +55,11 @@ def parse(spec: str) -> tuple[str, str | None]:
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise unknown("dataset", kind, KINDS)
+        from .text import KINDS as TEXT_KINDS
+
+        if kind in TEXT_KINDS:
+            raise UsageError(f"--data {spec} is text; this package takes images", "use e.g. --data digits")
+        raise unknown("dataset", kind, KINDS + TEXT_KINDS)
     if kind == "digits":
         if arg:
             raise UsageError(f"digits takes no path (got {arg!r})", "write --data digits")

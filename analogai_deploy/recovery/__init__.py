@@ -10,6 +10,7 @@ While it runs, OUTPUT.partial/ holds a checkpoint of the last finished round (`r
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -65,46 +66,100 @@ def output_for(pkg, rec: Recipe, output: str | Path | None) -> Path:
     return Path(output) if output is not None else pkg.path.parent / f"{pkg.path.name}-{rec.name}"
 
 
+def default_data(config: dict[str, Any]) -> str:
+    """digits for image packages, the shipped English corpus for text ones."""
+    return "corpus" if config.get("input", {}).get("kind") == "text" else "digits"
+
+
+def _text_checks(pkg, rec: Recipe, ds, objective) -> None:
+    r = rec.recovery
+    if r.adversarial.FGSM.use or r.adversarial.PGD.use:
+        raise UsageError("FGSM / PGD perturb image pixels; a text package's inputs are token ids",
+                         "set recovery.adversarial.FGSM.use=false recovery.adversarial.PGD.use=false")
+    want = pkg.config.get("num_classes")
+    if objective.name == "cross_entropy" and want is not None and ds.num_classes > want:
+        raise UsageError(f"{ds.spec} has {ds.num_classes} classes but the model has {want} outputs",
+                         f"convert the model with --num-classes {ds.num_classes}")
+
+
 def prepare(package, recipe, data, overrides=None):
-    """Load and check everything a run needs; raises UsageError before any training."""
+    """Load and check everything a run needs; raises UsageError before any training. (package, recipe, data)"""
+    return prepare_run(package, recipe, data, overrides)[:3]
+
+
+def prepare_run(package, recipe, data, overrides=None):
+    """`prepare`, plus the objective (objectives.py); for distillation the data carries the teacher's targets."""
     from .. import data as data_mod
     from .. import package as pkg_mod
+    from ..data import text as text_data
+    from . import objectives
 
     rec = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
     pkg = package if isinstance(package, pkg_mod.Package) and package.model is not None else pkg_mod.load(
         package.path if isinstance(package, pkg_mod.Package) else package)
     inp = pkg.config.get("input", {})
+    data = data or default_data(pkg.config)
+    from .engine import pick_device
+    from .memory import check_fits
+
+    device = pick_device(rec.training.device)
+    if inp.get("kind") == "text":
+        from ..analog.convert import to_digital
+
+        if isinstance(data, str):
+            teacher = to_digital(copy.deepcopy(pkg.model)) if data.startswith("generated:") else None
+            ds = text_data.load(data, pkg.path, pkg.config, model=teacher)
+        else:
+            ds = data
+        objective = objectives.choose(pkg.config, ds, rec)
+        _text_checks(pkg, rec, ds, objective)
+        check_fits(pkg.model, rec, ds, device, teacher=objective.name != "cross_entropy")
+        ds = objectives.attach_teacher(objective, pkg.model, ds, device)
+        return pkg, rec, ds, objective
     if inp.get("kind") != "image":
-        raise UsageError(f"recover trains on image datasets, but {pkg.path} takes {inp.get('kind')} input",
-                         "recover an image-classification package (text datasets are not in the data registry yet)")
+        raise UsageError(f"recover trains image and text packages, but {pkg.path} takes {inp.get('kind')} input")
+    if isinstance(data, str) and text_data.is_text_spec(data):
+        raise UsageError(f"--data {data} is text; {pkg.path} takes images", "use e.g. --data digits")
     ds = data if not isinstance(data, str) else data_mod.load(data, input_shape=inp.get("shape"))
     want = pkg.config.get("num_classes")
     if want is not None and ds.num_classes != want:
         raise UsageError(f"{ds.spec} has {ds.num_classes} classes but the model has {want} outputs",
                          f"convert the model with --num-classes {ds.num_classes}")
-    from .engine import pick_device
-    from .memory import check_fits
+    objective = objectives.choose(pkg.config, ds, rec)
+    check_fits(pkg.model, rec, ds, device)  # a batch too large fails here, not by OOM
+    return pkg, rec, ds, objective
 
-    check_fits(pkg.model, rec, ds, pick_device(rec.training.device))  # a batch too large fails here, not by OOM
-    return pkg, rec, ds
+
+def objective_line(objective, ds) -> str:
+    """One line saying what the run minimises (printed by the CLI, recorded in config.json)."""
+    d = objective.describe()
+    if d["loss"] == "cross_entropy":
+        return f"objective: cross-entropy on the labels of {ds.spec} (validation metric: {d['metric']})"
+    what = {"cosine": "cosine on the pooled sentence embedding", "mse": "MSE on the pooled sentence embedding",
+            "kl": f"KL on the {'next-token ' if d.get('output') == 'tokens' else ''}logits at T={d.get('temperature')}"}
+    return (f"objective: distillation from the package's own clean weights (noise off), {what[d['loss']]}, "
+            f"on {ds.spec} without labels (validation metric: {d['metric']})")
 
 
 def recover(
     package,
     recipe: str | Path | Recipe = "msnat",
-    data="digits",
+    data=None,
     output: str | Path | None = None,
     *,
     overrides: list[str] | dict[str, Any] | None = None,
     resume: bool = False,
     progress: Callable[..., Any] | None = None,
     on_round: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
     **kw_overrides: Any,
 ):
     """Retrain `package` with `recipe` on `data` and write the recovered package to `output`.
 
     `package`: a folder or a loaded Package. `recipe`: a shipped name, a YAML path or a Recipe.
-    `data`: a dataset spec ("digits", "cifar10:PATH", ...) or a loaded Data. Overrides: dotted keys,
+    `data`: a dataset spec ("digits", "cifar10:PATH", ...; text: "corpus", "text:FILE", "generated:N") or a
+    loaded Data; None = digits for images, the shipped corpus for text. `log(line)` hears the objective chosen.
+    Overrides: dotted keys,
     e.g. overrides=["training.rounds=5"] or **{"training.use_FL": False}. Returns the new Package.
     This process only: under torchrun every rank calls recover (MSNAT clients spread over the ranks,
     see parallel.py); rank 0 writes the package and returns it, the others return None.
@@ -117,10 +172,15 @@ def recover(
     from .engine import discard_checkpoint
 
     merged = _overrides(overrides, kw_overrides)
-    pkg, rec, ds = prepare(package, recipe, data, merged)
+    pkg, rec, ds, objective = prepare_run(package, recipe, data, merged)
+    if log is not None:
+        log(objective_line(objective, ds))
+    data = data if data is not None else ds.spec
     out_path = output_for(pkg, rec, output)
     state_dir = state_dir_for(out_path)
     if distributed.world() > 1:
+        if objective.text:
+            raise UsageError("text packages recover on one process", "drop --nproc / torchrun")
         from .parallel import check_recover
 
         check_recover(rec, data, recipe)
@@ -133,7 +193,8 @@ def recover(
         from .hwa import HwaTrainer as TrainerClass
     else:
         from .engine import make_trainer as TrainerClass
-    trainer = TrainerClass(model, rec, ds, state_dir, identity=identity, progress=progress, on_round=on_round)
+    trainer = TrainerClass(model, rec, ds, state_dir, identity=identity, progress=progress, on_round=on_round,
+                           objective=objective)
     try:
         result = trainer.run(resume=resume)
     except KeyboardInterrupt:
@@ -166,13 +227,17 @@ def recover(
         "seed": rec.training.seed,
         "seconds": round(result.seconds, 2),  # this run's (a resumed run did rounds resumed_from_round+1 ...)
         "resumed_from_round": result.resumed_from,
+        "objective": objective.describe(),
         "log": "train_log.jsonl",
     }
     config["data"] = {"spec": ds.spec, "fingerprint": ds.fingerprint, "split": "train/val (selection on val; test untouched)"}
+    if getattr(ds, "provenance", None):  # text: tokenizer, max length, padding, sizes, generation settings
+        config["data"]["text"] = ds.provenance
     prov = dict(config.get("provenance", {}))
     prov["history"] = list(prov.get("history", [])) + [{
         "stage": "recover", "time": now(), "recipe": rec.name, "recipe_sha256": identity["recipe_sha256"],
         "data": ds.spec, "data_fingerprint": ds.fingerprint, "seed": rec.training.seed,
+        "objective": objective.name,
         "input_weights_sha256": pkg.weights_sha256, "versions": versions(),
     }]
     config["provenance"] = prov

@@ -38,6 +38,8 @@ def blockers(recipe: Recipe, data) -> list[str]:
                      ("QAT", r.qat)):
         if on:
             out.append(f"{name} is on")
+    if hasattr(data.train, "inputs"):
+        out.append("text packages train in loop mode (the batched mode stacks image classifiers)")
     from torch.utils.data import TensorDataset
 
     if not isinstance(data.train, TensorDataset):

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from .. import distributed
 from ..errors import OperationFailed, UsageError
 from . import msnat, parallel
+from .objectives import Objective
 from .recipe import Recipe
 
 EVAL_SEED = 12345  # validation noise draws are the same every round and every run
@@ -66,9 +67,11 @@ class Batches:
         order = torch.randperm(self.n, generator=generator) if generator is not None else torch.arange(self.n)
         if self.tensors is not None:
             order = order.to(self.device)
+            text = getattr(self.dataset, "inputs", None)  # text: (named token tensors, target)
             for i in range(0, self.n, self.batch_size):
                 idx = order[i:i + self.batch_size]
-                yield tuple(t.index_select(0, idx) for t in self.tensors)
+                rows = tuple(t.index_select(0, idx) for t in self.tensors)
+                yield text(rows) if text is not None else rows
             return
         pin = self.device.type == "cuda"
         loader = DataLoader(Subset(self.dataset, order.tolist()), batch_size=self.batch_size, shuffle=False,
@@ -78,11 +81,14 @@ class Batches:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, sigma: float, draws: int = 1, seed: int = EVAL_SEED) -> dict[str, float]:
-    """Accuracy and loss at weight-noise level `sigma`, mean over `draws` noise draws.
+def evaluate(model: nn.Module, batches: Batches, sigma: float, draws: int = 1, seed: int = EVAL_SEED,
+             objective: Objective | None = None) -> dict[str, float]:
+    """The objective's metric ("acc": accuracy for classifiers on labels, else e.g. the cosine to the teacher)
+    and loss at weight-noise level `sigma`, mean over `draws` noise draws.
 
     Runs in a forked RNG so validation never changes the training's random stream.
     """
+    objective = objective or Objective()
     noise = msnat.NoiseControl(model)
     saved = noise.layers[0].analog.sigma if noise.layers else 0.0
     was_training = model.training
@@ -96,9 +102,10 @@ def evaluate(model: nn.Module, batches: Batches, sigma: float, draws: int = 1, s
         noise.set(sigma)
         for _ in range(draws):
             for x, y in batches.iterate():
-                z = model(x).float()
-                correct += (z.argmax(1) == y).sum()
-                loss += nn.functional.cross_entropy(z, y, reduction="sum")
+                y = objective.targets(x, y)
+                z = objective.forward(model, x).float()
+                correct += objective.score(z, y, x)
+                loss += objective.loss(z, y, x, None, reduction="sum")
     noise.set(saved)
     model.train(was_training)
     n = batches.n * draws
@@ -187,6 +194,12 @@ def write_checkpoint(state_dir: Path, tensors: dict[str, torch.Tensor], meta: di
 
     state_dir.mkdir(parents=True, exist_ok=True)
     name = f"state-{meta['round']:04d}.safetensors"
+    seen: set[int] = set()
+    for key, v in tensors.items():  # tied weights (an LM's embedding and head) share storage; safetensors refuses that
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen and v.numel():
+            tensors[key] = v.clone()
+        seen.add(ptr)
     save_file(tensors, str(state_dir / f".{name}.tmp"))
     os.replace(state_dir / f".{name}.tmp", state_dir / name)
     tmp = state_dir / f".{CHECKPOINT_META}.tmp"
@@ -218,13 +231,19 @@ def close_round(trainer: Any, model: nn.Module, entry: dict[str, Any], snapshot:
     """End a round of any trainer: validate `model` (at the recipe's eval sigma and clean), count the round,
     keep the best round (model selection on validation, never test) and the rounds since it (early stopping)."""
     t = trainer.t
-    val = evaluate(model, trainer.val_batches, t.eval_sigma, t.eval_draws)
-    clean = evaluate(model, trainer.val_batches, 0.0)
+    objective = getattr(trainer, "objective", None) or Objective()
+    val = evaluate(model, trainer.val_batches, t.eval_sigma, t.eval_draws, objective=objective)
+    clean = evaluate(model, trainer.val_batches, 0.0, objective=objective)
+    # "acc" keys hold the objective's metric (accuracy on labels; a cosine or an agreement when distilling)
     entry["val"] = {"acc": val["acc"], "loss": val["loss"], "sigma": t.eval_sigma, "clean_acc": clean["acc"]}
+    if objective.metric != "accuracy":
+        entry["val"]["metric"] = objective.metric
     trainer.round += 1
     if not trainer.best or val["acc"] > trainer.best["val_acc"]:
         trainer.best = {"round": trainer.round, "val_acc": val["acc"], "val_loss": val["loss"],
                         "val_sigma": t.eval_sigma, "val_clean_acc": clean["acc"]}
+        if objective.metric != "accuracy":
+            trainer.best["metric"] = objective.metric
         snapshot()
         trainer.since_best = 0
     else:
@@ -302,8 +321,10 @@ class Trainer:
     """Runs one recipe on one model. `state_dir` holds the resumable checkpoint."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, data, state_dir: Path, *, identity: dict[str, str],
-                 progress: Callable[..., Any] | None = None, on_round: Callable[[dict], None] | None = None):
+                 progress: Callable[..., Any] | None = None, on_round: Callable[[dict], None] | None = None,
+                 objective: Objective | None = None):
         self.recipe = recipe
+        self.objective = objective or Objective()  # what the loss and the validation metric are (objectives.py)
         self.t = recipe.training
         self.r = recipe.recovery
         self.data = data
@@ -347,30 +368,32 @@ class Trainer:
 
     # ---- one mini-batch ------------------------------------------------------------------------------
     def _loss_fn(self, noise: msnat.NoiseControl) -> Callable:
-        fl, cfg = self.t.use_FL, self.r.feedback
+        fl, cfg, obj = self.t.use_FL, self.r.feedback, self.objective
 
         def loss_fn(model, x, y):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                z, _ = msnat.feedback_logits(model, x, noise, cfg, fl)
-            return msnat.feedback_loss(z, y, cfg, fl)
+                z, _ = msnat.feedback_logits(model, x, noise, cfg, fl, forward=obj.forward)
+            return obj.loss(z, y, x, cfg.temperature if fl else None)
 
         return loss_fn
 
     def _loss(self, model, noise, loss_fn, x, y) -> tuple[torch.Tensor, torch.Tensor]:
-        fl, cfg = self.t.use_FL, self.r.feedback
+        """(loss, the metric summed over the batch); `y` holds the targets (labels or the teacher's outputs)."""
+        fl, cfg, obj = self.t.use_FL, self.r.feedback, self.objective
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            z, z0 = msnat.feedback_logits(model, x, noise, cfg, fl)
-        loss = msnat.feedback_loss(z, y, cfg, fl)
+            z, z0 = msnat.feedback_logits(model, x, noise, cfg, fl, forward=obj.forward)
+        loss = obj.loss(z, y, x, cfg.temperature if fl else None)
         if self.adv:
             from .adversarial import adversarial_loss
 
             extra = adversarial_loss(model, loss_fn, x, y, self.r.adversarial, *self.bounds)
             if extra is not None:
                 loss = loss + extra
-        return loss, (z0.argmax(1) == y).sum()
+        return loss, obj.score(z0.detach(), y, x)
 
     def _step(self, k: int, x, y, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
         model, noise, opt = self.clients[k], self.noise[k], self.optimizers[k]
+        y = self.objective.targets(x, y)  # a causal LM's teacher logits, once per batch (SAM reuses them)
         opt.zero_grad(set_to_none=True)
         loss, correct = self._loss(model, noise, loss_fn, x, y)
         loss.backward()

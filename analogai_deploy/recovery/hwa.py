@@ -23,6 +23,7 @@ from torch import nn
 from ..analog.convert import analog_layers, to_digital
 from ..errors import OperationFailed
 from . import engine
+from .objectives import Objective
 from .recipe import Recipe
 
 _MODIFIERS = {"add_normal": "ADD_NORMAL", "mult_normal": "MULT_NORMAL", "pcm_noise": "PCM_NOISE"}
@@ -45,13 +46,15 @@ class HwaTrainer:
     """Same interface as engine.Trainer: run(resume) -> engine.Result, output_model(result)."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, data, state_dir: Path, *, identity: dict[str, str],
-                 progress: Callable[..., Any] | None = None, on_round: Callable[[dict], None] | None = None):
+                 progress: Callable[..., Any] | None = None, on_round: Callable[[dict], None] | None = None,
+                 objective=None):
         try:
             from aihwkit.nn.conversion import convert_to_analog  # noqa: F401
         except Exception as exc:
             raise OperationFailed(f"the hwa_aihwkit recipe needs aihwkit: {type(exc).__name__}: {exc}",
                                   "install the tested pins: make install (torch 2.10.0 + aihwkit 1.1.0)") from None
         self.recipe, self.t = recipe, recipe.training
+        self.objective = objective or Objective()  # cross-entropy, or distillation for text (objectives.py)
         self.model = model
         self.state_dir = Path(state_dir)
         self.identity = identity
@@ -98,14 +101,16 @@ class HwaTrainer:
         g = torch.Generator().manual_seed(self.t.seed * 1_000_003 + self.round * 1009)
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
+        obj = self.objective
         for x, y in self.train_batches.iterate(g):
             self.optimizer.zero_grad(set_to_none=True)
-            z = self.analog(x)
-            loss = nn.functional.cross_entropy(z, y)
+            y = obj.targets(x, y)
+            z = obj.forward(self.analog, x)
+            loss = obj.loss(z, y, x, None)
             loss.backward()
             self.optimizer.step()
             total += loss.detach() * len(y)
-            correct += (z.argmax(1) == y).sum()
+            correct += obj.score(z.detach(), y, x)
             if bar is not None:
                 bar.update(1)
         n = self.train_batches.n

@@ -20,8 +20,9 @@ from ..errors import UsageError
 GiB = 2**30
 
 
-def activations_per_sample(model: nn.Module, input_shape: list[int]) -> int:
-    """Floats produced by all leaf modules for one sample.
+def activations_per_sample(model: nn.Module, input_shape: list[int], example=None) -> int:
+    """Floats produced by all leaf modules for one sample (zeros of `input_shape`, or `example`: a text
+    sample's keyword inputs).
 
     The analog layers' noise draws happen in a forked RNG, so training's random stream is untouched."""
     total = 0
@@ -39,7 +40,10 @@ def activations_per_sample(model: nn.Module, input_shape: list[int]) -> int:
     try:
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            model(torch.zeros(1, *input_shape, device=device))
+            if isinstance(example, dict):
+                model(**{k: v.to(device) for k, v in example.items()})
+            else:
+                model(torch.zeros(1, *input_shape, device=device))
     finally:
         for h in handles:
             h.remove()
@@ -68,17 +72,21 @@ def available_bytes(device: torch.device) -> int | None:
     return free
 
 
-def check_fits(model: nn.Module, recipe, data, device: torch.device) -> dict[str, float]:
-    """Raise UsageError when the run cannot fit in `device`'s memory; returns the estimate (GiB) otherwise."""
+def check_fits(model: nn.Module, recipe, data, device: torch.device, teacher: bool = False) -> dict[str, float]:
+    """Raise UsageError when the run cannot fit in `device`'s memory; returns the estimate (GiB) otherwise.
+
+    `teacher`: distillation keeps a frozen digital copy of the model (one more set of weights)."""
     t, r = recipe.training, recipe.recovery
     clients = len(r.sigmas) if t.use_FI and len(r.sigmas) > 1 else 1
     passes = 1 + (len(r.feedback.deltas) if t.use_FL else 0)
-    per_sample = activations_per_sample(model, list(data.input_shape)) * 4 * passes * 2
+    example = data.example() if hasattr(data, "example") else None
+    per_sample = activations_per_sample(model, list(data.input_shape), example) * 4 * passes * 2
     if t.mode == "batched":
         per_sample *= clients
     batch = min(t.batch_size, len(data.train))
     params = sum(p.numel() for p in model.parameters()) * 4
-    fixed = params * (clients * 4 + 3)  # per client: weights, grads, 2 Adam moments; + fused, best, input copies
+    fixed = params * (clients * 4 + 3 + int(teacher))  # per client: weights, grads, 2 Adam moments; + fused, best,
+    # input copies (+ the teacher)
     if device.type == "cuda":
         fixed += sum(x.numel() * x.element_size() for ds in (data.train, data.val)
                      for x in getattr(ds, "tensors", ()))

@@ -29,10 +29,14 @@ class NoiseControl:
             layer.analog.sigma = self.sigma
 
 
-def feedback_logits(model: nn.Module, x: torch.Tensor, noise: NoiseControl, cfg: FeedbackConfig,
-                    use_fl: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z, z0): the combined logits and the plain ones at the current noise level; backward reaches all passes."""
-    z0 = model(x)
+def feedback_logits(model: nn.Module, x, noise: NoiseControl, cfg: FeedbackConfig,
+                    use_fl: bool = True, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, z0): the combined outputs and the plain ones at the current noise level; backward reaches all passes.
+
+    `forward(model, x)` reads the tensor the loss looks at (default: model(x), the logits; for text the
+    pooled embedding or the LM logits, see objectives.py)."""
+    forward = forward or (lambda m, inp: m(inp))
+    z0 = forward(model, x)
     if not use_fl or not cfg.deltas:
         return z0, z0
     sigma = noise.sigma
@@ -40,7 +44,7 @@ def feedback_logits(model: nn.Module, x: torch.Tensor, noise: NoiseControl, cfg:
     try:
         for delta, gamma in zip(cfg.deltas, cfg.gammas):
             noise.set(sigma + delta)
-            zj = model(x) * gamma
+            zj = forward(model, x) * gamma
             extra = zj if extra is None else extra + zj
     finally:
         noise.set(sigma)

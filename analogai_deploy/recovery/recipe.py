@@ -90,6 +90,24 @@ class HwaConfig(StrictConfig):
 
 
 @dataclass
+class DistillConfig(StrictConfig):
+    """The loss for text packages (objectives.py); images always train with cross-entropy on labels.
+
+    loss: auto = cross-entropy on labels for a classifier given labelled text; without labels distillation from
+      the package's own clean weights: cosine on the pooled embedding (encoders), KL on the logits (classifiers,
+      causal LMs). Or name one: cross_entropy, cosine, mse, kl.
+    temperature: T of the KL loss, T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+    """
+
+    loss: Literal["auto", "cross_entropy", "cosine", "mse", "kl"] = "auto"
+    temperature: float = 2.0
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise UsageError(f"distill.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
 class RecoveryConfig(StrictConfig):
     """What recovery does. `noise_0 ... noise_{K-1}` are read by `from_dict` (any K >= 1)."""
 
@@ -101,6 +119,7 @@ class RecoveryConfig(StrictConfig):
     qat: bool = False
     quant: QuantConfig = field(default_factory=QuantConfig)
     hwa: HwaConfig = field(default_factory=HwaConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "") -> RecoveryConfig:

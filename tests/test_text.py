@@ -1,0 +1,251 @@
+"""Text end to end: data specs, recovery objectives (CE with labels, distillation without), LM metrics.
+
+Tiny Hugging Face models built from configs (a BERT encoder, a BERT classifier, a Llama causal LM), with
+the real MiniLM's tokenizer; the CLI as a user runs it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import analogai_deploy as ad
+from analogai_deploy.certification import evaluation
+from analogai_deploy.data import text as text_data
+from analogai_deploy.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, minilm_dir):
+    """Converted packages: encoder (feature-extraction), cls (2 classes), lm (causal LM)."""
+    from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel, LlamaConfig,
+                              LlamaForCausalLM)
+
+    root = tmp_path_factory.mktemp("text")
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir))
+    small = word_tokenizer()  # the LM's: a word-level vocabulary of the corpus keeps its logits small
+    bert = dict(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    models = {
+        "encoder": (BertModel(BertConfig(**bert)), {}),
+        "cls": (BertForSequenceClassification(BertConfig(**bert, num_labels=2)), {"num_classes": 2}),
+        "lm": (LlamaForCausalLM(LlamaConfig(vocab_size=len(small), hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                            max_position_embeddings=64, tie_word_embeddings=True)),
+               {"task": "causal-lm"}),
+    }
+    out = {}
+    for name, (model, kw) in models.items():
+        src = root / f"hf-{name}"
+        model.save_pretrained(src)
+        (small if name == "lm" else tok).save_pretrained(src)
+        out[name] = ad.convert(f"hf:{src}", output=root / name, **kw).path
+    rng = random.Random(0)
+    good, bad = ["great", "lovely", "superb", "happy"], ["awful", "dreadful", "poor", "sad"]
+    with open(root / "reviews.jsonl", "w") as f:
+        for i in range(60):
+            lab = i % 2
+            f.write(json.dumps({"text": f"The {rng.choice(['film', 'meal', 'trip', 'book'])} was "
+                                        f"{rng.choice(good if lab else bad)}.", "label": ["neg", "pos"][lab]}) + "\n")
+    (root / "few.txt").write_text("\n".join(text_data.corpus("train")[:30]) + "\n")
+    out["root"] = root
+    return out
+
+
+def word_tokenizer():
+    """A real fast tokenizer (tokenizers WordLevel) over the words of the shipped corpus and the built-in sentences."""
+    import re
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = text_data.corpus("train") + text_data.corpus("heldout") + evaluation.SENTENCES
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *words])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
+
+
+def copy_pkg(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------- data specs
+
+def test_file_formats_labels_and_errors(tmp_path):
+    (tmp_path / "a.txt").write_text("first line\n\n  second line  \n")
+    assert text_data.read_file(tmp_path / "a.txt") == (["first line", "second line"], None)
+    (tmp_path / "b.jsonl").write_text('{"text": "x", "label": "pos"}\n{"text": "y", "label": "neg"}\n')
+    texts, labels = text_data.read_file(tmp_path / "b.jsonl")
+    ids, names, classes = text_data.label_ids(labels)
+    assert texts == ["x", "y"] and names == ["neg", "pos"] and ids.tolist() == [1, 0] and classes == 2
+    (tmp_path / "c.csv").write_text('text,label\n"hello, world",1\nbye,0\n')
+    texts, labels = text_data.read_file(tmp_path / "c.csv")
+    assert texts == ["hello, world", "bye"] and text_data.label_ids(labels)[0].tolist() == [1, 0]
+    bad = {"d.jsonl": '{"txt": "x"}\n', "e.csv": "body\nx\n", "f.jsonl": '{"text": "x", "label": 1}\n{"text": "y"}\n'}
+    for name, body in bad.items():
+        (tmp_path / name).write_text(body)
+        with pytest.raises(UsageError):
+            text_data.read_file(tmp_path / name)
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "dataset_info.json").write_text("{}")
+    with pytest.raises(UsageError, match="folder") as exc:
+        text_data.parse(f"text:{tmp_path / 'saved'}")
+    assert "to_json" in exc.value.hint
+    for spec in ("generated:0", "generated:x", "corpus:abc", "text:"):
+        with pytest.raises(UsageError):
+            text_data.parse(spec)
+
+
+def test_the_shipped_corpus_is_package_data_and_held_out():
+    train, held = text_data.corpus("train"), text_data.corpus("heldout")
+    assert len(train) >= 300 and len(held) >= 100
+    assert not set(train) & set(held) and not set(train) & set(evaluation.SENTENCES)
+    assert "data/corpus/*.txt" in (ROOT / "pyproject.toml").read_text()
+
+
+def test_tokenised_split_is_fixed_and_recorded(tiny):
+    config = json.loads((tiny["encoder"] / "config.json").read_text())
+    a = text_data.load("corpus", tiny["encoder"], config)
+    b = text_data.load("corpus", tiny["encoder"], config)
+    assert a.fingerprint == b.fingerprint and not a.labelled
+    assert a.provenance["max_length"] == 32 and a.provenance["padding"].startswith("max_length")
+    assert a.provenance["sizes"] == {"train": 260, "val": 45, "test": 100}
+    assert a.train.tensors[0].shape == (260, 32)
+
+
+# ---------------------------------------------------------------- recover: objectives
+
+def test_labelled_text_recovers_with_cross_entropy_and_certifies_accuracy(tiny, tmp_path, cli):
+    data = f"text:{tiny['root'] / 'reviews.jsonl'}"
+    code, out, err = cli("recover", tiny["cls"], "--recipe", "vanilla", "--data", data, "-o", tmp_path / "r",
+                         "training.rounds=6", "training.batch_size=8", "training.lr=0.01",
+                         "training.schedule=constant")
+    assert code == 0, err
+    assert "objective: cross-entropy" in err and "val acc" in out
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["training"]["objective"]["loss"] == "cross_entropy"
+    assert cfg["data"]["text"]["label_names"] == ["neg", "pos"] and cfg["data"]["text"]["sizes"]["test"] == 9
+    assert cfg["training"]["best"]["val_clean_acc"] >= 0.8  # the toy task is easy: it learned
+    code, out, err = cli("certify", tmp_path / "r", "--data", data, "--repeats", "2", "--times", "1d", "--json")
+    assert code == 0, err
+    cert = json.loads(out)
+    assert cert["metric"] == "accuracy" and cert["data"]["n"] == 9  # its own training file: the test split only
+    code, out, _ = cli("certify", tmp_path / "r", "--data", f"text:{tiny['root'] / 'few.txt'}", "--repeats", "2",
+                       "--times", "1d", "--json")
+    cert = json.loads(out)  # unlabelled text another file: all of it, label-free
+    assert code == 0 and cert["metric"] == "agreement" and cert["data"]["n"] == 30
+
+
+@pytest.mark.parametrize("recipe", ["msnat", "single_noise", "msnat_no_fi", "msnat_no_fl", "vanilla", "hwa_aihwkit"])
+def test_every_recipe_distils_an_encoder(tiny, tmp_path, recipe):
+    data = f"text:{tiny['root'] / 'few.txt'}"
+    pkg = ad.recover(tiny["encoder"], recipe, data, output=tmp_path / "o",
+                     overrides=["training.rounds=1", "training.batch_size=16"])
+    t = pkg.config["training"]
+    assert t["objective"]["loss"] == "cosine" and t["best"]["metric"] == "cosine"
+    assert -1 <= t["best"]["val_acc"] <= 1 and 0.9 < t["best"]["val_clean_acc"] <= 1.0 + 1e-6
+    assert pkg.config["provenance"]["history"][-1]["objective"] == "cosine"
+
+
+def test_distillation_targets_are_the_clean_model(tiny):
+    from analogai_deploy.recovery import prepare_run
+    from analogai_deploy.recovery.engine import Batches, evaluate
+
+    pkg, rec, ds, objective = prepare_run(tiny["encoder"], "vanilla", f"text:{tiny['root'] / 'few.txt'}")
+    batches = Batches(ds.val, 64, torch.device("cpu"))
+    assert evaluate(pkg.model, batches, 0.0, objective=objective)["acc"] == pytest.approx(1.0, abs=1e-5)
+    assert evaluate(pkg.model, batches, 1.0, objective=objective)["acc"] < 1.0 - 1e-4  # noise moves it
+
+
+def test_causal_lm_distils_on_generated_text(tiny, tmp_path):
+    over = ["training.rounds=1", "training.batch_size=8", "recovery.noise_2=null", "recovery.noise_3=null",
+            "recovery.noise_4=null"]
+    a = ad.recover(tiny["lm"], "msnat", "generated:12", output=tmp_path / "a", overrides=over)
+    t = a.config["training"]
+    assert t["objective"] == {"loss": "kl", "metric": "next_token_agreement", "labels": False, "output": "tokens",
+                              "teacher": "the package's own clean weights, noise off", "temperature": 2.0}
+    gen = a.config["data"]["text"]["generation"]
+    assert gen["n"] == 12 and gen["seed"] == 0 and len(a.config["data"]["text"]["text_sha256"]) == 64
+    config = json.loads((tiny["lm"] / "config.json").read_text())
+    again = text_data.load("generated:12", tiny["lm"], config, model=ad.load(tiny["lm"]).model)
+    assert again.fingerprint == a.config["data"]["fingerprint"]  # seeded: the same text every time
+
+
+def test_text_resume_ends_bitwise_where_a_straight_run_ends(tiny, tmp_path):
+    from analogai_deploy.recovery import Interrupted
+
+    data = f"text:{tiny['root'] / 'few.txt'}"
+    over = ["training.rounds=2", "training.batch_size=8", "recovery.noise_2=null", "recovery.noise_3=null",
+            "recovery.noise_4=null"]
+    a = ad.recover(tiny["lm"], "msnat", data, output=tmp_path / "a", overrides=over)
+
+    def stop(entry):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        ad.recover(tiny["lm"], "msnat", data, output=tmp_path / "b", overrides=over, on_round=stop)
+    b = ad.recover(tiny["lm"], "msnat", data, output=tmp_path / "b", overrides=over, resume=True)
+    assert b.config["training"]["resumed_from_round"] == 1
+    assert b.weights_sha256 == a.weights_sha256  # tied embedding / head weights survive the checkpoint
+
+
+def test_text_refusals(tiny, tmp_path, cli):
+    cases = [
+        (tiny["encoder"], ["--data", "generated:5"], "causal language model"),
+        (tiny["encoder"], ["--data", "digits"], "images"),
+        (tiny["lm"], ["recovery.adversarial.FGSM.use=true"], "token ids"),
+        (tiny["encoder"], ["recovery.distill.loss=kl"], "encoder"),
+        (tiny["encoder"], ["--nproc", "2"], "one process"),
+        (tiny["cls"], ["recovery.distill.loss=cross_entropy"], "no labels"),
+    ]
+    for pkg, extra, words in cases:
+        code, _, err = cli("recover", pkg, "-o", tmp_path / "x", *extra)
+        assert code == 2 and words in err, (extra, err)
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- certify: LM metrics, direction
+
+def test_lm_metrics_and_the_gate_direction(tiny, tmp_path):
+    pkg = copy_pkg(tiny["lm"], tmp_path / "lm")
+    cert = ad.certify(pkg, times="1d", repeats=2, metric="perplexity_ratio", max_drop=0.0, data="corpus", limit=8)
+    assert cert["digital"] == {"perplexity_ratio": 1.0} and cert["data"]["split"] == "label-free, heldout"
+    row = cert.result("1d")
+    assert row["normalised"] is None and row["mean"] != 1.0 and row["ci95"][1] > row["ci95"][0]
+    v = cert["verdict"]  # lower is better: the gate judges the upper CI bound's rise above digital
+    assert v["higher_is_better"] is False and v["drop_pp"] == pytest.approx(100 * (row["ci95"][1] - 1.0))
+    assert v["passed"] == (v["drop_pp"] <= 0)
+    card = (pkg / "README.md").read_text()
+    assert "perplexity_ratio (lower is better)" in card and "accuracy" not in card.split("## Certificate")[1]
+    cert = ad.certify(pkg, times="1d", repeats=2, data="sentences", limit=8)
+    assert cert["metric"] == "next_token_agreement" and 0 < cert.result("1d")["mean"] < 1
+    m = evaluation.METRICS["perplexity_ratio"]
+    assert m.drop_pp(1.0, [1.01, 1.04]) == pytest.approx(4.0) and m.threshold(1.0, 5) == pytest.approx(1.05)
+    with pytest.raises(UsageError, match="causal language model"):
+        ad.certify(pkg, times="1d", repeats=2, metric="cosine")
+    with pytest.raises(UsageError, match="causal language models"):
+        ad.certify(tiny["encoder"], times="1d", repeats=2, metric="perplexity_ratio", write=False)
+
+
+def test_lm_scores_are_exact_on_the_digital_model(tiny):
+    config = json.loads((tiny["lm"] / "config.json").read_text())
+    data = evaluation.load_eval_set(tiny["lm"], config, "sentences", limit=4)
+    model = ad.load(tiny["lm"]).model.eval()
+    out = evaluation.run(model, data)
+    assert evaluation.score("next_token_agreement", out, data, out) == 1.0
+    assert evaluation.score("perplexity_ratio", out, data, out) == 1.0
+    worse = out.clone().view(4, -1, 2)
+    worse[..., 1] += math.log(2)  # every true next token twice as unlikely: perplexity doubles
+    assert evaluation.score("perplexity_ratio", worse.view(4, -1), data, out) == pytest.approx(2.0)
