@@ -1,7 +1,6 @@
 """The model card (README.md of a package), rendered from config.json and certificate.json."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import yaml
@@ -55,9 +54,43 @@ def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+#: folder names that say nothing about the model (HF cache snapshots, packaging layouts): keep the parent too
+_GENERIC = {"model", "models", "snapshot", "snapshots", "checkpoint", "weights", "hf", "main", "latest"}
+
+
+def model_name(config: dict[str, Any]) -> str:
+    """A short, readable name for the model: the built-in / torchvision name, the Hub id, the local
+    factory `file.py:factory`, or a local folder's name (never its absolute path: that names the
+    machine it was converted on, not the model; config.json keeps the full path as provenance)."""
+    from pathlib import PurePath
+
+    source = config.get("source", {})
+    if source.get("name"):
+        return str(source["name"])
+    if source.get("factory"):
+        return f"{PurePath(str(source.get('file', ''))).name}:{source['factory']}"
+    src = str(source.get("source") or "model")
+    path = PurePath(src)
+    if not path.is_absolute():
+        return src  # a Hub id: org/name
+    parts = [p for p in path.parts if p not in ("/", "")]
+    name = parts[-1] if parts else src
+    generic = name.lower() in _GENERIC or (len(name) == 40 and all(c in "0123456789abcdef" for c in name))
+    return "/".join(parts[-2:]) if generic and len(parts) > 1 else name
+
+
+def _best_sentence(best: dict[str, Any], rounds: int | None) -> str:
+    """config.json's training.best in words."""
+    of = f" of {rounds}" if rounds else ""
+    clean = f" (without noise {_pct(best['val_clean_acc'])})" if best.get("val_clean_acc") is not None else ""
+    loss = f", loss {best['val_loss']:.3f}" if best.get("val_loss") is not None else ""
+    return (f"Best validation: round {best.get('round')}{of}, accuracy {_pct(best.get('val_acc'))} under weight "
+            f"noise sigma = {best.get('val_sigma')}{clean}{loss}; that round's weights are the package's.")
+
+
 def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> str:
     source = config.get("source", {})
-    name = source.get("name") or source.get("source") or source.get("factory") or "model"
+    name = model_name(config)
     tags = ["analog-ai", "aihwkit", "analogai-deploy", source.get("kind", "")]
     front: dict[str, Any] = {"library_name": "analogai-deploy", "tags": [t for t in tags if t]}
     if config.get("task"):
@@ -66,7 +99,8 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
                                  "sequence-classification": "text-classification",
                                  "causal-lm": "text-generation"}.get(config["task"], config["task"])
     lines = [f"# {name} (analog-aware)", ""]
-    lines.append(f"Converted by analogai-deploy for analog in-memory computing from `{name}` ({source.get('kind')}).")
+    where = " (a local folder)" if source.get("kind") == "huggingface" and str(source.get("source", "")).startswith("/") else ""
+    lines.append(f"Converted by analogai-deploy for analog in-memory computing from `{name}` ({source.get('kind')}{where}).")
     conv = config.get("conversion") or {}
     if conv:
         lines.append(
@@ -76,8 +110,11 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
     recipe = config.get("recipe")
     if recipe:
         lines += ["", "## Recovery", "", f"Recipe `{recipe.get('name')}` (sha256 `{recipe.get('sha256', '')[:16]}...`)."]
-        if config.get("training", {}).get("best"):
-            lines.append(f"Best validation: `{json.dumps(config['training']['best'])}`.")
+        training = config.get("training", {})
+        if training.get("best"):
+            lines.append(_best_sentence(training["best"], training.get("rounds")))
+        if training.get("curve"):
+            lines += ["", f"![training curve: accuracy and loss per round]({training['curve']})"]
     if certificate:
         dev = certificate.get("device", {}).get("name", "?")
         front["tags"].append(dev)
@@ -94,7 +131,8 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
                 ],
             }],
         }]
-        lines += ["", "## Certificate", "", results_markdown(certificate)]
+        lines += ["", "## Certificate", "", results_markdown(certificate), "",
+                  "![certificate: metric vs time after programming, 95% CI, digital and gate lines](certificate.png)"]
         lines += [f"\n> Warning: {w}." for w in certificate.get("warnings", [])]
     lines += ["", "## Use", ""]
     zoo = config.get("zoo") or {}

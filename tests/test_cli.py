@@ -77,3 +77,23 @@ def test_a_bare_ctrl_c_says_interrupted(cli, monkeypatch):
     monkeypatch.setattr(aihwkit_probe, "tile_support", interrupt)
     code, _, err = cli("env")
     assert code == 130 and "error: interrupted" in err
+
+
+def test_publish_help_says_where_the_default_zoo_is(cli):
+    code, out, _ = cli("publish", "--help")
+    assert code == 0 and "the repository's own model_zoo/" in " ".join(out.split())
+
+
+def test_publish_to_another_zoo_says_how_to_pull_from_it(cli, lenet_pkg, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("ANALOGAI_ZOO", raising=False)
+    pkg = tmp_path / "lenet"
+    shutil.copytree(lenet_pkg, pkg)
+    code, _, err = cli("certify", pkg, "--device", "ideal", "--times", "1d", "--repeats", "5", "--max-drop", "1")
+    assert code == 0, err
+    code, out, err = cli("publish", pkg, "--zoo", tmp_path / "zoo", "--name", "tiny-lenet")
+    assert code == 0, err
+    assert f"pull with: analogai-deploy pull tiny-lenet --zoo {tmp_path / 'zoo'}" in out
+    code, out, err = cli("pull", "tiny-lenet", "--zoo", tmp_path / "zoo")
+    assert code == 0, err

@@ -236,6 +236,9 @@ def test_recover_cli(lenet_pkg, cli, tmp_path):
     assert code == 0, err
     data = json.loads(out)
     assert data["recipe"] == "vanilla" and data["training"]["rounds"] == 1
+    curve = tmp_path / "v" / "training_curve.png"  # drawn from train_log.jsonl, shown on the card
+    assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and data["training"]["curve"] == "training_curve.png"
+    assert "](training_curve.png)" in (tmp_path / "v" / "README.md").read_text()
     assert package.load(data["package"]).weights_sha256 == data["weights_sha256"]
     code, _, err = cli("recover", src, "training.batchsize=3")
     assert code == 2 and "batch_size" in err
@@ -376,7 +379,8 @@ def test_recovered_package_drops_what_described_the_old_weights(mlp_pkg, digits,
                   base=mlp_pkg)
     pkg = ad.recover(tmp_path / "staged", "vanilla", digits, output=tmp_path / "out", overrides=FAST)
     names = {f.name for f in (tmp_path / "out").iterdir()}
-    assert names == {"config.json", "model.safetensors", "README.md", "train_log.jsonl", "tokenizer.json"}
+    assert names == {"config.json", "model.safetensors", "README.md", "train_log.jsonl", "training_curve.png",
+                     "tokenizer.json"}
     assert "certificate" not in pkg.config and "export" not in pkg.config
     assert pkg.config["recipe"]["type"] == "Recipe" and pkg.config["recipe"]["version"] == 1
     package.load(tmp_path / "out")

@@ -640,7 +640,7 @@ def _is_main() -> bool:
 
 def _write_certificate(bench: _Bench, cert: Certificate) -> Path:
     from .. import package as pkg_io
-    from ..card import certificate_summary
+    from ..card import certificate_summary, model_name
     from ..provenance import now
     from .plots import certificate_png
 
@@ -653,7 +653,7 @@ def _write_certificate(bench: _Bench, cert: Certificate) -> Path:
                     "passed": cert.get("verdict", {}).get("passed")})
     files = {
         pkg_io.CERTIFICATE: (json.dumps(cert, indent=2) + "\n").encode(),
-        CERTIFICATE_PNG: certificate_png(cert),
+        CERTIFICATE_PNG: certificate_png(cert, model=model_name(bench.config)),
     }
     pkg_io.write(bench.path, config, files=files, base=bench.path)
     return bench.path / pkg_io.CERTIFICATE

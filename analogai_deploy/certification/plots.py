@@ -17,7 +17,13 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def certificate_png(cert: dict[str, Any], title: str = "") -> bytes:
+def certificate_png(cert: dict[str, Any], title: str = "", model: str = "") -> bytes:
+    return _png(certificate_figure(cert, title, model))
+
+
+def certificate_figure(cert: dict[str, Any], title: str = "", model: str = ""):
+    """Metric vs time: mean, 95% CI band, min, the digital line, and with a gate its threshold line
+    and the lower CI bound it judged (at `at`). `model` names the model in the title."""
     from matplotlib.figure import Figure
 
     metric = cert["metric"]
@@ -37,15 +43,23 @@ def certificate_png(cert: dict[str, Any], title: str = "") -> bytes:
         ax.axhline(100 * digital, color="k", ls="--", lw=1, label=f"digital {100 * digital:.2f}%")
     verdict = cert.get("verdict")
     if verdict and verdict.get("threshold") is not None:
-        ax.axhline(100 * verdict["threshold"], color="C3", ls=":", lw=1,
-                   label=f"gate ({'pass' if verdict['passed'] else 'FAIL'})")
+        outcome = "pass" if verdict["passed"] else "FAIL"
+        ax.axhline(100 * verdict["threshold"], color="C3", ls="-.", lw=1.5,
+                   label=f"gate: {100 * verdict['threshold']:.2f}% = digital - {verdict['max_drop_pp']:g} pp ({outcome})")
+        judged = next((r for r in res if r["time"] == verdict.get("at")), None)
+        if judged is not None:  # the number the gate judged: the lower 95% CI bound at its time
+            ax.plot([judged["seconds"]], [100 * judged["ci95"][0]], "s", color="C3", ms=7, mfc="none",
+                    label=f"judged: lower CI at {verdict['at']}")
     ax.set_xticks(t, [r["time"] for r in res])
     ax.set_xlabel("time after programming")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(title or f"{metric} under drift on {cert['device']['name']} ({cert['tile']} tiles)")
+    n = cert.get("data", {}).get("n")
+    where = f"{cert['device']['name']} ({cert['tile']} tiles)" + (f", {n} test samples" if n else "")
+    ax.set_title(title or (f"{model}: {metric} under drift on {where}" if model else f"{metric} under drift on {where}"),
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _png(fig)
+    return fig
 
 
 def sweep_png(sweep: dict[str, Any]) -> bytes:

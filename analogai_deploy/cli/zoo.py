@@ -1,6 +1,7 @@
 """`publish`, `pull` and `zoo list`: the certificate-gated model zoo (local folder or Hugging Face Hub)."""
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import typer
@@ -10,6 +11,9 @@ from ._options import Json, Quiet, output
 ZooDir = Annotated[str | None, typer.Option("--zoo", help="Local zoo folder [default: $ANALOGAI_ZOO, else the repo's model_zoo/].")]
 
 PUBLISH_HELP = """Publish a certified package to the local zoo or the Hugging Face Hub.
+
+Without --zoo (and without $ANALOGAI_ZOO) the local zoo is the model_zoo/ folder that ships with
+analogai-deploy: in a source checkout, the repository's own model_zoo/. Pass --zoo DIR to keep yours apart.
 
 Refused (exit 1, with the reason): no certificate.json, a failing verdict, a certificate issued for
 other weights, weights that do not match config.json, or a model built from a local Python file.
@@ -71,6 +75,9 @@ def publish(
     out.info(f"checking {package} (certificate, sha256, source) ...")
     data = zoo_api.publish(package, zoo=zoo, hub_repo=hub_repo, name=name, overwrite=overwrite, private=private)
     out.result(data, _published)
+    if data.get("where") == "zoo" and zoo is None and not os.environ.get(zoo_api.local.ENV):
+        out.info(f"note: {data['zoo']} is the default zoo, the model_zoo/ that ships with analogai-deploy; "
+                 "--zoo DIR or $ANALOGAI_ZOO publish elsewhere")
 
 
 def pull(
@@ -147,8 +154,13 @@ def _published(d: dict[str, Any]) -> str:
     if d["where"] == "hub":
         return (f"pushed {len(d['files'])} files to {d['url']} (commit {d['commit'][:12]})\n"
                 f"pull with: analogai-deploy pull hf-hub:{d['repo_id']}")
+    from pathlib import Path
+
+    from ..zoo.local import default_dir
+
+    where = "" if Path(d["zoo"]).resolve() == default_dir().resolve() else f" --zoo {d['zoo']}"  # a pull must find it
     return (f"published {d['name']} to {d['zoo']}: {d.get('device')} {_metric(d)} {_val(d, d.get('accuracy_1d'))} at 1 d, "
-            f"{_val(d, d.get('accuracy_1y'))} at 1 y, {_size(d.get('size'))}\npull with: analogai-deploy pull {d['name']}")
+            f"{_val(d, d.get('accuracy_1y'))} at 1 y, {_size(d.get('size'))}\npull with: analogai-deploy pull {d['name']}{where}")
 
 
 def _pulled(d: dict[str, Any]) -> str:

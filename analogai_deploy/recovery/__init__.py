@@ -15,14 +15,17 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from ..card import model_name
 from ..errors import OperationFailed, UsageError
+from .plots import CURVE_PNG, training_curve_png
 from .recipe import Recipe, load as load_recipe
 
 __all__ = ["recover", "Recipe", "load_recipe", "Interrupted"]
 
 #: what a recovered package does not inherit, because it describes the old weights: the weights and their
 #: exports (model.*), certificates and sweeps, the card and log (rewritten), and these config.json sections
-_STALE_FILES = ("model.", "certificate.", "sweep.", "README.md", "config.json", "train_log.jsonl")
+_STALE_FILES = ("model.", "certificate.", "sweep.", "README.md", "config.json", "train_log.jsonl",
+                "training_curve.png")
 _STALE_SECTIONS = ("certificate", "export", "quantization", "weights")
 
 
@@ -229,6 +232,7 @@ def recover(
         "resumed_from_round": result.resumed_from,
         "objective": objective.describe(),
         "log": "train_log.jsonl",
+        "curve": CURVE_PNG,
     }
     config["data"] = {"spec": ds.spec, "fingerprint": ds.fingerprint, "split": "train/val (selection on val; test untouched)"}
     if getattr(ds, "provenance", None):  # text: tokenizer, max length, padding, sizes, generation settings
@@ -244,6 +248,7 @@ def recover(
     log = "".join(json.dumps(e) + "\n" for e in result.log).encode()
     files = {f.name: f.read_bytes() for f in pkg.path.iterdir() if _inherited(f)}
     files["train_log.jsonl"] = log
+    files[CURVE_PNG] = training_curve_png(result.log, f"{model_name(config)}: recipe {rec.name} on {ds.spec}")
     written = pkg_mod.write(out_path, config, final.cpu(), files)
     discard_checkpoint(state_dir)
     written.model = final
