@@ -171,3 +171,13 @@ def test_cli_exposes_every_option_and_rejects_bad_values(pkg, cli):
     cert = json.loads(out)
     assert cert["mapping"]["overridden"] == {"weight_scaling": "tile", "input_scaling": "none"}
     assert "calibrated" not in cert["mapping"]
+
+
+def test_command_line_io_over_the_trained_io_is_recorded(pkg):
+    from analogai_deploy import package
+
+    config = json.loads((pkg / "config.json").read_text())
+    config["mapping"]["io"] = {"dac_bits": 7, "adc_bits": 9, "out_noise": 0.06}
+    package.write(pkg, config, base=pkg)
+    cert = ad.certify(pkg, dac_bits=8, **QUICK)
+    assert cert["mapping"]["overridden"] == {"io": {"dac_bits": 8}} and cert["device"]["dac_bits"] == 8

@@ -8,7 +8,7 @@ import pytest
 from analogai_deploy.errors import UsageError
 from analogai_deploy.recovery import recipe as R
 
-SHIPPED = ["hwa_aihwkit", "msnat", "msnat_no_fi", "msnat_no_fl", "single_noise", "vanilla"]
+SHIPPED = ["hwa_aihwkit", "msnat", "msnat_hw", "msnat_no_fi", "msnat_no_fl", "single_noise", "vanilla"]
 
 
 def test_every_issue_recipe_is_shipped():

@@ -23,10 +23,11 @@ class AnalogState:
 
     sigma: relative weight-noise level (0 = off); c: slicing factor; act_noise: relative output noise.
     weight_quant / input_quant: optional fake-quantizer modules (set by QAT), applied before noise.
+    hw: a hardware.HardwareNoise (recipe sections noise / io) in place of the seed's noise model, or None.
     The noise buffers are scratch space, never copied: a deep copy (an MSNAT client) gets its own.
     """
 
-    __slots__ = ("sigma", "c", "act_noise", "weight_quant", "input_quant", "_buffers")
+    __slots__ = ("sigma", "c", "act_noise", "weight_quant", "input_quant", "hw", "_buffers")
 
     def __init__(self, sigma: float = 0.0, c: float = 1.0, act_noise: float = 0.0):
         self.sigma = sigma
@@ -34,12 +35,14 @@ class AnalogState:
         self.act_noise = act_noise
         self.weight_quant = None
         self.input_quant = None
+        self.hw = None
         self._buffers: dict = {}
 
     def __getstate__(self):
         return {k: getattr(self, k) for k in self.__slots__ if k != "_buffers"}
 
     def __setstate__(self, state):
+        self.hw = None  # states pickled before the slot existed
         for k, v in state.items():
             setattr(self, k, v)
         self._buffers = {}
@@ -107,10 +110,15 @@ def add_noise(t: torch.Tensor, scale: torch.Tensor, state: AnalogState | None = 
     return _draw(t.detach(), scale, state, key)
 
 
-def noisy(weight: torch.Tensor, state: AnalogState) -> torch.Tensor:
-    """The weight the tile computes with: quantized if QAT is on, plus programming noise when sigma > 0."""
+def noisy(weight: torch.Tensor, state: AnalogState, channel_dim: int = 0) -> torch.Tensor:
+    """The weight the tile computes with: quantized if QAT is on, plus programming noise when sigma > 0
+    (`channel_dim`: where the output channels of `weight` are, for per-channel hardware noise)."""
     if state.weight_quant is not None:
         weight = state.weight_quant(weight)
+    if state.hw is not None:
+        from . import hardware
+
+        return hardware.noisy(weight, state.sigma, state.c, state.hw, channel_dim)
     if state.sigma <= 0:
         return weight
     scale = max_abs(weight.detach()).mul_(state.c * state.sigma)
@@ -143,16 +151,29 @@ class AnalogLayer:
         return module
 
 
+def _tile(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, mvm, s: AnalogState, conv: bool):
+    """mvm(x, w) + bias, through the tile periphery when the layer trains with hardware IO."""
+    if s.hw is None or not s.hw.has_io:
+        return mvm(x, w, bias)
+    from .hardware import periphery
+
+    y = periphery(x, w, lambda a, b: mvm(a, b, None), s.hw, conv)
+    if bias is None:
+        return y
+    return y + (bias.view(1, -1, *[1] * (y.dim() - 2)) if conv else bias)
+
+
 class AnalogLinear(AnalogLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.analog
-        return analog_output(F.linear(analog_input(x, s), noisy(self.weight, s), self.bias), s)
+        return analog_output(_tile(analog_input(x, s), noisy(self.weight, s), self.bias, F.linear, s, False), s)
 
 
 class _AnalogConvMixin(AnalogLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.analog
-        return analog_output(self._conv_forward(analog_input(x, s), noisy(self.weight, s), self.bias), s)
+        return analog_output(_tile(analog_input(x, s), noisy(self.weight, s), self.bias, self._conv_forward, s,
+                                   True), s)
 
 
 class AnalogConv1d(_AnalogConvMixin, nn.Conv1d):
@@ -208,7 +229,11 @@ def _hf_conv1d_class():
             s = self.analog
             size_out = x.size()[:-1] + (self.nf,)
             x = analog_input(x, s)
-            y = torch.addmm(self.bias, x.view(-1, x.size(-1)), noisy(self.weight, s))
+            w = noisy(self.weight, s, channel_dim=1)  # [in, out]: output channels are the columns
+            if s.hw is not None and s.hw.has_io:
+                y = _tile(x.view(-1, x.size(-1)), w.t(), self.bias, F.linear, s, False)
+            else:
+                y = torch.addmm(self.bias, x.view(-1, x.size(-1)), w)
             return analog_output(y.view(size_out), s)
 
     return Conv1D, AnalogHFConv1D

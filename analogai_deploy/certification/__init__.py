@@ -259,6 +259,12 @@ def _map(bench: _Bench, cfg: CertifyConfig) -> None:
     clipped = mp.clip_weights(prepared, m, layers)
     record: dict[str, Any] = {**m.to_dict(), "source": "package" if "mapping" in bench.config else "legacy (no "
                               "mapping in config.json)", "overridden": _overridden(bench.config, m)}
+    trained_io = {k: v for k, v in m.io.to_dict().items() if v is not None}
+    own_io = cfg.device.preset or cfg.device.name == "ideal"  # their own periphery (see _package_io)
+    io_over = {} if own_io else {k: getattr(cfg.device.io, k) for k, v in trained_io.items()
+                                 if getattr(cfg.device.io, k) != v}
+    if io_over:  # IO given on the command line over what the package was trained for
+        record["overridden"]["io"] = io_over
     if clipped:
         record["clipped_fraction"] = sum(clipped.values()) / len(clipped)
     if m.needs_calibration:

@@ -49,7 +49,7 @@ OUTPUT_SCALING = ("tile", "column")
 #: the defaults (BENCHMARKS.md section "Mapping" measures each against the alternatives)
 DEFAULTS: dict[str, Any] = {
     "weight_scaling": "column", "clip": "none", "clip_value": 3.0, "input_range": "dynamic",
-    "input_range_k": 3.0, "input_scaling": "channel", "input_scaling_alpha": 0.5, "output_scaling": "tile",
+    "input_range_k": 3.0, "input_scaling": "channel", "input_scaling_alpha": 0.4, "output_scaling": "tile",
     "calibration": None, "calibration_samples": 64,
 }
 #: what the toolkit did before mapping options existed (one scale per tile, nothing calibrated)

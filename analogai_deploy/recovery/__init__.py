@@ -192,6 +192,10 @@ def recover(
     identity = {"recipe_sha256": rec.sha256(), "weights_sha256": pkg.weights_sha256, "data_fingerprint": ds.fingerprint}
     default_sigma = pkg.config["analog"].get("sigma", 0.0)
     model = pkg.model
+    if rec.hardware_noise:  # the recipe's noise / io sections replace the seed's noise model (hardware.py)
+        from ..analog import hardware
+
+        hardware.apply(model, rec.noise, rec.io)
     if rec.training.engine == "aihwkit_hwa":
         from .hwa import HwaTrainer as TrainerClass
     else:
@@ -211,6 +215,14 @@ def recover(
     set_noise(final, default_sigma)
     final.eval()
     config = {k: v for k, v in pkg.config.items() if k not in _STALE_SECTIONS}
+    if rec.hardware_noise:
+        from ..analog import hardware
+        from ..certification.mapping import MappingConfig
+
+        hardware.apply(final, None, None)
+        # what it was trained for is what certify uses by default (the rest of the mapping stays the package's)
+        config["mapping"] = MappingConfig.from_dict(hardware.trained_mapping(rec.noise, rec.io)).over(
+            config.get("mapping")).to_dict()
     if rec.recovery.qat and rec.training.engine == "msnat":
         from . import qat
 

@@ -201,14 +201,69 @@ class TrainingConfig(StrictConfig):
 
 
 @dataclass
+class NoiseModelConfig(StrictConfig):
+    """The training weight-noise model (analog/hardware.py); the defaults are the seed's.
+
+    scale: tensor (s from max|W| of the whole layer, the seed) or channel (max|W| per output channel,
+      as one weight scale per crossbar column maps them). model: gaussian (the seed) or pcm (aihwkit
+      PCMLikeNoiseModel's programming-noise polynomial in the normalised conductance). MSNAT's sigmas
+      scale either. clip / clip_value: clip the weights in the forward pass (none, fixed: |w| <= value,
+      layer_std / channel_std: value std per layer / output channel); certify then clips the same way.
+    """
+
+    scale: Literal["tensor", "channel"] = "tensor"
+    model: Literal["gaussian", "pcm"] = "gaussian"
+    clip: Literal["none", "fixed", "layer_std", "channel_std"] = "none"
+    clip_value: float = 3.0
+
+    def __post_init__(self):
+        if self.clip_value <= 0:
+            raise UsageError(f"noise.clip_value must be > 0, got {self.clip_value}")
+
+
+@dataclass
+class TrainIOConfig(StrictConfig):
+    """The tile periphery in training (0 = off): dac_bits / adc_bits quantisation with straight-through
+    gradients, out_noise Gaussian noise on every output (in units of input max x weight max, as aihwkit's
+    out_noise), out_bound the ADC's range. Set them to certify's device (aihwkit: 7 / 9 bits, 0.06, 12)."""
+
+    out_noise: float = 0.0
+    dac_bits: int = 0
+    adc_bits: int = 0
+    out_bound: float = 12.0
+
+    def __post_init__(self):
+        if self.out_noise < 0:
+            raise UsageError(f"io.out_noise must be >= 0, got {self.out_noise}")
+        for name in ("dac_bits", "adc_bits"):
+            if not 0 <= getattr(self, name) <= 24:
+                raise UsageError(f"io.{name} must be in 0..24 (0 = no quantisation), got {getattr(self, name)}")
+        if self.out_bound <= 0:
+            raise UsageError(f"io.out_bound must be > 0, got {self.out_bound}")
+
+
+@dataclass
 class Recipe(StrictConfig):
     name: str = "custom"
     description: str = ""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    noise: NoiseModelConfig = field(default_factory=NoiseModelConfig)
+    io: TrainIOConfig = field(default_factory=TrainIOConfig)
+
+    @property
+    def hardware_noise(self) -> bool:
+        """Whether the recipe trains with anything but the seed's noise model."""
+        return self.noise != NoiseModelConfig() or self.io != TrainIOConfig()
 
     def __post_init__(self):
         t, r = self.training, self.recovery
+        if self.hardware_noise and t.engine == "aihwkit_hwa":
+            raise UsageError("the noise and io sections configure this toolkit's training noise, not aihwkit_hwa's",
+                             "use training.engine=msnat, or recovery.hwa for aihwkit's own")
+        if self.hardware_noise and t.mode == "batched":
+            raise UsageError("training.mode=batched draws the seed's noise model only",
+                             "use training.mode=loop (or auto) with the noise / io sections")
         if t.engine == "aihwkit_hwa":
             if t.optimizer != "sgd":
                 raise UsageError("the aihwkit_hwa engine trains with aihwkit's AnalogSGD",
@@ -225,8 +280,11 @@ class Recipe(StrictConfig):
         return self.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description,
-                "training": self.training.to_dict(), "recovery": self.recovery.to_dict()}
+        out = {"name": self.name, "description": self.description,
+               "training": self.training.to_dict(), "recovery": self.recovery.to_dict()}
+        if self.hardware_noise:  # the seed's recipes keep their hash: the sections appear only when used
+            out.update(noise=self.noise.to_dict(), io=self.io.to_dict())
+        return out
 
     def sha256(self) -> str:
         return sha256_json(self.resolved())
@@ -239,6 +297,13 @@ class Recipe(StrictConfig):
                  f"FL={'on' if t.use_FL else 'off'}", f"{t.rounds} rounds x {t.epochs_per_round} epoch"]
         extras = [n for n, on in (("SAM", r.optimizer.sam), ("FGSM", r.adversarial.FGSM.use),
                                   ("PGD", r.adversarial.PGD.use), ("QAT", r.qat)) if on]
+        if self.hardware_noise:
+            n, io = self.noise, self.io
+            extras.append(f"{n.model} noise per {n.scale}" + (f", clip {n.clip} {n.clip_value:g}" if n.clip != "none"
+                                                            else "") + (f", io dac {io.dac_bits} adc {io.adc_bits} "
+                                                                        f"out_noise {io.out_noise:g}" if
+                                                                        io.out_noise or io.dac_bits or io.adc_bits
+                                                                        else ""))
         return ", ".join(parts + extras)
 
 

@@ -1,0 +1,169 @@
+"""Training noise that matches the certify hardware (recipe sections `noise` and `io`).
+
+The seed's model (layers.noisy) draws W + N(0, s^2), s = c * sigma * max|W| over the whole tensor. A
+`HardwareNoise` on a layer's AnalogState replaces it by what the tiles do:
+
+  scale  tensor: one max|W| per layer (one weight scale per tile); channel: max|W| per output channel
+         (one scale per crossbar column, the mapping's weight_scaling=column).
+  model  gaussian: s = c * sigma * wmax; pcm: aihwkit PCMLikeNoiseModel's programming noise, a
+         polynomial in the normalised conductance u = |w| / wmax on the programmed device of the pair
+         plus the one at u = 0 on the other, s = c * sigma * wmax * q(u), q(u) = sqrt(p(u)^2 + p(0)^2) /
+         sqrt(p(1)^2 + p(0)^2), so the largest weight gets the Gaussian's noise. aihwkit's own PCM
+         statistics (g_max 25 uS) are c * sigma = 0.0435 (sigma = 0.056 at c = 0.7776).
+  clip   the weights used in the forward pass are clipped (fixed: |w| <= value; layer_std / channel_std:
+         value std per layer / output channel), gradients straight through; certify clips the same way.
+  io     the tile periphery around the matmul, as certify's aihwkit PyTorch tile: inputs divided by
+         their abs-max per sample (ABS_MAX noise management; per input vector for linear layers, per
+         sample for convolutions, an upper bound of aihwkit's per-patch max), quantised to dac_bits;
+         outputs (in units of input max x wmax) get N(0, out_noise^2) and are quantised to adc_bits
+         over +-out_bound; then scaled back. Roundings pass gradients straight through.
+
+MSNAT's sigmas (FI levels, FL deltas) scale the weight noise of whichever model is chosen.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: aihwkit 1.1 PCMLikeNoiseModel.prog_coeff (uS at g_max = 25 uS): sigma_prog(u) = c0 + c1 u + c2 u^2
+PCM_PROG_COEFF = (0.26348, 1.9650, -1.1731)
+SCALES = ("tensor", "channel")
+MODELS = ("gaussian", "pcm")
+CLIPS = ("none", "fixed", "layer_std", "channel_std")
+
+
+def _p(u):
+    c0, c1, c2 = PCM_PROG_COEFF
+    return c0 + c1 * u + c2 * u * u
+
+
+_PCM_NORM = math.sqrt(_p(1.0) ** 2 + _p(0.0) ** 2)
+
+
+class HardwareNoise:
+    """The settings one layer trains with (plain attributes; validated by the recipe)."""
+
+    __slots__ = ("scale", "model", "clip", "clip_value", "out_noise", "dac_bits", "adc_bits", "out_bound")
+
+    def __init__(self, scale: str = "tensor", model: str = "gaussian", clip: str = "none", clip_value: float = 3.0,
+                 out_noise: float = 0.0, dac_bits: int = 0, adc_bits: int = 0, out_bound: float = 12.0):
+        self.scale, self.model, self.clip, self.clip_value = scale, model, clip, clip_value
+        self.out_noise, self.dac_bits, self.adc_bits, self.out_bound = out_noise, dac_bits, adc_bits, out_bound
+
+    @property
+    def has_io(self) -> bool:
+        return self.out_noise > 0 or self.dac_bits > 0 or self.adc_bits > 0
+
+    def __repr__(self) -> str:
+        return "HardwareNoise(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+
+
+def _straight(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """y in the forward pass, the gradient of x in the backward pass."""
+    return x + (y - x).detach()
+
+
+def _rows(w: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    return (w.transpose(0, channel_dim) if channel_dim else w).reshape(w.shape[channel_dim], -1)
+
+
+def _view(v: torch.Tensor, w: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """A per-output-channel vector shaped to broadcast against the weight."""
+    shape = [1] * w.dim()
+    shape[channel_dim] = -1
+    return v.view(shape)
+
+
+def clip(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tensor:
+    if hw.clip == "none":
+        return w
+    d = w.detach()
+    if hw.clip == "fixed":
+        bound = torch.tensor(hw.clip_value, dtype=w.dtype, device=w.device)
+    elif hw.clip == "layer_std":
+        bound = hw.clip_value * d.std()
+    else:
+        bound = _view(hw.clip_value * _rows(d, channel_dim).std(1), w, channel_dim)
+    return _straight(w, torch.maximum(torch.minimum(w, bound), -bound))
+
+
+def wmax(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tensor:
+    """max|W| per tensor (0-dim) or per output channel (broadcast shape), never 0."""
+    d = w.detach()
+    if hw.scale == "channel":
+        m = _view(_rows(d, channel_dim).abs().amax(1), w, channel_dim)
+    else:
+        m = d.abs().amax()
+    return m.clamp(min=1e-12)
+
+
+def noisy(w: torch.Tensor, sigma: float, c: float, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tensor:
+    """The clipped weight plus this model's programming noise at level sigma (straight-through gradient)."""
+    from .layers import add_noise
+
+    w = clip(w, hw, channel_dim)
+    if sigma <= 0:
+        return w
+    m = wmax(w, hw, channel_dim)
+    if hw.model == "gaussian":
+        scale = m * (c * sigma)
+        if scale.dim() and channel_dim == 0:
+            return add_noise(w, scale.reshape(-1))  # one value per row: the fused native path
+        if not scale.dim():
+            return add_noise(w, scale)
+    else:
+        u = (w.detach().abs() / m).clamp(max=1.0)
+        q = torch.sqrt(_p(u) ** 2 + _p(0.0) ** 2) / _PCM_NORM
+        scale = m * q * (c * sigma)
+    return w + (torch.randn_like(w) * scale).detach()
+
+
+def _quant(x: torch.Tensor, bits: int, bound: float) -> torch.Tensor:
+    """aihwkit's converter grid: step = 2 * bound / (2^bits - 2), clipped to +-bound, straight through."""
+    step = 2.0 * bound / (2**bits - 2)
+    return _straight(x, torch.round(x.clamp(-bound, bound) / step) * step)
+
+
+def periphery(x: torch.Tensor, w: torch.Tensor, mvm, hw: HardwareNoise, conv: bool) -> torch.Tensor:
+    """mvm(x, w) (no bias) through the tile's DAC, output noise and ADC, in the tile's normalised units."""
+    m = wmax(w, hw)  # the layer's weights have output channels on dim 0 here
+    xd = x.detach().abs()
+    xmax = (xd.flatten(1).amax(1).view(-1, *[1] * (x.dim() - 1)) if conv else xd.amax(-1, keepdim=True))
+    xmax = xmax.clamp(min=1e-12)
+    xn = x / xmax
+    if hw.dac_bits:
+        xn = _quant(xn, hw.dac_bits, 1.0)
+    y = mvm(xn, w / m)
+    if hw.out_noise > 0:
+        y = y + (torch.randn_like(y) * hw.out_noise).detach()
+    if hw.adc_bits:
+        y = _quant(y, hw.adc_bits, hw.out_bound)
+    scale = m.reshape(-1) if m.dim() else m
+    if conv:
+        return y * xmax * (scale.view(1, -1, *[1] * (y.dim() - 2)) if scale.dim() else scale)
+    return y * xmax * scale
+
+
+def apply(model, noise, io) -> int:
+    """Put one HardwareNoise (from a recipe's noise / io sections) on every analog layer; returns how many.
+    `noise` / `io` None: back to the seed's noise model."""
+    from .convert import analog_layers
+
+    n = 0
+    for _, layer in analog_layers(model):
+        layer.analog.hw = None if noise is None else HardwareNoise(
+            noise.scale, noise.model, noise.clip, noise.clip_value, io.out_noise, io.dac_bits, io.adc_bits,
+            io.out_bound)
+        n += 1
+    return n
+
+
+def trained_mapping(noise, io) -> dict:
+    """What a recipe with these sections trained the package for, as config.json["mapping"] fields."""
+    out = {"weight_scaling": "column" if noise.scale == "channel" else "tile", "clip": noise.clip,
+           "clip_value": noise.clip_value}
+    trained_io = {k: getattr(io, k) for k in ("dac_bits", "adc_bits", "out_noise") if getattr(io, k)}
+    if trained_io:
+        out["io"] = trained_io
+    return out

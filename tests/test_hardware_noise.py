@@ -1,0 +1,115 @@
+"""Training noise that matches the hardware: per-channel scale, the PCM polynomial, clipping, the periphery."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import analogai_deploy as ad
+from analogai_deploy.analog import hardware
+from analogai_deploy.analog.hardware import HardwareNoise
+from analogai_deploy.analog.layers import AnalogConv2d, AnalogLinear, AnalogState
+from analogai_deploy.errors import UsageError
+from analogai_deploy.recovery import recipe as R
+
+
+def _linear(hw, sigma=0.1, out=64, inp=256):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(inp, out)
+    with torch.no_grad():
+        lin.weight[0] *= 50.0  # one outlier channel
+    layer = AnalogLinear.from_digital(lin, AnalogState(sigma, 1.0))
+    layer.analog.hw = hw
+    return layer
+
+
+def _weight_noise_std(layer, draws=50):
+    from analogai_deploy.analog.layers import noisy
+
+    w = layer.weight.detach()
+    return torch.stack([noisy(w, layer.analog) - w for _ in range(draws)]).std(0)
+
+
+def test_channel_scale_is_per_output_channel_and_tensor_scale_is_the_seeds():
+    seed = _weight_noise_std(_linear(None))
+    tensor = _weight_noise_std(_linear(HardwareNoise("tensor", "gaussian")))
+    channel = _weight_noise_std(_linear(HardwareNoise("channel", "gaussian")))
+    w = _linear(None).weight.detach()
+    # the seed and scale=tensor: one s = sigma * max|W| for every weight (the outlier row sets it)
+    assert float(tensor.mean()) == pytest.approx(float(seed.mean()), rel=0.05)
+    assert float(tensor.mean()) == pytest.approx(0.1 * float(w.abs().max()), rel=0.05)
+    # per channel: each row's own max|W|, so the ordinary rows get ~50x less noise than the outlier's
+    expect = 0.1 * w.abs().amax(1)
+    assert torch.allclose(channel.mean(1), expect, rtol=0.06)
+
+
+def test_pcm_model_follows_aihwkits_programming_polynomial():
+    from aihwkit.inference import PCMLikeNoiseModel
+
+    assert tuple(PCMLikeNoiseModel().prog_coeff) == hardware.PCM_PROG_COEFF
+    layer = _linear(HardwareNoise("channel", "pcm"), sigma=0.2)
+    std = _weight_noise_std(layer, draws=200)
+    w = layer.weight.detach()
+    u = (w.abs() / w.abs().amax(1, keepdim=True)).flatten()
+    p = lambda v: 0.26348 + 1.9650 * v - 1.1731 * v * v  # noqa: E731
+    expect = 0.2 * w.abs().amax(1, keepdim=True) * torch.sqrt(p(u.view_as(w)) ** 2 + p(0) ** 2) / (
+        (p(1.0) ** 2 + p(0) ** 2) ** 0.5)
+    rel = (std / expect).flatten()
+    assert float(rel.mean()) == pytest.approx(1.0, abs=0.03)
+    # the noise grows with the conductance: large weights are noisier than small ones in the same row
+    small, large = u < 0.1, u > 0.6
+    assert std.flatten()[large].mean() / w.abs().amax(1, keepdim=True).mean() > 1.3 * (
+        std.flatten()[small].mean() / w.abs().amax(1, keepdim=True).mean())
+
+
+def test_clipping_and_the_periphery_keep_gradients_straight_through():
+    layer = _linear(HardwareNoise("channel", "gaussian", clip="channel_std", clip_value=2.0, out_noise=0.06,
+                                  dac_bits=7, adc_bits=9), sigma=0.0)
+    x = torch.randn(32, 256, requires_grad=True)
+    y = layer(x)
+    y.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0 and x.grad.abs().sum() > 0
+    w = layer.weight.detach()
+    clipped = torch.maximum(torch.minimum(w, 2 * w.std(1, keepdim=True)), -2 * w.std(1, keepdim=True))
+    ref = torch.nn.functional.linear(x.detach(), clipped, layer.bias.detach())
+    err = (y.detach() - ref)
+    assert 0 < float(err.std()) < 0.5 * float(ref.std())  # the periphery perturbs, it does not replace
+    layer.analog.hw = HardwareNoise("channel", "gaussian", dac_bits=4)
+    x = x.detach()
+    coarse = float((layer(x) - torch.nn.functional.linear(x, w, layer.bias)).detach().std())
+    layer.analog.hw = HardwareNoise("channel", "gaussian", dac_bits=10)
+    fine = float((layer(x) - torch.nn.functional.linear(x, w, layer.bias)).detach().std())
+    assert coarse > 4 * fine  # the DAC grid sets the error
+    conv = AnalogConv2d.from_digital(torch.nn.Conv2d(3, 8, 3, padding=1), AnalogState(0.1, 1.0))
+    conv.analog.hw = HardwareNoise("channel", "pcm", out_noise=0.06, dac_bits=7, adc_bits=9)
+    assert conv(torch.randn(2, 3, 8, 8)).shape == (2, 8, 8, 8)
+
+
+def test_recipe_sections_validate_and_the_seed_recipes_keep_their_hash():
+    hw = R.load("msnat_hw")
+    assert (hw.noise.scale, hw.noise.model, hw.io.dac_bits, hw.io.adc_bits, hw.io.out_noise) == (
+        "channel", "pcm", 7, 9, 0.06)
+    assert hw.hardware_noise and not R.load("msnat").hardware_noise
+    assert "noise" not in R.load("msnat").resolved()  # the seed's recipe hash is unchanged by the new sections
+    with pytest.raises(UsageError, match="tensor"):
+        R.load("msnat", ["noise.scale=row"])
+    with pytest.raises(UsageError, match="valid keys"):
+        R.load("msnat", ["io.adc=8"])
+    with pytest.raises(UsageError, match="batched"):
+        R.load("msnat_hw", ["training.mode=batched"])
+
+
+def test_recover_records_the_mapping_and_io_it_trained_for(lenet_pkg, tmp_path, cli):
+    out = tmp_path / "hw"
+    code, _, err = cli("recover", str(lenet_pkg), "--recipe", "msnat_hw", "-o", str(out), "training.rounds=1",
+                       "training.use_FI=false", "noise.clip=channel_std")
+    assert code == 0, err
+    mapping = json.loads((out / "config.json").read_text())["mapping"]
+    assert mapping["weight_scaling"] == "column" and mapping["clip"] == "channel_std"
+    assert {k: mapping["io"][k] for k in ("dac_bits", "adc_bits", "out_noise")} == {
+        "dac_bits": 7, "adc_bits": 9, "out_noise": 0.06}
+    assert all(layer.analog.hw is None for layer in ad.load(out).model.modules() if hasattr(layer, "analog"))
+    cert = ad.certify(out, repeats=2, times="1d", limit=32, write=False)
+    assert cert["mapping"]["source"] == "package" and cert["mapping"]["clip"] == "channel_std"
+    assert (cert["device"]["dac_bits"], cert["device"]["adc_bits"], cert["device"]["out_noise"]) == (7, 9, 0.06)
