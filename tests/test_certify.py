@@ -143,7 +143,10 @@ def test_a_value_does_not_depend_on_the_other_times_requested(pkg, engine):
     among = ad.certify(pkg, times="1s,1y,2y", repeats=2, seed=3, engine=engine, write=False)
     assert alone["tile"] == "torch"
     assert alone.result("2y")["values"] == among.result("2y")["values"]
-    assert among.result("1s")["values"] != among.result("2y")["values"]  # streams differ by time
+    # streams differ by time (checked on the seeds: a near-saturated MLP can score the same at 1 s and 2 y)
+    from analogai_deploy.certification import stream_seed
+
+    assert len({stream_seed(3, r, among.result(t)["seconds"]) for r in (0, 1) for t in ("1s", "1y", "2y")}) == 6
     assert "stream_seed" in alone["streams"]
 
 

@@ -75,6 +75,54 @@ def test_fused_mode_is_exact_without_a_dac(trained_lenet):
     assert torch.allclose(a, f, rtol=1e-4, atol=1e-4 * a.abs().max().item())
 
 
+def test_fused_chunks_that_split_kernels_are_exact_without_a_dac(tmp_path):
+    # tile_size 100: 3x3 convolutions over 16 / 32 / 64 channels are cut mid-kernel (144 -> 2 x 72, 576 -> 6 x 96
+    # inputs), so the fused path convolves partial channels and takes patch maxima over partial kernels
+    pkg = ad.convert(f"{ROOT}/bench/models.py:small_resnet", output=tmp_path / "r", num_classes=10,
+                     input_shape=[1, 8, 8]).path
+    analog, fast, x = _pair(pkg, {"out_noise": 0.0, "dac_bits": 0, "tile_size": 100}, exact=False)
+    assert max(len(layer.in_chunks) for layer in fast.layers) == 6
+    a, f = analog(x), fast(x)
+    assert torch.allclose(a, f, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+@pytest.mark.parametrize("groups, cin, cout, tile_size", [(4, 8, 12, 512), (8, 8, 16, 512), (2, 8, 6, 16)])
+def test_grouped_conv_puts_every_group_on_its_own_tiles(groups, cin, cout, tile_size):
+    """A grouped (or depthwise) conv = its groups as separate convs, each on its own tiles: same tile split,
+    same mapping scales, and given the same programmed tiles the same outputs (deterministic periphery)."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, cout, 3, padding=1, groups=groups)
+    cg, og = cin // groups, cout // groups
+    split = []
+    for g in range(groups):
+        part = nn.Conv2d(cg, og, 3, padding=1)
+        part.load_state_dict({"weight": conv.weight.detach()[g * og:(g + 1) * og],
+                              "bias": conv.bias.detach()[g * og:(g + 1) * og]})
+        split.append(part)
+    cfg = DeviceConfig(name="PCM", io=IOSettings(out_noise=0.0, dac_bits=0, tile_size=tile_size))
+    rpu = rpu_config(cfg, "torch")
+    whole = FastModel(nn.Sequential(conv), rpu)
+    parts = [FastModel(nn.Sequential(s), rpu) for s in split]
+    torch.manual_seed(1)
+    whole.program()
+    whole.drift(86400.0)
+    mine = whole.layers[0].tiles
+    assert len(mine) == sum(len(p.layers[0].tiles) for p in parts)
+    k = 0
+    for p in parts:
+        p.program()
+        for t in p.layers[0].tiles:
+            assert (t.shape, t.in_lo, t.in_hi) == (mine[k].shape, mine[k].in_lo, mine[k].in_hi)
+            assert float(t.scale) == pytest.approx(float(mine[k].scale), rel=1e-6)
+            t.current, t.alpha = mine[k].current.clone(), mine[k].alpha.clone()
+            k += 1
+    x = torch.randn(5, cin, 9, 9).relu()
+    expect = torch.cat([p(x[:, g * cg:(g + 1) * cg]) for g, p in enumerate(parts)], 1)
+    torch.testing.assert_close(whole(x), expect, rtol=1e-4, atol=1e-5)
+
+
 def test_fast_mean_accuracy_agrees_with_aihwkit(trained_lenet):
     """Statistical agreement on LeNet at 1 s / 1 d / 1 y, default PCM and with a 5-bit ADC (which costs ~10 pp at 1 y).
 

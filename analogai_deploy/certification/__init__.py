@@ -400,7 +400,7 @@ def _simulate(cfg: CertifyConfig, bench: _Bench, rpu):
     if cfg.engine == "fast":
         from .fast import FastModel
 
-        analog = FastModel(model, rpu)
+        analog = FastModel(model, rpu, placement=bench.placement)  # the record's layers, not re-derived
         names = {id(m): n for n, m in analog.model.named_modules()}
         simulated = [names[id(layer.module)] for layer in analog.layers]
         planned = bench.placement.names

@@ -7,16 +7,25 @@ which costs 8-15x a digital pass. The statistics that decide a certificate are n
 but in the noise model and the periphery, so this engine keeps those and drops the loop:
 
   * weights: every layer is cut into tiles exactly as aihwkit's TileModuleArray does (even splits
-    of at most tile_size rows / columns), each tile mapped to max|w| = 1 (weight_scaling_omega = 1).
-    Per repeat: `noise_model.apply_programming_noise` (programming noise + drift coefficients nu)
-    and per time `noise_model.apply_drift_noise` (drift + read noise): aihwkit's own classes, on
-    the same normalised tile weights aihwkit's tiles hold.
+    of at most tile_size rows / columns); a grouped convolution (depthwise included) gives every
+    group its own tiles, its [out / groups, in / groups * kh * kw] matrix split the same way. Each
+    tile is mapped to max|w| = 1 (weight_scaling_omega = 1). Per repeat
+    `noise_model.apply_programming_noise` (programming noise + drift coefficients nu) and per time
+    `noise_model.apply_drift_noise` (drift + read noise): aihwkit's own classes, on the same
+    normalised tile weights aihwkit's tiles hold. Tiles of one shape are stacked in a bank; PCM-like
+    models (element-wise conductance functions, one device pair) run a bank in slices of at most
+    BATCH_ELEMENTS weights per call (per tile scale ratios), which is as fast as one call for many
+    small tiles and keeps the temporaries of large tiles in cache; other noise models run per tile.
   * drift compensation: GlobalDriftCompensation's readout (mean |tile(eye)| through the noisy,
-    quantised periphery) at programming and at time t, alpha = baseline / current, as aihwkit does.
+    quantised periphery) at programming and at time t, alpha = baseline / current, as aihwkit does,
+    for a whole bank at once.
   * forward: the ordinary F.linear / F.conv2d with the effective weights, and around it the torch
-    tile's periphery: ABS_MAX noise management per input vector (per conv patch: a max-pool of
-    |x|), DAC quantisation, output noise, ADC quantisation and clipping at out_bound, iterative
-    bound management (halve the inputs and redo the tile while any output of the batch clips).
+    tile's periphery: ABS_MAX noise management per input vector (per conv patch and input chunk: a
+    max over shifted strided views of |x|, the kernel/stride/padding/dilation's patches, no im2col),
+    DAC quantisation, output noise, ADC quantisation and clipping at out_bound, iterative bound
+    management per tile (halve the inputs and redo the tile while any output of the batch clips).
+    A chunk of a convolution's inputs that splits a channel's kernel convolves only the channels it
+    touches, with the kernel positions outside the chunk zeroed.
 
 Linear layers are exact: given the same effective weights, their outputs equal aihwkit's bit for bit
 up to float rounding. One approximation, for convolutions only: aihwkit rounds every im2col patch
@@ -26,14 +35,16 @@ every non-zero input (zeros convert exactly), so the output gets Gaussian noise 
 step^2 / 12 * (fraction of non-zero inputs) * sum_j w_oj^2 on top of out_noise^2, before the ADC.
 That matches the error's size per output, not its exact value; the agreement test and BENCHMARKS.md
 check that accuracy statistics agree. `FastModel(..., exact=True)` runs convolutions as aihwkit
-does (im2col through the tile periphery, bit-exact, ~2x slower). Settings only aihwkit's C++ tiles
-have (n_w, the standard-hwa preset) are refused: use the aihwkit engine for those.
+does (im2col through the tile periphery, bit-exact, ~2x slower; ungrouped convolutions only).
+Settings only aihwkit's C++ tiles have (n_w, the standard-hwa preset) are refused: use the aihwkit
+engine for those. Output noise is drawn by analog/native (the training noise's generator) where it
+is built, else by torch.
 """
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,23 +54,9 @@ from torch import nn
 from ..errors import UsageError
 
 ENGINES = ("aihwkit", "fast")
-
-
-@dataclass
-class _Tile:
-    """One crossbar: rows out_lo:out_hi, flattened inputs in_lo:in_hi of the layer's [out, in] weight."""
-
-    out_lo: int
-    out_hi: int
-    in_lo: int
-    in_hi: int
-    scale: torch.Tensor  # max|w| of the tile: the digital factor the output is multiplied back by
-    ref: torch.Tensor  # normalised target weights, max|w| = 1
-    programmed: torch.Tensor | None = None
-    nu: Any = None
-    baseline: torch.Tensor | None = None
-    current: torch.Tensor | None = None
-    alpha: torch.Tensor | float = 1.0  # drift compensation factor
+#: weights per call of the noise model on a bank: small tiles go many to a call (the per-call cost
+#: dominates), large ones one at a time (element-wise temporaries of ~1 MB stay in cache)
+BATCH_ELEMENTS = 1 << 18
 
 
 def _splits(size: int, max_size: int) -> list[tuple[int, int]]:
@@ -95,123 +92,331 @@ def _quantize(x: torch.Tensor, res: float, bound: float) -> torch.Tensor:
     return torch.round(x / step) * step
 
 
-def _patch_max(a: torch.Tensor, k, s, p, d) -> torch.Tensor:
-    """The max of `a` (>= 0) over every conv patch (zero padding counts, as in aihwkit's unfold).
-    Same values as F.max_pool2d, which is several times slower on one channel on CPU."""
-    ap = F.pad(a, (p[1], p[1], p[0], p[0]))
-    oh = (a.shape[2] + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
-    ow = (a.shape[3] + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+def _out_size(n: int, k: int, s: int, p: int, d: int) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _patch_max(a: torch.Tensor, k, s, p, d, offsets=None) -> torch.Tensor:
+    """The max of `a` (>= 0, [N, C, H, W]) over every conv patch, per channel; zero padding counts, as in
+    aihwkit's unfold. `offsets`: the kernel positions (i, j) to include (default all). Shifted strided
+    views: same values as F.max_pool2d, which is several times slower on few channels on CPU."""
+    ap = F.pad(a, (p[1], p[1], p[0], p[0])) if p[0] or p[1] else a
+    oh, ow = _out_size(a.shape[2], k[0], s[0], p[0], d[0]), _out_size(a.shape[3], k[1], s[1], p[1], d[1])
     m = None
-    for i in range(k[0]):
-        for j in range(k[1]):
-            v = ap[:, :, i * d[0]:i * d[0] + s[0] * (oh - 1) + 1:s[0], j * d[1]:j * d[1] + s[1] * (ow - 1) + 1:s[1]]
-            m = v if m is None else torch.maximum(m, v)
+    for i, j in offsets if offsets is not None else ((i, j) for i in range(k[0]) for j in range(k[1])):
+        v = ap[:, :, i * d[0]:i * d[0] + s[0] * (oh - 1) + 1:s[0], j * d[1]:j * d[1] + s[1] * (ow - 1) + 1:s[1]]
+        if m is None:
+            m = v.clone(memory_format=torch.contiguous_format)
+        else:
+            torch.maximum(m, v, out=m)
     return m
 
 
-class FastLayer:
-    """The analog state of one nn.Linear / nn.Conv2d: its tiles and the IO parameters of its tile kind."""
+def _normal_(y: torch.Tensor, std: float) -> torch.Tensor:
+    """y += std * N(0, 1), in place (analog/native's generator on CPU float32, else torch's)."""
+    from ..analog.layers import _native
 
-    def __init__(self, module: nn.Module, rpu):
+    lib = _native(y)
+    if lib is None:
+        return y.add_(torch.randn_like(y).mul_(std))
+    lib.add_normal(y.data_ptr(), y.data_ptr(), y.numel(), std, int(torch.randint(0, 2**62, ()).item()))
+    return y
+
+
+def _native_for(t: torch.Tensor):
+    """analog/native's library where it applies to t (CPU float32), else None."""
+    if t.device.type != "cpu" or t.dtype != torch.float32:
+        return None
+    from ..analog.native import library
+
+    return library()
+
+
+def _normal_like(y: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros_like(y)
+    return _normal_(z, 1.0)
+
+
+@dataclass
+class _Bank:
+    """Tiles of one layer that share a [rows, cols] shape, stacked ([T, rows, cols])."""
+
+    ref: torch.Tensor  # normalised target weights, max|w| = 1 per tile
+    scale: torch.Tensor  # [T] max|w| of each tile: the digital factor its output is multiplied back by
+    programmed: torch.Tensor | None = None
+    nu: Any = None  # per tile (list) or stacked (list of tensors) drift coefficients
+    current: torch.Tensor | None = None
+    baseline: torch.Tensor | None = None  # [T] drift-compensation readout at programming
+    alpha: torch.Tensor = field(default_factory=lambda: torch.ones(1))  # [T] drift compensation factors
+
+
+class _Tile:
+    """One crossbar: rows out_lo:out_hi, flattened inputs in_lo:in_hi of group `group`'s [out, in] matrix.
+    A view into its bank (reads and writes go there)."""
+
+    def __init__(self, layer: "FastLayer", group: int, out_lo: int, out_hi: int, in_lo: int, in_hi: int):
+        self.layer, self.group = layer, group
+        self.out_lo, self.out_hi, self.in_lo, self.in_hi = out_lo, out_hi, in_lo, in_hi
+        self.bank: _Bank
+        self.index = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.out_hi - self.out_lo, self.in_hi - self.in_lo
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.bank.scale[self.index]
+
+    @property
+    def ref(self) -> torch.Tensor:
+        return self.bank.ref[self.index]
+
+    @property
+    def programmed(self) -> torch.Tensor:
+        return self.bank.programmed[self.index]
+
+    @property
+    def current(self) -> torch.Tensor:
+        return self.bank.current[self.index]
+
+    @current.setter
+    def current(self, value: torch.Tensor) -> None:
+        if self.bank.current is self.bank.programmed:
+            self.bank.current = self.bank.current.clone()
+        self.bank.current[self.index] = value
+        self.layer._weights = None
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.bank.alpha[self.index]
+
+    @alpha.setter
+    def alpha(self, value) -> None:
+        value = torch.as_tensor(value, dtype=self.bank.alpha.dtype)
+        bank = self.bank
+        if value.numel() > 1 and bank.alpha.dim() == 1:  # per-column factors: widen the bank's
+            bank.alpha = bank.alpha[:, None].expand(bank.ref.shape[0], bank.ref.shape[1]).clone()
+        bank.alpha[self.index] = value.reshape(bank.alpha[self.index].shape) if value.numel() > 1 else value.reshape(())
+        self.layer._weights = None
+
+
+class FastLayer:
+    """The analog state of one nn.Linear / nn.Conv2d: its tiles (in banks) and the IO parameters of its tile."""
+
+    def __init__(self, module: nn.Module, rpu, groups: int = 1):
         self.module = module
         self.io = rpu.forward
         self.noise_model = rpu.noise_model
         self.compensation = rpu.drift_compensation
         self.perfect = bool(self.io.is_perfect)
-        w = module.weight.detach().reshape(module.weight.shape[0], -1).float()
+        self.groups = groups
         self.shape = module.weight.shape
-        out_size, in_size = w.shape
+        self.is_conv = module.weight.dim() > 2
+        w = module.weight.detach().float()
+        out_size = self.shape[0] // groups
+        self.kk = math.prod(self.shape[2:]) if self.conv else 1
+        in_size = math.prod(self.shape[1:])  # per group: in_channels / groups * kh * kw
         omega = rpu.mapping.weight_scaling_omega
         columnwise = bool(rpu.mapping.weight_scaling_columnwise)
         #: a static input range (calibrated, aihwkit pre_post.input_range) replacing the abs-max scaling
         self.input_range: float | None = None
         self.tiles: list[_Tile] = []
-        for in_lo, in_hi in _splits(in_size, rpu.mapping.max_input_size):
-            for out_lo, out_hi in _splits(out_size, rpu.mapping.max_output_size):
-                part = w[out_lo:out_hi, in_lo:in_hi]
-                # as aihwkit's apply_weight_scaling: alpha = max|w| / omega, per tile or per output column
-                # (1 where the tile / column is all zeros)
-                if not (omega and omega > 0):
-                    wmax = torch.ones(1)
-                elif columnwise:
-                    wmax = part.abs().amax(1) / omega
-                else:
-                    wmax = part.abs().max().view(1) / omega
-                wmax[wmax == 0.0] = 1.0
-                self.tiles.append(_Tile(out_lo, out_hi, in_lo, in_hi, wmax, part / wmax.view(-1, 1)))
+        parts: list[torch.Tensor] = []
+        for g in range(groups):
+            wg = w[g * out_size:(g + 1) * out_size].reshape(out_size, -1)
+            for in_lo, in_hi in _splits(in_size, rpu.mapping.max_input_size):
+                for out_lo, out_hi in _splits(out_size, rpu.mapping.max_output_size):
+                    self.tiles.append(_Tile(self, g, out_lo, out_hi, in_lo, in_hi))
+                    parts.append(wg[out_lo:out_hi, in_lo:in_hi])
+        self.banks: list[_Bank] = []
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(self.tiles):
+            by_shape.setdefault(t.shape, []).append(i)
+        for idx in by_shape.values():
+            stack = torch.stack([parts[i] for i in idx])
+            # as aihwkit's apply_weight_scaling: alpha = max|w| / omega, per tile ([T]) or per output column
+            # ([T, rows]); 1 where the tile / column is all zeros
+            if not (omega and omega > 0):
+                wmax = torch.ones(len(idx))
+            elif columnwise:
+                wmax = stack.abs().amax(2) / omega
+            else:
+                wmax = stack.abs().amax((1, 2)) / omega
+            wmax[wmax == 0.0] = 1.0
+            bank = _Bank(stack / wmax.view(len(idx), -1, 1), wmax, alpha=torch.ones(len(idx)))
+            self.banks.append(bank)
+            for j, i in enumerate(idx):
+                self.tiles[i].bank, self.tiles[i].index = bank, j
         self.in_chunks = sorted({(t.in_lo, t.in_hi) for t in self.tiles})
+        # one tile per group (every ungrouped layer that fits a tile, every depthwise conv): the whole layer
+        # runs as one conv/matmul with per-group periphery
+        self.one_tile_per_group = len(self.tiles) == groups
         self.eye: dict[int, torch.Tensor] = {}
         from aihwkit.inference.compensation.drift import GlobalDriftCompensation, PerColumnDriftCompensation
 
         # the global and the per-column compensation read out with eye(n); subclasses may read out otherwise
         self._one_hot_readout = type(self.compensation) in (GlobalDriftCompensation, PerColumnDriftCompensation)
+        self._per_column = type(self.compensation) is PerColumnDriftCompensation
         self._q1 = float(self._dac(torch.ones(1))[0]) if self.io.inp_res > 0 else 1.0
+        self._weights = None  # effective weights per (group, chunk), rebuilt after program / drift
+        self.exact = False
 
     # -- the device model (aihwkit's own classes) -------------------------------------------------------
-    def _readout(self, weights: torch.Tensor) -> torch.Tensor:
-        """The compensation's readout of the tile forward on its read-out tensor (the drift baseline)."""
-        return self.compensation.readout(self._readout_forward(weights))
-
-    def _alpha(self, weights: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
-        """The compensation factor at the current weights (`apply` reads out itself, as in aihwkit)."""
-        return self.compensation.apply(self._readout_forward(weights), baseline)
-
-    def _readout_forward(self, weights: torch.Tensor) -> torch.Tensor:
-        """The tile forward on the compensation's read-out tensor (one-hot rows)."""
-        n = weights.shape[1]
-        if n not in self.eye:
-            self.eye[n] = self.compensation.get_readout_tensor(n)
+    def _readout_bank(self, bank: _Bank, weights: torch.Tensor) -> torch.Tensor:
+        """The compensation's readout of each tile's forward on its read-out tensor (one-hot rows): [T]
+        (global), [T, rows] (per column: the mean over the inputs of each output)."""
         out = None
         if self._one_hot_readout and not self.perfect:
             # one-hot rows: noise management scales by 1, the DAC maps 1 to q1, so the MVM is q1 * W^T
-            # exactly; the periphery then runs as usual (the full path only if that clips)
-            out, ok = self._finalize(weights.T * self._q1)
-            out = out if ok else None
-        if out is None:
-            out = self._tile_mvm(self.eye[n], weights)
-        return out
+            # exactly; the periphery then runs as usual (the full path for the tiles that clip)
+            lib = _native_for(weights) if not self._per_column else None
+            if lib is not None:  # noise, ADC, bound test and mean |.| in one pass per tile, nothing allocated
+                io = self.io
+                w = weights.contiguous()
+                means = torch.empty(w.shape[0], dtype=torch.float64)
+                peaks = torch.empty(w.shape[0])
+                lib.readout_many(w.data_ptr(), w.shape[0], w[0].numel(), self._q1, float(io.out_noise),
+                                 _step(io.out_res, io.out_bound) if io.out_res > 0 else 0.0,
+                                 io.out_bound if io.out_bound > 0 else 0.0, int(torch.randint(0, 2**62, ()).item()),
+                                 means.data_ptr(), peaks.data_ptr())
+                vals = torch.clamp(means.float(), min=0.0001)  # GlobalDriftCompensation.readout per tile
+                ok = peaks <= io.out_bound if io.out_bound > 0 else torch.ones_like(peaks, dtype=torch.bool)
+            else:
+                y = weights * self._q1  # = (eye @ W^T) per tile, transposed: [T, rows = outputs, inputs]
+                ok = self._finalize_tiles(y, [slice(None)], dim=None)
+                vals = torch.clamp(y.abs().mean(2 if self._per_column else (1, 2)), min=0.0001)  # .readout per tile
+            if bool(ok.all()):
+                return vals
+            out = vals
+            for i in torch.nonzero(~ok).flatten().tolist():
+                out[i] = self._readout_one(weights[i])
+            return out
+        return torch.stack([self._readout_one(w) for w in weights])
+
+    def _readout_one(self, weights: torch.Tensor) -> torch.Tensor:
+        n = weights.shape[1]
+        if n not in self.eye:
+            self.eye[n] = self.compensation.get_readout_tensor(n)
+        return self.compensation.readout(self._tile_mvm(self.eye[n], weights))
+
+    def _batched_model(self) -> bool:
+        from aihwkit.inference import PCMLikeNoiseModel
+        from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
+
+        nm = self.noise_model
+        return type(nm) is PCMLikeNoiseModel and type(nm.g_converter) is SinglePairConductanceConverter
+
+    @staticmethod
+    def _slices(bank: _Bank) -> list[slice]:
+        per = max(1, BATCH_ELEMENTS // bank.ref[0].numel())
+        return [slice(i, i + per) for i in range(0, bank.ref.shape[0], per)]
+
+    def _to_g(self, w: torch.Tensor, ratio: torch.Tensor) -> list[torch.Tensor]:
+        conv = self.noise_model.g_converter
+        scaled = w * ratio
+        return [scaled.clamp(min=0.0, max=conv.g_max) + conv.g_min,
+                (-scaled).clamp(min=0.0, max=conv.g_max) + conv.g_min]
+
+    def _ratio(self, w: torch.Tensor) -> torch.Tensor:
+        """SinglePairConductanceConverter's scale_ratio of every tile of a stack, [T, 1, 1]."""
+        conv = self.noise_model.g_converter
+        return (conv.g_max - conv.g_min) / w.abs().amax((1, 2), keepdim=True).clamp(min=1e-7)  # _ZERO_CLIP
+
+    def _from_g(self, g: list[torch.Tensor], ratio: torch.Tensor) -> torch.Tensor:
+        conv = self.noise_model.g_converter
+        return ((g[0] - conv.g_min) - (g[1] - conv.g_min)) / ratio
 
     @torch.no_grad()
     def program(self) -> None:
-        for t in self.tiles:
-            t.programmed, t.nu = self.noise_model.apply_programming_noise(t.ref)
-            t.current = t.programmed
-            t.alpha = 1.0
+        batched = self._batched_model()
+        nm = self.noise_model
+        for bank in self.banks:
+            if batched:  # the same element-wise functions aihwkit's apply_programming_noise calls, per tile ratios
+                progs, nus = [], []
+                for sl in self._slices(bank):
+                    ref = bank.ref[sl]
+                    ratio = self._ratio(ref)
+                    g = self._to_g(ref, ratio)
+                    prog = [nm.apply_programming_noise_to_conductance(gi) for gi in g]
+                    nus.append([nm.generate_drift_coefficients(gi) for gi in g])
+                    progs.append(self._from_g(prog, ratio))
+                bank.programmed = progs[0] if len(progs) == 1 else torch.cat(progs)
+                bank.nu = nus
+            else:
+                pairs = [nm.apply_programming_noise(r) for r in bank.ref]
+                bank.programmed = torch.stack([p for p, _ in pairs])
+                bank.nu = [nu for _, nu in pairs]
+            bank.current = bank.programmed
+            bank.alpha = torch.ones(bank.ref.shape[0])
             if self.compensation is not None:
-                t.baseline = self._readout(t.programmed)
+                bank.baseline = self._readout_bank(bank, bank.programmed)
+        self._weights = None
 
     @torch.no_grad()
     def drift(self, seconds: float) -> None:
-        for t in self.tiles:
-            t.current = self.noise_model.apply_drift_noise(t.programmed, t.nu, seconds)
+        batched = self._batched_model()
+        nm = self.noise_model
+        for bank in self.banks:
+            if batched:
+                parts = []
+                for sl, nus in zip(self._slices(bank), bank.nu):
+                    prog = bank.programmed[sl]
+                    ratio = self._ratio(prog)  # aihwkit converts the programmed weights by their own max
+                    g = self._to_g(prog, ratio)
+                    parts.append(self._from_g([nm.apply_drift_noise_to_conductance(gi, nu, seconds)
+                                               for gi, nu in zip(g, nus)], ratio))
+                bank.current = parts[0] if len(parts) == 1 else torch.cat(parts)
+            else:
+                bank.current = torch.stack([nm.apply_drift_noise(p, nu, seconds)
+                                            for p, nu in zip(bank.programmed, bank.nu)])
             if self.compensation is not None:
-                t.alpha = self._alpha(t.current, t.baseline)
+                bank.alpha = bank.baseline / self._readout_bank(bank, bank.current)  # compensation.apply
+        self._weights = None
 
     # -- the periphery (aihwkit's AnalogMVM.matmul for the torch tile) ------------------------------------
-    def _finalize(self, y: torch.Tensor, extra_var: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
-        """Output noise, ADC, clipping (in place on a fresh `y`); returns the outputs and whether nothing
-        clipped (the bound test). `extra_var`: variance added to the output noise (the fused conv's DAC error)."""
+    def _finalize_tiles(self, y: torch.Tensor, parts: list, dim: int | None,
+                        extra_std: torch.Tensor | None = None) -> torch.Tensor:
+        """Output noise, ADC, clipping, in place on a fresh `y`; returns per part (tile) whether nothing
+        clipped (aihwkit's bound test). `parts`: slices of `dim` (dim None: y is [T, ...], one tile per
+        row). `extra_std`: the output noise's std per element (the fused conv's DAC error included)."""
         io = self.io
-        if extra_var is not None:
-            y.add_(torch.randn_like(y).mul_(torch.sqrt(io.out_noise**2 + extra_var)))
+        if extra_std is not None:
+            y.addcmul_(_normal_like(y), extra_std)
         elif io.out_noise > 0:
-            y.add_(torch.randn_like(y).mul_(io.out_noise))
+            _normal_(y, io.out_noise)
         if io.out_res > 0:
             step = _step(io.out_res, io.out_bound)
             y.div_(step).round_().mul_(step)
         if io.out_bound <= 0:
-            return y, True
-        low, high = torch.aminmax(y)
-        ok = bool(high <= io.out_bound) and bool(low >= -io.out_bound)
-        return y.clamp_(-io.out_bound, io.out_bound), ok
+            return torch.ones(len(parts) if dim is not None else y.shape[0], dtype=torch.bool)
+        if dim is None:
+            flat = y.flatten(1)
+            peak = torch.maximum(flat.amax(1), flat.amin(1).neg())
+        else:
+            dims = [i for i in range(y.dim()) if i != dim % y.dim()]
+            col = torch.maximum(y.amax(dims), y.amin(dims).neg())  # per output column, no |y| temporary
+            size = parts[0].stop - parts[0].start
+            if len(parts) == 1:
+                peak = col[parts[0]].amax().view(1)
+            elif all(p.stop - p.start == size and p.start == i * size for i, p in enumerate(parts)) \
+                    and size * len(parts) == col.numel():
+                peak = col.view(len(parts), size).amax(1)
+            else:
+                peak = torch.stack([col[p].amax() for p in parts])
+        y.clamp_(-io.out_bound, io.out_bound)
+        return peak <= io.out_bound
 
-    def _managed(self, compute, nm: torch.Tensor, extra_var: torch.Tensor | None = None,
-                 post: torch.Tensor | None = None) -> torch.Tensor:
-        """AnalogMVM.matmul's iterative bound management around `compute(input scale) -> normalised outputs`:
-        while any output of the batch clips, halve the inputs and redo the tile (fresh noise). The
-        arithmetic follows aihwkit's order (scale = 1 / nm / reduction), so DAC rounding matches bit for bit.
-        `post`: the digital factors after the tile (mapping scale x drift compensation), folded into one
-        multiply (fused path; the exact path applies them one by one, in aihwkit's order)."""
+    def _managed(self, compute, nm: torch.Tensor, parts: list, dim: int, post: torch.Tensor,
+                 extra_var: torch.Tensor | None = None, raw=None, groups: int = 1) -> torch.Tensor:
+        """AnalogMVM.matmul's iterative bound management around `compute(input scale) -> normalised outputs`,
+        for several output tiles at once (`parts`: their slices of `dim`): a tile whose outputs clip
+        anywhere in the batch is redone with halved inputs (fresh noise) until it does not, as aihwkit
+        does tile by tile. The arithmetic follows aihwkit's order (scale = 1 / nm / reduction), so DAC
+        rounding matches bit for bit. `post`: each output's digital factor after the tile (mapping scale
+        x drift compensation), broadcast along `dim`. `extra_var`: added output-noise variance.
+        `raw()`: the unscaled MVM output (a fused conv), for the one-pass native periphery, where `nm`
+        holds one value per group ([N, groups, ...]); the torch path broadcasts it to the outputs."""
         from aihwkit.simulator.parameters.enums import BoundManagementType
 
         io = self.io
@@ -219,17 +424,69 @@ class FastLayer:
         inp_res = io.inp_res
         if inp_res > 0:
             inp_res = (1 / inp_res if inp_res > 1.0 else inp_res) * 2.0 * io.inp_bound
-        red = 0.5 if managed else 1.0
-        while True:
-            if managed:
-                red *= 2.0
-            scale = (1.0 / nm) / red
-            y, ok = self._finalize(compute(scale), extra_var)
-            if (not managed or ok or red > io.max_bm_factor
-                    or (inp_res > 0 and red > io.max_bm_res / inp_res)):
-                if post is not None:
-                    return y.mul_((io.out_scale / scale) * post)
-                return y * (io.out_scale / scale)
+
+        def final(red: float) -> bool:  # aihwkit stops here whatever the bound test says
+            return red > io.max_bm_factor or (inp_res > 0 and red > io.max_bm_res / inp_res)
+
+        std = None if extra_var is None else torch.sqrt(io.out_noise**2 + extra_var)
+        lib = _native_for(nm)
+        if lib is None and groups > 1 and nm.shape[1] == groups:
+            per = post.numel() // groups if post.dim() else 1
+            nm = nm.repeat_interleave(per, 1) if per > 1 else nm
+
+        def attempt(red: float) -> tuple[torch.Tensor, torch.Tensor]:
+            if lib is None:
+                scale = (1.0 / nm) / red
+                y = compute(scale)
+                ok = self._finalize_tiles(y, parts, dim, std)
+                return y.mul_(io.out_scale / scale).mul_(post), ok
+            if raw is not None:
+                y, prescaled = raw(), 0
+            else:
+                y, prescaled = compute((1.0 / nm) / red), 1
+            return y, self._periphery(lib, y, nm, groups, red, prescaled, dim, std, post, parts)
+
+        red = 1.0
+        y, ok = attempt(red)
+        if not managed or final(red) or bool(ok.all()):
+            return y
+        pending = torch.nonzero(~ok).flatten().tolist()
+        while pending:
+            red *= 2.0
+            z, ok = attempt(red)
+            stop = final(red)
+            for i in [i for i in pending if stop or ok[i]]:
+                p = parts[i]
+                y.narrow(dim, p.start, p.stop - p.start).copy_(z.narrow(dim, p.start, p.stop - p.start))
+            pending = [i for i in pending if not (stop or ok[i])]
+        return y
+
+    def _periphery(self, lib, y: torch.Tensor, nm: torch.Tensor, groups: int, red: float, prescaled: int, dim: int,
+                   std: torch.Tensor | None, post: torch.Tensor, parts: list) -> torch.Tensor:
+        """native/normal.c's periphery on y in place ([N, C, S] along dim 1, or [..., C] along the last dim);
+        returns the bound test per part."""
+        io = self.io
+        c = y.shape[dim]
+        n = y.shape[0] if dim == 1 else y.numel() // c
+        s = y.numel() // (n * c)
+        nm = nm.contiguous()
+        sd = (std.reshape(-1) if std is not None else torch.full((1,), float(io.out_noise))).float()
+        sd = (sd.expand(c) if sd.numel() == 1 else sd).contiguous()
+        pv = post.reshape(-1).float()
+        pv = (pv.expand(c) if pv.numel() == 1 else pv).contiguous()
+        peak = torch.empty(c)
+        step = _step(io.out_res, io.out_bound) if io.out_res > 0 else 0.0
+        bound = io.out_bound if io.out_bound > 0 else 0.0
+        lib.periphery(y.data_ptr(), n, c, s, nm.data_ptr(), groups, red, prescaled, sd.data_ptr(), pv.data_ptr(),
+                      io.out_scale, step, bound, int(torch.randint(0, 2**62, ()).item()), peak.data_ptr())
+        if bound <= 0:
+            return torch.ones(len(parts), dtype=torch.bool)
+        if len(parts) == 1:
+            return (peak[parts[0]].amax() <= bound).view(1)
+        size = parts[0].stop - parts[0].start
+        if size * len(parts) == c and all(p.start == i * size and p.stop - p.start == size for i, p in enumerate(parts)):
+            return peak.view(len(parts), size).amax(1) <= bound
+        return torch.stack([peak[p].amax() for p in parts]) <= bound
 
     def _dac(self, x: torch.Tensor) -> torch.Tensor:
         io = self.io
@@ -256,11 +513,15 @@ class FastLayer:
         `ranged`: a layer input, scaled by the static input range when there is one (the drift read-out is not)."""
         if self.perfect:
             return x @ w.T
+        nm = self._input_nm(x, ranged)
+        return self._managed(lambda scale: self._dac(x * scale) @ w.T, nm, [slice(0, w.shape[0])], -1,
+                             torch.ones(()))
+
+    def _input_nm(self, x: torch.Tensor, ranged: bool = True) -> torch.Tensor:
+        """Noise management per input vector: its abs-max, or the static input range (calibrated mapping)."""
         if ranged and self.input_range is not None:
-            nm = x.new_full((*x.shape[:-1], 1), self.input_range)
-        else:
-            nm = self._nm(x.abs().amax(-1, keepdim=True))
-        return self._managed(lambda scale: self._dac(x * scale) @ w.T, nm)
+            return x.new_full((*x.shape[:-1], 1), self.input_range)
+        return self._nm(x.abs().amax(-1, keepdim=True))
 
     def _clip_input(self, x: torch.Tensor) -> torch.Tensor:
         """aihwkit's apply_input_range: inputs beyond a static range clip (before the tile)."""
@@ -268,11 +529,89 @@ class FastLayer:
             return x
         return x.clamp(-self.input_range, self.input_range)
 
+    # -- effective weights, per (group, input chunk) ---------------------------------------------------------
+    def _chunk_tiles(self, group: int, chunk: tuple[int, int]) -> list[_Tile]:
+        return [t for t in self.tiles if t.group == group and (t.in_lo, t.in_hi) == chunk]
+
+    def _build(self) -> None:
+        """After program / drift: per (group, chunk) the normalised weights of the chunk's tiles stacked by
+        rows (conv: as a kernel over the channels the chunk touches, positions outside it zeroed), each
+        output's digital factor (tile scale x alpha), the tiles' output slices and sum_j w_oj^2 (the DAC
+        term); or, one tile per group, the whole layer as one (grouped) kernel."""
+        out_g = self.shape[0] // self.groups
+        if self.one_tile_per_group and len(self.banks) == 1:
+            bank = self.banks[0]
+            idx = torch.tensor([t.index for t in sorted(self.tiles, key=lambda t: t.group)])
+            w = bank.current.index_select(0, idx).reshape(self.shape)
+            n = bank.ref.shape[0]
+            post = (bank.scale.view(n, -1) * bank.alpha.view(n, -1)).index_select(0, idx)  # [T, 1] or [T, rows]
+            post = post.reshape(-1) if post.shape[1] == out_g else post.reshape(-1).repeat_interleave(out_g)
+            parts = [slice(i * out_g, (i + 1) * out_g) for i in range(self.groups)]
+            self._weights = {"all": (w, post, parts, w.pow(2).flatten(1).sum(1))}
+            return
+        weights = {}
+        kk = self.kk
+        for g in range(self.groups):
+            for chunk in self.in_chunks:
+                tiles = self._chunk_tiles(g, chunk)
+                w = torch.cat([t.current for t in tiles]) if len(tiles) > 1 else tiles[0].current
+                post = torch.cat([(t.scale * t.alpha).expand(t.out_hi - t.out_lo) for t in tiles])
+                info = None
+                if self.is_conv:
+                    in_lo, in_hi = chunk
+                    c_lo, c_hi = in_lo // kk, (in_hi + kk - 1) // kk  # the channels this chunk touches
+                    lead, tail = in_lo - c_lo * kk, c_hi * kk - in_hi
+                    if lead or tail:  # the chunk splits a kernel: zero the positions outside it
+                        w = F.pad(w, (lead, tail))
+                    w = w.reshape(w.shape[0], c_hi - c_lo, *self.shape[2:]).contiguous()
+                    info = (c_lo, c_hi, lead, tail)
+                weights[g, chunk] = (w, post, [slice(t.out_lo, t.out_hi) for t in tiles],
+                                     w.pow(2).flatten(1).sum(1), info)
+        self._weights = weights
+
+    def _ideal_weight(self, programmed: bool) -> torch.Tensor:
+        """A perfect periphery: the layer's weights as one tensor (the tiles' current weights times their
+        digital factors, or the unprogrammed targets)."""
+        out_g = self.shape[0] // self.groups
+        flat = torch.zeros(self.shape[0], math.prod(self.shape[1:]))
+        for t in self.tiles:
+            rows = slice(t.group * out_g + t.out_lo, t.group * out_g + t.out_hi)
+            f = (t.scale * t.alpha if programmed else t.scale).reshape(-1, 1)  # per tile or per output column
+            flat[rows, t.in_lo:t.in_hi] = (t.current if programmed else t.ref) * f
+        return flat.reshape(self.shape)
+
     # -- the layer forward --------------------------------------------------------------------------------
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
-        out = self._tiles_mvm(x, m.out_features)
-        return out if m.bias is None else out + m.bias
+        if self.perfect:
+            return F.linear(x, self._ideal_weight(True), m.bias)
+        if self._weights is None:
+            self._build()
+        out = None
+        x = self._clip_input(x)
+        for chunk in self.in_chunks:
+            w, post, parts = self._weights[0, chunk][:3] if (0, chunk) in self._weights else self._all_as_chunk()
+            xc = x[..., chunk[0]:chunk[1]]
+            nm = self._input_nm(xc)
+            y = self._managed(lambda scale, xc=xc, w=w: self._dac(xc * scale) @ w.T, nm, parts, -1, post)
+            out = y if out is None else out.add_(y)
+        return out if m.bias is None else out.add_(m.bias)
+
+    def _all_as_chunk(self):
+        w, post, parts, _ = self._weights["all"]
+        return w.reshape(w.shape[0], -1), post, parts
+
+    def conv_unfolded(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact conv periphery: im2col patches through the tiles, as aihwkit's AnalogConv2d."""
+        if self.groups != 1:
+            raise UsageError("exact mode simulates ungrouped convolutions only", "use exact=False")
+        m = self.module
+        k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
+        cols = F.unfold(x, k, d, p, s).transpose(1, 2)  # [N, L, C*kh*kw]
+        y = self._tiles_mvm(cols, self.shape[0]).transpose(1, 2)
+        oh = _out_size(x.shape[2], k[0], s[0], p[0], d[0])
+        y = y.reshape(x.shape[0], self.shape[0], oh, -1)
+        return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
 
     def _tiles_mvm(self, x: torch.Tensor, out_features: int) -> torch.Tensor:
         out = None
@@ -286,77 +625,82 @@ class FastLayer:
             out = y if out is None else out + y
         return out
 
-    def conv_unfolded(self, x: torch.Tensor) -> torch.Tensor:
-        """The exact conv periphery: im2col patches through the tiles, as aihwkit's AnalogConv2d."""
-        m = self.module
-        k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
-        cols = F.unfold(x, k, d, p, s).transpose(1, 2)  # [N, L, C*kh*kw]
-        y = self._tiles_mvm(cols, self.shape[0]).transpose(1, 2)
-        oh = (x.shape[2] + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
-        y = y.reshape(x.shape[0], self.shape[0], oh, -1)
-        return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
+    def _dac_extra(self, wsq: torch.Tensor, nonzero: torch.Tensor | None) -> torch.Tensor | None:
+        """The fused conv's DAC rounding as output-noise variance per output channel ([1, out, 1, 1])."""
+        if self.io.inp_res <= 0 or nonzero is None:
+            return None
+        step = _step(self.io.inp_res, self.io.inp_bound)
+        return (wsq * (step**2 / 12.0 * nonzero)).view(1, -1, 1, 1)
 
     def conv(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
         k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
         if self.perfect:
-            w = self._full_weight(None)
-            return F.conv2d(x, w, m.bias, s, p, d)
-        kk = k[0] * k[1]
-        nonzero = None
-        out = 0.0
+            return F.conv2d(x, self._ideal_weight(False), m.bias, s, p, d, self.groups)
+        if self._weights is None:
+            self._build()
+        # the fraction of non-zero inputs (zeros convert exactly)
         x = self._clip_input(x)
-        for in_lo, in_hi in self.in_chunks:
-            w = self._full_weight((in_lo, in_hi))  # normalised effective weights of this input chunk
-            xin = x
-            if in_lo % kk == 0 and in_hi % kk == 0:  # the chunk holds whole channels: convolve only those
-                xin, w = x[:, in_lo // kk:in_hi // kk], w[:, in_lo // kk:in_hi // kk]
-                # the patch max = a max over shifted views of the channel max
-                nm = _patch_max(xin.abs().amax(1, keepdim=True), k, s, p, d)
-            else:  # a chunk that splits a channel's kernel: the patch max from im2col columns
-                cols = F.unfold(x.abs(), k, d, p, s)[:, in_lo:in_hi]  # [N, chunk, L]
-                oh = (x.shape[2] + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
-                nm = cols.amax(1).reshape(x.shape[0], 1, oh, -1)
-            nm = self._nm(nm) if self.input_range is None else torch.full_like(nm, self.input_range)
-            extra = None
-            if self.io.inp_res > 0:  # DAC rounding: uniform over one grid step per non-zero input (zeros are exact)
-                step = _step(self.io.inp_res, self.io.inp_bound)
-                if nonzero is None:
-                    nonzero = x.sign().abs().mean()  # the fraction of non-zero inputs (fastest form on CPU)
-                extra = (step**2 / 12.0 * nonzero * w.pow(2).flatten(1).sum(1)).view(1, -1, 1, 1)
-            conv = F.conv2d(xin, w, None, s, p, d)
-            y = self._per_out_tile(lambda scale, conv=conv: conv * scale, nm, in_lo, extra)
-            out = y if len(self.in_chunks) == 1 else out + y
+        nonzero = torch.count_nonzero(x) / x.numel() if self.io.inp_res > 0 else None
+        ax = x.abs() if self.input_range is None else None
+        g = self.groups
+        if "all" in self._weights:  # one tile per group: the whole layer in one conv, periphery per group
+            w, post, parts, wsq = self._weights["all"]
+            cg = x.shape[1] // g
+            amax = (lambda: ax) if cg == 1 else (lambda: ax.view(x.shape[0], g, cg, *x.shape[2:]).amax(2))
+            nm = self._conv_nm(x, lambda: _patch_max(amax(), k, s, p, d), g)  # [N, groups, oh, ow]
+            y = self._managed(lambda scale: F.conv2d(x, w, None, s, p, d, g).mul_(scale), nm, parts, 1,
+                              post.view(1, -1, 1, 1), self._dac_extra(wsq, nonzero),
+                              raw=lambda: F.conv2d(x, w, None, s, p, d, g), groups=g)
+            return y if m.bias is None else y.add_(m.bias.view(1, -1, 1, 1))
+        cg = x.shape[1] // g
+        outs = []
+        for gi in range(g):
+            acc = None
+            for chunk in self.in_chunks:
+                w, post, parts, wsq, (c_lo, c_hi, lead, tail) = self._weights[gi, chunk]
+                xin = x[:, gi * cg + c_lo:gi * cg + c_hi]
+                nm = self._conv_nm(x, lambda: self._chunk_patch_max(ax[:, gi * cg + c_lo:gi * cg + c_hi], lead, tail,
+                                                                    k, s, p, d), 1)
+                y = self._managed(lambda scale, xin=xin, w=w: F.conv2d(xin, w, None, s, p, d).mul_(scale), nm,
+                                  parts, 1, post.view(1, -1, 1, 1), self._dac_extra(wsq, nonzero),
+                                  raw=lambda xin=xin, w=w: F.conv2d(xin, w, None, s, p, d))
+                acc = y if acc is None else acc.add_(y)
+            outs.append(acc)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
         return out if m.bias is None else out.add_(m.bias.view(1, -1, 1, 1))
 
-    def _full_weight(self, chunk: tuple[int, int] | None) -> torch.Tensor:
-        out_size = self.shape[0]
-        flat = torch.zeros(out_size, math.prod(self.shape[1:]))
-        for t in self.tiles:
-            if chunk is None or (t.in_lo, t.in_hi) == chunk:
-                w = t.current if not self.perfect else t.ref * t.scale.view(-1, 1)
-                flat[t.out_lo:t.out_hi, t.in_lo:t.in_hi] = w
-        return flat.reshape(self.shape)
+    def _conv_nm(self, x: torch.Tensor, patch_max, groups: int) -> torch.Tensor:
+        """Noise management per conv patch: the patch abs-max, or the static input range ([N, groups, oh, ow])."""
+        if self.input_range is None:
+            return self._nm(patch_max())
+        m = self.module
+        oh = _out_size(x.shape[2], m.kernel_size[0], m.stride[0], m.padding[0], m.dilation[0])
+        ow = _out_size(x.shape[3], m.kernel_size[1], m.stride[1], m.padding[1], m.dilation[1])
+        return x.new_full((x.shape[0], groups, oh, ow), self.input_range)
 
-    def _per_out_tile(self, compute, nm: torch.Tensor, in_lo: int, extra: torch.Tensor | None) -> torch.Tensor:
-        """Each output tile of one input chunk runs its own bound management, then its digital scales."""
-        tiles = [t for t in self.tiles if t.in_lo == in_lo]
-        if len(tiles) == 1:
-            t = tiles[0]
-            return self._managed(compute, nm, extra, _per_channel(t.scale * t.alpha))
+    @staticmethod
+    def _chunk_patch_max(ax: torch.Tensor, lead: int, tail: int, k, s, p, d) -> torch.Tensor:
+        """Patch max of |x| over the chunk's inputs: whole channels by their channel max, the first / last
+        channel over the kernel positions the chunk holds ([N, 1, oh, ow])."""
+        kk = k[0] * k[1]
+        pos = [(i, j) for i in range(k[0]) for j in range(k[1])]
+        c = ax.shape[1]
         parts = []
-        for t in tiles:
-            part = None if extra is None else extra[:, t.out_lo:t.out_hi]
-            parts.append(self._managed(lambda scale, t=t: compute(scale)[:, t.out_lo:t.out_hi].clone(), nm, part,
-                                       _per_channel(t.scale * t.alpha)))
-        return torch.cat(parts, 1)
-
-
-def _per_channel(post: torch.Tensor | float) -> torch.Tensor | float:
-    """Per-column digital factors (one per output channel) shaped for a conv output [N, C, H, W]."""
-    if isinstance(post, torch.Tensor) and post.numel() > 1:
-        return post.view(1, -1, 1, 1)
-    return post
+        lo, hi = (1 if lead else 0), c - (1 if tail else 0)
+        if lead and tail and c == 1:  # one channel, cut on both sides
+            return _patch_max(ax, k, s, p, d, pos[lead:kk - tail])
+        if hi > lo:
+            full = ax[:, lo:hi]
+            parts.append(_patch_max(full.amax(1, keepdim=True) if hi - lo > 1 else full, k, s, p, d))
+        if lead:
+            parts.append(_patch_max(ax[:, :1], k, s, p, d, pos[lead:]))
+        if tail:
+            parts.append(_patch_max(ax[:, c - 1:], k, s, p, d, pos[:kk - tail]))
+        m = parts[0]
+        for q in parts[1:]:
+            torch.maximum(m, q, out=m)
+        return m
 
 
 class _FastLinear(nn.Linear):
@@ -374,18 +718,34 @@ class FastModel(nn.Module):
 
     fast_engine = True  # certification.monte_carlo hands such models to this module's monte_carlo
 
-    def __init__(self, digital: nn.Module, rpu, exact: bool = False):
+    def __init__(self, digital: nn.Module, rpu, exact: bool = False, placement=None):
+        """`placement` (analog/placement.py, config.json["placement"]): the layers to simulate, read, not
+        derived; without one, every nn.Linear / nn.Conv2d (aihwkit converts exact classes only)."""
         super().__init__()
         self.model = copy.deepcopy(digital).eval()
         self.layers: list[FastLayer] = []
         skipped = []
+        if placement is not None:
+            targets = {}
+            for entry in placement.analog:
+                if entry.kind not in ("linear", "conv2d"):
+                    skipped.append(f"{entry.name} ({entry.type})")
+                    continue
+                targets[entry.name] = entry
         for name, mod in self.model.named_modules():
             kind = type(mod)
-            if kind is nn.Linear:  # aihwkit converts exact classes only; so does this engine
+            if placement is not None:
+                if name not in targets:
+                    continue
+                entry = targets[name]
+                if kind not in (nn.Linear, nn.Conv2d) or getattr(mod, "groups", 1) != entry.groups:
+                    skipped.append(f"{name} ({kind.__name__}, placement says {entry.type})")
+                    continue
+            if kind is nn.Linear:
                 mod.__class__ = _FastLinear
             elif kind is nn.Conv2d:
-                if mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-                    skipped.append(f"{name} (groups/padding mode)")
+                if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                    skipped.append(f"{name} (padding mode)")
                     continue
                 mod.__class__ = _FastConv2d
             elif kind in (nn.Conv1d, nn.Conv3d, nn.LSTM, nn.RNN, nn.GRU, nn.ConvTranspose2d):
@@ -393,86 +753,28 @@ class FastModel(nn.Module):
                 continue
             else:
                 continue
-            mod._fast = FastLayer(mod, rpu)
+            mod._fast = FastLayer(mod, rpu, getattr(mod, "groups", 1))
             mod._fast.exact = exact
+            if placement is not None:  # the record's tile matrices are the ones built here
+                rows, cols = targets[name].matrices.get("weight", [None, None])
+                got = mod._fast.shape[0] // mod._fast.groups, math.prod(mod._fast.shape[1:])
+                if (rows, cols) != got:
+                    raise UsageError(f"{name}: the placement maps a {rows}x{cols} matrix per group, the layer has "
+                                     f"{got[0]}x{got[1]}", "re-convert the package (its placement is stale)")
             self.layers.append(mod._fast)
         if skipped:
-            raise UsageError(f"the fast engine covers nn.Linear and plain nn.Conv2d; this model also has "
+            raise UsageError(f"the fast engine covers nn.Linear and nn.Conv2d (grouped too); this model also has "
                              f"{', '.join(skipped[:3])}", "use --engine aihwkit")
-
-    def _setup_batched(self) -> None:
-        """PCM-like noise models act element by element on conductances, and the single-pair converter
-        maps each tile by its own max|w|: so all tiles of the model can go through aihwkit's conductance
-        functions in one call, with per-tile scale ratios applied element-wise (same numbers as per tile)."""
-        from aihwkit.inference import PCMLikeNoiseModel
-        from aihwkit.inference.converter.conductance import SinglePairConductanceConverter
-
-        self.tiles = [t for layer in self.layers for t in layer.tiles]
-        nm = self.layers[0].noise_model if self.layers else None
-        self.batched = (type(nm) is PCMLikeNoiseModel and type(nm.g_converter) is SinglePairConductanceConverter
-                        and len(self.tiles) > 1)
-        if not self.batched:
-            return
-        self.sizes = [t.ref.numel() for t in self.tiles]
-        self.ref = torch.cat([t.ref.flatten() for t in self.tiles])
-        self.ref_ratio = self._ratio(self.ref)
-
-    def _ratio(self, flat: torch.Tensor) -> torch.Tensor:
-        """SinglePairConductanceConverter's scale_ratio of every tile, one value per element."""
-        conv = self.layers[0].noise_model.g_converter
-        maxima = torch.stack([part.abs().max() for part in flat.split(self.sizes)])
-        ratio = (conv.g_max - conv.g_min) / maxima.clamp(min=1e-7)  # aihwkit's _ZERO_CLIP
-        return ratio.repeat_interleave(torch.tensor(self.sizes))
-
-    def _to_g(self, w: torch.Tensor, ratio: torch.Tensor) -> list[torch.Tensor]:
-        conv = self.layers[0].noise_model.g_converter
-        scaled = w * ratio
-        return [scaled.clamp(min=0.0, max=conv.g_max) + conv.g_min,
-                (-scaled).clamp(min=0.0, max=conv.g_max) + conv.g_min]
-
-    def _from_g(self, g: list[torch.Tensor], ratio: torch.Tensor) -> torch.Tensor:
-        conv = self.layers[0].noise_model.g_converter
-        return ((g[0] - conv.g_min) - (g[1] - conv.g_min)) / ratio
-
-    def _scatter(self, flat: torch.Tensor, attr: str) -> None:
-        for t, part in zip(self.tiles, flat.split(self.sizes)):
-            setattr(t, attr, part.view_as(t.ref))
 
     @torch.no_grad()
     def program(self) -> None:
-        if not hasattr(self, "batched"):
-            self._setup_batched()
-        if not self.batched:
-            for layer in self.layers:
-                layer.program()
-            return
-        nm = self.layers[0].noise_model
-        g = self._to_g(self.ref, self.ref_ratio)
-        prog = [nm.apply_programming_noise_to_conductance(gi) for gi in g]
-        self.nu = [nm.generate_drift_coefficients(gi) for gi in g]
-        self.programmed = self._from_g(prog, self.ref_ratio)
-        self._scatter(self.programmed, "programmed")
         for layer in self.layers:
-            for t in layer.tiles:
-                t.current, t.alpha = t.programmed, 1.0
-                if layer.compensation is not None:
-                    t.baseline = layer._readout(t.programmed)
+            layer.program()
 
     @torch.no_grad()
     def drift(self, seconds: float) -> None:
-        if not self.batched:
-            for layer in self.layers:
-                layer.drift(seconds)
-            return
-        nm = self.layers[0].noise_model
-        ratio = self._ratio(self.programmed)  # aihwkit converts the programmed weights by their own max
-        g = self._to_g(self.programmed, ratio)
-        drifted = [nm.apply_drift_noise_to_conductance(gi, nu, seconds) for gi, nu in zip(g, self.nu)]
-        self._scatter(self._from_g(drifted, ratio), "current")
         for layer in self.layers:
-            if layer.compensation is not None:
-                for t in layer.tiles:
-                    t.alpha = layer._alpha(t.current, t.baseline)
+            layer.drift(seconds)
 
     @torch.no_grad()
     def forward(self, *args, **kwargs):

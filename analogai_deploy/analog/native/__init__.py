@@ -1,6 +1,7 @@
 """The training weight noise's generator in C (normal.c), compiled on first use with the system's C
 compiler and loaded with ctypes; None where there is no compiler (or ANALOGAI_NATIVE_NOISE=0), and
-the layers then use torch's own normal_.
+the layers then use torch's own normal_. The fast certify engine's tile periphery (`periphery`,
+`readout`: noise, ADC, bound test, clipping and the digital factors in one pass) lives there too.
 
 Why: on the CPU, torch's normal_ (mt19937 + Box-Muller) costs ~4 ns a number, ~10% of a ResNet-18
 training step at 3x32x32; normal.c writes x + s * z in one pass at ~1 ns a number. Each call takes
@@ -19,7 +20,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared"]
+# no FMA contraction: the periphery matches torch's separate multiply and add bit for bit
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared"]
 _SOURCE = Path(__file__).with_name("normal.c")
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet
 
@@ -60,6 +62,16 @@ def _build() -> ctypes.CDLL | None:
         return None
     lib.add_normal.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_uint64]
     lib.add_normal.restype = None
+    f32p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.periphery.argtypes = [f32p, i64, i64, i64, f32p, i64, ctypes.c_float, ctypes.c_int, f32p, f32p,
+                              ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_uint64, f32p]
+    lib.periphery.restype = None
+    lib.readout.argtypes = [f32p, i64, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                            ctypes.c_uint64, f32p]
+    lib.readout.restype = ctypes.c_double
+    lib.readout_many.argtypes = [f32p, i64, i64, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                                 ctypes.c_uint64, f32p, f32p]
+    lib.readout_many.restype = None
     return lib
 
 

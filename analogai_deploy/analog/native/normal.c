@@ -1,4 +1,5 @@
-/* out = x + scale * z, z ~ N(0, 1) i.i.d., for the training weight noise (analog/native.py loads this).
+/* out = x + scale * z, z ~ N(0, 1) i.i.d., for the training weight noise (analog/native loads this), and
+ * the fast certify engine's tile periphery in one pass (certification/fast.py): `periphery`, `readout`.
  *
  * Bits: counter-based SplitMix64 (Steele, Lea, Flood 2014; Java's SplittableRandom), 64 bits per pair
  * of normals: word i of a call is mix(seed + (i + 1) * GAMMA). Transform: Box-Muller with 24-bit
@@ -36,7 +37,7 @@ static inline float log_unit(float u) {
     return (float)e * 0.693147180559945f + 2.0f * t * p;
 }
 
-void add_normal(const float *restrict x, float *restrict out, int64_t n, float scale, uint64_t seed) {
+void add_normal(const float *x, float *out, int64_t n, float scale, uint64_t seed) { /* x == out allowed */
     float zc[BLOCK], zs[BLOCK];
     const float half_pi = 1.57079632679489662f;
     for (int64_t start = 0; start < n; start += 2 * BLOCK) {
@@ -77,4 +78,114 @@ void add_normal(const float *restrict x, float *restrict out, int64_t n, float s
             }
         }
     }
+}
+
+/* 2 * BLOCK fresh normals into z (the same transform as add_normal); returns the next counter. */
+static uint64_t refill(float *z, uint64_t base) {
+    const float half_pi = 1.57079632679489662f;
+    for (int j = 0; j < BLOCK; j++) {
+        uint64_t r = mix(base + (uint64_t)(j + 1) * GAMMA);
+        float u1 = (float)((r >> 40) + 1) * 0x1.0p-24f;
+        uint32_t b = (uint32_t)(r >> 16) & 0xFFFFFFu;
+        uint32_t q = b >> 22;
+        float f = (float)(b & 0x3FFFFFu) * 0x1.0p-22f * half_pi;
+        float f2 = f * f;
+        float s = f * (1.0f + f2 * (-1.0f / 6 + f2 * (1.0f / 120 + f2 * (-1.0f / 5040 + f2 * (1.0f / 362880
+                  + f2 * (-1.0f / 39916800))))));
+        float c = 1.0f + f2 * (-0.5f + f2 * (1.0f / 24 + f2 * (-1.0f / 720 + f2 * (1.0f / 40320
+                  + f2 * (-1.0f / 3628800 + f2 * (1.0f / 479001600))))));
+        float a = (q & 1u) ? s : c, d = (q & 1u) ? c : s;
+        float rad = __builtin_sqrtf(-2.0f * log_unit(u1));
+        z[j] = rad * ((q == 1u || q == 2u) ? -a : a);
+        z[BLOCK + j] = rad * ((q >= 2u) ? -d : d);
+    }
+    return base + (uint64_t)BLOCK * GAMMA;
+}
+
+static inline float adc(float v, float step) {  /* torch.round(v / step) * step: half to even */
+    return step > 0.0f ? __builtin_rintf(v / step) * step : v;
+}
+
+/* One analog tile's periphery on its normalised outputs, in place: y is [N, C, S] (conv: S = H * W;
+ * linear: S = 1), nm is [N, G, S] (the noise-management max of each input vector; C / G outputs per
+ * group). v = y * ((1 / nm) / red) + std[c] * z (aihwkit's input scale, applied after the MVM; prescaled:
+ * the inputs were scaled before the MVM, v = y + std[c] * z); v = round(v / step) * step (step 0: no ADC); peak[c] =
+ * max |v| (the bound test); v = clamp(v, +-bound) (bound 0: none); y = v * (out_scale / scale) * post[c],
+ * scale = (1 / nm) / red: each operation in torch's order, so the result matches the torch path bit for bit. */
+void periphery(float *y, int64_t N, int64_t C, int64_t S, const float *nm, int64_t G, float red, int prescaled,
+               const float *std, const float *post, float out_scale, float step, float bound, uint64_t seed,
+               float *peak) {
+    float z[2 * BLOCK];
+    int zi = 2 * BLOCK;
+    uint64_t ctr = seed;
+    int64_t per_group = C / G;
+    for (int64_t c = 0; c < C; c++) peak[c] = 0.0f;
+    for (int64_t n = 0; n < N; n++) {
+        if (S == 1) {
+            float *row = y + n * C;
+            for (int64_t c = 0; c < C; c++) {
+                if (zi == 2 * BLOCK) { ctr = refill(z, ctr); zi = 0; }
+                float sc = (1.0f / nm[n * G + c / per_group]) / red;
+                float v = adc((prescaled ? row[c] : row[c] * sc) + std[c] * z[zi++], step);
+                float a = v < 0 ? -v : v;
+                if (a > peak[c]) peak[c] = a;
+                if (bound > 0.0f) v = v > bound ? bound : (v < -bound ? -bound : v);
+                row[c] = (v * (out_scale / sc)) * post[c];
+            }
+            continue;
+        }
+        for (int64_t c = 0; c < C; c++) {
+            float *row = y + (n * C + c) * S;
+            const float *m = nm + (n * G + c / per_group) * S;
+            float sd = std[c], pc = post[c], pk = peak[c];
+            int64_t s = 0;
+            while (s < S) {
+                if (zi == 2 * BLOCK) { ctr = refill(z, ctr); zi = 0; }
+                int64_t len = S - s < 2 * BLOCK - zi ? S - s : 2 * BLOCK - zi;
+                for (int64_t j = 0; j < len; j++) {
+                    float sc = (1.0f / m[s + j]) / red;
+                    float v = adc((prescaled ? row[s + j] : row[s + j] * sc) + sd * z[zi + j], step);
+                    float a = v < 0 ? -v : v;
+                    pk = a > pk ? a : pk;
+                    if (bound > 0.0f) v = v > bound ? bound : (v < -bound ? -bound : v);
+                    row[s + j] = (v * (out_scale / sc)) * pc;
+                }
+                s += len;
+                zi += (int)len;
+            }
+            peak[c] = pk;
+        }
+    }
+}
+
+/* GlobalDriftCompensation's readout of one tile through the periphery with one-hot inputs: the mean
+ * over the tile's n weights of |clamp(round((q1 * w + sigma * z) / step) * step, +-bound)|; *peak gets
+ * max |.| before the clamp (the bound test). */
+double readout(const float *w, int64_t n, float q1, float sigma, float step, float bound, uint64_t seed,
+               float *peak) {
+    float z[2 * BLOCK];
+    uint64_t ctr = seed;
+    float pk = 0.0f;
+    double total = 0.0;
+    for (int64_t i = 0; i < n; i += 2 * BLOCK) {
+        ctr = refill(z, ctr);
+        int64_t len = n - i < 2 * BLOCK ? n - i : 2 * BLOCK;
+        float part = 0.0f;
+        for (int64_t j = 0; j < len; j++) {
+            float v = adc(q1 * w[i + j] + sigma * z[j], step);
+            float a = v < 0 ? -v : v;
+            pk = a > pk ? a : pk;
+            part += (bound > 0.0f && a > bound) ? bound : a;
+        }
+        total += part;
+    }
+    *peak = pk;
+    return total / (double)n;
+}
+
+/* readout of T tiles of n weights each, stored one after the other: means[t], peaks[t]. */
+void readout_many(const float *w, int64_t T, int64_t n, float q1, float sigma, float step, float bound,
+                  uint64_t seed, double *means, float *peaks) {
+    for (int64_t t = 0; t < T; t++)
+        means[t] = readout(w + t * n, n, q1, sigma, step, bound, mix(seed + (uint64_t)(t + 1) * GAMMA), peaks + t);
 }
