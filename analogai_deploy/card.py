@@ -42,6 +42,10 @@ def results_markdown(cert: dict[str, Any]) -> str:
     n, repeats = data.get("n"), cert.get("repeats")
     samples = f" on {n} test sample{'s' if n != 1 else ''} ({data.get('spec')})" if n is not None else ""
     tail = f"\nDigital {metric}: {fmt(digital)}{samples}; {repeats} Monte Carlo repeats per time."
+    if cert.get("adaptive"):
+        a = cert["adaptive"]
+        cap = "" if a["reached"] else f"; stopped at the cap of {a['max_repeats']}"
+        tail += f" (--repeats auto: until every 95% CI half-width <= {a['ci_width_pp']:g} pp{cap})"
     tail += f" Device: {device.get('name')} ({cert.get('tile', '?')} tiles)."
     if verdict:
         tail += f" Gate: {verdict.get('rule')} -> {'PASS' if verdict.get('passed') else 'FAIL'}."

@@ -425,3 +425,28 @@ def test_a_model_without_analog_layers_is_refused():
     rpu = rpu_config(DeviceConfig(), "torch")
     with pytest.raises(OperationFailed, match="puts no layer on analog tiles"):
         _to_aihwkit(torch.nn.Sequential(torch.nn.Embedding(10, 4)), rpu)
+
+
+def test_repeats_auto_stops_at_the_ci_width_and_equals_a_fixed_run(pkg, cli):
+    """--repeats auto adds repeats until every time's 95% CI half-width is <= --ci-width (pp); repeat r is
+    seeded as in a fixed run, so the values are those of a fixed run with the final count."""
+    from analogai_deploy.certification import half_width
+
+    cert = ad.certify(pkg, times="1s,1d", repeats="auto", ci_width=0.3, max_repeats=40, engine="fast", write=False)
+    a = cert["adaptive"]
+    assert a["repeats"] == cert["repeats"] == len(cert["results"][0]["values"]) >= 5
+    assert a["reached"] and all(w <= 0.3 for w in a["half_width_pp"].values())
+    assert all(100 * half_width(r["values"]) <= 0.3 for r in cert["results"])
+    if cert["repeats"] > 5:  # it stopped as soon as the target was met, not later than needed
+        assert 100 * half_width(cert["results"][1]["values"][:5]) > 0.3 or \
+            100 * half_width(cert["results"][0]["values"][:5]) > 0.3
+    fixed = ad.certify(pkg, times="1s,1d", repeats=cert["repeats"], engine="fast", write=False)
+    assert [r["values"] for r in fixed["results"]] == [r["values"] for r in cert["results"]]
+    # the cap: stops there, says so in the certificate
+    capped = ad.certify(pkg, times="1d", repeats="auto", ci_width=0.001, max_repeats=7, engine="fast", write=False)
+    assert capped["repeats"] == 7 and not capped["adaptive"]["reached"]
+    assert any("--max-repeats 7" in w for w in capped["warnings"])
+    code, _, err = cli("certify", pkg, "--ci-width", "1")
+    assert code == 2 and "--repeats auto" in err
+    code, _, err = cli("certify", pkg, "--repeats", "many")
+    assert code == 2 and "auto" in err

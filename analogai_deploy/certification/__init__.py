@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io as _io
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -55,6 +56,11 @@ ALIASES = {
 }
 
 
+#: --repeats auto: start with this many repeats, aim at this 95% CI half-width (percentage points)
+AUTO_START = 5
+DEFAULT_CI_WIDTH = 1.0
+
+
 @dataclass
 class CertifyConfig(StrictConfig):
     """Everything that decides a certificate's numbers.
@@ -64,7 +70,9 @@ class CertifyConfig(StrictConfig):
     metric: auto, accuracy, agreement (top-1 vs digital), cosine (outputs vs digital), next_token_agreement or
         perplexity_ratio (causal LMs; see evaluation.METRICS for which way each is better).
     times: after programming: 1s, 1h, 1d, 1y or seconds; None = 1s,1h,1d,1y, or the times a device
-        model is characterised at (ReRAM: 1s, 1d, 2d).  repeats: Monte Carlo repeats (>= 2 for a gate).
+        model is characterised at (ReRAM: 1s, 1d, 2d).  repeats: Monte Carlo repeats (>= 2 for a gate), or
+        "auto": add repeats until the 95% CI half-width at every time is <= ci_width percentage points (of the
+        metric x 100), at most max_repeats (the certificate records what was reached).
     max_drop / at: the gate, in percentage points below digital at time `at`, on the lower 95% CI bound.
     limit: evaluate on at most this many test samples (None = the whole test split).
     match_qat: set the DAC bits to the package's QAT activation bits (config["quantization"]["a_bits"]).
@@ -78,7 +86,9 @@ class CertifyConfig(StrictConfig):
     data: str | None = None
     metric: str = "auto"
     times: list[str] | None = None
-    repeats: int = 10
+    repeats: int | str = 10
+    ci_width: float | None = None
+    max_repeats: int = 200
     seed: int = 0
     max_drop: float | None = None
     at: str = "1d"
@@ -92,14 +102,26 @@ class CertifyConfig(StrictConfig):
 
         if self.engine not in ENGINES:
             raise unknown("engine", self.engine, ENGINES)
-        if self.repeats < 1:
+        if isinstance(self.repeats, str):
+            if self.repeats != "auto":
+                raise UsageError(f"repeats must be a number or auto, got {self.repeats!r}", "e.g. --repeats 10 or "
+                                 "--repeats auto --ci-width 1")
+            self.ci_width = DEFAULT_CI_WIDTH if self.ci_width is None else self.ci_width
+            if self.ci_width <= 0:
+                raise UsageError(f"--ci-width must be > 0 percentage points, got {self.ci_width:g}")
+            if self.max_repeats < AUTO_START:
+                raise UsageError(f"--max-repeats must be >= {AUTO_START}, got {self.max_repeats}")
+        elif self.repeats < 1:
             raise UsageError(f"repeats must be >= 1, got {self.repeats}")
+        elif self.ci_width is not None:
+            raise UsageError(f"--ci-width is the target of --repeats auto, not of a fixed {self.repeats} repeats",
+                             f"pass --repeats auto --ci-width {self.ci_width:g}")
         if self.metric not in METRIC_CHOICES:
             raise unknown("metric", self.metric, METRIC_CHOICES)
         if self.max_drop is not None:
             if self.max_drop < 0:
                 raise UsageError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
-            if self.repeats < 2:
+            if self.repeats != "auto" and self.repeats < 2:
                 raise UsageError("a gate judges the lower 95% CI bound, which needs >= 2 repeats", "pass --repeats 10")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"limit must be >= 1, got {self.limit}")
@@ -348,19 +370,61 @@ def monte_carlo(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]]
 
 
 def _spread(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], repeats: int, seed: int,
-            progress: Callable[..., Any] | None = None) -> list[list[float]]:
-    """`monte_carlo` over every rank of a distributed run: each its block of repeats, merged in repeat order."""
+            progress: Callable[..., Any] | None = None, start: int = 0) -> list[list[float]]:
+    """`monte_carlo` of repeats start .. start + repeats - 1 over every rank of a distributed run: each its
+    block of repeats, merged in repeat order."""
     from .. import distributed
 
     if distributed.world() == 1:
-        return monte_carlo(analog, bench, times, repeats, seed, progress)
+        return monte_carlo(analog, bench, times, repeats, seed, progress, first_repeat=start)
     mine = distributed.share(repeats)
     values: list[list[float]] = []
     with distributed.guard():  # a rank that fails here stops every rank with its message
         values = monte_carlo(analog, bench, times, len(mine), seed, progress if distributed.is_main() else None,
-                             first_repeat=mine.start)
+                             first_repeat=start + mine.start)
     parts = distributed.all_gather(values)
     return [[v for part in parts for v in part[j]] for j in range(len(times))]
+
+
+def half_width(values: list[float]) -> float:
+    """The Student-t 95% CI half-width of the mean of `values` (unclipped; 0 for one value)."""
+    n = len(values)
+    if n < 2:
+        return math.inf
+    from scipy.stats import t
+
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+
+
+def _adaptive(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], cfg: CertifyConfig,
+              progress: Callable[..., Any] | None = None) -> tuple[list[list[float]], dict[str, Any]]:
+    """--repeats auto: AUTO_START repeats, then more until every time's 95% CI half-width is <= ci_width pp
+    (or max_repeats). Each step asks for what the current spread says is still missing (t * sd / W)^2, at
+    least 2 and at most as many as there are; repeat r is seeded seed + r as always, so the values equal a
+    fixed-repeat run with the final count."""
+    target = cfg.ci_width / 100.0
+    values = _spread(analog, bench, times, AUTO_START, cfg.seed, progress)
+    while True:
+        n = len(values[0])
+        widths = [half_width(v) for v in values]
+        if max(widths) <= target or n >= cfg.max_repeats:
+            break
+        from scipy.stats import t
+
+        need = 0
+        for v in values:
+            mean = sum(v) / n
+            sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+            need = max(need, math.ceil((float(t.ppf(0.975, n - 1)) * sd / target) ** 2))
+        more = min(cfg.max_repeats - n, max(2, min(need - n, n)))
+        extra = _spread(analog, bench, times, more, cfg.seed, progress, start=n)
+        values = [a + b for a, b in zip(values, extra)]
+    record = {"ci_width_pp": cfg.ci_width, "max_repeats": cfg.max_repeats, "repeats": len(values[0]),
+              "reached": max(widths) <= target,
+              "half_width_pp": {label: round(100 * w, 4) for (label, _), w in zip(times, widths)}}
+    return values, record
 
 
 def _tile_for(cfg: CertifyConfig, device: DeviceConfig | None = None) -> str:
@@ -509,10 +573,12 @@ def resolve(
     device: str | DeviceConfig = "PCM",
     data: str | None = None,
     times: str | list[str] | None = None,
-    repeats: int = 10,
+    repeats: int | str = 10,
     seed: int = 0,
     *,
     config: CertifyConfig | None = None,
+    ci_width: float | None = None,
+    max_repeats: int = 200,
     max_drop: float | None = None,
     at: str = "1d",
     metric: str = "auto",
@@ -532,7 +598,8 @@ def resolve(
     cfg = config or CertifyConfig(
         device=_device_config(device, device_file, preset, tile, io), data=data, metric=metric,
         times=[times] if isinstance(times, (int, float)) else times, repeats=repeats, seed=seed,
-        max_drop=max_drop, at=at, limit=limit, match_qat=match_qat, engine=engine,
+        max_drop=max_drop, at=at, limit=limit, match_qat=match_qat, engine=engine, ci_width=ci_width,
+        max_repeats=max_repeats,
         mapping=_mapping_arg(mapping),
     )
     if config is not None and mapping is not None:
@@ -559,10 +626,12 @@ def certify(
     device: str | DeviceConfig = "PCM",
     data: str | None = None,
     times: str | list[str] | None = None,
-    repeats: int = 10,
+    repeats: int | str = 10,
     seed: int = 0,
     *,
     config: CertifyConfig | None = None,
+    ci_width: float | None = None,
+    max_repeats: int = 200,
     max_drop: float | None = None,
     at: str = "1d",
     metric: str = "auto",
@@ -589,7 +658,8 @@ def certify(
     `analogai_deploy.certify(..., nproc=N)` (launcher.py) spreads them over N local processes.
     """
     package, cfg, tile_kind, rpu, times_ = resolve(
-        package, device, data, times, repeats, seed, config=config, max_drop=max_drop, at=at, metric=metric,
+        package, device, data, times, repeats, seed, config=config, ci_width=ci_width, max_repeats=max_repeats,
+        max_drop=max_drop, at=at, metric=metric,
         preset=preset, tile=tile, device_file=device_file, match_qat=match_qat, limit=limit, engine=engine,
         mapping=mapping, **io)
     bench = _bench(package, cfg)
@@ -597,7 +667,12 @@ def certify(
     analog, simulated = _simulate(cfg, bench, rpu)
     convert_s = time.perf_counter() - start
     start = time.perf_counter()
-    values = _spread(analog, bench, times_, cfg.repeats, cfg.seed, progress)
+    adaptive = None
+    if cfg.repeats == "auto":
+        values, adaptive = _adaptive(analog, bench, times_, cfg, progress)
+    else:
+        values = _spread(analog, bench, times_, cfg.repeats, cfg.seed, progress)
+    repeats = len(values[0])
     mc_s = time.perf_counter() - start
     from ..provenance import now, version_of, versions
 
@@ -612,8 +687,8 @@ def certify(
         "data": _data_block(bench),
         "weights_sha256": bench.config["weights"]["sha256"],
         "seed": cfg.seed,
-        "repeats": cfg.repeats,
-        "seeds": [cfg.seed + r for r in range(cfg.repeats)],
+        "repeats": repeats,
+        "seeds": [cfg.seed + r for r in range(repeats)],
         "streams": STREAMS,
         "digital": _digital_block(bench),
         "placement": _placement_block(bench, simulated),
@@ -624,15 +699,21 @@ def certify(
         "created": now(),
         "versions": versions(),
     })
+    if adaptive is not None:  # how many repeats --repeats auto took, and the CI it reached
+        cert["adaptive"] = adaptive
     note = _normalised_note(bench)
     if note:
         cert["normalised_note"] = note
-    cert["warnings"] = precision.warnings(bench.metric, bench.data.n, cfg.repeats, results)
+    cert["warnings"] = precision.warnings(bench.metric, bench.data.n, repeats, results)
+    if adaptive is not None and not adaptive["reached"]:
+        cert["warnings"].append(f"--repeats auto stopped at --max-repeats {cfg.max_repeats} before every 95% CI "
+                                f"half-width was <= {cfg.ci_width:g} pp (widest "
+                                f"{max(adaptive['half_width_pp'].values()):.2f} pp)")
     verdict = _verdict(cfg, bench.digital_value, results, bench.metric)
     if verdict is not None:
         cert["verdict"] = verdict
     cert.timing = {"convert_s": convert_s, "monte_carlo_s": mc_s,
-                   "per_eval_s": mc_s / (cfg.repeats * len(times_)), "digital_pass_s": bench.digital_seconds}
+                   "per_eval_s": mc_s / (repeats * len(times_)), "digital_pass_s": bench.digital_seconds}
     if write and _is_main():  # in a distributed run every rank holds the merged certificate; rank 0 writes it
         cert.path = _write_certificate(bench, cert)
     return cert
@@ -713,6 +794,8 @@ def sweep_plan(package: str | Path, param: str, values: list[float] | None, conf
             kwargs["mapping"] = _mapping_arg(kwargs["mapping"])
         config = CertifyConfig(device=dev, **kwargs)
     cfg = _resolved(package, config)
+    if cfg.repeats == "auto":
+        raise UsageError("a sweep runs a fixed number of repeats per value", "pass --repeats N")
 
     def point(value, tile: str | None = None) -> DeviceConfig:
         dev = DeviceConfig.from_dict({**cfg.device.to_dict(), **({"tile": tile} if tile else {})})

@@ -22,6 +22,8 @@ Examples:
 
   analogai-deploy certify runs/lenet --engine fast --repeats 50
 
+  analogai-deploy certify runs/resnet18 --repeats auto --ci-width 1   # repeats until every 95% CI is +-1 pp
+
   analogai-deploy certify runs/lenet --sweep n_w=0:0.2:10 --times 1d --repeats 5
 
   analogai-deploy certify runs/lenet --device custom --device-file my-device.yaml
@@ -87,7 +89,9 @@ def certify(
     data: Annotated[str | None, typer.Option(help="Dataset (digits, cifar10:PATH, ...); text: sentences (built-in), corpus (shipped held-out English), text:FILE (.txt/.jsonl/.csv), generated:N (causal LMs) or tokens. [default: digits / sentences]")] = None,
     metric: Annotated[str, typer.Option(help="auto, accuracy, agreement (vs digital top-1), cosine, next_token_agreement or perplexity_ratio (causal LMs; lower is better).")] = "auto",
     times: Annotated[str | None, typer.Option(help="Times after programming: 1s,1h,1d,1y or seconds. [default: 1s,1h,1d,1y; ReRAM: 1s,1d,2d]")] = None,
-    repeats: Annotated[int | None, typer.Option(help="Monte Carlo repeats (fresh programming noise each). [default: 10]")] = None,
+    repeats: Annotated[str | None, typer.Option(help="Monte Carlo repeats (fresh programming noise each), or auto: add repeats until every time's 95% CI half-width is <= --ci-width. [default: 10]")] = None,
+    ci_width: Annotated[float | None, typer.Option(help="With --repeats auto: the 95% CI half-width to reach at every time, in percentage points. [default: 1.0]")] = None,
+    max_repeats: Annotated[int, typer.Option(help="With --repeats auto: the most repeats to run.")] = 200,
     seed: Annotated[int | None, typer.Option(help="Repeat r is programmed with seed + r; each time point draws from its own stream (seed, r, t). [default: 0]")] = None,
     max_drop: Annotated[float | None, typer.Option(help="Gate: fail when the lower 95% CI is more than this many percentage points below digital.")] = None,
     at: Annotated[str, typer.Option(help="Gate time.")] = "1d",
@@ -149,12 +153,17 @@ def certify(
                   match_qat=match_qat, limit=limit, times=settings.pop("times", None))
     kwargs = {**common, **settings, "engine": engine, "nproc": nproc, "dist_timeout": dist_timeout,
               "mapping": cert_mod.MappingConfig.from_dict(mapping, where="mapping.")}
+    if ci_width is not None:
+        kwargs["ci_width"] = ci_width
+    if kwargs.get("repeats") == "auto":
+        kwargs["max_repeats"] = max_repeats
     for key, cast in (("repeats", int), ("seed", int)):
-        if key in kwargs:
+        if key in kwargs and not (key == "repeats" and kwargs[key] == "auto"):
             try:
                 kwargs[key] = cast(kwargs[key])
             except ValueError:
-                raise UsageError(f"{key} must be an integer, got {kwargs[key]!r}") from None
+                hint = "or auto (--repeats auto --ci-width PP)" if key == "repeats" else None
+                raise UsageError(f"{key} must be an integer, got {kwargs[key]!r}", hint) from None
 
     if sweep:
         if max_drop is not None:
