@@ -14,6 +14,7 @@ import analogai_deploy as ad
 from analogai_deploy.certification import CertifyConfig, DeviceConfig, IOSettings, _bench, _to_aihwkit
 from analogai_deploy.certification.devices import rpu_config
 from analogai_deploy.certification.fast import FastModel
+from analogai_deploy.certification.mapping import LEGACY
 from analogai_deploy.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +149,69 @@ def test_fast_mean_accuracy_agrees_with_aihwkit(trained_lenet):
                      drift_compensation=False)
     ra, rf = ref["results"][0], off["results"][0]
     assert abs(ra["mean"] - rf["mean"]) > 4 * math.sqrt((ra["std"] ** 2 + rf["std"] ** 2) / n) + 0.002
+
+
+@pytest.mark.parametrize("mapping", [{"weight_scaling": "column", "output_scaling": "column", "input_scaling": "channel"},
+                                     {"input_range": "calibrated", "adc_bits": 5}], ids=["column", "input_range"])
+def test_exact_mode_matches_aihwkit_under_the_mapping(trained_lenet, mapping):
+    # per-column scales and drift factors, input scaling and static input ranges: given aihwkit's drifted
+    # weights and its drift factors, the fast engine's outputs equal aihwkit's (out_noise 0: deterministic)
+    from analogai_deploy.certification import _resolved, _simulate
+    from analogai_deploy.certification.mapping import MappingConfig
+
+    io = {"out_noise": 0.0, **({"adc_bits": mapping.pop("adc_bits")} if "adc_bits" in mapping else {})}
+    cfg = _resolved(trained_lenet, CertifyConfig(device=DeviceConfig(name="PCM", io=IOSettings(**io)), repeats=1,
+                                                 mapping=MappingConfig.from_dict({**LEGACY, **mapping})))
+    bench = _bench(trained_lenet, cfg)
+    rpu = rpu_config(cfg.device, "torch", cfg.mapping)
+    analog, _ = _simulate(cfg, bench, rpu)
+    cfg.engine = "fast"
+    fast, _ = _simulate(cfg, bench, rpu)
+    for layer in fast.layers:
+        layer.exact = True
+    torch.manual_seed(0)
+    tiles = list(analog.analog_tiles())
+    ours = [(layer, t) for layer in fast.layers for t in layer.tiles]
+    assert len(tiles) == len(ours)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analog.program_analog_weights()
+        baselines = [layer._readout(theirs.tile.get_weights()) for (layer, _), theirs in zip(ours, tiles)]
+        analog.drift_analog_weights(365 * 86400.0)
+    for ((layer, mine), theirs), baseline in zip(zip(ours, tiles), baselines):
+        assert torch.allclose(mine.scale.flatten(), theirs.get_scales().flatten(), rtol=1e-6)
+        mine.current = theirs.tile.get_weights().clone()
+        # the drift factor from the same weights: per column when the compensation is per column
+        assert torch.allclose(layer._alpha(mine.current, baseline).flatten(), theirs.alpha.flatten(), rtol=1e-5)
+        mine.alpha = theirs.alpha.clone()
+    x = bench.data.batches[0][:128]
+    a, f = analog(x), fast(x)
+    assert torch.allclose(a, f, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+MAPPINGS = [  # every mapping option on its own, over the old mapping (the package's defaults are checked above)
+    {**LEGACY},
+    {**LEGACY, "weight_scaling": "column"},
+    {**LEGACY, "input_scaling": "channel"},
+    {**LEGACY, "weight_scaling": "column", "output_scaling": "column"},
+    {**LEGACY, "clip": "channel_std", "clip_value": 2.0},
+    {**LEGACY, "input_range": "calibrated", "input_range_k": 2.0},
+]
+
+
+@pytest.mark.parametrize("mapping", MAPPINGS, ids=["tile", "column", "input_scaling", "column_drift", "clip",
+                                                   "input_range"])
+def test_fast_agrees_with_aihwkit_under_every_mapping_option(trained_lenet, mapping):
+    """The same test as above per mapping option, at 1 d and 1 y with a 6-bit ADC (so IO errors matter);
+    both engines draw from seeded torch streams, so a pass is reproducible."""
+    n = 8
+    kw = dict(repeats=n, times="1d,1y", write=False, adc_bits=6, mapping=mapping)
+    ref = ad.certify(trained_lenet, seed=0, **kw)
+    fast = ad.certify(trained_lenet, seed=500, engine="fast", **kw)
+    assert ref["mapping"]["overridden"] == fast["mapping"]["overridden"]
+    for ra, rf in zip(ref["results"], fast["results"]):
+        se = math.sqrt((ra["std"] ** 2 + rf["std"] ** 2) / n)
+        assert abs(ra["mean"] - rf["mean"]) <= 4 * se + 0.002, (mapping, ra["time"], ra["mean"], rf["mean"], se)
 
 
 def test_small_resnet_runs_on_split_tiles(tmp_path):
