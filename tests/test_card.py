@@ -61,3 +61,18 @@ def test_training_curve_from_the_log():
     assert lines["validation at sigma=0.2"] == pytest.approx([60.0, 80.0, 70.0])
     assert lines["best round 2"] == [0, 1]  # the vertical line at the best validation round
     assert len(loss_ax.get_lines()) == 2
+
+
+def test_certificate_plot_of_a_lower_is_better_metric_judges_the_upper_bound():
+    from analogai_deploy.certification.plots import certificate_figure
+
+    cert = _cert(True)
+    cert["metric"], cert["digital"] = "perplexity_ratio", {"perplexity_ratio": 1.0}
+    for r in cert["results"]:
+        r["mean"], r["ci95"], r["min"] = 1.05, [1.02, 1.08], 1.01
+    cert["verdict"].update(threshold=1.1, max_drop_pp=10.0)
+    ax = certificate_figure(cert, model="gpt2").axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "gate: 1.10 = digital + 10 pp (pass)" in labels and "judged: upper CI at 1d" in labels
+    judged = [line for line in ax.get_lines() if line.get_label().startswith("judged")][0]
+    assert list(judged.get_ydata()) == [1.08] and ax.get_ylabel() == "perplexity_ratio"

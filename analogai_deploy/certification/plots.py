@@ -23,36 +23,41 @@ def certificate_png(cert: dict[str, Any], title: str = "", model: str = "") -> b
 
 def certificate_figure(cert: dict[str, Any], title: str = "", model: str = ""):
     """Metric vs time: mean, 95% CI band, min, the digital line, and with a gate its threshold line
-    and the lower CI bound it judged (at `at`). `model` names the model in the title."""
+    and the CI bound it judged (at `at`, on the metric's bad side). `model` names the model in the title."""
     from matplotlib.figure import Figure
 
+    from .evaluation import metric_info
+
     metric = cert["metric"]
+    info = metric_info(metric)
+    k, unit = (100.0, "%") if info.percent else (1.0, "")  # fractions shown as percentages, ratios as they are
     res = cert["results"]
     t = [r["seconds"] for r in res]
-    mean = [100 * r["mean"] for r in res]
-    lo = [100 * r["ci95"][0] for r in res]
-    hi = [100 * r["ci95"][1] for r in res]
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     ax.set_xscale("log")
-    ax.fill_between(t, lo, hi, alpha=0.25, color="C0", label="95% CI")
-    ax.plot(t, mean, "o-", color="C0", label=f"analog ({cert['device']['name']}, {cert['repeats']} repeats)")
-    ax.plot(t, [100 * r["min"] for r in res], "v", color="C0", alpha=0.5, markersize=4, label="min")
+    ax.fill_between(t, [k * r["ci95"][0] for r in res], [k * r["ci95"][1] for r in res], alpha=0.25, color="C0",
+                    label="95% CI")
+    ax.plot(t, [k * r["mean"] for r in res], "o-", color="C0",
+            label=f"analog ({cert['device']['name']}, {cert['repeats']} repeats)")
+    ax.plot(t, [k * r["min"] for r in res], "v", color="C0", alpha=0.5, markersize=4, label="min")
     digital = cert["digital"].get(metric)
     if digital is not None:
-        ax.axhline(100 * digital, color="k", ls="--", lw=1, label=f"digital {100 * digital:.2f}%")
+        ax.axhline(k * digital, color="k", ls="--", lw=1, label=f"digital {k * digital:.2f}{unit}")
     verdict = cert.get("verdict")
     if verdict and verdict.get("threshold") is not None:
         outcome = "pass" if verdict["passed"] else "FAIL"
-        ax.axhline(100 * verdict["threshold"], color="C3", ls="-.", lw=1.5,
-                   label=f"gate: {100 * verdict['threshold']:.2f}% = digital - {verdict['max_drop_pp']:g} pp ({outcome})")
+        sign, side = ("-", 0) if info.higher_is_better else ("+", 1)
+        ax.axhline(k * verdict["threshold"], color="C3", ls="-.", lw=1.5,
+                   label=f"gate: {k * verdict['threshold']:.2f}{unit} = digital {sign} {verdict['max_drop_pp']:g} pp "
+                         f"({outcome})")
         judged = next((r for r in res if r["time"] == verdict.get("at")), None)
-        if judged is not None:  # the number the gate judged: the lower 95% CI bound at its time
-            ax.plot([judged["seconds"]], [100 * judged["ci95"][0]], "s", color="C3", ms=7, mfc="none",
-                    label=f"judged: lower CI at {verdict['at']}")
+        if judged is not None:  # the number the gate judged: the CI bound on the bad side at its time
+            ax.plot([judged["seconds"]], [k * judged["ci95"][side]], "s", color="C3", ms=7, mfc="none",
+                    label=f"judged: {'lower' if side == 0 else 'upper'} CI at {verdict['at']}")
     ax.set_xticks(t, [r["time"] for r in res])
     ax.set_xlabel("time after programming")
-    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylabel(f"{metric} (%)" if unit else metric)
     n = cert.get("data", {}).get("n")
     where = f"{cert['device']['name']} ({cert['tile']} tiles)" + (f", {n} test samples" if n else "")
     ax.set_title(title or (f"{model}: {metric} under drift on {where}" if model else f"{metric} under drift on {where}"),

@@ -37,7 +37,7 @@ def normalised_note(digital: float, num_classes: int | None, n: int) -> str | No
     so its sampling error is the accuracy's (Agresti-Coull, sensible at 0% and 100%) over that margin.
     """
     if not num_classes or num_classes < 2:
-        return "normalised accuracy needs the number of classes"
+        return None  # no chance level to normalise against (e.g. next-token agreement): nothing to omit
     chance = 1 / num_classes
     margin = digital - chance
     if margin <= 1e-9:
