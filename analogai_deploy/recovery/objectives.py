@@ -35,7 +35,8 @@ class Objective:
     text = False
 
     def forward(self, model: nn.Module, x) -> torch.Tensor:
-        return model(x)
+        out = model(x)
+        return out if isinstance(out, torch.Tensor) else _primary(out)  # HF image classifiers return an output object
 
     def targets(self, x, y):
         return y
