@@ -14,9 +14,16 @@ _LAYERS: dict[type[nn.Module], type[nn.Module]] = {
     # nn.MultiheadAttention's out_proj: a Linear subclass that the attention kernel reads directly,
     # so it is converted as part of its parent (see AnalogMultiheadAttention).
 }
-_hf = layers._hf_conv1d_class()
-if _hf is not None:
-    _LAYERS[_hf[0]] = _hf[1]
+_HF: list = []  # [(Conv1D, AnalogHFConv1D) or None] once looked up: importing transformers costs ~1.5 s
+
+
+def hf_conv1d():
+    """(transformers' Conv1D, its analog class), registered on first need; None without transformers."""
+    if not _HF:
+        _HF.append(layers._hf_conv1d_class())
+        if _HF[0] is not None:
+            _LAYERS.setdefault(_HF[0][0], _HF[0][1])
+    return _HF[0]
 
 
 def register_layer(torch_cls: type[nn.Module], analog_cls: type[nn.Module]) -> None:
@@ -32,5 +39,8 @@ def register_layer(torch_cls: type[nn.Module], analog_cls: type[nn.Module]) -> N
 
 def analog_class_for(module: nn.Module) -> type[nn.Module] | None:
     """The analog class for this module's exact type (subclasses are not guessed: they may change forward)."""
-    return _LAYERS.get(type(module))
+    kind = type(module)
+    if kind not in _LAYERS and kind.__module__.startswith("transformers") and not _HF:
+        hf_conv1d()  # a transformers model: its GPT-2 style Conv1D maps too
+    return _LAYERS.get(kind)
 

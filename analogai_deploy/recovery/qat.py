@@ -174,7 +174,10 @@ def weight_axis(layer: nn.Module) -> int:
     """The output-channel axis of the layer's analog weights: 1 for HF Conv1D ([in, out]), else 0."""
     from ..analog import registry
 
-    hf = registry._hf
+    # an analog Conv1D exists only once the registry looked transformers up; a plain one may come first
+    hf = registry._HF[0] if registry._HF else None
+    if hf is None and type(layer).__module__.startswith("transformers"):
+        hf = registry.hf_conv1d()
     return 1 if hf is not None and isinstance(layer, hf[0]) else 0
 
 
