@@ -41,6 +41,10 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
 #: the rows run on both engines (the others on aihwkit only: one MiniLM certificate costs minutes here)
 BOTH_ENGINES = ("old mapping (tile scale, dynamic inputs)", "column scale", "defaults")
 QUICK_VARIANTS = ("old mapping (tile scale, dynamic inputs)", "column scale", "defaults")
+#: the rows LeNet runs (each option alone, and the defaults)
+LENET_VARIANTS = ("old mapping (tile scale, dynamic inputs)", "column scale", "channel input scaling a=0.4",
+                  "per-column drift correction", "clip 3 std per channel", "calibrated input range 3 std",
+                  "column + channel input a=0.5", "defaults")
 
 
 def _mapping(spec) -> dict[str, Any]:
@@ -108,6 +112,8 @@ def mapping_bench(out_dir: str | Path = "runs/bench/mapping", *, variants: list[
         conditions = (("pcm", minilm_repeats),) if model == "minilm" else (("pcm_nw", lenet_repeats),
                                                                                ("pcm_1y", lenet_repeats))
         for name, spec in chosen:
+            if model != "minilm" and name not in LENET_VARIANTS:
+                continue
             for condition, repeats in conditions:
                 for engine in engines:
                     if condition == "pcm_nw" and engine == "fast":
