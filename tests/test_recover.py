@@ -149,6 +149,32 @@ def test_interrupted_then_resumed_equals_uninterrupted(lenet_pkg, digits, tmp_pa
     assert pkg.config["training"]["resumed_from_round"] == 2
 
 
+def test_plain_broadcast_checkpoint_stores_equal_clients_once_and_resumes_bitwise(lenet_pkg, digits, tmp_path):
+    """After a plain broadcast every client equals the fused model: the checkpoint stores it once (and the
+    best state too when the best round is the last), names them in same_as_fused, and resume stays bitwise."""
+    from safetensors import safe_open
+
+    over = ["training.rounds=3", "training.cpu_threads=1"] + TWO
+    ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "a", overrides=over)
+
+    def stop_after_two(entry):
+        if entry["round"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over, on_round=stop_after_two)
+    state = json.loads((tmp_path / "b.partial" / "state.json").read_text())
+    assert {"client0", "client1"} <= set(state["same_as_fused"])
+    with safe_open(str(tmp_path / "b.partial" / state["tensors"]), "pt") as f:
+        keys = list(f.keys())
+    assert not any(k.startswith("client") for k in keys) and any(k.startswith("fused/") for k in keys)
+    assert any(k.startswith("best/") for k in keys) == ("best" not in state["same_as_fused"])
+    pkg = ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over, resume=True)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert pkg.config["training"]["best"] == json.loads((tmp_path / "a" / "config.json").read_text())["training"]["best"]
+
+
 def test_same_seed_same_weights_other_seed_other_weights(mlp_pkg, digits, tmp_path):
     over = FAST + ["recovery.noise_0.act_inject.sigma=0.2"]
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):

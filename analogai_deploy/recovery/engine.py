@@ -281,6 +281,12 @@ def _set_rng_state(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
 
 
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Bitwise equal state dicts (same keys, dtypes, values)."""
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and torch.equal(a[k].detach().cpu(), b[k].detach().cpu()) for k in a)
+
+
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -517,26 +523,40 @@ class Trainer:
         if self.dist and not distributed.is_main():
             return  # rank 0 writes the checkpoint; it is the same as one process's
         tensors: dict[str, torch.Tensor] = {}
-        # every client, and every optimizer: one per client in the loop, one over the stacked clients in
-        # batched mode (so never zip the two lists: that kept client 0 only)
+        # Only what a bitwise resume needs: a client that equals the fused model (every client after a plain
+        # broadcast) and a best state that equals it (the best round is this one) are stored once, as the
+        # fused model, and named in `same_as_fused`; checked tensor by tensor, so momentum broadcast and an
+        # earlier best round still store their own. Every optimizer is kept (one per client in the loop,
+        # one over the stacked clients in batched mode: never zip the two lists, that kept client 0 only).
+        ref = self.fused.state_dict() if self.fi else None
+        ref_ranges = _act_ranges(self.fused) if self.fi else None
+        same: list[str] = []
         for k, client in enumerate(self.clients):
-            for key, v in client.state_dict().items():
+            state, ranges = client.state_dict(), _act_ranges(client)
+            if ref is not None and _same(state, ref) and _same(ranges, ref_ranges):
+                same.append(f"client{k}")
+                continue
+            for key, v in state.items():
                 tensors[f"client{k}/{key}"] = v.detach().contiguous().cpu()
-            for key, v in _act_ranges(client).items():
+            for key, v in ranges.items():
                 tensors[f"client{k}.act/{key}"] = v
         opts = [_flatten(opt.state_dict(), f"opt{k}", tensors) for k, opt in enumerate(self.optimizers)]
-        for key, v in self.best_state.items():
-            tensors[f"best/{key}"] = v.contiguous().cpu()
-        for key, v in self.best_ranges.items():
-            tensors[f"best.act/{key}"] = v
+        if ref is not None and self.best_state and _same(self.best_state, ref) and _same(self.best_ranges, ref_ranges):
+            same.append("best")
+        else:
+            for key, v in self.best_state.items():
+                tensors[f"best/{key}"] = v.contiguous().cpu()
+            for key, v in self.best_ranges.items():
+                tensors[f"best.act/{key}"] = v
         if self.fi:
-            for key, v in self.fused.state_dict().items():
+            for key, v in ref.items():
                 tensors[f"fused/{key}"] = v.detach().contiguous().cpu()
-            for key, v in _act_ranges(self.fused).items():
+            for key, v in ref_ranges.items():
                 tensors[f"fused.act/{key}"] = v
         tensors.update(_rng_state())
         meta = {"identity": self.identity, "round": self.round, "best": self.best, "since_best": self.since_best,
-                "optimizers": opts, "log": self.log, "mode": self.mode, "clients": len(self.clients)}
+                "optimizers": opts, "log": self.log, "mode": self.mode, "clients": len(self.clients),
+                "same_as_fused": same}
         write_checkpoint(self.state_dir, tensors, meta)
 
     def load(self) -> None:
@@ -551,16 +571,21 @@ class Trainer:
         if len(meta["optimizers"]) != len(self.optimizers):
             raise UsageError(f"the checkpoint in {self.state_dir} holds {len(meta['optimizers'])} optimizer states, "
                              f"this run {len(self.optimizers)}", "resume with the same recipe, or delete that folder")
+        same = set(meta.get("same_as_fused", []))  # stored once, as the fused model
+
+        def stored(name: str) -> str:
+            return "fused" if name in same else name
+
         for k, client in enumerate(self.clients):
-            client.load_state_dict(part(f"client{k}/"))
-            _set_act_ranges(client, part(f"client{k}.act/"), self.device)
+            client.load_state_dict(part(f"{stored(f'client{k}')}/"))
+            _set_act_ranges(client, part(f"{stored(f'client{k}')}.act/"), self.device)
         for k, opt in enumerate(self.optimizers):
             opt.load_state_dict(_unflatten(meta["optimizers"][k], tensors))
         if self.fi:
             self.fused.load_state_dict(part("fused/"))
             _set_act_ranges(self.fused, part("fused.act/"), self.device)
-        self.best_state = {k: v.to(self.device) for k, v in part("best/").items()}
-        self.best_ranges = part("best.act/")
+        self.best_state = {k: v.to(self.device) for k, v in part(f"{stored('best')}/").items()}
+        self.best_ranges = part(f"{stored('best')}.act/")
         self.best, self.since_best, self.log, self.round = meta["best"], meta["since_best"], meta["log"], meta["round"]
         _set_rng_state(tensors)
 
