@@ -90,7 +90,8 @@ def test_publish_to_another_zoo_says_how_to_pull_from_it(cli, lenet_pkg, tmp_pat
     monkeypatch.delenv("ANALOGAI_ZOO", raising=False)
     pkg = tmp_path / "lenet"
     shutil.copytree(lenet_pkg, pkg)
-    code, _, err = cli("certify", pkg, "--device", "ideal", "--times", "1d", "--repeats", "5", "--max-drop", "1")
+    code, _, err = cli("certify", pkg, "--device", "ideal", "--times", "1d", "--repeats", "5", "--max-drop", "1",
+                       "--limit", "20")
     assert code == 0, err
     code, out, err = cli("publish", pkg, "--zoo", tmp_path / "zoo", "--name", "tiny-lenet")
     assert code == 0, err
