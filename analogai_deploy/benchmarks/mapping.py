@@ -112,7 +112,9 @@ def mapping_bench(out_dir: str | Path = "runs/bench/mapping", *, variants: list[
         conditions = (("pcm", minilm_repeats),) if model == "minilm" else (("pcm_nw", lenet_repeats),
                                                                                ("pcm_1y", lenet_repeats))
         for name, spec in chosen:
-            if model != "minilm" and name not in LENET_VARIANTS:
+            slug = "".join(c if c.isalnum() else "_" for c in name)
+            if model != "minilm" and name not in LENET_VARIANTS and not any(
+                    root.glob(f"{model}-{slug}-*.json")):  # the full list where it ran before
                 continue
             for condition, repeats in conditions:
                 for engine in engines:
@@ -120,7 +122,6 @@ def mapping_bench(out_dir: str | Path = "runs/bench/mapping", *, variants: list[
                         continue  # n_w is aihwkit's C++ tiles only
                     if engine != "aihwkit" and name not in BOTH_ENGINES and model == "minilm":
                         continue
-                    slug = "".join(c if c.isalnum() else "_" for c in name)
                     row = _run(pkg, name, spec, engine, condition, repeats,
                                root / f"{model}-{slug}-{engine}-{condition}.json")
                     row["model"] = model
