@@ -32,7 +32,7 @@ def convert(
     input_shape: list[int] | None = None,
     tokenizer: str | None = None,
     seed: int = 0,
-    overwrite: bool = True,
+    overwrite: bool = False,
     mapping: MappingConfig | None = None,
 ) -> pkg.Package:
     """Build the model named by `source`, make it analog-aware, and write a package.
@@ -40,8 +40,11 @@ def convert(
     `source` is a spec string (`resnet18`, `hf:/path/to/folder`, `file.py:factory`) or a `Source`.
     Returns the written package with the converted model and its `ConversionReport` in `.report`.
     `mapping`: the tile mapping recorded in config.json["mapping"] (default: mapping.DEFAULTS).
+    An existing package at `output` is replaced only with `overwrite`; anything else there is refused.
     """
     config = config or AnalogConfig()
+    if isinstance(source, str):  # refused before the model is built (a Hub model can take minutes)
+        pkg.check_output(output or default_output(source), overwrite=overwrite)
     torch.manual_seed(seed)  # random-init architectures are reproducible from the recorded seed
     src = source if isinstance(source, Source) else resolve(
         source, num_classes=num_classes, weights=weights, task=task, input_shape=input_shape, tokenizer=tokenizer

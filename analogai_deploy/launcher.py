@@ -40,10 +40,14 @@ def certify(package, *args: Any, nproc: int = 1, dist_timeout: float | None = No
         return certification.certify(package, *args, **kwargs)
     distributed.check_nproc(nproc)
     progress, write = kwargs.pop("progress", None), kwargs.pop("write", True)
+    output, overwrite = kwargs.pop("output", None), kwargs.pop("overwrite", False)
     package, cfg, *_ = certification.resolve(package, *args, **kwargs)  # bad settings fail before any spawn
     if not Path(package).is_dir():
         raise UsageError(f"no package folder at {package}", "pass the folder written by convert or recover")
-    res = run_job("certify", {"package": str(Path(package).resolve()), "config": cfg.to_dict(), "write": write},
+    if write:
+        certification.destination(package, output, overwrite)
+    res = run_job("certify", {"package": str(Path(package).resolve()), "config": cfg.to_dict(), "write": write,
+                              "output": _abs(output), "overwrite": overwrite},
                   nproc, progress=progress is not None, timeout=dist_timeout)
     cert = certification.Certificate(res["certificate"])
     cert.timing = {**res["timing"], "processes": nproc}
@@ -60,13 +64,22 @@ def sweep(package, param: str, values: list[float] | None = None, *, nproc: int 
         return certification.sweep(package, param, values, **kwargs)
     distributed.check_nproc(nproc)
     progress, write = kwargs.pop("progress", None), kwargs.pop("write", True)
+    output, overwrite = kwargs.pop("output", None), kwargs.pop("overwrite", False)
     param, values, cfg, _ = certification.sweep_plan(package, param, values, kwargs.pop("config", None), kwargs)
+    if write:
+        certification.destination(getattr(package, "path", package), output, overwrite)
     return run_job("sweep", {"package": str(Path(getattr(package, "path", package)).resolve()), "param": param,
-                             "values": values, "config": cfg.to_dict(), "write": write},
+                             "values": values, "config": cfg.to_dict(), "write": write,
+                             "output": _abs(output), "overwrite": overwrite},
                    nproc, progress=progress is not None, timeout=dist_timeout)
 
 
+def _abs(path) -> str | None:
+    return str(Path(path).resolve()) if path is not None else None
+
+
 def recover(package, recipe="msnat", data=None, output=None, *, overrides=None, resume: bool = False,
+            restart: bool = False, overwrite: bool = False,
             progress: Callable[..., Any] | None = None, nproc: int = 1, dist_timeout: float | None = None,
             **kwargs: Any):
     """`recovery.recover` (same arguments); nproc > 1 trains on that many local processes (MSNAT clients
@@ -76,7 +89,7 @@ def recover(package, recipe="msnat", data=None, output=None, *, overrides=None, 
 
     if nproc == 1:
         return recovery.recover(package, recipe, data, output, overrides=overrides, resume=resume,
-                                progress=progress, **kwargs)
+                                restart=restart, overwrite=overwrite, progress=progress, **kwargs)
     from .recovery.parallel import check_recover
 
     distributed.check_nproc(nproc)
@@ -90,9 +103,12 @@ def recover(package, recipe="msnat", data=None, output=None, *, overrides=None, 
         raise UsageError("text packages recover on one process", "drop --nproc")
     data = data if data is not None else ds.spec
     out_path = recovery.output_for(pkg, rec, output)
+    replace = recovery.check_outputs(out_path, recovery.run_identity(pkg, rec, ds), resume=resume, restart=restart,
+                                     overwrite=overwrite)
     check_recover(rec, data, recipe, nproc)
     res = run_job("recover", {"package": str(pkg.path.resolve()), "recipe": str(recipe), "data": data,
-                              "output": str(out_path.resolve()), "overrides": merged, "resume": resume},
+                              "output": str(out_path.resolve()), "overrides": merged, "resume": resume,
+                              "restart": restart, "overwrite": replace},
                   nproc, progress=progress is not None, timeout=dist_timeout)
     return pkg_mod.load(res["package"])
 

@@ -8,11 +8,18 @@
 
 No pickle anywhere. Every write builds the new folder beside the old one and swaps it in, so a crash
 leaves either the old package or the complete new one. Loading checks the weights' sha256.
+
+Nothing is replaced that the toolkit did not write: `check_output` (run by every command before its slow
+part, and by `write` itself) refuses a folder that is not a package, a package that holds anything besides
+the files its config.json lists (`files`), an existing package without `overwrite`, and the working
+directory, its parents and the home directory.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -33,6 +40,11 @@ CARD = "README.md"
 CERTIFICATE = "certificate.json"
 MAX_JSON = 64 * 1024 * 1024  # config.json / certificate.json: a few kB in practice
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; anything larger is hostile or corrupt
+#: what packages written before config.json listed its files (`files`) can hold: these names, and tokenizer files
+_KNOWN_FILES = {CONFIG, WEIGHTS, CARD, CERTIFICATE, "certificate.png", "model.onnx", "model.aihwkit.pt", "sweep.csv",
+                "sweep.png", "train_log.jsonl", "train_curve.png"}
+_TOKENIZER_FILES = re.compile(r"^(tokenizer.*\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|"
+                              r"merges\.txt|.*\.model|chat_template\.jinja)$")
 #: files a package may hold at its top level besides tokenizer files; nothing else is written or read
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -103,6 +115,92 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if config["weights"].get("file") != WEIGHTS:
         raise PackageError(f"{path / CONFIG} names weights file {config['weights'].get('file')!r}; only {WEIGHTS} is allowed")
     return config
+
+
+def is_package(path: Path) -> bool:
+    """A folder whose config.json says it is an analogai-deploy package (nothing else is parsed)."""
+    try:
+        return (path / CONFIG).is_file() and read_json(path / CONFIG).get("format") == FORMAT
+    except (PackageError, OSError):
+        return False
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What a package folder holds that the toolkit did not write: names outside its config.json `files`
+    list (older packages: outside the names the toolkit writes), folders, links and special files."""
+    try:
+        listed = read_json(path / CONFIG).get("files")
+    except (PackageError, OSError):
+        listed = None
+    ours = set(listed) | {CONFIG} if isinstance(listed, list) else None
+    out = []
+    for f in sorted(path.iterdir()):
+        if f.is_symlink() or not f.is_file():
+            out.append(f.name + ("/" if f.is_dir() and not f.is_symlink() else ""))
+        elif ours is not None and f.name not in ours:
+            out.append(f.name)
+        elif ours is None and f.name not in _KNOWN_FILES and not _TOKENIZER_FILES.match(f.name):
+            out.append(f.name)
+    return out
+
+
+def _names(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = False,
+                 flag: str = "-o") -> Path:
+    """Refuse a package output that would delete what the toolkit did not write (exit 2, naming it).
+
+    Refused: the working directory, a parent of it, the home directory; a file; a folder that is not a
+    package (unless empty); a package that holds anything else (`foreign_entries`); an existing package
+    without `overwrite` (`in_place`: the command updates that package, so it may be replaced); a folder
+    inside another package; a place that cannot be written (probed now, before any slow work).
+    """
+    dest = Path(dest).expanduser()
+    where = dest.resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if where == cwd or where in cwd.parents or where == home:
+        what = "the working directory" if where == cwd else "your home directory" if where == home else \
+            "a parent of the working directory"
+        raise UsageError(f"refusing to write a package at {dest}: it is {what}, and replacing it would delete "
+                         "everything in it", f"name a new folder, e.g. {flag} runs/NAME")
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise UsageError(f"{dest} exists and is not a package folder (a file or a link)",
+                         f"choose a new folder for {flag}")
+    if dest.is_dir() and any(dest.iterdir()):
+        if not is_package(dest):
+            raise UsageError(f"{dest} exists and is not an analogai-deploy package (it holds "
+                             f"{_names(sorted(f.name for f in dest.iterdir()))}); refusing to replace it",
+                             f"choose a new folder for {flag}")
+        foreign = foreign_entries(dest)
+        if foreign:
+            them = "them" if len(foreign) > 1 else "it"
+            raise UsageError(f"{dest} holds {_names(foreign)} besides the package; refusing to replace it "
+                             f"(that would delete {them})",
+                             f"move {them} out of the folder, or write elsewhere ({flag} NEW_FOLDER)")
+        if not overwrite and not in_place:
+            raise UsageError(f"{dest} already holds a package", f"pass --overwrite to replace it, or choose another {flag}")
+    for parent in where.parents:
+        if parent.is_dir() and is_package(parent):
+            raise UsageError(f"{dest} is inside the package {parent}", f"choose a folder outside it for {flag}")
+    check_writable(dest, hint=("pass -o NEW_FOLDER to write a copy of the package elsewhere" if in_place
+                               else f"choose a folder you can write to for {flag}"))
+    return dest
+
+
+def check_writable(dest: Path, hint: str) -> None:
+    """Can a package be created at `dest` (a temp folder beside it, then a rename)? Probed, not guessed:
+    permissions, read-only file systems and root's privileges all answer the same way they will later."""
+    parent = Path(dest).expanduser().resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        probe = tempfile.mkdtemp(prefix=".analogai-probe-", dir=parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write into {parent} ({exc.strerror or exc})", hint) from None
+    with contextlib.suppress(OSError):
+        os.rmdir(probe)
 
 
 def check_safetensors(path: Path) -> None:
@@ -228,27 +326,30 @@ def write(
     files: dict[str, bytes] | None = None,
     *,
     base: str | Path | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> Package:
     """Write a package atomically.
 
     With `model`, its state_dict becomes model.safetensors and config.json records its sha256. With
-    `base`, the files of an existing package are carried over first (e.g. certify adding a certificate).
-    The README.md model card is regenerated from config.json and certificate.json.
+    `base`, the files of an existing package are carried over first (e.g. certify adding a certificate);
+    `base` == `dest` is an update in place. An existing package at `dest` is replaced only with
+    `overwrite` (or in place); anything else there is refused (`check_output`). The README.md model card
+    is regenerated from config.json and certificate.json; config.json lists the files (`files`).
     """
     from safetensors.torch import save_model
 
     from .card import render
 
     dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise UsageError(f"{dest} already exists", "pass --overwrite or choose another -o")
+    in_place = base is not None and Path(base).resolve() == dest.resolve()
+    check_output(dest, overwrite=overwrite, in_place=in_place)  # in place: refuses a package holding other files
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         if base is not None:
+            foreign = set(foreign_entries(Path(base)))  # a copy carries the package, not what lies beside it
             for f in Path(base).iterdir():
-                if f.is_file():
+                if f.is_file() and f.name not in foreign:
                     shutil.copy2(f, tmp / safe_name(f.name))
         for name, data in (files or {}).items():
             (tmp / safe_name(name)).write_bytes(data)
@@ -263,6 +364,8 @@ def write(
             config["weights"] = {"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)}
         elif not (tmp / WEIGHTS).exists():
             raise ValueError("write() needs a model or a base package holding model.safetensors")
+        # what this package holds, so a later write knows what it may replace (CONFIG itself is implied)
+        config["files"] = sorted(({f.name for f in tmp.iterdir()} | {CARD}) - {CONFIG})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         (tmp / CARD).write_text(render(config, certificate), encoding="utf-8")
         _follow_umask(tmp)

@@ -201,7 +201,7 @@ def test_pull_output_refuses_non_package_folder(cli, zoo_dir, certified, tmp_pat
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
     code, _, err = cli("pull", "digits-cnn", "-o", busy)
-    assert code == 2 and "not a package folder" in err
+    assert code == 2 and "is not an analogai-deploy package" in err
     assert (busy / "notes.txt").read_text() == "mine"
 
 

@@ -644,6 +644,8 @@ def certify(
     mapping: MappingConfig | dict[str, Any] | None = None,
     progress: Callable[..., Any] | None = None,
     write: bool = True,
+    output: str | Path | None = None,
+    overwrite: bool = False,
     **io: Any,
 ) -> Certificate:
     """Monte Carlo certificate of `package` on a simulated analog device; written into the package.
@@ -656,12 +658,15 @@ def certify(
     `progress(total=..., desc=...)`: a tqdm-like bar factory. Pass `config` to give everything at once.
     This process only (under torchrun the repeats spread over its ranks by themselves);
     `analogai_deploy.certify(..., nproc=N)` (launcher.py) spreads them over N local processes.
+    `output`: write a copy of the package with the certificate there (for read-only packages) instead of
+    updating `package` in place; an existing package there is replaced only with `overwrite`.
     """
     package, cfg, tile_kind, rpu, times_ = resolve(
         package, device, data, times, repeats, seed, config=config, ci_width=ci_width, max_repeats=max_repeats,
         max_drop=max_drop, at=at, metric=metric,
         preset=preset, tile=tile, device_file=device_file, match_qat=match_qat, limit=limit, engine=engine,
         mapping=mapping, **io)
+    dest = destination(package, output, overwrite) if write and _is_main() else None
     bench = _bench(package, cfg)
     start = time.perf_counter()
     analog, simulated = _simulate(cfg, bench, rpu)
@@ -715,8 +720,19 @@ def certify(
     cert.timing = {"convert_s": convert_s, "monte_carlo_s": mc_s,
                    "per_eval_s": mc_s / (repeats * len(times_)), "digital_pass_s": bench.digital_seconds}
     if write and _is_main():  # in a distributed run every rank holds the merged certificate; rank 0 writes it
-        cert.path = _write_certificate(bench, cert)
+        cert.path = _write_certificate(bench, cert, dest, overwrite)
     return cert
+
+
+def destination(package: str | Path, output: str | Path | None, overwrite: bool) -> Path:
+    """Where the certified package goes: `package` itself, or a copy at `output`; refused before any Monte
+    Carlo when it cannot be written or would replace what the toolkit did not write."""
+    from .. import package as pkg_io
+
+    package = Path(package)
+    if output is None or Path(output).resolve() == package.resolve():
+        return pkg_io.check_output(package, in_place=True)
+    return pkg_io.check_output(output, overwrite=overwrite)
 
 
 def _is_main() -> bool:
@@ -725,7 +741,7 @@ def _is_main() -> bool:
     return distributed.is_main()
 
 
-def _write_certificate(bench: _Bench, cert: Certificate) -> Path:
+def _write_certificate(bench: _Bench, cert: Certificate, dest: Path | None = None, overwrite: bool = False) -> Path:
     from .. import package as pkg_io
     from ..card import certificate_summary, model_name
     from ..provenance import now
@@ -742,8 +758,9 @@ def _write_certificate(bench: _Bench, cert: Certificate) -> Path:
         pkg_io.CERTIFICATE: (json.dumps(cert, indent=2) + "\n").encode(),
         CERTIFICATE_PNG: certificate_png(cert, model=model_name(bench.config)),
     }
-    pkg_io.write(bench.path, config, files=files, base=bench.path)
-    return bench.path / pkg_io.CERTIFICATE
+    dest = dest or bench.path
+    pkg_io.write(dest, config, files=files, base=bench.path, overwrite=overwrite)
+    return dest / pkg_io.CERTIFICATE
 
 
 def parse_sweep(text: str) -> tuple[str, list[float]]:
@@ -824,6 +841,8 @@ def sweep(
     config: CertifyConfig | None = None,
     progress: Callable[..., Any] | None = None,
     write: bool = True,
+    output: str | Path | None = None,
+    overwrite: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """The metric vs one device setting (the seed's inference script: accuracy vs n_w).
@@ -833,6 +852,7 @@ def sweep(
     changes the tiles), Monte Carlo as in `certify` at every time.
     """
     param, values, cfg, plans = sweep_plan(package, param, values, config, kwargs)
+    dest = destination(getattr(package, "path", package), output, overwrite) if write and _is_main() else None
     bench = _bench(package, cfg)
     rows: list[dict[str, Any]] = []
     total = sum(cfg.repeats * len(p[-1]) for p in plans)
@@ -870,7 +890,7 @@ def sweep(
         w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-        pkg_io.write(bench.path, bench.config, files={SWEEP_CSV: buf.getvalue().encode(), SWEEP_PNG: sweep_png(result)},
-                     base=bench.path)
-        result["files"] = [str(bench.path / SWEEP_CSV), str(bench.path / SWEEP_PNG)]
+        pkg_io.write(dest, bench.config, files={SWEEP_CSV: buf.getvalue().encode(), SWEEP_PNG: sweep_png(result)},
+                     base=bench.path, overwrite=overwrite)
+        result["files"] = [str(dest / SWEEP_CSV), str(dest / SWEEP_PNG)]
     return result

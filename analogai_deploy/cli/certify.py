@@ -39,6 +39,7 @@ Examples:
   analogai-deploy certify runs/bert-cls --data text:test.jsonl     # labelled text: accuracy
 
   analogai-deploy certify runs/smollm2 --metric perplexity_ratio --max-drop 5   # causal LM: ratio <= 1.05
+  analogai-deploy certify /read-only/lenet -o runs/lenet-certified   # a certified copy, input untouched
 
   analogai-deploy certify runs/lenet --repeats 40 --nproc 4   # repeats spread over 4 processes, same certificate
 
@@ -118,6 +119,8 @@ def certify(
     calibration: Annotated[str | None, typer.Option(help="Mapping: calibration data (a --data spec). [default: the train split of --data; text: built-in calibration sentences]")] = None,
     calibration_samples: Annotated[int | None, typer.Option(help="Mapping: calibration samples. [default: 64]")] = None,
     sweep: Annotated[str | None, typer.Option(help="PARAM=START:STOP:N, e.g. n_w=0:0.2:10; writes sweep.csv and sweep.png.")] = None,
+    output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Write a copy of the package with the certificate here (e.g. for a read-only package) [default: update PACKAGE in place].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing package at -o.")] = False,
     nproc: Annotated[int, typer.Option(help="Spread the Monte Carlo repeats over N local processes (torch.distributed, gloo); same seed, same certificate.")] = 1,
     dist_timeout: Annotated[float | None, typer.Option(help="Seconds a process waits for the others before the run fails (with --nproc or torchrun). [default: 1800]")] = None,
     json_: Json = False,
@@ -152,7 +155,8 @@ def certify(
     common = dict(device=device_name, device_file=device_file, max_drop=max_drop if not sweep else None, at=at,
                   match_qat=match_qat, limit=limit, times=settings.pop("times", None))
     kwargs = {**common, **settings, "engine": engine, "nproc": nproc, "dist_timeout": dist_timeout,
-              "mapping": cert_mod.MappingConfig.from_dict(mapping, where="mapping.")}
+              "mapping": cert_mod.MappingConfig.from_dict(mapping, where="mapping."),
+              "output": output_dir, "overwrite": overwrite}
     if ci_width is not None:
         kwargs["ci_width"] = ci_width
     if kwargs.get("repeats") == "auto":

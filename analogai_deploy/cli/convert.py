@@ -38,6 +38,7 @@ def convert(
     weight_bits: Annotated[int, typer.Option(help="Bits per weight (sets the noise scale with --device-bits).")] = 8,
     device_bits: Annotated[int, typer.Option(help="Bits per device slice.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed for randomly initialised weights.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing package at -o (nothing else is ever replaced).")] = False,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -52,7 +53,7 @@ def convert(
     out.info(f"converting {model} ...")
     pkg = api.convert(
         model, config, output_dir, num_classes=num_classes, weights=weights, task=task,
-        input_shape=parse_shape(input_shape), tokenizer=tokenizer, seed=seed,
+        input_shape=parse_shape(input_shape), tokenizer=tokenizer, seed=seed, overwrite=overwrite,
     )
     data = {"package": str(pkg.path), "weights_sha256": pkg.weights_sha256, "report": pkg.report.to_dict()}
     out.result(data, lambda d: f"{pkg.report.summary()}\nwrote {d['package']}")

@@ -28,6 +28,8 @@ Examples:
   analogai-deploy export runs/lenet --atol 1e-5 --samples 32
 
   analogai-deploy export runs/lenet --to aihwkit --device PCM
+
+  analogai-deploy export /read-only/lenet -o runs/lenet-onnx     # a copy with model.onnx, input untouched
 """
 
 INSPECT_HELP = """Print the analog metadata (analogai.*) of a model.onnx or model.safetensors.
@@ -59,6 +61,8 @@ def export(
     device: Annotated[str, typer.Option(
         help="Target device: recorded when the package names none; the aihwkit device (PCM, ReRAM-Wan2022, ReRAM-CMO).",
     )] = "PCM",
+    output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Write a copy of the package with the export here (e.g. for a read-only package) [default: update PACKAGE in place].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing package at -o.")] = False,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -69,7 +73,7 @@ def export(
     config = ExportConfig(to=to, opset=opset, atol=atol, rtol=rtol, samples=samples, device=device)
     out.info(f"exporting {package} to {to} ...")
     try:
-        result = run_export(package, config)
+        result = run_export(package, config, output=output_dir, overwrite=overwrite)
     except Exception as exc:
         # the per-output lines are the point of the check: show them before the error
         lines = getattr(exc, "validation_lines", None)

@@ -34,7 +34,8 @@ Overrides are dotted keys (the seed's names work verbatim); `analogai-deploy rec
 Text packages: with labels cross-entropy; without, distillation from the package's own clean weights
 (cosine on the pooled embedding for encoders, KL on the logits for classifiers and causal LMs;
 recovery.distill.loss=... picks one). The objective is printed and recorded in config.json.
-Ctrl-C keeps a checkpoint of the last finished round in OUTPUT.partial/; rerun with --resume to continue.
+Ctrl-C keeps a checkpoint of the last finished round in OUTPUT.partial/; rerun with --resume to continue
+(or --restart to discard it). An existing package at OUTPUT is replaced only with --overwrite.
 """
 
 LIST_HELP = """List the shipped recipes.
@@ -77,6 +78,8 @@ def recover(
     data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset: digits, cifar10:PATH, mnist:PATH, imagefolder:PATH; text: corpus, text:FILE (.txt/.jsonl/.csv), generated:N. [default: digits / corpus]")] = None,
     output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Package to write [default: PACKAGE-RECIPE].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in OUTPUT.partial/ if there is one.")] = False,
+    restart: Annotated[bool, typer.Option(help="Discard the checkpoint in OUTPUT.partial/ and start from round 1.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing package at OUTPUT (nothing else is ever replaced).")] = False,
     nproc: Annotated[int, typer.Option(help="Train on N local processes (torch.distributed): MSNAT clients spread over them, other recipes data parallel.")] = 1,
     dist_timeout: Annotated[float | None, typer.Option(help="Seconds a process waits for the others before the run fails (with --nproc or torchrun). [default: 1800]")] = None,
     json_: Json = False,
@@ -96,6 +99,7 @@ def recover(
         if target is not None and not state_dir_for(target).exists():
             out.warn(f"no checkpoint in {state_dir_for(target)}; starting from round 1")
     pkg = run_recover(package, recipe, data, output_dir, overrides=list(overrides or []), resume=resume,
+                      restart=restart, overwrite=overwrite,
                       progress=(lambda **kw: out.progress(**kw)) if out.mode == "human" else None,
                       nproc=nproc, dist_timeout=dist_timeout, log=out.info)
     if pkg is None:  # a torchrun rank other than 0: rank 0 reports

@@ -64,7 +64,7 @@ def publish(
     zoo: ZooDir = None,
     hub_repo: Annotated[str | None, typer.Option("--hub", help="Push to this Hugging Face Hub repo (OWNER/NAME).")] = None,
     name: Annotated[str | None, typer.Option(help="Name in the local zoo [default: the package folder's name].")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a local zoo entry that holds other weights.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a local zoo entry that holds other weights (nothing else is ever replaced).")] = False,
     private: Annotated[bool | None, typer.Option("--private/--public", help="Hub repo visibility when it is created.")] = None,
     json_: Json = False,
     quiet: Quiet = False,
@@ -85,6 +85,7 @@ def pull(
     output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Also copy the verified package here.")] = None,
     zoo: ZooDir = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit); same as NAME@REVISION.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing package at -o (nothing else is ever replaced).")] = False,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -93,7 +94,7 @@ def pull(
 
     out = output(json_, quiet)
     out.info(f"pulling {name} ...")
-    pkg = zoo_api.pull(name, output_dir, zoo=zoo, revision=revision)
+    pkg = zoo_api.pull(name, output_dir, zoo=zoo, revision=revision, overwrite=overwrite)
     cert = pkg.certificate() or {}
     data = {
         "name": name,

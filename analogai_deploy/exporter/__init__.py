@@ -90,19 +90,29 @@ def export(
     samples: int | None = None,
     device: str | None = None,
     graph_pass: Callable[[Any], None] | None = None,
+    output: str | Path | None = None,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export the package at `package` (a folder or a `Package`) and write the result into it.
 
     Keyword arguments override the fields of `config`. `graph_pass(onnx.ModelProto)` may edit the graph
     in place before validation (custom graph rewrites; a rewrite that changes results is caught).
+    `output`: write a copy of the package with the export there instead (for read-only packages); an
+    existing package there is replaced only with `overwrite`. Checked before the export runs.
     """
     config = copy.deepcopy(config) if config is not None else ExportConfig()
     overrides = {"opset": opset, "to": to, "atol": atol, "rtol": rtol, "samples": samples, "device": device}
     config = ExportConfig.from_dict({**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
+    from ..package import check_output
+
     path = Path(getattr(package, "path", package))
+    if output is None or Path(output).resolve() == path.resolve():
+        dest = check_output(path, in_place=True)
+    else:
+        dest = check_output(output, overwrite=overwrite)
     if config.to == "aihwkit":
-        return _export_aihwkit(path, config)
-    return _export_onnx(path, config, graph_pass)
+        return _export_aihwkit(path, config, dest, overwrite)
+    return _export_onnx(path, config, graph_pass, dest, overwrite)
 
 
 def _fresh_digital(path: Path):
@@ -142,7 +152,7 @@ def _record_stage(config: dict[str, Any], key: str, record: dict[str, Any]) -> d
     return config
 
 
-def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
+def _export_onnx(path: Path, config: ExportConfig, graph_pass, dest: Path, overwrite: bool) -> ExportResult:
     import hashlib
 
     import onnx
@@ -205,12 +215,12 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass) -> ExportResult:
                         "(the weights were written before the config changed)")
     new_config = _record_stage(pkg.config, "onnx", {**record, "sha256": hashlib.sha256(data).hexdigest(),
                                                     "target_device": device})
-    package_io.write(path, new_config, files={ONNX_FILE: data}, base=path)
-    return ExportResult(path, "onnx", path / ONNX_FILE, exporter, config.opset, result, meta, quantized,
+    package_io.write(dest, new_config, files={ONNX_FILE: data}, base=path, overwrite=overwrite)
+    return ExportResult(dest, "onnx", dest / ONNX_FILE, exporter, config.opset, result, meta, quantized,
                         new_config["export"]["onnx"], warnings)
 
 
-def _export_aihwkit(path: Path, config: ExportConfig) -> ExportResult:
+def _export_aihwkit(path: Path, config: ExportConfig, dest: Path, overwrite: bool) -> ExportResult:
     import hashlib
 
     from .. import package as package_io
@@ -225,8 +235,8 @@ def _export_aihwkit(path: Path, config: ExportConfig) -> ExportResult:
     if pkg.config.get("quantization"):
         warnings.append("the QAT quantizers are not part of the aihwkit checkpoint (aihwkit models DAC/ADC itself)")
     new_config = _record_stage(pkg.config, "aihwkit", record)
-    package_io.write(path, new_config, files={aihwkit_ckpt.FILE: data}, base=path)
-    return ExportResult(path, "aihwkit", path / aihwkit_ckpt.FILE, record=record, warnings=warnings)
+    package_io.write(dest, new_config, files={aihwkit_ckpt.FILE: data}, base=path, overwrite=overwrite)
+    return ExportResult(dest, "aihwkit", dest / aihwkit_ckpt.FILE, record=record, warnings=warnings)
 
 
 __all__ = ["ExportConfig", "ExportResult", "export", "TARGETS"]

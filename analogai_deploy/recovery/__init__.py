@@ -83,6 +83,61 @@ def _text_checks(pkg, rec: Recipe, ds, objective) -> None:
     if objective.name == "cross_entropy" and want is not None and ds.num_classes > want:
         raise UsageError(f"{ds.spec} has {ds.num_classes} classes but the model has {want} outputs",
                          f"convert the model with --num-classes {ds.num_classes}")
+def run_identity(pkg, rec: Recipe, ds) -> dict[str, str]:
+    """What a checkpoint (and a resumed run's package) must match: recipe, input weights, data."""
+    return {"recipe_sha256": rec.sha256(), "weights_sha256": pkg.weights_sha256, "data_fingerprint": ds.fingerprint}
+
+
+def check_outputs(out_path: Path, identity: dict[str, str], *, resume: bool, restart: bool, overwrite: bool) -> bool:
+    """Refuse, before any training, an output or checkpoint the run would destroy unasked; returns whether
+    the package at `out_path` may be replaced (`overwrite`, or a resumed run whose package landed just
+    before a kill: the same run again, nothing lost)."""
+    from .. import package as pkg_mod
+
+    replace = overwrite or (resume and _made_by(out_path, identity))
+    pkg_mod.check_output(out_path, overwrite=replace)
+    _check_checkpoint(state_dir_for(out_path), resume, restart)
+    return replace
+
+
+def _made_by(out: Path, identity: dict[str, str]) -> bool:
+    """Is the package at `out` the product of this very run (same recipe, input weights and data)?"""
+    from .. import package as pkg_mod
+
+    if not pkg_mod.is_package(out):
+        return False
+    try:
+        history = pkg_mod.read_json(out / pkg_mod.CONFIG).get("provenance", {}).get("history") or []
+        last = history[-1] if history and history[-1].get("stage") == "recover" else {}
+    except (OperationFailed, OSError, AttributeError):
+        return False
+    return bool(last) and (last.get("recipe_sha256"), last.get("input_weights_sha256"), last.get("data_fingerprint")) \
+        == (identity["recipe_sha256"], identity["weights_sha256"], identity["data_fingerprint"])
+
+
+def _check_checkpoint(state_dir: Path, resume: bool, restart: bool) -> None:
+    """A checkpoint is hours of training: continue it or discard it, on request only."""
+    from .engine import CHECKPOINT_META, foreign_checkpoint_entries
+
+    if resume and restart:
+        raise UsageError("--resume and --restart contradict each other", "pass one of them")
+    if state_dir.is_symlink() or (state_dir.exists() and not state_dir.is_dir()):
+        raise UsageError(f"{state_dir} exists and is not a checkpoint folder", "move it away, or write elsewhere (-o)")
+    if not state_dir.is_dir():
+        return
+    foreign = foreign_checkpoint_entries(state_dir)
+    if foreign:
+        raise UsageError(f"{state_dir} holds {', '.join(foreign[:3])}, which training did not write",
+                         "move it out of the folder, or write elsewhere (-o)")
+    if not resume and not restart and any(state_dir.iterdir()):
+        try:
+            done = json.loads((state_dir / CHECKPOINT_META).read_text(encoding="utf-8")).get("round")
+        except (OSError, ValueError, AttributeError):
+            done = None
+        what = f"a checkpoint of {done} finished round{'s' if done != 1 else ''}" if isinstance(done, int) else \
+            "an unfinished checkpoint"
+        raise UsageError(f"{state_dir} holds {what} from an earlier run",
+                         "pass --resume to continue it, or --restart to discard it and start over")
 
 
 def prepare(package, recipe, data, overrides=None):
@@ -152,6 +207,8 @@ def recover(
     *,
     overrides: list[str] | dict[str, Any] | None = None,
     resume: bool = False,
+    restart: bool = False,
+    overwrite: bool = False,
     progress: Callable[..., Any] | None = None,
     on_round: Callable[[dict], None] | None = None,
     log: Callable[[str], None] | None = None,
@@ -167,6 +224,9 @@ def recover(
     This process only: under torchrun every rank calls recover (MSNAT clients spread over the ranks,
     see parallel.py); rank 0 writes the package and returns it, the others return None.
     `analogai_deploy.recover(..., nproc=N)` (launcher.py) starts N local processes.
+    An existing checkpoint in OUTPUT.partial/ is continued (`resume`) or discarded (`restart`), never
+    silently; an existing package at `output` is replaced only with `overwrite`. Both are checked, and the
+    output's folder probed for writing, before training starts.
     """
     from .. import distributed
     from .. import package as pkg_mod
@@ -181,15 +241,16 @@ def recover(
     data = data if data is not None else ds.spec
     out_path = output_for(pkg, rec, output)
     state_dir = state_dir_for(out_path)
+    identity = run_identity(pkg, rec, ds)
+    replace = check_outputs(out_path, identity, resume=resume, restart=restart, overwrite=overwrite)
     if distributed.world() > 1:
         if objective.text:
             raise UsageError("text packages recover on one process", "drop --nproc / torchrun")
         from .parallel import check_recover
 
         check_recover(rec, data, recipe)
-    if not resume and state_dir.exists() and distributed.is_main():
+    if restart and distributed.is_main():
         discard_checkpoint(state_dir)  # a fresh run never mixes with an old checkpoint
-    identity = {"recipe_sha256": rec.sha256(), "weights_sha256": pkg.weights_sha256, "data_fingerprint": ds.fingerprint}
     default_sigma = pkg.config["analog"].get("sigma", 0.0)
     model = pkg.model
     if rec.hardware_noise:  # the recipe's noise / io sections replace the seed's noise model (hardware.py)
@@ -258,10 +319,11 @@ def recover(
     }]
     config["provenance"] = prov
     log = "".join(json.dumps(e) + "\n" for e in result.log).encode()
-    files = {f.name: f.read_bytes() for f in pkg.path.iterdir() if _inherited(f)}
+    foreign = set(pkg_mod.foreign_entries(pkg.path))  # a user's files stay where they are
+    files = {f.name: f.read_bytes() for f in pkg.path.iterdir() if _inherited(f) and f.name not in foreign}
     files["train_log.jsonl"] = log
     files[CURVE_PNG] = training_curve_png(result.log, f"{model_name(config)}: recipe {rec.name} on {ds.spec}")
-    written = pkg_mod.write(out_path, config, final.cpu(), files)
+    written = pkg_mod.write(out_path, config, final.cpu(), files, overwrite=replace)
     discard_checkpoint(state_dir)
     written.model = final
     return written

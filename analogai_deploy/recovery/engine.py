@@ -13,11 +13,12 @@ bitwise where an uninterrupted one ends (CPU).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import re
 import math
 import os
-import shutil
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -255,11 +256,30 @@ def divergence_hint(state_dir: Path, rounds_done: int) -> str:
     return f"lower training.lr and run again; {kept}"
 
 
+#: the files a checkpoint folder holds; removing one deletes these and nothing else
+_CHECKPOINT_FILE = re.compile(r"^(state\.json|state-\d+\.safetensors|train_log\.jsonl|\.state.*\.tmp)$")
+
+
+def foreign_checkpoint_entries(state_dir: Path) -> list[str]:
+    """What a checkpoint folder holds that training did not write (a user's files, folders, links)."""
+    if not state_dir.is_dir():
+        return []
+    return sorted(f.name for f in state_dir.iterdir()
+                  if f.is_symlink() or not f.is_file() or not _CHECKPOINT_FILE.match(f.name))
+
+
 def discard_checkpoint(state_dir: Path) -> None:
     """Remove a checkpoint folder, its commit point (state.json) first: a kill halfway through the removal
-    must not leave a state.json naming a tensors file that is already gone."""
+    must not leave a state.json naming a tensors file that is already gone. Only checkpoint files go; a
+    folder that holds anything else is left with that in it."""
+    if not state_dir.is_dir() or state_dir.is_symlink():
+        return
     (state_dir / CHECKPOINT_META).unlink(missing_ok=True)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    for f in state_dir.iterdir():
+        if f.is_file() and not f.is_symlink() and _CHECKPOINT_FILE.match(f.name):
+            f.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        state_dir.rmdir()
 
 
 def has_checkpoint(state_dir: Path) -> bool:

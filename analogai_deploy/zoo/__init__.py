@@ -57,11 +57,15 @@ def locate(spec: str, *, zoo: str | Path | None = None, revision: str | None = N
 
 
 def pull(spec: str, output: str | Path | None = None, *, zoo: str | Path | None = None,
-         revision: str | None = None, cache_dir: str | Path | None = None, token: str | None = None) -> pkgio.Package:
-    """Fetch, verify and load a zoo model; with `output`, also copy the verified package there."""
+         revision: str | None = None, cache_dir: str | Path | None = None, token: str | None = None,
+         overwrite: bool = False) -> pkgio.Package:
+    """Fetch, verify and load a zoo model; with `output`, also copy the verified package there (an existing
+    package there is replaced only with `overwrite`; anything else there is refused before the download)."""
+    if output is not None:
+        pkgio.check_output(output, overwrite=overwrite)
     folder = locate(spec, zoo=zoo, revision=revision, cache_dir=cache_dir, token=token)
     if output is not None:
-        folder = _copy(folder, Path(output))
+        folder = _copy(folder, Path(output), overwrite)
     return pkgio.load(folder)
 
 
@@ -76,14 +80,12 @@ def list_models(zoo: str | Path | None = None) -> list[dict[str, Any]]:
     return local.entries(zoo)
 
 
-def _copy(folder: Path, dest: Path) -> Path:
+def _copy(folder: Path, dest: Path, overwrite: bool = False) -> Path:
     """Copy a verified package (plain top-level files only: no cache links, no hidden files) to `dest`."""
-    if dest.exists() and not (dest / pkgio.CONFIG).is_file():
-        raise UsageError(f"{dest} exists and is not a package folder", "choose a new or package folder for -o")
     config = pkgio.read_config(folder)
     files = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")}
     files.pop(pkgio.CONFIG, None)
     files.pop(pkgio.CARD, None)
-    pkgio.write(dest, config, files=files)
+    pkgio.write(dest, config, files=files, overwrite=overwrite)
     gate.admit(dest)  # re-check the copy before anyone loads it
     return dest

@@ -101,13 +101,16 @@ def publish(path: str | Path, zoo: str | Path | None = None, *, name: str | None
             raise UsageError(f"{name!r} is already in the zoo at {zoo_dir} with other weights",
                              "pass --overwrite to replace it, or --name to publish under another name")
         dest = zoo_dir / name
+        # the entry's own folder may be replaced (same weights, or --overwrite); anything else there never
+        replace = overwrite or (old is not None and old.get("sha256") == config["weights"]["sha256"])
+        pkgio.check_output(dest, overwrite=replace, in_place=dest.resolve() == path.resolve(), flag="--name")
         new_config = stamp(config, {"name": name})
         # Journal first: a kill between the folder swap and the index write leaves a pending record that
         # read_index rolls forward, so the zoo serves the old entry or the new one, never a mismatch.
         pending = zoo_dir / f"{PENDING}{name}.json"
         published = now()
         _write_json(pending, {"name": name, "sha256": config["weights"]["sha256"], "published": published})
-        pkgio.write(dest, new_config, base=path)  # copies first, so path == dest works too
+        pkgio.write(dest, new_config, base=path, overwrite=replace)  # copies first, so path == dest works too
         _readable(dest)
         entry = _entry(name, dest, published)  # what landed is what was checked
         index["entries"] = sorted([e for e in index["entries"] if e.get("name") != name] + [entry],

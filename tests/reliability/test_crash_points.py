@@ -23,8 +23,8 @@ RECOVER_POINTS = [
     CrashPoint("package temp folder complete, not yet swapped in", "analogai_deploy.package:_swap", "before"),
     CrashPoint("package in place, checkpoint not yet removed", "analogai_deploy.recovery.engine:discard_checkpoint",
                "before", ".partial"),
-    CrashPoint("package in place, state.json removed, tensors not yet", "shutil:rmtree", "before", ".partial"),
-    CrashPoint("checkpoint tensors removed, state.json still there", "os:unlink", "after", "state-0002.safetensors"),
+    CrashPoint("package in place, state.json removed, tensors not yet", "os:unlink", "after", "state.json"),
+    CrashPoint("checkpoint tensors removed, folder not yet", "os:unlink", "after", "state-0002.safetensors"),
 ]
 
 
