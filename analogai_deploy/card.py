@@ -138,8 +138,15 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
         lines += ["", "## Certificate", "", results_markdown(certificate), "",
                   "![certificate: metric vs time after programming, 95% CI, digital and gate lines](certificate.png)"]
         lines += [f"\n> Warning: {w}." for w in certificate.get("warnings", [])]
-    lines += ["", "## Use", ""]
     zoo = config.get("zoo") or {}
+    admitted = zoo.get("admitted") or {}
+    if admitted.get("gate"):  # what the zoo itself recomputed and re-ran, not what the certificate says of itself
+        spot = admitted.get("spot_check")
+        lines += ["", f"Admitted to the zoo: gate {admitted['gate']} recomputed from the certificate's values "
+                  f"({admitted.get('drop_pp', 0):.2f} pp)"
+                  + (f"; a spot check of {spot['repeats']} fresh Monte Carlo repeats agreed with the certificate "
+                     f"(two-sample t-test, {100 * spot['alpha']:g}% false-refusal rate)." if spot else ".")]
+    lines += ["", "## Use", ""]
     spec = f"hf-hub:{zoo['hub']}" if zoo.get("hub") else zoo.get("name")
     if spec:  # a published copy: say how to pull it (pull verifies the sha256 and the certificate)
         lines += [

@@ -17,6 +17,7 @@ directory, its parents and the home directory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -108,7 +109,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if config.get("format") != FORMAT:
         raise PackageError(f"{path / CONFIG} is not an analogai-deploy package config (format {config.get('format')!r})")
     if config.get("format_version") != FORMAT_VERSION:
-        raise PackageError(f"package format version {config.get('format_version')} is not supported (this toolkit reads {FORMAT_VERSION})")
+        raise PackageError(f"{path / CONFIG}: package format version {config.get('format_version')} is not supported "
+                           f"(this toolkit reads {FORMAT_VERSION})")
     for key in ("source", "analog", "weights", "input"):
         if not isinstance(config.get(key), dict):
             raise PackageError(f"{path / CONFIG} lacks the {key!r} section")
@@ -158,6 +160,9 @@ def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = 
     inside another package; a place that cannot be written (probed now, before any slow work).
     """
     dest = Path(dest).expanduser()
+    if len(os.fsencode(dest.name)) > 200:  # the temp folder beside it adds a prefix and a suffix
+        raise UsageError(f"the folder name {dest.name[:40]!r}... is too long ({len(os.fsencode(dest.name))} bytes)",
+                         f"choose a shorter name for {flag}")
     where = dest.resolve()
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
     if where == cwd or where in cwd.parents or where == home:
@@ -193,8 +198,10 @@ def check_writable(dest: Path, hint: str) -> None:
     """Can a package be created at `dest` (a temp folder beside it, then a rename)? Probed, not guessed:
     permissions, read-only file systems and root's privileges all answer the same way they will later."""
     parent = Path(dest).expanduser().resolve().parent
-    while not parent.exists():
+    while not parent.exists() and not parent.is_symlink():
         parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot create {dest}: {parent} is a file, not a folder", hint)
     try:
         probe = tempfile.mkdtemp(prefix=".analogai-probe-", dir=parent)
     except OSError as exc:
@@ -203,19 +210,122 @@ def check_writable(dest: Path, hint: str) -> None:
         os.rmdir(probe)
 
 
-def check_safetensors(path: Path) -> None:
-    """Structural check before any parsing: header length sane and inside the file."""
+#: the config.json sections that decide what function the weights compute. A certificate binds them by hash
+#: (`model_sha256`), so an edit after certification is refused. A helper that adds a model-defining section
+#: to config.json adds its key here; a key absent from a package hashes as absent (null).
+MODEL_KEYS = ("source", "task", "num_classes", "input", "analog", "placement", "mapping", "quantization", "tokenizer")
+
+
+def _json_sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def model_sections(config: dict[str, Any]) -> dict[str, str]:
+    """sha256 of each model-defining section (MODEL_KEYS), so a mismatch can name the edited one."""
+    return {key: _json_sha256(config.get(key)) for key in MODEL_KEYS}
+
+
+def model_sha256(config: dict[str, Any]) -> str:
+    """One hash over the model-defining part of config.json (MODEL_KEYS, in that order)."""
+    return _json_sha256([[key, config.get(key)] for key in MODEL_KEYS])
+
+
+def check_certificate_binding(path: Path, config: dict[str, Any], certificate: dict[str, Any],
+                              *, required: bool = False) -> None:
+    """The certificate names these weights (sha256) and this model (model_sha256 of config.json).
+    `required`: a certificate from before the model binding is refused too (the zoo needs it)."""
+    cert = path / CERTIFICATE
+    if certificate.get("weights_sha256") != config["weights"].get("sha256"):
+        raise PackageError(f"{cert} was issued for other weights (sha256 mismatch)", "certify the package again")
+    recorded = certificate.get("model_sha256")
+    if recorded is None:
+        if required:
+            raise PackageError(f"{cert} does not name the model it certified (no model_sha256: made by an older "
+                               "analogai-deploy)", f"certify {path} again")
+        return
+    if recorded != model_sha256(config):
+        sections = certificate.get("model_sections") or {}
+        now = model_sections(config)
+        edited = [k for k in MODEL_KEYS if k in sections and sections[k] != now[k]]
+        what = f"its {', '.join(edited)}" if edited else "its model-defining part"
+        raise PackageError(f"{path / CONFIG} was edited after certification ({what} differs from what "
+                           f"{CERTIFICATE} certified)", "restore the package as certified, or certify it again")
+
+
+#: bytes per element of each safetensors dtype
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def check_safetensors(path: Path) -> dict[str, Any]:
+    """Structural check of a safetensors file before any tensor is read: the header length is sane and
+    inside the file, the header is a JSON object, and every tensor entry has exactly a known dtype, a shape
+    and data_offsets that match its size, with the entries tiling the data section exactly. Returns the
+    header. (A changed byte in the tensor data keeps this structure: the sha256 in config.json finds it.)"""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             raw = f.read(8)
+            (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (None,)
+            text = f.read(n) if n is not None and n <= MAX_HEADER and 8 + n <= size else b""
     except FileNotFoundError:
         raise PackageError(f"{path.name} missing in {path.parent}") from None
-    if len(raw) < 8:
+    if n is None:
         raise PackageError(f"{path} is truncated (no safetensors header)")
-    (n,) = struct.unpack("<Q", raw)
     if n > MAX_HEADER or 8 + n > size:
         raise PackageError(f"{path} has a corrupt or oversized safetensors header ({n} bytes, file {size})")
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{path} has a corrupt safetensors header (not JSON: {exc})") from None
+    if not isinstance(header, dict):
+        raise PackageError(f"{path} has a corrupt safetensors header (not a JSON object)")
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise PackageError(f"{path} has a malformed __metadata__ map in its header")
+            continue
+        problem = _tensor_entry_problem(entry)
+        if problem:
+            raise PackageError(f"{path} has a corrupt safetensors header: tensor {name!r} {problem}",
+                               "the file was changed after it was written; fetch the package again")
+        spans.append((entry["data_offsets"][0], entry["data_offsets"][1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            raise PackageError(f"{path} has a corrupt safetensors header: tensor {name!r} starts at byte {begin} "
+                               f"of the data, not {end} (overlapping or missing data)")
+        end = stop
+    if 8 + n + end != size:
+        raise PackageError(f"{path} has a corrupt safetensors header: its tensors cover {end} bytes, the file holds "
+                           f"{size - 8 - n} (truncated or padded)")
+    return header
+
+
+def _tensor_entry_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return "is not an object"
+    if set(entry) != {"dtype", "shape", "data_offsets"}:
+        extra = sorted(set(entry) - {"dtype", "shape", "data_offsets"})
+        missing = sorted({"dtype", "shape", "data_offsets"} - set(entry))
+        return (f"has unknown field(s) {', '.join(map(repr, extra))}" if extra else "") + \
+            (" and " if extra and missing else "") + (f"lacks {', '.join(missing)}" if missing else "")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in _DTYPE_BYTES:
+        return f"has an unknown dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        return f"has a malformed shape {shape!r}"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(
+            isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)):
+        return f"has malformed data_offsets {offsets!r}"
+    numel = 1
+    for d in shape:
+        numel *= d
+    if offsets[1] - offsets[0] != numel * _DTYPE_BYTES[dtype]:
+        return f"spans {offsets[1] - offsets[0]} bytes, but {dtype} {shape} needs {numel * _DTYPE_BYTES[dtype]}"
+    return None
 
 
 def verify(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -232,9 +342,7 @@ def verify(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, 
         )
     cert = path / CERTIFICATE
     if cert.exists():
-        recorded = read_json(cert).get("weights_sha256")
-        if recorded != actual:
-            raise PackageError(f"{cert} was issued for other weights (sha256 mismatch)", "certify the package again")
+        check_certificate_binding(path, config, read_json(cert))
     return config
 
 

@@ -380,14 +380,40 @@ def test_dynamo_exporter_fallback_path(lenet_pkg, capsys):
     assert result.passed and result.batch == 6
 
 
-def test_inspect_reads_only_the_safetensors_header(lenet_pkg, tmp_path, cli):
+def test_inspect_verifies_the_header_and_the_sha256(lenet_pkg, tmp_path, cli):
     import struct
+
+    pkg_dir = _copy(lenet_pkg, tmp_path)
+    code, out, err = cli("inspect", pkg_dir / "model.safetensors", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    checks = data.pop("verified")
+    assert checks[0].startswith("safetensors header: 18 tensors") and checks[1] == "sha256 matches config.json"
+    assert data == meta_io.decoded(meta_io.analog_only(meta_io.read_metadata(lenet_pkg / "model.safetensors")))
+    code, out, _ = cli("inspect", pkg_dir)  # the package folder: weights, certificate binding, then the header
+    assert code == 0 and "ok: model.safetensors matches the sha256 in config.json" in out
 
     raw = (lenet_pkg / "model.safetensors").read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    header_only = tmp_path / "model.safetensors"
-    header_only.write_bytes(raw[: 8 + n])  # every tensor byte cut off: only the header is read
-    code, out, err = cli("inspect", header_only, "--json")
-    assert code == 0, err
-    assert json.loads(out) == meta_io.decoded(meta_io.analog_only(meta_io.read_metadata(lenet_pkg / "model.safetensors")))
-    assert json.loads(out)["analogai.source"]["name"] == "lenet"
+    cases = {
+        "data byte flipped": raw[:-5] + bytes([raw[-5] ^ 0x01]) + raw[-4:],
+        "header byte flipped": raw.replace(b'"data_offsets"', b'"eata_offsets"', 1),
+        "tensor data cut off": raw[: 8 + n],
+    }
+    for what, data in cases.items():
+        (pkg_dir / "model.safetensors").write_bytes(data)
+        code, _, err = cli("inspect", pkg_dir / "model.safetensors")
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 1 and len(errors) == 1, (what, err)
+        if what == "data byte flipped":
+            assert "does not match the sha256" in err and "a byte changed" in err
+        elif what == "header byte flipped":
+            assert "corrupt safetensors header" in err and "'eata_offsets'" in err
+        else:
+            assert "truncated" in err
+        # outside a package the structure is still checked; a flipped data byte can only be warned about
+        alone = tmp_path / "alone" / "model.safetensors"
+        alone.parent.mkdir(exist_ok=True)
+        alone.write_bytes(data)
+        code, _, err = cli("inspect", alone)
+        assert (code == 0 and "cannot be checked" in err) if what == "data byte flipped" else code == 1, (what, err)

@@ -73,7 +73,7 @@ def test_every_output_refuses_what_it_did_not_write(command, site, cli, monkeypa
         monkeypatch.setenv("ANALOGAI_ZOO", str(zoo_dir))
         from zoo_helpers import certified_copy
 
-        zoo.publish(certified_copy(site / "pkg-b", tmp_path / "entry"), name="digits")
+        zoo.publish(certified_copy(tmp_path / "entry"), name="digits")
     before = snapshot(site)
     argv = {
         "convert": ["convert", "lenet", "-o"],

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 import yaml
-from zoo_helpers import FIXTURE_CERTIFICATE, certified_copy, flip_a_weight_byte
+from zoo_helpers import certified_copy, fixture_certificate, flip_a_weight_byte
 
 import analogai_deploy as ad
 from analogai_deploy import package as pkgio
@@ -25,8 +25,8 @@ def zoo_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def certified(lenet_pkg, tmp_path):
-    return certified_copy(lenet_pkg, tmp_path / "lenet-msnat")
+def certified(tmp_path):
+    return certified_copy(tmp_path / "lenet-msnat")
 
 
 def front_matter(card: str) -> dict:
@@ -37,8 +37,10 @@ def test_publish_pull_list_roundtrip(cli, zoo_dir, certified, tmp_path):
     code, out, err = cli("publish", certified, "--name", "digits-cnn", "--json")
     assert code == 0, err
     entry = json.loads(out)
-    assert entry["name"] == "digits-cnn" and entry["device"] == "PCM"
-    assert entry["accuracy_1d"] == 0.92 and entry["accuracy_1y"] == 0.9
+    cert = json.loads((certified / "certificate.json").read_text())
+    assert entry["name"] == "digits-cnn" and entry["device"] == "PCM" and entry["metric"] == "accuracy"
+    assert entry["value_1d"] == cert["results"][0]["mean"] and entry["verdict"] is True
+    assert entry["spot_check"]["repeats"] == 3
     assert entry["sha256"] == pkgio.read_config(certified)["weights"]["sha256"]
 
     index = json.loads((zoo_dir / "index.json").read_text())
@@ -52,19 +54,19 @@ def test_publish_pull_list_roundtrip(cli, zoo_dir, certified, tmp_path):
     assert meta["library_name"] == "analogai-deploy"
     assert {"analog-ai", "aihwkit", "PCM"} <= set(meta["tags"])
     metrics = meta["model-index"][0]["results"][0]["metrics"]
-    assert [m["value"] for m in metrics] == [r["mean"] for r in FIXTURE_CERTIFICATE["results"]]
+    assert [m["value"] for m in metrics] == [r["mean"] for r in cert["results"]]
     assert "Recipe `msnat`" in card and "from_pretrained('digits-cnn')" in card
     assert pkgio.read_config(zoo_dir / "digits-cnn")["provenance"]["history"][-1]["stage"] == "publish"
 
     code, out, err = cli("zoo", "list")
-    assert code == 0 and "digits-cnn" in out and "PCM" in out and "92.0%" in out and "90.0%" in out
+    assert code == 0 and "digits-cnn" in out and "PCM" in out and "accuracy" in out
     code, out, _ = cli("zoo", "list", "--json")
     assert json.loads(out)[0]["name"] == "digits-cnn"
 
     code, out, err = cli("pull", "digits-cnn", "-o", tmp_path / "pulled", "--json")
     assert code == 0, err
     got = json.loads(out)
-    assert got["verified"] and got["weights_sha256"] == entry["sha256"] and got["accuracy_1y"] == 0.9
+    assert got["verified"] and got["weights_sha256"] == entry["sha256"] and got["value_1d"] == entry["value_1d"]
     pulled = pkgio.load(tmp_path / "pulled")
     assert pulled.certificate()["weights_sha256"] == entry["sha256"]
 
@@ -87,20 +89,21 @@ def test_refuses_package_without_certificate(cli, zoo_dir, lenet_pkg):
     assert not (zoo_dir / "index.json").exists()
 
 
-def test_refuses_failing_verdict(cli, zoo_dir, lenet_pkg, tmp_path):
-    failing = certified_copy(lenet_pkg, tmp_path / "failing", passed=False)
+def test_refuses_failing_verdict(cli, zoo_dir, tmp_path):
+    failing = certified_copy(tmp_path / "failing", passed=False)
     code, _, err = cli("publish", failing)
-    assert code == 1 and "failed its certificate gate" in err and "accuracy(1d) >= 0.9" in err
+    assert code == 1 and "fails its gate" in err and "allowed 0 pp" in err
     assert not (zoo_dir / "failing").exists()
 
 
-def test_certificate_without_verdict_is_accepted(zoo_dir, lenet_pkg, tmp_path):
-    entry = zoo.publish(certified_copy(lenet_pkg, tmp_path / "noverdict", passed=None))
-    assert entry["name"] == "noverdict" and entry["verdict"] is None
+def test_certificate_without_gate_is_refused(cli, zoo_dir, tmp_path):
+    code, _, err = cli("publish", certified_copy(tmp_path / "nogate", max_drop=None))
+    assert code == 1 and "has no gate" in err
+    assert not (zoo_dir / "nogate").exists()
 
 
-def test_refuses_certificate_for_other_weights(cli, zoo_dir, lenet_pkg, tmp_path):
-    other = certified_copy(lenet_pkg, tmp_path / "other", sha256="f" * 64)
+def test_refuses_certificate_for_other_weights(cli, zoo_dir, tmp_path):
+    other = certified_copy(tmp_path / "other", sha256="f" * 64)
     code, _, err = cli("publish", other)
     assert code == 1 and "issued for other weights" in err
 
@@ -117,7 +120,7 @@ def test_refuses_local_code_source(cli, zoo_dir, tmp_path):
     model_py.write_text("import torch.nn as nn\n\ndef net(num_classes=10):\n"
                         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
     pkg = ad.convert(f"{model_py}:net", output=tmp_path / "mine", num_classes=10, input_shape=[1, 8, 8])
-    certified = certified_copy(pkg.path, tmp_path / "mine-cert")
+    certified = fixture_certificate(pkg.path)  # refused on its source, before any certificate is read
     code, _, err = cli("publish", certified)
     assert code == 1 and "local Python file" in err and "run that code" in err
 
@@ -131,10 +134,10 @@ def test_pull_refuses_tampered_zoo_entry(cli, zoo_dir, certified):
         ad.from_pretrained("digits-cnn")
 
 
-def test_pull_refuses_entry_swapped_behind_the_index(zoo_dir, certified, lenet_pkg, mlp_pkg, tmp_path):
+def test_pull_refuses_entry_swapped_behind_the_index(zoo_dir, certified, tmp_path):
     """A consistent package (weights, config, certificate agree) that is not what the index recorded."""
     zoo.publish(certified, name="digits-cnn")
-    impostor = certified_copy(mlp_pkg, tmp_path / "impostor")
+    impostor = certified_copy(tmp_path / "impostor", variant=1)
     shutil.rmtree(zoo_dir / "digits-cnn")
     shutil.copytree(impostor, zoo_dir / "digits-cnn")
     with pytest.raises(pkgio.PackageError, match="other weights than its index records"):
@@ -158,10 +161,10 @@ def test_bad_and_unknown_names(cli, zoo_dir, certified):
     assert code == 2 and "did you mean: digits-cnn" in err
 
 
-def test_overwrite_needs_a_flag(cli, zoo_dir, certified, mlp_pkg, tmp_path):
+def test_overwrite_needs_a_flag(cli, zoo_dir, certified, tmp_path):
     zoo.publish(certified, name="digits")
     assert zoo.publish(certified, name="digits")["name"] == "digits"  # same weights: republish is fine
-    other = certified_copy(mlp_pkg, tmp_path / "mlp-cert")
+    other = certified_copy(tmp_path / "other-cert", variant=1)
     code, _, err = cli("publish", other, "--name", "digits")
     assert code == 2 and "--overwrite" in err
     code, _, err = cli("publish", other, "--name", "digits", "--overwrite")
@@ -169,8 +172,8 @@ def test_overwrite_needs_a_flag(cli, zoo_dir, certified, mlp_pkg, tmp_path):
     assert zoo.list_models()[0]["sha256"] == pkgio.read_config(other)["weights"]["sha256"]
 
 
-def test_concurrent_publishers_both_land(zoo_dir, certified, mlp_pkg, tmp_path):
-    other = certified_copy(mlp_pkg, tmp_path / "mlp-cert")
+def test_concurrent_publishers_both_land(zoo_dir, certified, tmp_path):
+    other = certified_copy(tmp_path / "other-cert", variant=1)
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda args: zoo.publish(args[0], name=args[1]), [(certified, "a-cnn"), (other, "b-mlp")]))
     assert [e["name"] for e in zoo.list_models()] == ["a-cnn", "b-mlp"]
@@ -230,8 +233,9 @@ def test_shipped_model_is_listed_small_and_certified_on_pcm(cli, shipped_zoo):
     assert code == 0, err
     entry = {e["name"]: e for e in json.loads(out)}[SHIPPED]
     assert entry["device"] == "PCM" and entry["verdict"] is True and entry["recipe"] == "msnat"
+    assert entry["metric"] == "accuracy" and entry["gate"].startswith("max drop 1 pp of accuracy at 1d")
     assert entry["size"] < 1_000_000
-    assert 0.5 < entry["accuracy_1y"] <= entry["accuracy_1d"] <= 1.0
+    assert 0.5 < entry["value_1y"] <= 1.0 and 0.5 < entry["value_1d"] <= 1.0
 
 
 def test_shipped_model_pulls_and_matches_its_certificate(cli, shipped_zoo, tmp_path):

@@ -44,8 +44,8 @@ def hub(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def certified(lenet_pkg, tmp_path):
-    return certified_copy(lenet_pkg, tmp_path / "lenet-msnat")
+def certified(tmp_path):
+    return certified_copy(tmp_path / "lenet-msnat")
 
 
 def test_publish_to_hub_with_model_card(cli, hub, certified):
@@ -64,24 +64,27 @@ def test_publish_to_hub_with_model_card(cli, hub, certified):
     assert meta["library_name"] == "analogai-deploy"
     assert {"analog-ai", "aihwkit", "PCM"} <= set(meta["tags"])
     metrics = meta["model-index"][0]["results"][0]["metrics"]
-    assert [(m["name"], m["value"]) for m in metrics][-1] == ("accuracy at t=1y on PCM", 0.9)
-    assert "Recipe `msnat`" in card
+    cert = json.loads((certified / "certificate.json").read_text())
+    assert [(m["name"], m["value"]) for m in metrics][-1] == ("accuracy at t=1d on PCM", cert["results"][-1]["mean"])
+    assert "Recipe `msnat`" in card and "Admitted to the zoo: gate max drop 3 pp of accuracy at 1d" in card
+    assert data["gate"] == "max drop 3 pp of accuracy at 1d (lower 95% CI)" and data["spot_check"]["repeats"] == 3
     assert f"from_pretrained('hf-hub:{REPO}')" in card and f"analogai-deploy pull hf-hub:{REPO}" in card
-    assert json.loads(files["config.json"])["zoo"] == {"hub": REPO}
+    assert json.loads(files["config.json"])["zoo"]["hub"] == REPO
     # the routes the real client used: nothing was sent as LFS
     assert ("POST", "/api/repos/create") in hub.requests and ("POST", f"/api/models/{REPO}/commit/main") in hub.requests
 
 
-def test_republish_mirrors_the_package(hub, certified, mlp_pkg, tmp_path):
+def test_republish_mirrors_the_package(hub, certified, tmp_path):
     stale = tmp_path / "with-extra"
     shutil.copytree(certified, stale)
     pkgio.write(stale, pkgio.read_config(stale), files={"notes.json": b"{}"}, base=stale)
     zoo.publish(stale, hub_repo=REPO)
-    zoo.publish(certified_copy(mlp_pkg, tmp_path / "mlp-cert"), hub_repo=REPO)
+    other = certified_copy(tmp_path / "other-cert", variant=1)
+    zoo.publish(other, hub_repo=REPO)
     repo = hub.repos[REPO]
     files = repo.commits[repo.refs["main"]]
     assert "notes.json" not in files and ".gitattributes" in files
-    assert ad.from_pretrained(f"hf-hub:{REPO}").config["source"]["name"] == "mlp"
+    assert ad.from_pretrained(f"hf-hub:{REPO}").weights_sha256 == pkgio.read_config(other)["weights"]["sha256"]
 
 
 def test_pull_from_hub_verifies_and_loads(cli, hub, certified, tmp_path):
@@ -89,7 +92,8 @@ def test_pull_from_hub_verifies_and_loads(cli, hub, certified, tmp_path):
     code, out, err = cli("pull", f"hf-hub:{REPO}", "-o", tmp_path / "pulled", "--json")
     assert code == 0, err
     got = json.loads(out)
-    assert got["verified"] and got["device"] == "PCM" and got["accuracy_1d"] == 0.92
+    cert = json.loads((certified / "certificate.json").read_text())
+    assert got["verified"] and got["device"] == "PCM" and got["value_1d"] == cert["results"][0]["mean"]
     assert got["weights_sha256"] == pkgio.read_config(certified)["weights"]["sha256"]
     assert (tmp_path / "pulled" / "certificate.json").exists() and not (tmp_path / "pulled" / ".gitattributes").exists()
 
@@ -123,10 +127,24 @@ def test_pull_refuses_uncertified_repo(cli, hub, lenet_pkg):
 def test_publish_refuses_before_touching_the_hub(cli, hub, lenet_pkg, tmp_path):
     code, _, err = cli("publish", lenet_pkg, "--hub", REPO)
     assert code == 1 and "no certificate.json" in err
-    failing = certified_copy(lenet_pkg, tmp_path / "failing", passed=False)
+    failing = certified_copy(tmp_path / "failing", passed=False)
     code, _, err = cli("publish", failing, "--hub", REPO)
-    assert code == 1 and "failed its certificate gate" in err
+    assert code == 1 and "fails its gate" in err
+    ungated = certified_copy(tmp_path / "ungated", max_drop=None)
+    code, _, err = cli("publish", ungated, "--hub", REPO)
+    assert code == 1 and "has no gate" in err
     assert hub.requests == [] and REPO not in hub.repos
+
+
+def test_hub_pull_refuses_a_forged_certificate(cli, hub, certified):
+    """A certificate edited on the Hub (means of 99.9%): the consumer's pull recomputes and refuses it."""
+    zoo.publish(certified, hub_repo=REPO)
+    cert = json.loads((certified / "certificate.json").read_text())
+    for r in cert["results"]:
+        r["mean"] = 0.999
+    hub.tamper(REPO, "certificate.json", json.dumps(cert).encode())
+    code, _, err = cli("pull", f"hf-hub:{REPO}")
+    assert code == 1 and "was edited" in err
 
 
 def test_offline_pull_uses_the_cache(cli, hub, certified, monkeypatch):

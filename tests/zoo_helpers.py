@@ -1,50 +1,101 @@
-"""Test helpers for the zoo: certified package copies made from the session's converted packages.
+"""Test helpers for the zoo: certified packages with real certificates, and the ways to forge one.
 
-`FIXTURE_CERTIFICATE` is a test fixture, not a measurement: it follows the certificate schema that
-`analogai-deploy certify` writes (metric, device, tile, data, weights_sha256, digital, results,
-verdict) so the zoo's gate can be tested without running a Monte Carlo certification.
+`certified_copy` gives a package the zoo admits: the shipped entry's MSNAT-trained LeNet (or, for
+`variant` k > 0, the same weights moved by k * 1e-4: other weights, same architecture), certified
+for real on aihwkit PCM at 1 d (5 repeats on 64 test digits, so its publish spot check is cheap).
+Each variant is certified once per session and copied from there.
 """
 from __future__ import annotations
 
-import copy
+import atexit
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from analogai_deploy import package as pkgio
 
-FIXTURE_CERTIFICATE: dict[str, Any] = {
-    "metric": "accuracy",
-    "device": {"name": "PCM", "noise_model": "PCMLikeNoiseModel", "g_max": 25.0},
-    "tile": "torch",
-    "data": {"spec": "digits", "fingerprint": "fixture"},
-    "weights_sha256": None,  # filled with the package's own sha256
-    "digital": {"accuracy": 0.95},
-    "results": [
-        {"time": t, "seconds": s, "mean": m, "std": 0.01, "ci95": [m - 0.01, m + 0.01], "min": m - 0.03,
-         "normalised": m / 0.95}
-        for t, s, m in (("1s", 1.0, 0.94), ("1h", 3600.0, 0.93), ("1d", 86400.0, 0.92), ("1y", 31536000.0, 0.9))
-    ],
-    "verdict": {"rule": "accuracy(1d) >= 0.9", "passed": True},
-}
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "model_zoo" / "digits-cnn-msnat-pcm"
+#: how the test certificates are made (cheap, and passing the default zoo policy)
+CERTIFY = dict(device="PCM", data="digits", times="1d", repeats=5, seed=0, limit=64, at="1d")
+_CACHE: dict[tuple[int, float | None], Path] = {}
+_TMP = Path(tempfile.mkdtemp(prefix="analogai-zoo-helpers-"))
+atexit.register(shutil.rmtree, _TMP, True)
 
 
-def certified_copy(src: Path, dest: Path, *, passed: bool | None = True, sha256: str | None = None,
-                   recipe: bool = True) -> Path:
-    """Copy package `src` to `dest` and give it a fixture certificate (and a recipe section)."""
-    shutil.copytree(src, dest)
-    config = pkgio.read_config(dest)
-    if recipe:
-        config["recipe"] = {"name": "msnat", "sha256": "0" * 64, "resolved": {}}
-    cert = copy.deepcopy(FIXTURE_CERTIFICATE)
-    cert["weights_sha256"] = sha256 or config["weights"]["sha256"]
-    if passed is None:
-        cert.pop("verdict")
-    else:
-        cert["verdict"]["passed"] = passed
-    pkgio.write(dest, config, files={pkgio.CERTIFICATE: json.dumps(cert, indent=2).encode()}, base=dest)
+def _variant(k: int) -> Path:
+    """The shipped entry's model (k = 0) or its weights + k * 1e-4, as a fresh uncertified package."""
+    import torch
+
+    src = _TMP / f"variant-{k}"
+    if not src.exists():
+        pkg = pkgio.load(SHIPPED)
+        with torch.no_grad():
+            for p in pkg.model.parameters():
+                p.add_(k * 1e-4)
+        config = {key: v for key, v in pkg.config.items()
+                  if key not in ("certificate", "zoo", "export", "weights", "files")}
+        pkgio.write(src, config, pkg.model)
+    return src
+
+
+def _certified(k: int, max_drop: float | None) -> Path:
+    key = (k, max_drop)
+    if key not in _CACHE:
+        import analogai_deploy as ad
+
+        out = _TMP / f"certified-{k}-{max_drop}"
+        shutil.copytree(_variant(k), out)
+        ad.certify(out, max_drop=max_drop, **CERTIFY)
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
+def certified_copy(dest: Path, *, variant: int = 0, max_drop: float | None = 3.0, passed: bool = True,
+                   sha256: str | None = None) -> Path:
+    """A copy at `dest` of a really certified package. `passed=False`: certified with --max-drop 0, which
+    its 1 d lower CI bound fails. `max_drop=None`: certified without a gate. `sha256`: the certificate
+    then names other weights (a hand edit)."""
+    shutil.copytree(_certified(variant, 0.0 if not passed else max_drop), dest)
+    if sha256 is not None:
+        edit_certificate(dest, lambda c: c.update(weights_sha256=sha256))
     return dest
+
+
+def shipped_copy(dest: Path) -> Path:
+    """The shipped zoo entry as it is (its own certificate: 10 repeats at 1 s, 1 h, 1 d, 1 y)."""
+    shutil.copytree(SHIPPED, dest)
+    return dest
+
+
+def edit_certificate(path: Path, change) -> dict[str, Any]:
+    """Hand-edit certificate.json in place (as a forger would: the file only, nothing else)."""
+    cert_path = path / pkgio.CERTIFICATE
+    cert = json.loads(cert_path.read_text())
+    change(cert)
+    cert_path.write_text(json.dumps(cert, indent=2))
+    return cert
+
+
+def edit_config(path: Path, change) -> dict[str, Any]:
+    """Hand-edit config.json in place."""
+    cfg_path = path / pkgio.CONFIG
+    cfg = json.loads(cfg_path.read_text())
+    change(cfg)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    return cfg
+
+
+def fixture_certificate(path: Path) -> Path:
+    """A certificate.json that only has the schema's shape (no real measurement): for refusals that must
+    happen before any certificate is read (a local-code source, a spoiled weights file)."""
+    config = pkgio.read_config(path)
+    cert = {"metric": "accuracy", "device": {"name": "PCM"}, "weights_sha256": config["weights"]["sha256"],
+            "results": [{"time": "1d", "seconds": 86400.0, "mean": 0.9}]}
+    pkgio.write(path, config, files={pkgio.CERTIFICATE: json.dumps(cert).encode()}, base=path)
+    return path
 
 
 def flip_a_weight_byte(path: Path) -> None:

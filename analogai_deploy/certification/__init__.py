@@ -679,6 +679,7 @@ def certify(
         values = _spread(analog, bench, times_, cfg.repeats, cfg.seed, progress)
     repeats = len(values[0])
     mc_s = time.perf_counter() - start
+    from .. import package as pkg_io
     from ..provenance import now, version_of, versions
 
     results = _results(bench, times_, values)
@@ -691,6 +692,9 @@ def certify(
         "reproducible": tile_kind == "torch",
         "data": _data_block(bench),
         "weights_sha256": bench.config["weights"]["sha256"],
+        # the model these numbers belong to: an edit of config.json's model-defining part is refused later
+        "model_sha256": pkg_io.model_sha256(bench.config),
+        "model_sections": pkg_io.model_sections(bench.config),
         "seed": cfg.seed,
         "repeats": repeats,
         "seeds": [cfg.seed + r for r in range(repeats)],

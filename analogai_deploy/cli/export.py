@@ -32,15 +32,20 @@ Examples:
   analogai-deploy export /read-only/lenet -o runs/lenet-onnx     # a copy with model.onnx, input untouched
 """
 
-INSPECT_HELP = """Print the analog metadata (analogai.*) of a model.onnx or model.safetensors.
+INSPECT_HELP = """Verify a model.safetensors, a model.onnx or a package folder, then print its analog metadata (analogai.*).
 
-The safetensors header is read without loading any tensor.
+Checked first (exit 1 naming what differs): the safetensors header's structure (every tensor's dtype,
+shape and data_offsets, the data tiled exactly), the file's sha256 against config.json when it lies
+in a package (a changed byte anywhere), and for a package folder the certificate's binding to these
+weights and this config.json. The header is read without loading any tensor.
 
 Examples:
 
   analogai-deploy inspect runs/lenet/model.onnx
 
   analogai-deploy inspect runs/lenet/model.safetensors --json
+
+  analogai-deploy inspect runs/lenet            # the whole package
 
   analogai-deploy inspect runs/lenet/model.onnx --all
 """
@@ -98,25 +103,30 @@ def export(
 
 
 def inspect(
-    file: Annotated[str, typer.Argument(help="model.onnx or model.safetensors.")],
+    file: Annotated[str, typer.Argument(help="model.onnx, model.safetensors or a package folder.")],
     all_: Annotated[bool, typer.Option("--all", help="Also print metadata outside the analogai.* namespace.")] = False,
     json_: Json = False,
 ) -> None:
     from ..exporter import metadata as meta_io
 
     out = output(json_)
-    meta = meta_io.read_metadata(file)
+    shown_file, checks, warnings = meta_io.verify_file(file)
+    for warning in warnings:
+        out.warn(warning)
+    meta = meta_io.read_metadata(shown_file)
     shown = dict(sorted(meta.items())) if all_ else meta_io.analog_only(meta)
     if not shown:
-        out.warn(f"{file} carries no analogai.* metadata (not exported by analogai-deploy?)")
+        out.warn(f"{shown_file} carries no analogai.* metadata (not exported by analogai-deploy?)")
     data = meta_io.decoded(shown)
-    out.result(data, lambda d: _human(file, d))
+    if json_:
+        data = {**data, "verified": checks}
+    out.result(data, lambda d: _human(str(shown_file), d, checks))
 
 
-def _human(file: str, d: dict) -> str:
+def _human(file: str, d: dict, checks: list[str] | None = None) -> str:
     import json
 
-    lines = [f"{file}:"]
+    lines = [f"{file}:"] + [f"  ok: {c}" for c in checks or []]
     source = d.get("analogai.source")
     if isinstance(source, dict):
         name = source.get("name") or source.get("source") or source.get("factory")

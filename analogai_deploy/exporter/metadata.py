@@ -6,7 +6,6 @@ ONNX metadata_props); export adds the versions it ran with and the target device
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +56,64 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
     """The header's __metadata__ map, read without touching the tensors."""
     from ..package import check_safetensors
 
-    path = Path(path)
-    check_safetensors(path)
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{path} has a corrupt safetensors header: {exc}") from None
-    meta = header.get("__metadata__") or {} if isinstance(header, dict) else {}
+    header = check_safetensors(Path(path))
+    meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise PackageError(f"{path} has a malformed __metadata__ map in its header")
     return dict(meta)
+
+
+def verify_file(path: str | Path) -> tuple[Path, list[str], list[str]]:
+    """What `inspect` checks before it shows anything: (the file shown, checks passed, warnings).
+
+    A package folder: its weights against the sha256 in config.json, the certificate's binding (weights and
+    model_sha256), then model.safetensors is shown. A model.safetensors: its header's structure (every
+    tensor's dtype, shape and data_offsets, the data tiled exactly) and, inside a package, its sha256
+    against config.json. A model.onnx inside a package: its sha256 against the export record. Raises
+    PackageError naming what differs."""
+    from .. import package as pkgio
+    from ..provenance import sha256_file
+
+    path = Path(path)
+    checks: list[str] = []
+    warnings: list[str] = []
+    if path.is_dir():
+        config = pkgio.read_config(path)
+        pkgio.verify(path, config)
+        checks.append("model.safetensors matches the sha256 in config.json")
+        if (path / pkgio.CERTIFICATE).exists():
+            checks.append("certificate.json names these weights" + (
+                " and this config.json (model_sha256)" if pkgio.read_json(path / pkgio.CERTIFICATE).get("model_sha256")
+                else " (an older certificate: it does not name the config)"))
+        path = path / pkgio.WEIGHTS
+    elif not path.is_file():
+        raise UsageError(f"no file at {path}", "pass a model.onnx, a model.safetensors or a package folder")
+    package = path.parent if pkgio.is_package(path.parent) else None
+    config = pkgio.read_config(package) if package is not None else {}
+    if path.suffix == ".safetensors":
+        header = pkgio.check_safetensors(path)
+        checks.append(f"safetensors header: {len([k for k in header if k != '__metadata__'])} tensors, each with a "
+                      "known dtype, its shape and data_offsets that tile the data exactly")
+        if package is not None and path.name == pkgio.WEIGHTS:
+            if sha256_file(path) != config["weights"].get("sha256"):
+                raise PackageError(f"{path} does not match the sha256 recorded in {package / pkgio.CONFIG} "
+                                   "(a byte changed: tampered or corrupt)",
+                                   "fetch the package again; never load weights you cannot verify")
+            if "model.safetensors matches the sha256 in config.json" not in checks:
+                checks.append("sha256 matches config.json")
+        else:
+            warnings.append(f"{path} is not inside a package: its sha256 cannot be checked against a config.json")
+    elif path.suffix == ".onnx":
+        record = ((config.get("export") or {}).get("onnx") or {}) if package is not None else {}
+        if record.get("sha256") and path.name == record.get("file"):
+            if sha256_file(path) != record["sha256"]:
+                raise PackageError(f"{path} does not match the sha256 that export recorded in "
+                                   f"{package / pkgio.CONFIG} (a byte changed: tampered or corrupt)",
+                                   "export the package again")
+            checks.append("sha256 matches the export record in config.json")
+        else:
+            warnings.append(f"{path} has no export record beside it: its sha256 cannot be checked")
+    return path, checks, warnings
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:

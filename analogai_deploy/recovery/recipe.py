@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._config import StrictConfig
+from .._shipped import shipped
 from ..errors import UsageError, unknown
 from ..provenance import sha256_json
 from .adversarial import AdversarialConfig
 from .qat import QuantConfig
 from .sam import SamConfig
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_DIR = shipped("recipes")  # in the wheel, or the source tree's recipes/
 _NOISE_KEY = re.compile(r"^noise_(\d+)$")
 
 

@@ -5,8 +5,10 @@
     from_pretrained("digits-cnn-msnat-pcm")        a local zoo name
     from_pretrained("hf-hub:owner/name@revision")  a Hub repo (snapshot download, HF cache, HF_HUB_OFFLINE)
 
-Both directions run the same gate (`zoo.gate`): a trusted model source, weights that match the
-sha256 in config.json and in the certificate, and a certificate whose verdict did not fail.
+Both directions run the same gate (`zoo.gate`): a trusted model source, weights and config.json that
+match what the certificate names (sha256, model_sha256), and a gate verdict recomputed from the
+certificate's recorded values under the zoo's policy. Publishing (and `pull --verify`) also re-runs a
+spot check of a few Monte Carlo repeats against the certificate.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from .. import package as pkgio
 from ..errors import UsageError
 from . import gate, hub, local
 
-__all__ = ["from_pretrained", "pull", "publish", "list_models"]
+__all__ = ["from_pretrained", "pull", "publish", "list_models", "Policy"]
+Policy = gate.Policy
 
 
 def publish(
@@ -41,15 +44,16 @@ def publish(
 
 
 def locate(spec: str, *, zoo: str | Path | None = None, revision: str | None = None,
-           cache_dir: str | Path | None = None, token: str | None = None) -> Path:
-    """The verified package folder for a zoo name or an hf-hub: spec (gate passed, nothing loaded yet)."""
+           cache_dir: str | Path | None = None, token: str | None = None, verify: bool = False) -> Path:
+    """The verified package folder for a zoo name or an hf-hub: spec (gate passed, nothing loaded yet).
+    `verify`: also re-run the spot check here (a few Monte Carlo repeats against the certificate)."""
     spec = spec.strip()
     if spec.startswith(hub.PREFIX):
-        return hub.download(spec, revision=revision, cache_dir=cache_dir, token=token)
+        return hub.download(spec, revision=revision, cache_dir=cache_dir, token=token, verify=verify)
     if revision:
         raise UsageError("--revision only applies to hf-hub: models", "drop --revision for local zoo names")
     entry, folder = local.find(spec, zoo)
-    config, _ = gate.admit(folder)
+    config = gate.admit(folder, verify=verify, policy=local.policy(zoo)).config
     if entry.get("sha256") != config["weights"]["sha256"]:
         raise pkgio.PackageError(f"zoo entry {spec!r} holds other weights than its index records (tampered)",
                                  "publish the package again; never load weights you cannot verify")
@@ -58,21 +62,23 @@ def locate(spec: str, *, zoo: str | Path | None = None, revision: str | None = N
 
 def pull(spec: str, output: str | Path | None = None, *, zoo: str | Path | None = None,
          revision: str | None = None, cache_dir: str | Path | None = None, token: str | None = None,
-         overwrite: bool = False) -> pkgio.Package:
+         overwrite: bool = False, verify: bool = False) -> pkgio.Package:
     """Fetch, verify and load a zoo model; with `output`, also copy the verified package there (an existing
-    package there is replaced only with `overwrite`; anything else there is refused before the download)."""
+    package there is replaced only with `overwrite`; anything else there is refused before the download).
+    `verify`: re-run the spot check on this machine before anything is loaded."""
     if output is not None:
         pkgio.check_output(output, overwrite=overwrite)
-    folder = locate(spec, zoo=zoo, revision=revision, cache_dir=cache_dir, token=token)
+    folder = locate(spec, zoo=zoo, revision=revision, cache_dir=cache_dir, token=token, verify=verify)
     if output is not None:
         folder = _copy(folder, Path(output), overwrite)
     return pkgio.load(folder)
 
 
 def from_pretrained(name_or_hf_hub_spec: str, *, zoo: str | Path | None = None, revision: str | None = None,
-                    cache_dir: str | Path | None = None, token: str | None = None) -> pkgio.Package:
+                    cache_dir: str | Path | None = None, token: str | None = None,
+                    verify: bool = False) -> pkgio.Package:
     """A certified, verified zoo model: a local zoo name or 'hf-hub:owner/name[@revision]'."""
-    return pull(name_or_hf_hub_spec, zoo=zoo, revision=revision, cache_dir=cache_dir, token=token)
+    return pull(name_or_hf_hub_spec, zoo=zoo, revision=revision, cache_dir=cache_dir, token=token, verify=verify)
 
 
 def list_models(zoo: str | Path | None = None) -> list[dict[str, Any]]:
@@ -87,5 +93,5 @@ def _copy(folder: Path, dest: Path, overwrite: bool = False) -> Path:
     files.pop(pkgio.CONFIG, None)
     files.pop(pkgio.CARD, None)
     pkgio.write(dest, config, files=files, overwrite=overwrite)
-    gate.admit(dest)  # re-check the copy before anyone loads it
+    pkgio.verify(dest)  # re-check the copy (weights, certificate binding) before anyone loads it
     return dest

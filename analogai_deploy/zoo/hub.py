@@ -17,7 +17,7 @@ from typing import Any
 from .. import package as pkgio
 from ..errors import OperationFailed, PackageError, UsageError
 from . import gate
-from .local import stamp
+from .local import admitted, stamp
 
 PREFIX = "hf-hub:"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -42,12 +42,13 @@ def push(path: str | Path, repo_id: str, *, private: bool | None = None, token: 
     path = Path(path)
     repo_id, spec_rev = parse(repo_id)
     revision = revision or spec_rev
-    config, certificate = gate.admit(path, publishing=True)
+    admission = gate.admit(path, publishing=True)  # the Hub has no zoo policy of its own: the defaults
+    config, certificate = admission.config, admission.certificate
     api = HfApi(endpoint=endpoint(), token=token)
     with tempfile.TemporaryDirectory(prefix="analogai-publish-") as tmp:
         staged = Path(tmp) / "package"
-        pkgio.write(staged, stamp(config, {"hub": repo_id}), base=path)  # card now says how to pull it
-        gate.admit(staged)
+        pkgio.write(staged, stamp(config, {"hub": repo_id, "admitted": admitted(admission)}), base=path)
+        gate.admit(staged)  # the card now says how to pull it; the binding still holds
         with _hub_errors(f"push to {repo_id}", api.endpoint):
             api.create_repo(repo_id, private=private, exist_ok=True)
             device = (certificate.get("device") or {}).get("name", "?")
@@ -60,12 +61,14 @@ def push(path: str | Path, repo_id: str, *, private: bool | None = None, token: 
             )
         files = sorted(f.name for f in staged.iterdir() if f.is_file())
     return {"repo_id": repo_id, "url": f"{api.endpoint}/{repo_id}", "commit": info.oid, "files": files,
-            "sha256": config["weights"]["sha256"]}
+            "sha256": config["weights"]["sha256"], **gate.summary(certificate, admission.verdict),
+            "spot_check": admission.spot}
 
 
 def download(spec: str, *, revision: str | None = None, cache_dir: str | Path | None = None,
-             token: str | None = None) -> Path:
-    """snapshot_download the repo named by `spec`, then run the zoo gate; returns the snapshot folder."""
+             token: str | None = None, verify: bool = False) -> Path:
+    """snapshot_download the repo named by `spec`, then run the zoo gate (`verify`: with the spot check);
+    returns the snapshot folder."""
     from huggingface_hub import snapshot_download
 
     repo_id, spec_rev = parse(spec)
@@ -73,7 +76,7 @@ def download(spec: str, *, revision: str | None = None, cache_dir: str | Path | 
     url = endpoint()
     with _hub_errors(f"download {repo_id}", url, repo_id=repo_id):
         folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token, endpoint=url))
-    gate.admit(folder)
+    gate.admit(folder, verify=verify)
     return folder
 
 

@@ -33,11 +33,13 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
 
 
 def default_dir() -> Path:
-    """$ANALOGAI_ZOO, else the `model_zoo/` folder that ships beside the analogai_deploy package."""
+    """$ANALOGAI_ZOO, else the shipped `model_zoo/` (in the wheel, or the source tree's model_zoo/)."""
+    from .._shipped import shipped
+
     env = os.environ.get(ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "model_zoo"
+    return shipped("model_zoo")
 
 
 def resolve_dir(zoo: str | Path | None) -> Path:
@@ -66,6 +68,25 @@ def read_index(zoo: Path) -> dict[str, Any]:
     return index
 
 
+def policy(zoo: str | Path | None = None) -> gate.Policy:
+    """The zoo's admission policy: index.json's `policy` section, else the defaults (`gate.Policy`)."""
+    zoo_dir = resolve_dir(zoo)
+    if not (zoo_dir / INDEX).exists():
+        return gate.Policy()
+    return gate.Policy.from_dict(read_index(zoo_dir).get("policy"), where="policy.")
+
+
+def set_policy(zoo: str | Path | None = None, **changes: Any) -> gate.Policy:
+    """Change the zoo's policy (index.json `policy`); entries already in are not re-judged until pulled."""
+    zoo_dir = resolve_dir(zoo)
+    with _locked(zoo_dir):
+        index = read_index(zoo_dir)
+        new = gate.Policy.from_dict({**gate.Policy.from_dict(index.get("policy")).to_dict(), **changes})
+        index["policy"] = new.to_dict()
+        _write_index(zoo_dir, index)
+    return new
+
+
 def entries(zoo: str | Path | None = None) -> list[dict[str, Any]]:
     """The index entries, sorted by name."""
     return sorted(read_index(resolve_dir(zoo))["entries"], key=lambda e: e.get("name", ""))
@@ -91,9 +112,11 @@ def publish(path: str | Path, zoo: str | Path | None = None, *, name: str | None
             overwrite: bool = False) -> dict[str, Any]:
     """Admit a certified package into the local zoo; returns its index entry."""
     path = Path(path)
-    config, certificate = gate.admit(path, publishing=True)
     name = check_name(name or path.resolve().name.lower())
     zoo_dir = resolve_dir(zoo)
+    rules = policy(zoo_dir)
+    admission = gate.admit(path, publishing=True, policy=rules)  # the spot check runs here, before the lock
+    config = admission.config
     with _locked(zoo_dir):
         index = read_index(zoo_dir)
         old = next((e for e in index["entries"] if e.get("name") == name), None)
@@ -104,7 +127,7 @@ def publish(path: str | Path, zoo: str | Path | None = None, *, name: str | None
         # the entry's own folder may be replaced (same weights, or --overwrite); anything else there never
         replace = overwrite or (old is not None and old.get("sha256") == config["weights"]["sha256"])
         pkgio.check_output(dest, overwrite=replace, in_place=dest.resolve() == path.resolve(), flag="--name")
-        new_config = stamp(config, {"name": name})
+        new_config = stamp(config, {"name": name, "admitted": admitted(admission)})
         # Journal first: a kill between the folder swap and the index write leaves a pending record that
         # read_index rolls forward, so the zoo serves the old entry or the new one, never a mismatch.
         pending = zoo_dir / f"{PENDING}{name}.json"
@@ -112,21 +135,30 @@ def publish(path: str | Path, zoo: str | Path | None = None, *, name: str | None
         _write_json(pending, {"name": name, "sha256": config["weights"]["sha256"], "published": published})
         pkgio.write(dest, new_config, base=path, overwrite=replace)  # copies first, so path == dest works too
         _readable(dest)
-        entry = _entry(name, dest, published)  # what landed is what was checked
+        entry = _entry(name, dest, published, rules)  # what landed is what was checked
         index["entries"] = sorted([e for e in index["entries"] if e.get("name") != name] + [entry],
                                   key=lambda e: e["name"])
         _write_index(zoo_dir, index)
         pending.unlink()
-    return entry
+    return {**entry, "drop_pp": admission.verdict["drop_pp"], "spot_check": admission.spot}
 
 
-def _entry(name: str, folder: Path, published: str | None = None) -> dict[str, Any]:
-    """The index entry of a zoo folder, after the gate (sha256, certificate) passed on it."""
-    config, certificate = gate.admit(folder)
+def admitted(admission: gate.Admission) -> dict[str, Any]:
+    """What the zoo checked, for the card and the index: the recomputed gate and the spot check."""
+    spot = admission.spot or {}
+    return {"gate": admission.verdict["rule"], "drop_pp": round(admission.verdict["drop_pp"], 4),
+            "spot_check": None if not spot or spot.get("skipped") else
+            {"repeats": spot["repeats"], "alpha": spot["alpha"], "seed": spot["seed"]}}
+
+
+def _entry(name: str, folder: Path, published: str | None = None, rules: gate.Policy | None = None) -> dict[str, Any]:
+    """The index entry of a zoo folder, after the gate (sha256, certificate, recomputed verdict) passed on it."""
+    admission = gate.admit(folder, policy=rules)
+    config, certificate = admission.config, admission.certificate
     return {
         "name": name,
         "path": name,
-        **gate.summary(certificate),
+        **gate.summary(certificate, admission.verdict),
         "size": folder_size(folder),
         "sha256": config["weights"]["sha256"],
         "source": config["source"].get("name") or config["source"].get("kind"),
@@ -145,7 +177,7 @@ def _roll_forward(zoo: Path, index: dict[str, Any]) -> None:
             folder = zoo / name
             if pkgio.read_config(folder)["weights"]["sha256"] != record.get("sha256"):
                 continue  # killed before the swap: the old entry is still whole
-            entry = _entry(name, folder, record.get("published"))
+            entry = _entry(name, folder, record.get("published"), gate.Policy.from_dict(index.get("policy")))
         except (PackageError, UsageError, OSError):
             continue  # a broken record or folder: the index entry stands, and locate's checks still apply
         index["entries"] = [e for e in index["entries"] if e.get("name") != name] + [entry]

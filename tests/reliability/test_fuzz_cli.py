@@ -1,5 +1,6 @@
-"""Fuzzed command lines (hypothesis): recipe YAML files, dotted overrides, model specs, data specs, and
-certify's device and time lists, each through the real CLI in-process.
+"""Fuzzed command lines (hypothesis): recipe YAML files, dotted overrides, model specs, data specs (recover
+and certify), certify's device and time lists and its device settings, and -o targets (beside a user's
+files and packages, none of which may change), each through the real CLI in-process.
 
 Every input either works (exit 0) or is refused with exit 2 (bad input) or 1 (a clear operation failure,
 e.g. a Hub model while offline): one `error:` line and a hint, or click's usage message, and never a
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 import collections
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # zoo_helpers
 
 DEFAULT, SLOW = 50, 500
 
@@ -209,8 +213,14 @@ def _data(cli, capsys, tmp_path, lenet_pkg, n):
     (folder / "cat").mkdir(parents=True)
     (folder / "cat" / "not-an-image.png").write_bytes(b"\x89PNG broken")
 
+    pkg = tmp_path / "pkg"
+    shutil.copytree(lenet_pkg, pkg)
+
     def body(spec):
-        tally.check(*cli("recover", lenet_pkg, "-o", tmp_path / "out", "-q", f"--data={spec}", *ONE_ROUND))
+        tally.check(*cli("recover", lenet_pkg, "-o", tmp_path / "out", "-q", "--overwrite", f"--data={spec}",
+                         *ONE_ROUND))
+        tally.check(*cli("certify", pkg, f"--data={spec}", "--repeats", "2", "--limit", "16", "--times", "1s",
+                         "--engine", "fast", "-q"))
 
     _fuzz(capsys, tally, _data_specs(folder), body, n)
 
@@ -262,6 +272,120 @@ def test_fuzz_certify_lists(cli, capsys, tmp_path, lenet_pkg):
 @pytest.mark.slow
 def test_fuzz_certify_lists_500(cli, capsys, tmp_path, lenet_pkg):
     _certify(cli, capsys, tmp_path, lenet_pkg, SLOW)
+
+
+# ---- -o targets: whatever the target, nothing the toolkit did not write is deleted ------------------------
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _site(tmp_path: Path, lenet_pkg: Path) -> Path:
+    """A user's folder: their files, a folder of theirs, two packages, a package with their note inside, a
+    link, and a home directory (HOME points here) with a file in it."""
+    site = tmp_path / "site"
+    (site / "mine").mkdir(parents=True)
+    (site / "important.txt").write_text("the user's notes")
+    (site / "mine" / "data.csv").write_text("1,2\n")
+    for name in ("pkg-a", "pkg-b", "noted"):
+        shutil.copytree(lenet_pkg, site / name)
+    (site / "noted" / "notes.txt").write_text("kept inside a package")
+    (site / "home").mkdir()
+    (site / "home" / ".bashrc").write_text("export X=1\n")
+    (site / "link").symlink_to(site / "mine")
+    (site / "work").mkdir()
+    return site
+
+
+TARGET_NAMES = ["mine", "important.txt", "pkg-a", "pkg-b", "noted", "home", "link", "work", ".", "..", "~",
+                "new", "new/deeper", "pkg-a/inside", "noted/x", "mine/x", "link/x", "", " ", "/", "~/x", "../..",
+                "work/.", "pkg-a/..", "./pkg-b", "important.txt/x"]
+
+
+def _o_targets():
+    segment = st.sampled_from(TARGET_NAMES) | st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8)
+    return st.tuples(st.sampled_from(["convert", "pull", "certify", "export"]),
+                     st.lists(segment, min_size=1, max_size=3).map(lambda xs: "/".join(xs)), st.booleans())
+
+
+def _o(cli, capsys, tmp_path, lenet_pkg, monkeypatch, n):
+    from zoo_helpers import certified_copy
+
+    from analogai_deploy import zoo
+
+    tally = Tally("-o targets")
+    site = _site(tmp_path, lenet_pkg)
+    monkeypatch.setenv("HOME", str(site / "home"))
+    monkeypatch.setenv("ANALOGAI_ZOO", str(tmp_path / "zoo"))
+    zoo.publish(certified_copy(tmp_path / "entry"), name="digits")
+    monkeypatch.chdir(site / "work")
+    protected = {k: v for k, v in _snapshot(site).items() if not k.startswith(("pkg-a/", "pkg-b/"))}
+    deleted = []
+
+    def body(case):
+        command, target, overwrite = case
+        argv = {"convert": ["convert", "lenet", "--num-classes", "10"], "pull": ["pull", "digits"],
+                "certify": ["certify", site / "pkg-b", "--repeats", "2", "--limit", "16", "--times", "1s",
+                            "--engine", "fast"],
+                "export": ["export", site / "pkg-b"]}[command]
+        code, out, err = cli(*argv, "-o", target, *(["--overwrite"] if overwrite else []), "-q")
+        tally.check(code, out, err)
+        now = _snapshot(site)
+        gone = [k for k, v in protected.items() if now.get(k) != v]
+        deleted.extend(gone)
+        assert not gone, (command, target, overwrite, gone, err)
+
+    _fuzz(capsys, tally, _o_targets(), body, n)
+    with capsys.disabled():
+        print(f"reliability fuzz what='-o targets' user_files_changed={len(deleted)}")
+
+
+def test_fuzz_output_targets(cli, capsys, tmp_path, lenet_pkg, monkeypatch):
+    _o(cli, capsys, tmp_path, lenet_pkg, monkeypatch, 40)
+
+
+@pytest.mark.slow
+def test_fuzz_output_targets_500(cli, capsys, tmp_path, lenet_pkg, monkeypatch):
+    _o(cli, capsys, tmp_path, lenet_pkg, monkeypatch, SLOW)
+
+
+# ---- certify's device settings (mapping, IO, noise) as KEY=VALUE and options ------------------------------
+
+def _setting_keys():
+    from analogai_deploy.certification import ALIASES, IOSettings
+
+    return sorted(set(IOSettings.__dataclass_fields__) | set(ALIASES) | {"device", "preset", "tile", "repeats",
+                                                                           "seed", "times", "data", "metric"})
+
+
+def _settings_cases():
+    keys = _setting_keys()
+    value = st.sampled_from(["0", "1", "7", "8", "9", "-1", "0.04", "0.2", "1e9", "nan", "inf", "true", "off",
+                             "PCM", "torch", "cpp", "standard-hwa", "tile", "column", "pcm_read", "relative",
+                             "", "[1]", "{}"]) | st.text(max_size=6)
+    key = st.sampled_from(keys) | st.text(max_size=10)
+    return st.lists(st.builds(lambda k, v: f"{k}={v}", key, value), min_size=1, max_size=3)
+
+
+def _settings(cli, capsys, tmp_path, lenet_pkg, n):
+    tally = Tally("certify settings (IO, mapping, noise)")
+    pkg = tmp_path / "pkg"
+    shutil.copytree(lenet_pkg, pkg)
+
+    def body(items):
+        tally.check(*cli("certify", pkg, "--repeats", "2", "--limit", "16", "--times", "1s", "-q", "--", *items))
+
+    _fuzz(capsys, tally, _settings_cases(), body, n)
+
+
+def test_fuzz_certify_settings(cli, capsys, tmp_path, lenet_pkg):
+    _settings(cli, capsys, tmp_path, lenet_pkg, 30)
+
+
+@pytest.mark.slow
+def test_fuzz_certify_settings_500(cli, capsys, tmp_path, lenet_pkg):
+    _settings(cli, capsys, tmp_path, lenet_pkg, SLOW)
 
 
 # ---- what the fuzzing found, kept as fixed cases -----------------------------------------------------

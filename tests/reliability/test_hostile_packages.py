@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from zoo_helpers import certified_copy  # noqa: E402
+from zoo_helpers import certified_copy, edit_certificate  # noqa: E402
 
 from analogai_deploy import package as pkgio  # noqa: E402
 from analogai_deploy.errors import AnalogAIError  # noqa: E402
@@ -156,18 +156,99 @@ def certificate_not_an_object(p: Path) -> None:
     (p / pkgio.CERTIFICATE).write_text('"passed"')
 
 
+def config_num_classes_edited(p: Path) -> None:
+    """config.json claims 7 classes; the weights still output 10."""
+    _edit_config(p, lambda c: c.update(num_classes=7))
+
+
+def config_input_edited(p: Path) -> None:
+    _edit_config(p, lambda c: c["input"].update(shape=[1, 16, 16]))
+
+
+# ---- forged certificates: they load (a certificate is a claim, not code), but never enter or leave a zoo ----
+
+def _consistent(c: dict, shift: float) -> None:
+    """Move every per-repeat value by `shift` and recompute mean, std, CI and min: a forgery that agrees
+    with itself."""
+    from analogai_deploy.certification.evaluation import stats
+
+    for r in c["results"]:
+        r["values"] = [min(1.0, max(0.0, v + shift)) for v in r["values"]]
+        st = stats(r["values"], (0.0, 1.0))
+        r.update(mean=st["mean"], std=st["std"], ci95=st["ci95"], min=st["min"])
+
+
+def certificate_means_edited(p: Path) -> None:
+    def forge(c):
+        c.setdefault("verdict", {})["passed"] = True
+        for r in c["results"]:
+            r["mean"], r["ci95"] = 0.999, [0.998, 1.0]
+    edit_certificate(p, forge)
+
+
+def certificate_consistently_forged(p: Path) -> None:
+    edit_certificate(p, lambda c: _consistent(c, 0.03))
+
+
+def certificate_digital_lowered(p: Path) -> None:
+    """A lower digital accuracy makes any drop look small."""
+    edit_certificate(p, lambda c: c["digital"].update(accuracy=c["digital"]["accuracy"] - 0.2))
+
+
+def certificate_gate_removed(p: Path) -> None:
+    def forge(c):
+        c["settings"]["max_drop"] = None
+        c.pop("verdict", None)
+    edit_certificate(p, forge)
+
+
+def certificate_gate_loosened(p: Path) -> None:
+    def forge(c):
+        c["settings"]["max_drop"] = 100.0
+        c["verdict"].update(max_drop_pp=100.0, passed=True)
+    edit_certificate(p, forge)
+
+
+def certificate_repeats_inflated(p: Path) -> None:
+    edit_certificate(p, lambda c: c.update(repeats=100))
+
+
+def certificate_other_data(p: Path) -> None:
+    edit_certificate(p, lambda c: c["data"].update(fingerprint="0" * 64))
+
+
+def certificate_other_device(p: Path) -> None:
+    edit_certificate(p, lambda c: c["device"].update(out_noise=0.0))
+
+
+def certificate_unbound(p: Path) -> None:
+    edit_certificate(p, lambda c: (c.pop("model_sha256", None), c.pop("model_sections", None)))
+
+
+def certificate_from_other_weights(p: Path) -> None:
+    """The certificate of other (really certified) weights, copied in whole."""
+    other = certified_copy(p.parent / "other-weights", variant=1)
+    shutil.copy(other / pkgio.CERTIFICATE, p / pkgio.CERTIFICATE)
+
+
+FORGED = [certificate_means_edited, certificate_consistently_forged, certificate_digital_lowered,
+          certificate_gate_removed, certificate_gate_loosened, certificate_repeats_inflated, certificate_other_data,
+          certificate_other_device, certificate_unbound, certificate_from_other_weights, config_num_classes_edited,
+          config_input_edited]
+
+
 LOAD_CASES = [
     truncated, truncated_to_header, bit_flipped, header_flipped, oversized_header, header_past_the_end,
     config_not_json, config_not_an_object, config_binary, config_huge, config_missing, config_weights_outside,
     config_weights_hash_changed, config_other_architecture, config_future_format, config_section_wrong_type,
     config_runs_bundled_code, certificate_not_json, certificate_huge, certificate_other_weights,
-    certificate_not_an_object,
+    certificate_not_an_object, config_num_classes_edited, config_input_edited, certificate_from_other_weights,
 ]
 
 
 @pytest.fixture
-def certified(lenet_pkg, tmp_path):
-    return certified_copy(lenet_pkg, tmp_path / "pkg" / "digits-cnn")
+def certified(tmp_path):
+    return certified_copy(tmp_path / "pkg" / "digits-cnn")
 
 
 def _one_line_error(code: int, out: str, err: str) -> str:
@@ -191,12 +272,32 @@ def test_hostile_package_never_loads(spoil, certified, cli):
 
 
 @pytest.mark.parametrize("spoil", LOAD_CASES + [config_local_code_source, weights_symlink_outside,
-                                                extra_symlink_outside], ids=lambda f: f.__name__)
+                                                extra_symlink_outside] + FORGED, ids=lambda f: f.__name__)
 def test_hostile_package_never_enters_the_zoo(spoil, certified, cli, tmp_path):
     spoil(certified)
     zoo = tmp_path / "zoo"
     _one_line_error(*cli("publish", certified, "--zoo", zoo))
     assert not (zoo / "digits-cnn").exists()
+
+
+@pytest.fixture(scope="module")
+def published_zoo(tmp_path_factory):
+    """A zoo holding one honestly published entry (published once; each test forges a copy)."""
+    from analogai_deploy import zoo
+
+    tmp = tmp_path_factory.mktemp("published")
+    zoo.publish(certified_copy(tmp / "digits-cnn"), zoo=tmp / "zoo", name="digits-cnn")
+    return tmp / "zoo"
+
+
+@pytest.mark.parametrize("spoil", FORGED, ids=lambda f: f.__name__)
+def test_forgery_inside_a_zoo_is_refused_by_pull_verify(spoil, published_zoo, cli, tmp_path):
+    """The same forgeries made to an entry after it was published: `pull --verify` refuses every one."""
+    zoo = tmp_path / "zoo"
+    shutil.copytree(published_zoo, zoo)
+    spoil(zoo / "digits-cnn")
+    _one_line_error(*cli("pull", "digits-cnn", "--zoo", zoo, "--verify", "-o", tmp_path / "pulled"))
+    assert not (tmp_path / "pulled").exists()
 
 
 def test_zoo_index_pointing_outside_is_refused(certified, cli, tmp_path):
@@ -213,20 +314,11 @@ def test_zoo_index_pointing_outside_is_refused(certified, cli, tmp_path):
         assert not (tmp_path / "pulled").exists()
 
 
-def test_zoo_entry_swapped_behind_the_index_is_refused(certified, lenet_pkg, cli, tmp_path):
+def test_zoo_entry_swapped_behind_the_index_is_refused(certified, cli, tmp_path):
     """Another certified package put in an entry's folder: the index's sha256 no longer matches."""
     zoo = tmp_path / "zoo"
     assert cli("publish", certified, "--zoo", zoo)[0] == 0
-    other = certified_copy(lenet_pkg, tmp_path / "other")
-    config = pkgio.read_config(other)
-    config["source"]["name"] = "lenet"
-    p = pkgio.load(other)
-    import torch
-
-    with torch.no_grad():
-        next(p.model.parameters()).mul_(2)
-    pkgio.write(other, config, p.model, base=other)
-    other = certified_copy(other, tmp_path / "other2")
+    other = certified_copy(tmp_path / "other", variant=2)
     shutil.rmtree(zoo / "digits-cnn")
     shutil.copytree(other, zoo / "digits-cnn")
     line = _one_line_error(*cli("pull", "digits-cnn", "--zoo", zoo))
