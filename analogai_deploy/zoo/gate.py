@@ -70,16 +70,12 @@ def check_source(config: dict[str, Any], where: Path | str) -> None:
 
 def metric_of(name: Any) -> tuple[bool, tuple[float, float]]:
     """(higher is better, value bounds) of a certificate's metric, from certify's own metric table."""
-    from ..certification import evaluation
+    from ..certification.evaluation import METRICS
 
-    table = evaluation.METRICS
-    if isinstance(table, dict):  # Metric records that carry their direction
-        m = table.get(name) if isinstance(name, str) else None
-        if m is not None:
-            return bool(m.higher_is_better), tuple(m.bounds)
-    elif isinstance(name, str) and name in table and name != "auto":
-        return True, ((-1.0, 1.0) if name == "cosine" else (0.0, 1.0))
-    raise PackageError(f"certificate.json names an unknown metric {name!r}", "certify the package again")
+    m = METRICS.get(name) if isinstance(name, str) else None
+    if m is None:
+        raise PackageError(f"certificate.json names an unknown metric {name!r}", "certify the package again")
+    return bool(m.higher_is_better), tuple(m.bounds)
 
 
 def _row(certificate: dict[str, Any], seconds: float) -> dict[str, Any] | None:
