@@ -159,12 +159,16 @@ def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = 
     without `overwrite` (`in_place`: the command updates that package, so it may be replaced); a folder
     inside another package; a place that cannot be written (probed now, before any slow work).
     """
-    dest = Path(dest).expanduser()
+    dest = Path(os.path.expanduser(dest))  # ~user that does not exist stays as written
     if len(os.fsencode(dest.name)) > 200:  # the temp folder beside it adds a prefix and a suffix
         raise UsageError(f"the folder name {dest.name[:40]!r}... is too long ({len(os.fsencode(dest.name))} bytes)",
                          f"choose a shorter name for {flag}")
     where = dest.resolve()
-    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    cwd = Path.cwd().resolve()
+    try:
+        home = Path.home().resolve()
+    except RuntimeError:  # no HOME and no passwd entry: there is no home directory to protect
+        home = None
     if where == cwd or where in cwd.parents or where == home:
         what = "the working directory" if where == cwd else "your home directory" if where == home else \
             "a parent of the working directory"
@@ -197,7 +201,7 @@ def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = 
 def check_writable(dest: Path, hint: str) -> None:
     """Can a package be created at `dest` (a temp folder beside it, then a rename)? Probed, not guessed:
     permissions, read-only file systems and root's privileges all answer the same way they will later."""
-    parent = Path(dest).expanduser().resolve().parent
+    parent = Path(os.path.expanduser(dest)).resolve().parent
     while not parent.exists() and not parent.is_symlink():
         parent = parent.parent
     if not parent.is_dir():

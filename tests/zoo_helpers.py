@@ -2,7 +2,7 @@
 
 `certified_copy` gives a package the zoo admits: the shipped entry's MSNAT-trained LeNet (or, for
 `variant` k > 0, the same weights moved by k * 1e-4: other weights, same architecture), certified
-for real on aihwkit PCM at 1 d (5 repeats on 64 test digits, so its publish spot check is cheap).
+for real on aihwkit PCM at 1 d (5 repeats on 128 test digits, so its publish spot check is cheap).
 Each variant is certified once per session and copied from there.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from analogai_deploy import package as pkgio
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "model_zoo" / "digits-cnn-msnat-pcm"
 #: how the test certificates are made (cheap, and passing the default zoo policy)
-CERTIFY = dict(device="PCM", data="digits", times="1d", repeats=5, seed=0, limit=64, at="1d")
+CERTIFY = dict(device="PCM", data="digits", times="1d", repeats=5, seed=0, limit=128, at="1d")
 _CACHE: dict[tuple[int, float | None], Path] = {}
 _TMP = Path(tempfile.mkdtemp(prefix="analogai-zoo-helpers-"))
 atexit.register(shutil.rmtree, _TMP, True)

@@ -38,12 +38,12 @@ def default_dir() -> Path:
 
     env = os.environ.get(ENV)
     if env:
-        return Path(env).expanduser()
+        return Path(os.path.expanduser(env))
     return shipped("model_zoo")
 
 
 def resolve_dir(zoo: str | Path | None) -> Path:
-    return Path(zoo).expanduser() if zoo else default_dir()
+    return Path(os.path.expanduser(zoo)) if zoo else default_dir()
 
 
 def check_name(name: str) -> str:

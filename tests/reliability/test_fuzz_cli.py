@@ -213,16 +213,35 @@ def _data(cli, capsys, tmp_path, lenet_pkg, n):
     (folder / "cat").mkdir(parents=True)
     (folder / "cat" / "not-an-image.png").write_bytes(b"\x89PNG broken")
 
+    def body(spec):
+        tally.check(*cli("recover", lenet_pkg, "-o", tmp_path / "out", "-q", "--overwrite", f"--data={spec}",
+                         *ONE_ROUND))
+
+    _fuzz(capsys, tally, _data_specs(folder), body, n)
+
+
+def _certify_data(cli, capsys, tmp_path, lenet_pkg, n):
+    tally = Tally("certify data specs")
+    folder = tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    (folder / "cat" / "not-an-image.png").write_bytes(b"\x89PNG broken")
     pkg = tmp_path / "pkg"
     shutil.copytree(lenet_pkg, pkg)
 
     def body(spec):
-        tally.check(*cli("recover", lenet_pkg, "-o", tmp_path / "out", "-q", "--overwrite", f"--data={spec}",
-                         *ONE_ROUND))
         tally.check(*cli("certify", pkg, f"--data={spec}", "--repeats", "2", "--limit", "16", "--times", "1s",
                          "--engine", "fast", "-q"))
 
     _fuzz(capsys, tally, _data_specs(folder), body, n)
+
+
+def test_fuzz_certify_data_specs(cli, capsys, tmp_path, lenet_pkg):
+    _certify_data(cli, capsys, tmp_path, lenet_pkg, 20)
+
+
+@pytest.mark.slow
+def test_fuzz_certify_data_specs_500(cli, capsys, tmp_path, lenet_pkg):
+    _certify_data(cli, capsys, tmp_path, lenet_pkg, SLOW)
 
 
 def test_fuzz_data_specs(cli, capsys, tmp_path, lenet_pkg):
@@ -342,7 +361,7 @@ def _o(cli, capsys, tmp_path, lenet_pkg, monkeypatch, n):
 
 
 def test_fuzz_output_targets(cli, capsys, tmp_path, lenet_pkg, monkeypatch):
-    _o(cli, capsys, tmp_path, lenet_pkg, monkeypatch, 40)
+    _o(cli, capsys, tmp_path, lenet_pkg, monkeypatch, 20)
 
 
 @pytest.mark.slow
@@ -352,20 +371,29 @@ def test_fuzz_output_targets_500(cli, capsys, tmp_path, lenet_pkg, monkeypatch):
 
 # ---- certify's device settings (mapping, IO, noise) as KEY=VALUE and options ------------------------------
 
+MAPPING_OPTIONS = ["--weight-scaling", "--clip", "--clip-value", "--input-range", "--input-range-k",
+                   "--input-scaling", "--input-scaling-alpha", "--output-scaling"]
+
+
 def _setting_keys():
+    from analogai_deploy import certification
     from analogai_deploy.certification import ALIASES, IOSettings
 
-    return sorted(set(IOSettings.__dataclass_fields__) | set(ALIASES) | {"device", "preset", "tile", "repeats",
-                                                                           "seed", "times", "data", "metric"})
+    mapping = {f"mapping.{k}" for k in getattr(certification, "MAPPING_FIELDS", ())}
+    return sorted(set(IOSettings.__dataclass_fields__) | set(ALIASES) | mapping | {
+        "device", "preset", "tile", "repeats", "seed", "times", "data", "metric"})
 
 
 def _settings_cases():
     keys = _setting_keys()
-    value = st.sampled_from(["0", "1", "7", "8", "9", "-1", "0.04", "0.2", "1e9", "nan", "inf", "true", "off",
-                             "PCM", "torch", "cpp", "standard-hwa", "tile", "column", "pcm_read", "relative",
+    value = st.sampled_from(["0", "1", "7", "8", "9", "-1", "0.04", "0.2", "2.5", "1e9", "nan", "inf", "true", "off",
+                             "PCM", "torch", "cpp", "standard-hwa", "tile", "column", "none", "fixed", "layer_std",
+                             "channel_std", "dynamic", "calibrated", "channel", "pcm_read", "relative",
                              "", "[1]", "{}"]) | st.text(max_size=6)
     key = st.sampled_from(keys) | st.text(max_size=10)
-    return st.lists(st.builds(lambda k, v: f"{k}={v}", key, value), min_size=1, max_size=3)
+    overrides = st.lists(st.builds(lambda k, v: f"{k}={v}", key, value), min_size=0, max_size=3)
+    options = st.lists(st.tuples(st.sampled_from(MAPPING_OPTIONS), value), max_size=2)
+    return st.tuples(overrides, options).filter(lambda c: c[0] or c[1])
 
 
 def _settings(cli, capsys, tmp_path, lenet_pkg, n):
@@ -373,14 +401,17 @@ def _settings(cli, capsys, tmp_path, lenet_pkg, n):
     pkg = tmp_path / "pkg"
     shutil.copytree(lenet_pkg, pkg)
 
-    def body(items):
-        tally.check(*cli("certify", pkg, "--repeats", "2", "--limit", "16", "--times", "1s", "-q", "--", *items))
+    def body(case):
+        items, options = case
+        flags = [f"{o}={v}" for o, v in options]
+        tally.check(*cli("certify", pkg, "--repeats", "2", "--limit", "16", "--times", "1s", "-q", *flags, "--",
+                         *items))
 
     _fuzz(capsys, tally, _settings_cases(), body, n)
 
 
 def test_fuzz_certify_settings(cli, capsys, tmp_path, lenet_pkg):
-    _settings(cli, capsys, tmp_path, lenet_pkg, 30)
+    _settings(cli, capsys, tmp_path, lenet_pkg, 20)
 
 
 @pytest.mark.slow

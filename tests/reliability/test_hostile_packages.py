@@ -187,7 +187,7 @@ def certificate_means_edited(p: Path) -> None:
 
 
 def certificate_consistently_forged(p: Path) -> None:
-    edit_certificate(p, lambda c: _consistent(c, 0.03))
+    edit_certificate(p, lambda c: _consistent(c, 0.05))
 
 
 def certificate_digital_lowered(p: Path) -> None:
