@@ -278,3 +278,23 @@ def test_markdown_sections_are_replaced_in_place(tmp_path):
     update_markdown(md, "speed", "table 3")
     text = md.read_text()
     assert "table 1" not in text and text.index("table 3") < text.index("table 2") and "intro" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["lenet", "resnet18"])
+def test_fast_engine_agrees_with_aihwkit_over_30_repeats(model, trained_lenet, tmp_path):
+    """>= 30 repeats per engine: LeNet (trained, accuracy) and torchvision ResNet-18 at 3x32x32 (top-1
+    agreement with the digital model, meaningful untrained), default PCM at 1 d and 1 y. Same tolerance
+    rule as above (4 se + 0.2 pp), here with n = 30 (Welch df ~ 58)."""
+    n = 30
+    if model == "lenet":
+        pkg, kw = trained_lenet, {}
+    else:
+        pkg = ad.convert("resnet18", output=tmp_path / "r18", num_classes=10, input_shape=[3, 32, 32]).path
+        kw = {"metric": "agreement"}
+    ref = ad.certify(pkg, repeats=n, times="1d,1y", write=False, seed=0, **kw)
+    fast = ad.certify(pkg, repeats=n, times="1d,1y", write=False, seed=10_000, engine="fast", **kw)
+    assert fast["conversion"]["analog_weights"] == ref["conversion"]["analog_weights"]
+    for ra, rf in zip(ref["results"], fast["results"]):
+        se = math.sqrt((ra["std"] ** 2 + rf["std"] ** 2) / n)
+        assert abs(ra["mean"] - rf["mean"]) <= 4 * se + 0.002, (model, ra["time"], ra["mean"], rf["mean"], se)
