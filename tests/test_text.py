@@ -279,3 +279,17 @@ def test_smollm2_converts_from_gguf_completes_and_certifies_an_lm_metric(tmp_pat
     assert code == 0, err
     cert = json.loads(out)
     assert cert["metric"] == "next_token_agreement" and 0 < cert["results"][0]["mean"] <= 1
+
+
+def test_the_metric_name_travels_to_the_card_and_the_zoo(tiny, tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("ANALOGAI_ZOO", str(tmp_path / "zoo"))
+    pkg = copy_pkg(tiny["encoder"], tmp_path / "enc")
+    ad.certify(pkg, times="1d,1y", repeats=2, limit=8)
+    code, out, err = cli("publish", pkg, "--name", "tiny-encoder")
+    assert code == 0, err
+    assert "cosine" in out and "accuracy" not in out
+    code, out, _ = cli("zoo", "list")
+    row = next(line for line in out.splitlines() if line.startswith("tiny-encoder"))
+    assert "cosine" in row and "METRIC" in out
+    card = (tmp_path / "zoo" / "tiny-encoder" / "README.md").read_text()
+    assert "mean cosine" in card and "Digital cosine" in card
