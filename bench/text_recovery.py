@@ -104,10 +104,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4, help="Adam lr (msnat family); hwa_aihwkit: --hwa-lr")
     ap.add_argument("--hwa-lr", type=float, default=0.01)
     ap.add_argument("--set", nargs="*", default=[], help="extra recipe overrides for every recipe")
+    ap.add_argument("--rset", nargs=2, action="append", default=[], metavar=("RECIPE", "KEY=VALUE"),
+                    help="an override for one recipe only (repeatable)")
     ap.add_argument("--cert-data", default=None, help="certify --data (default: the package's default)")
     ap.add_argument("--times", default="1s,1d,1y")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--engine", default="fast")
+    ap.add_argument("--limit", type=int, default=None, help="certify on at most this many examples")
     ap.add_argument("--metrics", nargs="+", default=["auto"])
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
@@ -126,7 +129,7 @@ def main() -> None:
             rec = recipes.load(name)
             lr = args.hwa_lr if rec.training.engine == "aihwkit_hwa" else args.lr
             over = [f"training.batch_size={args.batch_size}", f"training.lr={lr}", "training.schedule=constant",
-                    *args.set]
+                    *args.set, *[kv for r, kv in args.rset if r == name]]
             from analogai_deploy.recovery import prepare
 
             _, rec, ds = prepare(base, name, args.data, over)
@@ -139,12 +142,12 @@ def main() -> None:
             pkg = ad.recover(base, name, args.data, output=out, overrides=[*over, f"training.rounds={rounds}"])
             seconds = time.perf_counter() - start
             t = pkg.config["training"]
-            info.update(rounds=rounds, passes_per_step=per, steps_per_round=steps, gradient_passes=rounds * steps * per,
+            info.update(overrides=over, rounds=rounds, passes_per_step=per, steps_per_round=steps, gradient_passes=rounds * steps * per,
                         train_s=round(seconds, 1), best=t["best"], objective=t["objective"]["loss"])
             pkg_path = out
         for metric in args.metrics:
             cert = ad.certify(pkg_path, data=args.cert_data, times=args.times, repeats=args.repeats,
-                              engine=args.engine, metric=metric, write=name != "none")
+                              engine=args.engine, metric=metric, write=name != "none", limit=args.limit)
             info.setdefault("certificates", []).append({
                 "metric": cert["metric"], "digital": cert["digital"][cert["metric"]], "data": cert["data"],
                 "results": {r["time"]: {"mean": r["mean"], "ci95": r["ci95"]} for r in cert["results"]}})

@@ -142,6 +142,10 @@ def test_labelled_text_recovers_with_cross_entropy_and_certifies_accuracy(tiny, 
     assert code == 0, err
     cert = json.loads(out)
     assert cert["metric"] == "accuracy" and cert["data"]["n"] == 9  # its own training file: the test split only
+    moved = tmp_path / "moved.jsonl"
+    shutil.copy(tiny["root"] / "reviews.jsonl", moved)  # known by its contents, wherever it lies
+    code, out, _ = cli("certify", tmp_path / "r", "--data", f"text:{moved}", "--repeats", "2", "--times", "1d", "--json")
+    assert code == 0 and json.loads(out)["data"]["n"] == 9
     code, out, _ = cli("certify", tmp_path / "r", "--data", f"text:{tiny['root'] / 'few.txt'}", "--repeats", "2",
                        "--times", "1d", "--json")
     cert = json.loads(out)  # unlabelled text another file: all of it, label-free

@@ -329,16 +329,17 @@ def _text_kind(config: dict[str, Any]) -> str:
 
 
 def _trained_on(config: dict[str, Any], spec: str) -> bool:
-    """Was this package recovered on the text file `spec` names? (then only its test split is held out)"""
-    from ..data.text import parse
+    """Was this package recovered on the text file `spec` names (the same contents, wherever it lies now)?
+    Then only its test split is held out."""
+    from ..data.text import file_sha256, parse
 
-    trained = (config.get("data") or {}).get("spec")
-    if not trained or not str(trained).startswith("text:"):
-        return False
-    try:
-        return Path(parse(trained)[1]).resolve() == Path(parse(spec)[1]).resolve()
-    except UsageError:  # the training file is gone: it cannot be the one given now
-        return False
+    data = config.get("data") or {}
+    recorded = (data.get("text") or {}).get("file_sha256")
+    path = parse(spec)[1]
+    if recorded:
+        return file_sha256(path) == recorded
+    trained = str(data.get("spec") or "")
+    return trained.startswith("text:") and Path(trained[5:]).resolve() == Path(path).resolve()
 
 
 def _text_set(package_path: Path, config: dict[str, Any], spec: str, seed: int, limit: int | None,

@@ -166,6 +166,10 @@ def read_file(path: str | Path) -> tuple[list[str], list[Any] | None]:
     return texts, labels
 
 
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def label_ids(labels: list[Any]) -> tuple[torch.Tensor, list[str] | None, int]:
     """Integer labels as they are; string labels -> ids in sorted order (names kept)."""
     if all(isinstance(v, int) and not isinstance(v, bool) for v in labels) or all(
@@ -297,6 +301,7 @@ def load(spec: str, package_path: str | Path, config: dict[str, Any], model=None
         if kind == "text":
             texts, raw_labels = read_file(arg)
             prov["source"] = str(Path(arg).resolve())
+            prov["file_sha256"] = file_sha256(arg)  # certify knows the file again wherever it is moved
             if raw_labels is not None:
                 labels, label_names, num_classes = label_ids(raw_labels)
         else:
