@@ -352,7 +352,6 @@ def verify(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, 
 
 def load(path: str | Path, *, verify_hash: bool = True) -> Package:
     """Rebuild the analog-aware model of a package: same weights bit for bit, checked against their sha256."""
-    from safetensors.torch import load_model
 
     from .analog.config import AnalogConfig
     from .analog.convert import convert
@@ -375,7 +374,7 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
         placement.derived = True
     report = convert(model, analog, placement)
     try:
-        missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
+        missing, unexpected = _load_weights(model, path / WEIGHTS)
     except Exception as exc:  # safetensors raises its own types for corrupt files
         raise PackageError(f"cannot read {path / WEIGHTS}: {_one_line(exc)}",
                            "the weights do not fit config.json; fetch the package again") from None
@@ -388,6 +387,28 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
         qat.restore(model, config["quantization"])
     model.eval()
     return Package(path, config, model, report, placement)
+
+
+def _load_weights(model: nn.Module, file: Path):
+    """safetensors' load_model, with the module versions torch keeps in state_dict metadata: a state_dict read
+    from a file has none, and modules that check theirs on load (torchvision's MNASNet) refuse it otherwise."""
+    from collections import OrderedDict
+
+    from safetensors.torch import load_model
+
+    metadata = getattr(model.state_dict(), "_metadata", None)
+    original = model.load_state_dict
+
+    def with_metadata(state, *args, **kwargs):
+        state = OrderedDict(state)
+        state._metadata = metadata
+        return original(state, *args, **kwargs)
+
+    model.load_state_dict = with_metadata  # instance attribute: load_model's one call goes through it
+    try:
+        return load_model(model, str(file), strict=False)
+    finally:
+        del model.load_state_dict
 
 
 def _refuse_bundled_code(path: Path, source: dict[str, Any]) -> None:

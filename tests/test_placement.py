@@ -185,3 +185,11 @@ def test_selection_typos_are_usage_errors():
     with pytest.raises(UsageError, match="nomatch") as err:
         ad.convert("lenet", ad.AnalogConfig(include=["nomatch*"]), output="/tmp/never-written")
     assert "0" in err.value.hint
+
+
+def test_modules_that_check_their_state_dict_version_load(tmp_path):
+    """torchvision's MNASNet refuses a state_dict without torch's version metadata (safetensors has none)."""
+    pkg = ad.convert("mnasnet0_5", output=tmp_path / "m", num_classes=10, input_shape=[3, 32, 32])
+    loaded = ad.load(tmp_path / "m")
+    assert loaded.placement.names == pkg.placement.names
+    assert all(a.equal(b) for a, b in zip(loaded.model.state_dict().values(), pkg.model.state_dict().values()))
