@@ -39,6 +39,14 @@ def mlp_pkg(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def zoo_dir(tmp_path, monkeypatch):
+    """An empty zoo, also set as $ANALOGAI_ZOO so nothing here touches the repo's model_zoo/."""
+    d = tmp_path / "zoo"
+    monkeypatch.setenv("ANALOGAI_ZOO", str(d))
+    return d
+
+
+@pytest.fixture
 def cli(capsys):
     """Run the CLI in-process: cli("convert", "lenet", ...) -> (exit_code, stdout, stderr)."""
     return lambda *args: run_cli(capsys, *args)

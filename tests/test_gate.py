@@ -20,13 +20,6 @@ from analogai_deploy.zoo import gate
 
 
 @pytest.fixture
-def zoo_dir(tmp_path, monkeypatch):
-    d = tmp_path / "zoo"
-    monkeypatch.setenv("ANALOGAI_ZOO", str(d))
-    return d
-
-
-@pytest.fixture
 def certified(tmp_path):
     return certified_copy(tmp_path / "digits-cnn")
 

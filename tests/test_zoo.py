@@ -17,14 +17,6 @@ from analogai_deploy.analog.convert import noise_off
 
 
 @pytest.fixture
-def zoo_dir(tmp_path, monkeypatch):
-    """An empty zoo, also set as $ANALOGAI_ZOO so nothing here touches the repo's model_zoo/."""
-    d = tmp_path / "zoo"
-    monkeypatch.setenv("ANALOGAI_ZOO", str(d))
-    return d
-
-
-@pytest.fixture
 def certified(tmp_path):
     return certified_copy(tmp_path / "lenet-msnat")
 
