@@ -9,16 +9,17 @@ but in the noise model and the periphery, so this engine keeps those and drops t
   * weights: every layer is cut into tiles exactly as aihwkit's TileModuleArray does (even splits
     of at most tile_size rows / columns); a grouped convolution (depthwise included) gives every
     group its own tiles, its [out / groups, in / groups * kh * kw] matrix split the same way. Each
-    tile is mapped to max|w| = 1 (weight_scaling_omega = 1). Per repeat
-    `noise_model.apply_programming_noise` (programming noise + drift coefficients nu) and per time
-    `noise_model.apply_drift_noise` (drift + read noise): aihwkit's own classes, on the same
-    normalised tile weights aihwkit's tiles hold. Tiles of one shape are stacked in a bank; PCM-like
-    models (element-wise conductance functions, one device pair) run a bank in slices of at most
-    BATCH_ELEMENTS weights per call (per tile scale ratios), which is as fast as one call for many
-    small tiles and keeps the temporaries of large tiles in cache; other noise models run per tile.
+    tile is mapped to max|w| = 1 (weight_scaling_omega = 1). Per repeat programming (programming noise
+    + drift coefficients nu) and per time drift (drift + read noise), on the same normalised tile
+    weights aihwkit's tiles hold. aihwkit's PCM (PCMLikeNoiseModel, single device pair, g_min = 0)
+    runs as one native pass per bank (pcm.py: aihwkit's maths, exact shortcuts, tests/test_pcm.py
+    compares it with aihwkit's functions); other noise models run aihwkit's own classes. Tiles of one
+    shape are stacked in a bank; on aihwkit's classes, PCM-like models (element-wise conductance
+    functions, one device pair) run a bank in slices of at most BATCH_ELEMENTS weights per call (per
+    tile scale ratios), other noise models per tile.
   * drift compensation: GlobalDriftCompensation's readout (mean |tile(eye)| through the noisy,
     quantised periphery) at programming and at time t, alpha = baseline / current, as aihwkit does,
-    for a whole bank at once.
+    for a whole bank at once (native PCM: fused into the drift pass).
   * forward: the ordinary F.linear / F.conv2d with the effective weights, and around it the torch
     tile's periphery: ABS_MAX noise management per input vector (per conv patch and input chunk: a
     max over shifted strided views of |x|, the kernel/stride/padding/dilation's patches, no im2col),
@@ -144,7 +145,9 @@ class _Bank:
     ref: torch.Tensor  # normalised target weights, max|w| = 1 per tile
     scale: torch.Tensor  # [T] max|w| of each tile: the digital factor its output is multiplied back by
     programmed: torch.Tensor | None = None
-    nu: Any = None  # per tile (list) or stacked (list of tensors) drift coefficients
+    nu: Any = None  # per tile (list) or stacked (list of tensors) drift coefficients; native PCM: [T, rows, cols]
+    q: torch.Tensor | None = None  # native PCM: each programmed weight's read-noise factor (pcm.py)
+    buffer: torch.Tensor | None = None  # native PCM: the drifted weights' memory, reused every time point
     current: torch.Tensor | None = None
     baseline: torch.Tensor | None = None  # [T] drift-compensation readout at programming
     alpha: torch.Tensor = field(default_factory=lambda: torch.ones(1))  # [T] drift compensation factors
@@ -263,23 +266,36 @@ class FastLayer:
         self.exact = False
 
     # -- the device model (aihwkit's own classes) -------------------------------------------------------
-    def _readout_bank(self, bank: _Bank, weights: torch.Tensor) -> torch.Tensor:
+    def _readout_args(self) -> tuple[float, float, float, float]:
+        """native readout's periphery: (q1, out_noise, ADC step or 0, out_bound or 0)."""
+        io = self.io
+        return (self._q1, float(io.out_noise), _step(io.out_res, io.out_bound) if io.out_res > 0 else 0.0,
+                io.out_bound if io.out_bound > 0 else 0.0)
+
+    def _native_readout(self, weights: torch.Tensor) -> bool:
+        """Whether the readout of these weights runs in native code (global compensation, one-hot rows)."""
+        return (self.compensation is not None and self._one_hot_readout and not self.perfect
+                and not self._per_column and _native_for(weights) is not None)
+
+    def _readout_bank(self, bank: _Bank, weights: torch.Tensor, native=None) -> torch.Tensor:
         """The compensation's readout of each tile's forward on its read-out tensor (one-hot rows): [T]
-        (global), [T, rows] (per column: the mean over the inputs of each output)."""
+        (global), [T, rows] (per column: the mean over the inputs of each output). `native`: the
+        (means, peaks) of the native readout, already computed (fused into the PCM drift pass)."""
         out = None
         if self._one_hot_readout and not self.perfect:
             # one-hot rows: noise management scales by 1, the DAC maps 1 to q1, so the MVM is q1 * W^T
             # exactly; the periphery then runs as usual (the full path for the tiles that clip)
             lib = _native_for(weights) if not self._per_column else None
-            if lib is not None:  # noise, ADC, bound test and mean |.| in one pass per tile, nothing allocated
+            if native is not None:
+                means, peaks = native
+            if lib is not None or native is not None:  # noise, ADC, bound test, mean |.|: one pass per tile
                 io = self.io
-                w = weights.contiguous()
-                means = torch.empty(w.shape[0], dtype=torch.float64)
-                peaks = torch.empty(w.shape[0])
-                lib.readout_many(w.data_ptr(), w.shape[0], w[0].numel(), self._q1, float(io.out_noise),
-                                 _step(io.out_res, io.out_bound) if io.out_res > 0 else 0.0,
-                                 io.out_bound if io.out_bound > 0 else 0.0, int(torch.randint(0, 2**62, ()).item()),
-                                 means.data_ptr(), peaks.data_ptr())
+                if native is None:
+                    w = weights.contiguous()
+                    means = torch.empty(w.shape[0], dtype=torch.float64)
+                    peaks = torch.empty(w.shape[0])
+                    lib.readout_many(w.data_ptr(), w.shape[0], w[0].numel(), *self._readout_args(),
+                                     int(torch.randint(0, 2**62, ()).item()), means.data_ptr(), peaks.data_ptr())
                 vals = torch.clamp(means.float(), min=0.0001)  # GlobalDriftCompensation.readout per tile
                 ok = peaks <= io.out_bound if io.out_bound > 0 else torch.ones_like(peaks, dtype=torch.bool)
             else:
@@ -329,10 +345,14 @@ class FastLayer:
 
     @torch.no_grad()
     def program(self) -> None:
+        from . import pcm
+
         batched = self._batched_model()
         nm = self.noise_model
         for bank in self.banks:
-            if batched:  # the same element-wise functions aihwkit's apply_programming_noise calls, per tile ratios
+            if pcm.available(nm, bank.ref):  # aihwkit's PCM maths in one native pass (pcm.py)
+                bank.programmed, bank.nu, bank.q = pcm.program(bank.ref, nm)
+            elif batched:  # the same element-wise functions aihwkit's apply_programming_noise calls, per tile ratios
                 progs, nus = [], []
                 for sl in self._slices(bank):
                     ref = bank.ref[sl]
@@ -342,11 +362,11 @@ class FastLayer:
                     nus.append([nm.generate_drift_coefficients(gi) for gi in g])
                     progs.append(self._from_g(prog, ratio))
                 bank.programmed = progs[0] if len(progs) == 1 else torch.cat(progs)
-                bank.nu = nus
+                bank.nu, bank.q = nus, None
             else:
                 pairs = [nm.apply_programming_noise(r) for r in bank.ref]
                 bank.programmed = torch.stack([p for p, _ in pairs])
-                bank.nu = [nu for _, nu in pairs]
+                bank.nu, bank.q = [nu for _, nu in pairs], None
             bank.current = bank.programmed
             bank.alpha = torch.ones(bank.ref.shape[0])
             if self.compensation is not None:
@@ -355,9 +375,20 @@ class FastLayer:
 
     @torch.no_grad()
     def drift(self, seconds: float) -> None:
+        from . import pcm
+
         batched = self._batched_model()
         nm = self.noise_model
         for bank in self.banks:
+            if bank.q is not None and pcm.available(nm, bank.programmed):  # programmed natively
+                fused = self._native_readout(bank.programmed)
+                bank.current, means, peaks = pcm.drift(bank.programmed, bank.nu, bank.q, nm, seconds, out=bank.buffer,
+                                                       readout=self._readout_args() if fused else None)
+                bank.buffer = bank.current
+                if self.compensation is not None:
+                    bank.alpha = bank.baseline / self._readout_bank(bank, bank.current,
+                                                                    (means, peaks) if fused else None)
+                continue
             if batched:
                 parts = []
                 for sl, nus in zip(self._slices(bank), bank.nu):

@@ -1,7 +1,8 @@
 """The training weight noise's generator in C (normal.c), compiled on first use with the system's C
 compiler and loaded with ctypes; None where there is no compiler (or ANALOGAI_NATIVE_NOISE=0), and
 the layers then use torch's own normal_. The fast certify engine's tile periphery (`periphery`,
-`readout`: noise, ADC, bound test, clipping and the digital factors in one pass) lives there too.
+`readout`: noise, ADC, bound test, clipping and the digital factors in one pass) lives there too, and
+so do its PCM conductance functions (`pcm_program`, `pcm_drift`: aihwkit's PCMLikeNoiseModel maths).
 
 Why: on the CPU, torch's normal_ (mt19937 + Box-Muller) costs ~4 ns a number, ~10% of a ResNet-18
 training step at 3x32x32; normal.c writes x + s * z in one pass at ~1 ns a number. Each call takes
@@ -72,6 +73,12 @@ def _build() -> ctypes.CDLL | None:
     lib.readout_many.argtypes = [f32p, i64, i64, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
                                  ctypes.c_uint64, f32p, f32p]
     lib.readout_many.restype = None
+    f32, u64 = ctypes.c_float, ctypes.c_uint64
+    lib.pcm_program.argtypes = [f32p, i64, i64, f32p, f32, f32, f32, f32, u64, f32p, f32p, f32p]
+    lib.pcm_program.restype = None
+    lib.pcm_drift.argtypes = [f32p, f32p, f32p, i64, i64, f32, f32, u64, f32p, ctypes.c_int, f32, f32, f32, f32,
+                              f32p, f32p]
+    lib.pcm_drift.restype = None
     return lib
 
 

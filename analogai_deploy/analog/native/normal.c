@@ -189,3 +189,171 @@ void readout_many(const float *w, int64_t T, int64_t n, float q1, float sigma, f
     for (int64_t t = 0; t < T; t++)
         means[t] = readout(w + t * n, n, q1, sigma, step, bound, mix(seed + (uint64_t)(t + 1) * GAMMA), peaks + t);
 }
+
+/* ---- PCM conductances (certification/fast.py): aihwkit 1.1's PCMLikeNoiseModel on a
+ * SinglePairConductanceConverter with g_min = 0, the maths of its apply_programming_noise_to_conductance,
+ * generate_drift_coefficients and apply_drift_noise_to_conductance, element-wise in float32.
+ *
+ * Exact shortcuts (the same distribution, fewer draws and passes):
+ *  - a weight w maps to g = min(|w| r, g_max) on the device of its sign and 0 on the other; both are
+ *    programmed (the zero device gets max(0, c0-noise)), so p = sign(w) (g_sig - g_other) / r.
+ *  - aihwkit's drift converts the PROGRAMMED weights back to conductances, so exactly one device of a
+ *    pair is non-zero there (the one of sign(p)); the other drifts and reads as 0. Only that device's
+ *    nu is ever used: one nu is drawn per weight, from the target conductance of the device of sign(p)
+ *    (|w| r when sign(p) = sign(w), else 0), which is the marginal aihwkit's selected nu has.
+ *  - the 1/f read-noise factor q of a programmed weight is fixed per repeat: computed here once.
+ * A drift step is then out = p * exp(-nu * log(t / t0)) * max(0, 1 + S q z), S = read_scale *
+ * sqrt(log((t + t_read) / (2 t_read))), in one pass (with the drift compensation's readout fused). */
+
+/* e^x for x in [-87, 88]: Cody-Waite reduction x = k ln2 + f, |f| <= ln2 / 2, degree-6 Taylor (~2e-7). */
+static inline float exp_f(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float k = __builtin_rintf(x * 1.44269504088896341f);
+    float f = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
+    float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720))))));
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float s;
+    memcpy(&s, &bits, 4);
+    return p * s;
+}
+
+/* log x for x >= 0: x + 1e-30 keeps log_unit's reduction on normal floats (it changes no x >= 1e-22) and
+ * lets the compiler vectorise the callers (a select in front of it does not). */
+static inline float log_f(float x) { return log_unit(x + 1e-30f); }
+
+static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/* max |x[i]|, in 16 lanes so that it vectorises without reassociating anything but the max */
+static float absmax(const float *x, int64_t n) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) { float a = x[i + k] < 0 ? -x[i + k] : x[i + k]; acc[k] = a > acc[k] ? a : acc[k]; }
+    float m = 0.0f;
+    for (; i < n; i++) { float a = x[i] < 0 ? -x[i] : x[i]; m = a > m ? a : m; }
+    for (int k = 0; k < 16; k++) m = acc[k] > m ? acc[k] : m;
+    return m;
+}
+
+/* pcm_program's element-wise step on one block (its own function: inlined, gcc does not vectorise it) */
+__attribute__((noinline)) static void program_block(const float *wb, float *pb, float *nb, const float *z1,
+        const float *z2, const float *z3, int64_t len, float r, float g_max, const float *c, float coeff_scale,
+        float prog_scale, float sig0, float lz, float drift_scale) {
+    const float c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
+    for (int64_t j = 0; j < len; j++) {
+        float v = wb[j];
+        float a = v < 0 ? -v : v;
+        float g = a * r;
+        g = g > g_max ? g_max : g;
+        float x = g / g_max;
+        float x2 = x * x;
+        float sig = ((c0 + x * c1) + x2 * c2) + (x2 * x) * c3;
+        sig *= coeff_scale;
+        float gs = g + prog_scale * sig * z1[j];
+        gs = gs < 0.0f ? 0.0f : gs;
+        float go = sig0 * z2[j];
+        go = go < 0.0f ? 0.0f : go;
+        float d = (gs - go) / r;
+        pb[j] = v < 0 ? -d : d;
+        /* nu of the device of sign(p): the one holding g when gs >= go, else one with a zero target */
+        float lr = log_f(x);
+        lr = lr < lz ? lz : lr;
+        lr = gs >= go ? lr : lz;
+        float mu = clampf(-0.0155f * lr + 0.0244f, 0.049f, 0.1f);
+        float sg = clampf(-0.0125f * lr - 0.0059f, 0.008f, 0.045f);
+        float nv = mu + sg * z3[j];
+        nb[j] = (nv < 0 ? -nv : nv) * drift_scale;
+    }
+}
+
+/* T tiles of n normalised weights each (w, one after the other) programmed as aihwkit's
+ * apply_programming_noise does per tile: p (programmed weights), nu (the drift coefficient of the device
+ * of sign(p)), q (the read-noise factor 0.0088 / max((|g_p| / g_max)^0.65, 1e-3) clamped at 0.2, with g_p
+ * the conductance drift re-derives from p). c: the programming polynomial's coefficients in g / g_max
+ * (aihwkit's sum, up to degree 3, zeros padded), then times coeff_scale = g_max / prog_coeff_g_max_reference;
+ * prog_scale, drift_scale: the model's scales. */
+void pcm_program(const float *w, int64_t T, int64_t n, const float *c, float coeff_scale, float g_max,
+                 float prog_scale, float drift_scale, uint64_t seed, float *p, float *nu, float *q) {
+    float z1[2 * BLOCK], z2[2 * BLOCK], z3[2 * BLOCK];
+    const float zero_clip = 1e-7f, lz = log_f(1e-7f);  /* generate_drift_coefficients' _ZERO_CLIP */
+    const float sig0 = prog_scale * (c[0] * coeff_scale);  /* a zero target's programming noise */
+    for (int64_t t = 0; t < T; t++) {
+        const float *wt = w + t * n;
+        float *pt = p + t * n, *nt = nu + t * n, *qt = q + t * n;
+        uint64_t ctr = mix(seed + (uint64_t)(t + 1) * GAMMA);
+        float amax = absmax(wt, n);
+        float r = g_max / (amax > zero_clip ? amax : zero_clip);  /* SinglePairConductanceConverter's scale_ratio */
+        for (int64_t i0 = 0; i0 < n; i0 += 2 * BLOCK) {
+            ctr = refill(z1, ctr);
+            ctr = refill(z2, ctr);
+            ctr = refill(z3, ctr);
+            int64_t len = n - i0 < 2 * BLOCK ? n - i0 : 2 * BLOCK;
+            program_block(wt + i0, pt + i0, nt + i0, z1, z2, z3, len, r, g_max, c, coeff_scale, prog_scale,
+                          sig0, lz, drift_scale);
+        }
+        /* drift's conversion of p: ratio g_max / max|p|, g = min(|p| r2, g_max) */
+        float pmax = absmax(pt, n);
+        float r2 = g_max / (pmax > zero_clip ? pmax : zero_clip);
+        for (int64_t i = 0; i < n; i++) {
+            float a = pt[i] < 0 ? -pt[i] : pt[i];
+            float g = a * r2;
+            g = g > g_max ? g_max : g;
+            float pw = exp_f(0.65f * log_f(g / g_max));
+            pw = pw < 1e-3f ? 1e-3f : pw;
+            float qv = 0.0088f / pw;
+            qt[i] = qv > 0.2f ? 0.2f : qv;
+        }
+    }
+}
+
+/* One drift step of T tiles of n programmed weights: out = p * exp(-nu * L) * max(0, 1 + S * q * z)
+ * (L = log(t / t0), 0 at t = t0; S = read_scale * sqrt(log((t + t_read) / (2 t_read)))). readout != 0:
+ * also the global drift compensation's readout of every tile (as readout_many, on the drifted weights,
+ * in the same pass): means[t], peaks[t]. */
+void pcm_drift(const float *p, const float *nu, const float *q, int64_t T, int64_t n, float L, float S,
+               uint64_t seed, float *out, int readout, float q1, float sigma, float step, float bound,
+               double *means, float *peaks) {
+    float z[2 * BLOCK], zr[2 * BLOCK];
+    for (int64_t t = 0; t < T; t++) {
+        const float *pt = p + t * n, *nt = nu + t * n, *qt = q + t * n;
+        float *ot = out + t * n;
+        uint64_t ctr = mix(seed + (uint64_t)(t + 1) * GAMMA);
+        float pk[16] = {0}, part[16];
+        double total = 0.0;
+        for (int64_t i0 = 0; i0 < n; i0 += 2 * BLOCK) {
+            ctr = refill(z, ctr);
+            int64_t len = n - i0 < 2 * BLOCK ? n - i0 : 2 * BLOCK;
+            const float *pb = pt + i0, *nb = nt + i0, *qb = qt + i0;
+            float *ob = ot + i0;
+            for (int64_t j = 0; j < len; j++) {
+                float f = 1.0f + S * qb[j] * z[j];
+                f = f < 0.0f ? 0.0f : f;
+                ob[j] = pb[j] * exp_f(-nb[j] * L) * f;
+            }
+            if (!readout) continue;
+            ctr = refill(zr, ctr);
+            for (int k = 0; k < 16; k++) part[k] = 0.0f;
+            int64_t j = 0;
+            for (; j + 16 <= len; j += 16)
+                for (int k = 0; k < 16; k++) {
+                    float v = adc(q1 * ob[j + k] + sigma * zr[j + k], step);
+                    float a = v < 0 ? -v : v;
+                    pk[k] = a > pk[k] ? a : pk[k];
+                    part[k] += (bound > 0.0f && a > bound) ? bound : a;
+                }
+            for (; j < len; j++) {
+                float v = adc(q1 * ob[j] + sigma * zr[j], step);
+                float a = v < 0 ? -v : v;
+                pk[0] = a > pk[0] ? a : pk[0];
+                part[0] += (bound > 0.0f && a > bound) ? bound : a;
+            }
+            for (int k = 0; k < 16; k++) total += part[k];
+        }
+        if (readout) {
+            float m = 0.0f;
+            for (int k = 0; k < 16; k++) m = pk[k] > m ? pk[k] : m;
+            means[t] = total / (double)n;
+            peaks[t] = m;
+        }
+    }
+}
