@@ -390,19 +390,15 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
 
 
 def _load_weights(model: nn.Module, file: Path):
-    """safetensors' load_model, with the module versions torch keeps in state_dict metadata: a state_dict read
-    from a file has none, and modules that check theirs on load (torchvision's MNASNet) refuse it otherwise."""
-    from collections import OrderedDict
-
+    """safetensors' load_model, with the module versions torch keeps in state_dict metadata (_state.py)."""
     from safetensors.torch import load_model
 
-    metadata = getattr(model.state_dict(), "_metadata", None)
+    from ._state import with_versions
+
     original = model.load_state_dict
 
     def with_metadata(state, *args, **kwargs):
-        state = OrderedDict(state)
-        state._metadata = metadata
-        return original(state, *args, **kwargs)
+        return original(with_versions(model, state), *args, **kwargs)
 
     model.load_state_dict = with_metadata  # instance attribute: load_model's one call goes through it
     try:

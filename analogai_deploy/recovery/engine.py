@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .. import distributed
+from .._state import load_state
 from ..errors import OperationFailed, UsageError
 from . import msnat, parallel
 from .objectives import Objective
@@ -533,7 +534,7 @@ class Trainer:
             mine[k] = (state, _act_ranges(self.clients[k]), opt_meta, opt_tensors)
         for k, (state, ranges, opt_meta, opt_tensors) in enumerate(parallel.gather_clients(mine, len(self.clients))):
             if k not in self.mine:
-                self.clients[k].load_state_dict(state)
+                load_state(self.clients[k], state)
                 _set_act_ranges(self.clients[k], ranges, self.device)
                 self.optimizers[k].load_state_dict(_unflatten(opt_meta, opt_tensors))
 
@@ -597,12 +598,12 @@ class Trainer:
             return "fused" if name in same else name
 
         for k, client in enumerate(self.clients):
-            client.load_state_dict(part(f"{stored(f'client{k}')}/"))
+            load_state(client, part(f"{stored(f'client{k}')}/"))
             _set_act_ranges(client, part(f"{stored(f'client{k}')}.act/"), self.device)
         for k, opt in enumerate(self.optimizers):
             opt.load_state_dict(_unflatten(meta["optimizers"][k], tensors))
         if self.fi:
-            self.fused.load_state_dict(part("fused/"))
+            load_state(self.fused, part("fused/"))
             _set_act_ranges(self.fused, part("fused.act/"), self.device)
         self.best_state = {k: v.to(self.device) for k, v in part(f"{stored('best')}/").items()}
         self.best_ranges = part(f"{stored('best')}.act/")
@@ -612,7 +613,7 @@ class Trainer:
     def output_model(self, result: Result) -> nn.Module:
         """The selected (best validation) fused state in the package's own model object."""
         model = self.clients[0]
-        model.load_state_dict(result.best_state)
+        load_state(model, result.best_state)
         _set_act_ranges(model, result.best_act_ranges, self.device)
         return model
 
