@@ -120,3 +120,61 @@ def test_recipes_cli(cli):
     for args in (["recover", "--help"], ["recipes", "--help"], ["recipes", "show", "--help"]):
         code, out, _ = cli(*args)
         assert code == 0 and "Example" in out
+
+
+def _without_text(name):
+    data, _ = R.raw(name)
+    data.pop(R.TEXT_SECTION, None)
+    return R.Recipe.from_dict(data)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_text_section_leaves_the_image_recipe_alone(name):
+    r = R.load(name)
+    assert r.variant == "" and "variant" not in r.resolved()
+    assert r.sha256() == _without_text(name).sha256()  # the section changes nothing for image packages
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_recipe_has_transformer_levels(name):
+    image, text = R.load(name), R.load(name, text=True)
+    assert text.variant == "text" and text.name == name and text.sha256() != image.sha256()
+    again = R.Recipe.from_dict(json.loads(json.dumps(text.resolved())))
+    assert again == text and again.sha256() == text.sha256()
+    assert text.training.lr < image.training.lr  # fine-tuning a pretrained transformer, not training a CNN
+    if image.training.engine == "aihwkit_hwa":
+        assert text.recovery.hwa.w_noise < image.recovery.hwa.w_noise
+    else:  # the method's structure stays; only its levels move
+        assert len(text.recovery.sigmas) == len(image.recovery.sigmas)
+        assert (text.training.use_FI, text.training.use_FL) == (image.training.use_FI, image.training.use_FL)
+        if max(image.recovery.sigmas) > 0:
+            assert max(text.recovery.sigmas) < max(image.recovery.sigmas)
+
+
+def test_text_section_merges_under_the_users_overrides(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("training: {rounds: 7, lr: 0.01}\nrecovery:\n  noise_0: {act_inject: {sigma: 0.1}}\n"
+                 "  noise_1: {act_inject: {sigma: 0.2}}\n  noise_2: {act_inject: {sigma: 0.3}}\n"
+                 "text:\n  training: {lr: 1.0e-4}\n  recovery:\n    noise_0: {act_inject: {sigma: 0.05}}\n")
+    r = R.load(str(f), ["training.rounds=2"], text=True)
+    # nested keys merge (rounds kept), noise levels are replaced as a set (K 3 -> 1), overrides win
+    assert (r.training.rounds, r.training.lr, r.recovery.sigmas, r.variant) == (2, 1e-4, [0.05], "text")
+    assert R.load(str(f), ["training.lr=0.5"], text=True).training.lr == 0.5
+    assert R.load(str(f)).recovery.sigmas == [0.1, 0.2, 0.3]
+
+
+def test_a_typo_in_the_text_section_is_reported_for_image_packages_too(tmp_path):
+    f = tmp_path / "typo.yaml"
+    f.write_text("training: {rounds: 3}\ntext:\n  training: {lrr: 1.0e-4}\n")
+    with pytest.raises(UsageError, match="text: section.*lrr"):
+        R.load(str(f))
+    f.write_text("training: {rounds: 3}\ntext: 5\n")
+    with pytest.raises(UsageError, match="text: section must map"):
+        R.load(str(f))
+
+
+def test_recipes_show_text(cli):
+    code, out, _ = cli("recipes", "show", "msnat", "--text", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["resolved"]["variant"] == "text"
+    assert data["sha256"] == R.load("msnat", text=True).sha256() != R.load("msnat").sha256()

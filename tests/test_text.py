@@ -235,6 +235,7 @@ def test_lm_metrics_and_the_gate_direction(tiny, tmp_path):
     assert "perplexity_ratio (lower is better)" in card and "accuracy" not in card.split("## Certificate")[1]
     cert = ad.certify(pkg, times="1d", repeats=2, data="sentences", limit=8)
     assert cert["metric"] == "next_token_agreement" and 0 < cert.result("1d")["mean"] < 1
+    assert "normalised_note" not in cert  # no chance level to normalise a next-token agreement against
     m = evaluation.METRICS["perplexity_ratio"]
     assert m.drop_pp(1.0, [1.01, 1.04]) == pytest.approx(4.0) and m.threshold(1.0, 5) == pytest.approx(1.05)
     with pytest.raises(UsageError, match="causal language model"):

@@ -53,6 +53,8 @@ Examples:
 
   analogai-deploy recipes show msnat training.rounds=5 training.use_FI=false
 
+  analogai-deploy recipes show msnat --text      # what a transformer gets (the recipe's text: section)
+
   analogai-deploy recipes show ./my_recipe.yaml --json
 """
 
@@ -139,6 +141,8 @@ def list_recipes(json_: Json = False) -> None:
 def show_recipe(
     name: Annotated[str, typer.Argument(help="Shipped recipe name or a .yaml file.")],
     overrides: Annotated[list[str] | None, typer.Argument(help="Overrides to apply first: dotted.key=value ...")] = None,
+    text: Annotated[bool, typer.Option("--text", help="Show what text packages (transformers) get: the recipe's "
+                                       "text: section applied.")] = False,
     json_: Json = False,
 ) -> None:
     import yaml
@@ -146,7 +150,7 @@ def show_recipe(
     from ..recovery import recipe as recipes
 
     out = output(json_)
-    r = recipes.load(name, list(overrides or []))
+    r = recipes.load(name, list(overrides or []), text=text)
     data = {"name": r.name, "sha256": r.sha256(), "summary": r.summary(), "resolved": r.resolved()}
     out.result(data, lambda d: f"# {r.summary()}\n# sha256 {d['sha256']}\n"
                + yaml.safe_dump(d["resolved"], sort_keys=False, default_flow_style=None, width=110))

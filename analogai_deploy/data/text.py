@@ -50,6 +50,20 @@ class TextTensors(TensorDataset):
     def inputs(self, rows: tuple[torch.Tensor, ...]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         return dict(zip(self.names, rows[:-1])), rows[-1]
 
+    def batch(self, rows: tuple[torch.Tensor, ...]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """`inputs`, cut to the longest real sequence in these rows. Padding is on the right and masked, so
+        the real positions compute the same values; a batch of short sentences no longer pays for seq_len
+        (the shipped corpus averages 12 of 32 tokens). Targets are per sample (labels, pooled teacher outputs);
+        an LM's per-token teacher logits are computed per batch from these same inputs."""
+        x, target = self.inputs(rows)
+        mask = x.get("attention_mask")
+        if mask is None or mask.numel() == 0:
+            return x, target
+        length = max(int(mask.sum(1).max()), 1)
+        if length == mask.shape[1]:
+            return x, target
+        return {k: v[:, :length] for k, v in x.items()}, target
+
     def with_target(self, target: torch.Tensor) -> TextTensors:
         return TextTensors(self.names, list(self.tensors[:-1]), target)
 

@@ -152,16 +152,17 @@ def prepare_run(package, recipe, data, overrides=None):
     from ..data import text as text_data
     from . import objectives
 
-    rec = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides)
     pkg = package if isinstance(package, pkg_mod.Package) and package.model is not None else pkg_mod.load(
         package.path if isinstance(package, pkg_mod.Package) else package)
     inp = pkg.config.get("input", {})
+    text = inp.get("kind") == "text"  # a recipe's text: section applies (recipe.py)
+    rec = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides, text=text)
     data = data or default_data(pkg.config)
     from .engine import pick_device
     from .memory import check_fits
 
     device = pick_device(rec.training.device)
-    if inp.get("kind") == "text":
+    if text:
         from ..analog.convert import to_digital
 
         if isinstance(data, str):
@@ -237,6 +238,8 @@ def recover(
     merged = _overrides(overrides, kw_overrides)
     pkg, rec, ds, objective = prepare_run(package, recipe, data, merged)
     if log is not None:
+        if rec.variant:
+            log(f"recipe {rec.name} for {rec.variant} packages (its {rec.variant}: section): {rec.summary()}")
         log(objective_line(objective, ds))
     data = data if data is not None else ds.spec
     out_path = output_for(pkg, rec, output)

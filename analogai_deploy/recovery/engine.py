@@ -69,7 +69,7 @@ class Batches:
         order = torch.randperm(self.n, generator=generator) if generator is not None else torch.arange(self.n)
         if self.tensors is not None:
             order = order.to(self.device)
-            text = getattr(self.dataset, "inputs", None)  # text: (named token tensors, target)
+            text = getattr(self.dataset, "batch", None)  # text: (named token tensors, target), padding cut
             for i in range(0, self.n, self.batch_size):
                 idx = order[i:i + self.batch_size]
                 rows = tuple(t.index_select(0, idx) for t in self.tensors)

@@ -7,6 +7,12 @@
 
 `recovery.noise_0 ... noise_{K-1}` are the K noise levels (one FI client each). The seed calls the
 level `act_inject.sigma`; it is the relative weight-noise level of DESIGN.md (s = c * sigma * max|W|).
+
+A recipe file may end with a `text:` section: the same keys, used instead for text packages (transformers).
+The seed's constants are tuned for image CNNs; on a transformer its noise levels destroy the embedding
+and its learning rate the weights (BENCHMARKS.md section 6), so a shipped recipe carries the levels and
+rate that keep its method meaningful there. `load(..., text=True)` applies the section before the user's
+overrides and marks the result `variant: text`; for image packages the section is checked and unused.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from .sam import SamConfig
 
 RECIPES_DIR = shipped("recipes")  # in the wheel, or the source tree's recipes/
 _NOISE_KEY = re.compile(r"^noise_(\d+)$")
+TEXT_SECTION = "text"
 
 
 @dataclass
@@ -247,6 +254,7 @@ class TrainIOConfig(StrictConfig):
 class Recipe(StrictConfig):
     name: str = "custom"
     description: str = ""
+    variant: Literal["", "text"] = ""  # "text": the file's `text:` section was applied (module docstring)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     noise: NoiseModelConfig = field(default_factory=NoiseModelConfig)
@@ -283,6 +291,8 @@ class Recipe(StrictConfig):
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "description": self.description,
                "training": self.training.to_dict(), "recovery": self.recovery.to_dict()}
+        if self.variant:  # like the sections below: absent where unused, so the seed's recipes keep their hash
+            out["variant"] = self.variant
         if self.hardware_noise:  # the seed's recipes keep their hash: the sections appear only when used
             out.update(noise=self.noise.to_dict(), io=self.io.to_dict())
         return out
@@ -404,12 +414,53 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
     return data
 
 
-def load(name_or_path: str | Path | Recipe = "msnat", overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
-    """A validated Recipe from a shipped name or a YAML file, with dotted overrides applied."""
+def merge_section(base: dict[str, Any], section: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `section`'s keys laid over it, nested dicts merged. Noise levels go as a set: a section
+    that names any recovery.noise_K replaces all of them (K may differ)."""
+    out = dict(base)
+    for key, value in section.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            old = out[key]
+            if key == "recovery" and any(_NOISE_KEY.match(k) for k in value):
+                old = {k: v for k, v in old.items() if not _NOISE_KEY.match(k)}
+            out[key] = merge_section(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _text_section(data: dict[str, Any]) -> dict[str, Any] | None:
+    section = data.pop(TEXT_SECTION, None)
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not section:
+        raise UsageError(f"the recipe's {TEXT_SECTION}: section must map recipe sections (training, recovery, "
+                         "noise, io) to the values text packages use instead")
+    if TEXT_SECTION in section or "variant" in section:
+        raise UsageError(f"the recipe's {TEXT_SECTION}: section holds recipe sections, not {TEXT_SECTION}/variant")
+    return section
+
+
+def load(name_or_path: str | Path | Recipe = "msnat", overrides: list[str] | dict[str, Any] | None = None,
+         *, text: bool = False) -> Recipe:
+    """A validated Recipe from a shipped name or a YAML file, with dotted overrides applied.
+
+    `text`: the package is a text model; the file's `text:` section (if any) is applied first. The section is
+    validated either way, so a typo in it is reported on an image package too."""
     if isinstance(name_or_path, Recipe):
         if not overrides:
             return name_or_path
         data = name_or_path.to_dict()
     else:
         data, _ = raw(name_or_path)
+    section = _text_section(data)
+    if section is not None:
+        with_text = merge_section(data, section)
+        with_text["variant"] = TEXT_SECTION
+        try:
+            checked = Recipe.from_dict(with_text)
+        except UsageError as exc:
+            raise UsageError(f"in the recipe's {TEXT_SECTION}: section: {exc.message}", exc.hint) from None
+        if text:
+            data = checked.to_dict()
     return Recipe.from_dict(apply_overrides(data, overrides or []))
