@@ -113,3 +113,40 @@ def test_recover_records_the_mapping_and_io_it_trained_for(lenet_pkg, tmp_path, 
     cert = ad.certify(out, repeats=2, times="1d", limit=32, write=False)
     assert cert["mapping"]["source"] == "package" and cert["mapping"]["clip"] == "channel_std"
     assert (cert["device"]["dac_bits"], cert["device"]["adc_bits"], cert["device"]["out_noise"]) == (7, 9, 0.06)
+
+
+def test_input_scaling_trains_the_layer_certify_programs():
+    from analogai_deploy.analog.layers import noisy
+
+    torch.manual_seed(1)
+    s = torch.rand(256) * 4 + 0.25
+    hw = HardwareNoise("channel", "pcm", out_noise=0.0, in_scale=s)
+    layer = _linear(hw, sigma=0.0)
+    x = torch.randn(8, 256)
+    clean = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    # noise off: x / s through W * s is the digital layer
+    assert torch.allclose(layer(x), clean, atol=1e-4)
+    # the tile holds W_:j * s_j: the noise's per-column wmax and PCM shape are those of the scaled weights
+    layer.analog.sigma = 0.1
+    scaled = layer.weight.detach() * s
+    draws = torch.stack([noisy(layer.weight.detach(), layer.analog) - scaled for _ in range(200)])
+    std = draws.std(0)
+    m = scaled.abs().amax(1, keepdim=True)
+    u = scaled.abs() / m
+    q = torch.sqrt(hardware._p(u) ** 2 + hardware._p(0.0) ** 2) / hardware._PCM_NORM
+    assert torch.allclose(std, 0.1 * m * q, rtol=0.2)
+    hw.out_noise, hw.dac_bits, hw.adc_bits = 0.06, 7, 9
+    layer.analog.sigma = 0.0
+    with torch.no_grad():
+        y = layer(x)
+    assert y.shape == clean.shape and 0 < float((y - clean).abs().mean()) < float(clean.abs().mean())
+
+
+def test_recover_trains_through_the_packages_input_scaling(lenet_pkg, tmp_path):
+    pkg = ad.recover(lenet_pkg, "msnat_hw", output=tmp_path / "s", overrides=[
+        "training.rounds=1", "training.use_FI=false", "noise.input_scaling=package"])
+    rec = pkg.config["training"]["input_scaling"]
+    assert rec["layers"] == 4 and rec["spec"] == "digits" and rec["split"] == "train"
+    assert pkg.config["recipe"]["resolved"]["noise"]["input_scaling"] == "package"
+    assert pkg.config["mapping"]["input_scaling"] == "channel"  # trained for what certify then runs
+    assert "input_scaling" not in R.load("msnat_hw").resolved()["noise"]  # absent at its default

@@ -161,6 +161,25 @@ def test_every_recipe_distils_an_encoder(tiny, tmp_path, recipe):
     assert t["objective"]["loss"] == "cosine" and t["best"]["metric"] == "cosine"
     assert -1 <= t["best"]["val_acc"] <= 1 and 0.9 < t["best"]["val_clean_acc"] <= 1.0 + 1e-6
     assert pkg.config["provenance"]["history"][-1]["objective"] == "cosine"
+    assert pkg.config["recipe"]["resolved"]["variant"] == "text"  # the recipe's transformer levels were used
+
+
+@pytest.mark.parametrize("kind", ["encoder", "lm"])
+def test_training_batches_drop_padding_without_changing_a_value(tiny, kind):
+    from analogai_deploy.recovery import prepare_run
+    from analogai_deploy.recovery.engine import Batches
+
+    pkg, _, ds, objective = prepare_run(tiny[kind], "vanilla", "corpus")
+    model = pkg.model.eval()
+    (cut, _), = [b for b, _ in zip(Batches(ds.train, 16, torch.device("cpu")).iterate(), range(1))]
+    full, _ = ds.train.inputs(tuple(t[:16] for t in ds.train.tensors))
+    n = cut["attention_mask"].shape[1]
+    assert n == int(full["attention_mask"].sum(1).max()) < full["attention_mask"].shape[1]
+    with torch.no_grad():
+        a, b = objective.forward(model, cut), objective.forward(model, full)
+    if kind == "lm":  # per token: the real positions
+        b = b[:, :n]
+    assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_distillation_targets_are_the_clean_model(tiny):

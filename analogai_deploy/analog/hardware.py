@@ -18,6 +18,12 @@ The seed's model (layers.noisy) draws W + N(0, s^2), s = c * sigma * max|W| over
          outputs (in units of input max x wmax) get N(0, out_noise^2) and are quantised to adc_bits
          over +-out_bound; then scaled back. Roundings pass gradients straight through.
 
+  input scaling  (noise.input_scaling: package) the layer runs as certify maps it with the package's
+         per-channel input scaling (certification/mapping.py): the tile holds W_:j * s_j and sees x_j / s_j,
+         so the noise (its per-column wmax, the PCM shape) and the periphery act on those, exactly as in
+         certify; the product is the digital layer's when the noise is off. s is calibrated once, before
+         training, on the package's clean weights and certify's calibration inputs (`input_scales`).
+
 MSNAT's sigmas (FI levels, FL deltas) scale the weight noise of whichever model is chosen.
 """
 from __future__ import annotations
@@ -44,19 +50,30 @@ _PCM_NORM = math.sqrt(_p(1.0) ** 2 + _p(0.0) ** 2)
 class HardwareNoise:
     """The settings one layer trains with (plain attributes; validated by the recipe)."""
 
-    __slots__ = ("scale", "model", "clip", "clip_value", "out_noise", "dac_bits", "adc_bits", "out_bound")
+    __slots__ = ("scale", "model", "clip", "clip_value", "out_noise", "dac_bits", "adc_bits", "out_bound",
+                 "in_scale")
 
     def __init__(self, scale: str = "tensor", model: str = "gaussian", clip: str = "none", clip_value: float = 3.0,
-                 out_noise: float = 0.0, dac_bits: int = 0, adc_bits: int = 0, out_bound: float = 12.0):
+                 out_noise: float = 0.0, dac_bits: int = 0, adc_bits: int = 0, out_bound: float = 12.0,
+                 in_scale: torch.Tensor | None = None):
         self.scale, self.model, self.clip, self.clip_value = scale, model, clip, clip_value
         self.out_noise, self.dac_bits, self.adc_bits, self.out_bound = out_noise, dac_bits, adc_bits, out_bound
+        self.in_scale = in_scale  # s per input channel (module docstring), or None
 
     @property
     def has_io(self) -> bool:
         return self.out_noise > 0 or self.dac_bits > 0 or self.adc_bits > 0
 
     def __repr__(self) -> str:
-        return "HardwareNoise(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+        return "HardwareNoise(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if k != "in_scale") + ")"
+
+    def scale_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """x / s over the input channels at `channel_dim` of x (identity without input scaling)."""
+        if self.in_scale is None:
+            return x
+        shape = [1] * x.dim()
+        shape[channel_dim] = -1
+        return x / self.in_scale.to(x.dtype).view(shape)
 
 
 def _straight(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,6 +120,10 @@ def noisy(w: torch.Tensor, sigma: float, c: float, hw: HardwareNoise, channel_di
     from .layers import add_noise
 
     w = clip(w, hw, channel_dim)
+    if hw.in_scale is not None:  # the tile holds W_:j * s_j (module docstring); channel_dim 0: inputs on dim 1
+        shape = [1] * w.dim()
+        shape[1 - channel_dim] = -1
+        w = w * hw.in_scale.to(w.dtype).view(shape)
     if sigma <= 0:
         return w
     m = wmax(w, hw, channel_dim)
@@ -145,18 +166,44 @@ def periphery(x: torch.Tensor, w: torch.Tensor, mvm, hw: HardwareNoise, conv: bo
     return y * xmax * scale
 
 
-def apply(model, noise, io) -> int:
+def apply(model, noise, io, in_scales: dict[str, torch.Tensor] | None = None) -> int:
     """Put one HardwareNoise (from a recipe's noise / io sections) on every analog layer; returns how many.
-    `noise` / `io` None: back to the seed's noise model."""
+    `noise` / `io` None: back to the seed's noise model. `in_scales`: s per layer name (`input_scales`)."""
     from .convert import analog_layers
 
     n = 0
-    for _, layer in analog_layers(model):
+    for name, layer in analog_layers(model):
         layer.analog.hw = None if noise is None else HardwareNoise(
             noise.scale, noise.model, noise.clip, noise.clip_value, io.out_noise, io.dac_bits, io.adc_bits,
-            io.out_bound)
+            io.out_bound, (in_scales or {}).get(name))
         n += 1
     return n
+
+
+#: the analog layer types whose input a per-channel scale can divide (their forward calls `_tile`)
+SCALABLE = ("AnalogLinear", "AnalogConv1d", "AnalogConv2d", "AnalogConv3d")
+
+
+def input_scales(pkg, model) -> tuple[dict[str, torch.Tensor], dict]:
+    """The per-input-channel scales s certify will use for this package's mapping (noise.input_scaling:
+    package): certify's own calibration (same inputs, same formula) on the package's clean weights.
+    Returns ({layer name: s}, what the calibration ran on); empty where the mapping scales no inputs."""
+    import copy
+
+    from ..certification import mapping as mp
+    from .convert import analog_layers, to_digital
+
+    m = mp.package_mapping(pkg.config).complete()
+    if m.input_scaling != "channel":
+        return {}, {}
+    digital = to_digital(copy.deepcopy(model)).eval()
+    m_clip = mp.MappingConfig.from_dict({**m.to_dict(), "clip": "none"})  # training clips in the forward pass
+    batches, info = mp.calibration_batches(pkg.path, pkg.config, m_clip, None)
+    cal = mp.calibrate(digital, batches, m_clip, info, mp.mapped_layers(digital, pkg.placement))
+    kinds = {n: type(layer).__name__ for n, layer in analog_layers(model)}
+    scales = {n: s.detach().clone() for n, s in cal.scales.items()
+              if kinds.get(n) in SCALABLE and getattr(model.get_submodule(n), "groups", 1) == 1}
+    return scales, {**info, "layers": len(scales)}
 
 
 def trained_mapping(noise, io) -> dict:

@@ -152,7 +152,10 @@ class AnalogLayer:
 
 
 def _tile(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, mvm, s: AnalogState, conv: bool):
-    """mvm(x, w) + bias, through the tile periphery when the layer trains with hardware IO."""
+    """mvm(x, w) + bias, through the tile periphery when the layer trains with hardware IO (and x / s where
+    its weights are input-scaled, hardware.py)."""
+    if s.hw is not None:
+        x = s.hw.scale_input(x, 1 if conv else x.dim() - 1)
     if s.hw is None or not s.hw.has_io:
         return mvm(x, w, bias)
     from .hardware import periphery

@@ -256,10 +256,17 @@ def recover(
         discard_checkpoint(state_dir)  # a fresh run never mixes with an old checkpoint
     default_sigma = pkg.config["analog"].get("sigma", 0.0)
     model = pkg.model
+    in_scaling: dict[str, Any] = {}
     if rec.hardware_noise:  # the recipe's noise / io sections replace the seed's noise model (hardware.py)
         from ..analog import hardware
 
-        hardware.apply(model, rec.noise, rec.io)
+        scales = {}
+        if rec.noise.input_scaling == "package":
+            scales, in_scaling = hardware.input_scales(pkg, model)
+            if log is not None:
+                log(f"training through the package's input scaling: {len(scales)} layers, calibrated on "
+                    f"{in_scaling.get('spec', 'nothing (the mapping scales no inputs)')}")
+        hardware.apply(model, rec.noise, rec.io, scales)
     if rec.training.engine == "aihwkit_hwa":
         from .hwa import HwaTrainer as TrainerClass
     else:
@@ -307,6 +314,7 @@ def recover(
         "seconds": round(result.seconds, 2),  # this run's (a resumed run did rounds resumed_from_round+1 ...)
         "resumed_from_round": result.resumed_from,
         "objective": objective.describe(),
+        **({"input_scaling": in_scaling} if in_scaling else {}),
         "log": "train_log.jsonl",
         "curve": CURVE_PNG,
     }

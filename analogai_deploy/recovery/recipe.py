@@ -217,12 +217,22 @@ class NoiseModelConfig(StrictConfig):
       PCMLikeNoiseModel's programming-noise polynomial in the normalised conductance). MSNAT's sigmas
       scale either. clip / clip_value: clip the weights in the forward pass (none, fixed: |w| <= value,
       layer_std / channel_std: value std per layer / output channel); certify then clips the same way.
+    input_scaling: none (the seed) or package: train each linear / convolution layer as certify maps it with
+      the package's per-channel input scaling (config.json mapping; W_:j * s_j on the tile, x_j / s_j before
+      it), s calibrated once before training exactly as certify calibrates it.
     """
 
     scale: Literal["tensor", "channel"] = "tensor"
     model: Literal["gaussian", "pcm"] = "gaussian"
     clip: Literal["none", "fixed", "layer_std", "channel_std"] = "none"
     clip_value: float = 3.0
+    input_scaling: Literal["none", "package"] = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["input_scaling"] == "none":  # absent at its default: recipes written before it keep their hash
+            del d["input_scaling"]
+        return d
 
     def __post_init__(self):
         if self.clip_value <= 0:
