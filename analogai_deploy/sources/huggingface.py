@@ -13,6 +13,8 @@ token, where it came from and the padding side are recorded in config.json["toke
 """
 from __future__ import annotations
 
+import functools
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,12 +73,18 @@ def _quiet():
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    gguf_bar = getattr(gguf_utils, "tqdm", None)
+    if gguf_bar is not None:  # its dequantisation bar is a bare tqdm that the switch above does not reach
+        gguf_utils.tqdm = functools.partial(gguf_bar, disable=True)
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+        if gguf_bar is not None:
+            gguf_utils.tqdm = gguf_bar
 
 
 def _auto(task: str):
@@ -214,6 +222,8 @@ def _gguf(id_or_dir: str) -> tuple[str, dict[str, str] | None]:
         import gguf  # noqa: F401  (transformers reads GGUF files with it)
     except ImportError:
         raise UsageError("reading a .gguf file needs the gguf package", "pip install gguf (make install has it)") from None
+    import transformers.modeling_gguf_pytorch_utils  # noqa: F401  (loaded now, so _quiet can silence its bar)
+
     return str(path.parent), {"gguf_file": path.name}
 
 
