@@ -450,3 +450,14 @@ def test_repeats_auto_stops_at_the_ci_width_and_equals_a_fixed_run(pkg, cli):
     assert code == 2 and "--repeats auto" in err
     code, _, err = cli("certify", pkg, "--repeats", "many")
     assert code == 2 and "auto" in err
+
+
+def test_a_wide_monte_carlo_ci_is_reported_in_the_metrics_units():
+    from analogai_deploy.certification import precision
+
+    rows = [{"time": "1d", "mean": 0.5, "ci95": [0.4, 0.6]}]
+    assert "is 20.0 pp wide with 2 repeats" in precision.warnings("cosine", 1000, 2, rows)[0]
+    ratio = [{"time": "1d", "mean": 5000.0, "ci95": [4500.0, 5500.0]}]  # a perplexity ratio is no fraction
+    (line,) = precision.warnings("perplexity_ratio", 8, 2, ratio)
+    assert "is 1000 (20% of the value) wide" in line and "pp" not in line
+    assert precision.warnings("perplexity_ratio", 8, 2, [{"time": "1d", "mean": 2.0, "ci95": [1.95, 2.05]}]) == []

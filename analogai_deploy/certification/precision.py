@@ -62,10 +62,15 @@ def warnings(metric: str, n: int, repeats: int, results: list[dict[str, Any]]) -
             out.append(f"only {n} test sample{'s' if n != 1 else ''}: at {100 * worst['mean']:.2f}% the test set "
                        f"alone leaves {100 * lo:.1f}%-{100 * hi:.1f}% (95%) whatever the repeats; "
                        f"certify on more data (the 95% CI shown is over Monte Carlo repeats only)")
-    wide = [r for r in results if 100 * _width(r["ci95"]) > WIDE_PP]
+    # a fraction's CI in percentage points; a ratio's (perplexity) relative to its value
+    fraction = metric != "perplexity_ratio"
+    spread = (lambda r: 100 * _width(r["ci95"])) if fraction else (
+        lambda r: 100 * _width(r["ci95"]) / max(abs(r["mean"]), 1e-12))
+    wide = [r for r in results if spread(r) > WIDE_PP]
     if wide:
-        worst = max(wide, key=lambda r: _width(r["ci95"]))
-        out.append(f"the Monte Carlo 95% CI at {worst['time']} is {100 * _width(worst['ci95']):.1f} pp wide "
+        worst = max(wide, key=spread)
+        size = f"{spread(worst):.1f} pp" if fraction else f"{_width(worst['ci95']):.4g} ({spread(worst):.0f}% of the value)"
+        out.append(f"the Monte Carlo 95% CI at {worst['time']} is {size} wide "
                    f"with {repeats} repeat{'s' if repeats != 1 else ''}; raise --repeats to narrow it")
     return out
 
