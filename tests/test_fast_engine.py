@@ -87,6 +87,44 @@ def test_fused_chunks_that_split_kernels_are_exact_without_a_dac(tmp_path):
     assert torch.allclose(a, f, rtol=1e-4, atol=1e-4 * a.abs().max().item())
 
 
+@pytest.mark.parametrize("kernel, stride, padding, dilation, groups, cin, tile_size", [
+    (3, 1, 1, 1, 1, 16, 50), (3, 2, 1, 1, 1, 12, 25), (5, 2, 2, 1, 1, 6, 10), (3, 1, 2, 2, 1, 8, 16),
+    ((3, 1), (1, 2), (1, 0), 1, 1, 10, 4), (3, 1, 1, 1, 4, 8, 512), (3, 2, 1, 1, 8, 8, 512), (3, 1, 1, 1, 2, 8, 8)])
+def test_native_patch_maxima_equal_the_torch_path(kernel, stride, padding, dilation, groups, cin, tile_size):
+    """The native noise management (patch_absmax: per chunk, kernels cut mid-way, per group) and the native
+    zero count against the torch path (shifted views of |x|) on the same inputs: equal bit for bit."""
+    from torch import nn
+
+    from analogai_deploy.analog.native import library
+    from analogai_deploy.certification.fast import _patch_max
+
+    lib = library()
+    if lib is None:
+        pytest.skip("no C compiler")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, 2 * groups, kernel, stride, padding, dilation, groups=groups)
+    rpu = rpu_config(DeviceConfig(name="PCM", io=IOSettings(tile_size=tile_size)), "torch")
+    layer = FastModel(nn.Sequential(conv), rpu).layers[0]
+    layer.program()
+    layer._build()
+    x = torch.randn(3, cin, 11, 9).relu()
+    x[0, :, 2] = 0.0
+    got = layer._native_patch_max(lib, x)
+    k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    ax, cg = x.abs(), cin // groups
+    if "all" in layer._weights:
+        amax = ax if cg == 1 else ax.view(3, groups, cg, 11, 9).amax(2)
+        expect = _patch_max(amax, k, s, p, d)
+    else:
+        expect = torch.cat([layer._chunk_patch_max(ax[:, gi * cg + info[0]:gi * cg + info[1]], info[2], info[3],
+                                                   k, s, p, d)
+                            for gi in range(groups) for info in [layer._weights[gi, c][4] for c in layer.in_chunks]], 1)
+        assert any(layer._weights[0, c][4][2] or layer._weights[0, c][4][3] for c in layer.in_chunks)  # cut kernels
+    assert torch.equal(got, expect)
+    assert torch.equal(layer._native_patch_max(lib, x.contiguous(memory_format=torch.channels_last)), expect)
+    assert lib.count_zeros(x.data_ptr(), x.numel()) == int((x == 0).sum())
+
+
 @pytest.mark.parametrize("groups, cin, cout, tile_size", [(4, 8, 12, 512), (8, 8, 16, 512), (2, 8, 6, 16)])
 def test_grouped_conv_puts_every_group_on_its_own_tiles(groups, cin, cout, tile_size):
     """A grouped (or depthwise) conv = its groups as separate convs, each on its own tiles: same tile split,

@@ -263,6 +263,7 @@ class FastLayer:
         self._per_column = type(self.compensation) is PerColumnDriftCompensation
         self._q1 = float(self._dac(torch.ones(1))[0]) if self.io.inp_res > 0 else 1.0
         self._weights = None  # effective weights per (group, chunk), rebuilt after program / drift
+        self._parts = None  # native patch_absmax parts (per layer structure)
         self.exact = False
 
     # -- the device model (aihwkit's own classes) -------------------------------------------------------
@@ -672,14 +673,21 @@ class FastLayer:
             self._build()
         # the fraction of non-zero inputs (zeros convert exactly)
         x = self._clip_input(x)
-        nonzero = torch.count_nonzero(x) / x.numel() if self.io.inp_res > 0 else None
-        ax = x.abs() if self.input_range is None else None
+        lib = _native_for(x)
+        if lib is not None:  # count, |x| and the patch maxima of every chunk in native passes
+            x = x.contiguous()
+            nonzero = (1.0 - lib.count_zeros(x.data_ptr(), x.numel()) / x.numel()) if self.io.inp_res > 0 else None
+            pm = self._native_patch_max(lib, x) if self.input_range is None else None
+        else:
+            nonzero = torch.count_nonzero(x) / x.numel() if self.io.inp_res > 0 else None
+        ax = x.abs() if self.input_range is None and lib is None else None
         g = self.groups
         if "all" in self._weights:  # one tile per group: the whole layer in one conv, periphery per group
             w, post, parts, wsq = self._weights["all"]
             cg = x.shape[1] // g
             amax = (lambda: ax) if cg == 1 else (lambda: ax.view(x.shape[0], g, cg, *x.shape[2:]).amax(2))
-            nm = self._conv_nm(x, lambda: _patch_max(amax(), k, s, p, d), g)  # [N, groups, oh, ow]
+            nm = self._conv_nm(x, (lambda: pm) if lib is not None else (lambda: _patch_max(amax(), k, s, p, d)),
+                               g)  # [N, groups, oh, ow]
             y = self._managed(lambda scale: F.conv2d(x, w, None, s, p, d, g).mul_(scale), nm, parts, 1,
                               post.view(1, -1, 1, 1), self._dac_extra(wsq, nonzero),
                               raw=lambda: F.conv2d(x, w, None, s, p, d, g), groups=g)
@@ -688,11 +696,13 @@ class FastLayer:
         outs = []
         for gi in range(g):
             acc = None
-            for chunk in self.in_chunks:
+            for ci, chunk in enumerate(self.in_chunks):
                 w, post, parts, wsq, (c_lo, c_hi, lead, tail) = self._weights[gi, chunk]
                 xin = x[:, gi * cg + c_lo:gi * cg + c_hi]
-                nm = self._conv_nm(x, lambda: self._chunk_patch_max(ax[:, gi * cg + c_lo:gi * cg + c_hi], lead, tail,
-                                                                    k, s, p, d), 1)
+                j = gi * len(self.in_chunks) + ci
+                nm = self._conv_nm(x, (lambda j=j: pm[:, j:j + 1]) if lib is not None else
+                                   (lambda: self._chunk_patch_max(ax[:, gi * cg + c_lo:gi * cg + c_hi], lead, tail,
+                                                                  k, s, p, d)), 1)
                 y = self._managed(lambda scale, xin=xin, w=w: F.conv2d(xin, w, None, s, p, d).mul_(scale), nm,
                                   parts, 1, post.view(1, -1, 1, 1), self._dac_extra(wsq, nonzero),
                                   raw=lambda xin=xin, w=w: F.conv2d(xin, w, None, s, p, d))
@@ -709,6 +719,60 @@ class FastLayer:
         oh = _out_size(x.shape[2], m.kernel_size[0], m.stride[0], m.padding[0], m.dilation[0])
         ow = _out_size(x.shape[3], m.kernel_size[1], m.stride[1], m.padding[1], m.dilation[1])
         return x.new_full((x.shape[0], groups, oh, ow), self.input_range)
+
+    def _patch_parts(self):
+        """native patch_absmax's parts, once per layer: (c_lo, c_hi, kernel-position mask, output index) per
+        part and the number of outputs. One tile per group: a part per group over its channels; else per
+        (group, input chunk) its whole channels, and the first / last channel over the kernel positions the
+        chunk holds (as _chunk_patch_max)."""
+        if getattr(self, "_parts", None) is not None:
+            return self._parts
+        k = self.module.kernel_size
+        kk = k[0] * k[1]
+        cg = self.shape[1]  # input channels per group
+        rows: list[tuple[int, int, list[int], int]] = []
+        if "all" in self._weights:
+            rows = [(gi * cg, (gi + 1) * cg, list(range(kk)), gi) for gi in range(self.groups)]
+            count = self.groups
+        else:
+            count = 0
+            for gi in range(self.groups):
+                for chunk in self.in_chunks:
+                    c_lo, c_hi, lead, tail = self._weights[gi, chunk][4]
+                    base, c = gi * cg + c_lo, c_hi - c_lo
+                    if lead and tail and c == 1:
+                        rows.append((base, base + 1, list(range(lead, kk - tail)), count))
+                    else:
+                        lo, hi = (1 if lead else 0), c - (1 if tail else 0)
+                        if hi > lo:
+                            rows.append((base + lo, base + hi, list(range(kk)), count))
+                        if lead:
+                            rows.append((base, base + 1, list(range(lead, kk)), count))
+                        if tail:
+                            rows.append((base + c - 1, base + c, list(range(kk - tail)), count))
+                    count += 1
+        assert all(a[3] <= b[3] for a, b in zip(rows, rows[1:]))  # patch_absmax walks the parts by group
+        mask = torch.zeros(len(rows), kk, dtype=torch.uint8)
+        for i, r in enumerate(rows):
+            mask[i, r[2]] = 1
+        self._parts = (torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]), mask.contiguous(),
+                       torch.tensor([r[3] for r in rows]), count)
+        return self._parts
+
+    def _native_patch_max(self, lib, x: torch.Tensor) -> torch.Tensor:
+        """[N, outputs, oh, ow]: every part's patch max of |x| (analog/native patch_absmax)."""
+        m = self.module
+        k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
+        c_lo, c_hi, mask, group, count = self._patch_parts()
+        oh, ow = _out_size(x.shape[2], k[0], s[0], p[0], d[0]), _out_size(x.shape[3], k[1], s[1], p[1], d[1])
+        last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()  # out in x's layout
+        out = torch.empty(x.shape[0], oh, ow, count).permute(0, 3, 1, 2) if last else torch.empty(x.shape[0], count, oh, ow)
+        scratch = torch.empty((x.shape[2] + 2 * p[0]) * (x.shape[3] + 2 * p[1]) + oh * ow)
+        xs, os_ = torch.tensor(x.stride()), torch.tensor(out.stride())
+        lib.patch_absmax(x.data_ptr(), x.shape[0], x.shape[2], x.shape[3], xs.data_ptr(), len(c_lo), c_lo.data_ptr(),
+                         c_hi.data_ptr(), mask.data_ptr(), group.data_ptr(), count, k[0], k[1], s[0], s[1], p[0], p[1],
+                         d[0], d[1], oh, ow, out.data_ptr(), os_.data_ptr(), scratch.data_ptr())
+        return out
 
     @staticmethod
     def _chunk_patch_max(ax: torch.Tensor, lead: int, tail: int, k, s, p, d) -> torch.Tensor:

@@ -357,3 +357,77 @@ void pcm_drift(const float *p, const float *nu, const float *q, int64_t T, int64
         }
     }
 }
+
+/* ---- conv noise management (certification/fast.py): aihwkit's ABS_MAX per im2col patch, without im2col */
+
+/* The number of zeros in x[0:n] (the fused conv's DAC term counts the non-zero inputs). */
+int64_t count_zeros(const float *x, int64_t n) {
+    int64_t acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) acc[k] += x[i + k] == 0.0f;
+    int64_t total = 0;
+    for (; i < n; i++) total += x[i] == 0.0f;
+    for (int k = 0; k < 16; k++) total += acc[k];
+    return total;
+}
+
+/* out[n, g, oy, ox] = the max of |x| over the patch (oy, ox) of a conv (kernel kh x kw, stride, zero
+ * padding, dilation) over the channels of group g's parts: part i holds channels c_lo[i]:c_hi[i] of x
+ * ([N, C, H, W]) at the kernel positions mask[i * kh * kw + ki * kw + kj] != 0, and belongs to group[i]
+ * (G groups; parts sorted by group). Any memory layout: xs and os are the element strides of x (n, c, h, w) and out (n, g, y, x)
+ * (NCHW or channels last). Zero padding counts (a patch max is >= 0 anyway). scratch: (H + 2 ph) *
+ * (W + 2 pw) floats. */
+void patch_absmax(const float *x, int64_t N, int64_t H, int64_t W, const int64_t *xs, int64_t nparts,
+                  const int64_t *c_lo, const int64_t *c_hi, const unsigned char *mask, const int64_t *group,
+                  int64_t G, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+                  int64_t dw, int64_t oh, int64_t ow, float *out, const int64_t *os, float *scratch) {
+    int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+    int64_t xn = xs[0], xc = xs[1], xh = xs[2], xw = xs[3];
+    int64_t on_ = os[0], og_ = os[1], oy_ = os[2], ox_ = os[3];
+    float *pm = scratch + Hp * Wp;  /* one group's [oh, ow] patch max, then stored with out's strides */
+    for (int64_t i = 0; i < Hp * Wp; i++) scratch[i] = 0.0f;
+    for (int64_t n = 0; n < N; n++) {
+        int64_t part = 0;  /* parts come sorted by group */
+        for (int64_t g = 0; g < G; g++) {
+            for (int64_t i = 0; i < oh * ow; i++) pm[i] = 0.0f;
+            for (; part < nparts && group[part] == g; part++) {
+                /* the channel max of |x| into the padded map's interior */
+                for (int64_t c = c_lo[part]; c < c_hi[part]; c++) {
+                    const float *xcp = x + n * xn + c * xc;
+                    int first = c == c_lo[part];
+                    for (int64_t y = 0; y < H; y++) {
+                        float *row = scratch + (y + ph) * Wp + pw;
+                        const float *xr = xcp + y * xh;
+                        if (first)
+                            for (int64_t j = 0; j < W; j++) { float v = xr[j * xw]; row[j] = v < 0 ? -v : v; }
+                        else
+                            for (int64_t j = 0; j < W; j++) {
+                                float v = xr[j * xw], a = v < 0 ? -v : v;
+                                row[j] = a > row[j] ? a : row[j];
+                            }
+                    }
+                }
+                const unsigned char *mk = mask + part * kh * kw;
+                for (int64_t ki = 0; ki < kh; ki++)
+                    for (int64_t kj = 0; kj < kw; kj++) {
+                        if (!mk[ki * kw + kj]) continue;
+                        for (int64_t oy = 0; oy < oh; oy++) {
+                            const float *src = scratch + (oy * sh + ki * dh) * Wp + kj * dw;
+                            float *dst = pm + oy * ow;
+                            if (sw == 1)
+                                for (int64_t ox = 0; ox < ow; ox++) dst[ox] = src[ox] > dst[ox] ? src[ox] : dst[ox];
+                            else
+                                for (int64_t ox = 0; ox < ow; ox++) {
+                                    float v = src[ox * sw];
+                                    dst[ox] = v > dst[ox] ? v : dst[ox];
+                                }
+                        }
+                    }
+            }
+            float *o = out + n * on_ + g * og_;
+            for (int64_t oy = 0; oy < oh; oy++)
+                for (int64_t ox = 0; ox < ow; ox++) o[oy * oy_ + ox * ox_] = pm[oy * ow + ox];
+        }
+    }
+}
