@@ -68,7 +68,7 @@ def time_steps(base: Path, data: str, batch: int, repeats: int = 3) -> dict[str,
         x, y = next(Batches(ds.train, batch, torch.device("cpu")).iterate())
         with tempfile.TemporaryDirectory() as tmp:
             if name == "hwa_aihwkit":
-                tr = HwaTrainer(pkg.model, rec, ds, Path(tmp), identity={}, objective=obj)
+                tr = HwaTrainer(pkg.model, rec, ds, Path(tmp), identity={}, placement=pkg.placement, objective=obj)
 
                 def step():
                     tr.optimizer.zero_grad()

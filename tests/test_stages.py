@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import analogai_deploy as ad
 
@@ -138,3 +139,46 @@ def test_a_plain_state_dict_loads_into_a_model_that_checks_its_version():
     with pytest.raises(ValueError, match="version"):
         model.load_state_dict(state)
     load_state(model, state)
+
+
+GROUPED_NET = '''
+from torch import nn
+
+
+def build(num_classes=10):
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8),
+                         nn.ReLU(), nn.Conv2d(8, 16, 1, groups=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(16, num_classes))
+'''
+
+
+def _hwa_round(cli, spec: str, tmp: Path, data: str, **convert_kw):
+    """recover --recipe hwa_aihwkit for one round: the tiles are certify's mapping (tiles.to_aihwkit), and
+    what training did to them comes back into the package."""
+    src = ad.convert(spec, output=tmp / "p", **convert_kw)
+    code, _, err = cli("recover", tmp / "p", "--recipe", "hwa_aihwkit", "--data", data, "-o", tmp / "r",
+                       "training.rounds=1", "training.batch_size=8")
+    assert code == 0, err
+    out = ad.load(tmp / "r")
+    assert out.config["placement"] == src.config["placement"]
+    assert out.config["training"]["mode"] == "aihwkit"
+    before, after = src.model.state_dict(), out.model.state_dict()
+    assert set(before) == set(after)
+    for entry in src.placement.analog:  # every analog layer was trained on its tiles and came back
+        key = f"{entry.name}.{next(iter(entry.matrices))}"
+        assert after[key].shape == before[key].shape
+        assert not torch.equal(after[key], before[key]), key
+    return src, out
+
+
+def test_hwa_recipe_trains_grouped_convs_on_their_tiles(cifar, tmp_path, cli):
+    (tmp_path / "net.py").write_text(GROUPED_NET)
+    src, _ = _hwa_round(cli, f"{tmp_path / 'net.py'}:build", tmp_path, f"cifar10:{cifar}", input_shape=[3, 32, 32])
+    assert sorted(e.groups for e in src.placement.analog) == [1, 1, 2, 8]
+
+
+def test_hwa_recipe_trains_gpt2_conv1d_on_tiles(tmp_path, cli):
+    src, out = _hwa_round(cli, f"hf:{hf_models.gpt2_lm(tmp_path / 'gpt2')}", tmp_path, "corpus")
+    assert {e.kind for e in src.placement.analog} >= {"hf_conv1d"}
+    cert = ad.certify(tmp_path / "r", repeats=1, times="1s", limit=4, write=False)  # and it certifies
+    assert cert["placement"]["simulated"] == out.placement.names

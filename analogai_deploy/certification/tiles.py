@@ -19,6 +19,11 @@ kind gets aihwkit's own layers, mapped so the tile matrices are exactly the reco
 
 Everything else stays digital. The root is wrapped in aihwkit's AnalogWrapper, so program / drift
 reach every tile.
+
+    weights = from_aihwkit(analog, placement)
+
+is the way back (the hwa_aihwkit recipe trains on these tiles): every analog module's parameters, read
+from its tiles and put back into the digital layout, keyed like the digital model's state_dict.
 """
 from __future__ import annotations
 
@@ -157,8 +162,8 @@ class AnalogAttention(nn.Module):
             if mha.bias_k is not None:
                 core.bias_k.copy_(mha.bias_k)
                 core.bias_v.copy_(mha.bias_v)
-        for p in core.parameters():
-            p.requires_grad_(False)
+        for name, p in core.named_parameters():  # the identity projections are fixed; bias_k/v are the model's
+            p.requires_grad_(name in ("bias_k", "bias_v"))
         self.core = core.train(mha.training)
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
@@ -243,6 +248,64 @@ def to_aihwkit(digital: nn.Module, placement, rpu) -> tuple[nn.Module, list[str]
             model = new
         simulated.append(entry.name)
     return AnalogWrapper(model).eval(), simulated
+
+
+def _tile_weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An aihwkit layer's weight and bias as its digital counterpart holds them (weight scaling undone).
+    Asked of its tile module: the layer may be the model's root, wrapped in AnalogWrapper, whose own
+    get_weights returns every layer's."""
+    weight, bias = layer.analog_module.get_weights()
+    return weight.detach(), None if bias is None else bias.detach()
+
+
+def _weights_back(entry, new: nn.Module) -> dict[str, torch.Tensor]:
+    """The inverse of `_replacement` for one placement entry: {parameter name in the module: tensor}."""
+    shape = list(entry.weight_shape)
+    if isinstance(new, GroupedConv):
+        parts = [_tile_weights(tile) for tile in new.tiles]
+        out = {"weight": torch.cat([w.reshape(w.shape[0], -1) for w, _ in parts]).reshape(shape)}
+        if parts[0][1] is not None:
+            out["bias"] = torch.cat([b for _, b in parts])
+        return out
+    if isinstance(new, AnalogAttention):
+        out = {}
+        if new.packed:
+            out["in_proj_weight"], bias = _tile_weights(new.in_proj)
+            if bias is not None:
+                out["in_proj_bias"] = bias
+        else:
+            parts = [_tile_weights(t) for t in (new.q_proj, new.k_proj, new.v_proj)]
+            out["q_proj_weight"], out["k_proj_weight"], out["v_proj_weight"] = (w for w, _ in parts)
+            if parts[0][1] is not None:
+                out["in_proj_bias"] = torch.cat([b for _, b in parts])
+        if new.core.bias_k is not None:  # digital parameters of the attention, kept in its kernel
+            out["bias_k"], out["bias_v"] = new.core.bias_k.detach(), new.core.bias_v.detach()
+        out["out_proj.weight"], bias = _tile_weights(new.out_proj)
+        if bias is not None:
+            out["out_proj.bias"] = bias
+        return out
+    weight, bias = _tile_weights(new)
+    if entry.kind == "hf_conv1d":
+        weight = weight.t()
+    out = {"weight": weight.reshape(shape)}
+    if bias is not None:
+        out["bias"] = bias
+    return out
+
+
+def from_aihwkit(analog: nn.Module, placement) -> dict[str, torch.Tensor]:
+    """The trained weights of `to_aihwkit`'s model, keyed like the digital model's state_dict: every analog
+    module's parameters read back from its tiles, every other parameter and buffer as the model holds it.
+    (AnalogWrapper shares the wrapped model's modules, so module names are the digital model's.)"""
+    names = [e.name for e in placement.analog]
+    if "" in names:  # the model itself is one analog layer
+        return {k: v.clone() for k, v in _weights_back(placement.analog[names.index("")], analog).items()}
+    prefixes = tuple(f"{n}." for n in names)
+    out = {k: v.detach().clone() for k, v in analog.state_dict().items() if not k.startswith(prefixes)}
+    for entry in placement.analog:
+        for param, value in _weights_back(entry, analog.get_submodule(entry.name)).items():
+            out[f"{entry.name}.{param}"] = value.clone()
+    return out
 
 
 def conversion(analog: nn.Module, placement, simulated: list[str]) -> dict[str, Any]:

@@ -267,8 +267,12 @@ def recover(
                 log(f"training through the package's input scaling: {len(scales)} layers, calibrated on "
                     f"{in_scaling.get('spec', 'nothing (the mapping scales no inputs)')}")
         hardware.apply(model, rec.noise, rec.io, scales)
-    if rec.training.engine == "aihwkit_hwa":
-        from .hwa import HwaTrainer as TrainerClass
+    if rec.training.engine == "aihwkit_hwa":  # aihwkit's tiles, laid out as config.json's placement says
+        from functools import partial
+
+        from .hwa import HwaTrainer
+
+        TrainerClass = partial(HwaTrainer, placement=pkg.placement)
     else:
         from .engine import make_trainer as TrainerClass
     trainer = TrainerClass(model, rec, ds, state_dir, identity=identity, progress=progress, on_round=on_round,

@@ -1,14 +1,16 @@
 """The `hwa_aihwkit` engine: aihwkit's own hardware-aware training, the baseline users would otherwise pick.
 
-The package's digital model is converted with aihwkit's `convert_to_analog` (TorchInferenceRPUConfig
-tiles, pure PyTorch, so it runs with every torch we support) with a weight-noise modifier applied in
-every training forward pass and output noise on the tiles, and trained with `AnalogSGD`. After each
-epoch the trained weights come back with `convert_to_digital` into the package's own analog-aware model,
-which is validated under noise exactly like the MSNAT engine's models, so selection is comparable.
+The package's digital model goes on aihwkit tiles through the same mapping certify uses
+(certification/tiles.py `to_aihwkit`: exactly the placement's modules, grouped and depthwise convs one
+tile set per group, GPT-2 Conv1D and nn.MultiheadAttention projections included), with
+TorchInferenceRPUConfig tiles (pure PyTorch, so it runs with every torch we support), a weight-noise
+modifier applied in every training forward pass and output noise on the tiles, and trained with
+`AnalogSGD`. After each epoch the trained weights come back through that mapping's inverse
+(`tiles.from_aihwkit`) into the package's own analog-aware model, which is validated under noise exactly
+like the MSNAT engine's models, so selection is comparable.
 
 Checkpoints hold the digital weights, the optimizer state and the RNG state; a resume rebuilds the
-tiles from those weights (aihwkit re-derives its tile mapping), so it is close to, not bitwise equal
-to, an uninterrupted run.
+tiles from those weights, so it is close to, not bitwise equal to, an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -20,14 +22,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..analog.convert import analog_layers, to_digital
+from .._state import load_state
+from ..analog.convert import to_digital
 from ..errors import OperationFailed
 from . import engine
 from .objectives import Objective
 from .recipe import Recipe
 
 _MODIFIERS = {"add_normal": "ADD_NORMAL", "mult_normal": "MULT_NORMAL", "pcm_noise": "PCM_NOISE"}
-_ANALOG_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def rpu_config(recipe: Recipe):
@@ -46,16 +48,17 @@ class HwaTrainer:
     """Same interface as engine.Trainer: run(resume) -> engine.Result, output_model(result)."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, data, state_dir: Path, *, identity: dict[str, str],
-                 progress: Callable[..., Any] | None = None, on_round: Callable[[dict], None] | None = None,
-                 objective=None):
+                 placement, progress: Callable[..., Any] | None = None,
+                 on_round: Callable[[dict], None] | None = None, objective=None):
         try:
-            from aihwkit.nn.conversion import convert_to_analog  # noqa: F401
+            from aihwkit.optim import AnalogSGD  # noqa: F401
         except Exception as exc:
             raise OperationFailed(f"the hwa_aihwkit recipe needs aihwkit: {type(exc).__name__}: {exc}",
                                   "install the tested pins: make install (torch 2.10.0 + aihwkit 1.1.0)") from None
         self.recipe, self.t = recipe, recipe.training
         self.objective = objective or Objective()  # cross-entropy, or distillation for text (objectives.py)
         self.model = model
+        self.placement = placement  # config.json's record: what goes on tiles (never re-derived here)
         self.state_dir = Path(state_dir)
         self.identity = identity
         self.progress, self.on_round = progress, on_round
@@ -72,25 +75,25 @@ class HwaTrainer:
         self._build(model.state_dict())
 
     def _build(self, state: dict[str, torch.Tensor]) -> None:
-        """Fresh aihwkit tiles from digital weights; layers the package keeps digital stay digital."""
-        from aihwkit.nn.conversion import convert_to_analog
+        """Fresh aihwkit tiles from digital weights: the placement's modules, as certify maps them."""
         from aihwkit.optim import AnalogSGD
 
+        from ..certification import tiles
+
         digital = copy.deepcopy(self.model)
-        analog_names = {n for n, _ in analog_layers(digital)}
         to_digital(digital)
-        digital.load_state_dict(state)
-        keep = [n for n, m in digital.named_modules() if isinstance(m, _ANALOG_TYPES) and n not in analog_names]
-        self.analog = convert_to_analog(digital, rpu_config(self.recipe), exclude_modules=keep or None).to(self.device)
+        load_state(digital, state)
+        self.analog, _ = tiles.to_aihwkit(digital, self.placement, rpu_config(self.recipe))
+        self.analog.to(self.device)
         self.optimizer = AnalogSGD(self.analog.parameters(), lr=self.t.lr, momentum=self.t.momentum,
                                    weight_decay=self.t.weight_decay)
         self.optimizer.regroup_param_groups(self.analog)
 
     def _sync(self) -> None:
-        """The tiles' trained weights -> the package's model (digital state_dict keys are the same)."""
-        from aihwkit.nn.conversion import convert_to_digital
+        """The tiles' trained weights -> the package's model, through the mapping's inverse."""
+        from ..certification import tiles
 
-        self.model.load_state_dict(convert_to_digital(self.analog).state_dict())
+        load_state(self.model, tiles.from_aihwkit(self.analog, self.placement))
 
     def run_round(self, bar=None) -> dict[str, Any]:
         start = time.perf_counter()
@@ -145,7 +148,7 @@ class HwaTrainer:
     def load(self) -> None:
         tensors, meta = engine.read_checkpoint(self.state_dir, self.identity, self.mode)
         state = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
-        self.model.load_state_dict(state)
+        load_state(self.model, state)
         self._build(self.model.state_dict())
         self.optimizer.load_state_dict(engine._unflatten(meta["optimizers"][0], tensors))
         self.best_state = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best/")}
@@ -153,7 +156,7 @@ class HwaTrainer:
         engine._set_rng_state(tensors)
 
     def output_model(self, result: engine.Result) -> nn.Module:
-        self.model.load_state_dict(result.best_state)
+        load_state(self.model, result.best_state)
         return self.model
 
     def run(self, resume: bool = False) -> engine.Result:
