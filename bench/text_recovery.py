@@ -25,8 +25,6 @@ from pathlib import Path
 import analogai_deploy as ad
 from analogai_deploy.recovery import recipe as recipes
 
-ROUND_PASSES = {"none": 0}
-
 
 def source(name: str, work: Path) -> Path:
     if Path(name).is_dir():
@@ -56,15 +54,18 @@ def time_steps(base: Path, data: str, batch: int, repeats: int = 3) -> dict[str,
 
     import torch
 
-    from analogai_deploy.recovery import prepare_run
+    from analogai_deploy.recovery import install_training_noise, prepare_run
     from analogai_deploy.recovery.engine import Batches, make_trainer
     from analogai_deploy.recovery.hwa import HwaTrainer
 
     out = {}
-    cases = {"digital distillation": ("vanilla", ["recovery.noise_0.act_inject.sigma=0.0"]),
+    digital = ["recovery.noise_0.act_inject.sigma=0.0", "noise.scale=tensor", "noise.model=gaussian",
+               "noise.input_scaling=none"]  # no noise model at all: the plain digital step
+    cases = {"digital distillation": ("vanilla", digital),
              "single_noise": ("single_noise", []), "msnat client (FL)": ("msnat", []), "hwa_aihwkit": ("hwa_aihwkit", [])}
     for label, (name, extra) in cases.items():
         pkg, rec, ds, obj = prepare_run(base, name, data, [f"training.batch_size={batch}", *extra])
+        install_training_noise(pkg, pkg.model, rec)  # as recover does: the recipe's (text section's) noise and IO
         x, y = next(Batches(ds.train, batch, torch.device("cpu")).iterate())
         with tempfile.TemporaryDirectory() as tmp:
             if name == "hwa_aihwkit":
@@ -77,7 +78,7 @@ def time_steps(base: Path, data: str, batch: int, repeats: int = 3) -> dict[str,
                     tr.optimizer.step()
             else:
                 tr = make_trainer(pkg.model, rec, ds, Path(tmp), identity={}, objective=obj)
-                tr.noise[0].set(rec.recovery.sigmas[0] if name != "msnat" else 0.2)
+                tr.noise[0].set(rec.recovery.sigmas[len(rec.recovery.sigmas) // 2])  # the middle level
                 loss_fn = tr._loss_fn(tr.noise[0])
 
                 def step():

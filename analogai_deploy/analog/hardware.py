@@ -65,7 +65,8 @@ class HardwareNoise:
         return self.out_noise > 0 or self.dac_bits > 0 or self.adc_bits > 0
 
     def __repr__(self) -> str:
-        return "HardwareNoise(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if k != "in_scale") + ")"
+        shown = (k for k in self.__slots__ if k != "in_scale")  # a tensor per layer: not a setting to print
+        return "HardwareNoise(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in shown) + ")"
 
     def scale_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
         """x / s over the input channels at `channel_dim` of x (identity without input scaling)."""

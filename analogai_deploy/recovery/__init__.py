@@ -189,6 +189,23 @@ def prepare_run(package, recipe, data, overrides=None):
     return pkg, rec, ds, objective
 
 
+def install_training_noise(pkg, model, rec: Recipe, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Put the recipe's noise / io model on `model`'s analog layers (hardware.py; the seed's model needs
+    nothing). Returns what the input-scaling calibration ran on ({} without it), for config.json."""
+    if not rec.hardware_noise:
+        return {}
+    from ..analog import hardware
+
+    scales, info = {}, {}
+    if rec.noise.input_scaling == "package":
+        scales, info = hardware.input_scales(pkg, model)
+        if log is not None:
+            log(f"training through the package's input scaling: {len(scales)} layers, calibrated on "
+                f"{info.get('spec', 'nothing (the mapping scales no inputs)')}")
+    hardware.apply(model, rec.noise, rec.io, scales)
+    return info
+
+
 def objective_line(objective, ds) -> str:
     """One line saying what the run minimises (printed by the CLI, recorded in config.json)."""
     d = objective.describe()
@@ -256,17 +273,7 @@ def recover(
         discard_checkpoint(state_dir)  # a fresh run never mixes with an old checkpoint
     default_sigma = pkg.config["analog"].get("sigma", 0.0)
     model = pkg.model
-    in_scaling: dict[str, Any] = {}
-    if rec.hardware_noise:  # the recipe's noise / io sections replace the seed's noise model (hardware.py)
-        from ..analog import hardware
-
-        scales = {}
-        if rec.noise.input_scaling == "package":
-            scales, in_scaling = hardware.input_scales(pkg, model)
-            if log is not None:
-                log(f"training through the package's input scaling: {len(scales)} layers, calibrated on "
-                    f"{in_scaling.get('spec', 'nothing (the mapping scales no inputs)')}")
-        hardware.apply(model, rec.noise, rec.io, scales)
+    in_scaling = install_training_noise(pkg, model, rec, log)
     if rec.training.engine == "aihwkit_hwa":  # aihwkit's tiles, laid out as config.json's placement says
         from functools import partial
 
