@@ -89,6 +89,38 @@ def _draw(t: torch.Tensor, scale: torch.Tensor, state: AnalogState | None, key: 
     return out
 
 
+def _draw_rel(t: torch.Tensor, rel: float, state: AnalogState | None, key: str) -> torch.Tensor:
+    """t + (rel * max|t|) * z: on the CPU one native call (the max, then the draws; the same float32 scale
+    and the same seed draw as `_draw`, so the same numbers), else max_abs and `_draw`."""
+    lib = _native(t)
+    if lib is None:
+        return _draw(t, max_abs(t).mul_(rel), state, key)
+    out = torch.empty_like(t)
+    seed = torch.randint(0, 2**62, (1,)).tolist()[0]  # from torch's generator, as _draw
+    lib.add_normal_rel(t.data_ptr(), out.data_ptr(), t.numel(), rel, seed)
+    return out
+
+
+class _StraightThroughRel(torch.autograd.Function):
+    """t + (rel * max|t|) z with the identity backward (as _StraightThrough)."""
+
+    @staticmethod
+    def forward(ctx, t, rel, state, key):
+        return _draw_rel(t, rel, state, key)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None, None
+
+
+def add_relative_noise(t: torch.Tensor, rel: float, state: AnalogState | None = None, key: str = "w") -> torch.Tensor:
+    """add_noise with scale = rel * max|t| (t detached for the max): the plain weight and output noise,
+    in one native call per layer where it applies (small layers are dominated by per-call overhead)."""
+    if t.requires_grad and torch.is_grad_enabled():
+        return _StraightThroughRel.apply(t, float(rel), state, key)
+    return _draw_rel(t.detach(), float(rel), state, key)
+
+
 class _StraightThrough(torch.autograd.Function):
     """t + s * z with dL/dt = dL/d(t + s z): one fused pass forward, the identity backward; saves nothing."""
 
@@ -121,8 +153,7 @@ def noisy(weight: torch.Tensor, state: AnalogState, channel_dim: int = 0) -> tor
         return hardware.noisy(weight, state.sigma, state.c, state.hw, channel_dim)
     if state.sigma <= 0:
         return weight
-    scale = max_abs(weight.detach()).mul_(state.c * state.sigma)
-    return add_noise(weight, scale, state)  # one fresh draw per layer per call
+    return add_relative_noise(weight, state.c * state.sigma, state)  # one fresh draw per layer per call
 
 
 def analog_input(x: torch.Tensor, state: AnalogState) -> torch.Tensor:
@@ -132,8 +163,7 @@ def analog_input(x: torch.Tensor, state: AnalogState) -> torch.Tensor:
 def analog_output(y: torch.Tensor, state: AnalogState) -> torch.Tensor:
     if state.act_noise <= 0:
         return y
-    scale = max_abs(y.detach()).mul_(state.act_noise)
-    return add_noise(y, scale, state, "y")
+    return add_relative_noise(y, state.act_noise, state, "y")
 
 
 class AnalogLayer:

@@ -79,6 +79,8 @@ def _build() -> ctypes.CDLL | None:
     lib.pcm_drift.argtypes = [f32p, f32p, f32p, i64, i64, f32, f32, u64, f32p, ctypes.c_int, f32, f32, f32, f32,
                               f32p, f32p]
     lib.pcm_drift.restype = None
+    lib.add_normal_rel.argtypes = [f32p, f32p, i64, f32, u64]
+    lib.add_normal_rel.restype = f32
     lib.count_zeros.argtypes = [f32p, i64]
     lib.count_zeros.restype = i64
     lib.patch_absmax.argtypes = [f32p, i64, i64, i64, f32p, i64, f32p, f32p, f32p, f32p] + [i64] * 11 + [f32p, f32p, f32p]

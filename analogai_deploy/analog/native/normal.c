@@ -431,3 +431,11 @@ void patch_absmax(const float *x, int64_t N, int64_t H, int64_t W, const int64_t
         }
     }
 }
+
+/* out = x + (rel * max|x|) * z: the training weight noise relative to the tensor's own max in one call
+ * (two passes: the max, then add_normal). Returns the scale used. */
+float add_normal_rel(const float *x, float *out, int64_t n, float rel, uint64_t seed) {
+    float scale = rel * absmax(x, n);
+    add_normal(x, out, n, scale, seed);
+    return scale;
+}
