@@ -164,6 +164,20 @@ def test_every_recipe_distils_an_encoder(tiny, tmp_path, recipe):
     assert pkg.config["recipe"]["resolved"]["variant"] == "text"  # the recipe's transformer levels were used
 
 
+def test_a_recipe_without_text_levels_is_flagged_on_a_transformer(tiny, tmp_path, cli):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("training: {rounds: 1, batch_size: 32, use_FI: false, use_FL: false}\n"
+                    "recovery:\n  noise_0: {act_inject: {sigma: 0.2}}\n")
+    code, _, err = cli("recover", tiny["encoder"], "--recipe", mine, "--data", f"text:{tiny['root'] / 'few.txt'}",
+                       "-o", tmp_path / "o")
+    assert code == 0, err
+    assert "warning: recipe mine has no text: section" in err and "sigma up to 0.2" in err
+    code, _, err = cli("recover", tiny["encoder"], "--recipe", "single_noise", "--data",
+                       f"text:{tiny['root'] / 'few.txt'}", "-o", tmp_path / "s", "training.rounds=1")
+    assert code == 0, err
+    assert "warning" not in err and "recipe single_noise for text packages (its text: section)" in err
+
+
 @pytest.mark.parametrize("kind", ["encoder", "lm"])
 def test_training_batches_drop_padding_without_changing_a_value(tiny, kind):
     from analogai_deploy.recovery import prepare_run

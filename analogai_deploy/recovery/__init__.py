@@ -189,6 +189,11 @@ def prepare_run(package, recipe, data, overrides=None):
     return pkg, rec, ds, objective
 
 
+#: the seed's Gaussian per tensor at this sigma leaves a transformer's embedding unrelated to the teacher's
+#: (MiniLM: cosine 0.004 at 0.04, BENCHMARKS.md section 6)
+SEED_NOISE_ON_TEXT = 0.02
+
+
 def install_training_noise(pkg, model, rec: Recipe, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Put the recipe's noise / io model on `model`'s analog layers (hardware.py; the seed's model needs
     nothing). Returns what the input-scaling calibration ran on ({} without it), for config.json."""
@@ -257,6 +262,10 @@ def recover(
     if log is not None:
         if rec.variant:
             log(f"recipe {rec.name} for {rec.variant} packages (its {rec.variant}: section): {rec.summary()}")
+        elif objective.text and not rec.hardware_noise and max(rec.recovery.sigmas, default=0) >= SEED_NOISE_ON_TEXT:
+            log(f"warning: recipe {rec.name} has no text: section, so this transformer trains with the seed's "
+                f"noise per tensor at sigma up to {max(rec.recovery.sigmas):g}, which leaves its outputs no relation "
+                "to the teacher's (docs/recover.md); start from a shipped recipe's text: section")
         log(objective_line(objective, ds))
     data = data if data is not None else ds.spec
     out_path = output_for(pkg, rec, output)
