@@ -319,6 +319,18 @@ def test_smollm2_converts_from_gguf_completes_and_certifies_an_lm_metric(tmp_pat
     assert cert["metric"] == "next_token_agreement" and 0 < cert["results"][0]["mean"] <= 1
 
 
+@pytest.mark.parametrize("engine", ["fast", "aihwkit"])
+def test_a_tied_lm_head_is_scaled_on_its_tiles_only(tiny, tmp_path, engine):
+    # the LM head shares its weight with the (digital) embedding: the mapping's input scaling must not
+    # rescale the embedding table through it; on the ideal device the certificate is then exact
+    lm = ad.load(tiny["lm"]).model
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight
+    cert = ad.certify(tiny["lm"], device="ideal", engine=engine, times="1s", repeats=1, data="corpus", limit=8,
+                      metric="perplexity_ratio", write=False)
+    assert cert["mapping"]["input_scaling"] == "channel" and "lm_head" in cert["placement"]["simulated"]
+    assert cert["results"][0]["mean"] == pytest.approx(1.0, abs=1e-4)
+
+
 def test_the_metric_name_travels_to_the_card_and_the_zoo(tiny, tmp_path, cli, monkeypatch):
     monkeypatch.setenv("ANALOGAI_ZOO", str(tmp_path / "zoo"))
     pkg = copy_pkg(tiny["encoder"], tmp_path / "enc")

@@ -187,6 +187,18 @@ def _channel_view(linear: bool, ndim: int) -> list[int]:
     return [1] * (ndim - 1) + [-1] if linear else [1, -1] + [1] * (ndim - 2)
 
 
+def own_weight(model, module):
+    """`module.weight`, made its own Parameter first if another module shares it (a tied LM head and
+    embedding): the mapping changes what goes on the tiles, never the digital layer that shares it."""
+    import torch
+
+    w = module.weight
+    holders = sum(1 for m in model.modules() if m is not module and m._parameters.get("weight") is w)
+    if holders:
+        module.weight = torch.nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
+    return module.weight
+
+
 def clip_weights(model, mapping: MappingConfig, layers: list | None = None) -> dict[str, float]:
     """Clip the analog layers' weights in place; returns the fraction of weights clipped per layer."""
     import torch
@@ -197,7 +209,7 @@ def clip_weights(model, mapping: MappingConfig, layers: list | None = None) -> d
         return out
     with torch.no_grad():
         for name, mod in layers if layers is not None else mapped_layers(model):
-            w = mod.weight
+            w = own_weight(model, mod)
             flat = w.reshape(w.shape[0], -1)
             if m.clip == "fixed":
                 bound = torch.full((flat.shape[0], 1), m.clip_value)
@@ -295,7 +307,7 @@ def apply_input_scaling(model, cal: Calibration) -> None:
     mods = dict(model.named_modules())
     with torch.no_grad():
         for name, s in cal.scales.items():
-            w = mods[name].weight
+            w = own_weight(model, mods[name])
             w.mul_(s.view([1, -1] + [1] * (w.dim() - 2)))
 
 
