@@ -70,22 +70,21 @@ def shipped_copy(dest: Path) -> Path:
     return dest
 
 
+def _edit_json(file: Path, change) -> dict[str, Any]:
+    data = json.loads(file.read_text())
+    change(data)
+    file.write_text(json.dumps(data, indent=2))
+    return data
+
+
 def edit_certificate(path: Path, change) -> dict[str, Any]:
     """Hand-edit certificate.json in place (as a forger would: the file only, nothing else)."""
-    cert_path = path / pkgio.CERTIFICATE
-    cert = json.loads(cert_path.read_text())
-    change(cert)
-    cert_path.write_text(json.dumps(cert, indent=2))
-    return cert
+    return _edit_json(path / pkgio.CERTIFICATE, change)
 
 
 def edit_config(path: Path, change) -> dict[str, Any]:
     """Hand-edit config.json in place."""
-    cfg_path = path / pkgio.CONFIG
-    cfg = json.loads(cfg_path.read_text())
-    change(cfg)
-    cfg_path.write_text(json.dumps(cfg, indent=2))
-    return cfg
+    return _edit_json(path / pkgio.CONFIG, change)
 
 
 def fixture_certificate(path: Path) -> Path:

@@ -101,36 +101,25 @@ def _draw_rel(t: torch.Tensor, rel: float, state: AnalogState | None, key: str) 
     return out
 
 
-class _StraightThroughRel(torch.autograd.Function):
-    """t + (rel * max|t|) z with the identity backward (as _StraightThrough)."""
-
-    @staticmethod
-    def forward(ctx, t, rel, state, key):
-        return _draw_rel(t, rel, state, key)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None, None
-
-
 def add_relative_noise(t: torch.Tensor, rel: float, state: AnalogState | None = None, key: str = "w") -> torch.Tensor:
     """add_noise with scale = rel * max|t| (t detached for the max): the plain weight and output noise,
     in one native call per layer where it applies (small layers are dominated by per-call overhead)."""
     if t.requires_grad and torch.is_grad_enabled():
-        return _StraightThroughRel.apply(t, float(rel), state, key)
+        return _StraightThrough.apply(t, _draw_rel, float(rel), state, key)
     return _draw_rel(t.detach(), float(rel), state, key)
 
 
 class _StraightThrough(torch.autograd.Function):
-    """t + s * z with dL/dt = dL/d(t + s z): one fused pass forward, the identity backward; saves nothing."""
+    """draw(t, scale, ...) = t + s * z with dL/dt = dL/d(t + s z): one fused pass forward, the identity
+    backward; saves nothing. `draw` is _draw (s given) or _draw_rel (s = scale * max|t|)."""
 
     @staticmethod
-    def forward(ctx, t, scale, state, key):
-        return _draw(t, scale, state, key)
+    def forward(ctx, t, draw, scale, state, key):
+        return draw(t, scale, state, key)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def add_noise(t: torch.Tensor, scale: torch.Tensor, state: AnalogState | None = None, key: str = "w") -> torch.Tensor:
@@ -138,7 +127,7 @@ def add_noise(t: torch.Tensor, scale: torch.Tensor, state: AnalogState | None = 
     constant: 0-dim, or one value per row of t). `state` lends its buffers to torch's generator."""
     scale = scale.detach()
     if t.requires_grad and torch.is_grad_enabled():
-        return _StraightThrough.apply(t, scale, state, key)
+        return _StraightThrough.apply(t, _draw, scale, state, key)
     return _draw(t.detach(), scale, state, key)
 
 
