@@ -11,6 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _deferred
+
+_deferred.install()  # aihwkit's module-level import of scipy.optimize waits for its first use (_deferred.py)
+
 __all__ = [
     "AnalogConfig", "ConversionReport", "Package", "convert", "load", "register_layer", "set_noise", "noise",
     "recover", "certify", "export", "from_pretrained",

@@ -432,10 +432,6 @@ def speed_markdown(result: dict[str, Any]) -> str:
     clock = "wall time" if cfg["gpu"] else "CPU time of the one benchmark thread (time.process_time)"
     text = (f"Measured on: {describe_machine(result['machine'])}; {clock}, medians of {cfg['n']} interleaved runs "
             f"(MSNAT rounds: {max(6, cfg['n'] // 2)}).\n\n" + "\n".join(rows) + "\n")
-    if "startup" in result:
-        from .startup import startup_markdown
-
-        text += "\n" + startup_markdown(result["startup"])
     return text
 
 
@@ -486,6 +482,10 @@ def run_speed(cfg: SpeedConfig, markdown: str | Path | None, json_path: str | Pa
     result = speed(cfg, log=log)
     if markdown:
         update_markdown(markdown, "speed", speed_markdown(result))
+        if "startup" in result:  # its own section (bench/startup.py writes it too)
+            from .startup import startup_markdown
+
+            update_markdown(markdown, "startup", startup_markdown(result["startup"]))
     if agreement_repeats and not cfg.gpu:
         if log:
             log("agreement: fast engine vs aihwkit ...")

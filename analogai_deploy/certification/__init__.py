@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .._config import StrictConfig
+from .._marks import mark
 from ..errors import OperationFailed, UsageError, unknown
 from . import precision
 from .devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
@@ -391,11 +392,9 @@ def half_width(values: list[float]) -> float:
     n = len(values)
     if n < 2:
         return math.inf
-    from scipy.stats import t
-
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return precision.t_quantile(0.975, n - 1) * std / math.sqrt(n)
 
 
 def _adaptive(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], cfg: CertifyConfig,
@@ -411,13 +410,11 @@ def _adaptive(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], 
         widths = [half_width(v) for v in values]
         if max(widths) <= target or n >= cfg.max_repeats:
             break
-        from scipy.stats import t
-
         need = 0
         for v in values:
             mean = sum(v) / n
             sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
-            need = max(need, math.ceil((float(t.ppf(0.975, n - 1)) * sd / target) ** 2))
+            need = max(need, math.ceil((precision.t_quantile(0.975, n - 1) * sd / target) ** 2))
         more = min(cfg.max_repeats - n, max(2, min(need - n, n)))
         extra = _spread(analog, bench, times, more, cfg.seed, progress, start=n)
         values = [a + b for a, b in zip(values, extra)]
@@ -668,6 +665,7 @@ def certify(
         mapping=mapping, **io)
     dest = destination(package, output, overwrite) if write and _is_main() else None
     bench = _bench(package, cfg)
+    mark("work")  # start-up ends here (benchmarks/startup.py): conversion and Monte Carlo are the work
     start = time.perf_counter()
     analog, simulated = _simulate(cfg, bench, rpu)
     convert_s = time.perf_counter() - start
@@ -679,6 +677,7 @@ def certify(
         values = _spread(analog, bench, times_, cfg.repeats, cfg.seed, progress)
     repeats = len(values[0])
     mc_s = time.perf_counter() - start
+    mark("work_done")
     from .. import package as pkg_io
     from ..provenance import now, version_of, versions
 

@@ -148,9 +148,9 @@ def stats(values: list[float], bounds: tuple[float, float] = (0.0, 1.0)) -> dict
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     if n > 1:
-        from scipy.stats import t
+        from .precision import t_quantile
 
-        half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        half = t_quantile(0.975, n - 1) * std / math.sqrt(n)
     else:
         half = 0.0
     lo, hi = max(bounds[0], mean - half), min(bounds[1], mean + half)

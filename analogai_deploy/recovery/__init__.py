@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from .._marks import mark
 from ..card import model_name
 from ..errors import OperationFailed, UsageError
 from .plots import CURVE_PNG, training_curve_png
@@ -293,10 +294,12 @@ def recover(
         from .engine import make_trainer as TrainerClass
     trainer = TrainerClass(model, rec, ds, state_dir, identity=identity, progress=progress, on_round=on_round,
                            objective=objective)
+    mark("work")  # start-up ends here (benchmarks/startup.py): training is the work
     try:
         result = trainer.run(resume=resume)
     except KeyboardInterrupt:
         raise _interrupted(state_dir, rec.training.rounds) from None
+    mark("work_done")
     if not result.best_state:
         raise OperationFailed("training finished without a validated round", "raise training.rounds")
     if not distributed.is_main():

@@ -153,14 +153,15 @@ def lr_at(cfg, round_: int) -> float:
 
 
 def make_optimizer(model: nn.Module | list[torch.Tensor], recipe: Recipe):
+    from . import optim  # torch's Adam / SGD, without importing torch._dynamo (optim.py)
     from .sam import SAM
 
     t = recipe.training
     params = [p for p in (model.parameters() if isinstance(model, nn.Module) else model) if p.requires_grad]
     if t.optimizer == "adam":
-        base = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        base = optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     else:
-        base = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        base = optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     return SAM.from_config(base, recipe.recovery.optimizer)
 
 

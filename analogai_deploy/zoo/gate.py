@@ -200,14 +200,14 @@ def t_test(cert_values: list[float], spot_values: list[float], alpha: float, res
     (normal repeats). Requiring the spot mean to lie inside the certificate's own CI would ignore the spot
     mean's own noise and refuse honest packages far more often (docs/zoo.md gives both rates).
     `resolution`: the metric's step (1/n for a count over n samples): differences below it always pass."""
-    from scipy.stats import t as student
+    from ..certification.precision import t_quantile
 
     n1, n2 = len(cert_values), len(spot_values)
     m1, m2 = sum(cert_values) / n1, sum(spot_values) / n2
     ss = sum((v - m1) ** 2 for v in cert_values) + sum((v - m2) ** 2 for v in spot_values)
     dof = n1 + n2 - 2
     sp = math.sqrt(ss / dof) if dof > 0 else 0.0
-    half = float(student.ppf(1 - alpha / 2, dof)) * sp * math.sqrt(1 / n1 + 1 / n2) if dof > 0 else 0.0
+    half = t_quantile(1 - alpha / 2, dof) * sp * math.sqrt(1 / n1 + 1 / n2) if dof > 0 else 0.0
     half = max(half, resolution)
     return {"certificate_mean": m1, "spot_mean": m2, "difference": m2 - m1, "allowed": half,
             "passed": abs(m2 - m1) <= half + 1e-12}
