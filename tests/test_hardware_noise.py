@@ -63,6 +63,48 @@ def test_pcm_model_follows_aihwkits_programming_polynomial():
         std.flatten()[small].mean() / w.abs().amax(1, keepdim=True).mean())
 
 
+def test_device_model_is_certifys_pcm_device_at_a_time_after_programming():
+    """noise.model=device: the native pass draws what aihwkit's own PCM functions draw (per weight band, at
+    each time), the drift widens it with time, and sigma scales the deviation from the device's own."""
+    from scipy.stats import ks_2samp
+
+    nm = hardware.pcm_device()
+    torch.manual_seed(0)
+    w = torch.randn(128, 512)
+    u = w / w.abs().amax(1, keepdim=True)
+    big, small = u.abs() > 0.5, u.abs() < 0.1
+    stds = []
+    for t in (1.0, 86400.0, 31536000.0):
+        native = hardware.device_deviation(u, t, nm)
+        p, nu = nm.apply_programming_noise(u)  # aihwkit's functions, compensated as certify's global readout
+        now = nm.apply_drift_noise(p, nu, t)
+        ref = now * (p.abs().sum() / now.abs().sum()) - u
+        for band in (big, small):
+            assert ks_2samp(native[band].numpy(), ref[band].numpy()).pvalue > 1e-3
+            assert float(native[band].std()) == pytest.approx(float(ref[band].std()), rel=0.05)
+        stds.append(float(native[big].std()))
+    assert stds[0] < stds[1] < stds[2]  # drift and read noise grow with log t
+    assert stds[1] > 1.2 * stds[0]
+    # small conductances drift faster (nu 0.06 at u = 0.1 against 0.049): after the global compensation they
+    # shrink, a systematic change the programming polynomial does not have
+    band = (u.abs() > 0.05) & (u.abs() < 0.15)
+    gain = {t: float(((u + hardware.device_deviation(u, t, nm))[band] * u[band].sign()).mean() / u[band].abs().mean())
+            for t in (1.0, 86400.0)}
+    assert gain[86400.0] < gain[1.0] - 0.03
+    # a layer at the device's own level (c * sigma = 0.0435) draws the device; twice the level, twice the spread
+    layer = _linear(HardwareNoise("channel", "device", times=(86400.0,)), sigma=hardware.PCM_C_SIGMA)
+    d1 = _weight_noise_std(layer, draws=20)
+    layer.analog.sigma = 2 * hardware.PCM_C_SIGMA
+    d2 = _weight_noise_std(layer, draws=20)
+    wmax = layer.weight.detach().abs().amax(1, keepdim=True)
+    assert float((d2 / d1).median()) == pytest.approx(2.0, rel=0.05)
+    ub = (layer.weight.detach().abs() / wmax) > 0.5
+    assert float((d1 / wmax)[ub].mean()) == pytest.approx(stds[1], rel=0.1)
+    with pytest.raises(UsageError, match="bad time"):
+        R.load("msnat_hw", ["noise.model=device", "noise.times=[1d, soon]"])
+    assert "times" not in R.load("msnat_hw").resolved()["noise"]  # absent at its default: hashes unchanged
+
+
 def test_clipping_and_the_periphery_keep_gradients_straight_through():
     layer = _linear(HardwareNoise("channel", "gaussian", clip="channel_std", clip_value=2.0, out_noise=0.06,
                                   dac_bits=7, adc_bits=9), sigma=0.0)

@@ -10,6 +10,14 @@ The seed's model (layers.noisy) draws W + N(0, s^2), s = c * sigma * max|W| over
          plus the one at u = 0 on the other, s = c * sigma * wmax * q(u), q(u) = sqrt(p(u)^2 + p(0)^2) /
          sqrt(p(1)^2 + p(0)^2), so the largest weight gets the Gaussian's noise. aihwkit's own PCM
          statistics (g_max 25 uS) are c * sigma = 0.0435 (sigma = 0.056 at c = 0.7776).
+         device: the whole PCM device certify simulates, at a time after programming drawn per layer and
+         pass from `times`: aihwkit's PCMLikeNoiseModel (g_max 25 uS) programmes the normalised weights
+         u = w / wmax, drifts them with per-device nu and accumulated read noise, and a global drift
+         compensation rescales them, as certify's PCM device (native pass, certification/pcm.py; aihwkit's
+         own functions off the CPU). The deviation from u is scaled by c * sigma / 0.0435, so at
+         sigma = 0.056 (c = 0.7776) the layer trains on the device itself and MSNAT's levels multiply it.
+         Unlike the polynomial it has the drift: small conductances drift faster (nu 0.1 against 0.049
+         near g_max), so after compensation they shrink, and per-device nu spreads grow with log t.
   clip   the weights used in the forward pass are clipped (fixed: |w| <= value; layer_std / channel_std:
          value std per layer / output channel), gradients straight through; certify clips the same way.
   io     the tile periphery around the matmul, as certify's aihwkit PyTorch tile: inputs divided by
@@ -35,7 +43,10 @@ import torch
 #: aihwkit 1.1 PCMLikeNoiseModel.prog_coeff (uS at g_max = 25 uS): sigma_prog(u) = c0 + c1 u + c2 u^2
 PCM_PROG_COEFF = (0.26348, 1.9650, -1.1731)
 SCALES = ("tensor", "channel")
-MODELS = ("gaussian", "pcm")
+MODELS = ("gaussian", "pcm", "device")
+#: c * sigma of the seed's Gaussian that matches aihwkit's PCM programming noise at its defaults: the unit in
+#: which the `device` model's deviation is scaled
+PCM_C_SIGMA = 0.0435
 CLIPS = ("none", "fixed", "layer_std", "channel_std")
 
 
@@ -51,14 +62,15 @@ class HardwareNoise:
     """The settings one layer trains with (plain attributes; validated by the recipe)."""
 
     __slots__ = ("scale", "model", "clip", "clip_value", "out_noise", "dac_bits", "adc_bits", "out_bound",
-                 "in_scale")
+                 "in_scale", "times")
 
     def __init__(self, scale: str = "tensor", model: str = "gaussian", clip: str = "none", clip_value: float = 3.0,
                  out_noise: float = 0.0, dac_bits: int = 0, adc_bits: int = 0, out_bound: float = 12.0,
-                 in_scale: torch.Tensor | None = None):
+                 in_scale: torch.Tensor | None = None, times: tuple[float, ...] = ()):
         self.scale, self.model, self.clip, self.clip_value = scale, model, clip, clip_value
         self.out_noise, self.dac_bits, self.adc_bits, self.out_bound = out_noise, dac_bits, adc_bits, out_bound
         self.in_scale = in_scale  # s per input channel (module docstring), or None
+        self.times = tuple(times)  # seconds after programming the device model draws from
 
     @property
     def has_io(self) -> bool:
@@ -134,11 +146,45 @@ def noisy(w: torch.Tensor, sigma: float, c: float, hw: HardwareNoise, channel_di
             return add_noise(w, scale.reshape(-1))  # one value per row: the fused native path
         if not scale.dim():
             return add_noise(w, scale)
+    elif hw.model == "device":
+        t = hw.times[int(torch.randint(len(hw.times), ()))] if len(hw.times) > 1 else hw.times[0]
+        return w + (device_deviation(w.detach() / m, t) * (m * (c * sigma / PCM_C_SIGMA))).detach()
     else:
         u = (w.detach().abs() / m).clamp(max=1.0)
         q = torch.sqrt(_p(u) ** 2 + _p(0.0) ** 2) / _PCM_NORM
         scale = m * q * (c * sigma)
     return w + (torch.randn_like(w) * scale).detach()
+
+
+_DEVICE = []
+
+
+def pcm_device():
+    """certify's PCM device model (certification/devices.py), built once."""
+    if not _DEVICE:
+        from ..certification.devices import DeviceConfig, noise_model
+
+        _DEVICE.append(noise_model(DeviceConfig(name="PCM")))
+    return _DEVICE[0]
+
+
+def device_deviation(u: torch.Tensor, seconds: float, nm=None) -> torch.Tensor:
+    """What the PCM device makes of normalised weights u (max|u| <= 1, one tile) `seconds` after programming,
+    minus u: programming noise, drift and read noise, then the global drift compensation's gain (the mean
+    |w| at programming over the mean |w| now, the one-hot readout certify's GlobalDriftCompensation takes)."""
+    from ..certification import pcm
+
+    nm = nm if nm is not None else pcm_device()
+    u = u.float().contiguous()
+    if pcm.available(nm, u):  # aihwkit's maths in one native pass per stage
+        p, nu, q = pcm.program(u.unsqueeze(0), nm)
+        now = pcm.drift(p, nu, q, nm, seconds)[0][0]
+        p = p[0]
+    else:  # aihwkit's own functions (CUDA, or no native library)
+        p, nu = nm.apply_programming_noise(u)
+        now = nm.apply_drift_noise(p, nu, seconds)
+    gain = p.abs().sum() / now.abs().sum().clamp(min=1e-12)
+    return now * gain - u
 
 
 def _quant(x: torch.Tensor, bits: int, bound: float) -> torch.Tensor:
@@ -176,7 +222,7 @@ def apply(model, noise, io, in_scales: dict[str, torch.Tensor] | None = None) ->
     for name, layer in analog_layers(model):
         layer.analog.hw = None if noise is None else HardwareNoise(
             noise.scale, noise.model, noise.clip, noise.clip_value, io.out_noise, io.dac_bits, io.adc_bits,
-            io.out_bound, (in_scales or {}).get(name))
+            io.out_bound, (in_scales or {}).get(name), noise.seconds)
         n += 1
     return n
 

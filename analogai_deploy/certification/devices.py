@@ -183,7 +183,8 @@ def choose_tile(config: DeviceConfig) -> str:
     return tile
 
 
-def _noise_model(config: DeviceConfig):
+def noise_model(config: DeviceConfig):
+    """The aihwkit noise model of a device (training's `device` noise builds certify's PCM here too)."""
     from aihwkit.inference import (PCMLikeNoiseModel, ReRamCMONoiseModel, ReRamWan2022NoiseModel,
                                    StateIndependentNoiseModel)
     from aihwkit.inference.noise.hermes import HermesNoiseModel
@@ -242,7 +243,7 @@ def rpu_config(config: DeviceConfig, tile: str, mapping=None):
         # map each tile's largest |w| to the full conductance range (as aihwkit's inference tutorials do):
         # noise levels (out_noise, n_w) then mean the same thing whatever the raw scale of the weights
         rpu.mapping.weight_scaling_omega = 1.0
-    rpu.noise_model = _noise_model(config)
+    rpu.noise_model = noise_model(config)
     if config.name == "ideal":
         rpu.forward.is_perfect = True
         rpu.drift_compensation = None

@@ -32,6 +32,8 @@ from .sam import SamConfig
 RECIPES_DIR = shipped("recipes")  # in the wheel, or the source tree's recipes/
 _NOISE_KEY = re.compile(r"^noise_(\d+)$")
 TEXT_SECTION = "text"
+#: the times after programming noise.model=device trains for: certify's default grid
+DEVICE_TIMES = ("1s", "1h", "1d", "1y")
 
 
 @dataclass
@@ -215,7 +217,9 @@ class NoiseModelConfig(StrictConfig):
     scale: tensor (s from max|W| of the whole layer, the seed) or channel (max|W| per output channel,
       as one weight scale per crossbar column maps them). model: gaussian (the seed) or pcm (aihwkit
       PCMLikeNoiseModel's programming-noise polynomial in the normalised conductance). MSNAT's sigmas
-      scale either. clip / clip_value: clip the weights in the forward pass (none, fixed: |w| <= value,
+      scale either; or device (certify's whole PCM device: programming, drift with its compensation and read
+      noise at a time after programming drawn from `times` per layer and pass; sigma 0.056 at c 0.7776 is the
+      device itself, other sigmas scale its deviation). clip / clip_value: clip the weights in the forward pass (none, fixed: |w| <= value,
       layer_std / channel_std: value std per layer / output channel); certify then clips the same way.
     input_scaling: none (the seed) or package: train each linear / convolution layer as certify maps it with
       the package's per-channel input scaling (config.json mapping; W_:j * s_j on the tile, x_j / s_j before
@@ -223,20 +227,32 @@ class NoiseModelConfig(StrictConfig):
     """
 
     scale: Literal["tensor", "channel"] = "tensor"
-    model: Literal["gaussian", "pcm"] = "gaussian"
+    model: Literal["gaussian", "pcm", "device"] = "gaussian"
     clip: Literal["none", "fixed", "layer_std", "channel_std"] = "none"
     clip_value: float = 3.0
     input_scaling: Literal["none", "package"] = "none"
+    times: list[str] = field(default_factory=lambda: list(DEVICE_TIMES))
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        if d["input_scaling"] == "none":  # absent at its default: recipes written before it keep their hash
+        # absent at their defaults: recipes written before them keep their hash
+        if d["input_scaling"] == "none":
             del d["input_scaling"]
+        if d["times"] == list(DEVICE_TIMES):
+            del d["times"]
         return d
+
+    @property
+    def seconds(self) -> tuple[float, ...]:
+        """`times` in seconds after programming (the `device` model's draws)."""
+        from ..certification.evaluation import parse_times
+
+        return tuple(s for _, s in parse_times(self.times))
 
     def __post_init__(self):
         if self.clip_value <= 0:
             raise UsageError(f"noise.clip_value must be > 0, got {self.clip_value}")
+        self.seconds  # bad times are refused here, with certify's message
 
 
 @dataclass
