@@ -108,6 +108,31 @@ def test_clipping_per_channel_and_the_exactness_of_input_scaling(trained):
         assert not torch.allclose(mod(x), model(x), rtol=1e-3, atol=1e-3)  # the scaled weights alone differ
 
 
+def test_text_calibration_reads_the_real_positions_only():
+    """Padded positions are not data: a padding token with huge activations must not set the input scales."""
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 8)
+            self.lin = torch.nn.Linear(8, 4)
+            with torch.no_grad():
+                self.emb.weight[0] = 1000.0  # the padding token
+
+        def forward(self, input_ids, attention_mask):
+            return self.lin(self.emb(input_ids))
+
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    ids = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 0, 0, 0]])
+    mask = (ids != 0).long()
+    m = MappingConfig(input_scaling="channel")
+    cal = calibrate(model, [{"input_ids": ids, "attention_mask": mask}], m, {}, [("lin", model.lin)])
+    real = model.emb(ids)[mask.bool()].detach().abs().amax(0)
+    wmax = model.lin.weight.detach().abs().amax(0)
+    a = m.complete().input_scaling_alpha
+    assert torch.allclose(cal.scales["lin"], real ** a / wmax ** (1 - a))
+
+
 def test_certificate_records_the_mapping_its_source_and_overrides(pkg):
     cert = ad.certify(pkg, **QUICK)
     m = cert["mapping"]

@@ -250,7 +250,8 @@ class Calibration:
 def calibrate(model, batches: list, mapping: MappingConfig, data: dict[str, Any],
               layers: list | None = None) -> Calibration:
     """One pass of the (clipped) digital model over `batches`: per-channel max|x| and moments per layer.
-    Grouped convolutions keep their inputs unscaled (a channel's scale would have to be one group's)."""
+    Grouped convolutions keep their inputs unscaled (a channel's scale would have to be one group's).
+    Text batches count their real positions only (the attention mask), not the padding."""
     import torch
 
     m = mapping.complete()
@@ -258,8 +259,12 @@ def calibrate(model, batches: list, mapping: MappingConfig, data: dict[str, Any]
               if getattr(mod, "groups", 1) == 1]
     acc: dict[str, dict[str, Any]] = {}
 
+    real = [None]  # the batch's attention mask: padded positions are not data (text packages)
+
     def hook(mod, args, name):
         x = args[0].detach().float()
+        if real[0] is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(real[0].shape):
+            x = x[real[0]]  # (tokens, channels): the real positions only
         c = x.dim() - 1 if type(mod) is torch.nn.Linear else 1  # the input-channel dimension
         dims = [d for d in range(x.dim()) if d != c]
         a = acc.setdefault(name, {"max": None, "sum": None, "sq": None, "n": 0})
@@ -273,6 +278,8 @@ def calibrate(model, batches: list, mapping: MappingConfig, data: dict[str, Any]
     try:
         with torch.no_grad():
             for batch in batches:
+                mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+                real[0] = mask.bool() if mask is not None else None
                 model(**batch) if isinstance(batch, dict) else model(batch)
     finally:
         for h in handles:

@@ -331,12 +331,14 @@ class Recipe(StrictConfig):
         if t.engine == "aihwkit_hwa":
             return f"aihwkit HWA training ({r.hwa.modifier} w_noise={r.hwa.w_noise}), {t.rounds} epochs"
         parts = [f"K={len(r.noise)} sigma={r.sigmas}", f"FI={'on' if t.use_FI and len(r.noise) > 1 else 'off'}",
-                 f"FL={'on' if t.use_FL else 'off'}", f"{t.rounds} rounds x {t.epochs_per_round} epoch"]
+                 f"FL={'on' if t.use_FL else 'off'}", f"{t.rounds} rounds x {t.epochs_per_round} epoch",
+                 f"{t.optimizer} lr {t.lr:g} batch {t.batch_size}"]
         extras = [n for n, on in (("SAM", r.optimizer.sam), ("FGSM", r.adversarial.FGSM.use),
                                   ("PGD", r.adversarial.PGD.use), ("QAT", r.qat)) if on]
         if self.hardware_noise:
             n, io = self.noise, self.io
-            extras.append(f"{n.model} noise per {n.scale}" + (f", clip {n.clip} {n.clip_value:g}" if n.clip != "none"
+            when = f" at {','.join(n.times)}" if n.model == "device" else ""
+            extras.append(f"{n.model} noise{when} per {n.scale}" + (f", clip {n.clip} {n.clip_value:g}" if n.clip != "none"
                                                             else "") + (f", io dac {io.dac_bits} adc {io.adc_bits} "
                                                                         f"out_noise {io.out_noise:g}" if
                                                                         io.out_noise or io.dac_bits or io.adc_bits
