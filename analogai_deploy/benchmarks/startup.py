@@ -88,15 +88,15 @@ def _run(args: list[str], env: dict[str, str], timeout: float = 600) -> tuple[di
 
 
 def _label(tree: Path) -> str:
-    """The tree's commit, and whether it has changes on top (git), for the record."""
+    """The tree's commit, and whether its code (analogai_deploy/) has changes on top (git), for the record."""
     try:
         head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--", "analogai_deploy"],
                                capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return str(tree)
-    return f"{head}{' + uncommitted changes' if dirty else ''}" if head else str(tree)
+    return f"{head}{' + uncommitted code changes' if dirty else ''}" if head else str(tree)
 
 
 def _setup(tree: Path, root: Path) -> Path:
