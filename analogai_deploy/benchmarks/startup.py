@@ -60,14 +60,16 @@ def _env(tree: Path) -> dict[str, str]:
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 600) -> tuple[dict[str, float], str]:
-    """One fresh process: ({wall_s, cpu_s, and with marks before_work_s/_cpu_s, work_s, after_s/_cpu_s}, stderr)."""
+    """One fresh process: ({wall_s, cpu_s, and with marks before_work_s/_cpu_s, work_s, after_s/_cpu_s}, stderr).
+    It runs in the tree PYTHONPATH names first: `-m` and `-c` put the working folder ahead of PYTHONPATH, so
+    from any other folder holding the package, that folder's code would run instead."""
     fd, marks_path = tempfile.mkstemp(prefix="analogai-marks-")
     os.close(fd)
     try:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.time()
         proc = subprocess.run([sys.executable, *args], env={**env, MARKS_ENV: marks_path}, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, cwd=env["PYTHONPATH"].split(os.pathsep)[0])
         end = time.time()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         marks: dict[str, dict[str, float]] = {}
@@ -100,6 +102,9 @@ def _label(tree: Path) -> str:
 
 
 def _setup(tree: Path, root: Path) -> Path:
+    _, err = _run(["-c", "import sys, analogai_deploy; print(analogai_deploy.__file__, file=sys.stderr)"], _env(tree))
+    if not Path(err.strip().splitlines()[-1]).resolve().is_relative_to(tree):  # else both sides run one tree
+        raise RuntimeError(f"a process meant to run {tree} imported {err.strip()}")
     root.mkdir(parents=True, exist_ok=True)
     _run(["-m", "analogai_deploy", "convert", "lenet", "-o", str(root / "lenet"), "--num-classes", "10", "--json",
           "--overwrite"], _env(tree))
