@@ -36,6 +36,7 @@ MSNAT's sigmas (FI levels, FL deltas) scale the weight noise of whichever model 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -66,11 +67,11 @@ class HardwareNoise:
 
     def __init__(self, scale: str = "tensor", model: str = "gaussian", clip: str = "none", clip_value: float = 3.0,
                  out_noise: float = 0.0, dac_bits: int = 0, adc_bits: int = 0, out_bound: float = 12.0,
-                 in_scale: torch.Tensor | None = None, times: tuple[float, ...] = ()):
+                 in_scale: torch.Tensor | None = None, times: tuple[float, ...] = (86400.0,)):
         self.scale, self.model, self.clip, self.clip_value = scale, model, clip, clip_value
         self.out_noise, self.dac_bits, self.adc_bits, self.out_bound = out_noise, dac_bits, adc_bits, out_bound
         self.in_scale = in_scale  # s per input channel (module docstring), or None
-        self.times = tuple(times)  # seconds after programming the device model draws from
+        self.times = tuple(times) or (86400.0,)  # seconds after programming the device model draws from
 
     @property
     def has_io(self) -> bool:
@@ -156,16 +157,12 @@ def noisy(w: torch.Tensor, sigma: float, c: float, hw: HardwareNoise, channel_di
     return w + (torch.randn_like(w) * scale).detach()
 
 
-_DEVICE = []
-
-
+@functools.lru_cache(maxsize=1)
 def pcm_device():
     """certify's PCM device model (certification/devices.py), built once."""
-    if not _DEVICE:
-        from ..certification.devices import DeviceConfig, noise_model
+    from ..certification.devices import DeviceConfig, noise_model
 
-        _DEVICE.append(noise_model(DeviceConfig(name="PCM")))
-    return _DEVICE[0]
+    return noise_model(DeviceConfig(name="PCM"))
 
 
 def device_deviation(u: torch.Tensor, seconds: float, nm=None) -> torch.Tensor:
