@@ -410,11 +410,8 @@ def _adaptive(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], 
         widths = [half_width(v) for v in values]
         if max(widths) <= target or n >= cfg.max_repeats:
             break
-        need = 0
-        for v in values:
-            mean = sum(v) / n
-            sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
-            need = max(need, math.ceil((precision.t_quantile(0.975, n - 1) * sd / target) ** 2))
+        # half_width is t * sd / sqrt(n): (t * sd / W)^2 repeats bring it to W
+        need = max(math.ceil(n * (w / target) ** 2) for w in widths)
         more = min(cfg.max_repeats - n, max(2, min(need - n, n)))
         extra = _spread(analog, bench, times, more, cfg.seed, progress, start=n)
         values = [a + b for a, b in zip(values, extra)]
