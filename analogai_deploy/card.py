@@ -42,6 +42,8 @@ def results_markdown(cert: dict[str, Any]) -> str:
     n, repeats = data.get("n"), cert.get("repeats")
     samples = f" on {n} test sample{'s' if n != 1 else ''} ({data.get('spec')})" if n is not None else ""
     tail = f"\nDigital {metric}: {fmt(digital)}{samples}; {repeats} Monte Carlo repeats per time."
+    if (data.get("reference") or {}).get("file"):
+        tail += f" Reference: the weights the package was distilled from ({data['reference']['file']})."
     if cert.get("adaptive"):
         a = cert["adaptive"]
         cap = "" if a["reached"] else f"; stopped at the cap of {a['max_repeats']}"

@@ -39,10 +39,13 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
 CERTIFICATE = "certificate.json"
+#: a distilled package's reference: the weights it was distilled from (the package before recovery); label-free
+#: metrics (cosine, agreement, next-token agreement, perplexity ratio) compare with it, not with the student itself
+REFERENCE = "reference.safetensors"
 MAX_JSON = 64 * 1024 * 1024  # config.json / certificate.json: a few kB in practice
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; anything larger is hostile or corrupt
 #: what packages written before config.json listed its files (`files`) can hold: these names, and tokenizer files
-_KNOWN_FILES = {CONFIG, WEIGHTS, CARD, CERTIFICATE, "certificate.png", "model.onnx", "model.aihwkit.pt", "sweep.csv",
+_KNOWN_FILES = {CONFIG, WEIGHTS, REFERENCE, CARD, CERTIFICATE, "certificate.png", "model.onnx", "model.aihwkit.pt", "sweep.csv",
                 "sweep.png", "train_log.jsonl", "train_curve.png"}
 _TOKENIZER_FILES = re.compile(r"^(tokenizer.*\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|"
                               r"merges\.txt|.*\.model|chat_template\.jinja)$")
@@ -218,6 +221,8 @@ def check_writable(dest: Path, hint: str) -> None:
 #: (`model_sha256`), so an edit after certification is refused. A helper that adds a model-defining section
 #: to config.json adds its key here; a key absent from a package hashes as absent (null).
 MODEL_KEYS = ("source", "task", "num_classes", "input", "analog", "placement", "mapping", "quantization", "tokenizer")
+#: model-defining sections hashed only where present, so packages made before them keep their model_sha256
+OPTIONAL_MODEL_KEYS = ("reference",)
 
 
 def _json_sha256(value: Any) -> str:
@@ -226,12 +231,17 @@ def _json_sha256(value: Any) -> str:
 
 def model_sections(config: dict[str, Any]) -> dict[str, str]:
     """sha256 of each model-defining section (MODEL_KEYS), so a mismatch can name the edited one."""
-    return {key: _json_sha256(config.get(key)) for key in MODEL_KEYS}
+    return {key: _json_sha256(config.get(key)) for key in _model_keys(config)}
+
+
+def _model_keys(config: dict[str, Any]) -> tuple[str, ...]:
+    return MODEL_KEYS + tuple(k for k in OPTIONAL_MODEL_KEYS if config.get(k) is not None)
 
 
 def model_sha256(config: dict[str, Any]) -> str:
-    """One hash over the model-defining part of config.json (MODEL_KEYS, in that order)."""
-    return _json_sha256([[key, config.get(key)] for key in MODEL_KEYS])
+    """One hash over the model-defining part of config.json (MODEL_KEYS, in that order, then the optional ones
+    present)."""
+    return _json_sha256([[key, config.get(key)] for key in _model_keys(config)])
 
 
 def check_certificate_binding(path: Path, config: dict[str, Any], certificate: dict[str, Any],
@@ -251,6 +261,7 @@ def check_certificate_binding(path: Path, config: dict[str, Any], certificate: d
         sections = certificate.get("model_sections") or {}
         now = model_sections(config)
         edited = [k for k in MODEL_KEYS if k in sections and sections[k] != now[k]]
+        edited += [k for k in OPTIONAL_MODEL_KEYS if sections.get(k) != now.get(k)]
         what = f"its {', '.join(edited)}" if edited else "its model-defining part"
         raise PackageError(f"{path / CONFIG} was edited after certification ({what} differs from what "
                            f"{CERTIFICATE} certified)", "restore the package as certified, or certify it again")
@@ -344,10 +355,28 @@ def verify(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, 
             f"{weights} does not match the sha256 recorded in config.json (tampered or corrupt)",
             "fetch the package again; never load weights you cannot verify",
         )
+    if config.get("reference") is not None:
+        _verify_reference(path, config)
     cert = path / CERTIFICATE
     if cert.exists():
         check_certificate_binding(path, config, read_json(cert))
     return config
+
+
+def _verify_reference(path: Path, config: dict[str, Any]) -> Path:
+    ref = config["reference"]
+    if not isinstance(ref, dict) or ref.get("file") != REFERENCE or not isinstance(ref.get("sha256"), str):
+        raise PackageError(f"{path / CONFIG} has a malformed reference section",
+                           "fetch the package again, or recover it again from its source")
+    file = path / REFERENCE
+    if not file.is_file():
+        raise PackageError(f"{file} is missing: config.json says the package was distilled from it",
+                           "fetch the whole package again (its label-free certificates compare with that model)")
+    check_safetensors(file)
+    if sha256_file(file) != ref["sha256"]:
+        raise PackageError(f"{file} does not match the sha256 recorded in config.json (tampered or corrupt)",
+                           "fetch the package again; never load weights you cannot verify")
+    return file
 
 
 def load(path: str | Path, *, verify_hash: bool = True) -> Package:
@@ -364,6 +393,29 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
         verify(path, config)
     else:
         check_safetensors(path / WEIGHTS)
+    return Package(path, config, *_build(path, config, path / WEIGHTS, config.get("quantization")))
+
+
+def load_reference(pkg: Package) -> nn.Module | None:
+    """The model a distilled package was distilled from (config.json `reference`), digital, eval mode; None
+    for packages without one (their own digital model is their reference)."""
+    if pkg.config.get("reference") is None:
+        return None
+    from .analog.convert import to_digital
+
+    file = _verify_reference(pkg.path, pkg.config)
+    model, _, _ = _build(pkg.path, pkg.config, file, pkg.config["reference"].get("quantization"))
+    return to_digital(model).eval()
+
+
+def _build(path: Path, config: dict[str, Any], weights: Path, quantization: dict[str, Any] | None):
+    """(model, conversion report, placement): the architecture config.json names, analog as its placement
+    says, with the tensors of `weights`."""
+    from .analog.config import AnalogConfig
+    from .analog.convert import convert
+    from .analog.placement import Placement, plan
+    from .sources import rebuild
+
     _refuse_bundled_code(path, config["source"])
     model = rebuild(config["source"])
     analog = AnalogConfig.from_dict(config["analog"])
@@ -374,19 +426,19 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
         placement.derived = True
     report = convert(model, analog, placement)
     try:
-        missing, unexpected = _load_weights(model, path / WEIGHTS)
+        missing, unexpected = _load_weights(model, weights)
     except Exception as exc:  # safetensors raises its own types for corrupt files
-        raise PackageError(f"cannot read {path / WEIGHTS}: {_one_line(exc)}",
+        raise PackageError(f"cannot read {weights}: {_one_line(exc)}",
                            "the weights do not fit config.json; fetch the package again") from None
     if missing or unexpected:
-        raise PackageError(f"{path / WEIGHTS} does not fit the architecture in config.json "
+        raise PackageError(f"{weights} does not fit the architecture in config.json "
                            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
-    if config.get("quantization"):  # QAT: fake-quantizers with their frozen activation ranges
+    if quantization:  # QAT: fake-quantizers with their frozen activation ranges
         from .recovery import qat
 
-        qat.restore(model, config["quantization"])
+        qat.restore(model, quantization)
     model.eval()
-    return Package(path, config, model, report, placement)
+    return model, report, placement
 
 
 def _load_weights(model: nn.Module, file: Path):

@@ -212,7 +212,7 @@ def test_causal_lm_distils_on_generated_text(tiny, tmp_path):
     a = ad.recover(tiny["lm"], "msnat", "generated:12", output=tmp_path / "a", overrides=over)
     t = a.config["training"]
     assert t["objective"] == {"loss": "kl", "metric": "next_token_agreement", "labels": False, "output": "tokens",
-                              "teacher": "the package's own clean weights, noise off", "temperature": 2.0}
+                              "teacher": "the package's clean weights before recovery, noise off", "temperature": 2.0}
     gen = a.config["data"]["text"]["generation"]
     assert gen["n"] == 12 and gen["seed"] == 0 and len(a.config["data"]["text"]["text_sha256"]) == 64
     config = json.loads((tiny["lm"] / "config.json").read_text())
@@ -344,3 +344,50 @@ def test_the_metric_name_travels_to_the_card_and_the_zoo(tiny, tmp_path, cli, mo
     assert "cosine" in row and "METRIC" in out
     card = (tmp_path / "zoo" / "tiny-encoder" / "README.md").read_text()
     assert "mean cosine" in card and "Digital cosine" in card
+
+
+def test_a_distilled_package_is_certified_against_its_teacher_not_itself(tiny, tmp_path):
+    """A student certified against its own digital model would score 1.0 clean however far it drifted from
+    the model the user converted; recover ships the teacher's weights and certify compares with them."""
+    from analogai_deploy import package as pkg_io
+    from analogai_deploy.certification import certify
+    from analogai_deploy.errors import PackageError
+
+    src = pkg_io.load(tiny["encoder"])
+    data = f"text:{tiny['root'] / 'few.txt'}"
+    over = ["training.rounds=1", "training.batch_size=8", "training.lr=0.02"]  # far enough to drift
+    pkg = ad.recover(tiny["encoder"], "single_noise", data, output=tmp_path / "s", overrides=over)
+    ref = pkg.config["reference"]
+    assert ref["sha256"] == src.weights_sha256 == ad.provenance.sha256_file(tmp_path / "s" / pkg_io.REFERENCE)
+    cert = certify(tmp_path / "s", times="1d", repeats=2, engine="fast", write=False)
+    assert cert["data"]["reference"]["sha256"] == src.weights_sha256
+
+    # the digital value is the student's clean cosine to the teacher, computed here independently
+    ev = evaluation.load_eval_set(tmp_path / "s", pkg.config, None, model=None)
+    from analogai_deploy.analog.convert import to_digital
+
+    student = evaluation.run(to_digital(ad.load(tmp_path / "s").model).eval(), ev)
+    teacher = evaluation.run(to_digital(src.model).eval(), ev)
+    expected = evaluation.score("cosine", student, ev, teacher)
+    assert cert["digital"]["cosine"] == pytest.approx(expected, abs=1e-6) and expected < 1 - 1e-4
+    plain = certify(tiny["encoder"], times="1d", repeats=1, engine="fast", write=False)
+    assert plain["digital"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert plain["data"]["reference"] == {"model": "the package's own digital model"}
+
+    # distilling the student again keeps the first teacher (not the student) as teacher and reference
+    again = ad.recover(tmp_path / "s", "vanilla", data, output=tmp_path / "s2", overrides=over[:2])
+    assert again.config["reference"] == ref
+
+    # a swapped reference is refused on load; an edited record breaks the certificate's binding
+    bad = copy_pkg(tmp_path / "s", tmp_path / "bad")
+    raw = bytearray((bad / pkg_io.REFERENCE).read_bytes())
+    raw[-1] ^= 1
+    (bad / pkg_io.REFERENCE).write_bytes(bytes(raw))
+    with pytest.raises(PackageError, match="reference.safetensors does not match"):
+        ad.load(bad)
+    certify(tmp_path / "s", times="1d", repeats=1, engine="fast")
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    cfg["reference"]["sha256"] = "0" * 64
+    (tmp_path / "s" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PackageError):
+        pkg_io.verify(tmp_path / "s")

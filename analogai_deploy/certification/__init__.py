@@ -264,7 +264,10 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
     start = time.perf_counter()
     outputs = run(digital, data)
     seconds = time.perf_counter() - start
-    reference = None if metric == "accuracy" else outputs
+    reference = None
+    if metric != "accuracy":  # label-free: the model distilled from (package.REFERENCE), else the package itself
+        teacher = pkg_io.load_reference(pkg)
+        reference = outputs if teacher is None else run(teacher, data)
     value = score(metric, outputs, data, reference)
     bench = _Bench(pkg.path, pkg.config, digital, data, metric, reference, value, seconds, pkg.placement)
     _map(bench, cfg)
@@ -559,7 +562,12 @@ def _data_block(bench: _Bench) -> dict[str, Any]:
     split = "test" if bench.data.labels is not None else "label-free"
     if bench.data.split not in (None, "test", "built-in"):
         split = f"{split}, {bench.data.split}"
-    return {"spec": bench.data.spec, "fingerprint": bench.data.fingerprint, "split": split, "n": bench.data.n}
+    block = {"spec": bench.data.spec, "fingerprint": bench.data.fingerprint, "split": split, "n": bench.data.n}
+    if bench.metric != "accuracy":  # what the label-free metric compares with (_bench)
+        ref = bench.config.get("reference")
+        block["reference"] = ({"model": "the weights the package was distilled from", "file": ref["file"],
+                               "sha256": ref["sha256"]} if ref else {"model": "the package's own digital model"})
+    return block
 
 
 def resolve(

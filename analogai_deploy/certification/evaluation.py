@@ -52,10 +52,11 @@ class Metric:
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("accuracy", True, (0.0, 1.0), True, "top-1 accuracy against labels"),
-    Metric("agreement", True, (0.0, 1.0), True, "top-1 agreement with the digital model"),
-    Metric("cosine", True, (-1.0, 1.0), True, "cosine similarity to the digital model's outputs"),
-    Metric("next_token_agreement", True, (0.0, 1.0), True, "greedy next token equal to the digital model's"),
-    Metric("perplexity_ratio", False, (0.0, math.inf), False, "perplexity / the digital model's perplexity"),
+    # label-free metrics compare with the reference: the digital model, or the one a package was distilled from
+    Metric("agreement", True, (0.0, 1.0), True, "top-1 agreement with the reference model"),
+    Metric("cosine", True, (-1.0, 1.0), True, "cosine similarity to the reference model's outputs"),
+    Metric("next_token_agreement", True, (0.0, 1.0), True, "greedy next token equal to the reference model's"),
+    Metric("perplexity_ratio", False, (0.0, math.inf), False, "perplexity / the reference model's perplexity"),
 )}
 METRIC_CHOICES = ("auto", *METRICS)
 LM_METRICS = ("next_token_agreement", "perplexity_ratio")

@@ -31,9 +31,10 @@ Examples:
   torchrun --nproc-per-node 4 -m analogai_deploy recover runs/lenet --recipe vanilla   # data parallel
 
 Overrides are dotted keys (the seed's names work verbatim); `analogai-deploy recipes show msnat` lists them.
-Text packages: with labels cross-entropy; without, distillation from the package's own clean weights
+Text packages: with labels cross-entropy; without, distillation from the package's clean weights
 (cosine on the pooled embedding for encoders, KL on the logits for classifiers and causal LMs;
-recovery.distill.loss=... picks one). The objective is printed and recorded in config.json.
+recovery.distill.loss=... picks one). The objective is printed and recorded in config.json. A distilled
+package keeps its teacher as reference.safetensors: certify compares with it.
 Ctrl-C keeps a checkpoint of the last finished round in OUTPUT.partial/; rerun with --resume to continue
 (or --restart to discard it). An existing package at OUTPUT is replaced only with --overwrite.
 """

@@ -166,15 +166,17 @@ def prepare_run(package, recipe, data, overrides=None):
     if text:
         from ..analog.convert import to_digital
 
+        # the model distillation matches: the one a distilled package was distilled from, else its own weights
+        reference = pkg_mod.load_reference(pkg)
         if isinstance(data, str):
-            teacher = to_digital(copy.deepcopy(pkg.model)) if data.startswith("generated:") else None
+            teacher = (reference or to_digital(copy.deepcopy(pkg.model))) if data.startswith("generated:") else None
             ds = text_data.load(data, pkg.path, pkg.config, model=teacher)
         else:
             ds = data
         objective = objectives.choose(pkg.config, ds, rec)
         _text_checks(pkg, rec, ds, objective)
         check_fits(pkg.model, rec, ds, device, teacher=objective.name != "cross_entropy")
-        ds = objectives.attach_teacher(objective, pkg.model, ds, device)
+        ds = objectives.attach_teacher(objective, reference or pkg.model, ds, device)
         return pkg, rec, ds, objective
     if inp.get("kind") != "image":
         raise UsageError(f"recover trains image and text packages, but {pkg.path} takes {inp.get('kind')} input")
@@ -219,7 +221,7 @@ def objective_line(objective, ds) -> str:
         return f"objective: cross-entropy on the labels of {ds.spec} (validation metric: {d['metric']})"
     what = {"cosine": "cosine on the pooled sentence embedding", "mse": "MSE on the pooled sentence embedding",
             "kl": f"KL on the {'next-token ' if d.get('output') == 'tokens' else ''}logits at T={d.get('temperature')}"}
-    return (f"objective: distillation from the package's own clean weights (noise off), {what[d['loss']]}, "
+    return (f"objective: distillation from the package's clean weights before recovery (noise off), {what[d['loss']]}, "
             f"on {ds.spec} without labels (validation metric: {d['metric']})")
 
 
@@ -355,6 +357,14 @@ def recover(
     log = "".join(json.dumps(e) + "\n" for e in result.log).encode()
     foreign = set(pkg_mod.foreign_entries(pkg.path))  # a user's files stay where they are
     files = {f.name: f.read_bytes() for f in pkg.path.iterdir() if _inherited(f) and f.name not in foreign}
+    if objective.name != "cross_entropy" and config.get("reference") is None:
+        # distilled: certify's label-free metrics must compare with the teacher, not with the student itself
+        # (a student that drifts from its teacher would otherwise agree perfectly with its own digital model)
+        files[pkg_mod.REFERENCE] = (pkg.path / pkg_mod.WEIGHTS).read_bytes()
+        config["reference"] = {"file": pkg_mod.REFERENCE, "sha256": pkg.weights_sha256,
+                               "what": "the weights this package was distilled from (the package before recovery)",
+                               **({"quantization": pkg.config["quantization"]} if pkg.config.get("quantization")
+                                  else {})}
     files["train_log.jsonl"] = log
     files[CURVE_PNG] = training_curve_png(result.log, f"{model_name(config)}: recipe {rec.name} on {ds.spec}")
     written = pkg_mod.write(out_path, config, final.cpu(), files, overwrite=replace)

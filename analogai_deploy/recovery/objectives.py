@@ -7,10 +7,11 @@
     kl              classifiers and causal LMs without labels: T^2 * KL(softmax(teacher / T) || softmax(z / T)),
                     per class (classifiers) or per real token position (LMs)
 
-The teacher is the package's own clean weights with the noise off (a frozen digital copy made before
-training). Its outputs are computed once for every training and validation sample where they are small
-(pooled embeddings, class logits); a causal LM's logits (tokens x vocabulary per sample) are computed per
-batch instead. MSNAT's feedback loops combine the tensors this objective reads (z = z0 - beta * sum gamma_j z_j)
+The teacher is the package's clean weights with the noise off (a frozen digital copy made before training;
+for a package distilled before, the weights it was distilled from: package.REFERENCE). recover writes the
+teacher's weights into the new package, and certify's label-free metrics compare with them. Its outputs are
+computed once for every training and validation sample where they are small (pooled embeddings, class
+logits); a causal LM's logits (tokens x vocabulary per sample) are computed per batch instead. MSNAT's feedback loops combine the tensors this objective reads (z = z0 - beta * sum gamma_j z_j)
 and fusion averages the clients, whatever the loss: both wrap the distillation loss exactly as they wrap CE.
 """
 from __future__ import annotations
@@ -123,7 +124,7 @@ class TextObjective(Objective):
     def describe(self) -> dict[str, Any]:
         d = {"loss": self.name, "metric": self.metric, "labels": self.name == "cross_entropy", "output": self.output}
         if self.name != "cross_entropy":
-            d["teacher"] = "the package's own clean weights, noise off"
+            d["teacher"] = "the package's clean weights before recovery, noise off"
         if self.name == "kl":
             d["temperature"] = self.temperature
         return d

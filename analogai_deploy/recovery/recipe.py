@@ -104,8 +104,8 @@ class DistillConfig(StrictConfig):
     """The loss for text packages (objectives.py); images always train with cross-entropy on labels.
 
     loss: auto = cross-entropy on labels for a classifier given labelled text; without labels distillation from
-      the package's own clean weights: cosine on the pooled embedding (encoders), KL on the logits (classifiers,
-      causal LMs). Or name one: cross_entropy, cosine, mse, kl.
+      the package's clean weights (the teacher, kept as its reference): cosine on the pooled embedding
+      (encoders), KL on the logits (classifiers, causal LMs). Or name one: cross_entropy, cosine, mse, kl.
     temperature: T of the KL loss, T^2 * KL(softmax(teacher / T) || softmax(student / T)).
     """
 
