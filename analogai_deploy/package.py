@@ -45,7 +45,7 @@ REFERENCE = "reference.safetensors"
 MAX_JSON = 64 * 1024 * 1024  # config.json / certificate.json: a few kB in practice
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; anything larger is hostile or corrupt
 #: what packages written before config.json listed its files (`files`) can hold: these names, and tokenizer files
-_KNOWN_FILES = {CONFIG, WEIGHTS, REFERENCE, CARD, CERTIFICATE, "certificate.png", "model.onnx", "model.aihwkit.pt", "sweep.csv",
+_KNOWN_FILES = {CONFIG, WEIGHTS, CARD, CERTIFICATE, "certificate.png", "model.onnx", "model.aihwkit.pt", "sweep.csv",
                 "sweep.png", "train_log.jsonl", "train_curve.png"}
 _TOKENIZER_FILES = re.compile(r"^(tokenizer.*\.json|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|"
                               r"merges\.txt|.*\.model|chat_template\.jinja)$")

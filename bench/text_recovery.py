@@ -102,8 +102,9 @@ def main() -> None:
     ap.add_argument("--data", default="corpus")
     ap.add_argument("--budget", type=int, default=20, help="gradient passes per recipe (see above)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-4, help="Adam lr (msnat family); hwa_aihwkit: --hwa-lr")
-    ap.add_argument("--hwa-lr", type=float, default=0.01)
+    ap.add_argument("--lr", type=float, default=2e-5,
+                    help="Adam lr (msnat family; the text sections' own); hwa_aihwkit: --hwa-lr")
+    ap.add_argument("--hwa-lr", type=float, default=0.005, help="hwa_aihwkit's lr (its text section's own)")
     ap.add_argument("--set", nargs="*", default=[], help="extra recipe overrides for every recipe")
     ap.add_argument("--rset", nargs=2, action="append", default=[], metavar=("RECIPE", "KEY=VALUE"),
                     help="an override for one recipe only (repeatable)")

@@ -213,6 +213,7 @@ def test_causal_lm_distils_on_generated_text(tiny, tmp_path):
     t = a.config["training"]
     assert t["objective"] == {"loss": "kl", "metric": "next_token_agreement", "labels": False, "output": "tokens",
                               "teacher": "the package's clean weights before recovery, noise off", "temperature": 2.0}
+    assert a.config["reference"]["sha256"] == json.loads((tiny["lm"] / "config.json").read_text())["weights"]["sha256"]
     gen = a.config["data"]["text"]["generation"]
     assert gen["n"] == 12 and gen["seed"] == 0 and len(a.config["data"]["text"]["text_sha256"]) == 64
     config = json.loads((tiny["lm"] / "config.json").read_text())
@@ -391,3 +392,22 @@ def test_a_distilled_package_is_certified_against_its_teacher_not_itself(tiny, t
     (tmp_path / "s" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PackageError):
         pkg_io.verify(tmp_path / "s")
+
+
+def test_a_distilled_package_goes_through_the_zoo_with_its_reference(tiny, tmp_path, cli, monkeypatch):
+    from analogai_deploy import package as pkg_io
+
+    monkeypatch.setenv("ANALOGAI_ZOO", str(tmp_path / "zoo"))
+    data = f"text:{tiny['root'] / 'few.txt'}"
+    pkg = ad.recover(tiny["encoder"], "vanilla", data, output=tmp_path / "s",
+                     overrides=["training.rounds=1", "training.batch_size=16"])
+    cert = ad.certify(pkg.path, times="1d,1y", repeats=5, limit=8, max_drop=5.0, at="1d")  # the zoo's policy
+    assert cert.passed, cert["verdict"]
+    code, _, err = cli("publish", pkg.path, "--name", "tiny-distilled")
+    assert code == 0, err
+    code, out, err = cli("pull", "tiny-distilled", "--verify", "--json", "-o", tmp_path / "pulled")
+    assert code == 0, err
+    assert json.loads(out)["spot_check"] == "passed"  # re-certified here, against the pulled reference
+    pulled = pkg_io.load(tmp_path / "pulled")
+    assert pulled.config["reference"]["sha256"] == pkg.config["reference"]["sha256"]
+    assert "distilled from (reference.safetensors)" in (tmp_path / "pulled" / "README.md").read_text()

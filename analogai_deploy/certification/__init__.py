@@ -256,7 +256,8 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
 
     pkg = pkg_io.load(package)  # verifies the weights' sha256
     digital = to_digital(pkg.model).eval()
-    data = load_eval_set(pkg.path, pkg.config, cfg.data, seed=cfg.seed, limit=cfg.limit, model=digital)
+    teacher = pkg_io.load_reference(pkg)  # a distilled package's reference: it also writes generated:N text
+    data = load_eval_set(pkg.path, pkg.config, cfg.data, seed=cfg.seed, limit=cfg.limit, model=teacher or digital)
     metric = resolve_metric(cfg.metric, pkg.config, data)
     if metric == "accuracy" and data.num_classes and pkg.config.get("num_classes") not in (None, data.num_classes):
         raise UsageError(f"the package has {pkg.config['num_classes']} classes but {data.spec} has {data.num_classes}",
@@ -266,7 +267,6 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
     seconds = time.perf_counter() - start
     reference = None
     if metric != "accuracy":  # label-free: the model distilled from (package.REFERENCE), else the package itself
-        teacher = pkg_io.load_reference(pkg)
         reference = outputs if teacher is None else run(teacher, data)
     value = score(metric, outputs, data, reference)
     bench = _Bench(pkg.path, pkg.config, digital, data, metric, reference, value, seconds, pkg.placement)

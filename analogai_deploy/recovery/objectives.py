@@ -11,8 +11,9 @@ The teacher is the package's clean weights with the noise off (a frozen digital 
 for a package distilled before, the weights it was distilled from: package.REFERENCE). recover writes the
 teacher's weights into the new package, and certify's label-free metrics compare with them. Its outputs are
 computed once for every training and validation sample where they are small (pooled embeddings, class
-logits); a causal LM's logits (tokens x vocabulary per sample) are computed per batch instead. MSNAT's feedback loops combine the tensors this objective reads (z = z0 - beta * sum gamma_j z_j)
-and fusion averages the clients, whatever the loss: both wrap the distillation loss exactly as they wrap CE.
+logits); a causal LM's logits (tokens x vocabulary per sample) are computed per batch instead. MSNAT's
+feedback loops combine the tensors this objective reads (z = z0 - beta * sum gamma_j z_j) and fusion
+averages the clients, whatever the loss: both wrap the distillation loss exactly as they wrap CE.
 """
 from __future__ import annotations
 
