@@ -193,3 +193,43 @@ def test_recover_trains_through_the_packages_input_scaling(lenet_pkg, tmp_path):
     assert pkg.config["recipe"]["resolved"]["noise"]["input_scaling"] == "package"
     assert pkg.config["mapping"]["input_scaling"] == "channel"  # trained for what certify then runs
     assert "input_scaling" not in R.load("msnat_hw").resolved()["noise"]  # absent at its default
+
+
+def test_digital_outliers_train_the_split_certify_programs(lenet_pkg, tmp_path):
+    # a Linear layer: the tile part plus the digital part is the layer when the noise is off ...
+    def planted(hw, sigma):  # four outlier weights in output channel 0
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(256, 64)
+        with torch.no_grad():
+            lin.weight[0, :4] *= 50.0
+        out = AnalogLinear.from_digital(lin, AnalogState(sigma, 1.0))
+        out.analog.hw = hw
+        return out
+
+    layer = planted(HardwareNoise("channel", "pcm", outlier_std=2.0), 0.0)
+    x = torch.randn(8, 256)
+    clean = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert torch.allclose(layer(x), clean, atol=1e-5)
+    tile, digital = hardware.tile_weights(layer.weight, layer.analog.hw, outliers=True)
+    assert digital is not None and (digital != 0).float().mean() < 0.1 and torch.equal(tile + digital, layer.weight)
+    # ... and with it on, the outlier row's noise is set by its clipped max, far below the unsplit one
+    layer.analog.sigma = 0.1
+    with torch.no_grad():
+        noise = torch.stack([layer(x) - clean for _ in range(40)]).std(0)
+        whole = planted(HardwareNoise("channel", "pcm"), 0.1)
+        noise_whole = torch.stack([whole(x) - clean for _ in range(40)]).std(0)
+    assert float(noise[:, 0].mean()) < 0.5 * float(noise_whole[:, 0].mean())
+    # the gradient reaches every weight: the clipped ones through the digital part
+    layer.analog.sigma = 0.0
+    layer(x).sum().backward()
+    assert torch.allclose(layer.weight.grad, torch.ones(8, 64).T @ x, atol=1e-4)
+    with pytest.raises(UsageError, match="outlier_std"):
+        R.load("single_noise", ["noise.outliers=digital", "noise.outlier_std=0"])
+    # recover records the split, and certify programs it by default
+    out = tmp_path / "o"
+    ad.recover(lenet_pkg, "vanilla", "digits", output=out, overrides=[
+        "training.rounds=1", "noise.scale=channel", "noise.outliers=digital", "noise.outlier_std=2.5"])
+    mapping = json.loads((out / "config.json").read_text())["mapping"]
+    assert (mapping["outliers"], mapping["outlier_std"]) == ("digital", 2.5)
+    cert = ad.certify(out, repeats=1, times="1d", limit=32, write=False, engine="fast")
+    assert cert["mapping"]["outliers"] == "digital" and cert["mapping"]["outliers_digital_fraction"] > 0

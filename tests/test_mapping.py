@@ -186,7 +186,7 @@ def test_cli_exposes_every_option_and_rejects_bad_values(pkg, cli):
     assert code == 0
     for flag in ("--weight-scaling", "--clip", "--clip-value", "--input-range", "--input-range-k",
                  "--input-scaling", "--input-scaling-alpha", "--output-scaling", "--calibration",
-                 "--calibration-samples"):
+                 "--calibration-samples", "--outliers", "--outlier-std"):
         assert flag in out, flag
     code, _, err = cli("certify", str(pkg), "--weight-scaling", "row")
     assert code == 2 and "column" in err
@@ -230,3 +230,49 @@ def test_minilm_default_certificate_keeps_cosine_0_85_at_1d(minilm, engine):
     assert cert["data"]["n"] == 32 and cert.result("1d")["ci95"][0] >= 0.85, cert.result("1d")
     old = ad.certify(minilm, repeats=2, times="1d", write=False, engine=engine, mapping=LEGACY)
     assert old.result("1d")["mean"] < 0.3
+
+
+def test_digital_outliers_sum_back_exactly_and_shrink_the_tiles(trained):
+    from analogai_deploy.certification.mapping import install_outliers, split_outliers
+
+    from analogai_deploy.analog.convert import to_digital
+
+    digital = to_digital(ad.load(trained).model).eval()
+    split = to_digital(ad.load(trained).model).eval()
+    m = MappingConfig(outliers="digital", outlier_std=2.0)
+    before = {n: mod.weight.detach().abs().amax(1) for n, mod in split.named_modules()
+              if isinstance(mod, torch.nn.Linear)}
+    residuals, share = split_outliers(split, m)
+    assert residuals and set(residuals) == set(before) and 0 < share < 0.1  # Linear layers only, few weights
+    for name, mod in split.named_modules():
+        if name in residuals:
+            w = mod.weight.detach()
+            assert (w.abs().amax(1) <= before[name] + 1e-7).all() and (w.abs().amax(1) < before[name]).any()
+    x = torch.randn(16, *json.loads((trained / "config.json").read_text())["input"]["shape"])
+    handles = install_outliers(split, residuals)
+    with torch.no_grad():
+        assert torch.allclose(split(x), digital(x), atol=1e-5)  # tile part + digital part = the layer
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        assert not torch.allclose(split(x), digital(x), atol=1e-3)  # without the digital part it is not
+
+
+@pytest.mark.parametrize("engine", ["aihwkit", "fast"])
+def test_digital_outliers_in_certify_both_engines(pkg, engine):
+    ideal = ad.certify(pkg, device="ideal", engine=engine, mapping=MappingConfig(outliers="digital", outlier_std=2.0),
+                       **QUICK)
+    assert ideal.result("1d")["mean"] == pytest.approx(ideal["digital"]["accuracy"], abs=1e-9)  # exact sum
+    assert ideal["mapping"]["outliers"] == "digital" and 0 < ideal["mapping"]["outliers_digital_fraction"] < 0.1
+    with pytest.raises(UsageError, match="outlier_std"):
+        MappingConfig(outlier_std=0)
+    with pytest.raises(UsageError, match="digital"):
+        MappingConfig(outliers="sparse")
+
+
+def test_minilm_keeps_more_with_its_outlier_weights_digital(minilm):
+    plain = ad.certify(minilm, repeats=1, times="1d", limit=8, write=False, engine="fast")
+    split = ad.certify(minilm, repeats=1, times="1d", limit=8, write=False, engine="fast",
+                       mapping=MappingConfig(outliers="digital", outlier_std=2.5))
+    assert 0.005 < split["mapping"]["outliers_digital_fraction"] < 0.03
+    assert split.result("1d")["mean"] > plain.result("1d")["mean"] + 0.02  # 0.948 against 0.904 on 32 sentences

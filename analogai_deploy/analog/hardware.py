@@ -20,6 +20,10 @@ The seed's model (layers.noisy) draws W + N(0, s^2), s = c * sigma * max|W| over
          near g_max), so after compensation they shrink, and per-device nu spreads grow with log t.
   clip   the weights used in the forward pass are clipped (fixed: |w| <= value; layer_std / channel_std:
          value std per layer / output channel), gradients straight through; certify clips the same way.
+  outliers  (noise.outliers: digital) a Linear layer's tile weights (after the input scaling) beyond
+         outlier_std std of their output column stay off the tile: the tile holds them clipped, with its
+         noise and periphery, and the clipped-off part runs digitally beside it, exact (the mapping's
+         outliers=digital; certification/mapping.py).
   io     the tile periphery around the matmul, as certify's aihwkit PyTorch tile: inputs divided by
          their abs-max per sample (ABS_MAX noise management; per input vector for linear layers, per
          sample for convolutions, an upper bound of aihwkit's per-patch max), quantised to dac_bits;
@@ -63,15 +67,17 @@ class HardwareNoise:
     """The settings one layer trains with (plain attributes; validated by the recipe)."""
 
     __slots__ = ("scale", "model", "clip", "clip_value", "out_noise", "dac_bits", "adc_bits", "out_bound",
-                 "in_scale", "times")
+                 "in_scale", "times", "outlier_std")
 
     def __init__(self, scale: str = "tensor", model: str = "gaussian", clip: str = "none", clip_value: float = 3.0,
                  out_noise: float = 0.0, dac_bits: int = 0, adc_bits: int = 0, out_bound: float = 12.0,
-                 in_scale: torch.Tensor | None = None, times: tuple[float, ...] = (86400.0,)):
+                 in_scale: torch.Tensor | None = None, times: tuple[float, ...] = (86400.0,),
+                 outlier_std: float = 0.0):
         self.scale, self.model, self.clip, self.clip_value = scale, model, clip, clip_value
         self.out_noise, self.dac_bits, self.adc_bits, self.out_bound = out_noise, dac_bits, adc_bits, out_bound
         self.in_scale = in_scale  # s per input channel (module docstring), or None
         self.times = tuple(times) or (86400.0,)  # seconds after programming the device model draws from
+        self.outlier_std = outlier_std  # > 0: Linear layers keep their outlier weights digital (module docstring)
 
     @property
     def has_io(self) -> bool:
@@ -129,15 +135,33 @@ def wmax(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tens
     return m.clamp(min=1e-12)
 
 
-def noisy(w: torch.Tensor, sigma: float, c: float, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tensor:
-    """The clipped weight plus this model's programming noise at level sigma (straight-through gradient)."""
-    from .layers import add_noise
-
+def tile_weights(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0, outliers: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(what the tile holds: clipped, input-scaled, outliers cut off; the digital outlier part or None).
+    `outliers`: the caller is a Linear layer that adds the digital part (layers.AnalogLinear)."""
     w = clip(w, hw, channel_dim)
     if hw.in_scale is not None:  # the tile holds W_:j * s_j (module docstring); channel_dim 0: inputs on dim 1
         shape = [1] * w.dim()
         shape[1 - channel_dim] = -1
         w = w * hw.in_scale.to(w.dtype).view(shape)
+    if not (outliers and hw.outlier_std > 0):
+        return w, None
+    bound = hw.outlier_std * w.detach().std(1, keepdim=True)
+    kept = torch.maximum(torch.minimum(w, bound), -bound)
+    return kept, w - kept  # the gradient reaches every weight through one of the two parts
+
+
+def noisy(w: torch.Tensor, sigma: float, c: float, hw: HardwareNoise, channel_dim: int = 0,
+          outliers: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the tile's weight, `tile_weights`, plus this model's programming noise at level sigma with a
+    straight-through gradient; the digital outlier part, noise-free, or None)."""
+    w, digital = tile_weights(w, hw, channel_dim, outliers)
+    return _programmed(w, sigma, c, hw, channel_dim), digital
+
+
+def _programmed(w: torch.Tensor, sigma: float, c: float, hw: HardwareNoise, channel_dim: int) -> torch.Tensor:
+    from .layers import add_noise
+
     if sigma <= 0:
         return w
     m = wmax(w, hw, channel_dim)
@@ -219,7 +243,8 @@ def apply(model, noise, io, in_scales: dict[str, torch.Tensor] | None = None) ->
     for name, layer in analog_layers(model):
         layer.analog.hw = None if noise is None else HardwareNoise(
             noise.scale, noise.model, noise.clip, noise.clip_value, io.out_noise, io.dac_bits, io.adc_bits,
-            io.out_bound, (in_scales or {}).get(name), noise.seconds)
+            io.out_bound, (in_scales or {}).get(name), noise.seconds,
+            noise.outlier_std if noise.outliers == "digital" else 0.0)
         n += 1
     return n
 
@@ -253,7 +278,7 @@ def input_scales(pkg, model) -> tuple[dict[str, torch.Tensor], dict]:
 def trained_mapping(noise, io) -> dict:
     """What a recipe with these sections trained the package for, as config.json["mapping"] fields."""
     out = {"weight_scaling": "column" if noise.scale == "channel" else "tile", "clip": noise.clip,
-           "clip_value": noise.clip_value}
+           "clip_value": noise.clip_value, "outliers": noise.outliers, "outlier_std": noise.outlier_std}
     trained_io = {k: getattr(io, k) for k in ("dac_bits", "adc_bits", "out_noise") if getattr(io, k)}
     if trained_io:
         out["io"] = trained_io

@@ -134,15 +134,22 @@ def add_noise(t: torch.Tensor, scale: torch.Tensor, state: AnalogState | None = 
 def noisy(weight: torch.Tensor, state: AnalogState, channel_dim: int = 0) -> torch.Tensor:
     """The weight the tile computes with: quantized if QAT is on, plus programming noise when sigma > 0
     (`channel_dim`: where the output channels of `weight` are, for per-channel hardware noise)."""
+    return noisy_parts(weight, state, channel_dim)[0]
+
+
+def noisy_parts(weight: torch.Tensor, state: AnalogState, channel_dim: int = 0, outliers: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`noisy`, and for a Linear layer (`outliers`) whose hardware noise keeps outliers digital, the digital
+    outlier part the caller adds beside the tile (else None)."""
     if state.weight_quant is not None:
         weight = state.weight_quant(weight)
     if state.hw is not None:
         from . import hardware
 
-        return hardware.noisy(weight, state.sigma, state.c, state.hw, channel_dim)
+        return hardware.noisy(weight, state.sigma, state.c, state.hw, channel_dim, outliers)
     if state.sigma <= 0:
-        return weight
-    return add_relative_noise(weight, state.c * state.sigma, state)  # one fresh draw per layer per call
+        return weight, None
+    return add_relative_noise(weight, state.c * state.sigma, state), None  # one fresh draw per layer per call
 
 
 def analog_input(x: torch.Tensor, state: AnalogState) -> torch.Tensor:
@@ -170,25 +177,28 @@ class AnalogLayer:
         return module
 
 
-def _tile(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, mvm, s: AnalogState, conv: bool):
+def _tile(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, mvm, s: AnalogState, conv: bool,
+          digital: torch.Tensor | None = None):
     """mvm(x, w) + bias, through the tile periphery when the layer trains with hardware IO (and x / s where
-    its weights are input-scaled, hardware.py)."""
+    its weights are input-scaled, hardware.py), plus the digital outlier part beside the tile (`digital`)."""
     if s.hw is not None:
         x = s.hw.scale_input(x, 1 if conv else x.dim() - 1)
     if s.hw is None or not s.hw.has_io:
-        return mvm(x, w, bias)
-    from .hardware import periphery
+        y = mvm(x, w, bias)
+    else:
+        from .hardware import periphery
 
-    y = periphery(x, w, lambda a, b: mvm(a, b, None), s.hw, conv)
-    if bias is None:
-        return y
-    return y + (bias.view(1, -1, *[1] * (y.dim() - 2)) if conv else bias)
+        y = periphery(x, w, lambda a, b: mvm(a, b, None), s.hw, conv)
+        if bias is not None:
+            y = y + (bias.view(1, -1, *[1] * (y.dim() - 2)) if conv else bias)
+    return y if digital is None else y + mvm(x, digital, None)
 
 
 class AnalogLinear(AnalogLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.analog
-        return analog_output(_tile(analog_input(x, s), noisy(self.weight, s), self.bias, F.linear, s, False), s)
+        w, digital = noisy_parts(self.weight, s, outliers=True)
+        return analog_output(_tile(analog_input(x, s), w, self.bias, F.linear, s, False, digital), s)
 
 
 class _AnalogConvMixin(AnalogLayer):

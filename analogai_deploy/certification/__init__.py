@@ -247,6 +247,7 @@ class _Bench:
     placement: Any = None  # analog.placement.Placement: what goes on tiles
     prepared: nn.Module | None = None  # the digital model as mapped: weights clipped and input-scaled
     calibration: Any = None  # mapping.Calibration, when the mapping calibrates on data
+    outliers: dict[str, Any] = field(default_factory=dict)  # layer -> its digital outlier weights (mapping)
     mapping_record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -298,8 +299,12 @@ def _map(bench: _Bench, cfg: CertifyConfig) -> None:
         bench.calibration = mp.calibrate(prepared, batches, m, info, layers)
         mp.apply_input_scaling(prepared, bench.calibration)
         record["calibrated"] = bench.calibration.summary()
+    bench.outliers, share = mp.split_outliers(prepared, m, layers)  # after the scales: the tiles' own weights
+    if bench.outliers:
+        record["outliers_digital_fraction"] = share
     if clipped:  # what the mapped weights alone cost, before any analog noise (the ceiling of this mapping)
         handles = mp.install(prepared, bench.calibration) if bench.calibration else []
+        handles += mp.install_outliers(prepared, bench.outliers)
         try:
             outputs = run(prepared.eval(), bench.data)
         finally:
@@ -481,10 +486,11 @@ def _simulate(cfg: CertifyConfig, bench: _Bench, rpu):
 
 
 def _install(model: nn.Module, bench: _Bench, fast: bool) -> None:
-    """The calibrated part of the mapping on the simulated model: x / s before each scaled layer's DAC
-    (a digital multiply), and the static input range of every tile of a layer."""
+    """The digital parts of the mapping on the simulated model: x / s before each scaled layer's DAC (a
+    digital multiply), the static input range of every tile of a layer, the outlier weights beside them."""
     from . import mapping as mp
 
+    mp.install_outliers(model, bench.outliers)  # forward hooks: they see the input after install's pre-hooks
     cal = bench.calibration
     if cal is None:
         return

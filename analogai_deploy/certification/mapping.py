@@ -14,6 +14,11 @@ were overridden. Fields left at None inherit (the package's value, then DEFAULTS
   clip             weights clipped before programming: none; fixed (|w| <= clip_value, weight units);
                    layer_std (clip_value std of the whole layer, aihwkit's LAYER_GAUSSIAN); channel_std
                    (clip_value std per output channel, aihwkit-lightning's LAYER_GAUSSIAN_PER_CHANNEL).
+  outliers         none, or digital: each Linear layer's tile weights (after the input scaling) are clipped
+                   at outlier_std std of their output column, and the clipped-off part - the few outlier
+                   weights, 0.6% of the MiniLM's at 3 std - is computed digitally beside the tile (a
+                   sparse digital matmul, exact). The tile's max|w| per column, and with it every weight's
+                   noise, shrinks; the sum stays the digital layer's. Convolutions keep all weights on tiles.
   input_range      dynamic: each input vector scaled by its own abs-max before the DAC (aihwkit's
                    ABS_MAX noise management); calibrated: one static range per layer, input_range_k
                    std of its inputs on calibration data (aihwkit pre_post.input_range, its
@@ -45,12 +50,13 @@ CLIP = ("none", "fixed", "layer_std", "channel_std")
 INPUT_RANGE = ("dynamic", "calibrated")
 INPUT_SCALING = ("none", "channel")
 OUTPUT_SCALING = ("tile", "column")
+OUTLIERS = ("none", "digital")
 
 #: the defaults (BENCHMARKS.md section "Mapping" measures each against the alternatives)
 DEFAULTS: dict[str, Any] = {
     "weight_scaling": "column", "clip": "none", "clip_value": 3.0, "input_range": "dynamic",
     "input_range_k": 3.0, "input_scaling": "channel", "input_scaling_alpha": 0.4, "output_scaling": "tile",
-    "calibration": None, "calibration_samples": 64,
+    "calibration": None, "calibration_samples": 64, "outliers": "none", "outlier_std": 3.0,
 }
 #: what the toolkit did before mapping options existed (one scale per tile, nothing calibrated)
 LEGACY: dict[str, Any] = {**DEFAULTS, "weight_scaling": "tile", "input_scaling": "none"}
@@ -94,13 +100,16 @@ class MappingConfig(StrictConfig):
     output_scaling: str | None = None
     calibration: str | None = None
     calibration_samples: int | None = None
+    outliers: str | None = None
+    outlier_std: float | None = None
     io: IOSettings = field(default_factory=IOSettings)
 
     def __post_init__(self):
         if isinstance(self.io, dict):
             self.io = IOSettings.from_dict(self.io, where="mapping.io.")
         for name, valid in (("weight_scaling", WEIGHT_SCALING), ("clip", CLIP), ("input_range", INPUT_RANGE),
-                            ("input_scaling", INPUT_SCALING), ("output_scaling", OUTPUT_SCALING)):
+                            ("input_scaling", INPUT_SCALING), ("output_scaling", OUTPUT_SCALING),
+                            ("outliers", OUTLIERS)):
             value = getattr(self, name)
             if value is not None:
                 value = str(value).lower().replace("-", "_")
@@ -109,6 +118,8 @@ class MappingConfig(StrictConfig):
                 setattr(self, name, value)
         if self.clip_value is not None and self.clip_value <= 0:
             raise UsageError(f"clip_value must be > 0, got {self.clip_value}")
+        if self.outlier_std is not None and self.outlier_std <= 0:
+            raise UsageError(f"outlier_std must be > 0 (std multiples), got {self.outlier_std}")
         if self.input_range_k is not None and self.input_range_k <= 0:
             raise UsageError(f"input_range_k must be > 0 (std multiples), got {self.input_range_k}")
         if self.input_scaling_alpha is not None and not 0.0 <= self.input_scaling_alpha <= 1.0:
@@ -151,6 +162,8 @@ class MappingConfig(StrictConfig):
         if m.input_scaling == "channel":
             parts.append(f"channel input scaling a={m.input_scaling_alpha:g}")
         parts.append(f"{m.output_scaling} output correction")
+        if m.outliers == "digital":
+            parts.append(f"outliers beyond {m.outlier_std:g} std digital")
         return ", ".join(parts)
 
 
@@ -220,6 +233,45 @@ def clip_weights(model, mapping: MappingConfig, layers: list | None = None) -> d
             out[name] = float((flat.abs() > bound).float().mean())
             flat.copy_(torch.maximum(torch.minimum(flat, bound), -bound))
     return out
+
+
+def split_outliers(model, mapping: MappingConfig, layers: list | None = None) -> tuple[dict[str, Any], float]:
+    """outliers=digital: clip each Linear layer's tile weights (as they stand: input scales folded in) at
+    outlier_std std of their output column, in place. Returns the clipped-off part per layer, for
+    `install_outliers`, and the share of the Linear weights it holds."""
+    import torch
+
+    m = mapping.complete()
+    if m.outliers != "digital":
+        return {}, 0.0
+    residuals, moved, total = {}, 0, 0
+    with torch.no_grad():
+        for name, mod in layers if layers is not None else mapped_layers(model):
+            if not isinstance(mod, torch.nn.Linear):
+                continue
+            w = own_weight(model, mod)
+            bound = m.outlier_std * w.std(1, keepdim=True)
+            clipped = torch.maximum(torch.minimum(w, bound), -bound)
+            residuals[name] = w - clipped
+            moved += int((residuals[name] != 0).sum())
+            total += w.numel()
+            w.copy_(clipped)
+    return residuals, moved / max(total, 1)
+
+
+def install_outliers(model, residuals: dict[str, Any]) -> list:
+    """Forward hooks adding each layer's digital outlier part, x @ R^T, to the tile's output; by module name,
+    on whichever model holds the layers. x is the tile's own input (after the input-scaling pre-hook)."""
+    import torch.nn.functional as F
+
+    mods = dict(model.named_modules())
+    handles = []
+    for name, r in residuals.items():
+        def post(module, args, out, r=r):
+            return out + F.linear(args[0], r.to(args[0].dtype))
+
+        handles.append(mods[name].register_forward_hook(post))
+    return handles
 
 
 @dataclass

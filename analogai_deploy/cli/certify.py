@@ -33,6 +33,7 @@ Examples:
   analogai-deploy certify runs/minilm --weight-scaling tile --input-scaling none --output-scaling tile  # the old mapping
 
   analogai-deploy certify runs/lenet --clip channel_std --clip-value 2.5 --input-range calibrated
+  analogai-deploy certify runs/minilm --outliers digital --outlier-std 2.5   # outlier weights beside the tiles
 
   analogai-deploy certify runs/minilm --data text:my_heldout.txt   # your own text, one example per line
 
@@ -118,6 +119,8 @@ def certify(
     output_scaling: Annotated[str | None, typer.Option(help="Mapping: drift-compensation gain per 'tile' (GlobalDriftCompensation) or per output 'column' (PerColumnDriftCompensation). (column needs --weight-scaling column: aihwkit reads each column out one-hot, and a column read as 0 by the ADC explodes) [default: the package's; new: tile]")] = None,
     calibration: Annotated[str | None, typer.Option(help="Mapping: calibration data (a --data spec). [default: the train split of --data; text: built-in calibration sentences]")] = None,
     calibration_samples: Annotated[int | None, typer.Option(help="Mapping: calibration samples. [default: 64]")] = None,
+    outliers: Annotated[str | None, typer.Option(help="Mapping: 'digital' keeps each Linear tile column's weights beyond --outlier-std std off the tiles, computed digitally beside them (exact), or 'none'. [default: the package's; new: none]")] = None,
+    outlier_std: Annotated[float | None, typer.Option(help="Mapping: the outlier bound in std of the tile column. [default: 3]")] = None,
     sweep: Annotated[str | None, typer.Option(help="PARAM=START:STOP:N, e.g. n_w=0:0.2:10; writes sweep.csv and sweep.png.")] = None,
     output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Write a copy of the package with the certificate here (e.g. for a read-only package) [default: update PACKAGE in place].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing package at -o.")] = False,
@@ -144,6 +147,7 @@ def certify(
         "weight_scaling": weight_scaling, "clip": clip, "clip_value": clip_value, "input_range": input_range,
         "input_range_k": input_range_k, "input_scaling": input_scaling, "input_scaling_alpha": input_scaling_alpha,
         "output_scaling": output_scaling, "calibration": calibration, "calibration_samples": calibration_samples,
+        "outliers": outliers, "outlier_std": outlier_std,
     }.items() if v is not None}
     for key in [k for k in given if k.startswith("mapping.")]:  # mapping.clip=channel_std as an override
         name = key.split(".", 1)[1]

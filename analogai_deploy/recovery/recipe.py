@@ -221,6 +221,9 @@ class NoiseModelConfig(StrictConfig):
       noise at a time after programming drawn from `times` per layer and pass; sigma 0.056 at c 0.7776 is the
       device itself, other sigmas scale its deviation). clip / clip_value: clip the weights in the forward pass (none, fixed: |w| <= value,
       layer_std / channel_std: value std per layer / output channel); certify then clips the same way.
+    outliers / outlier_std: digital keeps each Linear layer's tile weights beyond outlier_std std of their
+      output column off the tile, computed digitally beside it (the mapping's outliers; certify then does the
+      same); none keeps every weight on the tiles.
     input_scaling: none (the seed) or package: train each linear / convolution layer as certify maps it with
       the package's per-channel input scaling (config.json mapping; W_:j * s_j on the tile, x_j / s_j before
       it), s calibrated once before training exactly as certify calibrates it.
@@ -230,6 +233,8 @@ class NoiseModelConfig(StrictConfig):
     model: Literal["gaussian", "pcm", "device"] = "gaussian"
     clip: Literal["none", "fixed", "layer_std", "channel_std"] = "none"
     clip_value: float = 3.0
+    outliers: Literal["none", "digital"] = "none"
+    outlier_std: float = 3.0
     input_scaling: Literal["none", "package"] = "none"
     times: list[str] = field(default_factory=lambda: list(DEVICE_TIMES))
 
@@ -238,6 +243,8 @@ class NoiseModelConfig(StrictConfig):
         # absent at their defaults: recipes written before them keep their hash
         if d["input_scaling"] == "none":
             del d["input_scaling"]
+        if d["outliers"] == "none" and d["outlier_std"] == 3.0:
+            del d["outliers"], d["outlier_std"]
         if d["times"] == list(DEVICE_TIMES):
             del d["times"]
         return d
@@ -252,6 +259,8 @@ class NoiseModelConfig(StrictConfig):
     def __post_init__(self):
         if self.clip_value <= 0:
             raise UsageError(f"noise.clip_value must be > 0, got {self.clip_value}")
+        if self.outlier_std <= 0:
+            raise UsageError(f"noise.outlier_std must be > 0 (std multiples), got {self.outlier_std}")
         self.seconds  # bad times are refused here, with certify's message
 
 
@@ -338,11 +347,14 @@ class Recipe(StrictConfig):
         if self.hardware_noise:
             n, io = self.noise, self.io
             when = f" at {','.join(n.times)}" if n.model == "device" else ""
-            extras.append(f"{n.model} noise{when} per {n.scale}" + (f", clip {n.clip} {n.clip_value:g}" if n.clip != "none"
-                                                            else "") + (f", io dac {io.dac_bits} adc {io.adc_bits} "
-                                                                        f"out_noise {io.out_noise:g}" if
-                                                                        io.out_noise or io.dac_bits or io.adc_bits
-                                                                        else ""))
+            what = f"{n.model} noise{when} per {n.scale}"
+            if n.clip != "none":
+                what += f", clip {n.clip} {n.clip_value:g}"
+            if n.outliers == "digital":
+                what += f", outliers > {n.outlier_std:g} std digital"
+            if io.out_noise or io.dac_bits or io.adc_bits:
+                what += f", io dac {io.dac_bits} adc {io.adc_bits} out_noise {io.out_noise:g}"
+            extras.append(what)
         return ", ".join(parts + extras)
 
 
