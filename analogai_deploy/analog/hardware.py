@@ -146,9 +146,15 @@ def tile_weights(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0, outli
         w = w * hw.in_scale.to(w.dtype).view(shape)
     if not (outliers and hw.outlier_std > 0):
         return w, None
-    bound = hw.outlier_std * w.detach().std(1, keepdim=True)
+    return outlier_split(w, hw.outlier_std)
+
+
+def outlier_split(w: torch.Tensor, k: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w clipped at k std of each row - an output column of the tile -, the clipped-off rest): the mapping's
+    outliers=digital, for training and certify alike. The gradient reaches every weight through one part."""
+    bound = k * w.detach().std(1, keepdim=True)
     kept = torch.maximum(torch.minimum(w, bound), -bound)
-    return kept, w - kept  # the gradient reaches every weight through one of the two parts
+    return kept, w - kept
 
 
 def noisy(w: torch.Tensor, sigma: float, c: float, hw: HardwareNoise, channel_dim: int = 0,

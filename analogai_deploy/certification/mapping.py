@@ -241,6 +241,8 @@ def split_outliers(model, mapping: MappingConfig, layers: list | None = None) ->
     `install_outliers`, and the share of the Linear weights it holds."""
     import torch
 
+    from ..analog.hardware import outlier_split
+
     m = mapping.complete()
     if m.outliers != "digital":
         return {}, 0.0
@@ -250,9 +252,7 @@ def split_outliers(model, mapping: MappingConfig, layers: list | None = None) ->
             if not isinstance(mod, torch.nn.Linear):
                 continue
             w = own_weight(model, mod)
-            bound = m.outlier_std * w.std(1, keepdim=True)
-            clipped = torch.maximum(torch.minimum(w, bound), -bound)
-            residuals[name] = w - clipped
+            clipped, residuals[name] = outlier_split(w, m.outlier_std)
             moved += int((residuals[name] != 0).sum())
             total += w.numel()
             w.copy_(clipped)
