@@ -396,14 +396,15 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
     return Package(path, config, *_build(path, config, path / WEIGHTS, config.get("quantization")))
 
 
-def load_reference(pkg: Package) -> nn.Module | None:
+def load_reference(pkg: Package, *, verify_hash: bool = True) -> nn.Module | None:
     """The model a distilled package was distilled from (config.json `reference`), digital, eval mode; None
-    for packages without one (their own digital model is their reference)."""
+    for packages without one (their own digital model is their reference). `verify_hash=False` for a package
+    `load` has just verified (its `verify` hashed the reference already)."""
     if pkg.config.get("reference") is None:
         return None
     from .analog.convert import to_digital
 
-    file = _verify_reference(pkg.path, pkg.config)
+    file = _verify_reference(pkg.path, pkg.config) if verify_hash else pkg.path / REFERENCE
     model, _, _ = _build(pkg.path, pkg.config, file, pkg.config["reference"].get("quantization"))
     return to_digital(model).eval()
 

@@ -257,7 +257,8 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
 
     pkg = pkg_io.load(package)  # verifies the weights' sha256
     digital = to_digital(pkg.model).eval()
-    teacher = pkg_io.load_reference(pkg)  # a distilled package's reference: it also writes generated:N text
+    # a distilled package's reference (load just verified it); it also writes generated:N text
+    teacher = pkg_io.load_reference(pkg, verify_hash=False)
     data = load_eval_set(pkg.path, pkg.config, cfg.data, seed=cfg.seed, limit=cfg.limit, model=teacher or digital)
     metric = resolve_metric(cfg.metric, pkg.config, data)
     if metric == "accuracy" and data.num_classes and pkg.config.get("num_classes") not in (None, data.num_classes):

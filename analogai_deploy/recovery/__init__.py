@@ -167,7 +167,7 @@ def prepare_run(package, recipe, data, overrides=None):
         from ..analog.convert import to_digital
 
         # the model distillation matches: the one a distilled package was distilled from, else its own weights
-        reference = pkg_mod.load_reference(pkg)
+        reference = pkg_mod.load_reference(pkg, verify_hash=pkg is package)  # a package loaded here is verified
         if isinstance(data, str):
             teacher = (reference or to_digital(copy.deepcopy(pkg.model))) if data.startswith("generated:") else None
             ds = text_data.load(data, pkg.path, pkg.config, model=teacher)
