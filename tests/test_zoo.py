@@ -186,8 +186,18 @@ def test_zoo_option_beats_environment(cli, zoo_dir, certified, tmp_path):
     assert (elsewhere / "index.json").exists() and not zoo_dir.exists()
     code, out, _ = cli("zoo", "list", "--zoo", elsewhere, "--json")
     assert [e["name"] for e in json.loads(out)] == ["lenet-msnat"]
-    code, out, _ = cli("zoo", "list", "--json")
-    assert json.loads(out) == []
+    code, _, err = cli("zoo", "list", "--json")  # $ANALOGAI_ZOO names a folder nobody made
+    assert code == 2 and f"no zoo at {zoo_dir}" in err
+
+
+def test_a_zoo_path_that_does_not_exist_is_an_error(cli, tmp_path):
+    missing = tmp_path / "nonexistent"
+    for args in (("zoo", "list"), ("pull", "digits-cnn")):
+        code, out, err = cli(*args, "--zoo", missing)
+        assert code == 2 and f"no zoo at {missing}: no such folder" in err and "empty" not in out + err
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli("zoo", "list", "--zoo", tmp_path / "file")
+    assert code == 2 and "not a folder" in err
 
 
 def test_pull_output_refuses_non_package_folder(cli, zoo_dir, certified, tmp_path):

@@ -87,14 +87,23 @@ def set_policy(zoo: str | Path | None = None, **changes: Any) -> gate.Policy:
     return new
 
 
+def existing_dir(zoo: str | Path | None) -> Path:
+    """The zoo folder to read from; one that does not exist is a mistyped path, not an empty zoo."""
+    zoo_dir = resolve_dir(zoo)
+    if not zoo_dir.is_dir():
+        raise UsageError(f"no zoo at {zoo_dir}: {'not a folder' if zoo_dir.exists() else 'no such folder'}",
+                         f"point --zoo (or ${ENV}) at a zoo folder; publishing there makes one")
+    return zoo_dir
+
+
 def entries(zoo: str | Path | None = None) -> list[dict[str, Any]]:
     """The index entries, sorted by name."""
-    return sorted(read_index(resolve_dir(zoo))["entries"], key=lambda e: e.get("name", ""))
+    return sorted(read_index(existing_dir(zoo))["entries"], key=lambda e: e.get("name", ""))
 
 
 def find(name: str, zoo: str | Path | None = None) -> tuple[dict[str, Any], Path]:
     """The entry named `name` and its folder (refusing entries that point outside the zoo)."""
-    zoo_dir = resolve_dir(zoo)
+    zoo_dir = existing_dir(zoo)
     found = {e.get("name"): e for e in read_index(zoo_dir)["entries"]}
     if name not in found:
         if not found:
