@@ -71,3 +71,9 @@ def test_a_folder_without_a_tokenizer_is_refused_unless_one_is_given(folders, tm
     assert (tmp_path / "p" / "tokenizer.json").exists()
     with pytest.raises(UsageError, match="for Hugging Face models"):
         ad.convert("lenet", output=tmp_path / "l", tokenizer=str(folders["gpt2"]))
+
+
+def test_a_missing_folder_is_folder_not_found_not_a_hub_id_rule(cli, tmp_path):
+    for spec in (tmp_path / "missing" / "folder", "./missing-folder", "a/b/c"):
+        code, _, err = cli("convert", f"hf:{spec}", "-o", tmp_path / "p")
+        assert code == 2 and f"folder not found: {spec}" in err and "Repo id" not in err

@@ -100,6 +100,10 @@ def _where(id_or_dir: str) -> str:
 def _config(id_or_dir: str, gguf: dict[str, str] | None = None):
     import transformers
 
+    # a Hub id is NAME or OWNER/NAME; anything else is a folder, and a missing folder is not a bad Hub id
+    if (id_or_dir.startswith(("/", ".", "~")) or id_or_dir.count("/") > 1) and not Path(id_or_dir).exists():
+        raise UsageError(f"folder not found: {id_or_dir}",
+                         "pass hf:/path/to/folder holding config.json and the weights, or a Hub id OWNER/NAME")
     try:
         with _quiet():
             return transformers.AutoConfig.from_pretrained(id_or_dir, **(gguf or {}))
