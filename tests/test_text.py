@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -411,3 +412,13 @@ def test_a_distilled_package_goes_through_the_zoo_with_its_reference(tiny, tmp_p
     pulled = pkg_io.load(tmp_path / "pulled")
     assert pulled.config["reference"]["sha256"] == pkg.config["reference"]["sha256"]
     assert "distilled from (reference.safetensors)" in (tmp_path / "pulled" / "README.md").read_text()
+
+
+def test_lm_distillation_bar_shows_the_loss(cli, tiny, tmp_path):
+    # the KL of a student that starts as its teacher is ~1e-4: a bar with 3 decimals showed loss=0.000 throughout
+    code, _, err = cli("recover", tiny["lm"], "--recipe", "msnat", "--data", "generated:12", "-o", tmp_path / "r",
+                       "training.rounds=1", "training.batch_size=8", "recovery.noise_2=null", "recovery.noise_3=null",
+                       "recovery.noise_4=null")
+    assert code == 0, err
+    shown = [float(m) for m in re.findall(r"loss=([0-9.e+-]+)", err)]
+    assert shown and all(v > 0 for v in shown), err

@@ -146,6 +146,6 @@ class BatchedTrainer(engine.Trainer):
                 self.divergence_hint(),
             )
         if bar is not None:
-            bar.set_postfix(loss=f"{sum(losses) / k:.3f}", acc=f"{sum(accs) / k:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{sum(losses) / k:.3g}", acc=f"{sum(accs) / k:.3f}", refresh=False)
         self._unstack()
         return [{"loss": lo, "acc": a, "sigma": s} for lo, a, s in zip(losses, accs, self.sigmas)]

@@ -326,7 +326,7 @@ def _set_act_ranges(model: nn.Module, ranges: dict[str, torch.Tensor], device) -
 
 def _postfix(bar, entry: dict[str, Any]) -> None:
     clients = entry["clients"]
-    bar.set_postfix(round=entry["round"], loss=f"{sum(c['loss'] for c in clients) / len(clients):.3f}",
+    bar.set_postfix(round=entry["round"], loss=f"{sum(c['loss'] for c in clients) / len(clients):.3g}",
                     acc=f"{sum(c['acc'] for c in clients) / len(clients):.3f}",
                     val=f"{entry['val']['acc']:.3f}@{entry['val']['sigma']}")
 
@@ -466,8 +466,8 @@ class Trainer:
                 f"training diverged: loss is {stats['loss']} in round {self.round + 1} (client sigma={noise.sigma})",
                 self.divergence_hint(),
             )
-        if bar is not None:
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", refresh=False)
+        if bar is not None:  # significant digits: a distillation KL starts near 1e-4, which .3f shows as 0.000
+            bar.set_postfix(loss=f"{stats['loss']:.3g}", acc=f"{stats['acc']:.3f}", refresh=False)
         return stats
 
     def _shuffle(self, epoch: int, k: int) -> torch.Generator:

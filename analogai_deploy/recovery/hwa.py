@@ -122,7 +122,7 @@ class HwaTrainer:
             raise OperationFailed(f"training diverged: loss is {stats['loss']} in epoch {self.round + 1}",
                                   engine.divergence_hint(self.state_dir, self.round))
         if bar is not None:
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{stats['loss']:.3g}", acc=f"{stats['acc']:.3f}", refresh=False)
         self._sync()
         entry: dict[str, Any] = {"round": self.round + 1, "lr": lr, "clients": [stats]}
         engine.close_round(self, self.model, entry, self._snapshot_best)
