@@ -20,6 +20,12 @@ def certificate_summary(cert: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def simulator(cert: dict[str, Any]) -> str:
+    """What ran the certificate's Monte Carlo: the fast engine, or aihwkit's tiles of a kind."""
+    engine = cert.get("engine") or cert.get("device", {}).get("engine")  # a sweep keeps it in its device block
+    return "fast engine" if engine == "fast" else f"{cert.get('tile', '?')} tiles"
+
+
 def results_markdown(cert: dict[str, Any]) -> str:
     """The certificate's results as a markdown table (model card, CLI, benchmarks)."""
     from .certification.evaluation import metric_info
@@ -48,7 +54,7 @@ def results_markdown(cert: dict[str, Any]) -> str:
         a = cert["adaptive"]
         cap = "" if a["reached"] else f"; stopped at the cap of {a['max_repeats']}"
         tail += f" (--repeats auto: until every 95% CI half-width <= {a['ci_width_pp']:g} pp{cap})"
-    tail += f" Device: {device.get('name')} ({cert.get('tile', '?')} tiles)."
+    tail += f" Device: {device.get('name')} ({simulator(cert)})."
     if verdict:
         tail += f" Gate: {verdict.get('rule')} -> {'PASS' if verdict.get('passed') else 'FAIL'}."
     if cert.get("normalised_note"):

@@ -276,6 +276,10 @@ def test_cli_engine_fast_writes_the_engine_into_the_certificate(trained_lenet, t
     assert cert["results"][0]["mean"] > 0.8
     history = json.loads((pkg / "config.json").read_text())["provenance"]["history"]
     assert history[-1]["engine"] == "fast"
+    # what a reader sees names the engine that ran, not the torch tiles it did not use
+    code, out, err = cli("certify", str(pkg), "--engine", "fast", "--repeats", "2", "--times", "1d")
+    assert code == 0 and "Device: PCM (fast engine)." in out and "torch tiles" not in out, out
+    assert "Device: PCM (fast engine)." in (pkg / "README.md").read_text()
 
 
 def test_fast_engine_refuses_what_only_cpp_tiles_simulate(trained_lenet, cli):

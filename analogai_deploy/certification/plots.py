@@ -26,6 +26,7 @@ def certificate_figure(cert: dict[str, Any], title: str = "", model: str = ""):
     and the CI bound it judged (at `at`, on the metric's bad side). `model` names the model in the title."""
     from matplotlib.figure import Figure
 
+    from ..card import simulator
     from .evaluation import metric_info
 
     metric = cert["metric"]
@@ -59,7 +60,7 @@ def certificate_figure(cert: dict[str, Any], title: str = "", model: str = ""):
     ax.set_xlabel("time after programming")
     ax.set_ylabel(f"{metric} (%)" if unit else metric)
     n = cert.get("data", {}).get("n")
-    where = f"{cert['device']['name']} ({cert['tile']} tiles)" + (f", {n} test samples" if n else "")
+    where = f"{cert['device']['name']} ({simulator(cert)})" + (f", {n} test samples" if n else "")
     ax.set_title(title or (f"{model}: {metric} under drift on {where}" if model else f"{metric} under drift on {where}"),
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
