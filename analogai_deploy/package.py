@@ -30,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from . import lock
 from .errors import PackageError, UsageError
 from .provenance import sha256_file
 
@@ -166,6 +167,9 @@ def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = 
     if len(os.fsencode(dest.name)) > 200:  # the temp folder beside it adds a prefix and a suffix
         raise UsageError(f"the folder name {dest.name[:40]!r}... is too long ({len(os.fsencode(dest.name))} bytes)",
                          f"choose a shorter name for {flag}")
+    live = lock.busy(dest, flag)  # another run writing this output now (lock.py)
+    if live is not None:
+        raise live
     where = dest.resolve()
     cwd = Path.cwd().resolve()
     try:
@@ -518,11 +522,17 @@ def write(
     `overwrite` (or in place); anything else there is refused (`check_output`). The README.md model card
     is regenerated from config.json and certificate.json; config.json lists the files (`files`).
     """
+    dest = Path(dest)
+    with lock.held(dest):  # one writer per output; re-entrant for a caller (recover) that holds it already
+        return _write(dest, config, model, files, base=base, overwrite=overwrite)
+
+
+def _write(dest: Path, config: dict[str, Any], model: nn.Module | None, files: dict[str, bytes] | None, *,
+           base: str | Path | None, overwrite: bool) -> Package:
     from safetensors.torch import save_model
 
     from .card import render
 
-    dest = Path(dest)
     in_place = base is not None and Path(base).resolve() == dest.resolve()
     check_output(dest, overwrite=overwrite, in_place=in_place)  # in place: refuses a package holding other files
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -238,3 +238,64 @@ def test_read_only_package_refused_before_any_work_and_copied_with_o(which, lene
         if code == 0:
             out = tmp_path / argv.split(" -o ")[1].split()[0]
             assert (out / ("certificate.json" if argv.startswith("certify") else "model.onnx")).is_file()
+
+
+# ---- one writer per output: a lock beside OUTPUT covers OUTPUT and OUTPUT.partial/ --------------------------
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from analogai_deploy import lock
+with lock.held(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def live_run(tmp_path):
+    """Another process writing `site/out` now (it holds the output's lock, as a running recover does)."""
+    procs = []
+
+    def start(out: Path) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        p = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_a_second_writer_is_refused_at_once_naming_the_live_run(cli, site, live_run):
+    out = site / "out"
+    _checkpoint(site / "out.partial")  # the live run's checkpoint
+    holder = live_run(out)
+    before = snapshot(site)
+    for extra in ([], ["--resume"], ["--restart"]):
+        code, _, err = cli("recover", site / "pkg-a", "-o", out, "training.rounds=1", *extra)
+        assert _refused(code, err, "out", "being written by another run", f"pid {holder.pid}", "started"), err
+        assert "--restart" not in err and "discard" not in err  # never a hint to delete a live run's checkpoint
+        assert "round" not in err.replace("rounds=", "")  # refused before any training
+    code, _, err = cli("convert", "lenet", "-o", out, "--num-classes", "10")
+    assert _refused(code, err, f"pid {holder.pid}"), err
+    assert snapshot(site) == before
+
+
+def test_a_lock_left_by_a_killed_run_is_reported_as_stale_and_taken_over(cli, site, live_run):
+    from analogai_deploy import lock
+
+    out = site / "out"
+    holder = live_run(out)
+    holder.kill()  # SIGKILL: its lock file stays, its flock goes with the process
+    holder.wait()
+    assert lock.lock_path(out).exists()
+    code, _, err = cli("recover", site / "pkg-a", "-o", out, "training.rounds=1", "training.batch_size=256",
+                       "training.eval_draws=1", "recovery.noise_2=null", "recovery.noise_3=null",
+                       "recovery.noise_4=null")
+    assert code == 0, err
+    assert f"pid {holder.pid}" in err and "ended without releasing it" in err
+    assert pkgio.is_package(out) and not lock.lock_path(out).exists()

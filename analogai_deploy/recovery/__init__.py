@@ -10,11 +10,13 @@ While it runs, OUTPUT.partial/ holds a checkpoint of the last finished round (`r
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import lock
 from .._marks import mark
 from ..card import model_name
 from ..errors import OperationFailed, UsageError
@@ -261,6 +263,9 @@ def recover(
     from .engine import discard_checkpoint
 
     merged = _overrides(overrides, kw_overrides)
+    live = lock.busy(output) if output is not None and distributed.is_main() else None
+    if live is not None:  # before data and teacher targets are prepared: a second run refuses at once
+        raise live
     pkg, rec, ds, objective = prepare_run(package, recipe, data, merged)
     if log is not None:
         if rec.variant:
@@ -274,100 +279,102 @@ def recover(
     out_path = output_for(pkg, rec, output)
     state_dir = state_dir_for(out_path)
     identity = run_identity(pkg, rec, ds)
-    replace = check_outputs(out_path, identity, resume=resume, restart=restart, overwrite=overwrite)
-    if distributed.world() > 1:
-        if objective.text:
-            raise UsageError("text packages recover on one process", "drop --nproc / torchrun")
-        from .parallel import check_recover
+    # one writer per output: a second run on OUTPUT (or its .partial/) refuses now, not after training (lock.py)
+    with lock.held(out_path, log=log) if distributed.is_main() else contextlib.nullcontext():
+        replace = check_outputs(out_path, identity, resume=resume, restart=restart, overwrite=overwrite)
+        if distributed.world() > 1:
+            if objective.text:
+                raise UsageError("text packages recover on one process", "drop --nproc / torchrun")
+            from .parallel import check_recover
 
-        check_recover(rec, data, recipe)
-    if restart and distributed.is_main():
-        discard_checkpoint(state_dir)  # a fresh run never mixes with an old checkpoint
-    default_sigma = pkg.config["analog"].get("sigma", 0.0)
-    model = pkg.model
-    in_scaling = install_training_noise(pkg, model, rec, log)
-    if rec.training.engine == "aihwkit_hwa":  # aihwkit's tiles, laid out as config.json's placement says
-        from functools import partial
+            check_recover(rec, data, recipe)
+        if restart and distributed.is_main():
+            discard_checkpoint(state_dir)  # a fresh run never mixes with an old checkpoint
+        default_sigma = pkg.config["analog"].get("sigma", 0.0)
+        model = pkg.model
+        in_scaling = install_training_noise(pkg, model, rec, log)
+        if rec.training.engine == "aihwkit_hwa":  # aihwkit's tiles, laid out as config.json's placement says
+            from functools import partial
 
-        from .hwa import HwaTrainer
+            from .hwa import HwaTrainer
 
-        TrainerClass = partial(HwaTrainer, placement=pkg.placement)
-    else:
-        from .engine import make_trainer as TrainerClass
-    trainer = TrainerClass(model, rec, ds, state_dir, identity=identity, progress=progress, on_round=on_round,
-                           objective=objective)
-    mark("work")  # start-up ends here (benchmarks/startup.py): training is the work
-    try:
-        result = trainer.run(resume=resume)
-    except KeyboardInterrupt:
-        raise _interrupted(state_dir, rec.training.rounds) from None
-    mark("work_done")
-    if not result.best_state:
-        raise OperationFailed("training finished without a validated round", "raise training.rounds")
-    if not distributed.is_main():
-        return None  # every rank holds the same result; rank 0 writes it
+            TrainerClass = partial(HwaTrainer, placement=pkg.placement)
+        else:
+            from .engine import make_trainer as TrainerClass
+        trainer = TrainerClass(model, rec, ds, state_dir, identity=identity, progress=progress, on_round=on_round,
+                               objective=objective)
+        mark("work")  # start-up ends here (benchmarks/startup.py): training is the work
+        try:
+            result = trainer.run(resume=resume)
+        except KeyboardInterrupt:
+            raise _interrupted(state_dir, rec.training.rounds) from None
+        mark("work_done")
+        if not result.best_state:
+            raise OperationFailed("training finished without a validated round", "raise training.rounds")
+        if not distributed.is_main():
+            return None  # every rank holds the same result; rank 0 writes it
 
-    final = trainer.output_model(result)
-    set_noise(final, default_sigma)
-    final.eval()
-    config = {k: v for k, v in pkg.config.items() if k not in _STALE_SECTIONS}
-    if rec.hardware_noise:
-        from ..analog import hardware
-        from ..certification.mapping import MappingConfig
+        final = trainer.output_model(result)
+        set_noise(final, default_sigma)
+        final.eval()
+        config = {k: v for k, v in pkg.config.items() if k not in _STALE_SECTIONS}
+        if rec.hardware_noise:
+            from ..analog import hardware
+            from ..certification.mapping import MappingConfig
 
-        hardware.apply(final, None, None)
-        # what it was trained for is what certify uses by default (the rest of the mapping stays the package's)
-        config["mapping"] = MappingConfig.from_dict(hardware.trained_mapping(rec.noise, rec.io)).over(
-            config.get("mapping")).to_dict()
-    if rec.recovery.qat and rec.training.engine == "msnat":
-        from . import qat
+            hardware.apply(final, None, None)
+            # what it was trained for is what certify uses by default (the rest of the mapping stays the package's)
+            config["mapping"] = MappingConfig.from_dict(hardware.trained_mapping(rec.noise, rec.io)).over(
+                config.get("mapping")).to_dict()
+        if rec.recovery.qat and rec.training.engine == "msnat":
+            from . import qat
 
-        config["quantization"] = qat.describe(final, trainer.quant)
-    config["recipe"] = {"name": rec.name, "sha256": identity["recipe_sha256"], "type": "Recipe",
-                        "version": rec._version, "resolved": rec.resolved()}
-    config["training"] = {
-        "best": result.best,
-        "rounds": result.rounds,
-        "rounds_planned": rec.training.rounds,
-        "stopped_early": result.stopped_early,
-        "engine": rec.training.engine,
-        "mode": result.mode,
-        "device": result.device,
-        "clients": len(rec.recovery.sigmas) if rec.training.use_FI else 1,
-        "noise_levels": rec.recovery.sigmas,
-        "seed": rec.training.seed,
-        "seconds": round(result.seconds, 2),  # this run's (a resumed run did rounds resumed_from_round+1 ...)
-        "resumed_from_round": result.resumed_from,
-        "objective": objective.describe(),
-        **({"input_scaling": in_scaling} if in_scaling else {}),
-        "log": "train_log.jsonl",
-        "curve": CURVE_PNG,
-    }
-    config["data"] = {"spec": ds.spec, "fingerprint": ds.fingerprint, "split": "train/val (selection on val; test untouched)"}
-    if getattr(ds, "provenance", None):  # text: tokenizer, max length, padding, sizes, generation settings
-        config["data"]["text"] = ds.provenance
-    prov = dict(config.get("provenance", {}))
-    prov["history"] = list(prov.get("history", [])) + [{
-        "stage": "recover", "time": now(), "recipe": rec.name, "recipe_sha256": identity["recipe_sha256"],
-        "data": ds.spec, "data_fingerprint": ds.fingerprint, "seed": rec.training.seed,
-        "objective": objective.name,
-        "input_weights_sha256": pkg.weights_sha256, "versions": versions(),
-    }]
-    config["provenance"] = prov
-    log = "".join(json.dumps(e) + "\n" for e in result.log).encode()
-    foreign = set(pkg_mod.foreign_entries(pkg.path))  # a user's files stay where they are
-    files = {f.name: f.read_bytes() for f in pkg.path.iterdir() if _inherited(f) and f.name not in foreign}
-    if objective.name != "cross_entropy" and config.get("reference") is None:
-        # distilled: certify's label-free metrics must compare with the teacher, not with the student itself
-        # (a student that drifts from its teacher would otherwise agree perfectly with its own digital model)
-        files[pkg_mod.REFERENCE] = (pkg.path / pkg_mod.WEIGHTS).read_bytes()
-        config["reference"] = {"file": pkg_mod.REFERENCE, "sha256": pkg.weights_sha256,
-                               "what": "the weights this package was distilled from (the package before recovery)",
-                               **({"quantization": pkg.config["quantization"]} if pkg.config.get("quantization")
-                                  else {})}
-    files["train_log.jsonl"] = log
-    files[CURVE_PNG] = training_curve_png(result.log, f"{model_name(config)}: recipe {rec.name} on {ds.spec}")
-    written = pkg_mod.write(out_path, config, final.cpu(), files, overwrite=replace)
-    discard_checkpoint(state_dir)
-    written.model = final
-    return written
+            config["quantization"] = qat.describe(final, trainer.quant)
+        config["recipe"] = {"name": rec.name, "sha256": identity["recipe_sha256"], "type": "Recipe",
+                            "version": rec._version, "resolved": rec.resolved()}
+        config["training"] = {
+            "best": result.best,
+            "rounds": result.rounds,
+            "rounds_planned": rec.training.rounds,
+            "stopped_early": result.stopped_early,
+            "engine": rec.training.engine,
+            "mode": result.mode,
+            "device": result.device,
+            "clients": len(rec.recovery.sigmas) if rec.training.use_FI else 1,
+            "noise_levels": rec.recovery.sigmas,
+            "seed": rec.training.seed,
+            "seconds": round(result.seconds, 2),  # this run's (a resumed run did rounds resumed_from_round+1 ...)
+            "resumed_from_round": result.resumed_from,
+            "objective": objective.describe(),
+            **({"input_scaling": in_scaling} if in_scaling else {}),
+            "log": "train_log.jsonl",
+            "curve": CURVE_PNG,
+        }
+        config["data"] = {"spec": ds.spec, "fingerprint": ds.fingerprint, "split": "train/val (selection on val; test untouched)"}
+        if getattr(ds, "provenance", None):  # text: tokenizer, max length, padding, sizes, generation settings
+            config["data"]["text"] = ds.provenance
+        prov = dict(config.get("provenance", {}))
+        prov["history"] = list(prov.get("history", [])) + [{
+            "stage": "recover", "time": now(), "recipe": rec.name, "recipe_sha256": identity["recipe_sha256"],
+            "data": ds.spec, "data_fingerprint": ds.fingerprint, "seed": rec.training.seed,
+            "objective": objective.name,
+            "input_weights_sha256": pkg.weights_sha256, "versions": versions(),
+        }]
+        config["provenance"] = prov
+        log = "".join(json.dumps(e) + "\n" for e in result.log).encode()
+        foreign = set(pkg_mod.foreign_entries(pkg.path))  # a user's files stay where they are
+        files = {f.name: f.read_bytes() for f in pkg.path.iterdir() if _inherited(f) and f.name not in foreign}
+        if objective.name != "cross_entropy" and config.get("reference") is None:
+            # distilled: certify's label-free metrics must compare with the teacher, not with the student itself
+            # (a student that drifts from its teacher would otherwise agree perfectly with its own digital model)
+            files[pkg_mod.REFERENCE] = (pkg.path / pkg_mod.WEIGHTS).read_bytes()
+            config["reference"] = {"file": pkg_mod.REFERENCE, "sha256": pkg.weights_sha256,
+                                   "what": "the weights this package was distilled from (the package before recovery)",
+                                   **({"quantization": pkg.config["quantization"]} if pkg.config.get("quantization")
+                                      else {})}
+        files["train_log.jsonl"] = log
+        files[CURVE_PNG] = training_curve_png(result.log, f"{model_name(config)}: recipe {rec.name} on {ds.spec}")
+        written = pkg_mod.write(out_path, config, final.cpu(), files, overwrite=replace)
+        discard_checkpoint(state_dir)
+        written.model = final
+        return written
