@@ -77,3 +77,14 @@ def test_a_missing_folder_is_folder_not_found_not_a_hub_id_rule(cli, tmp_path):
     for spec in (tmp_path / "missing" / "folder", "./missing-folder", "a/b/c"):
         code, _, err = cli("convert", f"hf:{spec}", "-o", tmp_path / "p")
         assert code == 2 and f"folder not found: {spec}" in err and "Repo id" not in err
+
+
+def test_rmsnorm_is_listed_as_a_normalisation_layer(cli, tmp_path):
+    from torch import nn
+
+    from analogai_deploy.analog.placement import NORM, plan
+
+    code, out, err = cli("convert", f"hf:{hf_models.llama_lm(tmp_path / 'llama')}", "-o", tmp_path / "p")
+    assert code == 0, err
+    assert f"LlamaRMSNorm x5 - {NORM}" in out and "RMSNorm x5 - no analog layer" not in out
+    assert {e.reason for e in plan(nn.Sequential(nn.Linear(4, 4), nn.RMSNorm(4))).digital} == {NORM}

@@ -45,7 +45,9 @@ from .registry import analog_class_for
 
 VERSION = 1
 KINDS = ("linear", "conv1d", "conv2d", "conv3d", "hf_conv1d", "attention", "custom")
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
+# model libraries define their own (LlamaRMSNorm, Qwen2RMSNorm, T5LayerNorm, ...), known by name only
+_NORM_SUFFIXES = ("RMSNorm", "LayerNorm", "GroupNorm", "BatchNorm")
 NO_ANALOG_CLASS = "no analog layer registered for this type (see register_layer)"
 NORM = "normalisation layer, kept digital by design"
 FIRST_LAST = "first/last layer kept digital (keep_first_last)"
@@ -253,7 +255,8 @@ def candidates(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[Digi
         elif isinstance(module, AnalogLayer):
             raise ValueError(f"module {name!r} is already analog; convert a digital model")
         elif _own_params(module):
-            reason = NORM if isinstance(module, _NORM_TYPES) else NO_ANALOG_CLASS
+            is_norm = isinstance(module, _NORM_TYPES) or type(module).__name__.endswith(_NORM_SUFFIXES)
+            reason = NORM if is_norm else NO_ANALOG_CLASS
             digital.append(DigitalEntry(name, type(module).__name__, _own_params(module), reason))
     return found, digital
 
