@@ -67,6 +67,18 @@ def test_noise_levels_can_be_added_and_dropped():
         R.load("msnat", ["recovery.noise_7.act_inject.sigma=0.5"])
 
 
+def test_the_documented_drop_and_dropping_the_first_level(cli):
+    # docs/recover.md: recovery.noise_K.act_inject.sigma=null drops level K; the first level may go too
+    code, out, err = cli("recipes", "show", "msnat", "recovery.noise_4.act_inject.sigma=null", "--json")
+    assert code == 0, err
+    assert [v["act_inject"]["sigma"] for k, v in json.loads(out)["resolved"]["recovery"].items() if k.startswith("noise_")] == [
+        0.1, 0.15, 0.2, 0.25]
+    assert R.load("msnat", ["recovery.noise_0=null"]).recovery.sigmas == [0.15, 0.2, 0.25, 0.3]
+    assert R.load("msnat", ["recovery.noise_0.act_inject.sigma=null"]).recovery.sigmas == [0.15, 0.2, 0.25, 0.3]
+    code, _, err = cli("recipes", "show", "msnat", *(f"recovery.noise_{k}=null" for k in range(5)))
+    assert code == 2 and "every noise level (recovery.noise_0 ... noise_4) was dropped" in err
+
+
 @pytest.mark.parametrize("override, words", [
     ("training.batchsize=3", ["training.batchsize", "batch_size"]),
     ("recovery.feedbak.beta=1", ["recovery.feedbak", "feedback", "noise_0"]),

@@ -52,6 +52,14 @@ class NoiseLevel(StrictConfig):
     act_inject: ActInject = field(default_factory=ActInject)
 
 
+def _dropped(level: Any) -> bool:
+    """`noise_K=null`, `noise_K.act_inject=null` and `noise_K.act_inject.sigma=null` all drop level K."""
+    if level is None:
+        return True
+    inject = level.get("act_inject", {}) if isinstance(level, dict) else {}
+    return inject is None or (isinstance(inject, dict) and "sigma" in inject and inject["sigma"] is None)
+
+
 @dataclass
 class FusionConfig(StrictConfig):
     """Multi-noise fusion injection: how the K clients' states are averaged each round.
@@ -138,18 +146,22 @@ class RecoveryConfig(StrictConfig):
         data = dict(data or {})
         if "noise" in data:
             raise UsageError(f"write the noise levels as {where}noise_0, {where}noise_1, ... (the seed's names)")
-        levels = {int(m.group(1)): data.pop(k) for k in list(data) if (m := _NOISE_KEY.match(k))}
-        levels = {k: v for k, v in levels.items() if v is not None}  # `noise_4=null` drops a level
-        if levels and sorted(levels) != list(range(len(levels))):
+        named = {int(m.group(1)): data.pop(k) for k in list(data) if (m := _NOISE_KEY.match(k))}
+        levels = {k: v for k, v in named.items() if not _dropped(v)}
+        gaps = [k for k in range(max(levels, default=-1)) if k not in named]  # a dropped level is no gap
+        if gaps:
             raise UsageError(f"noise levels must be {where}noise_0 ... noise_{len(levels) - 1} without gaps, "
                              f"got {', '.join(f'noise_{k}' for k in sorted(levels))}")
+        if named and not levels:
+            raise UsageError(f"every noise level ({where}noise_0 ... noise_{max(named)}) was dropped",
+                             f"keep at least one; to train without noise set {where}noise_0.act_inject.sigma=0")
         try:
             out = super().from_dict(data, where)
         except UsageError as exc:
             if exc.message.endswith(f"in {cls.__name__}"):  # this level's keys: name the noise levels too
                 exc.hint = (exc.hint or "").replace(", noise,", ",") + ", noise_0 ... noise_K"
             raise
-        if levels:
+        if levels:  # the levels left are renumbered in order: dropping noise_0 keeps noise_1 ... as the levels
             out.noise = [NoiseLevel.from_dict(levels[k], where=f"{where}noise_{k}.") for k in sorted(levels)]
         return out
 
