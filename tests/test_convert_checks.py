@@ -23,6 +23,19 @@ def bad():
     return Bad()
 def odd():
     return nn.Sequential(nn.Flatten(), nn.Linear(50, 10))
+class Recurrent(nn.Module):
+    def __init__(self, cell, embed):
+        super().__init__()
+        self.emb = nn.Embedding(100, 8) if embed else None
+        self.rnn = cell(8, 16, batch_first=True)
+        self.head = nn.Linear(16, 4)
+    def forward(self, x):
+        h, _ = self.rnn(self.emb(x) if self.emb is not None else x)
+        return self.head(h[:, -1])
+def lstm_tokens():
+    return Recurrent(nn.LSTM, embed=True)
+def gru_sequence():
+    return Recurrent(nn.GRU, embed=False)
 '''
 
 
@@ -45,6 +58,20 @@ def test_a_local_factory_without_input_shape_is_inferred(nets, tmp_path, cli):
     code, _, err = cli("convert", f"{nets}:odd", "-o", tmp_path / "o")
     assert code == 2 and "cannot infer the input shape" in err and "--input-shape" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_recurrent_and_token_id_models_are_told_what_a_local_model_takes(nets, tmp_path, cli):
+    # an LSTM / GRU was told "its first layer is Linear" (its head); token ids had no way to be expressed
+    code, _, err = cli("convert", f"{nets}:gru_sequence", "-o", tmp_path / "p")
+    assert code == 2 and "its first layer is GRU, which takes sequences" in err and "Linear" not in err
+    for shape in ([], ["--input-shape", "1,8,8"]):
+        code, _, err = cli("convert", f"{nets}:lstm_tokens", *shape, "-o", tmp_path / "p")
+        assert code == 2 and "takes token ids (its first layer is Embedding)" in err and "hf:FOLDER" in err
+    code, _, err = cli("convert", f"{nets}:lstm_tokens", "--input-shape", "8", "-o", tmp_path / "p")
+    assert code == 2 and "--input-shape is an image's C,H,W (3 numbers >= 1), got 1 number" in err
+    assert "token ids" in err and not (tmp_path / "p").exists()
+    code, _, err = cli("convert", f"{nets}:odd", "-o", tmp_path / "p")
+    assert code == 2 and "its first layer is Linear with 50 inputs, not 64 / 784 / 3072" in err
 
 
 def test_errors_in_the_users_file_are_the_users(nets, tmp_path, cli):

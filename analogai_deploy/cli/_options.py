@@ -24,5 +24,8 @@ def parse_shape(text: str | None) -> list[int] | None:
     except ValueError:
         shape = []
     if len(shape) != 3 or min(shape) < 1:
-        raise UsageError(f"bad input shape {text!r}", "write C,H,W, e.g. --input-shape 3,32,32")
+        got = f"{len(shape)} number{'s' if len(shape) != 1 else ''}" if shape and min(shape) >= 1 else repr(text)
+        raise UsageError(f"--input-shape is an image's C,H,W (3 numbers >= 1), got {got}",
+                         "write e.g. --input-shape 3,32,32; a model that takes token ids is converted from a "
+                         "Hugging Face folder (hf:FOLDER, with its tokenizer)")
     return shape

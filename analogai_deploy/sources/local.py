@@ -84,6 +84,11 @@ def build(spec: str, *, num_classes=None, weights=None, input_shape=None) -> Sou
         kwargs.pop("num_classes")
     if weights:
         weights_io.apply(model, weights)
+    first = next((m for m in model.modules() if isinstance(m, _FIRST_LAYERS)), None)
+    if isinstance(first, (nn.Embedding, nn.EmbeddingBag)):  # any --input-shape would feed it floats
+        raise UsageError(f"the model in {file} takes token ids (its first layer is {type(first).__name__}); "
+                         "a local model takes float image tensors C,H,W",
+                         "convert a text model from a Hugging Face folder (hf:FOLDER, with its tokenizer)")
     given = input_shape or getattr(fn, "input_shape", None) or getattr(model, "input_shape", None)
     shape = list(given) if given else infer_shape(model, file)
     record = {
@@ -102,6 +107,8 @@ def build(spec: str, *, num_classes=None, weights=None, input_shape=None) -> Sou
 
 #: what a flat input of N features is, for a model whose first layer is an nn.Linear
 _FLAT = {64: [1, 8, 8], 784: [1, 28, 28], 3072: [3, 32, 32]}
+#: the layers that can take a model's input, in the order the model defines them
+_FIRST_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.RNNBase, nn.Embedding, nn.EmbeddingBag)
 
 
 def infer_shape(model: nn.Module, file: Path) -> list[int]:
@@ -111,7 +118,7 @@ def infer_shape(model: nn.Module, file: Path) -> list[int]:
     1 x 28 x 28 (MNIST); C = 3: 3 x 32 x 32 (CIFAR-10), then 3 x 224 x 224. First a Linear with 64 /
     784 / 3072 inputs: digits / MNIST / CIFAR-10 flattened. Anything else: exit 2, pass --input-shape.
     """
-    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None)
+    first = next((m for m in model.modules() if isinstance(m, _FIRST_LAYERS)), None)
     fix = "pass --input-shape C,H,W (e.g. 1,8,8 for the digits data)"
     if isinstance(first, nn.Conv2d):
         c = first.in_channels
@@ -119,7 +126,13 @@ def infer_shape(model: nn.Module, file: Path) -> list[int]:
     elif isinstance(first, nn.Linear) and first.in_features in _FLAT:
         tries = [_FLAT[first.in_features]]
     else:
-        what = f"its first layer is {type(first).__name__}" if first is not None else "it has no Linear/Conv layer"
+        if isinstance(first, nn.RNNBase):
+            what = (f"its first layer is {type(first).__name__}, which takes sequences; a local model takes image "
+                    "tensors C,H,W, so it must reshape its image into a sequence itself")
+        elif isinstance(first, nn.Linear):
+            what = f"its first layer is Linear with {first.in_features} inputs, not {' / '.join(map(str, _FLAT))}"
+        else:
+            what = f"its first layer is {type(first).__name__}" if first is not None else "it has no Linear/Conv layer"
         raise UsageError(f"cannot infer the input shape of the model in {file} ({what})", fix)
     errors = []
     for shape in tries:
