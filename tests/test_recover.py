@@ -356,6 +356,27 @@ def test_recover_on_an_image_folder(tmp_path):
     assert pkg.config["training"]["best"]["val_acc"] == 1.0  # dark vs light is easy
 
 
+def test_a_corrupt_image_in_an_image_folder_is_named(tmp_path, cli):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (8, 8), 40 if label == "a" else 200).save(tmp_path / "imgs" / label / f"{i}.png")
+    bad = tmp_path / "imgs" / "b" / "3.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 8)  # was: UnidentifiedImageError, "this is a bug"
+    ad.convert("mlp", output=tmp_path / "mlp2", num_classes=2)
+    spec = f"imagefolder:{tmp_path / 'imgs'}"
+    for args in (("recover", tmp_path / "mlp2", "--recipe", "vanilla", "--data", spec, "-o", tmp_path / "out",
+                  "training.rounds=1", "training.batch_size=4"),  # DataLoader workers
+                 ("certify", tmp_path / "mlp2", "--data", spec, "--repeats", "2", "--times", "1d")):
+        code, _, err = cli(*args)
+        assert code == 2, err
+        assert f"error: cannot read the image {bad}: no image format recognised" in err and "bug" not in err
+        assert err.count("error:") == 1 and "Traceback" not in err and "DataLoader" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_dataset_too_small_to_split_is_a_usage_error(tmp_path, cli):
     from PIL import Image
 

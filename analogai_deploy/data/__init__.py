@@ -218,6 +218,20 @@ def _cifar_binary(folder: Path, spec: str, input_shape: list[int] | None) -> Dat
                 10, shape, list(mean), list(std), h.hexdigest())
 
 
+def _read_image(path: str):
+    """One image of an image folder; a file PIL cannot read is the user's, named (not a crash)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError, truncated data, bad headers
+        why = ("no image format recognised (a corrupt file, or not an image)" if isinstance(exc, UnidentifiedImageError)
+               else (str(exc).splitlines() or [type(exc).__name__])[0])
+        raise UsageError(f"cannot read the image {path}: {why}",
+                         "replace or delete that file: every file in the class folders must be an image") from None
+
+
 def _torchvision(kind: str, root: str, spec: str, input_shape: list[int] | None) -> Data:
     if kind == "cifar10" and cifar_binary_folder(root) is not None:
         return _cifar_binary(cifar_binary_folder(root), spec, input_shape)
@@ -245,7 +259,7 @@ def _torchvision(kind: str, root: str, spec: str, input_shape: list[int] | None)
             test = torchvision.datasets.MNIST(root, train=False, transform=tf, download=False)
             files = [str(len(full)), str(len(test))]
         else:
-            full = torchvision.datasets.ImageFolder(root, transform=tf)
+            full = torchvision.datasets.ImageFolder(root, transform=tf, loader=_read_image)
             test = None
             files = [p for p, _ in full.samples]
     except (RuntimeError, FileNotFoundError) as exc:

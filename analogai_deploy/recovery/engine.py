@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .. import distributed
 from .._state import load_state
-from ..errors import OperationFailed, UsageError
+from ..errors import AnalogAIError, OperationFailed, UsageError
 from . import msnat, parallel
 from .objectives import Objective
 from .recipe import Recipe
@@ -78,8 +78,13 @@ class Batches:
         pin = self.device.type == "cuda"
         loader = DataLoader(Subset(self.dataset, order.tolist()), batch_size=self.batch_size, shuffle=False,
                             num_workers=min(4, os.cpu_count() or 1), pin_memory=pin)
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+        try:
+            for x, y in loader:
+                yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+        except AnalogAIError as exc:  # a worker's error comes back with the worker's traceback as its message
+            if "DataLoader worker" not in exc.message:
+                raise
+            raise type(exc)(exc.message.rstrip().splitlines()[-1].split(": ", 1)[-1]) from None
 
 
 @torch.no_grad()
