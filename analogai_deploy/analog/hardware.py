@@ -24,9 +24,12 @@ The seed's model (layers.noisy) draws W + N(0, s^2), s = c * sigma * max|W| over
          outlier_std std of their output column stay off the tile: the tile holds them clipped, with its
          noise and periphery, and the clipped-off part runs digitally beside it, exact (the mapping's
          outliers=digital; certification/mapping.py).
+  clip after the step  (noise.clip_when: step) the weights themselves are clipped in place after every
+         optimizer step (`clip_step`, aihwkit-lightning's clip_weights), not in the forward pass.
   io     the tile periphery around the matmul, as certify's aihwkit PyTorch tile: inputs divided by
          their abs-max per sample (ABS_MAX noise management; per input vector for linear layers, per
-         sample for convolutions, an upper bound of aihwkit's per-patch max), quantised to dac_bits;
+         sample for convolutions, an upper bound of aihwkit's per-patch max), or by the layer's learned
+         static range r (io.input_range: learned; `input_range_clip`), quantised to dac_bits;
          outputs (in units of input max x wmax) get N(0, out_noise^2) and are quantised to adc_bits
          over +-out_bound; then scaled back. Roundings pass gradients straight through.
 
@@ -67,21 +70,24 @@ class HardwareNoise:
     """The settings one layer trains with (plain attributes; validated by the recipe)."""
 
     __slots__ = ("scale", "model", "clip", "clip_value", "out_noise", "dac_bits", "adc_bits", "out_bound",
-                 "in_scale", "times", "outlier_std")
+                 "in_scale", "times", "outlier_std", "c", "step_clip", "input_range")
 
     def __init__(self, scale: str = "tensor", model: str = "gaussian", clip: str = "none", clip_value: float = 3.0,
                  out_noise: float = 0.0, dac_bits: int = 0, adc_bits: int = 0, out_bound: float = 12.0,
                  in_scale: torch.Tensor | None = None, times: tuple[float, ...] = (86400.0,),
-                 outlier_std: float = 0.0):
+                 outlier_std: float = 0.0, c: float | None = None, step_clip: bool = False, input_range=None):
         self.scale, self.model, self.clip, self.clip_value = scale, model, clip, clip_value
         self.out_noise, self.dac_bits, self.adc_bits, self.out_bound = out_noise, dac_bits, adc_bits, out_bound
         self.in_scale = in_scale  # s per input channel (module docstring), or None
         self.times = tuple(times) or (86400.0,)  # seconds after programming the device model draws from
         self.outlier_std = outlier_std  # > 0: Linear layers keep their outlier weights digital (module docstring)
+        self.c = c  # the slicing factor in place of the package's, or None
+        self.step_clip = step_clip  # clip / clip_value act after every optimizer step (clip_step), not in forward
+        self.input_range = input_range  # a recipe InputRangeConfig in learned mode, or None (dynamic)
 
     @property
     def has_io(self) -> bool:
-        return self.out_noise > 0 or self.dac_bits > 0 or self.adc_bits > 0
+        return self.out_noise > 0 or self.dac_bits > 0 or self.adc_bits > 0 or self.input_range is not None
 
     def __repr__(self) -> str:
         shown = (k for k in self.__slots__ if k != "in_scale")  # a tensor per layer: not a setting to print
@@ -113,7 +119,7 @@ def _view(v: torch.Tensor, w: torch.Tensor, channel_dim: int) -> torch.Tensor:
 
 
 def clip(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tensor:
-    if hw.clip == "none":
+    if hw.clip == "none" or hw.step_clip:
         return w
     d = w.detach()
     if hw.clip == "fixed":
@@ -162,7 +168,7 @@ def noisy(w: torch.Tensor, sigma: float, c: float, hw: HardwareNoise, channel_di
     """(the tile's weight, `tile_weights`, plus this model's programming noise at level sigma with a
     straight-through gradient; the digital outlier part, noise-free, or None)."""
     w, digital = tile_weights(w, hw, channel_dim, outliers)
-    return _programmed(w, sigma, c, hw, channel_dim), digital
+    return _programmed(w, sigma, c if hw.c is None else hw.c, hw, channel_dim), digital
 
 
 def _programmed(w: torch.Tensor, sigma: float, c: float, hw: HardwareNoise, channel_dim: int) -> torch.Tensor:
@@ -220,12 +226,18 @@ def _quant(x: torch.Tensor, bits: int, bound: float) -> torch.Tensor:
     return _straight(x, torch.round(x.clamp(-bound, bound) / step) * step)
 
 
-def periphery(x: torch.Tensor, w: torch.Tensor, mvm, hw: HardwareNoise, conv: bool) -> torch.Tensor:
-    """mvm(x, w) (no bias) through the tile's DAC, output noise and ADC, in the tile's normalised units."""
+def periphery(x: torch.Tensor, w: torch.Tensor, mvm, hw: HardwareNoise, conv: bool, layer=None) -> torch.Tensor:
+    """mvm(x, w) (no bias) through the tile's DAC, output noise and ADC, in the tile's normalised units.
+    `layer`: the module, whose learned input range (`install_input_ranges`) replaces the abs-max scaling."""
     m = wmax(w, hw)  # the layer's weights have output channels on dim 0 here
-    xd = x.detach().abs()
-    xmax = (xd.flatten(1).amax(1).view(-1, *[1] * (x.dim() - 1)) if conv else xd.amax(-1, keepdim=True))
-    xmax = xmax.clamp(min=1e-12)
+    r = None if layer is None or hw.input_range is None else layer._parameters.get(RANGE)
+    if r is not None:
+        x = input_range_clip(x, r, layer._buffers[RANGE_SEEN], hw.input_range, layer.training)
+        xmax = r.detach().clamp(min=1e-12)  # the range's gradient comes from the clip alone, as aihwkit-lightning
+    else:
+        xd = x.detach().abs()
+        xmax = (xd.flatten(1).amax(1).view(-1, *[1] * (x.dim() - 1)) if conv else xd.amax(-1, keepdim=True))
+        xmax = xmax.clamp(min=1e-12)
     xn = x / xmax
     if hw.dac_bits:
         xn = _quant(xn, hw.dac_bits, 1.0)
@@ -246,13 +258,108 @@ def apply(model, noise, io, in_scales: dict[str, torch.Tensor] | None = None) ->
     from .convert import analog_layers
 
     n = 0
+    learned = noise is not None and io.input_range.mode == "learned"
     for name, layer in analog_layers(model):
         layer.analog.hw = None if noise is None else HardwareNoise(
             noise.scale, noise.model, noise.clip, noise.clip_value, io.out_noise, io.dac_bits, io.adc_bits,
             io.out_bound, (in_scales or {}).get(name), noise.seconds,
-            noise.outlier_std if noise.outliers == "digital" else 0.0)
+            noise.outlier_std if noise.outliers == "digital" else 0.0, noise.slicing_factor,
+            noise.clip_when == "step", io.input_range if learned and type(layer).__name__ in RANGED else None)
+        if layer.analog.hw is not None and layer.analog.hw.input_range is not None:
+            if RANGE not in layer._parameters:
+                p = next(layer.parameters())
+                layer.register_parameter(RANGE, torch.nn.Parameter(
+                    torch.full((), io.input_range.init_value, dtype=p.dtype, device=p.device)))
+                layer.register_buffer(RANGE_SEEN, torch.zeros((), dtype=torch.long, device=p.device))
+        elif RANGE in layer._parameters:
+            del layer._parameters[RANGE], layer._buffers[RANGE_SEEN]
         n += 1
     return n
+
+
+# -- learned static input ranges (io.input_range: learned): aihwkit-lightning's rule ------------------------
+
+#: the parameter (and its init counter) a layer trains its input range in while hardware noise is on; in the
+#: state dict, so MSNAT fusion averages it and checkpoints keep it; removed before the package is written
+RANGE, RANGE_SEEN = "analog_input_range", "analog_input_range_seen"
+#: the analog layer types whose forward runs the periphery (`layers._tile`)
+RANGED = ("AnalogLinear", "AnalogConv1d", "AnalogConv2d", "AnalogConv3d", "AnalogHFConv1D")
+
+
+class _RangeClip(torch.autograd.Function):
+    """clamp(x, -r, r), aihwkit-lightning's StraightThroughClamp + InputRangeForward (nn/modules/torch_utils/
+    torch_linear.py): x's gradient is zero where it clipped; r's is (the negative part of the gradient of the
+    inputs clipped at +r, minus the positive part of those at -r) times r, plus decay x r while more than
+    input_min_percentage of the inputs lie inside."""
+
+    @staticmethod
+    def forward(ctx, x, r, decay, inside_min):
+        upper, lower = x >= r, x <= -r
+        beyond = (upper | lower) & (x.abs() != r)
+        ctx.save_for_backward(upper, lower, beyond, r)
+        ctx.decay, ctx.inside_min = decay, inside_min
+        return torch.minimum(torch.maximum(x, -r), r)
+
+    @staticmethod
+    def backward(ctx, grad):
+        upper, lower, beyond, r = ctx.saved_tensors
+        g_r = (grad[upper].clamp(max=0.0).sum() - grad[lower].clamp(min=0.0).sum()) * r
+        if ctx.decay > 0:
+            inside = 1.0 - (upper | lower).sum() / upper.numel()
+            g_r = g_r + ctx.decay * r * (inside > ctx.inside_min)
+        return grad.masked_fill(beyond, 0.0), g_r.reshape(r.shape).to(r.dtype), None, None
+
+
+def input_range_clip(x: torch.Tensor, r: torch.Tensor, seen: torch.Tensor, cfg, training: bool) -> torch.Tensor:
+    """x clipped to the layer's learned range r. In training, the first cfg.init_from_data batches set r to the
+    running mean of init_std_alpha x std(x) (aihwkit-lightning's apply_input_range)."""
+    if training and int(seen) < cfg.init_from_data:
+        std = float(x.detach().float().std())
+        if std > 0:
+            n = int(seen)
+            with torch.no_grad():
+                r.copy_((r.float() * n + cfg.init_std_alpha * std) / (n + 1))
+            seen += 1
+        with torch.no_grad():
+            r.abs_()
+    return _RangeClip.apply(x, r.to(x.dtype), cfg.decay, cfg.input_min_percentage)
+
+
+def learned_input_ranges(model) -> dict[str, float]:
+    """{layer name: r} of the layers that learned an input range."""
+    from .convert import analog_layers
+
+    return {name: float(layer._parameters[RANGE].detach()) for name, layer in analog_layers(model)
+            if RANGE in layer._parameters}
+
+
+@torch.no_grad()
+def clip_step(model) -> None:
+    """noise.clip_when: step - clip the analog layers' weights in place (after an optimizer step), as
+    aihwkit-lightning's clip_weights: +-clip_value std of the layer (layer_std) or of each output channel."""
+    from .convert import analog_layers
+
+    for _, layer in analog_layers(model):
+        hw = layer.analog.hw
+        if hw is None or not hw.step_clip:
+            continue
+        channel_dim = 1 if type(layer).__name__ == "AnalogHFConv1D" else 0
+        for pname in layer.analog_weights:
+            w = layer.get_parameter(pname)
+            if hw.clip == "fixed":
+                w.clamp_(-hw.clip_value, hw.clip_value)
+                continue
+            if hw.clip == "layer_std":
+                bound = hw.clip_value * w.std()
+            else:
+                bound = _view(hw.clip_value * _rows(w, channel_dim).std(1), w, channel_dim)
+            torch.maximum(torch.minimum(w, bound), -bound, out=w)
+
+
+def has_step_clip(model) -> bool:
+    from .convert import analog_layers
+
+    return any(layer.analog.hw is not None and layer.analog.hw.step_clip for _, layer in analog_layers(model))
 
 
 #: the analog layer types whose input a per-channel scale can divide (their forward calls `_tile`)
@@ -281,10 +388,18 @@ def input_scales(pkg, model) -> tuple[dict[str, torch.Tensor], dict]:
     return scales, {**info, "layers": len(scales)}
 
 
-def trained_mapping(noise, io) -> dict:
-    """What a recipe with these sections trained the package for, as config.json["mapping"] fields."""
-    out = {"weight_scaling": "column" if noise.scale == "channel" else "tile", "clip": noise.clip,
+def trained_mapping(noise, io, input_ranges: dict[str, float] | None = None) -> dict:
+    """What a recipe with these sections trained the package for, as config.json["mapping"] fields.
+    `input_ranges`: the learned ones (`learned_input_ranges`), recorded with input_range: learned."""
+    # weights clipped after every step are stored within the bound: certify programs them as they are (a
+    # second clip at clip_value std of the clipped weights, whose std is smaller, would cut deeper than training)
+    clipped = "none" if noise.clip_when == "step" else noise.clip
+    out = {"weight_scaling": "column" if noise.scale == "channel" else "tile", "clip": clipped,
            "clip_value": noise.clip_value, "outliers": noise.outliers, "outlier_std": noise.outlier_std}
+    if io.input_range.mode == "learned":
+        # the ranges are on the inputs training scaled (or not): the input scaling must be the one trained with
+        out.update(input_range="learned", input_ranges=dict(input_ranges or {}),
+                   input_scaling="channel" if noise.input_scaling == "package" else "none")
     trained_io = {k: getattr(io, k) for k in ("dac_bits", "adc_bits", "out_noise") if getattr(io, k)}
     if trained_io:
         out["io"] = trained_io

@@ -178,9 +178,10 @@ class AnalogLayer:
 
 
 def _tile(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, mvm, s: AnalogState, conv: bool,
-          digital: torch.Tensor | None = None):
+          digital: torch.Tensor | None = None, layer: nn.Module | None = None):
     """mvm(x, w) + bias, through the tile periphery when the layer trains with hardware IO (and x / s where
-    its weights are input-scaled, hardware.py), plus the digital outlier part beside the tile (`digital`)."""
+    its weights are input-scaled, hardware.py), plus the digital outlier part beside the tile (`digital`).
+    `layer` lends the periphery its learned input range, if it has one."""
     if s.hw is not None:
         x = s.hw.scale_input(x, 1 if conv else x.dim() - 1)
     if s.hw is None or not s.hw.has_io:
@@ -188,7 +189,7 @@ def _tile(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, mvm, s: A
     else:
         from .hardware import periphery
 
-        y = periphery(x, w, lambda a, b: mvm(a, b, None), s.hw, conv)
+        y = periphery(x, w, lambda a, b: mvm(a, b, None), s.hw, conv, layer)
         if bias is not None:
             y = y + (bias.view(1, -1, *[1] * (y.dim() - 2)) if conv else bias)
     return y if digital is None else y + mvm(x, digital, None)
@@ -198,14 +199,14 @@ class AnalogLinear(AnalogLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.analog
         w, digital = noisy_parts(self.weight, s, outliers=True)
-        return analog_output(_tile(analog_input(x, s), w, self.bias, F.linear, s, False, digital), s)
+        return analog_output(_tile(analog_input(x, s), w, self.bias, F.linear, s, False, digital, self), s)
 
 
 class _AnalogConvMixin(AnalogLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.analog
         return analog_output(_tile(analog_input(x, s), noisy(self.weight, s), self.bias, self._conv_forward, s,
-                                   True), s)
+                                   True, layer=self), s)
 
 
 class AnalogConv1d(_AnalogConvMixin, nn.Conv1d):
@@ -263,7 +264,7 @@ def _hf_conv1d_class():
             x = analog_input(x, s)
             w = noisy(self.weight, s, channel_dim=1)  # [in, out]: output channels are the columns
             if s.hw is not None and s.hw.has_io:
-                y = _tile(x.view(-1, x.size(-1)), w.t(), self.bias, F.linear, s, False)
+                y = _tile(x.view(-1, x.size(-1)), w.t(), self.bias, F.linear, s, False, layer=self)
             else:
                 y = torch.addmm(self.bias, x.view(-1, x.size(-1)), w)
             return analog_output(y.view(size_out), s)

@@ -300,6 +300,9 @@ def _map(bench: _Bench, cfg: CertifyConfig) -> None:
         bench.calibration = mp.calibrate(prepared, batches, m, info, layers)
         mp.apply_input_scaling(prepared, bench.calibration)
         record["calibrated"] = bench.calibration.summary()
+    if m.input_range == "learned":  # the ranges training learned, as config.json records them
+        names = set(bench.placement.names) if bench.placement is not None else {n for n, _ in layers}
+        bench.calibration = mp.learned_ranges(m, names, bench.calibration)
     bench.outliers, share = mp.split_outliers(prepared, m, layers)  # after the scales: the tiles' own weights
     if bench.outliers:
         record["outliers_digital_fraction"] = share

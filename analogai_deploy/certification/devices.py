@@ -280,8 +280,8 @@ def _apply_mapping(rpu, m, keep_inputs: bool = False) -> None:
         rpu.drift_compensation = (PerColumnDriftCompensation() if m.output_scaling == "column"
                                   else GlobalDriftCompensation())
     ir = rpu.pre_post.input_range
-    if m.input_range == "calibrated":
-        # a static range per layer, set on every tile after conversion from the calibration pass;
+    if m.input_range != "dynamic":
+        # a static range per layer (calibrated, or learned in training), set on every tile after conversion;
         # it replaces the dynamic abs-max scaling (aihwkit: noise management off with input ranges)
         ir.enable, ir.learn_input_range, ir.init_from_data = True, False, 0
         rpu.forward.noise_management = NoiseManagementType.NONE

@@ -22,7 +22,9 @@ were overridden. Fields left at None inherit (the package's value, then DEFAULTS
   input_range      dynamic: each input vector scaled by its own abs-max before the DAC (aihwkit's
                    ABS_MAX noise management); calibrated: one static range per layer, input_range_k
                    std of its inputs on calibration data (aihwkit pre_post.input_range, its
-                   init_std_alpha rule), inputs beyond it clip.
+                   init_std_alpha rule), inputs beyond it clip; learned: one static range per layer,
+                   learned in training (recipe io.input_range: learned, AFM's rule) and recorded by recover
+                   in input_ranges {layer: range}; both engines set them on the tiles, inputs beyond clip.
   input_scaling    none, or channel: a per-input-channel digital scale s_j = max|x_j|^a / max|W_:j|^(1-a)
                    from calibration data (a = input_scaling_alpha), x_j / s_j before the DAC and
                    W_:j * s_j on the tile; exact in digital arithmetic (SmoothQuant's transform), it
@@ -47,7 +49,7 @@ from .devices import IOSettings
 
 WEIGHT_SCALING = ("tile", "column")
 CLIP = ("none", "fixed", "layer_std", "channel_std")
-INPUT_RANGE = ("dynamic", "calibrated")
+INPUT_RANGE = ("dynamic", "calibrated", "learned")
 INPUT_SCALING = ("none", "channel")
 OUTPUT_SCALING = ("tile", "column")
 OUTLIERS = ("none", "digital")
@@ -88,6 +90,7 @@ class MappingConfig(StrictConfig):
     """The mapping options (module docstring); None = inherit (the package's value, then DEFAULTS).
 
     io: the DAC / ADC / output-noise settings a package was trained for (certify's default IO for it).
+    input_ranges: the static input range per layer name that training learned (input_range: learned).
     """
 
     weight_scaling: str | None = None
@@ -102,6 +105,7 @@ class MappingConfig(StrictConfig):
     calibration_samples: int | None = None
     outliers: str | None = None
     outlier_std: float | None = None
+    input_ranges: dict[str, float] | None = None
     io: IOSettings = field(default_factory=IOSettings)
 
     def __post_init__(self):
@@ -124,16 +128,29 @@ class MappingConfig(StrictConfig):
             raise UsageError(f"input_range_k must be > 0 (std multiples), got {self.input_range_k}")
         if self.input_scaling_alpha is not None and not 0.0 <= self.input_scaling_alpha <= 1.0:
             raise UsageError(f"input_scaling_alpha must be in 0..1, got {self.input_scaling_alpha}")
+        if self.input_ranges is not None:
+            bad = [k for k, v in self.input_ranges.items() if not isinstance(v, (int, float)) or not v > 0]
+            if bad:
+                raise UsageError(f"input_ranges must map layer names to ranges > 0; {bad[0]!r} does not")
+            self.input_ranges = {str(k): float(v) for k, v in self.input_ranges.items()}
         if self.calibration_samples is not None and self.calibration_samples < 1:
             raise UsageError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
 
     def given(self) -> dict[str, Any]:
         """The fields set here (not None), io included as its own set fields."""
         out = {k: getattr(self, k) for k in MAPPING_FIELDS if getattr(self, k) is not None}
+        if self.input_ranges is not None:  # a record of training, not an option: no default, no flag
+            out["input_ranges"] = dict(self.input_ranges)
         io = {k: v for k, v in self.io.to_dict().items() if v is not None}
         if io:
             out["io"] = io
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["input_ranges"] is None:  # absent unless learned: packages written before it keep their record
+            del d["input_ranges"]
+        return d
 
     def over(self, base: MappingConfig | dict[str, Any] | None) -> MappingConfig:
         """This config's set fields over `base` (a MappingConfig or config.json's dict), then DEFAULTS."""
@@ -158,7 +175,8 @@ class MappingConfig(StrictConfig):
         parts = [f"{m.weight_scaling} scale"]
         if m.clip != "none":
             parts.append(f"clip {m.clip} {m.clip_value:g}")
-        parts.append("dynamic inputs" if m.input_range == "dynamic" else f"calibrated inputs {m.input_range_k:g} std")
+        parts.append({"dynamic": "dynamic inputs", "calibrated": f"calibrated inputs {m.input_range_k:g} std",
+                      "learned": f"learned input ranges ({len(m.input_ranges or {})} layers)"}[m.input_range])
         if m.input_scaling == "channel":
             parts.append(f"channel input scaling a={m.input_scaling_alpha:g}")
         parts.append(f"{m.output_scaling} output correction")
@@ -356,6 +374,24 @@ def calibrate(model, batches: list, mapping: MappingConfig, data: dict[str, Any]
             std = math.sqrt(max(sq - mean * mean, 0.0))
             xmax = float((a["max"] / s).max())
             cal.ranges[name] = min(m.input_range_k * std, xmax) if std > 0 else max(xmax, 1.0)
+    return cal
+
+
+def learned_ranges(mapping: MappingConfig, names: set[str], cal: Calibration | None) -> Calibration:
+    """input_range: learned - the calibration (or a new one) with each layer's range as training learned it
+    (config.json mapping.input_ranges); a range for a layer `names` (the placement's analog layers) does
+    not hold, or none at all, is refused (certify would simulate other tiles than were trained)."""
+    m = mapping.complete()
+    if not m.input_ranges:
+        raise UsageError("input range 'learned' needs the ranges a recipe with io.input_range: learned records "
+                         "in config.json (mapping.input_ranges); this package has none",
+                         "recover with --recipe afm, or certify with --input-range dynamic or calibrated")
+    unknown_layers = sorted(set(m.input_ranges) - names)
+    if unknown_layers:
+        raise UsageError(f"config.json's learned input ranges name layers this package maps to no tile: "
+                         f"{', '.join(unknown_layers[:4])}", "recover the package again")
+    cal = cal if cal is not None else Calibration(data={"spec": "learned in training (mapping.input_ranges)"})
+    cal.ranges = dict(m.input_ranges)
     return cal
 
 

@@ -112,7 +112,7 @@ def certify(
     weight_scaling: Annotated[str | None, typer.Option(help="Mapping: one weight scale per 'tile' or per output 'column' (aihwkit weight_scaling_columnwise). [default: the package's; new packages: column]")] = None,
     clip: Annotated[str | None, typer.Option(help="Mapping: clip weights before programming: none, fixed (|w| <= --clip-value), layer_std or channel_std (--clip-value std per layer / output channel). [default: the package's; new: none]")] = None,
     clip_value: Annotated[float | None, typer.Option(help="Mapping: the clip bound (fixed: weight units; *_std: std multiples). [default: 3]")] = None,
-    input_range: Annotated[str | None, typer.Option(help="Mapping: 'dynamic' abs-max scaling per input vector, or 'calibrated' static range per layer from data (aihwkit pre_post.input_range). [default: the package's; new: dynamic]")] = None,
+    input_range: Annotated[str | None, typer.Option(help="Mapping: 'dynamic' abs-max scaling per input vector, 'calibrated' static range per layer from data (aihwkit pre_post.input_range), or 'learned' (the ranges a recipe with io.input_range: learned recorded, e.g. afm). [default: the package's; new: dynamic]")] = None,
     input_range_k: Annotated[float | None, typer.Option(help="Mapping: calibrated range = this many std of the layer's inputs. [default: 3]")] = None,
     input_scaling: Annotated[str | None, typer.Option(help="Mapping: 'channel' per-input-channel digital scales calibrated on data, folded into the weights, or 'none'. [default: the package's; new: channel]")] = None,
     input_scaling_alpha: Annotated[float | None, typer.Option(help="Mapping: s_j = max|x_j|^a / max|W_:j|^(1-a). [default: 0.5]")] = None,

@@ -322,9 +322,10 @@ def recover(
             from ..analog import hardware
             from ..certification.mapping import MappingConfig
 
-            hardware.apply(final, None, None)
+            ranges = hardware.learned_input_ranges(final)
+            hardware.apply(final, None, None)  # also takes the learned ranges off the layers: they go to the mapping
             # what it was trained for is what certify uses by default (the rest of the mapping stays the package's)
-            config["mapping"] = MappingConfig.from_dict(hardware.trained_mapping(rec.noise, rec.io)).over(
+            config["mapping"] = MappingConfig.from_dict(hardware.trained_mapping(rec.noise, rec.io, ranges)).over(
                 config.get("mapping")).to_dict()
         if rec.recovery.qat and rec.training.engine == "msnat":
             from . import qat

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .. import distributed
 from .._state import load_state
+from ..analog import hardware
 from ..errors import AnalogAIError, OperationFailed, UsageError
 from . import msnat, parallel
 from .objectives import Objective
@@ -154,6 +155,8 @@ def lr_at(cfg, round_: int) -> float:
         return cfg.lr
     if cfg.schedule == "step":
         return cfg.lr * (0.1 ** (round_ // max(1, cfg.rounds // 3)))
+    if cfg.schedule == "linear":
+        return cfg.lr * (1 - round_ / cfg.rounds)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * round_ / cfg.rounds))
 
 
@@ -163,8 +166,9 @@ def make_optimizer(model: nn.Module | list[torch.Tensor], recipe: Recipe):
 
     t = recipe.training
     params = [p for p in (model.parameters() if isinstance(model, nn.Module) else model) if p.requires_grad]
-    if t.optimizer == "adam":
-        base = optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer in ("adam", "adamw"):  # adamw: weight decay decoupled from the gradient (AdamW)
+        cls = optim.Adam if t.optimizer == "adam" else optim.AdamW
+        base = cls(params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay)
     else:
         base = optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     return SAM.from_config(base, recipe.recovery.optimizer)
@@ -386,6 +390,7 @@ class Trainer:
         self.fused = copy.deepcopy(model) if self.fi else model
         self.noise = [msnat.NoiseControl(c) for c in self.clients]
         self.optimizers = [make_optimizer(c, recipe) for c in self.clients]
+        self.step_clip = hardware.has_step_clip(model)
         self.train_batches = Batches(data.train, self.t.batch_size, self.device)
         self.val_batches = Batches(data.val, max(256, self.t.batch_size), self.device)
         self.adv = self.r.adversarial.FGSM.use or self.r.adversarial.PGD.use
@@ -441,7 +446,20 @@ class Trainer:
             opt.second_step()
         else:
             opt.step()
+        if self.step_clip:
+            hardware.clip_step(model)  # noise.clip_when: step (aihwkit-lightning's clip_weights)
         return loss.detach(), correct
+
+    def _warm(self, step: int) -> None:
+        """training.warmup: the learning rate ramps up linearly over the first warmup x all steps of the run (a
+        pure function of the step, like lr_at of the round: nothing to checkpoint)."""
+        per_round = self.t.epochs_per_round * len(self.train_batches)
+        total = self.t.rounds * per_round
+        done = self.round * per_round + step + 1
+        lr = lr_at(self.t, self.round) * min(1.0, done / max(1.0, self.t.warmup * total))
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     # ---- one round -----------------------------------------------------------------------------------
     def _client_epoch(self, k: int, epoch: int, bar) -> dict[str, float]:
@@ -452,6 +470,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         for step, (x, y) in enumerate(self.train_batches.iterate(g)):
+            if self.t.warmup > 0:
+                self._warm(epoch * len(self.train_batches) + step)
             if not self.fi:  # one model: it takes the noise levels in turn
                 noise.set(self.sigmas[(step + self.round) % len(self.sigmas)])
             if self.dp is not None:  # this rank's slice of the global mini-batch

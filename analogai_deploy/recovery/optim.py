@@ -1,4 +1,4 @@
-"""torch's Adam and SGD without the import of torch._dynamo on their first use.
+"""torch's Adam, AdamW and SGD without the import of torch._dynamo on their first use.
 
 torch.optim.Optimizer keeps torch.compile out of its own methods: add_param_group (called by __init__),
 zero_grad, state_dict and load_state_dict are wrapped in torch._disable_dynamo, and step in
@@ -42,4 +42,5 @@ def _eager(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
 
 
 Adam = _eager(torch.optim.Adam)
+AdamW = _eager(torch.optim.AdamW)
 SGD = _eager(torch.optim.SGD)

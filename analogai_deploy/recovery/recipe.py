@@ -34,6 +34,7 @@ _NOISE_KEY = re.compile(r"^noise_(\d+)$")
 TEXT_SECTION = "text"
 #: the times after programming noise.model=device trains for: certify's default grid
 DEVICE_TIMES = ("1s", "1h", "1d", "1y")
+ADAM_BETAS = (0.9, 0.999)  # torch's
 
 
 @dataclass
@@ -188,17 +189,21 @@ class TrainingConfig(StrictConfig):
       "auto" = loop (batched measured no faster on CPU for small models).
     cpu_threads: torch CPU threads while training; 0 = automatic: 1 for models under 1M parameters
       (their kernels are too small to split; extra threads only spin-wait), else torch's default.
+    optimizer: adam, adamw (weight decay decoupled, as Hugging Face's Trainer) or sgd.
+    adam_betas / adam_eps: Adam's (beta1, beta2) and epsilon. schedule: the learning rate per round (cosine,
+      constant, step: /10 every third of the rounds, linear: down to 0). warmup: the first warmup x all the
+      steps of the run ramp the learning rate up linearly from 0 (per step; 0 = none).
     """
 
     engine: Literal["msnat", "aihwkit_hwa"] = "msnat"
     rounds: int = 20
     epochs_per_round: int = 1
     batch_size: int = 64
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 2e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    schedule: Literal["cosine", "constant", "step", "linear"] = "cosine"
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -209,8 +214,23 @@ class TrainingConfig(StrictConfig):
     eval_sigma: float = 0.2
     eval_draws: int = 3
     cpu_threads: int = 0
+    adam_betas: list[float] = field(default_factory=lambda: list(ADAM_BETAS))
+    adam_eps: float = 1e-8
+    warmup: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        # absent at their defaults: recipes written before them keep their hash
+        for key, default in (("adam_betas", list(ADAM_BETAS)), ("adam_eps", 1e-8), ("warmup", 0.0)):
+            if d[key] == default:
+                del d[key]
+        return d
 
     def __post_init__(self):
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise UsageError(f"training.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.adam_eps <= 0 or not 0.0 <= self.warmup < 1.0:
+            raise UsageError("training.adam_eps must be > 0 and training.warmup in [0, 1) (a share of all steps)")
         for name in ("rounds", "epochs_per_round", "batch_size", "eval_draws"):
             if getattr(self, name) < 1:
                 raise UsageError(f"training.{name} must be >= 1, got {getattr(self, name)}")
@@ -239,6 +259,11 @@ class NoiseModelConfig(StrictConfig):
     input_scaling: none (the seed) or package: train each linear / convolution layer as certify maps it with
       the package's per-channel input scaling (config.json mapping; W_:j * s_j on the tile, x_j / s_j before
       it), s calibrated once before training exactly as certify calibrates it.
+    clip_when: forward (the clip acts on the weights each forward pass uses; certify then clips the same way)
+      or step (the weights themselves are clipped after every optimizer step, as aihwkit-lightning's
+      clip_weights; the package's weights then hold the bound and certify programs them as they are).
+    slicing_factor: c in s = c * sigma * wmax; None = the package's (its weight / device bits). 1 makes
+      sigma the noise std relative to wmax, as aihwkit(-lightning)'s weight modifiers define it.
     """
 
     scale: Literal["tensor", "channel"] = "tensor"
@@ -249,12 +274,15 @@ class NoiseModelConfig(StrictConfig):
     outlier_std: float = 3.0
     input_scaling: Literal["none", "package"] = "none"
     times: list[str] = field(default_factory=lambda: list(DEVICE_TIMES))
+    clip_when: Literal["forward", "step"] = "forward"
+    slicing_factor: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         # absent at their defaults: recipes written before them keep their hash
-        if d["input_scaling"] == "none":
-            del d["input_scaling"]
+        for key, default in (("input_scaling", "none"), ("clip_when", "forward"), ("slicing_factor", None)):
+            if d[key] == default:
+                del d[key]
         if d["outliers"] == "none" and d["outlier_std"] == 3.0:
             del d["outliers"], d["outlier_std"]
         if d["times"] == list(DEVICE_TIMES):
@@ -273,19 +301,58 @@ class NoiseModelConfig(StrictConfig):
             raise UsageError(f"noise.clip_value must be > 0, got {self.clip_value}")
         if self.outlier_std <= 0:
             raise UsageError(f"noise.outlier_std must be > 0 (std multiples), got {self.outlier_std}")
+        if self.slicing_factor is not None and self.slicing_factor <= 0:
+            raise UsageError(f"noise.slicing_factor must be > 0 (or null: the package's), got {self.slicing_factor}")
+        if self.clip_when == "step" and self.clip == "none":
+            raise UsageError("noise.clip_when=step clips the weights after each step, but noise.clip is none",
+                             "set noise.clip (e.g. channel_std) or drop noise.clip_when")
         self.seconds  # bad times are refused here, with certify's message
+
+
+@dataclass
+class InputRangeConfig(StrictConfig):
+    """The DAC's input range in training (io.input_range; aihwkit-lightning's pre_post.input_range names).
+
+    mode: dynamic (each input vector scaled by its own abs-max, aihwkit's ABS_MAX noise management) or learned:
+      one static range r per layer, a trained parameter. Its first init_from_data training batches set it to
+      the running mean of init_std_alpha x the std of the layer's inputs (init_value before any); then it learns:
+      inputs beyond +-r clip (no gradient), r gets the clipped inputs' gradient times r, plus decay x r while
+      more than input_min_percentage of the inputs lie inside (it shrinks until about that share fits).
+      Recover records each layer's r in config.json's mapping (input_range: learned), and certify uses them.
+    """
+
+    mode: Literal["dynamic", "learned"] = "dynamic"
+    init_value: float = 3.0
+    init_from_data: int = 500
+    init_std_alpha: float = 18.0
+    decay: float = 0.01
+    input_min_percentage: float = 0.95
+
+    def __post_init__(self):
+        if self.init_value <= 0 or self.init_std_alpha <= 0 or self.decay < 0 or self.init_from_data < 0:
+            raise UsageError("io.input_range: init_value and init_std_alpha must be > 0, decay and init_from_data >= 0")
+        if not 0.0 < self.input_min_percentage <= 1.0:
+            raise UsageError(f"io.input_range.input_min_percentage must be in (0, 1], got {self.input_min_percentage}")
 
 
 @dataclass
 class TrainIOConfig(StrictConfig):
     """The tile periphery in training (0 = off): dac_bits / adc_bits quantisation with straight-through
     gradients, out_noise Gaussian noise on every output (in units of input max x weight max, as aihwkit's
-    out_noise), out_bound the ADC's range. Set them to certify's device (aihwkit: 7 / 9 bits, 0.06, 12)."""
+    out_noise), out_bound the ADC's range. Set them to certify's device (aihwkit: 7 / 9 bits, 0.06, 12).
+    input_range: the input max the DAC divides by: dynamic per input vector, or learned per layer."""
 
     out_noise: float = 0.0
     dac_bits: int = 0
     adc_bits: int = 0
     out_bound: float = 12.0
+    input_range: InputRangeConfig = field(default_factory=InputRangeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if self.input_range == InputRangeConfig():  # absent at its default: older recipes keep their hash
+            del d["input_range"]
+        return d
 
     def __post_init__(self):
         if self.out_noise < 0:
@@ -364,8 +431,12 @@ class Recipe(StrictConfig):
                 what += f", clip {n.clip} {n.clip_value:g}"
             if n.outliers == "digital":
                 what += f", outliers > {n.outlier_std:g} std digital"
+            if n.clip_when == "step":
+                what += " after every step"
             if io.out_noise or io.dac_bits or io.adc_bits:
                 what += f", io dac {io.dac_bits} adc {io.adc_bits} out_noise {io.out_noise:g}"
+            if io.input_range.mode == "learned":
+                what += ", learned input ranges"
             extras.append(what)
         return ", ".join(parts + extras)
 
