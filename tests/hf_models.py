@@ -77,3 +77,28 @@ def vit_classifier(folder: Path, num_labels: int = 10, size: int = 32) -> Path:
                                         num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                         num_labels=num_labels)).save_pretrained(folder)
     return folder
+
+
+def t5_seq2seq(folder: Path) -> Path:
+    """A 1-layer T5 encoder-decoder (the toolkit refuses encoder-decoders; tests check how)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+                                        decoder_start_token_id=0, pad_token_id=0, eos_token_id=0)).save_pretrained(folder)
+    bpe_tokenizer(folder)
+    return folder
+
+
+def bart_seq2seq(folder: Path, num_labels: int | None = None) -> Path:
+    """A 1+1-layer BART, a text generator (or with `num_labels` BART's sequence classifier)."""
+    from transformers import BartConfig, BartForConditionalGeneration, BartForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                        **({"num_labels": num_labels} if num_labels else {}))
+    model = BartForSequenceClassification(config) if num_labels else BartForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    bpe_tokenizer(folder)
+    return folder

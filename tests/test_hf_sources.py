@@ -88,3 +88,19 @@ def test_rmsnorm_is_listed_as_a_normalisation_layer(cli, tmp_path):
     assert code == 0, err
     assert f"LlamaRMSNorm x5 - {NORM}" in out and "RMSNorm x5 - no analog layer" not in out
     assert {e.reason for e in plan(nn.Sequential(nn.Linear(4, 4), nn.RMSNorm(4))).digital} == {NORM}
+
+
+@pytest.mark.parametrize("build, arch, tasks", [
+    (lambda d: hf_models.t5_seq2seq(d), "T5ForConditionalGeneration", [[], ["--task", "feature-extraction"]]),
+    (lambda d: hf_models.bart_seq2seq(d), "BartForConditionalGeneration", [[], ["--task", "causal-lm"]]),
+    (lambda d: hf_models.bart_seq2seq(d, num_labels=2), "BartForSequenceClassification", [[]]),
+])
+def test_encoder_decoders_are_refused_naming_what_converts(cli, tmp_path, build, arch, tasks):
+    # were: T5 "You must specify exactly one of input_ids or inputs_embeds"; BART failed differently for every task
+    folder = build(tmp_path / "m")
+    for task in tasks:
+        code, _, err = cli("convert", f"hf:{folder}", *task, "-o", tmp_path / "p")
+        assert code == 2 and err.count("error:") == 1, err
+        assert f"is an encoder-decoder model ({arch}), which this toolkit does not convert" in err
+        assert "encoder-only models (feature-extraction" in err and "decoder-only causal LMs" in err
+        assert not (tmp_path / "p").exists()

@@ -112,6 +112,16 @@ def _config(id_or_dir: str, gguf: dict[str, str] | None = None):
                          f"{str(exc).splitlines()[0]}", "pass hf:/path/to/folder holding config.json and the weights") from None
 
 
+def _refuse_encoder_decoder(config: Any, source: str) -> None:
+    """T5, BART, Marian, ... take decoder inputs too; nothing here feeds, exports or scores them, for any task."""
+    if getattr(config, "is_encoder_decoder", False):
+        arch = (getattr(config, "architectures", None) or [config.model_type])[0]
+        raise UsageError(f"hf:{source} is an encoder-decoder model ({arch}), which this toolkit does not convert; it "
+                         "converts encoder-only models (feature-extraction, sequence-classification, "
+                         "token-classification, masked-lm), decoder-only causal LMs and image classifiers",
+                         "pick an encoder-only (BERT-like) or decoder-only (GPT-2-, Llama-like) checkpoint")
+
+
 def _choose_task(task: str | None, num_classes: int | None, inferred: str | None) -> tuple[str, bool]:
     """(task, chosen by the user?)."""
     if task:
@@ -236,6 +246,7 @@ def build(id_or_dir: str, *, task: str | None, num_classes: int | None, weights:
     source = id_or_dir
     id_or_dir, gguf = _gguf(id_or_dir)
     config = _config(id_or_dir, gguf)
+    _refuse_encoder_decoder(config, source)
     inferred, arch = task_of(config)
     if gguf and inferred is None:  # GGUF checkpoints are language models; their config may name no head
         inferred = "causal-lm"
