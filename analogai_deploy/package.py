@@ -1,7 +1,10 @@
 """The package: a folder in the Hugging Face layout that every stage reads and writes.
 
     config.json          what the model is and where it came from (source, analog settings, provenance,
-                         the sha256 of the weights, and later recipe / quantization / certificate summary)
+                         the sha256 of the weights, and later recipe / quantization / certificate summary).
+                         Hugging Face packages: the model's own transformers config, so AutoModel...,
+                         AutoTokenizer and pipeline() load the folder as it is, with the toolkit's record
+                         under its "analogai" key (`RECORD_KEY`; transformers keeps it as an unused attribute)
     model.safetensors    clean digital weights; the same metadata, flattened, in its header
     README.md            the model card
     certificate.json     after `certify`;  model.onnx after `export`;  tokenizer files for text models
@@ -43,6 +46,8 @@ CERTIFICATE = "certificate.json"
 #: a distilled package's reference: the weights it was distilled from (the package before recovery); label-free
 #: metrics (cosine, agreement, next-token agreement, perplexity ratio) compare with it, not with the student itself
 REFERENCE = "reference.safetensors"
+#: Hugging Face packages keep the toolkit's record under this key of the model's transformers config.json
+RECORD_KEY = "analogai"
 MAX_JSON = 64 * 1024 * 1024  # config.json / certificate.json: a few kB in practice
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; anything larger is hostile or corrupt
 #: what packages written before config.json listed its files (`files`) can hold: these names, and tokenizer files
@@ -103,13 +108,46 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """The package record of config.json, in either layout, as every stage sees it. The one place (with
+    `_config_json`) that knows the layout: a Hugging Face package's config.json is the transformers config
+    with the record under RECORD_KEY, and the record's source["config"] is that transformers config (so
+    the record, and every hash over it, is the same in both layouts)."""
+    data = read_json(path / CONFIG)
+    record = data.get(RECORD_KEY)
+    if record is None:
+        return data  # the record is the whole file: non-HF packages, and HF packages made before the layout
+    if not isinstance(record, dict) or not isinstance(record.get("source"), dict):
+        raise PackageError(f"{path / CONFIG} has a malformed {RECORD_KEY!r} section",
+                           "fetch the package again, or convert the model again")
+    record = dict(record)
+    record["source"] = {**record["source"], "config": {k: v for k, v in data.items() if k != RECORD_KEY}}
+    return record
+
+
+def hf_native(config: dict[str, Any]) -> bool:
+    """Is this record written in the Hugging Face layout (config.json = the transformers config)?"""
+    source = config.get("source") or {}
+    return source.get("kind") == "huggingface" and isinstance(source.get("config"), dict)
+
+
+def _config_json(config: dict[str, Any]) -> dict[str, Any]:
+    """What config.json holds for this record (the inverse of `read_record`)."""
+    if not hf_native(config):
+        return config
+    record = dict(config)
+    hf_config = record["source"]["config"]
+    record["source"] = {k: v for k, v in record["source"].items() if k != "config"}
+    return {**hf_config, RECORD_KEY: record}
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_dir():
         _restore_interrupted_swap(path)
     if not path.is_dir():
         raise UsageError(f"no package at {path}", "pass a folder made by `analogai-deploy convert`")
-    config = read_json(path / CONFIG)
+    config = read_record(path)
     if config.get("format") != FORMAT:
         raise PackageError(f"{path / CONFIG} is not an analogai-deploy package config (format {config.get('format')!r})")
     if config.get("format_version") != FORMAT_VERSION:
@@ -126,7 +164,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
 def is_package(path: Path) -> bool:
     """A folder whose config.json says it is an analogai-deploy package (nothing else is parsed)."""
     try:
-        return (path / CONFIG).is_file() and read_json(path / CONFIG).get("format") == FORMAT
+        return (path / CONFIG).is_file() and read_record(path).get("format") == FORMAT
     except (PackageError, OSError):
         return False
 
@@ -135,7 +173,7 @@ def foreign_entries(path: Path) -> list[str]:
     """What a package folder holds that the toolkit did not write: names outside its config.json `files`
     list (older packages: outside the names the toolkit writes), folders, links and special files."""
     try:
-        listed = read_json(path / CONFIG).get("files")
+        listed = read_record(path).get("files")
     except (PackageError, OSError):
         listed = None
     ours = set(listed) | {CONFIG} if isinstance(listed, list) else None
@@ -551,14 +589,16 @@ def _write(dest: Path, config: dict[str, Any], model: nn.Module | None, files: d
         certificate = read_json(cert_path) if cert_path.exists() else None
         if model is not None:
             state_model = model
-            save_model(state_model, str(tmp / WEIGHTS), metadata=flat_metadata(config, certificate))
+            # "format": "pt" as transformers' save_pretrained writes it (transformers 4 refuses a header without it)
+            save_model(state_model, str(tmp / WEIGHTS), metadata={**flat_metadata(config, certificate), "format": "pt"})
             _canonicalise_safetensors(tmp / WEIGHTS)
             config["weights"] = {"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)}
         elif not (tmp / WEIGHTS).exists():
             raise ValueError("write() needs a model or a base package holding model.safetensors")
         # what this package holds, so a later write knows what it may replace (CONFIG itself is implied)
         config["files"] = sorted(({f.name for f in tmp.iterdir()} | {CARD}) - {CONFIG})
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        (tmp / CONFIG).write_text(json.dumps(_config_json(config), indent=2, sort_keys=False) + "\n",
+                                  encoding="utf-8")
         (tmp / CARD).write_text(render(config, certificate), encoding="utf-8")
         _follow_umask(tmp)
         _fsync_tree(tmp)

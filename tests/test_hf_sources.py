@@ -1,13 +1,13 @@
 """Hugging Face sources: the task from config.architectures, strict weights, real tokenizers."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
 import analogai_deploy as ad
 from analogai_deploy.errors import UsageError
+from analogai_deploy.package import read_config
 
 import hf_models
 
@@ -23,7 +23,7 @@ def folders(tmp_path_factory, minilm_dir):
 
 
 def _config(path):
-    return json.loads((path / "config.json").read_text())
+    return read_config(path)
 
 
 def test_sequence_classifier_keeps_its_head_and_labels(folders, tmp_path):

@@ -12,7 +12,6 @@ on an ideal device in test_placement.py, in the default run.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 import analogai_deploy as ad
+from analogai_deploy.package import read_config
 
 import hf_models
 from data_helpers import cifar10_from_digits
@@ -50,7 +50,7 @@ def through_stages(spec: str, tmp: Path, data: str, engine: str = "aihwkit", wri
     placement = pkg.config["placement"]
     assert placement["analog"], "nothing planned"
     ad.recover(tmp / "p", recipe="vanilla", data=data, output=tmp / "r", overrides=["training.rounds=1"])
-    recovered = json.loads((tmp / "r" / "config.json").read_text())
+    recovered = read_config(tmp / "r")
     assert recovered["placement"] == placement  # recover reads the record, never re-derives it
     ad.export(tmp / "r", samples=2)
     image = pkg.config["input"]["kind"] == "image"
@@ -100,7 +100,7 @@ def test_tiny_hugging_face_model_through_every_stage(kind, cifar, tmp_path, mini
     folder = _hf_folder(kind, tmp_path / "src", minilm_dir)
     data = f"cifar10:{cifar}" if kind == "vit_cls" else "corpus"
     out = through_stages(f"hf:{folder}", tmp_path, data)
-    task = out["cert"].get("task") or json.loads((tmp_path / "r" / "config.json").read_text())["task"]
+    task = out["cert"].get("task") or read_config(tmp_path / "r")["task"]
     expected = {"bert_cls": "sequence-classification", "gpt2_lm": "causal-lm", "llama_lm": "causal-lm",
                 "vit_cls": "image-classification"}[kind]
     assert task == expected

@@ -19,6 +19,7 @@ import analogai_deploy as ad
 from analogai_deploy.certification import evaluation
 from analogai_deploy.data import text as text_data
 from analogai_deploy.errors import UsageError
+from analogai_deploy.package import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +118,7 @@ def test_the_shipped_corpus_is_package_data_and_held_out():
 
 
 def test_tokenised_split_is_fixed_and_recorded(tiny):
-    config = json.loads((tiny["encoder"] / "config.json").read_text())
+    config = read_config(tiny["encoder"])
     a = text_data.load("corpus", tiny["encoder"], config)
     b = text_data.load("corpus", tiny["encoder"], config)
     assert a.fingerprint == b.fingerprint and not a.labelled
@@ -135,7 +136,7 @@ def test_labelled_text_recovers_with_cross_entropy_and_certifies_accuracy(tiny, 
                          "training.schedule=constant")
     assert code == 0, err
     assert "objective: cross-entropy" in err and "val acc" in out
-    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    cfg = read_config(tmp_path / "r")
     assert cfg["training"]["objective"]["loss"] == "cross_entropy"
     assert cfg["data"]["text"]["label_names"] == ["neg", "pos"] and cfg["data"]["text"]["sizes"]["test"] == 9
     assert cfg["training"]["best"]["val_clean_acc"] >= 0.8  # the toy task is easy: it learned
@@ -214,10 +215,10 @@ def test_causal_lm_distils_on_generated_text(tiny, tmp_path):
     t = a.config["training"]
     assert t["objective"] == {"loss": "kl", "metric": "next_token_agreement", "labels": False, "output": "tokens",
                               "teacher": "the package's clean weights before recovery, noise off", "temperature": 2.0}
-    assert a.config["reference"]["sha256"] == json.loads((tiny["lm"] / "config.json").read_text())["weights"]["sha256"]
+    assert a.config["reference"]["sha256"] == read_config(tiny["lm"])["weights"]["sha256"]
     gen = a.config["data"]["text"]["generation"]
     assert gen["n"] == 12 and gen["seed"] == 0 and len(a.config["data"]["text"]["text_sha256"]) == 64
-    config = json.loads((tiny["lm"] / "config.json").read_text())
+    config = read_config(tiny["lm"])
     again = text_data.load("generated:12", tiny["lm"], config, model=ad.load(tiny["lm"]).model)
     assert again.fingerprint == a.config["data"]["fingerprint"]  # seeded: the same text every time
 
@@ -280,7 +281,7 @@ def test_lm_metrics_and_the_gate_direction(tiny, tmp_path):
 
 
 def test_lm_scores_are_exact_on_the_digital_model(tiny):
-    config = json.loads((tiny["lm"] / "config.json").read_text())
+    config = read_config(tiny["lm"])
     data = evaluation.load_eval_set(tiny["lm"], config, "sentences", limit=4)
     model = ad.load(tiny["lm"]).model.eval()
     out = evaluation.run(model, data)
@@ -389,7 +390,7 @@ def test_a_distilled_package_is_certified_against_its_teacher_not_itself(tiny, t
         ad.load(bad)
     certify(tmp_path / "s", times="1d", repeats=1, engine="fast")
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())
-    cfg["reference"]["sha256"] = "0" * 64
+    cfg["analogai"]["reference"]["sha256"] = "0" * 64  # the record beside the transformers config
     (tmp_path / "s" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PackageError):
         pkg_io.verify(tmp_path / "s")

@@ -264,6 +264,7 @@ def build(id_or_dir: str, *, task: str | None, num_classes: int | None, weights:
     elif tokenizer:
         raise UsageError("--tokenizer is for text models; this is an image classifier", "drop --tokenizer")
     config = model.config
+    config.architectures = [type(model).__name__]  # the class it is now (a new head too): what loaders pick
     spec: dict[str, Any] = {
         "kind": "huggingface",
         "source": source if not Path(source).exists() else str(Path(source).resolve()),
