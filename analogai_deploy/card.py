@@ -100,16 +100,40 @@ def _best_sentence(best: dict[str, Any], rounds: int | None) -> str:
             f"noise sigma = {best.get('val_sigma')}{clean}{loss}; that round's weights are the package's.")
 
 
+#: the toolkit's task -> the Hub's pipeline tag (and model-index task type)
+_PIPELINE_TAGS = {"image-classification": "image-classification", "feature-extraction": "feature-extraction",
+                  "sequence-classification": "text-classification", "token-classification": "token-classification",
+                  "causal-lm": "text-generation", "masked-lm": "fill-mask"}
+
+
+def _hf_native(config: dict[str, Any]) -> bool:
+    from .package import hf_native
+
+    return hf_native(config)
+
+
+def _base_model(config: dict[str, Any]) -> str | None:
+    """The Hub id the model came from (a local folder or file has none the Hub could link to)."""
+    source = config.get("source", {})
+    if source.get("kind") != "huggingface":
+        return None
+    src = str(source.get("source") or "")
+    return src if src and not src.startswith(("/", ".")) and src.count("/") == 1 else None
+
+
 def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> str:
     source = config.get("source", {})
     name = model_name(config)
-    tags = ["analog-ai", "aihwkit", "analogai-deploy", source.get("kind", "")]
-    front: dict[str, Any] = {"library_name": "analogai-deploy", "tags": [t for t in tags if t]}
+    tags = ["analog-ai", "analog-in-memory-computing", "aihwkit", "analogai-deploy", source.get("kind", "")]
+    # a Hugging Face package is a transformers model (config.json is its transformers config)
+    library = "transformers" if _hf_native(config) else "analogai-deploy"
+    front: dict[str, Any] = {"library_name": library, "tags": [t for t in tags if t]}
+    if _base_model(config):
+        front["base_model"] = _base_model(config)
+    if config.get("recipe"):
+        front["tags"].append(f"recipe-{config['recipe'].get('name')}")
     if config.get("task"):
-        front["pipeline_tag"] = {"image-classification": "image-classification",
-                                 "feature-extraction": "feature-extraction",
-                                 "sequence-classification": "text-classification",
-                                 "causal-lm": "text-generation"}.get(config["task"], config["task"])
+        front["pipeline_tag"] = _PIPELINE_TAGS.get(config["task"], config["task"])
     lines = [f"# {name} (analog-aware)", ""]
     where = " (a local folder)" if source.get("kind") == "huggingface" and str(source.get("source", "")).startswith("/") else ""
     lines.append(f"Converted by analogai-deploy for analog in-memory computing from `{name}` ({source.get('kind')}{where}).")
@@ -134,7 +158,7 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
         front["model-index"] = [{
             "name": name,
             "results": [{
-                "task": {"type": config.get("task", "image-classification")},
+                "task": {"type": _PIPELINE_TAGS.get(config.get("task"), config.get("task", "image-classification"))},
                 "dataset": {"name": certificate.get("data", {}).get("spec", "?"), "type": certificate.get("data", {}).get("spec", "?")},
                 "metrics": [
                     {"type": certificate.get("metric", "accuracy"), "name": f"{certificate.get('metric', 'accuracy')} at t={r['time']} on {dev}",
@@ -155,6 +179,7 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
                   + (f"; a spot check of {spot['repeats']} fresh Monte Carlo repeats agreed with the certificate "
                      f"(two-sample t-test, {100 * spot['alpha']:g}% false-refusal rate)." if spot else ".")]
     lines += ["", "## Use", ""]
+    lines += _plain_loader(config, zoo)
     spec = f"hf-hub:{zoo['hub']}" if zoo.get("hub") else zoo.get("name")
     if spec:  # a published copy: say how to pull it (pull verifies the sha256 and the certificate)
         lines += [
@@ -178,9 +203,43 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
             "```",
             "",
         ]
+    record = ("`config.json` is the model's transformers config; its `analogai` key records the source, the "
+              "analog settings" if _hf_native(config) else "`config.json` records the source, the analog settings")
     lines += [
-        "Weights are stored as safetensors (no pickle); `config.json` records the source, the analog",
-        "settings and the provenance of every stage.",
+        f"Weights are stored as safetensors (no pickle); {record} and the provenance of every stage.",
         "",
     ]
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(lines)
+
+
+def _plain_loader(config: dict[str, Any], zoo: dict[str, Any]) -> list[str]:
+    """How to get the clean digital weights without this toolkit: transformers for Hugging Face packages,
+    torchvision + safetensors for torchvision ones (the package's state_dict keeps the architecture's names)."""
+    source = config.get("source", {})
+    where = zoo["hub"] if zoo.get("hub") else "path/to/this/folder"
+    note = ("These are the clean digital weights (analog noise off); analogai-deploy below rebuilds the "
+            "analog-aware model and checks the sha256 and the certificate first.")
+    if _hf_native(config):
+        from .sources.huggingface import TASKS
+
+        auto = TASKS.get(config.get("task"), "AutoModel")
+        text = (config.get("input") or {}).get("kind") == "text"
+        lines = ["With transformers:", "", "```python", f"from transformers import {auto}"
+                 + (", AutoTokenizer, pipeline" if text else ""),
+                 f"model = {auto}.from_pretrained({where!r})"]
+        if text:
+            tag = _PIPELINE_TAGS.get(config.get("task"), "feature-extraction")
+            lines += [f"tokenizer = AutoTokenizer.from_pretrained({where!r})",
+                      f"pipe = pipeline({tag!r}, model={where!r})"]
+        return lines + ["```", "", note, ""]
+    if source.get("kind") == "torchvision":
+        kwargs = "".join(f", {k}={v!r}" for k, v in (source.get("kwargs") or {}).items())
+        fetch = (["from huggingface_hub import hf_hub_download", "",
+                  f"weights = hf_hub_download({where!r}, 'model.safetensors')"] if zoo.get("hub")
+                 else ["", f"weights = {where + '/model.safetensors'!r}"])
+        return ["With torchvision:", "", "```python", "import torchvision",
+                "from safetensors.torch import load_file", *fetch,
+                f"model = torchvision.models.get_model({source.get('name')!r}, weights=None{kwargs})",
+                "model.load_state_dict(load_file(weights))",
+                "```", "", note, ""]
+    return []

@@ -609,6 +609,22 @@ def _write(dest: Path, config: dict[str, Any], model: nn.Module | None, files: d
     return Package(dest, config, model)
 
 
+def migrate(path: str | Path) -> bool:
+    """Rewrite a package written in an earlier layout (a Hugging Face package whose config.json is the
+    toolkit's record) in today's, in place. Only config.json and the card change: the weights, the
+    certificate and the record (so model_sha256, and the certificate's binding) stay as they are.
+    Verified first, so nothing tampered is re-written as if it were sound. Returns whether it changed."""
+    path = Path(path)
+    config = verify(path)
+    if read_json(path / CONFIG) == _config_json(config):
+        return False
+    write(path, config, base=path)
+    if read_record(path) != {**config, "files": read_record(path)["files"]}:  # the record survived exactly
+        raise PackageError(f"migrating {path} changed its record", "restore the package from a copy")
+    verify(path)
+    return True
+
+
 def _canonicalise_safetensors(path: Path) -> None:
     """Rewrite the header with sorted keys: safetensors orders it arbitrarily, and a reproducible run
     should give a byte-identical file (so the same sha256). Tensor offsets are relative to the data

@@ -291,3 +291,25 @@ class _Handler(BaseHTTPRequestHandler):
         data = files[path]
         headers = {"ETag": f'"{git_blob_sha1(data)}"', "X-Repo-Commit": sha, "Content-Type": "application/octet-stream"}
         self._send(200, data, headers, head=head)
+
+
+def serve(monkeypatch, cache) -> HubStandIn:
+    """A started stand-in with huggingface_hub (and so transformers' from_pretrained by repo id) pointed at it:
+    online, no Xet, its own cache. The caller stops it."""
+    from huggingface_hub import constants
+
+    server = HubStandIn().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_stand_in_token")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    # huggingface_hub reads these once at import (conftest sets HF_HUB_OFFLINE=1 for the whole suite);
+    # the zoo itself reads HF_ENDPOINT per call, transformers goes through constants' URL template
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    return server

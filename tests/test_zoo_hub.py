@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import yaml
-from hub_server import HubStandIn
+from hub_server import serve
 from zoo_helpers import certified_copy, tampered_weights
 
 import analogai_deploy as ad
@@ -24,21 +24,7 @@ REPO = "analog-lab/digits-cnn-msnat-pcm"
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """The Hub stand-in, started and stopped per test, with huggingface_hub pointed at it (online, no Xet)."""
-    from huggingface_hub import constants
-
-    server = HubStandIn().start()
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("HF_TOKEN", "hf_stand_in_token")
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    # huggingface_hub reads these once at import (conftest sets HF_HUB_OFFLINE=1 for the whole suite);
-    # the zoo itself reads HF_ENDPOINT per call
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    server = serve(monkeypatch, tmp_path / "hf-cache")
     yield server
     server.stop()
 

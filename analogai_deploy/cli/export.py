@@ -1,4 +1,5 @@
-"""`export` (model.onnx checked with onnxruntime, or an aihwkit checkpoint) and `inspect` (analog metadata)."""
+"""`export` (model.onnx checked with onnxruntime, or an aihwkit checkpoint), `inspect` (analog metadata) and
+`migrate` (a package of an earlier layout rewritten in today's)."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -50,10 +51,39 @@ Examples:
   analogai-deploy inspect runs/lenet/model.onnx --all
 """
 
+MIGRATE_HELP = """Rewrite a package made by an earlier analogai-deploy in today's layout, in place.
+
+A Hugging Face package made before the transformers layout keeps the toolkit's record as its whole
+config.json, so transformers cannot load it. migrate verifies the package (weights sha256, the
+certificate's binding), then writes config.json as the model's own transformers config with the
+record under its "analogai" key, and regenerates the card. The weights, the certificate and the
+record itself do not change, so the certificate stays valid. A package already in today's layout
+(and every image or local package) is left as it is.
+
+Examples:
+
+  analogai-deploy migrate runs/minilm-msnat
+"""
+
 
 def register(app: typer.Typer) -> None:
     app.command(name="export", help=EXPORT_HELP)(export)
     app.command(name="inspect", help=INSPECT_HELP)(inspect)
+    app.command(name="migrate", help=MIGRATE_HELP)(migrate)
+
+
+def migrate(
+    package: Annotated[str, typer.Argument(help="Package folder to rewrite in place.")],
+    json_: Json = False,
+) -> None:
+    from .. import package as package_io
+
+    out = output(json_)
+    package_io.check_output(package, in_place=True, flag="PACKAGE")  # a package, nothing foreign in it, writable
+    changed = package_io.migrate(package)
+    out.result({"package": package, "migrated": changed},
+               lambda d: f"{d['package']}: " + ("rewritten in the transformers layout (weights and certificate "
+                                              "unchanged)" if d["migrated"] else "already in today's layout"))
 
 
 def export(
