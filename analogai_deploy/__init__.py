@@ -17,7 +17,7 @@ _deferred.install()  # aihwkit's module-level import of scipy.optimize waits for
 
 __all__ = [
     "AnalogConfig", "ConversionReport", "Package", "convert", "load", "register_layer", "set_noise", "noise",
-    "recover", "certify", "export", "from_pretrained",
+    "recover", "certify", "export", "from_pretrained", "to_aihwkit",
 ]
 
 _LAZY = {
@@ -34,6 +34,7 @@ _LAZY = {
     "recover": "analogai_deploy.launcher",
     "certify": "analogai_deploy.launcher",
     "export": "analogai_deploy.exporter",
+    "to_aihwkit": "analogai_deploy.certification",
     "from_pretrained": "analogai_deploy.zoo",
 }
 

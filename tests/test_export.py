@@ -286,30 +286,21 @@ def test_export_to_aihwkit(mlp_pkg, tmp_path, cli):
     pkg_dir = _copy(mlp_pkg, tmp_path)
     code, out, err = cli("export", pkg_dir, "--to", "aihwkit")
     assert code == 0, err
-    assert "pickled" in err and "trust" in err
     assert "wrote" in out and (pkg_dir / "model.aihwkit.pt").exists()
     record = package.read_config(pkg_dir)["export"]["aihwkit"]
-    assert record["device"] == "PCM" and record["analog_layers"] == 3 and record["pickled"]
+    assert record["device"] == "PCM" and record["analog_layers"] == 3 and record["weights_only"]
 
-    # load it the documented way and find the package's weights on the aihwkit tiles
-    from analogai_deploy.analog.convert import to_digital
-    from analogai_deploy.certification.tiles import to_aihwkit
-    from analogai_deploy.exporter.aihwkit_ckpt import rpu_config
-
+    # load it the documented way (tests/test_to_aihwkit.py checks it is certify's chip)
     loaded = ad.load(pkg_dir)
     assert record["placement_sha256"] == loaded.placement.sha256 and record["simulated"] == loaded.placement.names
-    digital = to_digital(loaded.model)
-    ref = {k: v.clone() for k, v in digital.state_dict().items()}
-    analog, _ = to_aihwkit(digital, loaded.placement, rpu_config("PCM"))
-    state = torch.load(pkg_dir / "model.aihwkit.pt", weights_only=False)  # we wrote it: trusted
-    analog.load_state_dict(state, load_rpu_config=True)
+    analog = ad.to_aihwkit(pkg_dir, device="PCM")
+    state = torch.load(pkg_dir / "model.aihwkit.pt", weights_only=True)
+    analog.load_state_dict(state, load_rpu_config=False, strict_rpu_config_check=False)
     layers = list(analog.named_analog_layers())
     assert len(layers) == 3
-    for name, layer in layers:
-        weight, _ = layer.get_weights()
-        assert torch.allclose(weight.reshape(ref[f"{name}.weight"].shape), ref[f"{name}.weight"])
+    for _, layer in layers:
         assert type(next(layer.analog_tiles()).rpu_config.noise_model).__name__ == "PCMLikeNoiseModel"
-    with pytest.raises(UsageError, match="unknown aihwkit device"):
+    with pytest.raises(UsageError, match="unknown device 'SRAM'"):
         ad.export(pkg_dir, to="aihwkit", device="SRAM")
 
 

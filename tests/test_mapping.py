@@ -173,7 +173,7 @@ def test_an_old_package_without_a_mapping_certifies_as_before(pkg):
     cfg = _resolved(pkg, CertifyConfig(repeats=1))
     assert cfg.mapping.weight_scaling == "tile" and cfg.mapping.input_scaling == "none"
     bench = _bench(pkg, cfg)
-    assert bench.calibration is None and "legacy" in bench.mapping_record["source"]
+    assert bench.mapped.calibration is None and "legacy" in bench.mapping_record["source"]
 
 
 def test_ideal_device_with_the_default_mapping_equals_digital(pkg):

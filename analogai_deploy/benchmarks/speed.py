@@ -114,18 +114,13 @@ def _training_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
         return steps
     from aihwkit.nn.conversion import convert_to_analog
     from aihwkit.optim import AnalogSGD
-    from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig, WeightModifierType
 
     from ..aihwkit_probe import tile_support
+    from ..certification.devices import DeviceConfig, WeightModifier, rpu_config
 
-    kinds = [("aihwkit_hwa_torch", TorchInferenceRPUConfig)]
-    if tile_support().get("cpp"):
-        kinds.append(("aihwkit_hwa_cpp", InferenceRPUConfig))
-    for name, cls in kinds:
-        rpu = cls()
-        rpu.modifier.type = WeightModifierType.ADD_NORMAL
-        rpu.modifier.std_dev = cfg.hwa_w_noise
-        rpu.modifier.rel_to_actual_wmax = True
+    kinds = [("aihwkit_hwa_torch", "torch")] + ([("aihwkit_hwa_cpp", "cpp")] if tile_support().get("cpp") else [])
+    for name, tile in kinds:
+        rpu = rpu_config(DeviceConfig(), tile, modifier=WeightModifier("add_normal", cfg.hwa_w_noise))
         hwa = convert_to_analog(to_digital(copy.deepcopy(pkg.model)), rpu).to(device).train()
         opt = AnalogSGD(hwa.parameters(), lr=0.01, momentum=0.9)
         opt.regroup_param_groups(hwa)

@@ -38,10 +38,11 @@ from . import precision
 from .devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
                       rpu_config)
 from .mapping import MAPPING_FIELDS, MappingConfig, package_mapping
+from .simulated import Mapped, map_digital, on_tiles
 from .evaluation import (METRIC_CHOICES, METRICS, EvalSet, load_eval_set, metric_info, normalised, parse_time,
                          parse_times, resolve_metric, run, score, stats)
 
-__all__ = ["certify", "sweep", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings", "CustomDevice", "MappingConfig",
+__all__ = ["certify", "sweep", "to_aihwkit", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings", "CustomDevice", "MappingConfig",
            "DEVICES", "PRESETS", "METRICS", "apply_overrides", "parse_sweep"]
 
 DEFAULT_TIMES = "1s,1h,1d,1y"
@@ -245,18 +246,23 @@ class _Bench:
     digital_value: float
     digital_seconds: float
     placement: Any = None  # analog.placement.Placement: what goes on tiles
-    prepared: nn.Module | None = None  # the digital model as mapped: weights clipped and input-scaled
-    calibration: Any = None  # mapping.Calibration, when the mapping calibrates on data
-    outliers: dict[str, Any] = field(default_factory=dict)  # layer -> its digital outlier weights (mapping)
+    mapped: Mapped | None = None  # the digital model as mapped (simulated.py), what both engines start from
     mapping_record: dict[str, Any] = field(default_factory=dict)
+
+
+def _digital(package: str | Path):
+    """The package (its weights' sha256 verified) and its model with every analog layer digital again."""
+    from .. import package as pkg_io
+    from ..analog.convert import to_digital
+
+    pkg = pkg_io.load(package)
+    return pkg, to_digital(pkg.model).eval()
 
 
 def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
     from .. import package as pkg_io
-    from ..analog.convert import to_digital
 
-    pkg = pkg_io.load(package)  # verifies the weights' sha256
-    digital = to_digital(pkg.model).eval()
+    pkg, digital = _digital(package)
     # a distilled package's reference (load just verified it); it also writes generated:N text
     teacher = pkg_io.load_reference(pkg, verify_hash=False)
     data = load_eval_set(pkg.path, pkg.config, cfg.data, seed=cfg.seed, limit=cfg.limit, model=teacher or digital)
@@ -277,14 +283,11 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
 
 
 def _map(bench: _Bench, cfg: CertifyConfig) -> None:
-    """The mapping's digital side, shared by both engines: clip the weights, calibrate on data, fold the
-    per-channel input scales into the weights; and what the certificate records about it."""
-    from . import mapping as mp
-
+    """The mapping's digital side, shared by both engines and `to_aihwkit` (simulated.map_digital); and what
+    the certificate records about it."""
     m = cfg.mapping.complete()
-    prepared = copy.deepcopy(bench.digital)
-    layers = mp.mapped_layers(prepared, bench.placement)
-    clipped = mp.clip_weights(prepared, m, layers)
+    mapped = bench.mapped = map_digital(bench.path, bench.config, bench.digital, bench.placement, m, cfg.data)
+    clipped = mapped.clipped
     record: dict[str, Any] = {**m.to_dict(), "source": "package" if "mapping" in bench.config else "legacy (no "
                               "mapping in config.json)", "overridden": _overridden(bench.config, m)}
     trained_io = {k: v for k, v in m.io.to_dict().items() if v is not None}
@@ -295,27 +298,18 @@ def _map(bench: _Bench, cfg: CertifyConfig) -> None:
         record["overridden"]["io"] = io_over
     if clipped:
         record["clipped_fraction"] = sum(clipped.values()) / len(clipped)
-    if m.needs_calibration:
-        batches, info = mp.calibration_batches(bench.path, bench.config, m, cfg.data)
-        bench.calibration = mp.calibrate(prepared, batches, m, info, layers)
-        mp.apply_input_scaling(prepared, bench.calibration)
-        record["calibrated"] = bench.calibration.summary()
-    if m.input_range == "learned":  # the ranges training learned, as config.json records them
-        names = set(bench.placement.names) if bench.placement is not None else {n for n, _ in layers}
-        bench.calibration = mp.learned_ranges(m, names, bench.calibration)
-    bench.outliers, share = mp.split_outliers(prepared, m, layers)  # after the scales: the tiles' own weights
-    if bench.outliers:
-        record["outliers_digital_fraction"] = share
+    if mapped.calibrated is not None:
+        record["calibrated"] = mapped.calibrated
+    if mapped.outliers:
+        record["outliers_digital_fraction"] = mapped.outlier_share
     if clipped:  # what the mapped weights alone cost, before any analog noise (the ceiling of this mapping)
-        handles = mp.install(prepared, bench.calibration) if bench.calibration else []
-        handles += mp.install_outliers(prepared, bench.outliers)
+        handles = mapped.install(mapped.model)
         try:
-            outputs = run(prepared.eval(), bench.data)
+            outputs = run(mapped.model, bench.data)
         finally:
             for h in handles:
                 h.remove()
         record["digital_mapped"] = {bench.metric: score(bench.metric, outputs, bench.data, bench.reference)}
-    bench.prepared = prepared.eval()
     bench.mapping_record = record
 
 
@@ -465,12 +459,13 @@ def _simulator(cfg: CertifyConfig, bench: _Bench | nn.Module, rpu):
 
 def _simulate(cfg: CertifyConfig, bench: _Bench, rpu):
     """The model on simulated tiles, and the placement layers it simulates (in placement order).
-    Both engines start from the mapped digital model (`_map`) and get its calibration installed."""
-    model = bench.prepared if bench.prepared is not None else bench.digital
+    Both engines start from the mapped digital model (`_map`) and get its digital parts installed; the
+    aihwkit engine's model is `to_aihwkit`'s (simulated.on_tiles)."""
+    mapped = bench.mapped or Mapped(bench.digital)
     if cfg.engine == "fast":
         from .fast import FastModel
 
-        analog = FastModel(model, rpu, placement=bench.placement)  # the record's layers, not re-derived
+        analog = FastModel(mapped.model, rpu, placement=bench.placement)  # the record's layers, not re-derived
         names = {id(m): n for n, m in analog.model.named_modules()}
         simulated = [names[id(layer.module)] for layer in analog.layers]
         planned = bench.placement.names
@@ -480,34 +475,9 @@ def _simulate(cfg: CertifyConfig, bench: _Bench, rpu):
             what = (f"leaves planned layers digital: {', '.join(missing[:4])}" if missing
                     else f"would also simulate layers the placement keeps digital: {', '.join(extra[:4])}")
             raise OperationFailed(f"the fast engine {what}", "use --engine aihwkit, which follows the placement")
-        _install(analog.model, bench, fast=True)
+        mapped.install(analog.model, fast=True)
         return analog, planned
-    from .tiles import to_aihwkit
-
-    analog, simulated = to_aihwkit(model, bench.placement, rpu)
-    _install(analog, bench, fast=False)
-    return analog, simulated
-
-
-def _install(model: nn.Module, bench: _Bench, fast: bool) -> None:
-    """The digital parts of the mapping on the simulated model: x / s before each scaled layer's DAC (a
-    digital multiply), the static input range of every tile of a layer, the outlier weights beside them."""
-    from . import mapping as mp
-
-    mp.install_outliers(model, bench.outliers)  # forward hooks: they see the input after install's pre-hooks
-    cal = bench.calibration
-    if cal is None:
-        return
-    mp.install(model, cal)
-    for name, r in cal.ranges.items():
-        mod = model.get_submodule(name)
-        if fast:
-            mod._fast.input_range = r
-            continue
-        from aihwkit.simulator.tiles.module import TileModule
-
-        for tile in (m for m in mod.modules() if isinstance(m, TileModule)):
-            tile.set_input_range(r)
+    return on_tiles(mapped, bench.placement, rpu)
 
 
 def _conversion(cfg: CertifyConfig, analog: nn.Module, bench: _Bench, simulated: list[str]) -> dict[str, Any]:
@@ -740,6 +710,47 @@ def certify(
     if write and _is_main():  # in a distributed run every rank holds the merged certificate; rank 0 writes it
         cert.path = _write_certificate(bench, cert, dest, overwrite)
     return cert
+
+
+def to_aihwkit(
+    package: str | Path,
+    device: str | DeviceConfig = "PCM",
+    *,
+    config: CertifyConfig | None = None,
+    data: str | None = None,
+    preset: str | None = None,
+    tile: str = "auto",
+    device_file: str | Path | None = None,
+    match_qat: bool = False,
+    mapping: MappingConfig | dict[str, Any] | None = None,
+    **io: Any,
+) -> nn.Module:
+    """The package on aihwkit tiles exactly as certify's aihwkit engine simulates it.
+
+    The package's placement on tiles built by devices.rpu_config for `device` and the mapping (config.json's,
+    under `mapping`'s fields), with its digital parts installed on the returned model: weights clipped, input
+    scales folded into the tiles and divided out before each DAC (forward pre-hooks), outlier weights beside
+    their tiles (forward hooks), calibrated input ranges on the tiles. Arguments as `certify` (`data`: the
+    dataset an image package calibrates on; `config=CertifyConfig.from_dict(cert["settings"])` rebuilds a
+    certificate's chip). Then, in aihwkit's own terms:
+
+        model = ad.to_aihwkit("runs/minilm", device="PCM")
+        model.eval(); model.program_analog_weights(); model.drift_analog_weights(86400)
+        out = model(**batch)
+    """
+    if config is not None:  # the model is aihwkit's, whatever engine the config was certified with
+        config = CertifyConfig.from_dict({**config.to_dict(), "engine": "aihwkit"})
+    package, cfg, _, rpu, _ = resolve(package, device, data, config=config, preset=preset, tile=tile,
+                                      device_file=device_file, match_qat=match_qat, mapping=mapping, **io)
+    return _chip(package, cfg, rpu)[0]
+
+
+def _chip(package: str | Path, cfg: CertifyConfig, rpu) -> tuple[nn.Module, list[str], Any]:
+    """`to_aihwkit`'s model, the placement layers it simulates, and the package it came from."""
+    pkg, digital = _digital(package)
+    mapped = map_digital(pkg.path, pkg.config, digital, pkg.placement, cfg.mapping, cfg.data)
+    analog, simulated = on_tiles(mapped, pkg.placement, rpu)
+    return analog, simulated, pkg
 
 
 def destination(package: str | Path, output: str | Path | None, overwrite: bool) -> Path:

@@ -1,7 +1,8 @@
-"""The aihwkit side of certification: device presets, IO settings, and the rpu_config they build.
+"""The one device table and the one builder of aihwkit RPU configs (`rpu_config`): certify, `to_aihwkit`,
+`export --to aihwkit`, the hwa_aihwkit recipe and the benchmarks all get their tiles' settings here.
 
     PCM          PCMLikeNoiseModel(g_max=25) + GlobalDriftCompensation (aihwkit's standard PCM statistics)
-    ReRAM        ReRamWan2022NoiseModel
+    ReRAM        ReRamWan2022NoiseModel (also accepted as ReRAM-Wan2022, the name older exports recorded)
     ReRAM-CMO    ReRamCMONoiseModel
     Hermes-PCM   HermesNoiseModel (IBM HERMES project chip statistics)
     ideal        perfect tile: no programming/read noise, no drift, no IO non-idealities (= digital)
@@ -23,6 +24,10 @@ from .._config import StrictConfig
 from ..errors import OperationFailed, UsageError, unknown
 
 DEVICES = ("PCM", "ReRAM", "ReRAM-CMO", "Hermes-PCM", "ideal", "custom")
+#: other names a device was recorded under (older aihwkit exports): read as the canonical name
+DEVICE_ALIASES = {"reram-wan2022": "ReRAM"}
+#: aihwkit's hardware-aware-training weight modifiers (the hwa_aihwkit recipe's `modifier`)
+MODIFIERS = {"add_normal": "ADD_NORMAL", "mult_normal": "MULT_NORMAL", "pcm_noise": "PCM_NOISE"}
 PRESETS = ("standard-hwa",)
 TILES = ("auto", "cpp", "torch")
 #: noise models a custom YAML may name (an allow-list: nothing else is ever instantiated)
@@ -97,7 +102,7 @@ class DeviceConfig(StrictConfig):
     custom: CustomDevice | None = None
 
     def __post_init__(self):
-        canon = {d.lower(): d for d in DEVICES}
+        canon = {**{d.lower(): d for d in DEVICES}, **DEVICE_ALIASES}
         if self.name.lower() not in canon:
             raise unknown("device", self.name, DEVICES)
         self.name = canon[self.name.lower()]
@@ -151,6 +156,19 @@ class DeviceConfig(StrictConfig):
         if self.preset:
             return f"preset {self.preset} (its PCM_READ weight noise)"
         return ""
+
+
+@dataclass(frozen=True)
+class WeightModifier:
+    """Hardware-aware training's weight noise: aihwkit's modifier `kind` (MODIFIERS) of `std`, relative to
+    the tile's max|w|, applied to the weights in every training forward pass."""
+
+    kind: str
+    std: float
+
+    def __post_init__(self):
+        if self.kind not in MODIFIERS:
+            raise unknown("weight modifier", self.kind, MODIFIERS)
 
 
 def choose_tile(config: DeviceConfig) -> str:
@@ -227,11 +245,16 @@ def _bits(res: float) -> int:
     return int(round(math.log2(steps + 2)))
 
 
-def rpu_config(config: DeviceConfig, tile: str, mapping=None):
+def rpu_config(config: DeviceConfig, tile: str, mapping=None, modifier: WeightModifier | None = None):
     """The aihwkit rpu_config for `config` on tile kind `tile` ('cpp' or 'torch'), mapped by `mapping`
-    (a MappingConfig; None = one scale per tile, dynamic inputs, a global drift correction)."""
+    (a MappingConfig; None = one scale per tile, dynamic inputs, a global drift correction).
+
+    `modifier`: a config for hardware-aware training (AnalogSGD) instead of inference: the weight noise of
+    every training pass, and the tile holding the weights as they are (no weight scaling), as aihwkit's
+    own HWA training has it. The only place an RPU config is built."""
     from aihwkit.inference import GlobalDriftCompensation
-    from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig, WeightNoiseType
+    from aihwkit.simulator.configs import (InferenceRPUConfig, TorchInferenceRPUConfig, WeightModifierType,
+                                           WeightNoiseType)
 
     if config.preset == "standard-hwa":
         from aihwkit.simulator.presets import StandardHWATrainingPreset
@@ -240,9 +263,10 @@ def rpu_config(config: DeviceConfig, tile: str, mapping=None):
     else:
         rpu = InferenceRPUConfig() if tile == "cpp" else TorchInferenceRPUConfig()
         rpu.drift_compensation = GlobalDriftCompensation()
-        # map each tile's largest |w| to the full conductance range (as aihwkit's inference tutorials do):
-        # noise levels (out_noise, n_w) then mean the same thing whatever the raw scale of the weights
-        rpu.mapping.weight_scaling_omega = 1.0
+        if modifier is None:
+            # map each tile's largest |w| to the full conductance range (as aihwkit's inference tutorials do):
+            # noise levels (out_noise, n_w) then mean the same thing whatever the raw scale of the weights
+            rpu.mapping.weight_scaling_omega = 1.0
     rpu.noise_model = noise_model(config)
     if config.name == "ideal":
         rpu.forward.is_perfect = True
@@ -266,6 +290,10 @@ def rpu_config(config: DeviceConfig, tile: str, mapping=None):
             rpu.forward.w_noise_type = WeightNoiseType.NONE
     if mapping is not None:
         _apply_mapping(rpu, mapping.complete(), keep_inputs=bool(config.preset))
+    if modifier is not None:
+        rpu.modifier.type = getattr(WeightModifierType, MODIFIERS[modifier.kind])
+        rpu.modifier.std_dev = modifier.std
+        rpu.modifier.rel_to_actual_wmax = True
     return rpu
 
 

@@ -15,10 +15,9 @@ QuantizeLinear/DequantizeLinear), with a dynamic batch axis and the package meta
 analogai.* in its metadata_props. onnxruntime runs sample inputs and every output must match
 PyTorch within tolerance, else nothing is written and the exit code is 1.
 
---to aihwkit writes model.aihwkit.pt: the model converted with aihwkit (PCM by default). That file
-is PICKLED (aihwkit's tile state cannot be stored otherwise): load it only if you trust its origin,
-with torch's loader (weights_only=False), then load_state_dict(state, load_rpu_config=True) on
-convert_to_analog(model, rpu_config) (see docs/export.md).
+--to aihwkit writes model.aihwkit.pt: the tile state of analogai_deploy.to_aihwkit(PKG, device=...),
+the chip certify's aihwkit engine simulates (the package's placement and mapping on --device, PCM by
+default). Tensors only: torch.load(..., weights_only=True) reads it (see docs/export.md).
 
 Examples:
 
@@ -88,13 +87,14 @@ def migrate(
 
 def export(
     package: Annotated[str, typer.Argument(help="Package folder (made by convert / recover).")],
-    to: Annotated[str, typer.Option(help="onnx (model.onnx) or aihwkit (model.aihwkit.pt, pickled).")] = "onnx",
+    to: Annotated[str, typer.Option(help="onnx (model.onnx) or aihwkit (model.aihwkit.pt, certify's chip).")] = "onnx",
     opset: Annotated[int, typer.Option(help="ONNX opset, 13..20.")] = 17,
     atol: Annotated[float | None, typer.Option(help="Absolute tolerance of the check [default: per model].")] = None,
     rtol: Annotated[float | None, typer.Option(help="Relative tolerance of the check [default: per model].")] = None,
     samples: Annotated[int, typer.Option(help="Sample inputs onnxruntime and PyTorch are compared on.")] = 8,
     device: Annotated[str, typer.Option(
-        help="Target device: recorded when the package names none; the aihwkit device (PCM, ReRAM-Wan2022, ReRAM-CMO).",
+        help="Target device: recorded when the package names none; the aihwkit device (PCM, ReRAM, ReRAM-CMO, "
+             "Hermes-PCM, ideal).",
     )] = "PCM",
     output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Write a copy of the package with the export here (e.g. for a read-only package) [default: update PACKAGE in place].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing package at -o.")] = False,

@@ -3,7 +3,7 @@
     import analogai_deploy as ad
     result = ad.export("runs/lenet")                    # writes runs/lenet/model.onnx
     print("\\n".join(result.validation.lines()))          # a pass/fail line per output
-    ad.export("runs/lenet", to="aihwkit")               # writes runs/lenet/model.aihwkit.pt (pickled!)
+    ad.export("runs/lenet", to="aihwkit")               # writes runs/lenet/model.aihwkit.pt (ad.to_aihwkit's tiles)
 
 The ONNX graph is the package's model with noise off and its analog layers turned back into digital
 ones; a `quantization` section (QAT) becomes QuantizeLinear/DequantizeLinear. Its metadata_props carry
@@ -29,7 +29,7 @@ ONNX_FILE = "model.onnx"
 class ExportConfig(StrictConfig):
     """How to export.
 
-    to: "onnx" (model.onnx, validated) or "aihwkit" (model.aihwkit.pt, a pickled aihwkit checkpoint).
+    to: "onnx" (model.onnx, validated) or "aihwkit" (model.aihwkit.pt, the tile state of `to_aihwkit`'s model).
     opset: ONNX opset (13..20; QDQ needs 13+).
     atol / rtol: validation tolerance; None = the per-model default (tighter for float graphs than QDQ).
     samples: batch of sample inputs for the check (the graph is traced at batch 2, so this also checks
@@ -227,14 +227,12 @@ def _export_aihwkit(path: Path, config: ExportConfig, dest: Path, overwrite: boo
     from ..provenance import now
     from . import aihwkit_ckpt
 
-    pkg, model, _ = _fresh_digital(path)
-    data, record = aihwkit_ckpt.checkpoint(model, config.device, aihwkit_ckpt.recipe_w_noise(pkg.config),
-                                           pkg.placement)
+    data, record, pkg_config = aihwkit_ckpt.checkpoint(path, config.device)
     record.update(time=now(), sha256=hashlib.sha256(data).hexdigest())
-    warnings = [aihwkit_ckpt.PICKLE_WARNING]
-    if pkg.config.get("quantization"):
+    warnings = []
+    if pkg_config.get("quantization"):
         warnings.append("the QAT quantizers are not part of the aihwkit checkpoint (aihwkit models DAC/ADC itself)")
-    new_config = _record_stage(pkg.config, "aihwkit", record)
+    new_config = _record_stage(pkg_config, "aihwkit", record)
     package_io.write(dest, new_config, files={aihwkit_ckpt.FILE: data}, base=path, overwrite=overwrite)
     return ExportResult(dest, "aihwkit", dest / aihwkit_ckpt.FILE, record=record, warnings=warnings)
 

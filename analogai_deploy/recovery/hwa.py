@@ -29,19 +29,15 @@ from . import engine
 from .objectives import Objective
 from .recipe import Recipe
 
-_MODIFIERS = {"add_normal": "ADD_NORMAL", "mult_normal": "MULT_NORMAL", "pcm_noise": "PCM_NOISE"}
-
-
 def rpu_config(recipe: Recipe):
-    from aihwkit.simulator.configs import TorchInferenceRPUConfig, WeightModifierType
+    """The training tiles: aihwkit's PCM on its PyTorch tile with the recipe's weight modifier and output noise
+    (devices.rpu_config, the one factory)."""
+    from ..certification.devices import DeviceConfig, IOSettings, WeightModifier
+    from ..certification.devices import rpu_config as build
 
     cfg = recipe.recovery.hwa
-    rpu = TorchInferenceRPUConfig()
-    rpu.modifier.type = getattr(WeightModifierType, _MODIFIERS[cfg.modifier])
-    rpu.modifier.std_dev = cfg.w_noise
-    rpu.modifier.rel_to_actual_wmax = True
-    rpu.forward.out_noise = cfg.out_noise
-    return rpu
+    device = DeviceConfig(name="PCM", io=IOSettings(out_noise=cfg.out_noise), tile="torch")
+    return build(device, "torch", modifier=WeightModifier(cfg.modifier, cfg.w_noise))
 
 
 class HwaTrainer:
