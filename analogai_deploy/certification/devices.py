@@ -36,6 +36,11 @@ NOISE_MODELS = ("PCMLikeNoiseModel", "ReRamWan2022NoiseModel", "ReRamCMONoiseMod
 W_NOISE_TYPES = ("additive_constant", "pcm_read", "relative")
 
 
+def canonical_device(name: str) -> str:
+    """The device table's spelling of `name` (any case, or an alias); an unknown name comes back as given."""
+    return {**{d.lower(): d for d in DEVICES}, **DEVICE_ALIASES}.get(name.lower(), name)
+
+
 @dataclass
 class IOSettings(StrictConfig):
     """Peripheral settings of the analog tiles; None keeps the base config's value.
@@ -102,10 +107,10 @@ class DeviceConfig(StrictConfig):
     custom: CustomDevice | None = None
 
     def __post_init__(self):
-        canon = {**{d.lower(): d for d in DEVICES}, **DEVICE_ALIASES}
-        if self.name.lower() not in canon:
+        name = canonical_device(self.name)
+        if name not in DEVICES:
             raise unknown("device", self.name, DEVICES)
-        self.name = canon[self.name.lower()]
+        self.name = name
         if self.preset is not None and self.preset not in PRESETS:
             raise unknown("preset", self.preset, PRESETS)
         if self.tile not in TILES:

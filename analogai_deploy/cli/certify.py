@@ -131,6 +131,7 @@ def certify(
 ) -> None:
     from ..errors import OperationFailed, UsageError
     from .. import certification as cert_mod
+    from ..certification.devices import canonical_device
     from .. import distributed, launcher
 
     main = distributed.configure_cli(nproc, dist_timeout)
@@ -155,7 +156,7 @@ def certify(
             raise UsageError(f"{name} is given twice ({mapping[name]} and {given[key]})", "pass it once")
         mapping[name] = given.pop(key)
     settings = {k: v for k, v in given.items() if v is not None}
-    device_name = settings.pop("device", "PCM")
+    device_name = canonical_device(settings.pop("device", "PCM"))
     common = dict(device=device_name, device_file=device_file, max_drop=max_drop if not sweep else None, at=at,
                   match_qat=match_qat, limit=limit, times=settings.pop("times", None))
     kwargs = {**common, **settings, "engine": engine, "nproc": nproc, "dist_timeout": dist_timeout,
