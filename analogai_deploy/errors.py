@@ -6,7 +6,10 @@ The CLI maps these to exit codes: a `UsageError` (bad input, exit 2) or an
 from __future__ import annotations
 
 import difflib
+import errno
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class AnalogAIError(Exception):
@@ -52,3 +55,22 @@ def unknown(kind: str, word: str, choices: Iterable[str]) -> UsageError:
         "valid: " + ", ".join(choices) if len(choices) <= 30 else f"{len(choices)} valid names; see --help"
     )
     return UsageError(f"unknown {kind} {word!r}", hint)
+
+
+#: write failures that mean "no room": the disk, a quota, or a file size limit (RLIMIT_FSIZE, the file system's)
+NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+           errno.EFBIG: "a file grew past the size limit"}
+
+
+def no_room(exc: BaseException, where: str | Path, kept: str,
+            fix: str = "free space there (or write elsewhere with -o) and rerun") -> OperationFailed | None:
+    """A write that failed for lack of space as one error naming where (and what was kept); None otherwise.
+
+    safetensors (Rust) raises its own error type and gives the OS error only as text: "... (os error 28)".
+    """
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None and (m := re.search(r"\(os error (\d+)\)", str(exc))):
+        code = int(m.group(1))
+    if code not in NO_ROOM:
+        return None
+    return OperationFailed(f"{NO_ROOM[code]}: could not write {where}; {kept}", fix)

@@ -34,7 +34,7 @@ from typing import Any
 from torch import nn
 
 from . import lock
-from .errors import PackageError, UsageError
+from .errors import PackageError, UsageError, no_room
 from .provenance import sha256_file
 
 FORMAT = "analogai-deploy/package"
@@ -603,8 +603,11 @@ def _write(dest: Path, config: dict[str, Any], model: nn.Module | None, files: d
         _follow_umask(tmp)
         _fsync_tree(tmp)
         _swap(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        kept = "the package there is kept as it was" if dest.exists() else "nothing was written"
+        if (err := no_room(exc, dest, kept)) is not None:  # a full disk: one line naming the output
+            raise err from None
         raise
     return Package(dest, config, model)
 

@@ -8,13 +8,14 @@ import errno
 import os
 import traceback
 
-from ..errors import AnalogAIError
+from ..errors import AnalogAIError, no_room
 from ._output import out
 
 
 _OS_HINTS = {
     errno.ENOSPC: "free disk space or write elsewhere (-o); a package being replaced is left as it was",
     errno.EDQUOT: "free space within your disk quota or write elsewhere (-o)",
+    errno.EFBIG: "a file grew past the size limit (ulimit -f, or the file system's): raise it or write elsewhere (-o)",
     errno.EACCES: "choose a folder you can write to, or fix its permissions",
     errno.EPERM: "choose a folder you can write to, or fix its permissions",
     errno.EROFS: "the file system is read-only: write elsewhere (-o)",
@@ -33,6 +34,9 @@ def handle(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno in _OS_HINTS:  # the machine, not the toolkit: say which file
         where = f": {exc.filename}" if exc.filename else ""
         out().error(f"{exc.strerror or os.strerror(exc.errno)}{where}", _OS_HINTS[exc.errno])
+        return 1
+    if (full := no_room(exc, "a file", "rerun with ANALOGAI_DEBUG=1 to see which")) is not None:
+        out().error(full.message, full.hint)  # a write no stage named (safetensors gives its OS error as text)
         return 1
     if isinstance(exc, MemoryError):
         out().error("out of memory", "lower the batch size (training.batch_size=...) or the model size")

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from .. import distributed
 from .._state import load_state
 from ..analog import hardware
-from ..errors import AnalogAIError, OperationFailed, UsageError
+from ..errors import AnalogAIError, OperationFailed, UsageError, no_room
 from . import msnat, parallel
 from .objectives import Objective
 from .recipe import Recipe
@@ -204,7 +204,6 @@ def write_checkpoint(state_dir: Path, tensors: dict[str, torch.Tensor], meta: di
     """
     from safetensors.torch import save_file
 
-    state_dir.mkdir(parents=True, exist_ok=True)
     name = f"state-{meta['round']:04d}.safetensors"
     seen: set[int] = set()
     for key, v in tensors.items():  # tied weights (an LM's embedding and head) share storage; safetensors refuses that
@@ -212,16 +211,32 @@ def write_checkpoint(state_dir: Path, tensors: dict[str, torch.Tensor], meta: di
         if ptr in seen and v.numel():
             tensors[key] = v.clone()
         seen.add(ptr)
-    save_file(tensors, str(state_dir / f".{name}.tmp"))
-    os.replace(state_dir / f".{name}.tmp", state_dir / name)
     tmp = state_dir / f".{CHECKPOINT_META}.tmp"
-    tmp.write_text(json.dumps({**meta, "tensors": name}, indent=1), encoding="utf-8")
-    os.replace(tmp, state_dir / CHECKPOINT_META)
-    for old in state_dir.glob("state-*.safetensors"):
-        if old.name != name:
-            old.unlink()
-    with open(state_dir / LOG, "w", encoding="utf-8") as f:  # for people watching a run: tail -f
-        f.writelines(json.dumps(e) + "\n" for e in meta["log"])
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(state_dir / f".{name}.tmp"))
+        os.replace(state_dir / f".{name}.tmp", state_dir / name)
+        tmp.write_text(json.dumps({**meta, "tensors": name}, indent=1), encoding="utf-8")
+        os.replace(tmp, state_dir / CHECKPOINT_META)
+        for old in state_dir.glob("state-*.safetensors"):
+            if old.name != name:
+                old.unlink()
+        with open(state_dir / LOG, "w", encoding="utf-8") as f:  # for people watching a run: tail -f
+            f.writelines(json.dumps(e) + "\n" for e in meta["log"])
+    except Exception as exc:  # e.g. a full disk: drop what this write began, keep the last committed round
+        committed = json.loads((state_dir / CHECKPOINT_META).read_text(encoding="utf-8")) if has_checkpoint(
+            state_dir) else {}
+        for part in (state_dir / f".{name}.tmp", tmp, *([state_dir / name] if committed.get("tensors") != name else [])):
+            part.unlink(missing_ok=True)
+        if not committed:  # nothing finished: no folder left that looks like a checkpoint
+            discard_checkpoint(state_dir)
+        kept = (f"round {committed['round']}'s checkpoint there is kept" if committed
+                else "no round was checkpointed, nothing is left there")
+        err = no_room(exc, f"the checkpoint of round {meta['round']} in {state_dir}", kept,
+                      "free space there and rerun the same command" + (" with --resume" if committed else ""))
+        if err is None:
+            raise
+        raise err from None
 
 
 def read_checkpoint(state_dir: Path, identity: dict[str, str], mode: str) -> tuple[dict[str, torch.Tensor], dict]:

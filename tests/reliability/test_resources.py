@@ -3,6 +3,7 @@ fills up while a package is written leaves the previous package as it was."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import subprocess
 import pytest
 
 from analogai_deploy import package as pkgio
+from analogai_deploy.errors import OperationFailed
 
 
 def test_batch_far_too_large_fails_before_training(cli, tmp_path):
@@ -41,19 +43,34 @@ def test_small_runs_pass_the_memory_check(lenet_pkg):
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
-    """A real 100 kB tmpfs (needs root and mount); skipped where it cannot be mounted."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
+def disk(tmp_path):
+    """disk(size) -> a real tmpfs of that size, which runs out of space (ENOSPC) as a full disk does (needs
+    root and mount; skipped where it cannot be mounted). disk.resize(mnt, size) makes room again."""
+    mounted = []
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+
+    def mount(size: str):
+        mnt = tmp_path / f"disk{len(mounted)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    mount.resize = lambda mnt, size: subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
     try:
-        yield mnt
+        yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        for mnt in mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(disk):
+    """A real 100 kB tmpfs."""
+    return disk("100k")
 
 
 def _snapshot(path):
@@ -68,7 +85,7 @@ def test_disk_full_keeps_the_previous_package(lenet_pkg, tiny_disk, cli):
     code, _, err = cli("export", pkg)
     assert code == 1, err
     lines = [x for x in err.splitlines() if x.startswith("error:")]
-    assert len(lines) == 1 and "no space left" in lines[0].lower(), err
+    assert lines == [f"error: the disk is full: could not write {pkg}; the package there is kept as it was"], err
     assert "this is a bug" not in err and "Traceback" not in err
     assert _snapshot(pkg) == before  # byte for byte the old package
     pkgio.load(pkg)
@@ -86,7 +103,45 @@ def test_disk_full_mid_write_everywhere(lenet_pkg, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pkgio, "_fsync_tree", full)
     config = pkgio.read_config(pkg)
-    with pytest.raises(OSError):
+    with pytest.raises(OperationFailed, match="the disk is full: could not write .*; the package there is kept"):
         pkgio.write(pkg, {**config, "note": "new"}, files={"extra.txt": b"x" * 1000}, base=pkg)
     assert _snapshot(pkg) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet"]
+
+
+RECOVER = ["--recipe", "vanilla", "training.rounds=2"]  # the MLP's checkpoint: 425 kB
+
+
+def _errors(err: str) -> list[str]:
+    assert "this is a bug" not in err and "Traceback" not in err, err
+    return [x for x in err.splitlines() if x.startswith("error:")]
+
+
+def test_disk_full_while_recover_writes_a_checkpoint(mlp_pkg, disk, cli):
+    """Round 1's checkpoint fits on the 700 kB disk; round 2's, written beside it before round 1's goes, does
+    not. Was: "SafetensorError ... (os error 28)", "this is a bug"."""
+    mnt = disk("700k")
+    out = mnt / "out"
+    code, _, err = cli("recover", mlp_pkg, "-o", out, *RECOVER)
+    assert code == 1, err
+    assert _errors(err) == [f"error: the disk is full: could not write the checkpoint of round 2 in {out}.partial; "
+                            "round 1's checkpoint there is kept"]
+    assert "hint: free space there and rerun the same command with --resume" in err
+    partial = mnt / "out.partial"
+    assert sorted(os.listdir(partial)) == ["state-0001.safetensors", "state.json", "train_log.jsonl"]  # no .tmp
+    assert json.loads((partial / "state.json").read_text())["round"] == 1 and not out.exists()
+    disk.resize(mnt, "8m")  # room again: the run continues where it stopped and ends
+    code, text, err = cli("recover", mlp_pkg, "-o", out, *RECOVER, "--resume")
+    assert code == 0, err
+    assert "round 1 from the checkpoint" in text and not partial.exists()
+    pkgio.load(out)
+
+
+def test_disk_full_at_the_first_checkpoint_leaves_nothing(mlp_pkg, disk, cli):
+    """Was: an empty OUTPUT.partial/ left behind."""
+    mnt = disk("300k")
+    code, _, err = cli("recover", mlp_pkg, "-o", mnt / "out", *RECOVER)
+    assert code == 1, err
+    assert _errors(err) == [f"error: the disk is full: could not write the checkpoint of round 1 in {mnt}/out.partial; "
+                            "no round was checkpointed, nothing is left there"]
+    assert "--resume" not in err and os.listdir(mnt) == []
