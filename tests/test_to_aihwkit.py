@@ -104,8 +104,20 @@ def test_export_saves_to_aihwkits_model_loadable_with_weights_only(trained, tmp_
     model.load_state_dict(state, load_rpu_config=False, strict_rpu_config_check=False)
     got = model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in want.items())
+    assert not record["certified"]
     with pytest.raises(UsageError, match="custom"):
         ad.export(pkg, to="aihwkit", device="custom")
+
+
+def test_export_of_a_certified_package_is_its_certificates_chip(trained, tmp_path):
+    pkg = tmp_path / "mlp"
+    shutil.copytree(trained, pkg)
+    ad.certify(pkg, repeats=2, times="1d", limit=64, dac_bits=5)  # an override the package's mapping lacks
+    result = ad.export(pkg, to="aihwkit")
+    assert result.record["certified"] and result.record["simulation"]["dac_bits"] == 5 and not result.warnings
+    other = ad.export(pkg, to="aihwkit", device="ReRAM")
+    assert not other.record["certified"] and "certificate is for PCM" in other.warnings[0]
+    assert other.record["simulation"]["dac_bits"] != 5
 
 
 def test_only_the_factory_builds_rpu_configs():

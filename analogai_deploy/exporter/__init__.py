@@ -227,9 +227,8 @@ def _export_aihwkit(path: Path, config: ExportConfig, dest: Path, overwrite: boo
     from ..provenance import now
     from . import aihwkit_ckpt
 
-    data, record, pkg_config = aihwkit_ckpt.checkpoint(path, config.device)
+    data, record, pkg_config, warnings = aihwkit_ckpt.checkpoint(path, config.device)
     record.update(time=now(), sha256=hashlib.sha256(data).hexdigest())
-    warnings = []
     if pkg_config.get("quantization"):
         warnings.append("the QAT quantizers are not part of the aihwkit checkpoint (aihwkit models DAC/ADC itself)")
     new_config = _record_stage(pkg_config, "aihwkit", record)

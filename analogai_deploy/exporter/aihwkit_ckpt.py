@@ -9,12 +9,17 @@ is the one `to_aihwkit` builds (devices.rpu_config) from the package's record, s
     state = torch.load(f"{PKG}/model.aihwkit.pt", weights_only=True)
     model.load_state_dict(state, load_rpu_config=False, strict_rpu_config_check=False)
 
+A package certified on `device` is exported with its certificate's settings (the IO and mapping that ran,
+overrides included), so the file is the chip the certificate measured; otherwise with the package's mapping
+on `device`, as a plain `certify --device DEVICE` would run it.
+
 The hooks the mapping puts beside the tiles (input scales, digital outlier weights) are not tensors of the
 state_dict: they come with the model `to_aihwkit` returns (docs/export.md).
 """
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +40,46 @@ def tensors_only(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def checkpoint(path: Path, device: str) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
-    """(checkpoint bytes, a JSON-able record of how it was made, the package's config.json as loaded) for the
-    package at `path` on `device`."""
+def certified(path: Path, device: str):
+    """(the CertifyConfig of the package's certificate when it is for `device`, else None; a warning or None)."""
+    from ..certification import CertifyConfig
+    from ..certification.devices import canonical_device
+    from ..package import CERTIFICATE
+
+    file = Path(path) / CERTIFICATE
+    if not file.is_file():
+        return None, None
+    cert = json.loads(file.read_text(encoding="utf-8"))
+    kind = (cert.get("device") or {}).get("kind")
+    if kind != canonical_device(device):
+        return None, (f"the package's certificate is for {kind}: this {canonical_device(device)} model runs the "
+                      "package's mapping with that device's defaults, not a certified chip")
+    try:  # a custom device's file is inside the settings too: the certified custom chip
+        return CertifyConfig.from_dict({**cert["settings"], "engine": "aihwkit"}), None
+    except UsageError as exc:  # a certificate of an older toolkit whose settings this one does not take
+        return None, (f"the certificate's settings are not readable here ({exc.message}): this model runs the "
+                      f"package's mapping on {kind}, certify again to export the certified chip")
+
+
+def checkpoint(path: Path, device: str) -> tuple[bytes, dict[str, Any], dict[str, Any], list[str]]:
+    """(checkpoint bytes, a JSON-able record of how it was made, the package's config.json as loaded, warnings)
+    for the package at `path` on `device`."""
     import torch
 
     from ..certification import _chip, resolve
     from ..certification.devices import describe
 
-    if device.lower() == "custom":
-        raise UsageError("export --to aihwkit takes a named device, not custom (its YAML file is not part of the "
-                         "package)", "in Python: ad.to_aihwkit(PKG, device='custom', device_file='my.yaml')")
-    _, cfg, tile, rpu, _ = resolve(path, device, engine="aihwkit")
+    config, warning = certified(path, device)
+    if config is None and device.lower() == "custom":
+        raise UsageError("export --to aihwkit takes a named device, or custom when the package is certified on it "
+                         "(the YAML file is not part of the package)",
+                         "in Python: ad.to_aihwkit(PKG, device='custom', device_file='my.yaml')")
+    _, cfg, tile, rpu, _ = resolve(path, device, config=config)
     analog, simulated, pkg = _chip(path, cfg, rpu)
     buf = io.BytesIO()
     torch.save(tensors_only(analog.state_dict()), buf)
     record = {"file": FILE, "device": cfg.device.label, "tile": tile, "rpu_config": type(rpu).__name__,
               "simulation": describe(cfg.device, rpu, tile), "mapping": cfg.mapping.to_dict(),
-              "analog_layers": len(simulated), "weights_only": True,
+              "analog_layers": len(simulated), "weights_only": True, "certified": config is not None,
               "placement_sha256": pkg.placement.sha256, "simulated": simulated}
-    return buf.getvalue(), record, pkg.config
+    return buf.getvalue(), record, pkg.config, [warning] if warning else []
