@@ -145,3 +145,19 @@ def test_disk_full_at_the_first_checkpoint_leaves_nothing(mlp_pkg, disk, cli):
     assert _errors(err) == [f"error: the disk is full: could not write the checkpoint of round 1 in {mnt}/out.partial; "
                             "no round was checkpointed, nothing is left there"]
     assert "--resume" not in err and os.listdir(mnt) == []
+
+
+def test_a_file_size_limit_at_the_first_checkpoint_everywhere(mlp_pkg, tmp_path):
+    """Portable form (no root): RLIMIT_FSIZE below the checkpoint's 425 kB makes the kernel refuse the write
+    (EFBIG, SIGXFSZ ignored as a shell's `ulimit -f` user would see it) wherever the test runs."""
+    import sys
+
+    child = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+             "from analogai_deploy.cli.app import main; sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", child, "recover", str(mlp_pkg), "-o", str(tmp_path / "out"), *RECOVER],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1, r.stderr
+    assert _errors(r.stderr) == [f"error: a file grew past the size limit: could not write the checkpoint of round 1 "
+                                 f"in {tmp_path}/out.partial; no round was checkpointed, nothing is left there"]
+    assert sorted(os.listdir(tmp_path)) == []
