@@ -1,11 +1,14 @@
-"""Recipe ablation on real data: train every recipe on every model and seed, certify on aihwkit PCM.
+"""Recipe ablation on real data: every recipe at two budgets (the same rounds; the same passes), certified on
+aihwkit PCM (accuracy vs n_w, drift at 1s / 1d / 1y). See BENCHMARKS.md section 1 and analogai_deploy/benchmarks/ablation.py.
 
-    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/ablation.py > runs/bench/ablation.log 2>&1 &
-    .venv/bin/python bench/ablation.py --rounds 2 --seeds 0 --models lenet      # a quick look
-    .venv/bin/python bench/ablation.py --gpu --data cifar10:/data/cifar10 --models resnet18
+    # LeNet / MLP on 8x8 digits (section 1's small-model tables)
+    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/ablation.py > runs/ablation.log 2>&1 &
+    # the seed's model: resnet18_cifar at base width 16 on digits at 3x32x32
+    .venv/bin/python bench/ablation.py --models resnet18_cifar --width 16 --rounds 6 --repeats 4 \
+        --cache bench/results/ablation/resnet18_cifar-w16 --section ablation-resnet --png bench/ablation_resnet18_cifar.png
+    .venv/bin/python bench/ablation.py ... --report-only     # tables and PNG from the cached cells, trains nothing
 
-Writes runs/bench/ablation/ablation.json, bench/ablation.png and the ablation section of
-BENCHMARKS.md. Finished runs are cached, so an interrupted run resumes. See BENCHMARKS.md.
+Every finished cell is a JSON file under --cache (committed), so a stopped run resumes where it stopped.
 """
 from __future__ import annotations
 

@@ -292,22 +292,21 @@ def test_fast_engine_refuses_what_only_cpp_tiles_simulate(trained_lenet, cli):
 
 
 def test_bench_ablation_cli_small(tmp_path, cli):
-    # the whole ablation pipeline on one recipe, one seed, one round: train, certify three ways, table + PNG
-    code, out, err = cli("bench", "ablation", "--models", "mlp", "--recipes", "vanilla,msnat_no_fi", "--seeds", "0",
-                         "--rounds", "1", "--repeats", "2", "--out", str(tmp_path / "runs"), "--markdown", "",
-                         "--png", str(tmp_path / "a.png"), "--json")
+    # the whole ablation pipeline on two recipes, one seed, one round: train, certify, table + PNG
+    args = ("bench", "ablation", "--models", "mlp", "--recipes", "vanilla,msnat_no_fi", "--seeds", "0",
+            "--budgets", "seed", "--rounds", "1", "--repeats", "2", "--out", str(tmp_path / "runs"),
+            "--cache", str(tmp_path / "cache"), "--markdown", "", "--png", str(tmp_path / "a.png"), "--json")
+    code, out, err = cli(*args)
     assert code == 0, err
     table = json.loads(out)["table"]
     assert [r["recipe"] for r in table] == ["vanilla", "msnat_no_fi"]
     row = table[0]
-    assert set(row["pcm"]) == {"1s", "1h", "1d", "1y"} and set(row["sweep"]) == {"0", "0.05", "0.1", "0.15", "0.2"}
-    assert row["sweep"]["0.2"][0] < row["sweep"]["0"][0]  # weight noise costs accuracy
+    assert set(row["drift"]) == {"1s", "1d", "1y"} and set(row["n_w"]) == {"0", "0.05", "0.1", "0.14", "0.2"}
+    assert row["n_w"]["0.2"][0] < row["n_w"]["0"][0]  # weight noise costs accuracy
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
-    # cached: a second run trains nothing and gives the same table
-    code, out2, _ = cli("bench", "ablation", "--models", "mlp", "--recipes", "vanilla,msnat_no_fi", "--seeds", "0",
-                        "--rounds", "1", "--repeats", "2", "--out", str(tmp_path / "runs"), "--markdown", "",
-                        "--png", str(tmp_path / "a.png"), "--json")
-    assert code == 0 and json.loads(out2)["table"] == table
+    # cached: --report-only trains nothing and gives the same table
+    code, out2, _ = cli(*args, "--report-only")
+    assert code == 0 and json.loads(out2)["table"] == table and json.loads(out2)["trained"] == 0
 
 
 def test_markdown_sections_are_replaced_in_place(tmp_path):

@@ -7,17 +7,18 @@ import typer
 
 from ._options import Json, Quiet, output
 
-ABLATION_HELP = ("Train every recipe on every model and seed, certify each on aihwkit PCM (1s..1y, plain and with "
-                 "per-MAC weight noise n_w) and an n_w sweep; writes a table and a PNG into BENCHMARKS.md. "
-                 "Finished runs are cached under --out, so a stopped run resumes." + """
+ABLATION_HELP = ("Train every recipe on every model and seed at two budgets (the same rounds; the same passes), "
+                 "certify each on aihwkit PCM (accuracy vs per-MAC weight noise n_w, and drift at 1s, 1d, 1y); "
+                 "writes tables and a PNG into BENCHMARKS.md. Finished cells are cached under --cache, so a "
+                 "stopped run resumes." + """
 
 Examples:
 
-  analogai-deploy bench ablation             # 6 recipes x lenet, mlp x 3 seeds (~20 min, 1 thread)
+  analogai-deploy bench ablation             # 6 recipes x lenet, mlp x 3 seeds x 2 budgets
 
-  analogai-deploy bench ablation --models lenet --seeds 0 --rounds 2 --markdown ''
+  analogai-deploy bench ablation --models lenet --seeds 0 --rounds 2 --markdown '' --cache runs/quick
 
-  analogai-deploy bench ablation --gpu --data cifar10:/data/cifar10 --models resnet18
+  analogai-deploy bench ablation --report-only        # the tables from the cached cells, trains nothing
 """)
 SPEED_HELP = ("Speed ratios measured side by side: MSNAT round vs the compute it needs, noise-injected vs digital "
               "vs aihwkit HWA training step, certify repeat (fast engine, aihwkit tiles) vs a digital pass, peak "
@@ -47,17 +48,21 @@ def _csv(text: str) -> list[str]:
 
 def ablation(
     models: Annotated[str, typer.Option(help="Comma-separated model sources.")] = "lenet,mlp",
-    recipes: Annotated[str, typer.Option(help="Comma-separated recipes.")] = (
+    width: Annotated[int | None, typer.Option(help="resnet18_cifar's base width (64 = standard).")] = None,
+    recipes: Annotated[str, typer.Option(help="Comma-separated recipes (names or YAML paths).")] = (
         "vanilla,single_noise,msnat_no_fi,msnat_no_fl,msnat,hwa_aihwkit"),
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
-    rounds: Annotated[int, typer.Option(
-        help="Training rounds for every recipe (passes over the data per client).")] = 20,
-    repeats: Annotated[int, typer.Option(help="Monte Carlo repeats per time point.")] = 10,
+    budgets: Annotated[str, typer.Option(help="seed (same rounds), equal (same passes), or both.")] = "seed,equal",
+    rounds: Annotated[int, typer.Option(help="The seed budget's rounds for every recipe.")] = 20,
+    repeats: Annotated[int, typer.Option(help="Monte Carlo repeats per point.")] = 10,
     data: Annotated[str, typer.Option(help="Dataset spec.")] = "digits",
-    out: Annotated[str, typer.Option(help="Folder for the packages and cached results.")] = "runs/bench/ablation",
+    out: Annotated[str, typer.Option(help="Folder for the trained packages.")] = "runs/bench/ablation",
+    cache: Annotated[str, typer.Option(help="Folder for the finished cells (JSON).")] = (
+        "bench/results/ablation/digits-small"),
     markdown: Annotated[str, typer.Option(help="Markdown file to update ('' = none).")] = "BENCHMARKS.md",
     png: Annotated[str, typer.Option(help="Where the plot goes.")] = "bench/ablation.png",
-    gpu: Annotated[bool, typer.Option(help="Train on cuda, batch 256, 3x32x32 inputs.")] = False,
+    report_only: Annotated[bool, typer.Option(help="Train nothing: tables and PNG from the cache.")] = False,
+    gpu: Annotated[bool, typer.Option(help="Train on cuda, batch 256.")] = False,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -72,11 +77,17 @@ def ablation(
         if not torch.cuda.is_available():
             raise UsageError("--gpu: no CUDA device here", "drop --gpu to run on the CPU")
         kw = dict(benchmarks.GPU_ABLATION)
-    kw.setdefault("repeats", repeats)
-    cfg = benchmarks.AblationConfig(models=_csv(models), recipes=_csv(recipes), seeds=[int(s) for s in _csv(seeds)],
-                                    rounds=rounds, data=data, **kw)
-    result = benchmarks.run_ablation(cfg, out, markdown or None, png, log=o.info)
-    o.result({"config": result["config"], "table": benchmarks.ablation_table(result)},
+    cfg = benchmarks.AblationConfig(models=_csv(models), width=width, recipes=_csv(recipes),
+                                    seeds=[int(s) for s in _csv(seeds)], budgets=_csv(budgets), rounds=rounds,
+                                    repeats=repeats, data=data, **kw)
+    if report_only:
+        result = benchmarks.ablation_report(cfg, cache)
+        from ..benchmarks.ablation import write_report
+
+        write_report(result, markdown or None, png, "ablation")
+    else:
+        result = benchmarks.run_ablation(cfg, out, cache, markdown or None, png, log=o.info)
+    o.result({"config": result["config"], "trained": result["trained"], "table": benchmarks.ablation_table(result)},
              lambda _: benchmarks.ablation_markdown(result, png))
 
 

@@ -27,14 +27,31 @@ def mlp(num_classes: int = 10, in_channels: int = 1, size: int = 8, hidden: int 
     )
 
 
-def resnet18_cifar(num_classes: int = 10, in_channels: int = 3, size: int = 32) -> nn.Module:
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3, size: int = 32, width: int = 64) -> nn.Module:
     """torchvision's ResNet-18 with the CIFAR stem: conv1 3x3 stride 1 padding 1 (no bias), no max-pool,
-    so a 32x32 image reaches layer1 at 32x32 (the ImageNet stem would shrink it to 8x8)."""
-    import torchvision.models
+    so a 32x32 image reaches layer1 at 32x32 (the ImageNet stem would shrink it to 8x8).
 
+    width: channels of the stem and layer1 (doubled at each of layers 2-4); 64 is the standard network,
+    smaller widths are the same architecture with ~(width/64)^2 of its parameters and FLOPs."""
+    import torchvision.models
+    from torchvision.models.resnet import BasicBlock
+
+    if width < 1:
+        raise UsageError(f"resnet18_cifar width must be >= 1, got {width}")
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
-    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
+    if width != 64:  # rebuild the stages at this width, initialised as torchvision initialises them
+        model.bn1 = nn.BatchNorm2d(width)
+        model.inplanes = width
+        model.layer1 = model._make_layer(BasicBlock, width, 2)
+        model.layer2 = model._make_layer(BasicBlock, 2 * width, 2, stride=2)
+        model.layer3 = model._make_layer(BasicBlock, 4 * width, 2, stride=2)
+        model.layer4 = model._make_layer(BasicBlock, 8 * width, 2, stride=2)
+        model.fc = nn.Linear(8 * width, num_classes)
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     return model
 
 
@@ -47,11 +64,16 @@ def names() -> list[str]:
     return sorted(BUILDERS)
 
 
-def build(name: str, *, num_classes=None, weights=None, input_shape=None) -> Source:
+def build(name: str, *, num_classes=None, weights=None, input_shape=None, width: int | None = None) -> Source:
+    """width: resnet18_cifar's base width (64 = the standard network); recorded in the package's spec."""
     shape = list(input_shape or DEFAULT_SHAPE[name])
     if name != "resnet18_cifar" and (shape[1] != shape[2] or shape[1] % 4):
         raise UsageError(f"{name} needs a square input whose side is a multiple of 4, got {shape}")
     kwargs: dict[str, Any] = {"num_classes": int(num_classes or 10), "in_channels": shape[0], "size": shape[1]}
+    if width is not None:
+        if name != "resnet18_cifar":
+            raise UsageError(f"width is an option of resnet18_cifar, not of {name}")
+        kwargs["width"] = int(width)
     model = BUILDERS[name](**kwargs)
     if weights:
         from . import weights as weights_io
