@@ -51,7 +51,7 @@ def convert(
     )
     model: nn.Module = src.model.eval()
     spec_name = source if isinstance(source, str) else src.spec.get("name", "model")
-    check_runs(src, spec_name)  # before anything is decided or written
+    check_runs(src, spec_name, num_classes)  # before anything is decided or written; sets src.num_classes
     check_selection(model, config)
     placement = plan(model, config)
     report = convert_model(model, config, placement)

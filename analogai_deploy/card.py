@@ -48,6 +48,10 @@ def results_markdown(cert: dict[str, Any]) -> str:
     n, repeats = data.get("n"), cert.get("repeats")
     samples = f" on {n} test sample{'s' if n != 1 else ''} ({data.get('spec')})" if n is not None else ""
     tail = f"\nDigital {metric}: {fmt(digital)}{samples}; {repeats} Monte Carlo repeats per time."
+    if data.get("labels"):
+        from .labels import shown
+
+        tail += f" Classes (output order): {shown(data['labels'])}."
     if (data.get("reference") or {}).get("file"):
         tail += f" Reference: the weights the package was distilled from ({data['reference']['file']})."
     if cert.get("adaptive"):
@@ -143,6 +147,11 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
             f"{conv.get('converted_layers', 0)} layers on analog tiles, "
             f"{conv.get('analog_share', 0):.1%} of {conv.get('total_params', 0):,} parameters."
         )
+    from .labels import names, shown
+
+    label_names = names(config)
+    if label_names:  # the model's own classes, in output order (labels.py)
+        lines.append(f"Classes (output order): {shown(label_names)}.")
     recipe = config.get("recipe")
     if recipe:
         lines += ["", "## Recovery", "", f"Recipe `{recipe.get('name')}` (sha256 `{recipe.get('sha256', '')[:16]}...`)."]

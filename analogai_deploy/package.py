@@ -264,7 +264,7 @@ def check_writable(dest: Path, hint: str) -> None:
 #: to config.json adds its key here; a key absent from a package hashes as absent (null).
 MODEL_KEYS = ("source", "task", "num_classes", "input", "analog", "placement", "mapping", "quantization", "tokenizer")
 #: model-defining sections hashed only where present, so packages made before them keep their model_sha256
-OPTIONAL_MODEL_KEYS = ("reference",)
+OPTIONAL_MODEL_KEYS = ("reference", "labels")
 
 
 def _json_sha256(value: Any) -> str:

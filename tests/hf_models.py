@@ -52,20 +52,36 @@ def llama_lm(folder: Path) -> Path:
     return folder
 
 
-def bert_classifier(folder: Path, minilm_dir: Path, num_labels: int = 3) -> Path:
-    """A 1-layer BERT sequence classifier with the MiniLM's vocabulary and tokenizer."""
+def _minilm_tokenizer(folder: Path, minilm_dir: Path) -> None:
     import shutil
 
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
-                        id2label={i: f"label_{i}" for i in range(num_labels)},
-                        label2id={f"label_{i}": i for i in range(num_labels)})
-    BertForSequenceClassification(config).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(minilm_dir / name, folder / name)
+
+
+def bert_classifier(folder: Path, minilm_dir: Path, num_labels: int = 3, labels: list[str] | None = None) -> Path:
+    """A 1-layer BERT sequence classifier with the MiniLM's vocabulary and tokenizer; `labels`: its id2label
+    in id order (default label_0, label_1, ...)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    names = labels or [f"label_{i}" for i in range(num_labels)]
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=len(names),
+                        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    BertForSequenceClassification(config).save_pretrained(folder)
+    _minilm_tokenizer(folder, minilm_dir)
+    return folder
+
+
+def bert_masked_lm(folder: Path, minilm_dir: Path) -> Path:
+    """A 1-layer BERT fill-mask model with the MiniLM's vocabulary and tokenizer."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    _minilm_tokenizer(folder, minilm_dir)
     return folder
 
 

@@ -19,6 +19,7 @@ import analogai_deploy as ad
 from analogai_deploy.certification import evaluation
 from analogai_deploy.data import text as text_data
 from analogai_deploy.errors import UsageError
+from analogai_deploy.labels import ids as label_ids
 from analogai_deploy.package import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,11 +91,11 @@ def test_file_formats_labels_and_errors(tmp_path):
     assert text_data.read_file(tmp_path / "a.txt") == (["first line", "second line"], None)
     (tmp_path / "b.jsonl").write_text('{"text": "x", "label": "pos"}\n{"text": "y", "label": "neg"}\n')
     texts, labels = text_data.read_file(tmp_path / "b.jsonl")
-    ids, names, classes = text_data.label_ids(labels)
+    ids, names, classes = label_ids(labels, None, "b.jsonl")
     assert texts == ["x", "y"] and names == ["neg", "pos"] and ids.tolist() == [1, 0] and classes == 2
     (tmp_path / "c.csv").write_text('text,label\n"hello, world",1\nbye,0\n')
     texts, labels = text_data.read_file(tmp_path / "c.csv")
-    assert texts == ["hello, world", "bye"] and text_data.label_ids(labels)[0].tolist() == [1, 0]
+    assert texts == ["hello, world", "bye"] and label_ids(labels, None, "c.csv")[0].tolist() == [1, 0]
     bad = {"d.jsonl": '{"txt": "x"}\n', "e.csv": "body\nx\n", "f.jsonl": '{"text": "x", "label": 1}\n{"text": "y"}\n'}
     for name, body in bad.items():
         (tmp_path / name).write_text(body)
@@ -139,6 +140,8 @@ def test_labelled_text_recovers_with_cross_entropy_and_certifies_accuracy(tiny, 
     cfg = read_config(tmp_path / "r")
     assert cfg["training"]["objective"]["loss"] == "cross_entropy"
     assert cfg["data"]["text"]["label_names"] == ["neg", "pos"] and cfg["data"]["text"]["sizes"]["test"] == 9
+    # the head transformers made up (LABEL_0, LABEL_1) is named by the data it was trained on: the model's labels now
+    assert cfg["source"]["config"]["id2label"] == {"0": "neg", "1": "pos"}
     assert cfg["training"]["best"]["val_clean_acc"] >= 0.8  # the toy task is easy: it learned
     code, out, err = cli("certify", tmp_path / "r", "--data", data, "--repeats", "2", "--times", "1d", "--json")
     assert code == 0, err

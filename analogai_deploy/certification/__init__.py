@@ -543,6 +543,8 @@ def _data_block(bench: _Bench) -> dict[str, Any]:
     if bench.data.split not in (None, "test", "built-in"):
         split = f"{split}, {bench.data.split}"
     block = {"spec": bench.data.spec, "fingerprint": bench.data.fingerprint, "split": split, "n": bench.data.n}
+    if bench.data.label_names and bench.metric in ("accuracy", "agreement") and bench.data.kind in ("image", "logits"):
+        block["labels"] = list(bench.data.label_names)  # what each output is: the package's names (labels.py)
     if bench.metric != "accuracy":  # what the label-free metric compares with (_bench)
         ref = bench.config.get("reference")
         block["reference"] = ({"model": "the weights the package was distilled from", "file": ref["file"],

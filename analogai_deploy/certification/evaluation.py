@@ -1,7 +1,8 @@
 """What a certificate measures: the evaluation inputs, the metric, and its statistics.
 
     accuracy               top-1 accuracy against labels (classifiers on labelled data: images, text:FILE with labels)
-    agreement              top-1 agreement with the digital model (classifiers, no labels needed)
+    agreement              top-1 agreement with the digital model (classifiers, no labels needed; models that
+                           score every token (masked-lm, token-classification): per real token position)
     cosine                 cosine similarity of the outputs to the digital model's (encoders such as the MiniLM;
                            sentence embeddings = attention-masked mean of the last hidden state)
     next_token_agreement   causal LMs: share of (non-padding) positions whose greedy next token equals the
@@ -172,8 +173,9 @@ def normalised(value: float, digital: float, num_classes: int | None) -> float |
 class EvalSet:
     """The inputs a certificate runs on, batched; labels only for `accuracy`.
 
-    kind: image, pooled (encoders: masked-mean sentence embeddings), logits (classifiers) or lm (causal LMs:
-    per position the greedy next token and the loss of the true next token; token_mask marks real positions).
+    kind: image, pooled (encoders: masked-mean sentence embeddings), logits (classifiers), lm (causal LMs:
+    per position the greedy next token and the loss of the true next token) or tokens (masked-lm,
+    token-classification: per position the top-1 class or token); token_mask marks real positions.
     """
 
     spec: str
@@ -185,6 +187,7 @@ class EvalSet:
     kind: str = "image"
     token_mask: torch.Tensor | None = None
     split: str | None = None  # which part of the data: test, heldout, all, built-in
+    label_names: list[str] | None = None  # the classes' names in output order (labels.py), where known
 
 
 def _primary(output: Any) -> torch.Tensor:
@@ -225,6 +228,8 @@ def run(model: nn.Module, data: EvalSet) -> torch.Tensor:
             out = _primary(model(**batch))
             if data.kind == "lm":
                 out = lm_rows(out, batch["input_ids"])
+            elif data.kind == "tokens":  # per position top-1: the rows stay small whatever the vocabulary
+                out = out.argmax(-1)
             elif out.dim() == 3:  # (batch, tokens, hidden): attention-masked mean, as sentence-transformers
                 out = pooled(out, batch["attention_mask"])
         else:
@@ -236,6 +241,9 @@ def run(model: nn.Module, data: EvalSet) -> torch.Tensor:
 def score(metric: str, outputs: torch.Tensor, data: EvalSet, reference: torch.Tensor | None) -> float:
     if metric == "accuracy":
         return (outputs.argmax(1) == data.labels).float().mean().item()
+    if metric == "agreement" and data.kind == "tokens":
+        mask = data.token_mask
+        return ((outputs == reference).float() * mask).sum().item() / mask.sum().item()
     if metric == "agreement":
         return (outputs.argmax(1) == reference.argmax(1)).float().mean().item()
     if metric in LM_METRICS:
@@ -249,7 +257,9 @@ def score(metric: str, outputs: torch.Tensor, data: EvalSet, reference: torch.Te
 
 
 def _is_classifier(config: dict[str, Any]) -> bool:
-    return bool(config.get("num_classes")) and str(config.get("task", "")).endswith("classification")
+    from ..labels import is_classifier
+
+    return is_classifier(config)
 
 
 def resolve_metric(metric: str, config: dict[str, Any], data: EvalSet) -> str:
@@ -261,6 +271,8 @@ def resolve_metric(metric: str, config: dict[str, Any], data: EvalSet) -> str:
     if metric == "auto":
         if lm:
             return "next_token_agreement"
+        if data.kind == "tokens":
+            return "agreement"
         if classifier:
             return "accuracy" if data.labels is not None else "agreement"
         return "cosine"
@@ -269,6 +281,11 @@ def resolve_metric(metric: str, config: dict[str, Any], data: EvalSet) -> str:
             raise UsageError(f"--metric {metric} does not apply to a causal language model",
                              "use --metric next_token_agreement or --metric perplexity_ratio")
         raise UsageError(f"--metric {metric} is for causal language models", "use --metric auto")
+    if data.kind == "tokens":
+        if metric != "agreement":
+            raise UsageError(f"--metric {metric} does not apply to a {config.get('task')} model (it scores every "
+                             "token position)", "use --metric agreement (per-position top-1 agreement)")
+        return metric
     if metric == "accuracy" and data.labels is None:
         if data.kind == "image":
             raise UsageError("accuracy needs labelled data", "use --metric agreement or cosine")
@@ -293,11 +310,13 @@ def load_eval_set(package_path: Path, config: dict[str, Any], spec: str | None, 
 
     if spec in TEXT_DATA or is_text_spec(spec):
         raise UsageError(f"--data {spec} is for text packages; this package takes images", "use e.g. --data digits")
-    d = load(spec, input_shape=inp.get("shape"))
+    from ..labels import align
+
+    d = align(load(spec, input_shape=inp.get("shape")), config)  # numbered as the package numbers its classes
     x, y = _tensors(d.test, limit)
     batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
     return EvalSet(spec, batches, y, d.fingerprint if limit is None else _fingerprint(x, y), len(x), d.num_classes,
-                   split="test")
+                   split="test", label_names=d.labels)
 
 
 def _tensors(ds, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,9 +343,12 @@ TEXT_BATCH = 32  # sentences per forward pass (a causal LM's logits are batch x 
 
 
 def _text_kind(config: dict[str, Any]) -> str:
-    if str(config.get("task")) == "causal-lm":
-        return "lm"
-    return "logits" if _is_classifier(config) else "pooled"
+    from ..tasks import output_kind
+
+    kind = output_kind(config)
+    if kind == "tokens" and str(config.get("task")) == "causal-lm":
+        return "lm"  # scored against the next token (lm_rows)
+    return kind
 
 
 def _trained_on(config: dict[str, Any], spec: str) -> bool:
@@ -353,6 +375,7 @@ def _text_set(package_path: Path, config: dict[str, Any], spec: str, seed: int, 
     seq_len = int(inp.get("seq_len") or 32)
     labels = None
     classes = None
+    label_names = None
     if spec == "sentences":
         tok = text_data.tokenizer_for(package_path)
         sentences = SENTENCES[:limit] if limit else SENTENCES
@@ -378,16 +401,18 @@ def _text_set(package_path: Path, config: dict[str, Any], spec: str, seed: int, 
                 texts, raw = texts[:limit], (raw[:limit] if raw else raw)
             batch = dict(zip(names, text_data.tokenize(tok, texts, seq_len, names)))
             if raw is not None:
-                labels, _, classes = text_data.label_ids(raw)
+                from ..labels import ids
+
+                labels, label_names, classes = ids(raw, config, spec)
             split = "all"
         else:
             d = text_data.load(spec, package_path, config, model=model)
             rows = tuple(t[:limit] if limit else t for t in d.test.tensors)
             x, y = d.test.inputs(rows)
-            batch, labels, classes = x, (y if d.labelled else None), d.num_classes
+            batch, labels, classes, label_names = x, (y if d.labelled else None), d.num_classes, d.labels
             split = "heldout" if kind_ == "corpus" else "test"
         if labels is not None and not _is_classifier(config):
-            labels = None  # an encoder or LM has no classes to score labels against
+            labels = label_names = None  # an encoder or LM has no classes to score labels against
     else:
         raise UsageError(f"text packages are certified on text, not {spec!r}",
                          "use --data sentences (built-in), corpus (shipped held-out English), text:FILE, "
@@ -396,8 +421,14 @@ def _text_set(package_path: Path, config: dict[str, Any], spec: str, seed: int, 
     if n == 0:
         raise UsageError(f"{spec} gives no examples to certify on", "pass more text")
     batches = [{k: v[i:i + TEXT_BATCH] for k, v in batch.items()} for i in range(0, n, TEXT_BATCH)]
-    mask = batch["attention_mask"][:, 1:].float() if kind == "lm" and "attention_mask" in batch else None
-    if kind == "lm" and mask is None:
-        mask = torch.ones(n, seq_len - 1)
+    mask = None
+    if kind in ("lm", "tokens"):  # the real positions (lm: those that have a next token)
+        full = batch["attention_mask"].float() if "attention_mask" in batch else torch.ones(n, seq_len)
+        mask = full[:, 1:] if kind == "lm" else full
     extra = (labels,) if labels is not None else ()
-    return EvalSet(spec, batches, labels, _fingerprint(*batch.values(), *extra), n, classes, kind, mask, split)
+    if label_names is None and _is_classifier(config):
+        from ..labels import names as package_names
+
+        label_names = package_names(config)
+    return EvalSet(spec, batches, labels, _fingerprint(*batch.values(), *extra), n, classes, kind, mask, split,
+                   label_names)

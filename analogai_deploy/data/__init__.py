@@ -39,6 +39,7 @@ class Data:
     mean: list[float]
     std: list[float]
     fingerprint: str  # sha256 over the test set's contents (digits) or its file list (folders)
+    labels: list[str] | None = None  # class names in id order (digits / mnist: "0" ... "9"; folders: their names)
 
     def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (low, high) of a normalised input whose pixels lie in [0, 1], shaped (C, 1, 1)."""
@@ -49,6 +50,29 @@ class Data:
     @property
     def std_tensor(self) -> torch.Tensor:
         return torch.tensor(self.std).view(-1, 1, 1)
+
+    def relabel(self, order: list[int], names: list[str]) -> Data:
+        """This data with its class i as class order[i], named `names` (a package's own order, labels.py)."""
+        relabel = _Relabel(order)
+        for split in ("train", "val", "test"):
+            ds = getattr(self, split)
+            if isinstance(ds, TensorDataset):
+                x, y = ds.tensors
+                setattr(self, split, TensorDataset(x, torch.tensor(order)[y]))
+            else:  # folder datasets: their targets pass through the base dataset's target_transform
+                (ds.dataset if isinstance(ds, Subset) else ds).target_transform = relabel
+        self.num_classes, self.labels = len(names), list(names)
+        return self
+
+
+class _Relabel:
+    """target_transform: a class id -> the package's id (a class, not a lambda: data loaders may pickle it)."""
+
+    def __init__(self, order: list[int]):
+        self.order = list(order)
+
+    def __call__(self, y: int) -> int:
+        return self.order[y]
 
 
 def parse(spec: str) -> tuple[str, str | None]:
@@ -151,7 +175,7 @@ def _digits(spec: str, input_shape: list[int] | None) -> Data:
     fp = hashlib.sha256(x[te].numpy().tobytes() + y[te].numpy().tobytes()).hexdigest()
     return Data(
         spec, TensorDataset(xn[tr], y[tr]), TensorDataset(xn[va], y[va]), TensorDataset(xn[te], y[te]),
-        10, list(x.shape[1:]), mean, std, fp,
+        10, list(x.shape[1:]), mean, std, fp, DIGITS,
     )
 
 
@@ -162,6 +186,8 @@ _STATS = {
 }
 
 
+DIGITS = [str(i) for i in range(10)]  # digits and MNIST: the class is the digit
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_BIN = "cifar-10-batches-bin"
 CIFAR_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
 CIFAR_TEST = "test_batch.bin"
@@ -215,7 +241,7 @@ def _cifar_binary(folder: Path, spec: str, input_shape: list[int] | None) -> Dat
     h = hashlib.sha256(b"cifar10-bin")
     h.update((folder / CIFAR_TEST).read_bytes())
     return Data(spec, TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), TensorDataset(xt, yt),
-                10, shape, list(mean), list(std), h.hexdigest())
+                10, shape, list(mean), list(std), h.hexdigest(), CIFAR_CLASSES)
 
 
 def _read_image(path: str):
@@ -266,6 +292,7 @@ def _torchvision(kind: str, root: str, spec: str, input_shape: list[int] | None)
         raise UsageError(f"cannot read {kind} under {root}: {str(exc).splitlines()[0]}",
                          "nothing is downloaded: place the dataset files there first") from None
     classes = len(full.classes)
+    names = {"mnist": DIGITS, "cifar10": CIFAR_CLASSES}.get(kind, [str(c) for c in full.classes])
     if test is None:
         tr, va, te = _split(len(full))
         train, val, test_ds = Subset(full, tr), Subset(full, va), Subset(full, te)
@@ -276,4 +303,4 @@ def _torchvision(kind: str, root: str, spec: str, input_shape: list[int] | None)
         train, val, test_ds = Subset(full, order[nval:]), Subset(full, order[:nval]), test
     _check_splits(spec, train, val, test_ds)
     fp = hashlib.sha256("\n".join([kind, *files]).encode()).hexdigest()
-    return Data(spec, train, val, test_ds, classes, shape, list(mean), list(std), fp)
+    return Data(spec, train, val, test_ds, classes, shape, list(mean), list(std), fp, names)

@@ -9,7 +9,8 @@
 
 Every example is tokenised to the package's sequence length (config.json input.seq_len), padded to it and
 truncated at it; the tokenizer, the length and the padding are recorded in `TextData.provenance`.
-Labels (ints, or strings mapped to ids in sorted order) make a labelled set; without them recovery distils.
+Labels (ints, or strings mapped to ids through the model's own label names, labels.py) make a labelled set;
+without them recovery distils.
 
 A Hugging Face `datasets` folder (save_to_disk) is not read: that needs the `datasets` package and pyarrow,
 far more than this needs; `Dataset.to_json("file.jsonl")` writes what `text:file.jsonl` reads.
@@ -80,7 +81,7 @@ class TextData:
     input_shape: list[int]  # [seq_len]
     fingerprint: str
     provenance: dict[str, Any] = field(default_factory=dict)
-    labels: list[str] | None = None  # label names in id order, when the file's labels were strings
+    labels: list[str] | None = None  # label names in id order: the package's, or the file's strings (labels.py)
 
     @property
     def labelled(self) -> bool:
@@ -182,19 +183,6 @@ def read_file(path: str | Path) -> tuple[list[str], list[Any] | None]:
 
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def label_ids(labels: list[Any]) -> tuple[torch.Tensor, list[str] | None, int]:
-    """Integer labels as they are; string labels -> ids in sorted order (names kept)."""
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in labels) or all(
-            isinstance(v, str) and v.strip().lstrip("-").isdigit() for v in labels):
-        ids = [int(v) for v in labels]
-        if min(ids) < 0:
-            raise UsageError("labels must be >= 0", "number the classes 0 ... C-1")
-        return torch.tensor(ids), None, max(ids) + 1
-    names = sorted({str(v) for v in labels})
-    index = {n: i for i, n in enumerate(names)}
-    return torch.tensor([index[str(v)] for v in labels]), names, len(names)
 
 
 def split(n: int, parts: tuple[float, float, float] = SPLIT) -> tuple[list[int], list[int], list[int]]:
@@ -316,8 +304,10 @@ def load(spec: str, package_path: str | Path, config: dict[str, Any], model=None
             texts, raw_labels = read_file(arg)
             prov["source"] = str(Path(arg).resolve())
             prov["file_sha256"] = file_sha256(arg)  # certify knows the file again wherever it is moved
-            if raw_labels is not None:
-                labels, label_names, num_classes = label_ids(raw_labels)
+            if raw_labels is not None:  # mapped through the package's own label names (labels.py)
+                from ..labels import ids
+
+                labels, label_names, num_classes = ids(raw_labels, config, spec)
         else:
             if str(config.get("task")) != "causal-lm":
                 raise UsageError(f"generated:{arg} needs a causal language model (this package's task is "

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import OperationFailed, UsageError
+from ..tasks import hf_output_name, output_kind
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 20, 17  # 13: per-channel QuantizeLinear; 17: native LayerNormalization
 
@@ -53,21 +54,15 @@ class _Plain(nn.Module):
         return out
 
 
-def _hf_output(task: str) -> str:
-    if task.endswith("classification") or task.endswith("-lm"):
-        return "logits"
-    return "last_hidden_state"
-
-
 def wrap(model: nn.Module, config: dict[str, Any]) -> tuple[nn.Module, list[str], str]:
     """(the model called as the graph is, its input names, its output name)."""
     spec = config["input"]
     if config["source"].get("kind") == "huggingface":
         default = ["pixel_values"] if spec.get("kind") == "image" else ["input_ids", "attention_mask"]
         names = list(spec.get("names") or default)
-        output = _hf_output(str(config.get("task", "")))
+        output = hf_output_name(config)
         return _Named(model, names, output).eval(), names, output
-    output = "logits" if str(config.get("task", "")).endswith("classification") else "output"
+    output = "logits" if output_kind(config) == "logits" else "output"
     return _Plain(model).eval(), ["input"], output
 
 

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import lock
+from .. import labels, lock
 from .._marks import mark
 from ..card import model_name
 from ..errors import OperationFailed, UsageError
@@ -185,6 +185,7 @@ def prepare_run(package, recipe, data, overrides=None):
     if isinstance(data, str) and text_data.is_text_spec(data):
         raise UsageError(f"--data {data} is text; {pkg.path} takes images", "use e.g. --data digits")
     ds = data if not isinstance(data, str) else data_mod.load(data, input_shape=inp.get("shape"))
+    ds = labels.align(ds, pkg.config)  # numbered as the package numbers its classes
     want = pkg.config.get("num_classes")
     if want is not None and ds.num_classes != want:
         raise UsageError(f"{ds.spec} has {ds.num_classes} classes but the model has {want} outputs",
@@ -318,6 +319,8 @@ def recover(
         set_noise(final, default_sigma)
         final.eval()
         config = {k: v for k, v in pkg.config.items() if k not in _STALE_SECTIONS}
+        if objective.name == "cross_entropy":  # trained on the data's labels: a head without names takes theirs
+            config = labels.record(config, getattr(ds, "labels", None))
         if rec.hardware_noise:
             from ..analog import hardware
             from ..certification.mapping import MappingConfig

@@ -4,8 +4,9 @@
                     CE(z / T, y) with the feedback loops, plain CE without)
     cosine / mse    encoders without labels: 1 - cos (or the MSE) between the pooled sentence embedding and
                     the teacher's
-    kl              classifiers and causal LMs without labels: T^2 * KL(softmax(teacher / T) || softmax(z / T)),
-                    per class (classifiers) or per real token position (LMs)
+    kl              classifiers and token models without labels: T^2 * KL(softmax(teacher / T) || softmax(z / T)),
+                    per class (classifiers) or per real token position (causal / masked LMs, token classifiers:
+                    tasks.output_kind "tokens")
 
 The teacher is the package's clean weights with the noise off (a frozen digital copy made before training;
 for a package distilled before, the weights it was distilled from: package.REFERENCE). recover writes the
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from ..tasks import output_kind
 
 LOSSES = ("auto", "cross_entropy", "cosine", "mse", "kl")
 
@@ -131,17 +133,6 @@ class TextObjective(Objective):
         return d
 
 
-def _output_kind(config: dict[str, Any]) -> str:
-    task = str(config.get("task", ""))
-    if task == "causal-lm":
-        return "tokens"
-    if task.endswith("classification") and config.get("num_classes"):
-        return "logits"
-    if task in ("masked-lm", "token-classification"):
-        return "tokens"
-    return "pooled"
-
-
 def choose(config: dict[str, Any], data, recipe) -> Objective:
     """The objective for this package and data; `recovery.distill.loss` picks one explicitly."""
     cfg = recipe.recovery.distill
@@ -150,7 +141,7 @@ def choose(config: dict[str, Any], data, recipe) -> Objective:
             raise UsageError(f"recovery.distill.loss={cfg.loss} is for text packages; images train with labels",
                              "drop the override (auto)")
         return Objective()
-    output = _output_kind(config)
+    output = output_kind(config)
     labelled = getattr(data, "labelled", False)
     loss = cfg.loss
     if loss == "auto":
@@ -171,7 +162,10 @@ def choose(config: dict[str, Any], data, recipe) -> Objective:
     elif loss == "kl" and output == "pooled":
         raise UsageError("recovery.distill.loss=kl needs logits; this package is an encoder",
                          "use recovery.distill.loss=cosine, mse or auto")
-    return TextObjective(loss, output, cfg.temperature)
+    objective = TextObjective(loss, output, cfg.temperature)
+    if loss == "kl" and output == "tokens" and config.get("task") != "causal-lm":
+        objective.metric = "agreement"  # masked-lm, token-classification: per position, no "next" token
+    return objective
 
 
 @torch.no_grad()

@@ -42,6 +42,9 @@ def resolve(
     from . import builtin, huggingface, local, torchvision_models
 
     spec = spec.strip()
+    if num_classes is not None and int(num_classes) < 1:
+        raise UsageError(f"--num-classes {num_classes}: a classifier needs at least 1 class",
+                         "pass the number of classes of your data (e.g. --num-classes 10 for digits), or drop it")
     if spec.startswith("hf:") or spec.startswith("hf-hub:"):
         return huggingface.build(spec.split(":", 1)[1], task=task, num_classes=num_classes, weights=weights,
                                  tokenizer=tokenizer, input_shape=input_shape)
@@ -77,15 +80,19 @@ def example_input(inp: dict[str, Any], batch: int = 2) -> tuple[tuple, dict]:
     return ((), {names[0]: x}) if names else ((x,), {})
 
 
-def check_runs(src: Source, name: str) -> None:
+def check_runs(src: Source, name: str, num_classes: int | None = None) -> None:
     """One forward pass at the input spec the package will record; a model that does not run is refused now,
-    not at recover / export / certify. Errors raised in the user's own model file name its line."""
+    not at recover / export / certify. Errors raised in the user's own model file name its line.
+
+    A classifier's output is checked against the task: one row of class scores per input (one per token for
+    token-classification) whose width is `--num-classes` (`num_classes`) and the Hugging Face head's num_labels;
+    `src.num_classes` becomes that width, the count every later stage checks data against."""
     import torch
 
     args, kwargs = example_input(src.input)
     try:
         with torch.no_grad():
-            src.model.eval()(*args, **kwargs)
+            out = src.model.eval()(*args, **kwargs)
     except Exception as exc:  # any failure of the user's model at this input is a usage problem
         if src.spec.get("kind") == "local":
             from pathlib import Path
@@ -102,6 +109,34 @@ def check_runs(src: Source, name: str) -> None:
                              "pass --input-shape C,H,W with a size this model takes") from None
         raise UsageError(f"{name} does not run on its text inputs ({', '.join(kwargs)}): {type(exc).__name__}: "
                          f"{message}") from None
+    if src.task.endswith("classification"):
+        src.num_classes = _output_width(src, name, out, num_classes)
+
+
+def _output_width(src: Source, name: str, out, num_classes: int | None) -> int:
+    """The number of classes a classifier's trial output has, checked against what it should have."""
+    from ..certification.evaluation import _primary
+
+    try:
+        scores = _primary(out)
+    except UsageError:
+        scores = None
+    rank = 3 if src.task == "token-classification" else 2
+    if scores is None or scores.dim() != rank:
+        got = f"shape {tuple(scores.shape)}" if scores is not None else type(out).__name__
+        want = "(batch, tokens, classes)" if rank == 3 else "(batch, classes)"
+        raise UsageError(f"{name} returns {got}; a classifier ({src.task}) returns {want} scores",
+                         "return the class scores (logits) from forward()")
+    width = int(scores.shape[-1])
+    head = getattr(getattr(src.model, "config", None), "num_labels", None) if src.spec.get("kind") == "huggingface" \
+        else None
+    if head is not None and width != head:
+        raise UsageError(f"{name} returns {width} class scores but its config's num_labels is {head}",
+                         "fix the model's config (num_labels / id2label) to match its classification head")
+    if num_classes is not None and width != int(num_classes):
+        raise UsageError(f"{name} returns {width} class scores, not --num-classes {num_classes}",
+                         f"pass --num-classes {width}, or make the model's output layer {num_classes} wide")
+    return width
 
 
 def rebuild(spec: dict[str, Any]) -> nn.Module:

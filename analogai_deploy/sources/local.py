@@ -79,9 +79,12 @@ def build(spec: str, *, num_classes=None, weights=None, input_shape=None) -> Sou
     file, name = _split(spec)
     kwargs = {"num_classes": int(num_classes)} if num_classes is not None else {}
     fn = _factory(file, name)
+    params = inspect.signature(fn).parameters
+    if kwargs and "num_classes" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        raise UsageError(f"{name}() in {file} takes no num_classes argument, so --num-classes {num_classes} cannot "
+                         "reach the model", f"add a num_classes parameter to {name}(), or drop --num-classes "
+                         "(the class count is read from the model's output)")
     model = _call(fn, kwargs, file)
-    if "num_classes" in kwargs and "num_classes" not in inspect.signature(fn).parameters:
-        kwargs.pop("num_classes")
     if weights:
         weights_io.apply(model, weights)
     first = next((m for m in model.modules() if isinstance(m, _FIRST_LAYERS)), None)
@@ -98,11 +101,10 @@ def build(spec: str, *, num_classes=None, weights=None, input_shape=None) -> Sou
         "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
         "kwargs": kwargs,
     }
-    out = [m for m in model.modules() if isinstance(m, nn.Linear)]
     inputs: dict[str, Any] = {"kind": "image", "shape": shape}
     if not given:
         inputs["inferred"] = True
-    return Source(model, record, "image-classification", inputs, out[-1].out_features if out else None)
+    return Source(model, record, "image-classification", inputs)  # its class count: the trial pass's output
 
 
 #: what a flat input of N features is, for a model whose first layer is an nn.Linear

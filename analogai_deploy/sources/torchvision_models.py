@@ -64,13 +64,7 @@ def build(name: str, *, num_classes=None, weights=None, input_shape=None) -> Sou
     if isinstance(fixed, int) and shape[1:] != [fixed, fixed]:
         raise UsageError(f"{name} takes {shape[0]}x{fixed}x{fixed} images only (its size is fixed), "
                          f"not {'x'.join(map(str, shape))}", f"drop --input-shape or pass {shape[0]},{fixed},{fixed}")
-    classes = _num_classes(model)
-    return Source(model, spec, "image-classification", {"kind": "image", "shape": shape}, classes)
-
-
-def _num_classes(model: nn.Module) -> int | None:
-    last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    return last[-1].out_features if last and isinstance(last[-1], nn.Linear) else getattr(model, "num_classes", None)
+    return Source(model, spec, "image-classification", {"kind": "image", "shape": shape})  # classes: trial pass
 
 
 def rebuild(spec: dict[str, Any]) -> nn.Module:
