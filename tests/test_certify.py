@@ -89,7 +89,8 @@ def test_certificate_written_with_schema_plot_and_card(pkg):
     assert dev["name"] == "PCM" and dev["noise_model"] == "PCMLikeNoiseModel" and dev["noise_params"]["g_max"] == 25.0
     assert dev["drift_compensation"] == "GlobalDriftCompensation"
     assert (dev["dac_bits"], dev["adc_bits"], dev["out_noise"], dev["tile_size"]) == (7, 9, 0.06, [512, 512])
-    assert on_disk["data"] == {"spec": "digits", "fingerprint": on_disk["data"]["fingerprint"], "split": "test", "n": 271}
+    assert on_disk["data"] == {"spec": "digits", "fingerprint": on_disk["data"]["fingerprint"], "split": "test", "n": 271,
+                               "labels": [str(i) for i in range(10)]}  # the classes, in output order
     assert on_disk["weights_sha256"] == package.read_config(pkg)["weights"]["sha256"]
     digital = on_disk["digital"]["accuracy"]
     assert digital > 0.9  # the fixture model is trained
