@@ -524,7 +524,7 @@ def _one_line(exc: Exception) -> str:
 
 def flat_metadata(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> dict[str, str]:
     """The package metadata as flat string -> string under `analogai.` (safetensors header, ONNX metadata_props)."""
-    keys = ("source", "task", "num_classes", "input", "analog", "mapping", "recipe", "quantization")
+    keys = ("source", "task", "num_classes", "labels", "input", "analog", "mapping", "recipe", "quantization")
     out = {f"analogai.{k}": json.dumps(config[k], sort_keys=True) for k in keys if config.get(k) is not None}
     prov = config.get("provenance") or {}
     # No timestamps: the same model, seed and settings give a byte-identical weights file (and sha256).
