@@ -188,7 +188,8 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
                   + (f"; a spot check of {spot['repeats']} fresh Monte Carlo repeats agreed with the certificate "
                      f"(two-sample t-test, {100 * spot['alpha']:g}% false-refusal rate)." if spot else ".")]
     lines += ["", "## Use", ""]
-    lines += _plain_loader(config, zoo)
+    plain = _plain_loader(config, zoo)
+    lines += plain + (["With analogai-deploy:", ""] if plain else [])
     spec = f"hf-hub:{zoo['hub']}" if zoo.get("hub") else zoo.get("name")
     if spec:  # a published copy: say how to pull it (pull verifies the sha256 and the certificate)
         lines += [
@@ -226,8 +227,8 @@ def _plain_loader(config: dict[str, Any], zoo: dict[str, Any]) -> list[str]:
     torchvision + safetensors for torchvision ones (the package's state_dict keeps the architecture's names)."""
     source = config.get("source", {})
     where = zoo["hub"] if zoo.get("hub") else "path/to/this/folder"
-    note = ("These are the clean digital weights (analog noise off); analogai-deploy below rebuilds the "
-            "analog-aware model and checks the sha256 and the certificate first.")
+    note = ("These are the clean digital weights (analog noise off), loaded without any check; analogai-deploy "
+            "checks the sha256 and the certificate first and rebuilds the analog-aware model.")
     if _hf_native(config):
         from .sources.huggingface import TASKS
 

@@ -180,6 +180,15 @@ def test_migrate_rewrites_an_older_package_without_touching_weights_or_certifica
     assert code == 0 and "already in today's layout" in out
 
 
+def test_an_older_package_certifies_and_comes_back_in_todays_layout(tmp_path):
+    ad.convert(f"hf:{hf_models.gpt2_lm(tmp_path / 'src')}", output=tmp_path / "p")
+    record = pkgio.read_config(tmp_path / "p")
+    (tmp_path / "p" / "config.json").write_text(json.dumps(record, indent=2))  # the layout before this one
+    cert = ad.certify(tmp_path / "p", device="ideal", repeats=2, times="1s", limit=4)
+    assert cert["model_sha256"] == pkgio.model_sha256(record)  # the same record, whatever the layout
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["model_type"] == "gpt2"
+
+
 def test_migrate_refuses_a_tampered_package(certified_gpt2, cli):
     record = pkgio.read_config(certified_gpt2)
     record["analog"]["sigma"] = 0.5
