@@ -218,10 +218,10 @@ def estimate(cfg: AblationConfig, cells: list[dict[str, Any]], timing: dict[str,
 
 
 def ablation(config: AblationConfig | None = None, out_dir: str | Path = "runs/bench/ablation",
-             cache: str | Path = "bench/results/ablation/default", log: Callable[[str], None] | None = None,
-             max_cells: int | None = None) -> dict[str, Any]:
+             cache: str | Path = "bench/results/ablation/default", log: Callable[[str], None] | None = None
+             ) -> dict[str, Any]:
     """Run (or resume) a study; returns {config, plan, cells: {name: row}, trained}. Trains nothing that
-    the cache holds; stops after `max_cells` newly trained cells (None = all)."""
+    the cache holds."""
     import torch
 
     cfg = config or AblationConfig()
@@ -229,13 +229,15 @@ def ablation(config: AblationConfig | None = None, out_dir: str | Path = "runs/b
     cache.mkdir(parents=True, exist_ok=True)
     settings = cfg.certify_settings()
     cells = plan(cfg)
-    names = list(dict.fromkeys(cell_name(c) for c in cells))
-    rows = {n: row for n in names if (row := _cached(cache, next(c for c in cells if cell_name(c) == n), settings))}
-    todo = [next(c for c in cells if cell_name(c) == n) for n in names if n not in rows]
+    unique: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        unique.setdefault(cell_name(c), c)
+    rows = {n: row for n, c in unique.items() if (row := _cached(cache, c, settings)) is not None}
+    todo = [c for n, c in unique.items() if n not in rows]
     say = log or (lambda _msg: None)
-    say(f"{len(names)} cells ({len(cells)} with both budgets), {len(rows)} cached, {len(todo)} to run")
+    say(f"{len(unique)} cells ({len(cells)} with both budgets), {len(rows)} cached, {len(todo)} to run")
     trained = 0
-    if todo and (max_cells is None or max_cells > 0):
+    if todo:
         timing = measure(cfg, out, cache)
         left = estimate(cfg, todo, timing)
         say(f"measured: one epoch {timing['epoch_cpu_s']:.1f} CPU s, aihwkit HWA epoch "
@@ -243,8 +245,6 @@ def ablation(config: AblationConfig | None = None, out_dir: str | Path = "runs/b
             f"estimate for the {len(todo)} cells: {left / 3600:.2f} CPU hours")
         start = time.perf_counter()
         for cell in todo:
-            if max_cells is not None and trained >= max_cells:
-                break
             row = train_and_certify(cfg, cell, out)
             (cache / f"{cell_name(cell)}.json").write_text(json.dumps(row, indent=1))
             rows[cell_name(cell)] = row
@@ -252,7 +252,7 @@ def ablation(config: AblationConfig | None = None, out_dir: str | Path = "runs/b
             left -= estimate(cfg, [cell], timing)
             gc.collect()
             torch.manual_seed(0)
-            say(f"[{len(rows)}/{len(names)}] {cell_name(cell)} ({cell['budget']}, {row['passes']} passes): digital "
+            say(f"[{len(rows)}/{len(unique)}] {cell_name(cell)} ({cell['budget']}, {row['passes']} passes): digital "
                 f"{100 * row['digital']['accuracy']:.1f}%, n_w={cfg.n_w[-1]:g} "
                 f"{100 * row['n_w'][f'{cfg.n_w[-1]:g}']['mean']:.1f}%, {cfg.times[-1]} "
                 f"{100 * row['drift'][cfg.times[-1]]['mean']:.1f}% (train {row['train']['cpu_s']:.0f} CPU s, "
