@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .errors import UsageError
+from .tasks import output_kind
 
 MAX_SHOWN = 12  # names listed in a message before "..."
 
@@ -26,8 +27,6 @@ def _hf_config(config: dict[str, Any]) -> dict[str, Any] | None:
 
 def is_classifier(config: dict[str, Any]) -> bool:
     """One class score per input: the package's outputs have names to map labels through."""
-    from .tasks import output_kind
-
     return output_kind(config) == "logits"
 
 

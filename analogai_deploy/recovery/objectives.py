@@ -70,13 +70,15 @@ class TextObjective(Objective):
 
     text = True
 
-    def __init__(self, loss: str, output: str, temperature: float, teacher: nn.Module | None = None):
+    def __init__(self, loss: str, output: str, temperature: float, teacher: nn.Module | None = None,
+                 causal: bool = False):
         self.name = loss
-        self.output = output  # pooled | logits | tokens
+        self.output = output  # pooled | logits | tokens (tasks.output_kind)
         self.temperature = temperature
-        self.teacher = teacher  # only when targets are computed per batch (causal LMs)
+        self.teacher = teacher  # only when targets are computed per batch (token outputs)
+        # per position, a causal LM's top-1 is its next token; a masked LM's or token classifier's is that position's
         self.metric = {"cross_entropy": "accuracy", "cosine": "cosine", "mse": "cosine",
-                       "kl": "next_token_agreement" if output == "tokens" else "agreement"}[loss]
+                       "kl": "next_token_agreement" if output == "tokens" and causal else "agreement"}[loss]
 
     def forward(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
         out = _primary(model(**x))
@@ -162,10 +164,7 @@ def choose(config: dict[str, Any], data, recipe) -> Objective:
     elif loss == "kl" and output == "pooled":
         raise UsageError("recovery.distill.loss=kl needs logits; this package is an encoder",
                          "use recovery.distill.loss=cosine, mse or auto")
-    objective = TextObjective(loss, output, cfg.temperature)
-    if loss == "kl" and output == "tokens" and config.get("task") != "causal-lm":
-        objective.metric = "agreement"  # masked-lm, token-classification: per position, no "next" token
-    return objective
+    return TextObjective(loss, output, cfg.temperature, causal=config.get("task") == "causal-lm")
 
 
 @torch.no_grad()
