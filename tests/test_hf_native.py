@@ -28,7 +28,7 @@ from analogai_deploy.sources.huggingface import TASKS
 
 TOL = 1e-5
 PIPELINES = {"sequence-classification": "text-classification", "feature-extraction": "feature-extraction",
-             "causal-lm": "text-generation"}
+             "causal-lm": "text-generation", "image-classification": "image-classification"}
 TEXT = "the cat sat on the mat"
 
 
@@ -45,7 +45,18 @@ def _source(kind, root, minilm_dir):
         return minilm_dir
     return {"bert_cls": lambda: hf_models.bert_classifier(root / kind, minilm_dir),
             "gpt2_lm": lambda: hf_models.gpt2_lm(root / kind), "llama_lm": lambda: hf_models.llama_lm(root / kind),
-            "vit_cls": lambda: hf_models.vit_classifier(root / kind)}[kind]()
+            "vit_cls": lambda: _with_processor(hf_models.vit_classifier(root / kind))}[kind]()
+
+
+def _with_processor(folder):
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def _image():
+    from PIL import Image
+
+    return Image.fromarray((torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
 
 
 def _main_output(out) -> torch.Tensor:
@@ -76,10 +87,14 @@ def check_transformers_loads(where, pkg) -> None:
         if task not in PIPELINES:
             return
         pipe = transformers.pipeline(PIPELINES[task], model=where)
-        single = {k: v[:1, : int(x["attention_mask"][0].sum())] for k, v in x.items()}  # TEXT, unpadded
+        if task == "image-classification":  # the image as the package's own preprocessor_config.json makes it
+            single = dict(transformers.AutoImageProcessor.from_pretrained(where)(_image(), return_tensors="pt"))
+        else:  # TEXT, unpadded
+            single = {k: v[:1, : int(x["attention_mask"][0].sum())] for k, v in x.items()}
         clean = _main_output(pkg.model(**single))[0]
-    if task == "sequence-classification":
-        scores = {r["label"]: r["score"] for r in pipe(TEXT, top_k=None)}
+    if task.endswith("classification"):
+        scores = {r["label"]: r["score"] for r in pipe(_image() if task == "image-classification" else TEXT,
+                                                       top_k=len(config.id2label))}
         assert set(scores) == set(config.id2label.values())
         probs = clean.softmax(-1)
         assert max(abs(scores[config.id2label[i]] - probs[i].item()) for i in range(len(probs))) <= TOL

@@ -45,6 +45,9 @@ _ARCHITECTURES = (
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
                    "sentencepiece.bpe.model")
 DEFAULT_SEQ_LEN = 32
+#: an image model's preprocessing (resize, normalise), shipped as it is so that the package works in
+#: pipeline("image-classification", model=PKG) like its source (plain JSON: nothing in it is run)
+PROCESSOR = "preprocessor_config.json"
 
 
 def task_name(task: str) -> str:
@@ -263,6 +266,8 @@ def build(id_or_dir: str, *, task: str | None, num_classes: int | None, weights:
         files, tok_record = _tokenizer(id_or_dir, tokenizer, model, gguf)
     elif tokenizer:
         raise UsageError("--tokenizer is for text models; this is an image classifier", "drop --tokenizer")
+    elif (Path(id_or_dir) / PROCESSOR).is_file():
+        files[PROCESSOR] = (Path(id_or_dir) / PROCESSOR).read_bytes()
     config = model.config
     config.architectures = [type(model).__name__]  # the class it is now (a new head too): what loaders pick
     spec: dict[str, Any] = {
