@@ -10,7 +10,10 @@
     certificate.json     after `certify`;  model.onnx after `export`;  tokenizer files for text models
 
 No pickle anywhere. Every write builds the new folder beside the old one and swaps it in, so a crash
-leaves either the old package or the complete new one. Loading checks the weights' sha256.
+leaves either the old package or the complete new one. config.json records every file's sha256 (`files`);
+loading checks each one, and a certificate binds the tokenizer it measured with. A package written before
+`files` held hashes is checked on what it records (weights, reference, exports) and gets the rest's hashes
+at its next write (docs/reliability.md).
 
 Nothing is replaced that the toolkit did not write: `check_output` (run by every command before its slow
 part, and by `write` itself) refuses a folder that is not a package, a package that holds anything besides
@@ -176,7 +179,7 @@ def foreign_entries(path: Path) -> list[str]:
         listed = read_record(path).get("files")
     except (PackageError, OSError):
         listed = None
-    ours = set(listed) | {CONFIG} if isinstance(listed, list) else None
+    ours = set(listed) | {CONFIG} if isinstance(listed, (list, dict)) else None
     out = []
     for f in sorted(path.iterdir()):
         if f.is_symlink() or not f.is_file():
@@ -186,6 +189,15 @@ def foreign_entries(path: Path) -> list[str]:
         elif ours is None and f.name not in _KNOWN_FILES and not _TOKENIZER_FILES.match(f.name):
             out.append(f.name)
     return out
+
+
+def unlisted_files(path: Path, config: dict[str, Any]) -> list[str]:
+    """Files (or links to files, as in a Hub snapshot) in a package folder that its config.json does not list
+    (older packages: outside the names the toolkit writes); hidden files are not counted."""
+    listed = config.get("files")
+    return [f.name for f in sorted(path.iterdir()) if f.is_file() and not f.name.startswith(".")
+            and f.name != CONFIG and (f.name not in listed if isinstance(listed, (list, dict)) else
+                                      f.name not in _KNOWN_FILES and not _TOKENIZER_FILES.match(f.name))]
 
 
 def _names(items: list[str], n: int = 3) -> str:
@@ -293,6 +305,15 @@ def check_certificate_binding(path: Path, config: dict[str, Any], certificate: d
     cert = path / CERTIFICATE
     if certificate.get("weights_sha256") != config["weights"].get("sha256"):
         raise PackageError(f"{cert} was issued for other weights (sha256 mismatch)", "certify the package again")
+    measured = certificate.get("files_sha256")
+    if isinstance(measured, dict):  # certificates made before it bind no tokenizer: they stay valid
+        now = measured_files(path)
+        changed = [f"{n} ({'missing' if n not in now else 'added' if n not in measured else 'changed'})"
+                   for n in sorted(set(measured) | set(now)) if measured.get(n) != now.get(n)]
+        if changed:
+            raise PackageError(f"the tokenizer of {path} is not the one {CERTIFICATE} measured with: "
+                               f"{_names(changed)}", "restore the tokenizer as certified (fetch the package "
+                               "again), or certify the package again")
     recorded = certificate.get("model_sha256")
     if recorded is None:
         if required:
@@ -386,7 +407,8 @@ def _tensor_entry_problem(entry: Any) -> str | None:
 
 
 def verify(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Check the weights file against the sha256 in config.json (and the certificate's, if any)."""
+    """Check every file against its sha256 in config.json (`check_files`; the weights and the reference
+    structurally too) and the certificate's binding, if there is one. Raises PackageError naming the file."""
     path = Path(path)
     config = config or read_config(path)
     weights = path / WEIGHTS
@@ -397,12 +419,79 @@ def verify(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, 
             f"{weights} does not match the sha256 recorded in config.json (tampered or corrupt)",
             "fetch the package again; never load weights you cannot verify",
         )
+    verified = {WEIGHTS: actual}
     if config.get("reference") is not None:
         _verify_reference(path, config)
+        verified[REFERENCE] = config["reference"]["sha256"]
     cert = path / CERTIFICATE
-    if cert.exists():
+    if cert.exists():  # first: what it names (weights, model, tokenizer) says more than its own sha256
         check_certificate_binding(path, config, read_json(cert))
+    check_files(path, config, verified)
     return config
+
+
+#: what to do when a file differs from its sha256 in config.json, by file
+_REFETCH = "fetch the package again; never use files you cannot verify"
+_FILE_FIX = {"model.onnx": "export the package again (analogai-deploy export PKG), or fetch it again",
+             "model.aihwkit.pt": "never load it (a pickle runs code); export --to aihwkit again, or fetch the package "
+                                 "again",
+             CARD: "fetch the package again (every stage writes README.md anew from config.json and the certificate)"}
+
+
+def recorded_files(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(file, sha256) pairs config.json binds: `files` (every file but config.json), and the export records
+    (`export.onnx`, `export.aihwkit`), which packages written before `files` held hashes already carry."""
+    pairs: list[tuple[str, str]] = []
+    listed = config.get("files")
+    if isinstance(listed, dict):
+        for name, digest in listed.items():
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise PackageError(f"config.json records a malformed sha256 for {name!r}", _REFETCH)
+            pairs.append((safe_name(name), digest))
+    for record in (config.get("export") or {}).values():
+        if isinstance(record, dict) and isinstance(record.get("file"), str) and isinstance(record.get("sha256"), str):
+            pairs.append((safe_name(record["file"]), record["sha256"]))
+    return list(dict.fromkeys(pairs))
+
+
+def unbound_files(path: Path, config: dict[str, Any]) -> list[str]:
+    """Files of an older package (written before config.json recorded every file's sha256) that no sha256
+    binds yet; the package's next write records theirs."""
+    bound = {name for name, _ in recorded_files(config)} | {CONFIG, WEIGHTS}
+    if config.get("reference") is not None:
+        bound.add(REFERENCE)
+    unlisted = unlisted_files(path, config)
+    return sorted(f.name for f in path.iterdir() if f.is_file() and not f.name.startswith(".")
+                  and f.name not in bound and f.name not in unlisted)
+
+
+def check_files(path: Path, config: dict[str, Any], verified: dict[str, str] | None = None) -> None:
+    """Every file config.json binds (`recorded_files`) is there with its sha256, and no file a stage reads
+    (a tokenizer file, model.onnx, ...) lies in the folder unlisted. Raises PackageError naming the file.
+    `verified`: files already hashed by the caller (name -> sha256)."""
+    verified = verified or {}
+    for name, digest in recorded_files(config):
+        file = path / name
+        if not file.is_file():
+            raise PackageError(f"{file} is missing: config.json lists it (sha256 {digest[:12]}...)",
+                               "fetch the whole package again")
+        actual = verified.get(name) or sha256_file(file)
+        if actual != digest:
+            what = " (the tokenizer: it turns text into the model's inputs)" if _TOKENIZER_FILES.match(name) else ""
+            raise PackageError(f"{file} changed after the package was written{what}: its sha256 differs from the "
+                               "one in config.json (tampered or corrupt)", _FILE_FIX.get(name, _REFETCH))
+    for name in unlisted_files(path, config):
+        if name in _KNOWN_FILES or _TOKENIZER_FILES.match(name):
+            raise PackageError(f"{path / name} is not one of the files config.json lists: it was added after the "
+                               "package was written, and a stage would read it",
+                               f"remove it from {path}, or fetch the package again")
+
+
+def measured_files(path: Path) -> dict[str, str]:
+    """sha256 of the files besides the weights and config.json that a certificate's numbers depend on: a text
+    package's tokenizer (the reference is bound through config.json's `reference` section)."""
+    return {f.name: sha256_file(f) for f in sorted(Path(path).iterdir())
+            if f.is_file() and _TOKENIZER_FILES.match(f.name)}
 
 
 def _verify_reference(path: Path, config: dict[str, Any]) -> Path:
@@ -595,11 +684,12 @@ def _write(dest: Path, config: dict[str, Any], model: nn.Module | None, files: d
             config["weights"] = {"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)}
         elif not (tmp / WEIGHTS).exists():
             raise ValueError("write() needs a model or a base package holding model.safetensors")
-        # what this package holds, so a later write knows what it may replace (CONFIG itself is implied)
-        config["files"] = sorted(({f.name for f in tmp.iterdir()} | {CARD}) - {CONFIG})
+        (tmp / CARD).write_text(render(config, certificate), encoding="utf-8")
+        # what this package holds and each file's sha256 (CONFIG itself is implied): `verify` checks every
+        # one, and a later write knows what it may replace
+        config["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.name != CONFIG}
         (tmp / CONFIG).write_text(json.dumps(_config_json(config), indent=2, sort_keys=False) + "\n",
                                   encoding="utf-8")
-        (tmp / CARD).write_text(render(config, certificate), encoding="utf-8")
         _follow_umask(tmp)
         _fsync_tree(tmp)
         _swap(tmp, dest)

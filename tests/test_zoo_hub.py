@@ -123,12 +123,22 @@ def test_publish_refuses_before_touching_the_hub(cli, hub, lenet_pkg, tmp_path):
 
 
 def test_hub_pull_refuses_a_forged_certificate(cli, hub, certified):
-    """A certificate edited on the Hub (means of 99.9%): the consumer's pull recomputes and refuses it."""
+    """A certificate edited on the Hub (means of 99.9%): its sha256 in config.json refuses it; edited with that
+    sha256 too, the consumer's pull recomputes the means and refuses it."""
+    import hashlib
+
     zoo.publish(certified, hub_repo=REPO)
     cert = json.loads((certified / "certificate.json").read_text())
     for r in cert["results"]:
         r["mean"] = 0.999
-    hub.tamper(REPO, "certificate.json", json.dumps(cert).encode())
+    forged = json.dumps(cert).encode()
+    hub.tamper(REPO, "certificate.json", forged)
+    code, _, err = cli("pull", f"hf-hub:{REPO}")
+    assert code == 1 and "certificate.json changed after the package was written" in err
+    repo = hub.repos[REPO]
+    config = json.loads(repo.commits[repo.refs["main"]]["config.json"])
+    config["files"]["certificate.json"] = hashlib.sha256(forged).hexdigest()
+    hub.tamper(REPO, "config.json", json.dumps(config).encode())
     code, _, err = cli("pull", f"hf-hub:{REPO}")
     assert code == 1 and "was edited" in err
 

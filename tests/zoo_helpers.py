@@ -78,8 +78,23 @@ def _edit_json(file: Path, change) -> dict[str, Any]:
 
 
 def edit_certificate(path: Path, change) -> dict[str, Any]:
-    """Hand-edit certificate.json in place (as a forger would: the file only, nothing else)."""
-    return _edit_json(path / pkgio.CERTIFICATE, change)
+    """Hand-edit certificate.json in place, as a forger who knows the format would: the file, and its sha256
+    in config.json (`files`), so the checks behind the hash are the ones tested. (The file alone: the
+    sha256 refuses it first, test_package.py.)"""
+    data = _edit_json(path / pkgio.CERTIFICATE, change)
+    rehash(path, pkgio.CERTIFICATE)
+    return data
+
+
+def rehash(path: Path, name: str) -> None:
+    """Record the sha256 of `name` as it is now in config.json's `files` (a forger's second step)."""
+    from analogai_deploy.provenance import sha256_file
+
+    def update(config):
+        if isinstance(config.get("files"), dict):
+            config["files"][name] = sha256_file(path / name)
+
+    _edit_json(path / pkgio.CONFIG, update)
 
 
 def edit_config(path: Path, change) -> dict[str, Any]:

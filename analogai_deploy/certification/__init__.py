@@ -681,6 +681,7 @@ def certify(
         # the model these numbers belong to: an edit of config.json's model-defining part is refused later
         "model_sha256": pkg_io.model_sha256(bench.config),
         "model_sections": pkg_io.model_sections(bench.config),
+        "files_sha256": pkg_io.measured_files(bench.path),  # the tokenizer these numbers were measured with
         "seed": cfg.seed,
         "repeats": repeats,
         "seeds": [cfg.seed + r for r in range(repeats)],

@@ -122,7 +122,8 @@ def pull(
     out.info(f"pulling {name} ...")
     if verify:
         out.info("spot check: re-running a few Monte Carlo repeats against the certificate ...")
-    pkg = zoo_api.pull(name, output_dir, zoo=zoo, revision=revision, overwrite=overwrite, verify=verify)
+    pkg = zoo_api.pull(name, output_dir, zoo=zoo, revision=revision, overwrite=overwrite, verify=verify,
+                       log=out.warn)
     cert = pkg.certificate() or {}
     rules = zoo_api.local.policy(zoo) if not name.startswith(zoo_api.hub.PREFIX) else gate.Policy()
     data = {

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from ..errors import UsageError
+from ..errors import PackageError, UsageError
 
 KINDS = ("corpus", "text", "generated")
 CORPUS_DIR = Path(__file__).with_name("corpus")
@@ -206,6 +206,14 @@ def tokenizer_for(package_path: str | Path):
     except Exception as exc:
         raise UsageError(f"the package holds no usable tokenizer ({type(exc).__name__})",
                          "convert the model from a folder that has its tokenizer files") from None
+    from ..package import read_config
+
+    want = (read_config(package_path).get("tokenizer") or {}).get("vocab_size")
+    if isinstance(want, int) and len(tok) != want:  # e.g. tokenizer.json deleted: transformers invents a few tokens
+        raise PackageError(f"the tokenizer in {package_path} has {len(tok)} tokens, but config.json records the "
+                           f"model's tokenizer with {want} (a tokenizer file was deleted or replaced)",
+                           "fetch the package again (its tokenizer files with it); a wrong tokenizer gives wrong "
+                           "numbers without an error")
     if tok.pad_token is None:  # GPT-2 / Llama tokenizers have none; padding positions are masked out anyway
         tok.pad_token = tok.eos_token or tok.unk_token
     tok.padding_side = "right"

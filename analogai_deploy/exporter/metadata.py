@@ -66,8 +66,8 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
 def verify_file(path: str | Path) -> tuple[Path, list[str], list[str]]:
     """What `inspect` checks before it shows anything: (the file shown, checks passed, warnings).
 
-    A package folder: its weights against the sha256 in config.json, the certificate's binding (weights and
-    model_sha256), then model.safetensors is shown. A model.safetensors: its header's structure (every
+    A package folder: every file against its sha256 in config.json, the certificate's binding (weights,
+    model_sha256, tokenizer), then model.safetensors is shown. A model.safetensors: its header's structure (every
     tensor's dtype, shape and data_offsets, the data tiled exactly) and, inside a package, its sha256
     against config.json. A model.onnx inside a package: its sha256 against the export record. Raises
     PackageError naming what differs."""
@@ -81,10 +81,19 @@ def verify_file(path: str | Path) -> tuple[Path, list[str], list[str]]:
         config = pkgio.read_config(path)
         pkgio.verify(path, config)
         checks.append("model.safetensors matches the sha256 in config.json")
+        bound = [name for name, _ in pkgio.recorded_files(config)]
+        if bound:
+            checks.append(f"{len(bound)} files match their sha256 in config.json ({', '.join(bound)})")
+        unbound = pkgio.unbound_files(path, config)
+        if unbound:
+            warnings.append(f"an older package: config.json records no sha256 for {', '.join(unbound)}; the next "
+                            "stage that writes the package (e.g. certify) records them as they are now")
         if (path / pkgio.CERTIFICATE).exists():
+            cert = pkgio.read_json(path / pkgio.CERTIFICATE)
             checks.append("certificate.json names these weights" + (
-                " and this config.json (model_sha256)" if pkgio.read_json(path / pkgio.CERTIFICATE).get("model_sha256")
-                else " (an older certificate: it does not name the config)"))
+                " and this config.json (model_sha256)" if cert.get("model_sha256")
+                else " (an older certificate: it does not name the config)")
+                + (" and the tokenizer it measured with" if cert.get("files_sha256") else ""))
         path = path / pkgio.WEIGHTS
     elif not path.is_file():
         raise UsageError(f"no file at {path}", "pass a model.onnx, a model.safetensors or a package folder")

@@ -12,6 +12,7 @@ spot check of a few Monte Carlo repeats against the certificate.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +63,20 @@ def locate(spec: str, *, zoo: str | Path | None = None, revision: str | None = N
 
 def pull(spec: str, output: str | Path | None = None, *, zoo: str | Path | None = None,
          revision: str | None = None, cache_dir: str | Path | None = None, token: str | None = None,
-         overwrite: bool = False, verify: bool = False) -> pkgio.Package:
+         overwrite: bool = False, verify: bool = False,
+         log: Callable[[str], None] | None = None) -> pkgio.Package:
     """Fetch, verify and load a zoo model; with `output`, also copy the verified package there (an existing
     package there is replaced only with `overwrite`; anything else there is refused before the download).
-    `verify`: re-run the spot check on this machine before anything is loaded."""
+    `verify`: re-run the spot check on this machine before anything is loaded. `log` hears which files the
+    copy leaves out (files the entry does not list)."""
     if output is not None:
         pkgio.check_output(output, overwrite=overwrite)
     folder = locate(spec, zoo=zoo, revision=revision, cache_dir=cache_dir, token=token, verify=verify)
     if output is not None:
-        folder = _copy(folder, Path(output), overwrite)
+        folder, dropped = _copy(folder, Path(output), overwrite)
+        if dropped and log is not None:
+            log(f"left out {', '.join(dropped)}: the zoo entry's config.json does not list "
+                f"{'them' if len(dropped) > 1 else 'it'} (added after it was published; nothing reads it)")
     return pkgio.load(folder)
 
 
@@ -86,12 +92,15 @@ def list_models(zoo: str | Path | None = None) -> list[dict[str, Any]]:
     return local.entries(zoo)
 
 
-def _copy(folder: Path, dest: Path, overwrite: bool = False) -> Path:
-    """Copy a verified package (plain top-level files only: no cache links, no hidden files) to `dest`."""
+def _copy(folder: Path, dest: Path, overwrite: bool = False) -> tuple[Path, list[str]]:
+    """Copy a verified package to `dest`: the files its config.json lists, nothing else (no cache links, no
+    hidden files, no file added after publishing). Returns dest and the names left out."""
     config = pkgio.read_config(folder)
-    files = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")}
+    dropped = pkgio.unlisted_files(folder, config)
+    files = {f.name: f.read_bytes() for f in folder.iterdir()
+             if f.is_file() and not f.name.startswith(".") and f.name not in dropped}
     files.pop(pkgio.CONFIG, None)
     files.pop(pkgio.CARD, None)
     pkgio.write(dest, config, files=files, overwrite=overwrite)
-    pkgio.verify(dest)  # re-check the copy (weights, certificate binding) before anyone loads it
-    return dest
+    pkgio.verify(dest)  # re-check the copy (every file, certificate binding) before anyone loads it
+    return dest, dropped

@@ -236,6 +236,11 @@ def spot_check(path: Path, certificate: dict[str, Any], policy: Policy) -> dict[
     metric = certificate["metric"]
     data, spot_data = certificate.get("data") or {}, spot.get("data") or {}
     if data.get("fingerprint") != spot_data.get("fingerprint"):
+        if (pkgio.read_config(path).get("input") or {}).get("kind") == "text":  # text is tokenised here
+            raise OperationFailed(f"{path}: the certificate was made on other inputs than {data.get('spec')!r} gives "
+                                  "here (fingerprint mismatch): the text differs, or the tokenizer is not the one "
+                                  "certified", "restore the package's tokenizer as certified, or certify on text the "
+                                  "zoo can reproduce: --data sentences (built in) or --data corpus")
         raise OperationFailed(f"{path}: the certificate was made on other data than {data.get('spec')!r} gives here "
                               "(fingerprint mismatch)", "certify on the data the zoo can reproduce, e.g. --data digits")
     n = int(spot_data.get("n") or 0)
