@@ -125,6 +125,10 @@ class Runner:
         p.start()
         return p, log
 
+    def start(self, argv: list[str]):
+        """Start argv and return at once: (the child process, its log file)."""
+        return self._start(argv)
+
     def to_end(self, argv: list[str], timeout: float = 600) -> int:
         p, log = self._start(argv)
         p.join(timeout)
