@@ -83,11 +83,17 @@ def test_an_edited_tokenizer_is_refused_by_every_reading_stage(edit, text_certif
     assert name in _error(code, err) and "digits" not in err  # what changed, with a fix for a text package
 
 
+def _edit_record(p: Path, change) -> None:
+    """Hand-edit the toolkit's record in config.json, in either layout (a Hugging Face package's config.json
+    is the transformers config with the record under package.RECORD_KEY)."""
+    data = json.loads((p / pkgio.CONFIG).read_text())
+    change(data.get(pkgio.RECORD_KEY, data))
+    (p / pkgio.CONFIG).write_text(json.dumps(data))
+
+
 def _as_older(p: Path, *, certificate_binds_tokenizer: bool) -> None:
     """What a package written before config.json recorded each file's sha256 looks like (`files` a list)."""
-    config = json.loads((p / pkgio.CONFIG).read_text())
-    config["files"] = sorted(config["files"])
-    (p / pkgio.CONFIG).write_text(json.dumps(config))
+    _edit_record(p, lambda r: r.update(files=sorted(r["files"])))
     if not certificate_binds_tokenizer:
         cert = json.loads((p / pkgio.CERTIFICATE).read_text())
         cert.pop("files_sha256")
@@ -126,9 +132,7 @@ def test_an_unlisted_tokenizer_file_is_refused(text_certified, tmp_path):
     with pytest.raises(PackageError, match="added_tokens.json \\(added\\)"):  # the certificate's binding
         pkgio.load(pkg)
     (pkg / pkgio.CERTIFICATE).unlink()
-    config = pkgio.read_config(pkg)
-    del config["files"][pkgio.CERTIFICATE]
-    (pkg / pkgio.CONFIG).write_text(json.dumps(config))
+    _edit_record(pkg, lambda r: r["files"].pop(pkgio.CERTIFICATE))
     with pytest.raises(PackageError, match="added_tokens.json is not one of the files config.json lists"):
         pkgio.load(pkg)
 

@@ -90,9 +90,10 @@ def rehash(path: Path, name: str) -> None:
     """Record the sha256 of `name` as it is now in config.json's `files` (a forger's second step)."""
     from analogai_deploy.provenance import sha256_file
 
-    def update(config):
-        if isinstance(config.get("files"), dict):
-            config["files"][name] = sha256_file(path / name)
+    def update(data):
+        record = data.get(pkgio.RECORD_KEY, data)  # a Hugging Face package keeps the record under this key
+        if isinstance(record.get("files"), dict):
+            record["files"][name] = sha256_file(path / name)
 
     _edit_json(path / pkgio.CONFIG, update)
 
