@@ -309,13 +309,14 @@ def _cell(ms: tuple[float, float], best: bool) -> str:
 def verdict(rows: list[dict[str, Any]], keys: list[tuple[str, str, str]]) -> str:
     """Who wins each condition and by how much over the runner-up; where msnat does not win, by how much it
     trails ('within one std' when the gap is inside either row's seed spread)."""
+    if len(rows) < 2:
+        return f"only {rows[0]['recipe']} has finished cells so far."
     wins, losses = [], []
     for group, key, label in keys:
         ranked = sorted(rows, key=lambda r: -r[group][key][0])
         best = ranked[0]
-        if len(ranked) > 1:
-            wins.append(f"{label}: {best['recipe']} (+{100 * (best[group][key][0] - ranked[1][group][key][0]):.1f} "
-                        f"pp over {ranked[1]['recipe']})")
+        wins.append(f"{label}: {best['recipe']} (+{100 * (best[group][key][0] - ranked[1][group][key][0]):.1f} "
+                    f"pp over {ranked[1]['recipe']})")
         msnat = next((r for r in rows if r["recipe"] == "msnat"), None)
         if msnat is not None and best is not msnat:
             gap = best[group][key][0] - msnat[group][key][0]
@@ -337,8 +338,8 @@ def ablation_markdown(result: dict[str, Any], png_name: str = "bench/ablation.pn
     out = []
     if len(done) < len(names):
         missing = [n for n in names if n not in result["cells"]]
-        out.append(f"**Partial: {len(done)} of {len(names)} cells finished** (still running; missing: "
-                   + ", ".join(missing) + ").\n")
+        listed = ("finished: " + ", ".join(done)) if len(done) <= len(missing) else ("missing: " + ", ".join(missing))
+        out.append(f"**Partial: {len(done)} of {len(names)} cells finished** ({listed}).\n")
     for model in cfg["models"]:
         for budget in cfg["budgets"]:
             brows = [r for r in rows if r["model"] == model and r["budget"] == budget]
