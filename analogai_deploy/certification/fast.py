@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import OperationFailed, UsageError
 
 ENGINES = ("aihwkit", "fast")
 #: weights per call of the noise model on a bank: small tiles go many to a call (the per-call cost
@@ -205,7 +205,10 @@ class _Tile:
 
 
 class FastLayer:
-    """The analog state of one nn.Linear / nn.Conv2d: its tiles (in banks) and the IO parameters of its tile."""
+    """The analog state of one nn.Linear / nn.Conv1d / 2d / 3d: its tiles (in banks) and the IO parameters of
+    its tile. A Conv1d runs as a Conv2d over a height-1 input (weight [out, in / g, 1, k]), as aihwkit's
+    GroupedConv runs it on AnalogConv2d; a Conv3d runs its im2col rows through its tiles, as GroupedConv runs
+    them on AnalogLinear."""
 
     def __init__(self, module: nn.Module, rpu, groups: int = 1):
         self.module = module
@@ -214,11 +217,16 @@ class FastLayer:
         self.compensation = rpu.drift_compensation
         self.perfect = bool(self.io.is_perfect)
         self.groups = groups
-        self.shape = module.weight.shape
-        self.is_conv = module.weight.dim() > 2
+        self.dims = module.weight.dim() - 2  # 0: linear
+        self.is_conv = self.dims > 0
         w = module.weight.detach().float()
+        if self.dims == 1:
+            w = w.unsqueeze(2)
+        self.shape = w.shape
+        if self.is_conv:
+            self._geometry(module)
         out_size = self.shape[0] // groups
-        self.kk = math.prod(self.shape[2:]) if self.conv else 1
+        self.kk = math.prod(self.shape[2:]) if self.is_conv else 1
         in_size = math.prod(self.shape[1:])  # per group: in_channels / groups * kh * kw
         omega = rpu.mapping.weight_scaling_omega
         columnwise = bool(rpu.mapping.weight_scaling_columnwise)
@@ -265,6 +273,23 @@ class FastLayer:
         self._weights = None  # effective weights per (group, chunk), rebuilt after program / drift
         self._parts = None  # native patch_absmax parts (per layer structure)
         self.exact = False
+
+    def _geometry(self, m: nn.Module) -> None:
+        """The conv's kernel, stride, padding and dilation (a Conv1d's in 2-d, height 1), and the explicit
+        padding applied before it where tiles.GroupedConv pads explicitly (string padding, a non-zero padding
+        mode, every Conv3d: its im2col does not pad)."""
+        from .tiles import _explicit_padding
+
+        k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
+        self.pad, self.pad_mode = None, "constant"
+        if self.dims == 3 or isinstance(p, str) or m.padding_mode != "zeros":
+            pad = _explicit_padding(m)
+            self.pad = pad if any(pad) else None
+            self.pad_mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+            p = (0,) * len(k)
+        if self.dims == 1:
+            k, s, p, d = (1, *k), (1, *s), (0, *p), (1, *d)
+        self.k, self.s, self.p, self.d = tuple(k), tuple(s), tuple(p), tuple(d)
 
     # -- the device model (aihwkit's own classes) -------------------------------------------------------
     def _readout_args(self) -> tuple[float, float, float, float]:
@@ -638,19 +663,21 @@ class FastLayer:
         if self.groups != 1:
             raise UsageError("exact mode simulates ungrouped convolutions only", "use exact=False")
         m = self.module
-        k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
+        k, s, p, d = self.k, self.s, self.p, self.d
         cols = F.unfold(x, k, d, p, s).transpose(1, 2)  # [N, L, C*kh*kw]
         y = self._tiles_mvm(cols, self.shape[0]).transpose(1, 2)
         oh = _out_size(x.shape[2], k[0], s[0], p[0], d[0])
         y = y.reshape(x.shape[0], self.shape[0], oh, -1)
         return y if m.bias is None else y + m.bias.view(1, -1, 1, 1)
 
-    def _tiles_mvm(self, x: torch.Tensor, out_features: int) -> torch.Tensor:
+    def _tiles_mvm(self, x: torch.Tensor, out_features: int, group: int = 0) -> torch.Tensor:
+        """Group `group`'s tiles one by one on [..., in / groups] inputs, each exactly as AnalogMVM.matmul."""
         out = None
         x = self._clip_input(x)
-        for t in self.tiles:
+        tiles = [t for t in self.tiles if t.group == group]
+        for t in tiles:
             y = self._tile_mvm(x[..., t.in_lo:t.in_hi], t.current, ranged=True) * t.scale * t.alpha
-            if len(self.tiles) > 1:
+            if len(tiles) > 1:
                 full = x.new_zeros(*x.shape[:-1], out_features)
                 full[..., t.out_lo:t.out_hi] = y
                 y = full
@@ -664,9 +691,37 @@ class FastLayer:
         step = _step(self.io.inp_res, self.io.inp_bound)
         return (wsq * (step**2 / 12.0 * nonzero)).view(1, -1, 1, 1)
 
+    def conv_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's forward (any conv): explicit padding, then the 2-d path (fused, or exact) or the 3-d one."""
+        if self.pad is not None:
+            x = F.pad(x, self.pad, mode=self.pad_mode)
+        if self.dims == 3:
+            return self.conv3d(x)
+        if self.dims == 1:
+            x = x.unsqueeze(2)
+        y = self.conv_unfolded(x) if self.exact else self.conv(x)
+        return y.squeeze(2) if self.dims == 1 else y
+
+    def conv3d(self, x: torch.Tensor) -> torch.Tensor:
+        """A (padded) Conv3d as tiles.GroupedConv runs it: per group, its im2col rows through its tiles (exact)."""
+        from .tiles import im2col3d
+
+        m = self.module
+        if self.perfect:
+            return F.conv3d(x, self._ideal_weight(True), m.bias, self.s, self.p, self.d, self.groups)
+        cg, og = self.shape[1], self.shape[0] // self.groups
+        outs = []
+        for g in range(self.groups):
+            cols, (n, od, oh, ow) = im2col3d(x[:, g * cg:(g + 1) * cg], self.k, self.s, self.d)
+            y = self._tiles_mvm(cols, og, g)
+            if m.bias is not None:
+                y = y.add_(m.bias[g * og:(g + 1) * og])
+            outs.append(y.reshape(n, od, oh, ow, og).permute(0, 4, 1, 2, 3))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
     def conv(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
-        k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
+        k, s, p, d = self.k, self.s, self.p, self.d
         if self.perfect:
             return F.conv2d(x, self._ideal_weight(False), m.bias, s, p, d, self.groups)
         if self._weights is None:
@@ -715,9 +770,8 @@ class FastLayer:
         """Noise management per conv patch: the patch abs-max, or the static input range ([N, groups, oh, ow])."""
         if self.input_range is None:
             return self._nm(patch_max())
-        m = self.module
-        oh = _out_size(x.shape[2], m.kernel_size[0], m.stride[0], m.padding[0], m.dilation[0])
-        ow = _out_size(x.shape[3], m.kernel_size[1], m.stride[1], m.padding[1], m.dilation[1])
+        k, s, p, d = self.k, self.s, self.p, self.d
+        oh, ow = _out_size(x.shape[2], k[0], s[0], p[0], d[0]), _out_size(x.shape[3], k[1], s[1], p[1], d[1])
         return x.new_full((x.shape[0], groups, oh, ow), self.input_range)
 
     def _patch_parts(self):
@@ -727,7 +781,7 @@ class FastLayer:
         chunk holds (as _chunk_patch_max)."""
         if getattr(self, "_parts", None) is not None:
             return self._parts
-        k = self.module.kernel_size
+        k = self.k
         kk = k[0] * k[1]
         cg = self.shape[1]  # input channels per group
         rows: list[tuple[int, int, list[int], int]] = []
@@ -761,8 +815,7 @@ class FastLayer:
 
     def _native_patch_max(self, lib, x: torch.Tensor) -> torch.Tensor:
         """[N, outputs, oh, ow]: every part's patch max of |x| (analog/native patch_absmax)."""
-        m = self.module
-        k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
+        k, s, p, d = self.k, self.s, self.p, self.d
         c_lo, c_hi, mask, group, count = self._patch_parts()
         oh, ow = _out_size(x.shape[2], k[0], s[0], p[0], d[0]), _out_size(x.shape[3], k[1], s[1], p[1], d[1])
         last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()  # out in x's layout
@@ -803,63 +856,98 @@ class _FastLinear(nn.Linear):
         return self._fast.linear(x)
 
 
-class _FastConv2d(nn.Conv2d):
+class _FastConv:
     def forward(self, x):
-        return self._fast.conv_unfolded(x) if self._fast.exact else self._fast.conv(x)
+        return self._fast.conv_forward(x)
+
+
+class _FastConv1d(_FastConv, nn.Conv1d):
+    pass
+
+
+class _FastConv2d(_FastConv, nn.Conv2d):
+    pass
+
+
+class _FastConv3d(_FastConv, nn.Conv3d):
+    pass
+
+
+_FAST_CLASSES = {nn.Linear: _FastLinear, nn.Conv1d: _FastConv1d, nn.Conv2d: _FastConv2d, nn.Conv3d: _FastConv3d}
+
+
+def _fast_linear(weight: torch.Tensor, bias: torch.Tensor | None, rpu) -> nn.Module:
+    """A new linear layer y = x W^T + b on the fast engine's tiles (tiles._linear's counterpart)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    layer.__class__ = _FastLinear
+    layer._fast = FastLayer(layer, rpu)
+    return layer
+
+
+def _on_tiles(entry, module: nn.Module, rpu) -> tuple[nn.Module, dict[str, FastLayer]]:
+    """One placement entry on the fast engine's tiles, mapped as tiles._replacement maps it on aihwkit's:
+    (the module that takes its place, {parameter name of the placement's matrices: its FastLayer})."""
+    from .tiles import AnalogAttention
+
+    if entry.kind in ("linear", "conv1d", "conv2d", "conv3d"):
+        module.__class__ = _FAST_CLASSES[type(module)]
+        module._fast = FastLayer(module, rpu, getattr(module, "groups", 1))
+        return module, {"weight": module._fast}
+    if entry.kind == "hf_conv1d":  # GPT-2's Conv1D, y = x @ W + b with W [in, out]: a linear layer with W^T
+        new = _fast_linear(module.weight.detach().t(), None if module.bias is None else module.bias.detach(), rpu)
+        return new, {"weight": new._fast}
+    if entry.kind == "attention":  # the projections on tiles, the attention kernel itself digital
+        new = AnalogAttention(module, lambda w, b: _fast_linear(w, b, rpu)).eval()
+        names = ("in_proj",) if new.packed else ("q_proj", "k_proj", "v_proj")
+        layers = {f"{n}_weight": getattr(new, n)._fast for n in names}
+        return new, {**layers, "out_proj.weight": new.out_proj._fast}
+    raise UsageError(f"the fast engine has no mapping for layer {entry.name!r} ({entry.type}, added with "
+                     "register_layer)", "use --engine aihwkit")
 
 
 class FastModel(nn.Module):
-    """A copy of the digital model whose nn.Linear / nn.Conv2d layers run through FastLayer."""
+    """A copy of the digital model with the placement's analog layers on the fast engine's tiles."""
 
     fast_engine = True  # certification.monte_carlo hands such models to this module's monte_carlo
 
     def __init__(self, digital: nn.Module, rpu, exact: bool = False, placement=None):
         """`placement` (analog/placement.py, config.json["placement"]): the layers to simulate, read, not
-        derived; without one, every nn.Linear / nn.Conv2d (aihwkit converts exact classes only)."""
+        derived; without one, the default conversion's placement of `digital` (as certification._to_aihwkit)."""
         super().__init__()
+        from ..analog.placement import plan
+        from .tiles import _set
+
         self.model = copy.deepcopy(digital).eval()
+        self.placement = placement if placement is not None else plan(self.model)
         self.layers: list[FastLayer] = []
-        skipped = []
-        if placement is not None:
-            targets = {}
-            for entry in placement.analog:
-                if entry.kind not in ("linear", "conv2d"):
-                    skipped.append(f"{entry.name} ({entry.type})")
-                    continue
-                targets[entry.name] = entry
-        for name, mod in self.model.named_modules():
-            kind = type(mod)
-            if placement is not None:
-                if name not in targets:
-                    continue
-                entry = targets[name]
-                if kind not in (nn.Linear, nn.Conv2d) or getattr(mod, "groups", 1) != entry.groups:
-                    skipped.append(f"{name} ({kind.__name__}, placement says {entry.type})")
-                    continue
-            if kind is nn.Linear:
-                mod.__class__ = _FastLinear
-            elif kind is nn.Conv2d:
-                if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-                    skipped.append(f"{name} (padding mode)")
-                    continue
-                mod.__class__ = _FastConv2d
-            elif kind in (nn.Conv1d, nn.Conv3d, nn.LSTM, nn.RNN, nn.GRU, nn.ConvTranspose2d):
-                skipped.append(f"{name} ({kind.__name__})")
-                continue
-            else:
-                continue
-            mod._fast = FastLayer(mod, rpu, getattr(mod, "groups", 1))
-            mod._fast.exact = exact
-            if placement is not None:  # the record's tile matrices are the ones built here
-                rows, cols = targets[name].matrices.get("weight", [None, None])
-                got = mod._fast.shape[0] // mod._fast.groups, math.prod(mod._fast.shape[1:])
+        self.simulated: list[str] = []  # the placement layers on tiles, in placement order
+        for entry in self.placement.analog:
+            try:
+                module = self.model.get_submodule(entry.name) if entry.name else self.model
+            except AttributeError:
+                raise OperationFailed(f"placement layer {entry.name!r} is not in the model") from None
+            if type(module).__name__ != entry.type:
+                raise OperationFailed(f"placement layer {entry.name!r} is {entry.type} in config.json but "
+                                      f"{type(module).__name__} in the model", "convert the model again")
+            new, layers = _on_tiles(entry, module, rpu)
+            for param, layer in layers.items():  # the record's tile matrices are the ones built here
+                rows, cols = entry.matrices.get(param, [None, None])
+                got = layer.shape[0] // layer.groups, math.prod(layer.shape[1:])
                 if (rows, cols) != got:
-                    raise UsageError(f"{name}: the placement maps a {rows}x{cols} matrix per group, the layer has "
-                                     f"{got[0]}x{got[1]}", "re-convert the package (its placement is stale)")
-            self.layers.append(mod._fast)
-        if skipped:
-            raise UsageError(f"the fast engine covers nn.Linear and nn.Conv2d (grouped too); this model also has "
-                             f"{', '.join(skipped[:3])}", "use --engine aihwkit")
+                    raise UsageError(f"{entry.name}: the placement maps a {rows}x{cols} {param} matrix per group, "
+                                     f"the layer has {got[0]}x{got[1]}", "re-convert the package (its placement is stale)")
+                layer.exact = exact
+                self.layers.append(layer)
+            if new is not module:
+                if entry.name:
+                    _set(self.model, entry.name, new)
+                else:
+                    self.model = new
+            self.simulated.append(entry.name)
 
     @torch.no_grad()
     def program(self) -> None:
@@ -876,13 +964,10 @@ class FastModel(nn.Module):
         return self.model(*args, **kwargs)
 
     def conversion(self) -> dict[str, Any]:
-        """The certificate's conversion block, counted as aihwkit's conversion would."""
-        total = sum(p.numel() for p in self.model.parameters())
-        analog = {id(layer.module) for layer in self.layers}
+        """The certificate's conversion block, counted as tiles.conversion counts aihwkit's."""
         digital: dict[str, int] = {}
-        for m in self.model.modules():
-            if id(m) not in analog and list(m.parameters(recurse=False)):
-                digital[type(m).__name__] = digital.get(type(m).__name__, 0) + 1
-        return {"analog_layers": len(self.layers), "tiles": sum(len(layer.tiles) for layer in self.layers),
-                "analog_weights": sum(math.prod(layer.shape) for layer in self.layers),
-                "digital_modules": digital, "total_params": total}
+        for e in self.placement.digital:
+            digital[e.type] = digital.get(e.type, 0) + 1
+        return {"analog_layers": len(self.simulated), "tiles": sum(len(layer.tiles) for layer in self.layers),
+                "analog_weights": sum(self.placement.entry(n).tile_weights for n in self.simulated),
+                "digital_modules": digital, "total_params": self.placement.total_params}

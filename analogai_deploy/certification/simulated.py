@@ -44,8 +44,10 @@ class Mapped:
         handles += mp.install(model, cal)
         for name, r in cal.ranges.items():
             mod = model.get_submodule(name)
-            if fast:
-                mod._fast.input_range = r
+            if fast:  # every tile of the layer (an attention's projections: each of them)
+                for sub in mod.modules():
+                    if hasattr(sub, "_fast"):
+                        sub._fast.input_range = r
                 continue
             from aihwkit.simulator.tiles.module import TileModule
 

@@ -65,6 +65,18 @@ def _explicit_padding(conv: nn.Module) -> list[int] | None:
     return out
 
 
+def im2col3d(x: torch.Tensor, k, s, d) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """A (padded) [N, C, D, H, W] input's patches as rows [N * D' * H' * W', C * kd * kh * kw], in the order of
+    the weight's [out, C, kd, kh, kw] flattening, and (N, D', H', W')."""
+    for i in range(3):
+        span = d[i] * (k[i] - 1) + 1
+        x = x.unfold(2 + i, span, s[i])
+    x = x[..., ::d[0], ::d[1], ::d[2]]  # [N, C, D', H', W', kd, kh, kw]
+    n, c, od, oh, ow = x.shape[:5]
+    cols = x.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(n * od * oh * ow, c * math.prod(k))
+    return cols, (n, od, oh, ow)
+
+
 class GroupedConv(nn.Module):
     """A Conv1d/2d/3d (any groups) as one aihwkit layer per group, each groups=1 over its channel slice."""
 
@@ -97,16 +109,6 @@ class GroupedConv(nn.Module):
             tiles.append(AnalogConv2d.from_digital(digital, copy.deepcopy(rpu)))
         self.tiles = nn.ModuleList(tiles)
 
-    def _im2col3d(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-        k, s, d = self.kernel, self.stride, self.dilation
-        for i in range(3):
-            span = d[i] * (k[i] - 1) + 1
-            x = x.unfold(2 + i, span, s[i])
-        x = x[..., ::d[0], ::d[1], ::d[2]]  # [N, C, D', H', W', kd, kh, kw]
-        n, c, od, oh, ow = x.shape[:5]
-        cols = x.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(n * od * oh * ow, c * math.prod(k))
-        return cols, (n, od, oh, ow)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(self.pad):
             x = F.pad(x, self.pad, mode=self.pad_mode)
@@ -118,7 +120,7 @@ class GroupedConv(nn.Module):
             elif self.dims == 2:
                 outs.append(tile(xg))
             else:
-                cols, (n, od, oh, ow) = self._im2col3d(xg)
+                cols, (n, od, oh, ow) = im2col3d(xg, self.kernel, self.stride, self.dilation)
                 outs.append(tile(cols).reshape(n, od, oh, ow, -1).permute(0, 4, 1, 2, 3))
         return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
 
@@ -136,7 +138,8 @@ class AnalogAttention(nn.Module):
     _qkv_same_embed_dim = False
     in_proj_bias = None
 
-    def __init__(self, mha: nn.MultiheadAttention, rpu):
+    def __init__(self, mha: nn.MultiheadAttention, linear):
+        """`linear(weight, bias)`: a projection's analog layer (aihwkit's here, the fast engine's in fast.py)."""
         super().__init__()
         e = mha.embed_dim
         self.embed_dim = e
@@ -144,13 +147,13 @@ class AnalogAttention(nn.Module):
         self.packed = mha._qkv_same_embed_dim
         bias = mha.in_proj_bias
         if self.packed:
-            self.in_proj = _linear(mha.in_proj_weight.detach(), None if bias is None else bias.detach(), rpu)
+            self.in_proj = linear(mha.in_proj_weight.detach(), None if bias is None else bias.detach())
         else:
             parts = [None, None, None] if bias is None else bias.detach().split(e)
             self.q_proj, self.k_proj, self.v_proj = (
-                _linear(w.detach(), b, rpu) for w, b in zip((mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight), parts))
+                linear(w.detach(), b) for w, b in zip((mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight), parts))
         out = mha.out_proj
-        self.out_proj = _linear(out.weight.detach(), None if out.bias is None else out.bias.detach(), rpu)
+        self.out_proj = linear(out.weight.detach(), None if out.bias is None else out.bias.detach())
         core = nn.MultiheadAttention(e, mha.num_heads, dropout=mha.dropout, bias=True,
                                      add_bias_kv=mha.bias_k is not None, add_zero_attn=mha.add_zero_attn,
                                      batch_first=mha.batch_first)
@@ -195,7 +198,7 @@ def _replacement(kind: str, module: nn.Module, rpu) -> nn.Module:
     if kind == "hf_conv1d":  # y = x @ W + b with W [in, out]: a Linear with weight W^T
         return _linear(module.weight.detach().t(), None if module.bias is None else module.bias.detach(), rpu)
     if kind == "attention":
-        return AnalogAttention(module, rpu)
+        return AnalogAttention(module, lambda w, b: _linear(w, b, rpu))
     raise OperationFailed(f"layer {{name}} ({type(module).__name__}, added with register_layer) has no aihwkit "
                           "mapping, so certify cannot simulate it", "keep it digital (--exclude-type "
                           f"{type(module).__name__}) and convert again, or certify without it")
