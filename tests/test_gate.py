@@ -139,6 +139,11 @@ def test_pull_verify_reruns_the_spot_check(cli, zoo_dir, certified, tmp_path):
             s = _stats(r["values"])
             r.update(mean=s["mean"], std=s["std"], ci95=s["ci95"], min=s["min"])
     edit_certificate(zoo_dir / "digits", forge)
+    code, _, err = cli("pull", "digits")  # the index records every file's sha256
+    assert _one_line_refusal(code, err, "certificate.json differ from what its index records")
+    index = json.loads((zoo_dir / "index.json").read_text())  # a forger who edits the index too
+    index["entries"][0]["files"] = pkgio.read_config(zoo_dir / "digits")["files"]
+    (zoo_dir / "index.json").write_text(json.dumps(index))
     assert cli("pull", "digits")[0] == 0  # without --verify the forgery is consistent
     code, _, err = cli("pull", "digits", "--verify")
     assert _one_line_refusal(code, err, "spot check disagrees")

@@ -193,6 +193,24 @@ def test_a_changed_file_in_a_zoo_entry_is_refused(edit, exported_zoo, cli, tmp_p
     assert not (tmp_path / "pulled").exists() and not (zoo / "pwned").exists()
 
 
+def test_a_zoo_entry_edited_with_its_config_is_refused_by_the_index(exported_zoo, cli, tmp_path):
+    """A forger who changes model.onnx and both its sha256 values in config.json (`files`, the export record):
+    the zoo index still names every file's sha256."""
+    from analogai_deploy.provenance import sha256_file
+    from zoo_helpers import rehash
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(exported_zoo, zoo)
+    entry = zoo / "digits-cnn"
+    onnx_byte_changed(entry)
+    rehash(entry, "model.onnx")
+    _edit_record(entry, lambda r: r["export"]["onnx"].update(sha256=sha256_file(entry / "model.onnx")))
+    pkgio.load(entry)  # the folder alone is consistent now
+    line = _error(*cli("pull", "digits-cnn", "--zoo", zoo, "-o", tmp_path / "pulled")[::2])
+    assert "model.onnx differ from what its index records" in line, line
+    assert not (tmp_path / "pulled").exists()
+
+
 def test_pull_leaves_out_files_the_entry_does_not_list(exported_zoo, cli, tmp_path):
     zoo = tmp_path / "zoo"
     shutil.copytree(exported_zoo, zoo)

@@ -58,6 +58,13 @@ def locate(spec: str, *, zoo: str | Path | None = None, revision: str | None = N
     if entry.get("sha256") != config["weights"]["sha256"]:
         raise pkgio.PackageError(f"zoo entry {spec!r} holds other weights than its index records (tampered)",
                                  "publish the package again; never load weights you cannot verify")
+    recorded, now = entry.get("files"), config.get("files")
+    if isinstance(recorded, dict) and recorded != now:
+        now = now if isinstance(now, dict) else {}
+        changed = sorted(n for n in set(recorded) | set(now) if recorded.get(n) != now.get(n))
+        raise pkgio.PackageError(f"zoo entry {spec!r}: {', '.join(changed)} differ from what its index records "
+                                 "(the file and its sha256 in config.json were edited after publishing)",
+                                 "publish the package again; never use files you cannot verify")
     return folder
 
 

@@ -170,6 +170,8 @@ def _entry(name: str, folder: Path, published: str | None = None, rules: gate.Po
         **gate.summary(certificate, admission.verdict),
         "size": folder_size(folder),
         "sha256": config["weights"]["sha256"],
+        # every file's sha256 (older packages: none): an entry edited together with its config.json is refused
+        "files": config["files"] if isinstance(config.get("files"), dict) else None,
         "source": config["source"].get("name") or config["source"].get("kind"),
         "task": config.get("task"),
         "recipe": (config.get("recipe") or {}).get("name"),
