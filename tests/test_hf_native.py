@@ -125,7 +125,11 @@ def _chain(kind, tmp_path, minilm_dir, hub, cifar=None):
     meta = yaml.safe_load(card.split("---", 2)[1])
     assert meta["library_name"] == "transformers" and "analog-in-memory-computing" in meta["tags"]
     assert {"ideal", "recipe-vanilla"} <= set(meta["tags"]) and meta["model-index"][0]["results"][0]["metrics"]
-    assert f"from_pretrained({repo!r})" in card and f"from_pretrained('hf-hub:{repo}')" in card
+    assert f"from_pretrained('hf-hub:{repo}')" in card
+    snippet = re.search(r"With transformers:\n\n```python\n(.*?)```", card, re.S).group(1)
+    namespace: dict = {}
+    exec(snippet, namespace)  # the card's own snippet, by repo id through the Hub stand-in
+    assert type(namespace["model"]).__name__ == pulled.config["source"]["architecture"]
     return pulled
 
 
@@ -228,3 +232,14 @@ def test_image_and_local_packages_keep_their_layout(lenet_pkg, tmp_path):
     shutil.copytree(lenet_pkg, tmp_path / "l")
     raw = json.loads((tmp_path / "l" / "config.json").read_text())
     assert "analogai" not in raw and raw == pkgio.read_config(tmp_path / "l")
+
+
+def test_card_names_the_hub_model_it_came_from(lenet_pkg):
+    from analogai_deploy.card import render
+
+    config = {**pkgio.read_config(lenet_pkg), "source": {"kind": "huggingface", "source": "org/model",
+                                                         "task": "causal-lm", "config": {"model_type": "gpt2"}}}
+    meta = yaml.safe_load(render(config).split("---", 2)[1])
+    assert meta["base_model"] == "org/model" and meta["library_name"] == "transformers"
+    local = {**config, "source": {**config["source"], "source": "/data/models/model"}}
+    assert "base_model" not in yaml.safe_load(render(local).split("---", 2)[1])  # a path is no Hub model
