@@ -67,9 +67,16 @@ def _who(holder: dict[str, Any]) -> str:
     return f"pid {pid}{where}, started {_since(holder)}"
 
 
+def _run_id() -> str | None:
+    """The distributed run this process is a rank of (torchrun / --nproc set these), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    return f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+
+
 def busy(output: str | Path, flag: str = "-o") -> UsageError | None:
-    """The refusal for an output another run is writing now, or None (free, or held by this process).
-    Takes nothing: a probe for checks made before the slow work."""
+    """The refusal for an output another run is writing now, or None (free, held by this process, or by
+    rank 0 of this same distributed run). Takes nothing: a probe for checks made before the slow work."""
     path = lock_path(output)
     if str(path) in _HELD:
         return None
@@ -82,7 +89,9 @@ def busy(output: str | Path, flag: str = "-o") -> UsageError | None:
     except OSError as exc:
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise
-        return _refusal(output, _holder(fd), flag)
+        holder = _holder(fd)
+        return None if holder.get("run") is not None and holder.get("run") == _run_id() else \
+            _refusal(output, holder, flag)
     finally:
         os.close(fd)
     return None
@@ -164,5 +173,6 @@ def _acquire(path: Path, output: str | Path, flag: str, log: Callable[[str], Non
                 "no longer holds it, e.g. it was killed): taking it over")
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode())
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                                 "run": _run_id()}).encode())
         return fd
