@@ -243,3 +243,11 @@ def test_card_names_the_hub_model_it_came_from(lenet_pkg):
     assert meta["base_model"] == "org/model" and meta["library_name"] == "transformers"
     local = {**config, "source": {**config["source"], "source": "/data/models/model"}}
     assert "base_model" not in yaml.safe_load(render(local).split("---", 2)[1])  # a path is no Hub model
+
+
+@pytest.mark.parametrize("record", [[], {"format": pkgio.FORMAT}])
+def test_a_malformed_record_is_one_error(record, certified_gpt2):
+    raw = json.loads((certified_gpt2 / "config.json").read_text())
+    (certified_gpt2 / "config.json").write_text(json.dumps({**raw, "analogai": record}))
+    with pytest.raises(PackageError, match="malformed 'analogai' section"):
+        ad.load(certified_gpt2)
