@@ -176,7 +176,7 @@ class MappingConfig(StrictConfig):
         if m.clip != "none":
             parts.append(f"clip {m.clip} {m.clip_value:g}")
         parts.append({"dynamic": "dynamic inputs", "calibrated": f"calibrated inputs {m.input_range_k:g} std",
-                      "learned": f"learned input ranges ({len(m.input_ranges or {})} layers)"}[m.input_range])
+                      "learned": "learned input ranges"}[m.input_range])
         if m.input_scaling == "channel":
             parts.append(f"channel input scaling a={m.input_scaling_alpha:g}")
         parts.append(f"{m.output_scaling} output correction")
