@@ -232,4 +232,4 @@ def test_digital_outliers_train_the_split_certify_programs(lenet_pkg, tmp_path):
     mapping = json.loads((out / "config.json").read_text())["mapping"]
     assert (mapping["outliers"], mapping["outlier_std"]) == ("digital", 2.5)
     cert = ad.certify(out, repeats=1, times="1d", limit=32, write=False, engine="fast")
-    assert cert["mapping"]["outliers"] == "digital" and cert["mapping"]["outliers_digital_fraction"] > 0
+    assert cert["mapping"]["outliers"] == "digital" and cert["mapping"]["digital_outliers"]["weight_share"] > 0

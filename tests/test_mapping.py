@@ -233,7 +233,7 @@ def test_minilm_default_certificate_keeps_cosine_0_85_at_1d(minilm, engine):
 
 
 def test_digital_outliers_sum_back_exactly_and_shrink_the_tiles(trained):
-    from analogai_deploy.certification.mapping import install_outliers, split_outliers
+    from analogai_deploy.certification import outliers
 
     from analogai_deploy.analog.convert import to_digital
 
@@ -242,14 +242,16 @@ def test_digital_outliers_sum_back_exactly_and_shrink_the_tiles(trained):
     m = MappingConfig(outliers="digital", outlier_std=2.0)
     before = {n: mod.weight.detach().abs().amax(1) for n, mod in split.named_modules()
               if isinstance(mod, torch.nn.Linear)}
-    residuals, share = split_outliers(split, m)
-    assert residuals and set(residuals) == set(before) and 0 < share < 0.1  # Linear layers only, few weights
+    residuals = outliers.split(split, m, outliers.split_layers(split))
+    moved = sum(int((r != 0).sum()) for r in residuals.values())
+    assert residuals and set(residuals) == set(before)  # Linear layers only, few weights
+    assert 0 < moved < 0.1 * sum(r.numel() for r in residuals.values())
     for name, mod in split.named_modules():
         if name in residuals:
             w = mod.weight.detach()
             assert (w.abs().amax(1) <= before[name] + 1e-7).all() and (w.abs().amax(1) < before[name]).any()
     x = torch.randn(16, *json.loads((trained / "config.json").read_text())["input"]["shape"])
-    handles = install_outliers(split, residuals)
+    handles = outliers.install(split, residuals)
     with torch.no_grad():
         assert torch.allclose(split(x), digital(x), atol=1e-5)  # tile part + digital part = the layer
     for h in handles:
@@ -263,7 +265,7 @@ def test_digital_outliers_in_certify_both_engines(pkg, engine):
     ideal = ad.certify(pkg, device="ideal", engine=engine, mapping=MappingConfig(outliers="digital", outlier_std=2.0),
                        **QUICK)
     assert ideal.result("1d")["mean"] == pytest.approx(ideal["digital"]["accuracy"], abs=1e-9)  # exact sum
-    assert ideal["mapping"]["outliers"] == "digital" and 0 < ideal["mapping"]["outliers_digital_fraction"] < 0.1
+    assert ideal["mapping"]["outliers"] == "digital" and 0 < ideal["mapping"]["digital_outliers"]["weight_share"] < 0.1
     with pytest.raises(UsageError, match="outlier_std"):
         MappingConfig(outlier_std=0)
     with pytest.raises(UsageError, match="digital"):
@@ -274,5 +276,5 @@ def test_minilm_keeps_more_with_its_outlier_weights_digital(minilm):
     plain = ad.certify(minilm, repeats=1, times="1d", limit=8, write=False, engine="fast")
     split = ad.certify(minilm, repeats=1, times="1d", limit=8, write=False, engine="fast",
                        mapping=MappingConfig(outliers="digital", outlier_std=2.5))
-    assert 0.005 < split["mapping"]["outliers_digital_fraction"] < 0.03
+    assert 0.005 < split["mapping"]["digital_outliers"]["weight_share"] < 0.03
     assert split.result("1d")["mean"] > plain.result("1d")["mean"] + 0.02  # 0.948 against 0.904 on 32 sentences

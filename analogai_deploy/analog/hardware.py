@@ -20,10 +20,10 @@ The seed's model (layers.noisy) draws W + N(0, s^2), s = c * sigma * max|W| over
          near g_max), so after compensation they shrink, and per-device nu spreads grow with log t.
   clip   the weights used in the forward pass are clipped (fixed: |w| <= value; layer_std / channel_std:
          value std per layer / output channel), gradients straight through; certify clips the same way.
-  outliers  (noise.outliers: digital) a Linear layer's tile weights (after the input scaling) beyond
-         outlier_std std of their output column stay off the tile: the tile holds them clipped, with its
-         noise and periphery, and the clipped-off part runs digitally beside it, exact (the mapping's
-         outliers=digital; certification/mapping.py).
+  outliers  (noise.outliers: digital) a Linear (or GPT-2 Conv1D) layer's tile weights (after the input
+         scaling) beyond outlier_std std of their output column stay off the tile: the tile holds them
+         clipped, with its noise and periphery, and the clipped-off part runs digitally beside it, exact
+         (the mapping's outliers=digital; certification/outliers.py).
   clip after the step  (noise.clip_when: step) the weights themselves are clipped in place after every
          optimizer step (`clip_step`, aihwkit-lightning's clip_weights), not in the forward pass.
   io     the tile periphery around the matmul, as certify's aihwkit PyTorch tile: inputs divided by
@@ -144,7 +144,7 @@ def wmax(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tens
 def tile_weights(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0, outliers: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(what the tile holds: clipped, input-scaled, outliers cut off; the digital outlier part or None).
-    `outliers`: the caller is a Linear layer that adds the digital part (layers.AnalogLinear)."""
+    `outliers`: the caller is a Linear layer that adds the digital part (layers.AnalogLinear, AnalogHFConv1D)."""
     w = clip(w, hw, channel_dim)
     if hw.in_scale is not None:  # the tile holds W_:j * s_j (module docstring); channel_dim 0: inputs on dim 1
         shape = [1] * w.dim()
@@ -152,13 +152,14 @@ def tile_weights(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0, outli
         w = w * hw.in_scale.to(w.dtype).view(shape)
     if not (outliers and hw.outlier_std > 0):
         return w, None
-    return outlier_split(w, hw.outlier_std)
+    return outlier_split(w, hw.outlier_std, channel_dim)
 
 
-def outlier_split(w: torch.Tensor, k: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(w clipped at k std of each row - an output column of the tile -, the clipped-off rest): the mapping's
+def outlier_split(w: torch.Tensor, k: float, channel_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w clipped at k std of each output channel - an output column of the tile: a row of w, or a column
+    where `channel_dim` is 1 (GPT-2's Conv1D, [in, out]) -, the clipped-off rest): the mapping's
     outliers=digital, for training and certify alike. The gradient reaches every weight through one part."""
-    bound = k * w.detach().std(1, keepdim=True)
+    bound = k * w.detach().std(1 - channel_dim, keepdim=True)
     kept = torch.maximum(torch.minimum(w, bound), -bound)
     return kept, w - kept
 

@@ -139,8 +139,8 @@ def noisy(weight: torch.Tensor, state: AnalogState, channel_dim: int = 0) -> tor
 
 def noisy_parts(weight: torch.Tensor, state: AnalogState, channel_dim: int = 0, outliers: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`noisy`, and for a Linear layer (`outliers`) whose hardware noise keeps outliers digital, the digital
-    outlier part the caller adds beside the tile (else None)."""
+    """`noisy`, and for a Linear or GPT-2 Conv1D layer (`outliers`) whose hardware noise keeps outliers
+    digital, the digital outlier part (shaped as `weight`) the caller adds beside the tile (else None)."""
     if state.weight_quant is not None:
         weight = state.weight_quant(weight)
     if state.hw is not None:
@@ -262,11 +262,15 @@ def _hf_conv1d_class():
             s = self.analog
             size_out = x.size()[:-1] + (self.nf,)
             x = analog_input(x, s)
-            w = noisy(self.weight, s, channel_dim=1)  # [in, out]: output channels are the columns
+            # [in, out]: output channels are the columns; `digital` the outlier part beside the tile, or None
+            w, digital = noisy_parts(self.weight, s, channel_dim=1, outliers=True)
             if s.hw is not None and s.hw.has_io:
-                y = _tile(x.view(-1, x.size(-1)), w.t(), self.bias, F.linear, s, False, layer=self)
+                y = _tile(x.view(-1, x.size(-1)), w.t(), self.bias, F.linear, s, False,
+                          None if digital is None else digital.t(), layer=self)
             else:
                 y = torch.addmm(self.bias, x.view(-1, x.size(-1)), w)
+                if digital is not None:
+                    y = y + x.view(-1, x.size(-1)) @ digital
             return analog_output(y.view(size_out), s)
 
     return Conv1D, AnalogHFConv1D

@@ -34,7 +34,7 @@ from torch import nn
 from .._config import StrictConfig
 from .._marks import mark
 from ..errors import UsageError, unknown
-from . import precision
+from . import outliers, precision
 from .devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
                       rpu_config)
 from .mapping import MAPPING_FIELDS, MappingConfig, package_mapping
@@ -300,8 +300,8 @@ def _map(bench: _Bench, cfg: CertifyConfig) -> None:
         record["clipped_fraction"] = sum(clipped.values()) / len(clipped)
     if mapped.calibrated is not None:
         record["calibrated"] = mapped.calibrated
-    if mapped.outliers:
-        record["outliers_digital_fraction"] = mapped.outlier_share
+    if m.outliers == "digital":  # what the split costs: shares of the tiles' weights and MACs, sparse bytes
+        record["digital_outliers"] = split_cost(mapped, bench)
     if clipped:  # what the mapped weights alone cost, before any analog noise (the ceiling of this mapping)
         handles = mapped.install(mapped.model)
         try:
@@ -311,6 +311,12 @@ def _map(bench: _Bench, cfg: CertifyConfig) -> None:
                 h.remove()
         record["digital_mapped"] = {bench.metric: score(bench.metric, outputs, bench.data, bench.reference)}
     bench.mapping_record = record
+
+
+def split_cost(mapped: Mapped, bench: _Bench) -> dict[str, Any]:
+    """The digital-outlier split's cost (outliers.cost), its MACs counted on the first evaluation batch."""
+    vectors, per = outliers.macs_per_vector(mapped.model, bench.placement, bench.data.batches[0])
+    return outliers.cost(mapped.outliers, bench.placement, vectors, per)
 
 
 def _overridden(config: dict[str, Any], m: MappingConfig) -> dict[str, Any]:

@@ -14,11 +14,12 @@ were overridden. Fields left at None inherit (the package's value, then DEFAULTS
   clip             weights clipped before programming: none; fixed (|w| <= clip_value, weight units);
                    layer_std (clip_value std of the whole layer, aihwkit's LAYER_GAUSSIAN); channel_std
                    (clip_value std per output channel, aihwkit-lightning's LAYER_GAUSSIAN_PER_CHANNEL).
-  outliers         none, or digital: each Linear layer's tile weights (after the input scaling) are clipped
-                   at outlier_std std of their output column, and the clipped-off part - the few outlier
-                   weights, 0.6% of the MiniLM's at 3 std - is computed digitally beside the tile (a
-                   sparse digital matmul, exact). The tile's max|w| per column, and with it every weight's
-                   noise, shrinks; the sum stays the digital layer's. Convolutions keep all weights on tiles.
+  outliers         none, or digital: each Linear (and GPT-2 Conv1D) layer's tile weights (after the input
+                   scaling) are clipped at outlier_std std of their output column, and the clipped-off part
+                   - the few outlier weights, 0.6% of the MiniLM's at 3 std - is computed digitally beside
+                   the tile (a sparse digital matmul, exact). The tile's max|w| per column, and with it every
+                   weight's noise, shrinks; the sum stays the digital layer's. Convolutions and attention
+                   projections keep all weights on tiles. outliers.py: the split and what it costs.
   input_range      dynamic: each input vector scaled by its own abs-max before the DAC (aihwkit's
                    ABS_MAX noise management); calibrated: one static range per layer, input_range_k
                    std of its inputs on calibration data (aihwkit pre_post.input_range, its
@@ -251,45 +252,6 @@ def clip_weights(model, mapping: MappingConfig, layers: list | None = None) -> d
             out[name] = float((flat.abs() > bound).float().mean())
             flat.copy_(torch.maximum(torch.minimum(flat, bound), -bound))
     return out
-
-
-def split_outliers(model, mapping: MappingConfig, layers: list | None = None) -> tuple[dict[str, Any], float]:
-    """outliers=digital: clip each Linear layer's tile weights (as they stand: input scales folded in) at
-    outlier_std std of their output column, in place. Returns the clipped-off part per layer, for
-    `install_outliers`, and the share of the Linear weights it holds."""
-    import torch
-
-    from ..analog.hardware import outlier_split
-
-    m = mapping.complete()
-    if m.outliers != "digital":
-        return {}, 0.0
-    residuals, moved, total = {}, 0, 0
-    with torch.no_grad():
-        for name, mod in layers if layers is not None else mapped_layers(model):
-            if not isinstance(mod, torch.nn.Linear):
-                continue
-            w = own_weight(model, mod)
-            clipped, residuals[name] = outlier_split(w, m.outlier_std)
-            moved += int((residuals[name] != 0).sum())
-            total += w.numel()
-            w.copy_(clipped)
-    return residuals, moved / max(total, 1)
-
-
-def install_outliers(model, residuals: dict[str, Any]) -> list:
-    """Forward hooks adding each layer's digital outlier part, x @ R^T, to the tile's output; by module name,
-    on whichever model holds the layers. x is the tile's own input (after the input-scaling pre-hook)."""
-    import torch.nn.functional as F
-
-    mods = dict(model.named_modules())
-    handles = []
-    for name, r in residuals.items():
-        def post(module, args, out, r=r):
-            return out + F.linear(args[0], r.to(args[0].dtype))
-
-        handles.append(mods[name].register_forward_hook(post))
-    return handles
 
 
 @dataclass

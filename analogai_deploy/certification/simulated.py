@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from . import mapping as mp
+from . import outliers as ol
 
 
 @dataclass
@@ -30,14 +31,13 @@ class Mapped:
     clipped: dict[str, float] = field(default_factory=dict)  # layer -> fraction of its weights clipped
     calibration: mp.Calibration | None = None  # input scales and static input ranges (calibrated or learned)
     calibrated: dict[str, Any] | None = None  # what the calibration pass on data found (its summary)
-    outliers: dict[str, Any] = field(default_factory=dict)  # layer -> its digital outlier weights
-    outlier_share: float = 0.0
+    outliers: dict[str, Any] = field(default_factory=dict)  # layer -> its digital outlier weights [out, in]
 
     def install(self, model: nn.Module, fast: bool = False) -> list:
         """The digital parts on `model` (the aihwkit model or the fast engine's): x / s before each scaled
         layer's DAC, the outlier weights beside their tiles, and every tile's static input range. Returns
         the hook handles."""
-        handles = mp.install_outliers(model, self.outliers)  # forward hooks: they see x after the pre-hooks
+        handles = ol.install(model, self.outliers)  # forward hooks: they see x after the pre-hooks
         cal = self.calibration
         if cal is None:
             return handles
@@ -73,8 +73,9 @@ def map_digital(path: str | Path, config: dict[str, Any], digital: nn.Module, pl
     if m.input_range == "learned":  # the ranges training learned, as config.json records them
         names = set(placement.names) if placement is not None else {n for n, _ in layers}
         calibration = mp.learned_ranges(m, names, calibration)
-    outliers, share = mp.split_outliers(prepared, m, layers)  # after the scales: the tiles' own weights
-    return Mapped(prepared.eval(), clipped, calibration, calibrated, outliers, share)
+    # after the scales: the tiles' own weights (Linear and GPT-2 Conv1D layers, outliers.py)
+    outliers = ol.split(prepared, m, ol.split_layers(prepared, placement))
+    return Mapped(prepared.eval(), clipped, calibration, calibrated, outliers)
 
 
 def on_tiles(mapped: Mapped, placement, rpu) -> tuple[nn.Module, list[str]]:
