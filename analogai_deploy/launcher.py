@@ -51,6 +51,7 @@ def certify(package, *args: Any, nproc: int = 1, dist_timeout: float | None = No
                   nproc, progress=progress is not None, timeout=dist_timeout)
     cert = certification.Certificate(res["certificate"])
     cert.timing = {**res["timing"], "processes": nproc}
+    cert.split_hint = res.get("split_hint")
     cert.path = Path(res["path"]) if res.get("path") else None
     return cert
 
@@ -217,7 +218,8 @@ def _certify_job(kwargs: dict[str, Any], progress) -> dict[str, Any]:
 
     cfg = CertifyConfig.from_dict(kwargs.pop("config"))
     cert = certify_stage(kwargs.pop("package"), config=cfg, progress=progress, **kwargs)
-    return {"certificate": dict(cert), "timing": cert.timing, "path": str(cert.path) if cert.path else None}
+    return {"certificate": dict(cert), "timing": cert.timing, "path": str(cert.path) if cert.path else None,
+            "split_hint": cert.split_hint}
 
 
 def _sweep_job(kwargs: dict[str, Any], progress) -> dict[str, Any]:

@@ -190,15 +190,21 @@ def certify(
     sim = "fast engine" if cert.get("engine") == "fast" else f"aihwkit ({cert['tile']} tiles)"
     out.info(f"{sim}: {1e3 * t['per_eval_s']:.0f} ms per repeat x time point, "
              f"digital pass {1e3 * t['digital_pass_s']:.0f} ms over the same {cert['data']['n']} inputs")
-    # --json: the certificate plus how long this run took (not part of certificate.json: it varies run to run)
-    out.result({**dict(cert), "timing": cert.timing}, lambda c: _cert_text(c, cert))
+    # --json: the certificate plus how long this run took and, on a missed text gate, what the digital-outlier
+    # split measured (neither is part of certificate.json: they vary run to run / are another mapping's)
+    extra = {"timing": cert.timing, **({"split_hint": cert.split_hint} if cert.split_hint else {})}
+    out.result({**dict(cert), **extra}, lambda c: _cert_text(c, cert))
     for warning in cert.get("warnings", []):
         out.warn(warning)
     if cert.passed is False:
         v = cert["verdict"]
+        if cert.split_hint:
+            out.warn(cert_mod.hint_line(cert.split_hint, cert["metric"], v["max_drop_pp"]))
         raise OperationFailed(
             f"gate failed: {v['drop_pp']:.2f} pp below digital at {v['at']} (lower 95% CI), allowed {v['max_drop_pp']:g} pp",
-            "recover the model for noise (analogai-deploy recover PKG --recipe msnat) or relax --max-drop",
+            "recover the model for noise (analogai-deploy recover PKG --recipe msnat)"
+            + (", map its outlier weights digitally (--outliers digital, above)" if cert.split_hint else "")
+            + " or relax --max-drop",
         )
 
 

@@ -14,6 +14,7 @@ Examples:
   analogai-deploy convert hf:/path/to/minilm-folder
   analogai-deploy convert mymodels.py:small_cnn --weights cnn.safetensors --keep-first-last
   analogai-deploy convert mobilenet_v3_small --num-classes 10 --exclude 'features.0.*' --json
+  analogai-deploy convert hf:/path/to/minilm-folder --outliers digital --outlier-std 2.5   # mixed-signal mapping
 """
 
 
@@ -37,6 +38,8 @@ def convert(
     keep_first_last: Annotated[bool, typer.Option(help="Keep the first and last analog-capable layer digital.")] = False,
     weight_bits: Annotated[int, typer.Option(help="Bits per weight (sets the noise scale with --device-bits).")] = 8,
     device_bits: Annotated[int, typer.Option(help="Bits per device slice.")] = 2,
+    outliers: Annotated[str, typer.Option(help="Mapping recorded for recover and certify: 'digital' keeps each Linear (and GPT-2 Conv1D) tile column's weights beyond --outlier-std std off the tiles, computed digitally beside them (a sparse matmul; docs/certify.md says what it costs), or 'none' (pure analog).")] = "none",
+    outlier_std: Annotated[float, typer.Option(help="Mapping: the outlier bound in std of the tile column (with --outliers digital).")] = 3.0,
     seed: Annotated[int, typer.Option(help="Seed for randomly initialised weights.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing package at -o (nothing else is ever replaced).")] = False,
     json_: Json = False,
@@ -44,19 +47,23 @@ def convert(
 ) -> None:
     from .. import api
     from ..analog.config import AnalogConfig
+    from ..certification.mapping import MappingConfig
 
     out = output(json_, quiet)
     config = AnalogConfig(
         weight_bits=weight_bits, device_bits=device_bits, include=include or [], exclude=exclude or [],
         exclude_types=exclude_type or [], keep_first_last=keep_first_last,
     )
+    mapping = MappingConfig(outliers=outliers, outlier_std=outlier_std)  # refused here, before the model is built
     out.info(f"converting {model} ...")
     pkg = api.convert(
         model, config, output_dir, num_classes=num_classes, weights=weights, task=task,
-        input_shape=parse_shape(input_shape), tokenizer=tokenizer, seed=seed, overwrite=overwrite,
+        input_shape=parse_shape(input_shape), tokenizer=tokenizer, seed=seed, overwrite=overwrite, mapping=mapping,
     )
-    data = {"package": str(pkg.path), "weights_sha256": pkg.weights_sha256, "report": pkg.report.to_dict()}
-    out.result(data, lambda d: f"{pkg.report.summary()}\nwrote {d['package']}")
+    data = {"package": str(pkg.path), "weights_sha256": pkg.weights_sha256, "report": pkg.report.to_dict(),
+            "mapping": pkg.config["mapping"]}
+    split = f"\nmapping: {mapping.label()}" if mapping.outliers == "digital" else ""
+    out.result(data, lambda d: f"{pkg.report.summary()}{split}\nwrote {d['package']}")
 
 
 def models(

@@ -24,6 +24,8 @@ Examples:
 
   analogai-deploy recover runs/minilm --recipe msnat               # text: the shipped corpus, distillation
 
+  analogai-deploy recover runs/minilm --outliers digital --outlier-std 2.5   # train and record the mixed-signal mapping
+
   analogai-deploy recover runs/bert-cls --data text:reviews.jsonl  # labelled text: cross-entropy
 
   analogai-deploy recover runs/smollm2 --data generated:200 training.rounds=2   # text the LM writes itself
@@ -83,6 +85,8 @@ def recover(
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in OUTPUT.partial/ if there is one.")] = False,
     restart: Annotated[bool, typer.Option(help="Discard the checkpoint in OUTPUT.partial/ and start from round 1.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing package at OUTPUT (nothing else is ever replaced).")] = False,
+    outliers: Annotated[str | None, typer.Option(help="Mapping: 'digital' trains with each Linear (and GPT-2 Conv1D) tile column's weights beyond --outlier-std std off the tiles, computed digitally beside them, and records it for certify; 'none' trains and records pure analog (the recipe's noise.outliers). [default: the package's record; recipes with the hardware noise model train with it]")] = None,
+    outlier_std: Annotated[float | None, typer.Option(help="Mapping: the outlier bound in std of the tile column (noise.outlier_std). [default: 3]")] = None,
     nproc: Annotated[int, typer.Option(help="Train on N local processes (torch.distributed): MSNAT clients spread over them, other recipes data parallel.")] = 1,
     dist_timeout: Annotated[float | None, typer.Option(help="Seconds a process waits for the others before the run fails (with --nproc or torchrun). [default: 1800]")] = None,
     json_: Json = False,
@@ -96,12 +100,14 @@ def recover(
 
     main = distributed.configure_cli(nproc, dist_timeout)
     out = output(json_ and main, quiet or not main)  # under torchrun only rank 0 prints
+    overrides = list(overrides or [])  # the mapping options are the recipe's noise.outliers / noise.outlier_std
+    overrides += [f"noise.{k}={v}" for k, v in (("outliers", outliers), ("outlier_std", outlier_std)) if v is not None]
     out.info(f"recovering {package} with recipe {recipe} on {data or 'the default data'} ...")
     if resume:
         target = Path(output_dir) if output_dir else None
         if target is not None and not state_dir_for(target).exists():
             out.warn(f"no checkpoint in {state_dir_for(target)}; starting from round 1")
-    pkg = run_recover(package, recipe, data, output_dir, overrides=list(overrides or []), resume=resume,
+    pkg = run_recover(package, recipe, data, output_dir, overrides=overrides, resume=resume,
                       restart=restart, overwrite=overwrite,
                       progress=(lambda **kw: out.progress(**kw)) if out.mode == "human" else None,
                       nproc=nproc, dist_timeout=dist_timeout, log=out.info)

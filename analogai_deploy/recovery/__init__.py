@@ -160,6 +160,7 @@ def prepare_run(package, recipe, data, overrides=None):
     inp = pkg.config.get("input", {})
     text = inp.get("kind") == "text"  # a recipe's text: section applies (recipe.py)
     rec = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides, text=text)
+    rec = with_recorded_split(pkg.config, rec, overrides)
     data = data or default_data(pkg.config)
     from .engine import pick_device
     from .memory import check_fits
@@ -193,6 +194,24 @@ def prepare_run(package, recipe, data, overrides=None):
     objective = objectives.choose(pkg.config, ds, rec)
     check_fits(pkg.model, rec, ds, device)  # a batch too large fails here, not by OOM
     return pkg, rec, ds, objective
+
+
+def _names(overrides, key: str) -> bool:
+    """Whether the dotted overrides (a list of 'k=v' or a dict) set `key`."""
+    return any(str(o).split("=", 1)[0].strip() == key for o in (overrides or []))
+
+
+def with_recorded_split(config: dict[str, Any], rec: Recipe, overrides=None) -> Recipe:
+    """`rec`, training with the package's recorded digital-outlier split (convert --outliers digital) where it
+    trains with the hardware noise model (the noise / io sections) and neither it nor the overrides set
+    noise.outliers. Other recipes train as they are; the record stays, and certify applies it."""
+    from ..certification.mapping import package_mapping
+
+    m = package_mapping(config).complete()
+    if m.outliers != "digital" or not rec.hardware_noise or rec.noise.outliers == "digital" or _names(
+            overrides, "noise.outliers"):
+        return rec
+    return load_recipe(rec, {"noise.outliers": "digital", "noise.outlier_std": m.outlier_std})
 
 
 #: the seed's Gaussian per tensor at this sigma leaves a transformer's embedding unrelated to the teacher's
@@ -335,6 +354,11 @@ def recover(
             hardware.apply(final, None, None)  # also takes the learned ranges off the layers: they go to the mapping
             # what it was trained for is what certify uses by default (the rest of the mapping stays the package's)
             config["mapping"] = MappingConfig.from_dict(hardware.trained_mapping(rec.noise, rec.io, ranges)).over(
+                config.get("mapping")).to_dict()
+        elif _names(merged, "noise.outliers"):  # `--outliers none` with the seed's noise: the record drops the split
+            from ..certification.mapping import MappingConfig
+
+            config["mapping"] = MappingConfig(outliers=rec.noise.outliers, outlier_std=rec.noise.outlier_std).over(
                 config.get("mapping")).to_dict()
         if rec.recovery.qat and rec.training.engine == "msnat":
             from . import qat
