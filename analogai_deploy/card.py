@@ -125,6 +125,23 @@ def _base_model(config: dict[str, Any]) -> str | None:
     return src if src and not src.startswith(("/", ".")) and src.count("/") == 1 else None
 
 
+def split_sentence(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> str | None:
+    """The mixed-signal mapping in words (certification/outliers.py), with the certificate's measured shares of
+    the tiles' weights and MACs and the sparse part's size; None for a pure-analog mapping."""
+    mapping = (certificate or {}).get("mapping") or config.get("mapping") or {}
+    if mapping.get("outliers") != "digital":
+        return None
+    head = (f"Mixed-signal mapping: each tile column's weights beyond {mapping.get('outlier_std', 3.0):g} std stay off "
+            "the tiles and are computed digitally beside them (Linear and GPT-2 Conv1D layers)")
+    cost = mapping.get("digital_outliers")
+    if not cost:
+        return head + "; the certificate states what share of the weights and multiply-accumulates that is."
+    return (f"{head}: {cost['weight_share']:.2%} of the {cost['analog_weights']:,} weights on tiles "
+            f"({cost['digital_weights']:,}), {cost['mac_share']:.2%} of the multiply-accumulates "
+            f"({cost['digital_macs']:,.0f} digital MACs per {cost['per']}), {cost['sparse_bytes'] / 1024:,.1f} KiB "
+            f"as a sparse matrix ({cost['sparse_format']}).")
+
+
 def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> str:
     source = config.get("source", {})
     name = model_name(config)
@@ -179,6 +196,9 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
         lines += ["", "## Certificate", "", results_markdown(certificate), "",
                   "![certificate: metric vs time after programming, 95% CI, digital and gate lines](certificate.png)"]
         lines += [f"\n> Warning: {w}." for w in certificate.get("warnings", [])]
+    split = split_sentence(config, certificate)
+    if split:
+        lines += ["", split]
     zoo = config.get("zoo") or {}
     admitted = zoo.get("admitted") or {}
     if admitted.get("gate"):  # what the zoo itself recomputed and re-ran, not what the certificate says of itself
