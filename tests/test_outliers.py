@@ -166,3 +166,30 @@ def test_recover_records_the_split_and_trains_with_a_recorded_one(mlp_pkg, cli, 
     assert cli("recover", converted, "--recipe", "vanilla", "-o", tmp_path / "none", "--outliers", "none",
                *quick)[0] == 0
     assert _mapping(tmp_path / "none")["outliers"] == "none"
+
+
+def test_macs_count_every_analog_kind():
+    """Analog MACs per sample: a convolution per output position, attention per query / key / value token."""
+    from torch import nn
+
+    from analogai_deploy.analog.placement import plan
+    from analogai_deploy.certification import outliers
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 16, 3)  # 10 -> 8 positions
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True, kdim=8, vdim=8)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.conv(x).transpose(1, 2)  # (batch, 8 tokens, 16)
+            return self.head(self.attn(h, h[..., :8], h[..., :8], need_weights=False)[0])
+
+    net = Net().eval()
+    placement = plan(net)
+    vectors, per = outliers.macs_per_vector(net, placement, torch.randn(2, 3, 10))
+    cost = outliers.cost({}, placement, vectors, per)
+    conv, attn, head = 16 * 9 * 8, (16 * 16 + 16 * 8 + 16 * 8 + 16 * 16) * 8, 16 * 4 * 8
+    assert per == "sample" and cost["analog_macs"] == conv + attn + head
+    assert cost["analog_weights"] == 16 * 9 + 16 * 16 * 2 + 16 * 8 * 2 + 16 * 4 and cost["mac_share"] == 0.0

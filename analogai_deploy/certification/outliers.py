@@ -119,10 +119,13 @@ def _entry_macs(entry, vectors: list[float] | None) -> float:
     """MACs of one analog layer per unit of input (`macs_per_vector`'s counts)."""
     if not vectors:
         return 0.0
-    if entry.kind == "attention":  # in_proj: each of q, k, v takes E x E per token; out_proj: E x E per query
-        (rows, cols), = [entry.matrices[k] for k in entry.matrices if k.startswith("out_proj")]
+    if entry.kind == "attention":  # q, k, v projections per query / key / value token; out_proj per query
+        size = {name.split(".")[0]: rows * cols for name, (rows, cols) in entry.matrices.items()}
         q, k, v = vectors[:3]
-        return float(rows * cols) * (q + k + v + q)
+        if "in_proj_weight" in size:  # packed [3E, E]: a third per token of each
+            return float(size["in_proj_weight"] / 3 * (q + k + v) + size["out_proj"] * q)
+        return float(size["q_proj_weight"] * q + size["k_proj_weight"] * k + size["v_proj_weight"] * v
+                     + size["out_proj"] * q)
     return float(entry.tile_weights) * vectors[0]
 
 
