@@ -140,7 +140,8 @@ class CertifyConfig(StrictConfig):
 
 class Certificate(dict):
     """certificate.json as a dict, plus `path` (where it was written), `passed`, `timing` and, for a text
-    package that missed its gate, `split_hint` (`split_hint`; neither saved: not this certificate's mapping)."""
+    package that missed its gate, what the digital-outlier split measured (`split_hint`). The last two are not
+    saved: timings vary run to run, and the hint is another mapping's number."""
 
     path: Path | None = None
     timing: dict[str, float] | None = None
@@ -561,8 +562,8 @@ def split_hint(cfg: CertifyConfig, bench: _Bench, rpu, verdict: dict[str, Any],
     return {"outlier_std": m.outlier_std, "at": gate["at"], "repeats": split.repeats, "seeds":
             [split.seed + r for r in range(split.repeats)], "mean": row["mean"], "ci95": row["ci95"],
             "pure_analog_mean": sum(plain) / len(plain),  # the certificate's own values at those seeds
-            "drop_pp": gate["drop_pp"], "passed": gate["passed"], "weight_share": share["weight_share"], "mac_share": share["mac_share"],
-            "sparse_bytes": share["sparse_bytes"]}
+            "drop_pp": gate["drop_pp"], "passed": gate["passed"],
+            **{k: share[k] for k in ("weight_share", "mac_share", "sparse_bytes")}}
 
 
 def hint_line(hint: dict[str, Any], metric: str, max_drop: float) -> str:
