@@ -93,6 +93,9 @@ def test_gpt2_conv1d_splits_too_in_certify_and_in_training(gpt2):
                       mapping=MappingConfig(outliers="digital", outlier_std=k, input_scaling="none"))
     got = cert["mapping"]["digital_outliers"]
     assert cert.result("1d")["mean"] == pytest.approx(cert["digital"]["next_token_agreement"], abs=1e-9)
+    fast = ad.certify(gpt2, device="ideal", repeats=1, times="1d", limit=4, write=False, engine="fast",
+                      mapping=MappingConfig(outliers="digital", outlier_std=k, input_scaling="none"))
+    assert fast.result("1d")["mean"] == pytest.approx(1.0) and fast["mapping"]["digital_outliers"] == got
     placement = ad.load(gpt2).placement
     split = [e for e in placement.analog if e.kind in ("linear", "hf_conv1d")]
     assert any(e.kind == "hf_conv1d" for e in split) and got["layers"] == len(split)
