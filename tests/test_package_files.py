@@ -83,6 +83,22 @@ def test_an_edited_tokenizer_is_refused_by_every_reading_stage(edit, text_certif
     assert name in _error(code, err) and "digits" not in err  # what changed, with a fix for a text package
 
 
+def test_a_text_certificate_on_other_inputs_gets_a_fix_for_text(text_certified, tmp_path):
+    """The spot check finds other inputs than the certificate's: for a text package the refusal speaks of its
+    text and tokenizer, and its fix names text data (it used to say "e.g. --data digits")."""
+    from zoo_helpers import edit_certificate
+
+    from analogai_deploy.errors import OperationFailed
+    from analogai_deploy.zoo import gate
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(text_certified, pkg)
+    cert = edit_certificate(pkg, lambda c: c["data"].update(fingerprint="0" * 64))
+    with pytest.raises(OperationFailed, match="tokenizer") as info:
+        gate.spot_check(pkg, cert, gate.Policy(spot_repeats=2))
+    assert "--data sentences" in info.value.hint and "digits" not in info.value.hint
+
+
 def _edit_record(p: Path, change) -> None:
     """Hand-edit the toolkit's record in config.json, in either layout (a Hugging Face package's config.json
     is the transformers config with the record under package.RECORD_KEY)."""
