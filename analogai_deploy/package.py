@@ -469,14 +469,15 @@ def check_files(path: Path, config: dict[str, Any], verified: dict[str, str] | N
     """Every file config.json binds (`recorded_files`) is there with its sha256, and no file a stage reads
     (a tokenizer file, model.onnx, ...) lies in the folder unlisted. Raises PackageError naming the file.
     `verified`: files already hashed by the caller (name -> sha256)."""
-    verified = verified or {}
+    hashed = dict(verified or {})  # each file is read once, however many records name it
     for name, digest in recorded_files(config):
         file = path / name
         if not file.is_file():
             raise PackageError(f"{file} is missing: config.json lists it (sha256 {digest[:12]}...)",
                                "fetch the whole package again")
-        actual = verified.get(name) or sha256_file(file)
-        if actual != digest:
+        if name not in hashed:
+            hashed[name] = sha256_file(file)
+        if hashed[name] != digest:
             what = " (the tokenizer: it turns text into the model's inputs)" if _TOKENIZER_FILES.match(name) else ""
             raise PackageError(f"{file} changed after the package was written{what}: its sha256 differs from the "
                                "one in config.json (tampered or corrupt)", _FILE_FIX.get(name, _REFETCH))
