@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
             work = Path(tmp) / NAME
             shutil.copytree(Path(args.zoo) / NAME, work)
-            cert = ad.certify(work, device="PCM", data="digits", times="1s,1h,1d,1y", repeats=args.repeats,
+            cert = ad.certify(work, device="PCM", engine="aihwkit", data="digits", times="1s,1h,1d,1y", repeats=args.repeats,
                               seed=args.seed, max_drop=args.max_drop, at=args.at, progress=bar)
             means = {r["time"]: round(r["mean"], 4) for r in cert["results"]}
             print(f"[{time.time() - t0:5.1f}s] re-certified on PCM: digital {cert['digital']}, {means}, "
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         check = exported.validation
         print(f"[{time.time() - t0:5.1f}s] exported {exported.file.name}: onnxruntime check "
               f"{'passed' if check.passed else 'FAILED'} (max |diff| {check.max_abs:.1e})", flush=True)
-        cert = ad.certify(recovered.path, device="PCM", data="digits", times="1s,1h,1d,1y", repeats=args.repeats,
+        cert = ad.certify(recovered.path, device="PCM", engine="aihwkit", data="digits", times="1s,1h,1d,1y", repeats=args.repeats,
                           seed=args.seed, max_drop=args.max_drop, at=args.at, progress=bar)
         means = {r["time"]: round(r["mean"], 4) for r in cert["results"]}
         print(f"[{time.time() - t0:5.1f}s] certified on PCM: digital {cert['digital']}, {means}, "

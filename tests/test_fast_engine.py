@@ -174,7 +174,7 @@ def test_fast_mean_accuracy_agrees_with_aihwkit(trained_lenet):
     """
     n = 8
     for io in ({}, {"adc_bits": 5}):
-        ref = ad.certify(trained_lenet, repeats=n, times="1s,1d,1y", write=False, seed=0, **io)
+        ref = ad.certify(trained_lenet, repeats=n, times="1s,1d,1y", write=False, seed=0, engine="aihwkit", **io)
         fast = ad.certify(trained_lenet, repeats=n, times="1s,1d,1y", write=False, seed=500, engine="fast", **io)
         assert fast["engine"] == "fast" and ref["engine"] == "aihwkit"
         assert fast["conversion"]["analog_weights"] == ref["conversion"]["analog_weights"]
@@ -182,7 +182,7 @@ def test_fast_mean_accuracy_agrees_with_aihwkit(trained_lenet):
             se = math.sqrt((ra["std"] ** 2 + rf["std"] ** 2) / n)
             assert abs(ra["mean"] - rf["mean"]) <= 4 * se + 0.002, (io, ra["time"], ra["mean"], rf["mean"], se)
     # the check has power: dropping drift compensation in the fast engine only is caught at 1 y
-    ref = ad.certify(trained_lenet, repeats=n, times="1y", write=False, seed=0, adc_bits=5)
+    ref = ad.certify(trained_lenet, repeats=n, times="1y", write=False, seed=0, engine="aihwkit", adc_bits=5)
     off = ad.certify(trained_lenet, repeats=n, times="1y", write=False, seed=500, engine="fast", adc_bits=5,
                      drift_compensation=False)
     ra, rf = ref["results"][0], off["results"][0]
@@ -248,7 +248,7 @@ def test_fast_agrees_with_aihwkit_under_every_mapping_option(trained_lenet, mapp
     both engines draw from seeded torch streams, so a pass is reproducible."""
     n = 8
     kw = dict(repeats=n, times="1d,1y", write=False, adc_bits=6, mapping=mapping)
-    ref = ad.certify(trained_lenet, seed=0, **kw)
+    ref = ad.certify(trained_lenet, seed=0, engine="aihwkit", **kw)
     fast = ad.certify(trained_lenet, seed=500, engine="fast", **kw)
     assert ref["mapping"]["overridden"] == fast["mapping"]["overridden"]
     for ra, rf in zip(ref["results"], fast["results"]):
@@ -333,7 +333,7 @@ def test_fast_engine_agrees_with_aihwkit_over_30_repeats(model, trained_lenet, t
     else:
         pkg = ad.convert("resnet18", output=tmp_path / "r18", num_classes=10, input_shape=[3, 32, 32]).path
         kw = {"metric": "agreement"}
-    ref = ad.certify(pkg, repeats=n, times="1d,1y", write=False, seed=0, **kw)
+    ref = ad.certify(pkg, repeats=n, times="1d,1y", write=False, seed=0, engine="aihwkit", **kw)
     fast = ad.certify(pkg, repeats=n, times="1d,1y", write=False, seed=10_000, engine="fast", **kw)
     assert fast["conversion"]["analog_weights"] == ref["conversion"]["analog_weights"]
     for ra, rf in zip(ref["results"], fast["results"]):

@@ -45,7 +45,7 @@ def _own_calls(model, bench, seeds: list[int], stream: bool = False) -> list[flo
 
 @pytest.mark.parametrize("mapping", [None, HOOKED], ids=["default", "hooked"])
 def test_to_aihwkit_with_aihwkits_own_calls_reproduces_the_certificate(trained, mapping):
-    cert = ad.certify(trained, repeats=4, times="1d", limit=300, write=False, mapping=mapping)
+    cert = ad.certify(trained, repeats=4, times="1d", limit=300, write=False, mapping=mapping, engine="aihwkit")
     row = cert.result("1d")
     model = ad.to_aihwkit(trained, device="PCM", mapping=mapping)
     hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())

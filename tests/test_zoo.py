@@ -264,7 +264,7 @@ def test_shipped_model_certifies_offline_to_its_own_numbers(shipped_zoo, tmp_pat
     verdict = shipped["verdict"]
     cert = ad.certify(pkg.path, device=shipped["device"]["name"], data=shipped["data"]["spec"],
                       times=[r["time"] for r in shipped["results"]], repeats=shipped["repeats"], seed=shipped["seed"],
-                      max_drop=verdict["max_drop_pp"], at=verdict["at"])
+                      max_drop=verdict["max_drop_pp"], at=verdict["at"], engine=shipped["engine"])
     assert cert.passed is True
     for mine, theirs in zip(cert["results"], shipped["results"]):
         assert mine["time"] == theirs["time"]

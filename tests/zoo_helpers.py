@@ -18,8 +18,9 @@ from analogai_deploy import package as pkgio
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "model_zoo" / "digits-cnn-msnat-pcm"
-#: how the test certificates are made (cheap, and passing the default zoo policy)
-CERTIFY = dict(device="PCM", data="digits", times="1d", repeats=5, seed=0, limit=128, at="1d")
+#: how the test certificates are made (cheap, and passing the default zoo policy); on aihwkit's tiles, whose
+#: 5 repeats drop below digital at 1 d (on the fast engine all 5 keep the digital 126 / 128, so no gate fails)
+CERTIFY = dict(device="PCM", data="digits", times="1d", repeats=5, seed=0, limit=128, at="1d", engine="aihwkit")
 _CACHE: dict[tuple[int, float | None], Path] = {}
 _TMP = Path(tempfile.mkdtemp(prefix="analogai-zoo-helpers-"))
 atexit.register(shutil.rmtree, _TMP, True)

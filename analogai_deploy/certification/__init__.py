@@ -78,7 +78,9 @@ class CertifyConfig(StrictConfig):
     max_drop / at: the gate, in percentage points below digital at time `at`, on the lower 95% CI bound.
     limit: evaluate on at most this many test samples (None = the whole test split).
     match_qat: set the DAC bits to the package's QAT activation bits (config["quantization"]["a_bits"]).
-    engine: aihwkit (aihwkit's tiles) or fast (aihwkit's device model around the fused forward; fast.py).
+    engine: aihwkit (aihwkit's tiles), fast (aihwkit's device model around the fused forward; fast.py) or
+        auto (default): fast where it is validated for the package and device, else aihwkit (fast.choose).
+        Resolution (`_resolved`) replaces auto with the engine that runs and sets `engine_reason`.
     mapping: the mapping options (mapping.py); fields left at None come from the package's
         config.json["mapping"] (what it was converted / trained for), whose "io" also fills the IO
         settings not given here. Once resolved, this holds the complete mapping that runs.
@@ -96,14 +98,15 @@ class CertifyConfig(StrictConfig):
     at: str = "1d"
     limit: int | None = None
     match_qat: bool = False
-    engine: str = "aihwkit"
+    engine: str = "auto"
     mapping: MappingConfig = field(default_factory=MappingConfig)
 
     def __post_init__(self):
-        from .fast import ENGINES
+        from .fast import DEFAULT_ENGINE, ENGINES
 
-        if self.engine not in ENGINES:
-            raise unknown("engine", self.engine, ENGINES)
+        if self.engine not in (*ENGINES, DEFAULT_ENGINE):
+            raise unknown("engine", self.engine, (*ENGINES, DEFAULT_ENGINE))
+        self.engine_reason = "named"  # why this engine runs (not a setting: `_resolved` says it for auto)
         if isinstance(self.repeats, str):
             if self.repeats != "auto":
                 raise UsageError(f"repeats must be a number or auto, got {self.repeats!r}", "e.g. --repeats 10 or "
@@ -221,6 +224,12 @@ def _resolved(package: str | Path, cfg: CertifyConfig) -> CertifyConfig:
         _match_qat(cfg, config)
     cfg.mapping = cfg.mapping.over(package_mapping(config))
     _package_io(cfg)
+    if cfg.engine == "auto":
+        from ..analog.placement import Placement
+        from .fast import choose
+
+        placement = Placement.from_config(config) if "placement" in config else None
+        cfg.engine, cfg.engine_reason = choose(cfg.device, rpu_config(cfg.device, "torch", cfg.mapping), placement)
     return cfg
 
 
@@ -616,7 +625,7 @@ def resolve(
     device_file: str | Path | None = None,
     match_qat: bool = False,
     limit: int | None = None,
-    engine: str = "aihwkit",
+    engine: str = "auto",
     mapping: MappingConfig | dict[str, Any] | None = None,
     **io: Any,
 ) -> tuple[str | Path, CertifyConfig, str, Any, list[tuple[str, float]]]:
@@ -669,7 +678,7 @@ def certify(
     device_file: str | Path | None = None,
     match_qat: bool = False,
     limit: int | None = None,
-    engine: str = "aihwkit",
+    engine: str = "auto",
     mapping: MappingConfig | dict[str, Any] | None = None,
     progress: Callable[..., Any] | None = None,
     write: bool = True,
@@ -682,7 +691,9 @@ def certify(
     `device`: PCM, ReRAM, ReRAM-CMO, Hermes-PCM, ideal, custom (+ `device_file`), or a DeviceConfig.
     `io`: IOSettings fields (dac_bits, adc_bits, out_noise, tile_size, drift_compensation, n_w, w_noise_type).
     `data`: default digits for image packages, built-in sentences for text packages (label-free).
-    `engine`: aihwkit (its tiles) or fast (its device model around the fused forward; see fast.py).
+    `engine`: aihwkit (its tiles), fast (its device model around the fused forward; see fast.py) or auto
+    (default): fast where it is validated for the package and device, else aihwkit; the certificate says
+    which ran and why.
     `mapping`: a MappingConfig (or its dict) over the package's config.json["mapping"] (mapping.py).
     `progress(total=..., desc=...)`: a tqdm-like bar factory. Pass `config` to give everything at once.
     This process only (under torchrun the repeats spread over its ranks by themselves);
@@ -719,6 +730,7 @@ def certify(
         "device": describe(cfg.device, rpu, tile_kind),
         "tile": tile_kind,
         "engine": cfg.engine,
+        "engine_reason": cfg.engine_reason,  # named, or the default's choice and why
         "aihwkit": version_of("aihwkit"),
         "reproducible": tile_kind == "torch",
         "data": _data_block(bench),
@@ -888,6 +900,9 @@ def sweep_plan(package: str | Path, param: str, values: list[float] | None, conf
         if "mapping" in kwargs:
             kwargs["mapping"] = _mapping_arg(kwargs["mapping"])
         config = CertifyConfig(device=dev, **kwargs)
+    if config.engine == "auto":  # one engine for every point, and a swept n_w needs aihwkit's C++ tile
+        config = CertifyConfig.from_dict({**config.to_dict(), "engine": "aihwkit"})
+        config.engine_reason = "default for sweeps"
     cfg = _resolved(package, config)
     if cfg.repeats == "auto":
         raise UsageError("a sweep runs a fixed number of repeats per value", "pass --repeats N")

@@ -55,6 +55,8 @@ from torch import nn
 from ..errors import OperationFailed, UsageError
 
 ENGINES = ("aihwkit", "fast")
+#: what certify runs when no engine is named: `choose`
+DEFAULT_ENGINE = "auto"
 #: weights per call of the noise model on a bank: small tiles go many to a call (the per-call cost
 #: dominates), large ones one at a time (element-wise temporaries of ~1 MB stay in cache)
 BATCH_ELEMENTS = 1 << 18
@@ -80,6 +82,32 @@ def check_supported(device) -> None:
     if need:
         raise UsageError(f"the fast engine simulates aihwkit's PyTorch tile; {need} needs the C++ tile",
                          "use --engine aihwkit for this setting")
+
+
+def choose(device, rpu, placement) -> tuple[str, str]:
+    """The engine certify runs when none is named, and why: the fast engine (the faster one) where it is
+    validated against aihwkit, i.e. aihwkit's PyTorch tile settings, a PCM noise model the native pass
+    simulates (tests/test_pcm.py, the agreement tests), ABS_MAX or no noise management and layer kinds
+    it maps; else the aihwkit engine, saying which condition failed."""
+    from aihwkit.simulator.parameters.enums import NoiseManagementType
+
+    from . import pcm
+
+    need = device.needs_cpp()
+    why = ""
+    if need:
+        why = f"{need} needs aihwkit's C++ tile"
+    elif device.tile != "auto":
+        why = f"--tile {device.tile} names aihwkit's tiles"
+    elif not pcm.supported(rpu.noise_model):
+        why = f"the fast engine is validated on PCM noise models, not {type(rpu.noise_model).__name__}"
+    elif rpu.forward.noise_management not in (NoiseManagementType.ABS_MAX, NoiseManagementType.NONE):
+        why = f"the fast engine implements ABS_MAX noise management, not {rpu.forward.noise_management.name}"
+    elif placement is not None and any(e.kind == "custom" for e in placement.analog):
+        why = "a layer added with register_layer has no fast-engine mapping"
+    if why:
+        return "aihwkit", f"default; not fast: {why}"
+    return "fast", "default: the fastest engine validated for this device and package"
 
 
 def _step(res: float, bound: float) -> float:

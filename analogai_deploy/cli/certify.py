@@ -106,7 +106,7 @@ def certify(
     w_noise_type: Annotated[str | None, typer.Option(help="additive_constant, pcm_read or relative.")] = None,
     preset: Annotated[str | None, typer.Option(help="standard-hwa: aihwkit's StandardHWATrainingPreset.")] = None,
     tile: Annotated[str | None, typer.Option(help="auto, cpp or torch. [default: auto]")] = None,
-    engine: Annotated[str, typer.Option(help="aihwkit (aihwkit's tiles) or fast (aihwkit's device model around the fused forward).")] = "aihwkit",
+    engine: Annotated[str, typer.Option(help="aihwkit (aihwkit's tiles), fast (aihwkit's device model around the fused forward) or auto: fast where it is validated for the package and device, else aihwkit (the certificate says which ran and why).")] = "auto",
     match_qat: Annotated[bool, typer.Option(help="Set the DAC bits to the package's QAT a_bits.")] = False,
     limit: Annotated[int | None, typer.Option(help="Evaluate on at most this many test samples.")] = None,
     weight_scaling: Annotated[str | None, typer.Option(help="Mapping: one weight scale per 'tile' or per output 'column' (aihwkit weight_scaling_columnwise). [default: the package's; new packages: column]")] = None,
