@@ -339,3 +339,15 @@ def test_fast_engine_agrees_with_aihwkit_over_30_repeats(model, trained_lenet, t
     for ra, rf in zip(ref["results"], fast["results"]):
         se = math.sqrt((ra["std"] ** 2 + rf["std"] ** 2) / n)
         assert abs(ra["mean"] - rf["mean"]) <= 4 * se + 0.002, (model, ra["time"], ra["mean"], rf["mean"], se)
+
+
+def test_default_engine_is_fast_where_validated_and_says_why_not(lenet_pkg):
+    """No engine named: the fast engine on PCM; aihwkit where the fast engine is not validated (n_w needs the
+    C++ tile, ReRAM's noise model, a named tile kind), each certificate saying which ran and why."""
+    kw = dict(repeats=1, times="1d", limit=16, write=False)
+    cert = ad.certify(lenet_pkg, **kw)
+    assert cert["engine"] == cert["settings"]["engine"] == "fast" and cert["engine_reason"].startswith("default:")
+    for extra, why in (({"n_w": 0.1}, "n_w"), ({"device": "ReRAM"}, "ReRam"), ({"tile": "torch"}, "--tile torch")):
+        cert = ad.certify(lenet_pkg, **kw, **extra)
+        assert cert["engine"] == "aihwkit" and why in cert["engine_reason"], (extra, cert["engine_reason"])
+    assert ad.certify(lenet_pkg, engine="aihwkit", **kw)["engine_reason"] == "named"
