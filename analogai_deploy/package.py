@@ -435,7 +435,8 @@ _REFETCH = "fetch the package again; never use files you cannot verify"
 _FILE_FIX = {"model.onnx": "export the package again (analogai-deploy export PKG), or fetch it again",
              "model.aihwkit.pt": "never load it (a pickle runs code); export --to aihwkit again, or fetch the package "
                                  "again",
-             CARD: "fetch the package again (every stage writes README.md anew from config.json and the certificate)"}
+             CARD: "restore README.md as it was written, or fetch the package again (the card states the certified "
+                   "numbers, so it is bound like every other file)"}
 
 
 def recorded_files(config: dict[str, Any]) -> list[tuple[str, str]]:
