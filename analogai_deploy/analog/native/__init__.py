@@ -85,6 +85,12 @@ def _build() -> ctypes.CDLL | None:
     lib.count_zeros.restype = i64
     lib.patch_absmax.argtypes = [f32p, i64, i64, i64, f32p, i64, f32p, f32p, f32p, f32p] + [i64] * 11 + [f32p, f32p, f32p]
     lib.patch_absmax.restype = None
+    lib.tile_weights.argtypes = [f32p, f32p, i64, i64, ctypes.c_int, ctypes.c_int, f32, f32p, f32, u64, f32p, f32p]
+    lib.tile_weights.restype = None
+    lib.tile_dac.argtypes = [f32p, f32p, i64, i64, ctypes.c_int, f32p, f32p]
+    lib.tile_dac.restype = None
+    lib.tile_adc.argtypes = [f32p, i64, i64, f32p, f32p, f32p, f32, ctypes.c_int, f32, u64]
+    lib.tile_adc.restype = None
     return lib
 
 

@@ -439,3 +439,123 @@ float add_normal_rel(const float *x, float *out, int64_t n, float rel, uint64_t 
     add_normal(x, out, n, scale, seed);
     return scale;
 }
+
+/* ---- the training tile of one Linear layer (analog/hardware.py `fused_linear`): its weights, DAC and ADC
+ * in three passes instead of a dozen torch operations, each a temporary the size of the weights or the
+ * activations. One counter stream per call (seeded from torch's generator), consumed in row order. */
+
+/* tile = w * s (s: per input column, or NULL) plus the programming noise: per row (per_row) or over the
+ * tensor, m = max(max |tile|, 1e-12) before the noise; z ~ N(0, 1); gaussian (pcm = 0): tile += (m * csig) z;
+ * pcm: tile += ((m * q(u)) * csig) z, u = min(|tile| / m, 1), q(u) = sqrt(p(u)^2 + p(0)^2) / norm,
+ * p(u) = pc[0] + pc[1] u + pc[2] u^2 (csig 0: no noise). wmax[r]: max(max |row r of the noisy tile|, 1e-12)
+ * (per_row) or the tensor's in every row: the periphery's weight scale. */
+void tile_weights(const float *w, const float *s, int64_t R, int64_t C, int per_row, int pcm, float csig,
+                  const float *pc, float norm, uint64_t seed, float *tile, float *wmax) {
+    float z[2 * BLOCK];
+    int zi = 2 * BLOCK;
+    uint64_t ctr = seed;
+    float gmax = 0.0f;
+    for (int64_t r = 0; r < R; r++) {
+        float *row = tile + r * C;
+        const float *wr = w + r * C;
+        if (s) for (int64_t j = 0; j < C; j++) row[j] = wr[j] * s[j];
+        else memcpy(row, wr, (size_t)C * sizeof(float));
+        wmax[r] = absmax(row, C);
+        gmax = wmax[r] > gmax ? wmax[r] : gmax;
+    }
+    const float p0 = pc[0], p1 = pc[1], p2 = pc[2], pz = p0 * p0;
+    if (csig > 0.0f) {
+        for (int64_t r = 0; r < R; r++) {
+            float m = per_row ? wmax[r] : gmax;
+            m = m < 1e-12f ? 1e-12f : m;
+            float *row = tile + r * C;
+            int64_t j = 0;
+            while (j < C) {
+                if (zi == 2 * BLOCK) { ctr = refill(z, ctr); zi = 0; }
+                int64_t len = C - j < 2 * BLOCK - zi ? C - j : 2 * BLOCK - zi;
+                float *v = row + j;
+                const float *zz = z + zi;
+                if (pcm) {
+                    for (int64_t k = 0; k < len; k++) {
+                        float a = v[k] < 0 ? -v[k] : v[k];
+                        float u = a / m;
+                        u = u > 1.0f ? 1.0f : u;
+                        float p = p0 + p1 * u + p2 * u * u;
+                        float q = __builtin_sqrtf(p * p + pz) / norm;
+                        v[k] = v[k] + ((m * q) * csig) * zz[k];
+                    }
+                } else {
+                    float sc = m * csig;
+                    for (int64_t k = 0; k < len; k++) v[k] = v[k] + sc * zz[k];
+                }
+                j += len;
+                zi += (int)len;
+            }
+        }
+        gmax = 0.0f;
+        for (int64_t r = 0; r < R; r++) {
+            wmax[r] = absmax(tile + r * C, C);
+            gmax = wmax[r] > gmax ? wmax[r] : gmax;
+        }
+    }
+    for (int64_t r = 0; r < R; r++) {
+        float m = per_row ? wmax[r] : gmax;
+        wmax[r] = m < 1e-12f ? 1e-12f : m;
+    }
+}
+
+/* The DAC of N input vectors of K: v = x / s (s per input, or NULL), xmax[n] = max(max |v|, 1e-12),
+ * xq = v / xmax, on bits > 0 rounded to the grid step = 2 / (2^bits - 2) after clipping to +-1. */
+void tile_dac(const float *x, const float *s, int64_t N, int64_t K, int bits, float *xq, float *xmax) {
+    const float step = bits > 0 ? 2.0f / (float)((1LL << bits) - 2) : 0.0f;
+    for (int64_t n = 0; n < N; n++) {
+        const float *xr = x + n * K;
+        float *q = xq + n * K;
+        const float *src = xr;
+        if (s) {
+            for (int64_t j = 0; j < K; j++) q[j] = xr[j] / s[j];
+            src = q;
+        }
+        float m = absmax(src, K);
+        m = m < 1e-12f ? 1e-12f : m;
+        xmax[n] = m;
+        if (step > 0.0f)
+            for (int64_t j = 0; j < K; j++) q[j] = __builtin_rintf(clampf(src[j] / m, -1.0f, 1.0f) / step) * step;
+        else
+            for (int64_t j = 0; j < K; j++) q[j] = src[j] / m;
+    }
+}
+
+/* The output side, in place on y = xq @ tile^T ([N, C]): v = y / wmax[c] (the tile's normalised output)
+ * + out_noise * z; on bits > 0 clipped to +-bound and rounded to step = 2 bound / (2^bits - 2); then
+ * y = (v * xmax[n]) * wmax[c] (+ bias[c], bias may be NULL). */
+void tile_adc(float *y, int64_t N, int64_t C, const float *xmax, const float *wmax, const float *bias,
+              float out_noise, int bits, float bound, uint64_t seed) {
+    const float step = bits > 0 ? 2.0f * bound / (float)((1LL << bits) - 2) : 0.0f;
+    float z[2 * BLOCK];
+    int zi = 2 * BLOCK;
+    uint64_t ctr = seed;
+    for (int64_t n = 0; n < N; n++) {
+        float *row = y + n * C;
+        const float xm = xmax[n];
+        int64_t c = 0;
+        while (c < C) {
+            int64_t len = C - c;
+            if (out_noise > 0.0f) {
+                if (zi == 2 * BLOCK) { ctr = refill(z, ctr); zi = 0; }
+                len = len < 2 * BLOCK - zi ? len : 2 * BLOCK - zi;
+            }
+            float *v = row + c;
+            const float *wm = wmax + c;
+            for (int64_t k = 0; k < len; k++) {
+                float t = v[k] / wm[k];
+                if (out_noise > 0.0f) t = t + out_noise * z[zi + k];
+                if (step > 0.0f) t = __builtin_rintf(clampf(t, -bound, bound) / step) * step;
+                t = (t * xm) * wm[k];
+                v[k] = bias ? t + bias[c + k] : t;
+            }
+            if (out_noise > 0.0f) zi += (int)len;
+            c += len;
+        }
+    }
+}
