@@ -242,15 +242,18 @@ def _text_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callable
 
     from ..analog.convert import to_digital
     from ..recovery import install_training_noise, msnat, prepare_run
-    from ..recovery.engine import Batches, make_trainer
+    from ..recovery.engine import Batches, keep_freed_memory, make_trainer
 
+    if device.type == "cpu":
+        keep_freed_memory()  # as recover's training loop does (engine.cpu_threads)
     tmp = Path(tempfile.mkdtemp(prefix="analogai-speed-"))
     base = _text_package(model_name, tmp)
     steps: dict[str, Callable[[], Any]] = {}
     batch = None
     for label, name in (("hw_noise", "single_noise"), ("msnat_client", "msnat")):
+        # one client: its step is the same with or without the other FI clients (FI averages between rounds)
         pkg, rec, ds, obj = prepare_run(base, name, None, [f"training.batch_size={cfg.text_batch}",
-                                                           f"training.device={device.type}"])
+                                                           f"training.device={device.type}", "training.use_FI=false"])
         install_training_noise(pkg, pkg.model, rec)
         batch = batch or next(Batches(ds.train, cfg.text_batch, device).iterate())  # one batch for every side
         tr = make_trainer(pkg.model, rec, ds, tmp / label, identity={}, objective=obj)

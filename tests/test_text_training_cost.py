@@ -1,8 +1,10 @@
-"""The fused native training tile (hardware.fused_linear): the torch path's values and gradients, its noise
-statistics, and determinism under a seed."""
+"""What makes the text training path cheap: the fused native training tile (hardware.fused_linear: the torch
+path's values and gradients, its noise statistics, determinism under a seed) and the allocator setting of
+CPU training (engine.keep_freed_memory)."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from analogai_deploy.analog.hardware import HardwareNoise
 from analogai_deploy.analog.layers import AnalogLinear, AnalogState
 from analogai_deploy.analog.native import library
 
-pytestmark = pytest.mark.skipif(library() is None, reason="no C compiler: the torch path runs")
+native = pytest.mark.skipif(library() is None, reason="no C compiler: the torch path runs")
 
 
 def _layer(hw, sigma=0.0, bias=True):
@@ -37,6 +39,7 @@ def _run(layer, x, torch_path: bool):
         del os.environ["ANALOGAI_FUSED_TILE"]
 
 
+@native
 @pytest.mark.parametrize("scale", ["channel", "tensor"])
 @pytest.mark.parametrize("in_scale", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
@@ -52,6 +55,7 @@ def test_fused_tile_is_the_torch_path_without_noise(scale, in_scale, bias):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
 
 
+@native
 def test_fused_tile_noise_statistics_and_determinism():
     s = torch.rand(256, generator=torch.Generator().manual_seed(1)) * 4 + 0.25
     hw = HardwareNoise("channel", "pcm", out_noise=0.06, in_scale=s)
@@ -83,3 +87,12 @@ def test_fused_tile_noise_statistics_and_determinism():
     b = _run(layer, x[:8], False)
     assert all(torch.equal(p, q) for p, q in zip(a[:4], b[:4]))
     assert not torch.equal(_run(layer, x[:8], False)[0], a[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_cpu_training_keeps_the_memory_it_frees():
+    from analogai_deploy.recovery import engine
+
+    assert engine.keep_freed_memory()
+    with engine.cpu_threads(1, torch.nn.Linear(2, 2), torch.device("cpu")) as n:
+        assert n == 1
