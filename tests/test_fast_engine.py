@@ -199,7 +199,7 @@ def test_exact_mode_matches_aihwkit_under_the_mapping(trained_lenet, mapping):
 
     io = {"out_noise": 0.0, **({"adc_bits": mapping.pop("adc_bits")} if "adc_bits" in mapping else {})}
     cfg = _resolved(trained_lenet, CertifyConfig(device=DeviceConfig(name="PCM", io=IOSettings(**io)), repeats=1,
-                                                 mapping=MappingConfig.from_dict({**LEGACY, **mapping})))
+                                                 mapping=MappingConfig.from_dict({**LEGACY, **mapping}), engine="aihwkit"))
     bench = _bench(trained_lenet, cfg)
     rpu = rpu_config(cfg.device, "torch", cfg.mapping)
     analog, _ = _simulate(cfg, bench, rpu)
@@ -351,3 +351,31 @@ def test_default_engine_is_fast_where_validated_and_says_why_not(lenet_pkg):
         cert = ad.certify(lenet_pkg, **kw, **extra)
         assert cert["engine"] == "aihwkit" and why in cert["engine_reason"], (extra, cert["engine_reason"])
     assert ad.certify(lenet_pkg, engine="aihwkit", **kw)["engine_reason"] == "named"
+
+
+def test_native_passes_give_the_same_numbers_on_any_thread_count():
+    """Programming, drift (with its readout) and the periphery split over tiles or rows on torch's threads; each
+    tile's stream has its own seed and each row chunk starts at its place in the one stream, so 1 and 3
+    threads give the same chip and the same outputs, bit for bit."""
+    from torch import nn
+
+    from analogai_deploy.analog.native import library
+
+    if library() is None:
+        pytest.skip("no C compiler")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.Flatten(),
+                          nn.Linear(16 * 14 * 14, 10))
+    rpu = rpu_config(DeviceConfig(name="PCM", io=IOSettings(tile_size=64, adc_bits=6)), "torch")
+    x = torch.randn(64, 3, 16, 16)
+    outs = []
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        fast = FastModel(model, rpu)
+        torch.manual_seed(1)
+        fast.program()
+        fast.drift(86400.0)
+        outs.append((fast(x), [b.current.clone() for layer in fast.layers for b in layer.banks]))
+    torch.set_num_threads(1)
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1]))

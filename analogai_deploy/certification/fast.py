@@ -158,7 +158,10 @@ def _native_for(t: torch.Tensor):
         return None
     from ..analog.native import library
 
-    return library()
+    lib = library()
+    if lib is not None:
+        lib.set_threads(torch.get_num_threads())  # its passes split over tiles or rows as torch's ops do
+    return lib
 
 
 def _normal_like(y: torch.Tensor) -> torch.Tensor:

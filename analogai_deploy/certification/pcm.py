@@ -40,7 +40,10 @@ def _lib(t: torch.Tensor):
         return None
     from ..analog.native import library
 
-    return library()
+    lib = library()
+    if lib is not None:
+        lib.set_threads(torch.get_num_threads())  # program / drift split over tiles as torch's ops split work
+    return lib
 
 
 def available(noise_model, like: torch.Tensor) -> bool:

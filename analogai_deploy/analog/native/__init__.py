@@ -44,7 +44,7 @@ def _build() -> ctypes.CDLL | None:
     if cc is None or not _SOURCE.is_file():
         return None
     src = _SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join(FLAGS).encode() + platform.machine().encode() + _cpu().encode()).hexdigest()
+    key = hashlib.sha256(src + " ".join(FLAGS + ["-fopenmp?"]).encode() + platform.machine().encode() + _cpu().encode()).hexdigest()
     root = Path(os.environ.get("ANALOGAI_CACHE") or Path.home() / ".cache" / "analogai_deploy") / "native"
     lib_path = root / f"normal-{key[:16]}.so"
     try:
@@ -53,7 +53,11 @@ def _build() -> ctypes.CDLL | None:
             fd, tmp = tempfile.mkstemp(dir=root, suffix=".so")  # build aside, then rename: ranks may race
             os.close(fd)
             try:
-                subprocess.run([cc, *FLAGS, str(_SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+                try:  # OpenMP where the compiler has it (the fast engine's threads), else one thread
+                    subprocess.run([cc, *FLAGS, "-fopenmp", str(_SOURCE), "-o", tmp], check=True, capture_output=True,
+                                   timeout=120)
+                except subprocess.CalledProcessError:
+                    subprocess.run([cc, *FLAGS, str(_SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
                 os.replace(tmp, lib_path)
             finally:
                 if os.path.exists(tmp):
@@ -61,6 +65,8 @@ def _build() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(lib_path))
     except (OSError, subprocess.SubprocessError):
         return None
+    lib.set_threads.argtypes = [ctypes.c_int]
+    lib.set_threads.restype = None
     lib.add_normal.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_uint64]
     lib.add_normal.restype = None
     f32p, i64 = ctypes.c_void_p, ctypes.c_int64

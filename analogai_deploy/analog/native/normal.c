@@ -10,7 +10,14 @@
  * keeps training reproducible.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+/* Threads (OpenMP where the library was built with it): the fast engine sets the count to torch's
+ * (set_threads). Work is split over tiles (each tile's stream has its own seed) or over rows (each
+ * chunk starts at its own place in the one stream), so the numbers do not depend on the count. */
+static int n_threads = 1;
+void set_threads(int n) { n_threads = n > 0 ? n : 1; }
 
 #define GAMMA 0x9E3779B97F4A7C15ULL
 #define BLOCK 256 /* pairs per block: z[0:BLOCK] = r cos, z[BLOCK:2*BLOCK] = r sin */
@@ -112,15 +119,18 @@ static inline float adc(float v, float step) {  /* torch.round(v / step) * step:
  * the inputs were scaled before the MVM, v = y + std[c] * z); v = round(v / step) * step (step 0: no ADC); peak[c] =
  * max |v| (the bound test); v = clamp(v, +-bound) (bound 0: none); y = v * (out_scale / scale) * post[c],
  * scale = (1 / nm) / red: each operation in torch's order, so the result matches the torch path bit for bit. */
-void periphery(float *y, int64_t N, int64_t C, int64_t S, const float *nm, int64_t G, float red, int prescaled,
-               const float *std, const float *post, float out_scale, float step, float bound, uint64_t seed,
-               float *peak) {
+static void periphery_rows(float *y, int64_t lo, int64_t hi, int64_t C, int64_t S, const float *nm, int64_t G,
+                           float red, int prescaled, const float *std, const float *post, float out_scale, float step,
+                           float bound, uint64_t seed, float *peak) {
+    /* rows lo..hi: the stream goes on where row lo starts in the one pass over all rows */
     float z[2 * BLOCK];
+    int64_t e0 = lo * C * S;
+    uint64_t ctr = seed + (uint64_t)(e0 / (2 * BLOCK)) * (uint64_t)BLOCK * GAMMA;
     int zi = 2 * BLOCK;
-    uint64_t ctr = seed;
+    if (e0 % (2 * BLOCK)) { ctr = refill(z, ctr); zi = (int)(e0 % (2 * BLOCK)); }
     int64_t per_group = C / G;
     for (int64_t c = 0; c < C; c++) peak[c] = 0.0f;
-    for (int64_t n = 0; n < N; n++) {
+    for (int64_t n = lo; n < hi; n++) {
         if (S == 1) {
             float *row = y + n * C;
             for (int64_t c = 0; c < C; c++) {
@@ -158,6 +168,27 @@ void periphery(float *y, int64_t N, int64_t C, int64_t S, const float *nm, int64
     }
 }
 
+void periphery(float *y, int64_t N, int64_t C, int64_t S, const float *nm, int64_t G, float red, int prescaled,
+               const float *std, const float *post, float out_scale, float step, float bound, uint64_t seed,
+               float *peak) {
+    int64_t nt = n_threads < N ? n_threads : N;
+    float *peaks = nt > 1 && N * C * S >= 16384 ? malloc((size_t)(nt * C) * sizeof(float)) : NULL;
+    if (peaks == NULL) {
+        periphery_rows(y, 0, N, C, S, nm, G, red, prescaled, std, post, out_scale, step, bound, seed, peak);
+        return;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t k = 0; k < nt; k++)
+        periphery_rows(y, N * k / nt, N * (k + 1) / nt, C, S, nm, G, red, prescaled, std, post, out_scale, step,
+                       bound, seed, peaks + k * C);
+    for (int64_t c = 0; c < C; c++) {
+        float m = peaks[c];
+        for (int64_t k = 1; k < nt; k++) m = peaks[k * C + c] > m ? peaks[k * C + c] : m;
+        peak[c] = m;
+    }
+    free(peaks);
+}
+
 /* GlobalDriftCompensation's readout of one tile through the periphery with one-hot inputs: the mean
  * over the tile's n weights of |clamp(round((q1 * w + sigma * z) / step) * step, +-bound)|; *peak gets
  * max |.| before the clamp (the bound test). */
@@ -186,6 +217,7 @@ double readout(const float *w, int64_t n, float q1, float sigma, float step, flo
 /* readout of T tiles of n weights each, stored one after the other: means[t], peaks[t]. */
 void readout_many(const float *w, int64_t T, int64_t n, float q1, float sigma, float step, float bound,
                   uint64_t seed, double *means, float *peaks) {
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic) if (T > 1)
     for (int64_t t = 0; t < T; t++)
         means[t] = readout(w + t * n, n, q1, sigma, step, bound, mix(seed + (uint64_t)(t + 1) * GAMMA), peaks + t);
 }
@@ -274,10 +306,11 @@ __attribute__((noinline)) static void program_block(const float *wb, float *pb, 
  * prog_scale, drift_scale: the model's scales. */
 void pcm_program(const float *w, int64_t T, int64_t n, const float *c, float coeff_scale, float g_max,
                  float prog_scale, float drift_scale, uint64_t seed, float *p, float *nu, float *q) {
-    float z1[2 * BLOCK], z2[2 * BLOCK], z3[2 * BLOCK];
     const float zero_clip = 1e-7f, lz = log_f(1e-7f);  /* generate_drift_coefficients' _ZERO_CLIP */
     const float sig0 = prog_scale * (c[0] * coeff_scale);  /* a zero target's programming noise */
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic) if (T > 1)
     for (int64_t t = 0; t < T; t++) {
+        float z1[2 * BLOCK], z2[2 * BLOCK], z3[2 * BLOCK];
         const float *wt = w + t * n;
         float *pt = p + t * n, *nt = nu + t * n, *qt = q + t * n;
         uint64_t ctr = mix(seed + (uint64_t)(t + 1) * GAMMA);
@@ -313,8 +346,9 @@ void pcm_program(const float *w, int64_t T, int64_t n, const float *c, float coe
 void pcm_drift(const float *p, const float *nu, const float *q, int64_t T, int64_t n, float L, float S,
                uint64_t seed, float *out, int readout, float q1, float sigma, float step, float bound,
                double *means, float *peaks) {
-    float z[2 * BLOCK], zr[2 * BLOCK];
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic) if (T > 1)
     for (int64_t t = 0; t < T; t++) {
+        float z[2 * BLOCK], zr[2 * BLOCK];
         const float *pt = p + t * n, *nt = nu + t * n, *qt = q + t * n;
         float *ot = out + t * n;
         uint64_t ctr = mix(seed + (uint64_t)(t + 1) * GAMMA);
