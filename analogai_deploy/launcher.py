@@ -46,7 +46,10 @@ def certify(package, *args: Any, nproc: int = 1, dist_timeout: float | None = No
         raise UsageError(f"no package folder at {package}", "pass the folder written by convert or recover")
     if write:
         certification.destination(package, output, overwrite)
-    res = run_job("certify", {"package": str(Path(package).resolve()), "config": cfg.to_dict(), "write": write,
+    config = cfg.to_dict()
+    if cfg.engine_reason != "named":  # the workers choose again (the same engine) and say why, as one process does
+        config["engine"] = "auto"
+    res = run_job("certify", {"package": str(Path(package).resolve()), "config": config, "write": write,
                               "output": _abs(output), "overwrite": overwrite},
                   nproc, progress=progress is not None, timeout=dist_timeout)
     cert = certification.Certificate(res["certificate"])

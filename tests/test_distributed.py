@@ -135,6 +135,8 @@ def test_certify_on_two_processes_equals_one(cli, lenet_pkg, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert merged["seeds"] == single["seeds"] == [7, 8, 9]
+    # no engine named: every process runs the default's choice and the certificate says why
+    assert merged["engine"] == single["engine"] and merged["engine_reason"] == single["engine_reason"] != "named"
     for a, b in zip(merged["results"], single["results"]):
         assert a["time"] == b["time"]
         assert a["values"] == pytest.approx(b["values"], abs=1e-6)
