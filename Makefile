@@ -19,7 +19,7 @@ $(BIN)/analogai-deploy: pyproject.toml constraints.txt
 
 # pytest exits 5 when no test was collected: not a failure of the code.
 test: install
-	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 # the wheel carries the recipes and the shipped zoo: built, installed with --target, run from elsewhere
 check-wheel: install

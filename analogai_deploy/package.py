@@ -514,12 +514,6 @@ def _verify_reference(path: Path, config: dict[str, Any]) -> Path:
 
 def load(path: str | Path, *, verify_hash: bool = True) -> Package:
     """Rebuild the analog-aware model of a package: same weights bit for bit, checked against their sha256."""
-
-    from .analog.config import AnalogConfig
-    from .analog.convert import convert
-    from .analog.placement import Placement, plan
-    from .sources import rebuild
-
     path = Path(path)
     config = read_config(path)
     if verify_hash:

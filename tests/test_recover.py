@@ -12,6 +12,7 @@ import analogai_deploy as ad
 from analogai_deploy import package
 from analogai_deploy.errors import OperationFailed, UsageError
 from analogai_deploy.recovery import Interrupted, msnat, recipe as R
+from analogai_deploy.recovery.objectives import Objective
 
 FAST = ["training.rounds=1", "training.cpu_threads=1"]
 # two noise levels instead of five: the same code paths at 40% of the cost
@@ -105,7 +106,7 @@ def test_feedback_loss_equals_a_hand_computation(lenet_pkg):
     noise.set(0.2)
     torch.manual_seed(7)
     z, z0 = msnat.feedback_logits(model, x, noise, cfg)
-    loss = msnat.feedback_loss(z, y, cfg)
+    loss = Objective().loss(z, y, x, cfg.temperature)  # the loss the trainer takes with the feedback loops on
     loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     assert noise.sigma == 0.2 and all(l.analog.sigma == 0.2 for l in noise.layers)

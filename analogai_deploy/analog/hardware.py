@@ -58,12 +58,9 @@ import torch
 
 #: aihwkit 1.1 PCMLikeNoiseModel.prog_coeff (uS at g_max = 25 uS): sigma_prog(u) = c0 + c1 u + c2 u^2
 PCM_PROG_COEFF = (0.26348, 1.9650, -1.1731)
-SCALES = ("tensor", "channel")
-MODELS = ("gaussian", "pcm", "device")
 #: c * sigma of the seed's Gaussian that matches aihwkit's PCM programming noise at its defaults: the unit in
 #: which the `device` model's deviation is scaled
 PCM_C_SIGMA = 0.0435
-CLIPS = ("none", "fixed", "layer_std", "channel_std")
 
 
 def _p(u):

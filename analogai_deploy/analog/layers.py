@@ -42,7 +42,6 @@ class AnalogState:
         return {k: getattr(self, k) for k in self.__slots__ if k != "_buffers"}
 
     def __setstate__(self, state):
-        self.hw = None  # states pickled before the slot existed
         for k, v in state.items():
             setattr(self, k, v)
         self._buffers = {}

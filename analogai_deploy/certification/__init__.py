@@ -412,7 +412,7 @@ def _spread(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], re
 
 
 def half_width(values: list[float]) -> float:
-    """The Student-t 95% CI half-width of the mean of `values` (unclipped; 0 for one value)."""
+    """The Student-t 95% CI half-width of the mean of `values` (unclipped; inf for fewer than two values)."""
     n = len(values)
     if n < 2:
         return math.inf

@@ -943,7 +943,7 @@ def _on_tiles(entry, module: nn.Module, rpu) -> tuple[nn.Module, dict[str, FastL
 class FastModel(nn.Module):
     """A copy of the digital model with the placement's analog layers on the fast engine's tiles."""
 
-    fast_engine = True  # certification.monte_carlo hands such models to this module's monte_carlo
+    fast_engine = True  # certification.monte_carlo programs and drifts such models with their own program / drift
 
     def __init__(self, digital: nn.Module, rpu, exact: bool = False, placement=None):
         """`placement` (analog/placement.py, config.json["placement"]): the layers to simulate, read, not

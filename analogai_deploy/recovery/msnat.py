@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..analog.convert import analog_layers
@@ -49,11 +48,6 @@ def feedback_logits(model: nn.Module, x, noise: NoiseControl, cfg: FeedbackConfi
     finally:
         noise.set(sigma)
     return z0 - cfg.beta * extra, z0
-
-
-def feedback_loss(z: torch.Tensor, y: torch.Tensor, cfg: FeedbackConfig, use_fl: bool = True) -> torch.Tensor:
-    """CE(z / T, y) with the feedback loops, plain CE without."""
-    return F.cross_entropy(z.float() / cfg.temperature, y) if use_fl else F.cross_entropy(z.float(), y)
 
 
 def fusion_weights(k: int, accuracies: Sequence[float] | None = None) -> list[float]:
