@@ -1,8 +1,22 @@
-"""One verb per stage. Each takes typed configs, reads a package and writes a package."""
+"""The public verbs, one per stage, with typed signatures: a config object plus keyword overrides.
+
+    convert(source, AnalogConfig, output)        -> Package
+    recover(package, Recipe | name, data)        -> Package
+    certify(package, CertifyConfig, **fields)    -> Certificate
+    export(package, ExportConfig, **fields)      -> ExportResult
+    to_aihwkit(package, CertifyConfig, **fields) -> the aihwkit model certify simulates
+    publish(package) / pull(name) / from_pretrained(name)
+
+export, publish, pull and from_pretrained are their modules' own functions (exporter, zoo), typed there.
+
+A keyword given beside a config replaces that field of the config; a keyword left at None keeps it.
+"""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,6 +28,11 @@ from .analog.placement import check_selection, plan
 from .certification.mapping import MappingConfig
 from .provenance import now, versions
 from .sources import Source, check_runs, resolve
+
+if TYPE_CHECKING:
+    from .certification import Certificate, CertifyConfig
+    from .certification.devices import DeviceConfig
+    from .recovery.recipe import Recipe
 
 
 def default_output(spec: str) -> Path:
@@ -81,3 +100,148 @@ def convert(
 def load(path: str | Path, *, verify: bool = True) -> pkg.Package:
     """Read a package: the analog-aware model, rebuilt and loaded bit for bit (sha256 checked)."""
     return pkg.load(path, verify_hash=verify)
+
+
+def recover(
+    package: str | Path | pkg.Package,
+    recipe: str | Path | Recipe = "msnat",
+    data: Any = None,
+    output: str | Path | None = None,
+    *,
+    overrides: list[str] | dict[str, Any] | None = None,
+    resume: bool = False,
+    restart: bool = False,
+    overwrite: bool = False,
+    progress: Callable[..., Any] | None = None,
+    on_round: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    nproc: int = 1,
+    dist_timeout: float | None = None,
+) -> pkg.Package | None:
+    """Retrain `package` with `recipe` (a shipped name, a YAML path or a Recipe) on `data` and write the
+    recovered package to `output` (recovery.recover). `overrides`: recipe fields by dotted key,
+    ["training.rounds=5"] or {"training.rounds": 5}. `nproc` > 1 trains on that many local processes.
+    Returns the new package (None on the non-zero ranks of a torchrun job)."""
+    from . import launcher
+
+    return launcher.recover(package, recipe, data, output, overrides=overrides, resume=resume, restart=restart,
+                            overwrite=overwrite, progress=progress, nproc=nproc, dist_timeout=dist_timeout,
+                            **({"on_round": on_round} if on_round is not None else {}),
+                            **({"log": log} if log is not None else {}))
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _certify_config(config: CertifyConfig | None, fields: dict[str, Any], device: dict[str, Any],
+                    io: dict[str, Any]) -> CertifyConfig | None:
+    """`config` with the given keyword fields in place of its own (None where no config was given)."""
+    if config is None:
+        return None
+    from .certification import CertifyConfig, _device_config
+    from .certification.devices import DeviceConfig
+
+    merged = config.to_dict()
+    for key, value in fields.items():
+        if key == "times" and isinstance(value, str):
+            value = value.split(",")
+        merged[key] = value.to_dict() if key == "mapping" and not isinstance(value, dict) else value
+    if isinstance(device.get("device"), DeviceConfig) or "device_file" in device:
+        merged["device"] = _device_config(device.get("device", config.device.name), device.get("device_file"),
+                                          device.get("preset"), device.get("tile", "auto"), io).to_dict()
+    elif device or io:
+        dev = merged["device"]
+        merged["device"] = {**dev, **{("name" if k == "device" else k): v for k, v in device.items()},
+                            "io": {**dev["io"], **io}}
+    return CertifyConfig.from_dict(merged)
+
+
+def certify(
+    package: str | Path | pkg.Package,
+    config: CertifyConfig | None = None,
+    *,
+    device: str | DeviceConfig | None = None,
+    data: str | None = None,
+    times: str | list[str] | None = None,
+    repeats: int | str | None = None,
+    seed: int | None = None,
+    ci_width: float | None = None,
+    max_repeats: int | None = None,
+    max_drop: float | None = None,
+    at: str | None = None,
+    metric: str | None = None,
+    limit: int | None = None,
+    match_qat: bool | None = None,
+    engine: str | None = None,
+    mapping: MappingConfig | dict[str, Any] | None = None,
+    preset: str | None = None,
+    tile: str | None = None,
+    device_file: str | Path | None = None,
+    dac_bits: int | None = None,
+    adc_bits: int | None = None,
+    out_noise: float | None = None,
+    tile_size: int | None = None,
+    drift_compensation: bool | None = None,
+    n_w: float | None = None,
+    w_noise_type: str | None = None,
+    progress: Callable[..., Any] | None = None,
+    write: bool = True,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    nproc: int = 1,
+    dist_timeout: float | None = None,
+) -> Certificate:
+    """Monte Carlo certificate of `package` on a simulated analog device, written into the package
+    (certification.certify). `config` (a CertifyConfig) gives every setting at once; the keywords are its
+    fields (`device`, `preset`, `tile`, `device_file` and the IO settings `dac_bits` ... `w_noise_type` those of
+    its DeviceConfig) and replace them. Without a config, the keywords left at None take certify's defaults
+    (PCM, 1s,1h,1d,1y, 10 repeats, seed 0, the package's mapping). `output`: write a copy of the package
+    with the certificate there; `nproc` > 1 spreads the repeats over that many local processes."""
+    from . import launcher
+
+    fields = _given(data=data, times=times, repeats=repeats, seed=seed, ci_width=ci_width, max_repeats=max_repeats,
+                    max_drop=max_drop, at=at, metric=metric, limit=limit, match_qat=match_qat, engine=engine,
+                    mapping=mapping)
+    dev = _given(device=device, preset=preset, tile=tile, device_file=device_file)
+    io = _given(dac_bits=dac_bits, adc_bits=adc_bits, out_noise=out_noise, tile_size=tile_size,
+                drift_compensation=drift_compensation, n_w=n_w, w_noise_type=w_noise_type)
+    run = dict(progress=progress, write=write, output=output, overwrite=overwrite, nproc=nproc,
+               dist_timeout=dist_timeout)
+    if config is None:
+        return launcher.certify(package, **fields, **dev, **io, **run)
+    return launcher.certify(package, config=_certify_config(config, fields, dev, io), **run)
+
+
+def to_aihwkit(
+    package: str | Path | pkg.Package,
+    config: CertifyConfig | None = None,
+    *,
+    device: str | DeviceConfig | None = None,
+    data: str | None = None,
+    match_qat: bool | None = None,
+    mapping: MappingConfig | dict[str, Any] | None = None,
+    preset: str | None = None,
+    tile: str | None = None,
+    device_file: str | Path | None = None,
+    dac_bits: int | None = None,
+    adc_bits: int | None = None,
+    out_noise: float | None = None,
+    tile_size: int | None = None,
+    drift_compensation: bool | None = None,
+    n_w: float | None = None,
+    w_noise_type: str | None = None,
+) -> nn.Module:
+    """The package on aihwkit tiles exactly as certify's aihwkit engine simulates it
+    (certification.to_aihwkit); `config` and the keywords as in `certify`
+    (`config=CertifyConfig.from_dict(cert["settings"])` rebuilds a certificate's chip)."""
+    from . import certification
+
+    fields = _given(data=data, match_qat=match_qat, mapping=mapping)
+    dev = _given(device=device, preset=preset, tile=tile, device_file=device_file)
+    io = _given(dac_bits=dac_bits, adc_bits=adc_bits, out_noise=out_noise, tile_size=tile_size,
+                drift_compensation=drift_compensation, n_w=n_w, w_noise_type=w_noise_type)
+    if config is None:
+        return certification.to_aihwkit(getattr(package, "path", package), **fields, **dev, **io)
+    return certification.to_aihwkit(getattr(package, "path", package),
+                                    config=_certify_config(config, fields, dev, io))

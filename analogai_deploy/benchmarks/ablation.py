@@ -170,7 +170,7 @@ def train_and_certify(cfg: AblationConfig, cell: dict[str, Any], out_dir: Path) 
     common = {"data": cfg.data, "repeats": cfg.repeats, "seed": 1000 * seed, "write": False, "limit": cfg.limit}
     sw = sweep(pkg.path, "n_w", list(cfg.n_w), times=[cfg.sweep_time], **common)
     drift_times = [t for t in cfg.times if t != cfg.sweep_time]
-    pcm = ad.certify(pkg.path, "PCM", times=drift_times, **common) if drift_times else None
+    pcm = ad.certify(pkg.path, device="PCM", times=drift_times, **common) if drift_times else None
     cert = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
     n_w = {f"{r['value']:g}": {"mean": r["mean"], "std": r["std"], "ci95": [r["ci_low"], r["ci_high"]]}
            for r in sw["rows"]}

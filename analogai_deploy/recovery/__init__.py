@@ -1,7 +1,7 @@
 """`recover`: noise-aware retraining of a package (MSNAT, its ablations, baselines, aihwkit HWA).
 
     import analogai_deploy as ad
-    pkg = ad.recover("runs/lenet", "msnat", "digits", output="runs/lenet-msnat", **{"training.rounds": 10})
+    pkg = ad.recover("runs/lenet", "msnat", "digits", output="runs/lenet-msnat", overrides={"training.rounds": 10})
 
 Everything a run needs is validated before training starts (recipe, overrides, data, package).
 The output package holds clean weights (the noise level lives in config.json), the resolved recipe

@@ -1,0 +1,81 @@
+"""The public API: typed verbs (a config plus keyword overrides, no pass-through), every exported name
+resolves, type checkers see the same names the lazy loader gives, and the README's layout is current."""
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import analogai_deploy as ad
+
+ROOT = Path(__file__).resolve().parents[1]
+INIT = ROOT / "analogai_deploy" / "__init__.py"
+VERBS = ["convert", "recover", "certify", "export", "to_aihwkit", "publish", "pull", "from_pretrained", "load"]
+CONFIGS = ["AnalogConfig", "Recipe", "CertifyConfig", "DeviceConfig", "IOSettings", "MappingConfig", "ExportConfig",
+           "Policy"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_a_real_signature(verb):
+    params = inspect.signature(getattr(ad, verb)).parameters.values()
+    passed_through = [p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    assert not passed_through, f"ad.{verb} passes *{passed_through} through"
+    assert verb in ad.__all__
+
+
+def test_the_verbs_take_their_config_second():
+    for verb, config in [("convert", "config"), ("certify", "config"), ("export", "config"),
+                         ("to_aihwkit", "config"), ("recover", "recipe")]:
+        assert list(inspect.signature(getattr(ad, verb)).parameters)[1] == config, verb
+
+
+def test_every_exported_name_resolves():
+    for name in ad.__all__:
+        assert getattr(ad, name) is not None, name
+    for name in CONFIGS:
+        cls = getattr(ad, name)
+        assert inspect.isclass(cls) and name in ad.__all__
+        cls()  # every config has defaults
+
+
+def test_type_checkers_see_what_the_lazy_loader_gives():
+    """The TYPE_CHECKING block imports every exported name from the module _LAZY loads it from."""
+    tree = ast.parse(INIT.read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    typed = {a.name: "analogai_deploy." + imp.module for imp in block.body for a in imp.names}
+    from analogai_deploy import _LAZY
+
+    assert typed == _LAZY
+    assert set(typed) == set(ad.__all__)
+
+
+def test_keywords_replace_the_fields_of_a_given_config():
+    from analogai_deploy.api import _certify_config
+
+    base = ad.CertifyConfig(repeats=20, seed=3, device=ad.DeviceConfig(name="PCM", io=ad.IOSettings(adc_bits=8)))
+    cfg = _certify_config(base, {"times": "1s,1d", "mapping": ad.MappingConfig(weight_scaling="tile")},
+                          {}, {"dac_bits": 6})
+    assert (cfg.repeats, cfg.seed, cfg.times, cfg.mapping.weight_scaling) == (20, 3, ["1s", "1d"], "tile")
+    assert (cfg.device.name, cfg.device.io.adc_bits, cfg.device.io.dac_bits) == ("PCM", 8, 6)
+    assert _certify_config(base, {}, {"device": "ReRAM"}, {}).device.name == "ReRAM"
+    assert _certify_config(base, {}, {}, {}) == base  # nothing given: the config as it was
+    assert _certify_config(None, {"repeats": 2}, {}, {}) is None  # no config: certify's own defaults
+
+
+def test_certify_with_a_config_and_an_override(lenet_pkg):
+    cert = ad.certify(lenet_pkg, ad.CertifyConfig(repeats=2, limit=16, times=["1s", "1h"]), times="1d",
+                      device="ideal", write=False)
+    assert [r["time"] for r in cert["results"]] == ["1d"] and cert["settings"]["repeats"] == 2
+    assert cert["settings"]["device"]["name"] == "ideal"
+
+
+def test_the_readme_layout_names_every_top_level_module():
+    block = re.search(r"## Layout\n\n```\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    pkg = ROOT / "analogai_deploy"
+    names = {p.stem for p in pkg.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    names |= {p.name for p in pkg.iterdir() if (p / "__init__.py").is_file()}
+    missing = sorted(n for n in names if not re.search(rf"(?<![\w/]){re.escape(n)}(\.py|/)", block))
+    assert not missing, f"README layout omits {missing}"
