@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import analogai_deploy as ad
+from analogai_deploy.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 INIT = ROOT / "analogai_deploy" / "__init__.py"
@@ -79,3 +80,39 @@ def test_the_readme_layout_names_every_top_level_module():
     names |= {p.name for p in pkg.iterdir() if (p / "__init__.py").is_file()}
     missing = sorted(n for n in names if not re.search(rf"(?<![\w/]){re.escape(n)}(\.py|/)", block))
     assert not missing, f"README layout omits {missing}"
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(lenet_pkg, cli):
+    with pytest.raises(UsageError) as err:
+        ad.CertifyConfig(repeats=5, ci_width=1.0)
+    assert "--" not in str(err.value) and "`repeats=auto` `ci_width=1`" in str(err.value)
+    code, _, stderr = cli("certify", lenet_pkg, "--repeats", "5", "--ci-width", "1")
+    assert code == 2 and "--ci-width is the target of --repeats auto" in stderr
+    assert "pass --repeats auto --ci-width 1" in stderr and "`" not in stderr
+
+
+def test_the_cli_spells_each_parameter_as_its_flag():
+    from analogai_deploy.cli._errors import flags
+
+    assert flags("keep it digital (`exclude_types=Foo`)") == "keep it digital (--exclude-type Foo)"
+    assert flags("pass `hub_repo`, `match_qat=True` or `device=custom`") == "pass --hub, --match-qat or --device custom"
+    assert flags("see `analogai-deploy convert`") == "see `analogai-deploy convert`"  # a command, not a parameter
+    assert flags(None) is None
+
+
+#: library modules whose errors are checked for CLI flag names (the rest of the package still has some)
+FLAG_FREE = ["certification/*.py", "zoo/__init__.py"]
+
+
+def test_library_errors_carry_no_cli_flags():
+    """A raised error's text names the parameter (`ci_width`), never the flag (--ci-width)."""
+    flag = re.compile(r"(?<![\w-])--[a-z]")
+    found = []
+    for pattern in FLAG_FREE:
+        for path in sorted((ROOT / "analogai_deploy").glob(pattern)):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Raise) and node.exc is not None:
+                    texts = [n.value for n in ast.walk(node.exc) if isinstance(n, ast.Constant)
+                             and isinstance(n.value, str)]
+                    found += [f"{path.relative_to(ROOT)}:{node.lineno}" for t in texts if flag.search(t)]
+    assert not found, f"CLI flags in library errors: {found}"

@@ -109,25 +109,25 @@ class CertifyConfig(StrictConfig):
         self.engine_reason = "named"  # why this engine runs (not a setting: `_resolved` says it for auto)
         if isinstance(self.repeats, str):
             if self.repeats != "auto":
-                raise UsageError(f"repeats must be a number or auto, got {self.repeats!r}", "e.g. --repeats 10 or "
-                                 "--repeats auto --ci-width 1")
+                raise UsageError(f"`repeats` must be a number or auto, got {self.repeats!r}", "e.g. `repeats=10` or "
+                                 "`repeats=auto` `ci_width=1`")
             self.ci_width = DEFAULT_CI_WIDTH if self.ci_width is None else self.ci_width
             if self.ci_width <= 0:
-                raise UsageError(f"--ci-width must be > 0 percentage points, got {self.ci_width:g}")
+                raise UsageError(f"`ci_width` must be > 0 percentage points, got {self.ci_width:g}")
             if self.max_repeats < AUTO_START:
-                raise UsageError(f"--max-repeats must be >= {AUTO_START}, got {self.max_repeats}")
+                raise UsageError(f"`max_repeats` must be >= {AUTO_START}, got {self.max_repeats}")
         elif self.repeats < 1:
-            raise UsageError(f"repeats must be >= 1, got {self.repeats}")
+            raise UsageError(f"`repeats` must be >= 1, got {self.repeats}")
         elif self.ci_width is not None:
-            raise UsageError(f"--ci-width is the target of --repeats auto, not of a fixed {self.repeats} repeats",
-                             f"pass --repeats auto --ci-width {self.ci_width:g}")
+            raise UsageError(f"`ci_width` is the target of `repeats=auto`, not of a fixed {self.repeats} repeats",
+                             f"pass `repeats=auto` `ci_width={self.ci_width:g}`")
         if self.metric not in METRIC_CHOICES:
             raise unknown("metric", self.metric, METRIC_CHOICES)
         if self.max_drop is not None:
             if self.max_drop < 0:
-                raise UsageError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}")
+                raise UsageError(f"`max_drop` must be >= 0 percentage points, got {self.max_drop}")
             if self.repeats != "auto" and self.repeats < 2:
-                raise UsageError("a gate judges the lower 95% CI bound, which needs >= 2 repeats", "pass --repeats 10")
+                raise UsageError("a gate judges the lower 95% CI bound, which needs >= 2 repeats", "pass `repeats=10`")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"limit must be >= 1, got {self.limit}")
         self.time_points()  # validate early
@@ -196,7 +196,7 @@ def _device_config(device: str | DeviceConfig, device_file: str | Path | None, p
     ioset = IOSettings.from_dict({k: v for k, v in io.items() if v is not None})
     if device_file is not None:
         if str(device).lower() != "custom":
-            raise UsageError(f"--device-file goes with --device custom (got --device {device})")
+            raise UsageError(f"`device_file` goes with `device=custom` (got `device={device}`)")
         return DeviceConfig.from_file(device_file, io=ioset, preset=preset, tile=tile)
     return DeviceConfig(name=device, io=ioset, preset=preset, tile=tile)
 
@@ -205,11 +205,11 @@ def _match_qat(cfg: CertifyConfig, pkg_config: dict[str, Any]) -> None:
     """--match-qat: the DAC resolves what QAT trained the activations for (a_bits)."""
     quant = pkg_config.get("quantization")
     if not quant or not quant.get("a_bits"):
-        raise UsageError("--match-qat: this package has no quantization section with a_bits",
-                         "recover it with a QAT recipe first, or drop --match-qat")
+        raise UsageError("`match_qat`: this package has no quantization section with a_bits",
+                         "recover it with a QAT recipe first, or drop `match_qat`")
     io = cfg.device.io
     if io.dac_bits is not None and io.dac_bits != int(quant["a_bits"]):
-        raise UsageError(f"--match-qat sets dac_bits={quant['a_bits']} but dac_bits={io.dac_bits} was also given",
+        raise UsageError(f"`match_qat` sets `dac_bits={quant['a_bits']}` but `dac_bits={io.dac_bits}` was also given",
                          "pass one of them")
     io.dac_bits = int(quant["a_bits"])
 
@@ -281,7 +281,7 @@ def _bench(package: str | Path, cfg: CertifyConfig) -> _Bench:
     metric = resolve_metric(cfg.metric, pkg.config, data)
     if metric == "accuracy" and data.num_classes and pkg.config.get("num_classes") not in (None, data.num_classes):
         raise UsageError(f"the package has {pkg.config['num_classes']} classes but {data.spec} has {data.num_classes}",
-                         "certify on the dataset the model was trained for, or label-free: --metric agreement")
+                         "certify on the dataset the model was trained for, or label-free: `metric=agreement`")
     start = time.perf_counter()
     outputs = run(digital, data)
     seconds = time.perf_counter() - start
@@ -347,7 +347,7 @@ def _time_points(cfg: CertifyConfig, device: DeviceConfig, rpu) -> list[tuple[st
         bad = [label for label, seconds in points if seconds not in fixed]
         if bad:
             raise UsageError(f"{device.label} ({type(rpu.noise_model).__name__}) is characterised only at "
-                             f"{', '.join(labels)}, not {', '.join(bad)}", f"pass --times {','.join(labels)}")
+                             f"{', '.join(labels)}, not {', '.join(bad)}", f"pass `times={','.join(labels)}`")
     return points
 
 
@@ -905,7 +905,7 @@ def sweep_plan(package: str | Path, param: str, values: list[float] | None, conf
         config.engine_reason = "default for sweeps"
     cfg = _resolved(package, config)
     if cfg.repeats == "auto":
-        raise UsageError("a sweep runs a fixed number of repeats per value", "pass --repeats N")
+        raise UsageError("a sweep runs a fixed number of repeats per value", "pass `repeats=N`")
 
     def point(value, tile: str | None = None) -> DeviceConfig:
         dev = DeviceConfig.from_dict({**cfg.device.to_dict(), **({"tile": tile} if tile else {})})

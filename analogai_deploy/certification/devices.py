@@ -116,14 +116,14 @@ class DeviceConfig(StrictConfig):
         if self.tile not in TILES:
             raise unknown("tile kind", self.tile, TILES)
         if self.name == "custom" and self.custom is None:
-            raise UsageError("device custom needs a YAML file", "pass --device-file my-device.yaml (see `certify --help`)")
+            raise UsageError("device custom needs a YAML file", "pass `device_file=my-device.yaml` (its keys: noise_model, params, io)")
         if self.name == "ideal":
             given = [k for k, v in self.io.to_dict().items() if v is not None] + (["preset"] if self.preset else [])
             if given:  # a perfect tile would silently ignore them
                 raise UsageError(f"the ideal device has perfect IO and no noise; {', '.join(given)} cannot apply",
-                                 "use --device PCM (or custom) with those settings, or drop them")
+                                 "use `device=PCM` (or custom) with those settings, or drop them")
         if self.name != "custom" and self.custom is not None:
-            raise UsageError(f"a device file only goes with --device custom (got --device {self.name})")
+            raise UsageError(f"a device file only goes with `device=custom` (got `device={self.name}`)")
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs) -> DeviceConfig:
@@ -195,7 +195,7 @@ def choose_tile(config: DeviceConfig) -> str:
         tile = "cpp" if need or not support.get("torch") else "torch"
     if tile == "torch" and need:
         raise UsageError(f"{need} needs aihwkit's C++ tiles; the PyTorch tile cannot simulate it",
-                         "drop --tile torch (auto picks the C++ tile for it) or leave that setting out")
+                         "drop `tile=torch` (auto picks the C++ tile for it) or leave that setting out")
     if not support.get(tile):
         why = support.get(f"{tile}_error", "not available")
         fix = ("the C++ tiles need an aihwkit binary built for this torch (torch 2.10/2.11 with aihwkit 1.1.0)"

@@ -117,7 +117,7 @@ def parse_time(text: str | float | int) -> tuple[str, float]:
     t = str(text).strip().lower()
     m = re.fullmatch(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*(s|min|m|h|d|w|y)?", t)
     if not m:
-        raise UsageError(f"bad time {text!r}", "write times like 1s, 10min, 1h, 1d, 1w, 1y or plain seconds: --times 1s,1h,1d,1y")
+        raise UsageError(f"bad time {text!r}", "write times like 1s, 10min, 1h, 1d, 1w, 1y or plain seconds: `times=1s,1h,1d,1y`")
     value, unit = float(m.group(1)), m.group(2) or "s"
     seconds = value * _UNITS[unit]
     if not math.isfinite(seconds):  # '1e400' parses as inf
@@ -139,7 +139,7 @@ def _label(seconds: float) -> str:
 def parse_times(times: str | list | tuple) -> list[tuple[str, float]]:
     items = [t for t in times.split(",") if t.strip()] if isinstance(times, str) else list(times)
     if not items:
-        raise UsageError("no times given", "e.g. --times 1s,1h,1d,1y")
+        raise UsageError("no times given", "e.g. `times=1s,1h,1d,1y`")
     parsed = sorted({parse_time(t)[1]: parse_time(t) for t in items}.values(), key=lambda p: p[1])
     return parsed
 
@@ -278,22 +278,22 @@ def resolve_metric(metric: str, config: dict[str, Any], data: EvalSet) -> str:
         return "cosine"
     if lm != (metric in LM_METRICS):
         if lm:
-            raise UsageError(f"--metric {metric} does not apply to a causal language model",
-                             "use --metric next_token_agreement or --metric perplexity_ratio")
-        raise UsageError(f"--metric {metric} is for causal language models", "use --metric auto")
+            raise UsageError(f"`metric={metric}` does not apply to a causal language model",
+                             "use `metric=next_token_agreement` or `metric=perplexity_ratio`")
+        raise UsageError(f"`metric={metric}` is for causal language models", "use `metric=auto`")
     if data.kind == "tokens":
         if metric != "agreement":
-            raise UsageError(f"--metric {metric} does not apply to a {config.get('task')} model (it scores every "
-                             "token position)", "use --metric agreement (per-position top-1 agreement)")
+            raise UsageError(f"`metric={metric}` does not apply to a {config.get('task')} model (it scores every "
+                             "token position)", "use `metric=agreement` (per-position top-1 agreement)")
         return metric
     if metric == "accuracy" and data.labels is None:
         if data.kind == "image":
-            raise UsageError("accuracy needs labelled data", "use --metric agreement or cosine")
+            raise UsageError("accuracy needs labelled data", "use `metric=agreement` or cosine")
         raise UsageError(f"accuracy needs labelled data; {data.spec} has no labels",
-                         "pass labelled text (--data text:FILE.jsonl with a label field) or use --metric agreement"
-                         if classifier else "use --metric cosine (encoders)")
+                         "pass labelled text (`data=text:FILE.jsonl` with a label field) or use `metric=agreement`"
+                         if classifier else "use `metric=cosine` (encoders)")
     if metric in ("accuracy", "agreement") and not classifier:
-        raise UsageError(f"{metric} compares top-1 classes; this package is not a classifier", "use --metric cosine")
+        raise UsageError(f"{metric} compares top-1 classes; this package is not a classifier", "use `metric=cosine`")
     return metric
 
 
@@ -309,7 +309,7 @@ def load_eval_set(package_path: Path, config: dict[str, Any], spec: str | None, 
     from ..data.text import is_text_spec
 
     if spec in TEXT_DATA or is_text_spec(spec):
-        raise UsageError(f"--data {spec} is for text packages; this package takes images", "use e.g. --data digits")
+        raise UsageError(f"`data={spec}` is for text packages; this package takes images", "use e.g. `data=digits`")
     from ..labels import align
 
     d = align(load(spec, input_shape=inp.get("shape")), config)  # numbered as the package numbers its classes
@@ -415,7 +415,7 @@ def _text_set(package_path: Path, config: dict[str, Any], spec: str, seed: int, 
             labels = label_names = None  # an encoder or LM has no classes to score labels against
     else:
         raise UsageError(f"text packages are certified on text, not {spec!r}",
-                         "use --data sentences (built-in), corpus (shipped held-out English), text:FILE, "
+                         "use `data=sentences` (built-in), corpus (shipped held-out English), text:FILE, "
                          "generated:N (causal LMs) or tokens (random token ids)")
     n = next(iter(batch.values())).shape[0]
     if n == 0:

@@ -78,10 +78,10 @@ def _splits(size: int, max_size: int) -> list[tuple[int, int]]:
 
 def check_supported(device) -> None:
     """Refuse the settings the fast engine does not simulate (those of aihwkit's C++ tiles)."""
-    need = device.needs_cpp() or ("--tile cpp" if device.tile == "cpp" else "")
+    need = device.needs_cpp() or ("`tile=cpp`" if device.tile == "cpp" else "")
     if need:
         raise UsageError(f"the fast engine simulates aihwkit's PyTorch tile; {need} needs the C++ tile",
-                         "use --engine aihwkit for this setting")
+                         "use `engine=aihwkit` for this setting")
 
 
 def choose(device, rpu, placement) -> tuple[str, str]:
@@ -591,7 +591,7 @@ class FastLayer:
             return torch.ones_like(absmax)
         if io.noise_management != NoiseManagementType.ABS_MAX:
             raise UsageError(f"the fast engine implements ABS_MAX noise management, not {io.noise_management.name}",
-                             "use --engine aihwkit")
+                             "use `engine=aihwkit`")
         if io.nm_thres > 0:
             absmax = absmax.clamp(max=io.nm_thres)
         return torch.where(absmax > 0, absmax, torch.ones_like(absmax))
@@ -937,7 +937,7 @@ def _on_tiles(entry, module: nn.Module, rpu) -> tuple[nn.Module, dict[str, FastL
         layers = {f"{n}_weight": getattr(new, n)._fast for n in names}
         return new, {**layers, "out_proj.weight": new.out_proj._fast}
     raise UsageError(f"the fast engine has no mapping for layer {entry.name!r} ({entry.type}, added with "
-                     "register_layer)", "use --engine aihwkit")
+                     "register_layer)", "use `engine=aihwkit`")
 
 
 class FastModel(nn.Module):

@@ -347,7 +347,7 @@ def learned_ranges(mapping: MappingConfig, names: set[str], cal: Calibration | N
     if not m.input_ranges:
         raise UsageError("input range 'learned' needs the ranges a recipe with io.input_range: learned records "
                          "in config.json (mapping.input_ranges); this package has none",
-                         "recover with --recipe afm, or certify with --input-range dynamic or calibrated")
+                         "recover with `recipe=afm`, or certify with `input_range=dynamic` or calibrated")
     unknown_layers = sorted(set(m.input_ranges) - names)
     if unknown_layers:
         raise UsageError(f"config.json's learned input ranges name layers this package maps to no tile: "
@@ -404,7 +404,7 @@ def calibration_batches(package_path, config: dict[str, Any], mapping: MappingCo
             tok = AutoTokenizer.from_pretrained(str(package_path))
         except Exception as exc:
             raise UsageError(f"calibrating the mapping needs the package's tokenizer ({type(exc).__name__})",
-                             "pass --calibration tokens, or --input-scaling none --input-range dynamic") from None
+                             "pass `calibration=tokens`, or `input_scaling=none` `input_range=dynamic`") from None
         names = inp.get("names") or ["input_ids", "attention_mask"]
         sentences = CALIBRATION_SENTENCES[:n]
         enc = tok(sentences, padding="max_length", truncation=True, max_length=int(inp.get("seq_len") or 32),

@@ -200,8 +200,8 @@ def _replacement(kind: str, module: nn.Module, rpu) -> nn.Module:
     if kind == "attention":
         return AnalogAttention(module, lambda w, b: _linear(w, b, rpu))
     raise OperationFailed(f"layer {{name}} ({type(module).__name__}, added with register_layer) has no aihwkit "
-                          "mapping, so certify cannot simulate it", "keep it digital (--exclude-type "
-                          f"{type(module).__name__}) and convert again, or certify without it")
+                          "mapping, so certify cannot simulate it", "keep it digital (`exclude_types="
+                          f"{type(module).__name__}`) and convert again, or certify without it")
 
 
 def _set(root: nn.Module, name: str, module: nn.Module) -> None:

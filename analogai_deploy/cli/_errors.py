@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import traceback
 
 from ..errors import AnalogAIError, no_room
@@ -22,11 +23,26 @@ _OS_HINTS = {
 }
 
 
+#: library parameters whose flag is not the parameter's name with dashes
+FLAGS = {"exclude_types": "--exclude-type", "hub_repo": "--hub"}
+_PARAM = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`\s]+))?`")
+
+
+def flags(text: str | None) -> str | None:
+    """A library message in the CLI's words: `ci_width` -> --ci-width, `repeats=auto` -> --repeats auto
+    (errors.py: the library names parameters, the CLI names flags)."""
+    def flag(m: re.Match) -> str:
+        name = FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-"))
+        return name if m.group(2) in (None, "True") else f"{name} {m.group(2)}"
+
+    return _PARAM.sub(flag, text) if text else text
+
+
 def handle(exc: BaseException) -> int:
     if os.environ.get("ANALOGAI_DEBUG"):
         traceback.print_exception(exc)
     if isinstance(exc, AnalogAIError):
-        out().error(exc.message, exc.hint)
+        out().error(flags(exc.message), flags(exc.hint))
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         out().error("interrupted")

@@ -36,7 +36,7 @@ def publish(
 ) -> dict[str, Any]:
     """Publish a certified package to the local zoo (default) or, with `hub_repo`, to the Hub."""
     if hub_repo and (zoo or name):
-        raise UsageError("publish goes to one place: a local zoo or the Hub", "pass either --zoo/--name or --hub")
+        raise UsageError("publish goes to one place: a local zoo or the Hub", "pass either `zoo` / `name` or `hub_repo`")
     if hub_repo:
         return {"where": "hub", **hub.push(path, hub_repo, private=private, token=token)}
     zoo_dir = local.resolve_dir(zoo)
@@ -52,7 +52,7 @@ def locate(spec: str, *, zoo: str | Path | None = None, revision: str | None = N
     if spec.startswith(hub.PREFIX):
         return hub.download(spec, revision=revision, cache_dir=cache_dir, token=token, verify=verify)
     if revision:
-        raise UsageError("--revision only applies to hf-hub: models", "drop --revision for local zoo names")
+        raise UsageError("`revision` only applies to hf-hub: models", "drop `revision` for local zoo names")
     entry, folder = local.find(spec, zoo)
     config = gate.admit(folder, verify=verify, policy=local.policy(zoo)).config
     if entry.get("sha256") != config["weights"]["sha256"]:
