@@ -409,10 +409,11 @@ def test_hwa_baseline_resumes(lenet_pkg, digits, tmp_path):
     assert [json.loads(line)["round"] for line in (tmp_path / "h" / "train_log.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_python_keyword_overrides_and_early_stopping(mlp_pkg, digits, tmp_path):
+def test_overrides_by_dotted_key_and_early_stopping(mlp_pkg, digits, tmp_path):
     # a learning rate too small to change any prediction: validation never improves after round 1
-    pkg = ad.recover(mlp_pkg, "vanilla", digits, output=tmp_path / "o", training__rounds=6, training__patience=2,
-                     **{"training.lr": 1e-9, "training.schedule": "constant"})
+    pkg = ad.recover(mlp_pkg, "vanilla", digits, output=tmp_path / "o",
+                     overrides={"training.rounds": 6, "training.patience": 2, "training.lr": 1e-9,
+                                "training.schedule": "constant"})
     t = pkg.config["training"]
     assert t["stopped_early"] and t["rounds"] == 3 and t["best"]["round"] == 1
     assert pkg.config["recipe"]["resolved"]["training"]["patience"] == 2
