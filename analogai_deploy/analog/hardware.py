@@ -267,8 +267,10 @@ class _FusedLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # d/dx of (x / s) through the tile: g @ tile, then / s
             gx = torch.mm(g, tile)
             gx = (gx.div_(s) if s is not None else gx).view(ctx.x_shape)
-        if ctx.needs_input_grad[1]:  # d/dW: the inputs the tile saw (xq * xmax) against g, times s
-            gw = torch.mm((g * xmax.unsqueeze(1)).t(), xq)
+        if ctx.needs_input_grad[1]:  # d/dW: the inputs the tile saw (xq * xmax) against g, times s; the row
+            # scale goes on the narrower side (an LM head's g is tokens x vocabulary, its xq tokens x hidden)
+            wide = g.shape[1] > xq.shape[1]
+            gw = torch.mm(g.t() if wide else (g * xmax.unsqueeze(1)).t(), xq * xmax.unsqueeze(1) if wide else xq)
             if s is not None:
                 gw.mul_(s)
         if ctx.needs_input_grad[2]:
