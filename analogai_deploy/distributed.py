@@ -94,7 +94,7 @@ def init(timeout: float | None = None) -> bool:
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
     if missing:
         raise UsageError(f"WORLD_SIZE={_env_world()} but {', '.join(missing)} is not set",
-                         "launch with torchrun or --nproc N, which set them")
+                         "launch with torchrun or `nproc=N`, which set them")
     backend = "gloo"
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -225,9 +225,9 @@ def all_reduce_flat(tensors, scale: float = 1.0):
 
 def check_nproc(nproc: int) -> None:
     if nproc < 1:
-        raise UsageError(f"--nproc must be >= 1, got {nproc}")
+        raise UsageError(f"`nproc` must be >= 1, got {nproc}")
     if nproc > 1 and _env_world() > 1:
-        raise UsageError("--nproc inside a torchrun worker", "drop --nproc: torchrun already started the processes")
+        raise UsageError("`nproc` inside a torchrun worker", "drop `nproc`: torchrun already started the processes")
 
 
 def configure_cli(nproc: int, timeout: float | None) -> bool:
@@ -235,6 +235,6 @@ def configure_cli(nproc: int, timeout: float | None) -> bool:
     check_nproc(nproc)
     if timeout is not None:
         if timeout <= 0:
-            raise UsageError(f"--dist-timeout must be a positive number of seconds, got {timeout:g}")
+            raise UsageError(f"`dist_timeout` must be a positive number of seconds, got {timeout:g}")
         os.environ[TIMEOUT_ENV] = str(timeout)  # read when a torchrun rank joins the group
     return is_main()

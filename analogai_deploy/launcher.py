@@ -104,7 +104,7 @@ def recover(package, recipe="msnat", data=None, output=None, *, overrides=None, 
     merged = recovery._overrides(overrides, kwargs)
     pkg, rec, ds = recovery.prepare(package, recipe, data, merged)
     if pkg.config.get("input", {}).get("kind") == "text":
-        raise UsageError("text packages recover on one process", "drop --nproc")
+        raise UsageError("text packages recover on one process", "drop `nproc`")
     data = data if data is not None else ds.spec
     out_path = recovery.output_for(pkg, rec, output)
     replace = recovery.check_outputs(out_path, recovery.run_identity(pkg, rec, ds), resume=resume, restart=restart,

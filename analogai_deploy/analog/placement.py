@@ -273,15 +273,15 @@ def check_selection(model: nn.Module, config: AnalogConfig) -> None:
     for t in config.exclude_types:
         if t not in known:
             hint = closest(t, sorted(known))
-            raise UsageError(f"--exclude-type {t!r} names no analog-capable layer type of this model",
+            raise UsageError(f"`exclude_types={t}` names no analog-capable layer type of this model",
                              (hint + " " if hint else "") + f"this model's analog-capable types: {', '.join(types) or 'none'}")
     names = [n for n, _ in found]
-    for flag, patterns in (("--include", config.include), ("--exclude", config.exclude)):
+    for field, patterns in (("include", config.include), ("exclude", config.exclude)):
         for p in patterns:
             if not any(fnmatch.fnmatchcase(n, p) for n in names):
                 hint = closest(p, names)
                 shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-                raise UsageError(f"{flag} {p!r} matches no analog-capable module",
+                raise UsageError(f"`{field}={p}` matches no analog-capable module",
                                  (hint + " " if hint else "") + f"module names look like: {shown}")
 
 

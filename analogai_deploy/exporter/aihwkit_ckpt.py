@@ -71,7 +71,7 @@ def checkpoint(path: Path, device: str) -> tuple[bytes, dict[str, Any], dict[str
 
     config, warning = certified(path, device)
     if config is None and device.lower() == "custom":
-        raise UsageError("export --to aihwkit takes a named device, or custom when the package is certified on it "
+        raise UsageError("export `to=aihwkit` takes a named device, or custom when the package is certified on it "
                          "(the YAML file is not part of the package)",
                          "in Python: ad.to_aihwkit(PKG, device='custom', device_file='my.yaml')")
     _, cfg, tile, rpu, _ = resolve(path, device, config=config)

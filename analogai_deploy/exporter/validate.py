@@ -105,11 +105,11 @@ def sample_inputs(config: dict[str, Any], n: int, seed: int = 0) -> tuple[tuple[
         missing = [name for name in names if name not in tensors]
         if missing:
             raise OperationFailed(f"cannot generate sample inputs named {missing}",
-                                  "record a dataset in the package (recover --data ...)")
+                                  "record a dataset in the package (recover with `data=...`)")
         return tuple(tensors[name] for name in names), f"generated token ids ({n} x {seq}, padded)", note
     shape = spec.get("shape")
     if not shape:
-        raise OperationFailed("the package's input spec has no shape", "convert again with --input-shape C,H,W")
+        raise OperationFailed("the package's input spec has no shape", "convert again with `input_shape=C,H,W`")
     return (torch.randn(n, *shape, generator=g),), f"generated N(0,1) images ({n} x {list(shape)})", note
 
 

@@ -75,7 +75,7 @@ def check_recover(recipe, data: Any = "digits", recipe_arg: Any = "msnat", nproc
     t, sigmas = recipe.training, recipe.recovery.sigmas
     if t.engine == "aihwkit_hwa":
         raise UsageError("training.engine=aihwkit_hwa (aihwkit's own trainer) runs on one process",
-                         "drop --nproc / torchrun, or use an MSNAT-family recipe (vanilla, single_noise, msnat, ...)")
+                         "drop `nproc` / torchrun, or use an MSNAT-family recipe (vanilla, single_noise, msnat, ...)")
     if t.mode == "batched":
         raise UsageError("training.mode=batched stacks every client in one process", "use training.mode=loop")
     if nproc > 1:
@@ -85,7 +85,7 @@ def check_recover(recipe, data: Any = "digits", recipe_arg: Any = "msnat", nproc
             raise UsageError("with nproc the recipe goes by name or file", "pass 'msnat' or a YAML path, plus overrides")
         if t.use_FI and len(sigmas) > 1 and nproc > len(sigmas):
             raise UsageError(f"{nproc} processes for {len(sigmas)} MSNAT clients: a process would have no client",
-                             f"use --nproc {len(sigmas)} or fewer")
+                             f"use `nproc={len(sigmas)}` or fewer")
 
 
 def client_share(k: int) -> range:
@@ -93,7 +93,7 @@ def client_share(k: int) -> range:
     n = distributed.world()
     if n > k:
         raise UsageError(f"{n} processes for {k} MSNAT clients: a process would have no client to train",
-                         f"run with at most {k} processes (--nproc {k}), or use a recipe without FI")
+                         f"run with at most {k} processes (`nproc={k}`), or use a recipe without FI")
     return distributed.share(k)
 
 
