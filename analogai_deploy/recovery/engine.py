@@ -132,7 +132,7 @@ def keep_freed_memory() -> bool:
     threshold it accepts, and unmaps it on free). Training a language model allocates and frees its logits
     (tokens x vocabulary, 125 MB for 1024 tokens of a 30k vocabulary) several times per pass; mapped afresh,
     each is zeroed page by page by the kernel: a 30k-vocabulary LM's digital step spent 757 of its 1108 ms of
-    CPU in the kernel, 4 ms with this (BENCHMARKS.md section 2). The process keeps its peak memory. Returns
+    CPU in the kernel, none with this (BENCHMARKS.md section 2). The process keeps its peak memory. Returns
     whether the setting took."""
     import ctypes
     import ctypes.util
