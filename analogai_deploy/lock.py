@@ -99,7 +99,7 @@ def busy(output: str | Path, flag: str = "-o") -> UsageError | None:
 
 def _refusal(output: str | Path, holder: dict[str, Any], flag: str) -> UsageError:
     return UsageError(f"{output} is being written by another run ({_who(holder)}); it holds {lock_path(output)}",
-                      f"wait for that run to finish (its checkpoint stays yours to --resume then), "
+                      f"wait for that run to finish (its checkpoint stays yours to resume then), "
                       f"or write elsewhere ({flag} NEW_FOLDER)")
 
 

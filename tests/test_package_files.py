@@ -85,7 +85,7 @@ def test_an_edited_tokenizer_is_refused_by_every_reading_stage(edit, text_certif
 
 def test_a_text_certificate_on_other_inputs_gets_a_fix_for_text(text_certified, tmp_path):
     """The spot check finds other inputs than the certificate's: for a text package the refusal speaks of its
-    text and tokenizer, and its fix names text data (it used to say "e.g. --data digits")."""
+    text and tokenizer, and its fix names text data (it used to say "e.g. `data=digits`")."""
     from zoo_helpers import edit_certificate
 
     from analogai_deploy.errors import OperationFailed
@@ -96,7 +96,7 @@ def test_a_text_certificate_on_other_inputs_gets_a_fix_for_text(text_certified, 
     cert = edit_certificate(pkg, lambda c: c["data"].update(fingerprint="0" * 64))
     with pytest.raises(OperationFailed, match="tokenizer") as info:
         gate.spot_check(pkg, cert, gate.Policy(spot_repeats=2))
-    assert "--data sentences" in info.value.hint and "digits" not in info.value.hint
+    assert "`data=sentences`" in info.value.hint and "digits" not in info.value.hint
 
 
 def _edit_record(p: Path, change) -> None:

@@ -135,7 +135,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(lenet_pkg, digits, tmp_pa
         if entry["round"] == 2:
             raise KeyboardInterrupt
 
-    with pytest.raises(Interrupted, match="--resume"):
+    with pytest.raises(Interrupted, match="`resume=True`"):
         ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over, on_round=stop_after_two)
     state = json.loads((tmp_path / "b.partial" / "state.json").read_text())
     assert [f.name for f in (tmp_path / "b.partial").glob("state-*.safetensors")] == [state["tensors"]]
@@ -213,7 +213,7 @@ def test_bad_inputs_fail_before_training(lenet_pkg, tmp_path):
             ad.recover(lenet_pkg, recipe, data, output=tmp_path / "x", overrides=over)
     wrong = tmp_path / "lenet3"
     ad.convert("lenet", output=wrong, num_classes=3)
-    with pytest.raises(UsageError, match="--num-classes 10"):
+    with pytest.raises(UsageError, match="`num_classes=10`"):
         ad.recover(wrong, "vanilla", "digits", output=tmp_path / "x")
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
@@ -301,7 +301,7 @@ def test_batched_mode_interrupted_then_resumed_equals_uninterrupted(lenet_pkg, d
         if entry["round"] == 1:
             raise KeyboardInterrupt
 
-    with pytest.raises(Interrupted, match="--resume"):
+    with pytest.raises(Interrupted, match="`resume=True`"):
         ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "b", overrides=over, on_round=stop_after_one)
     state = json.loads((tmp_path / "b.partial" / "state.json").read_text())
     assert state["round"] == 1 and state["clients"] == 2
@@ -326,7 +326,7 @@ def test_interrupt_in_round_one_names_no_checkpoint_and_resume_counts_honestly(m
     over = ["training.rounds=2", "training.cpu_threads=1"]
     with pytest.raises(Interrupted) as info:
         ad.recover(mlp_pkg, "vanilla", digits, output=tmp_path / "o", overrides=over, progress=StopAtFirstStep)
-    assert "nothing is checkpointed" in str(info.value) and "--resume" not in info.value.hint
+    assert "nothing is checkpointed" in str(info.value) and "resume" not in info.value.hint
     assert not (tmp_path / "o.partial").exists()
 
     def stop_after_one(entry):

@@ -51,7 +51,7 @@ def _interrupted(state_dir: Path, rounds: int) -> Interrupted:
                            "rerun the same command to start again")
     done = json.loads((state_dir / CHECKPOINT_META).read_text(encoding="utf-8"))["round"]
     return Interrupted(f"interrupted; {done} of {rounds} rounds are checkpointed in {state_dir}",
-                       "rerun the same command with --resume to continue")
+                       "rerun the same command with `resume=True` to continue")
 
 
 def state_dir_for(output: Path) -> Path:
@@ -85,7 +85,7 @@ def _text_checks(pkg, rec: Recipe, ds, objective) -> None:
     want = pkg.config.get("num_classes")
     if objective.name == "cross_entropy" and want is not None and ds.num_classes > want:
         raise UsageError(f"{ds.spec} has {ds.num_classes} classes but the model has {want} outputs",
-                         f"convert the model with --num-classes {ds.num_classes}")
+                         f"convert the model with `num_classes={ds.num_classes}`")
 def run_identity(pkg, rec: Recipe, ds) -> dict[str, str]:
     """What a checkpoint (and a resumed run's package) must match: recipe, input weights, data."""
     return {"recipe_sha256": rec.sha256(), "weights_sha256": pkg.weights_sha256, "data_fingerprint": ds.fingerprint}
@@ -123,7 +123,7 @@ def _check_checkpoint(state_dir: Path, resume: bool, restart: bool) -> None:
     from .engine import CHECKPOINT_META, foreign_checkpoint_entries
 
     if resume and restart:
-        raise UsageError("--resume and --restart contradict each other", "pass one of them")
+        raise UsageError("`resume=True` and `restart=True` contradict each other", "pass one of them")
     if state_dir.is_symlink() or (state_dir.exists() and not state_dir.is_dir()):
         raise UsageError(f"{state_dir} exists and is not a checkpoint folder", "move it away, or write elsewhere (-o)")
     if not state_dir.is_dir():
@@ -140,7 +140,7 @@ def _check_checkpoint(state_dir: Path, resume: bool, restart: bool) -> None:
         what = f"a checkpoint of {done} finished round{'s' if done != 1 else ''}" if isinstance(done, int) else \
             "an unfinished checkpoint"
         raise UsageError(f"{state_dir} holds {what} from an earlier run",
-                         "pass --resume to continue it, or --restart to discard it and start over")
+                         "pass `resume=True` to continue it, or `restart=True` to discard it and start over")
 
 
 def prepare(package, recipe, data, overrides=None):
@@ -184,13 +184,13 @@ def prepare_run(package, recipe, data, overrides=None):
     if inp.get("kind") != "image":
         raise UsageError(f"recover trains image and text packages, but {pkg.path} takes {inp.get('kind')} input")
     if isinstance(data, str) and text_data.is_text_spec(data):
-        raise UsageError(f"--data {data} is text; {pkg.path} takes images", "use e.g. --data digits")
+        raise UsageError(f"`data={data}` is text; {pkg.path} takes images", "use e.g. `data=digits`")
     ds = data if not isinstance(data, str) else data_mod.load(data, input_shape=inp.get("shape"))
     ds = labels.align(ds, pkg.config)  # numbered as the package numbers its classes
     want = pkg.config.get("num_classes")
     if want is not None and ds.num_classes != want:
         raise UsageError(f"{ds.spec} has {ds.num_classes} classes but the model has {want} outputs",
-                         f"convert the model with --num-classes {ds.num_classes}")
+                         f"convert the model with `num_classes={ds.num_classes}`")
     objective = objectives.choose(pkg.config, ds, rec)
     check_fits(pkg.model, rec, ds, device)  # a batch too large fails here, not by OOM
     return pkg, rec, ds, objective
@@ -310,7 +310,7 @@ def recover(
         replace = check_outputs(out_path, identity, resume=resume, restart=restart, overwrite=overwrite)
         if distributed.world() > 1:
             if objective.text:
-                raise UsageError("text packages recover on one process", "drop --nproc / torchrun")
+                raise UsageError("text packages recover on one process", "drop `nproc` / torchrun")
             from .parallel import check_recover
 
             check_recover(rec, data, recipe)

@@ -260,7 +260,7 @@ def write_checkpoint(state_dir: Path, tensors: dict[str, torch.Tensor], meta: di
         kept = (f"round {committed['round']}'s checkpoint there is kept" if committed
                 else "no round was checkpointed, nothing is left there")
         err = no_room(exc, f"the checkpoint of round {meta['round']} in {state_dir}", kept,
-                      "free space there and rerun the same command" + (" with --resume" if committed else ""))
+                      "free space there and rerun the same command" + (" with `resume=True`" if committed else ""))
         if err is None:
             raise
         raise err from None

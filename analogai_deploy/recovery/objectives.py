@@ -154,7 +154,7 @@ def choose(config: dict[str, Any], data, recipe) -> Objective:
     if loss == "cross_entropy":
         if output != "logits":
             raise UsageError(f"cross-entropy on labels needs a classifier; this package is {config.get('task')}",
-                             "drop recovery.distill.loss (distillation is chosen), or convert with --num-classes")
+                             "drop recovery.distill.loss (distillation is chosen), or convert with `num_classes`")
         if not labelled:
             raise UsageError(f"{data.spec} has no labels for cross-entropy",
                              "pass labelled text (text:FILE.jsonl with a label field) or use recovery.distill.loss=kl")

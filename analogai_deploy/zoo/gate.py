@@ -117,17 +117,16 @@ def verdict(certificate: dict[str, Any], policy: Policy, where: Path | str) -> d
     metric = certificate.get("metric")
     if max_drop is None or at is None:
         raise OperationFailed(f"{where}/certificate.json has no gate; the zoo admits only gated certificates",
-                              f"certify with a gate: analogai-deploy certify {where} --max-drop "
-                              f"{policy.max_drop:g} --at 1d")
+                              f"certify {where} with a gate: `max_drop={policy.max_drop:g}` `at=1d`")
     if not isinstance(max_drop, (int, float)) or max_drop < 0:
         raise PackageError(f"{where}/certificate.json has a malformed gate (max_drop {max_drop!r})")
     if max_drop > policy.max_drop + 1e-12:
         raise OperationFailed(f"{where}'s gate allows a drop of {max_drop:g} pp of {metric}; this zoo admits at "
-                              f"most {policy.max_drop:g} pp", f"certify with --max-drop {policy.max_drop:g} or less")
+                              f"most {policy.max_drop:g} pp", f"certify with `max_drop={policy.max_drop:g}` or less")
     if not isinstance(certificate.get("repeats"), int) or certificate["repeats"] < policy.min_repeats:
         raise OperationFailed(f"{where}/certificate.json has {certificate.get('repeats')} Monte Carlo repeats; "
                               f"this zoo needs at least {policy.min_repeats}",
-                              f"certify with --repeats {max(10, policy.min_repeats)}")
+                              f"certify with `repeats={max(10, policy.min_repeats)}`")
     label, seconds = parse_time(at)
     row = _row(certificate, seconds)
     if row is None:
@@ -159,7 +158,7 @@ def check_certificate(config: dict[str, Any], certificate: dict[str, Any] | None
     recomputed verdict."""
     if certificate is None:
         raise OperationFailed(f"{where} has no certificate.json; only certified packages enter the zoo",
-                              f"run `analogai-deploy certify {where} --max-drop 1 --at 1d` first")
+                              f"certify it first, with a gate: `max_drop=1` `at=1d`")
     missing = [k for k in _REQUIRED if k not in certificate]
     results = certificate.get("results")
     if missing or not isinstance(results, list) or not results or not all(
@@ -240,9 +239,9 @@ def spot_check(path: Path, certificate: dict[str, Any], policy: Policy) -> dict[
             raise OperationFailed(f"{path}: the certificate was made on other inputs than {data.get('spec')!r} gives "
                                   "here (fingerprint mismatch): the text differs, or the tokenizer is not the one "
                                   "certified", "restore the package's tokenizer as certified, or certify on text the "
-                                  "zoo can reproduce: --data sentences (built in) or --data corpus")
+                                  "zoo can reproduce: `data=sentences` (built in) or `data=corpus`")
         raise OperationFailed(f"{path}: the certificate was made on other data than {data.get('spec')!r} gives here "
-                              "(fingerprint mismatch)", "certify on the data the zoo can reproduce, e.g. --data digits")
+                              "(fingerprint mismatch)", "certify on the data the zoo can reproduce, e.g. `data=digits`")
     n = int(spot_data.get("n") or 0)
     resolution = 1.0 / n if metric in ("accuracy", "agreement") and n else 1e-6
     digital, spot_digital = certificate["digital"].get(metric), spot["digital"].get(metric)

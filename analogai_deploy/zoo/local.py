@@ -61,7 +61,7 @@ def read_index(zoo: Path) -> dict[str, Any]:
         return index
     index = pkgio.read_json(path)
     if index.get("format") != FORMAT or not isinstance(index.get("entries"), list):
-        raise PackageError(f"{path} is not an analogai-deploy zoo index", f"point --zoo (or ${ENV}) at a zoo folder")
+        raise PackageError(f"{path} is not an analogai-deploy zoo index", f"point `zoo` (or ${ENV}) at a zoo folder")
     if index.get("version") != VERSION:
         raise PackageError(f"zoo index version {index.get('version')} is not supported (this toolkit reads {VERSION})")
     _roll_forward(zoo, index)
@@ -92,7 +92,7 @@ def existing_dir(zoo: str | Path | None) -> Path:
     zoo_dir = resolve_dir(zoo)
     if not zoo_dir.is_dir():
         raise UsageError(f"no zoo at {zoo_dir}: {'not a folder' if zoo_dir.exists() else 'no such folder'}",
-                         f"point --zoo (or ${ENV}) at a zoo folder; publishing there makes one")
+                         f"point `zoo` (or ${ENV}) at a zoo folder; publishing there makes one")
     return zoo_dir
 
 
@@ -108,7 +108,7 @@ def find(name: str, zoo: str | Path | None = None) -> tuple[dict[str, Any], Path
     if name not in found:
         if not found:
             raise UsageError(f"no zoo model {name!r}: the zoo at {zoo_dir} is empty",
-                             f"publish a package there, or point --zoo / ${ENV} at another zoo")
+                             f"publish a package there, or point `zoo` / ${ENV} at another zoo")
         raise unknown(f"zoo model (zoo {zoo_dir})", name, found)
     entry = found[name]
     folder = (zoo_dir / pkgio.safe_name(str(entry.get("path", "")))).resolve()
@@ -131,7 +131,7 @@ def publish(path: str | Path, zoo: str | Path | None = None, *, name: str | None
         old = next((e for e in index["entries"] if e.get("name") == name), None)
         if old and old.get("sha256") != config["weights"]["sha256"] and not overwrite:
             raise UsageError(f"{name!r} is already in the zoo at {zoo_dir} with other weights",
-                             "pass --overwrite to replace it, or --name to publish under another name")
+                             "pass `overwrite=True` to replace it, or `name` to publish under another name")
         dest = zoo_dir / name
         # the entry's own folder may be replaced (same weights, or --overwrite); anything else there never
         replace = overwrite or (old is not None and old.get("sha256") == config["weights"]["sha256"])
@@ -246,7 +246,7 @@ def _locked(zoo_dir: Path) -> Iterator[None]:
         fh = open(zoo_dir / ".lock", "a+")
     except OSError as exc:
         raise OperationFailed(f"cannot write to the zoo at {zoo_dir}: {exc.strerror}",
-                              f"choose a writable zoo with --zoo or ${ENV}") from None
+                              f"choose a writable zoo with `zoo` or ${ENV}") from None
     with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
