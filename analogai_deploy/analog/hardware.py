@@ -45,7 +45,7 @@ Cost: a Linear layer with IO under the gaussian or pcm model (the text recipes) 
 native passes (analog/native/normal.c: tile_weights, tile_dac, tile_adc) for the tile's weights with their
 noise, the DAC and the output noise + ADC, around one matmul, and a hand-written backward, in place of a dozen
 torch operations per layer and pass, each a temporary the size of the weights or the activations (MiniLM:
-1.44x -> 1.16x a digital step in one run; BENCHMARKS.md section 2). Its values are the torch path's (bit for bit with the
+1.43x -> 1.13x a digital step in one run; BENCHMARKS.md section 2). Its values are the torch path's (bit for bit with the
 noise off); its draws come from normal.c's generator, seeded from torch's.
 """
 from __future__ import annotations
