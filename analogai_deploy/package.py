@@ -312,8 +312,8 @@ def check_certificate_binding(path: Path, config: dict[str, Any], certificate: d
                    for n in sorted(set(measured) | set(now)) if measured.get(n) != now.get(n)]
         if changed:
             raise PackageError(f"the tokenizer of {path} is not the one {CERTIFICATE} measured with: "
-                               f"{_names(changed)}", "restore the tokenizer as certified (fetch the package "
-                               "again), or certify the package again")
+                               f"{_names(changed)}", "restore the tokenizer as certified: fetch the package "
+                               "again (every stage refuses it until then, certify too)")
     recorded = certificate.get("model_sha256")
     if recorded is None:
         if required:
@@ -432,9 +432,11 @@ def verify(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, 
 
 #: what to do when a file differs from its sha256 in config.json, by file
 _REFETCH = "fetch the package again; never use files you cannot verify"
-_FILE_FIX = {"model.onnx": "export the package again (analogai-deploy export PKG), or fetch it again",
-             "model.aihwkit.pt": "never load it (a pickle runs code); export --to aihwkit again, or fetch the package "
-                                 "again",
+#: (no stage re-exports in place from a package that fails its own check: the fix is always the intact copy)
+_FILE_FIX = {"model.onnx": "fetch the package again, or export again from the package before its export "
+                           "(analogai-deploy export SRC -o NEW)",
+             "model.aihwkit.pt": "never load it: it is not the file export wrote; fetch the package again, or export "
+                                 "again from the package before its export (export SRC --to aihwkit -o NEW)",
              CARD: "restore README.md as it was written, or fetch the package again (the card states the certified "
                    "numbers, so it is bound like every other file)"}
 

@@ -176,6 +176,9 @@ def test_normalised_accuracy_omitted_near_chance(lenet_pkg, tmp_path):
     assert "only 2.0 pp above chance" in note
     assert precision.normalised_note(0.97, 10, 271) is None
     assert precision.normalised_note(1.0, 2, 1) is not None  # one sample says nothing
+    # 1 of 3 right with 3 classes, as a float32 mean: at chance, not a margin of 1e-8 blown up to +/-3e9 pp
+    import numpy as np
+    assert "no better than chance" in precision.normalised_note(float(np.float32(1 / 3)), 3, 3)
     lo, hi = precision.wilson(1.0, 1)
     assert hi == 1.0 and 0.2 < lo < 0.21
 
