@@ -120,6 +120,18 @@ def test_learned_input_range_follows_aihwkit_lightnings_rule():
     assert float(r.grad) == pytest.approx(0.5 * 1.0)  # 95% inside > 90%: decay x r shrinks it
 
 
+
+def test_learned_input_range_takes_several_passes_before_one_backward():
+    # MSNAT's feedback loops (msnat_afm) run four forward passes, then one backward, while the first batches
+    # still set r in place: the backward uses r as each pass saw it (it raised "modified by an inplace operation")
+    cfg = R.InputRangeConfig(mode="learned", init_from_data=10, decay=0.0, input_min_percentage=0.9)
+    r = torch.nn.Parameter(torch.tensor(3.0))
+    seen = torch.zeros((), dtype=torch.long)
+    x = torch.randn(64, requires_grad=True)
+    loss = sum(hardware.input_range_clip(x * (k + 1), r, seen, cfg, training=True).square().sum() for k in range(4))
+    loss.backward()
+    assert int(seen) == 4 and x.grad is not None and r.grad is not None
+
 @pytest.fixture(scope="module")
 def afm_lenet(lenet_pkg, tmp_path_factory):
     out = tmp_path_factory.mktemp("afm") / "lenet"

@@ -397,13 +397,17 @@ class _RangeClip(torch.autograd.Function):
     def forward(ctx, x, r, decay, inside_min):
         upper, lower = x >= r, x <= -r
         beyond = (upper | lower) & (x.abs() != r)
-        ctx.save_for_backward(upper, lower, beyond, r)
+        ctx.save_for_backward(upper, lower, beyond)
+        # r's value now, not r itself: the first batches set r in place on every forward pass (its data
+        # initialisation), and the feedback loops run four passes before one backward
+        ctx.r = r.detach().clone()
         ctx.decay, ctx.inside_min = decay, inside_min
         return torch.minimum(torch.maximum(x, -r), r)
 
     @staticmethod
     def backward(ctx, grad):
-        upper, lower, beyond, r = ctx.saved_tensors
+        upper, lower, beyond = ctx.saved_tensors
+        r = ctx.r
         g_r = (grad[upper].clamp(max=0.0).sum() - grad[lower].clamp(min=0.0).sum()) * r
         if ctx.decay > 0:
             inside = 1.0 - (upper | lower).sum() / upper.numel()
