@@ -10,20 +10,20 @@ from analogai_deploy.errors import UsageError
 
 def test_passes_per_round_count_clients_and_feedback_passes():
     assert {r: passes_per_round(r) for r in RECIPES} == {
-        "vanilla": 1, "single_noise": 1, "msnat_no_fi": 4, "msnat_no_fl": 5, "msnat": 20, "hwa_aihwkit": 1}
+        "vanilla": 1, "single_noise": 1, "msnat_no_fi": 4, "msnat_no_fl": 5, "msnat": 20, "hwa_aihwkit": 1, "afm": 1}
 
 
 def test_equal_budget_gives_every_recipe_msnat_passes_and_seed_budget_the_same_rounds():
     cells = plan(AblationConfig(models=["resnet18_cifar"], width=16, seeds=[0, 1], rounds=3))
     seed = [c for c in cells if c["budget"] == "seed"]
     equal = [c for c in cells if c["budget"] == "equal"]
-    assert {c["rounds"] for c in seed} == {3} and len(seed) == len(equal) == 12
+    assert {c["rounds"] for c in seed} == {3} and len(seed) == len(equal) == 14
     assert {c["passes"] for c in equal} == {60}  # msnat: 3 rounds x 5 clients x 4 feedback passes
     assert {c["recipe"]: c["rounds"] for c in equal if c["seed"] == 0}["vanilla"] == 60
     # msnat's cell is the same training run under both budgets
     assert len({cell_name(c) for c in cells if c["recipe"] == "msnat"}) == 2
     # seed 0 of every recipe at both budgets before any seed 1 cell
-    assert [c["seed"] for c in cells] == [0] * 12 + [1] * 12
+    assert [c["seed"] for c in cells] == [0] * 14 + [1] * 14
     assert cell_name(cells[0]) == "resnet18_cifar-w16-vanilla-s0-r3"
 
 
