@@ -67,6 +67,24 @@ def test_replaced_ungated_certificate_is_refused(cli, zoo_dir, certified):
     assert _one_line_refusal(code, err, "has no gate", "--max-drop")
 
 
+def test_refusal_lists_every_requirement_and_a_command_that_meets_them(cli, zoo_dir, certified):
+    """No gate and too few repeats: one refusal names both, and its hint keeps the certificate's data and
+    settings, so the command it gives, run as written, makes a certificate the zoo admits."""
+    assert cli("certify", certified, "--data", "digits", "--times", "1s,1d", "--repeats", "2", "--limit", "48",
+               "-q")[0] == 0
+    code, _, err = cli("publish", certified)
+    assert _one_line_refusal(code, err, "has no gate", "has 2 Monte Carlo repeats", "at least 5")
+    hint = next(line for line in err.splitlines() if line.startswith("hint:"))
+    command = hint.split("analogai-deploy ", 1)[1].split()
+    assert command[:2] == ["certify", str(certified)]
+    for flags in (["--data", "digits"], ["--limit", "48"], ["--times", "1s,1d"], ["--max-drop", "5"],
+                  ["--repeats", "10"]):
+        assert " ".join(flags) in " ".join(command), (flags, hint)
+    assert cli(*command, "-q")[0] == 0
+    code, _, err = cli("publish", certified)
+    assert code == 0, err
+
+
 def test_failing_and_too_loose_gates_are_refused(cli, zoo_dir, tmp_path):
     failing = certified_copy(tmp_path / "failing", passed=False)
     code, _, err = cli("publish", failing)

@@ -107,6 +107,42 @@ def check_values(certificate: dict[str, Any], where: Path | str) -> None:
                                "follow from its per-repeat values", f"certify {where} again")
 
 
+def recertify_args(certificate: dict[str, Any], policy: Policy) -> str:
+    """The certify parameters (backticked, as library hints name them) that reproduce a certificate's data,
+    metric, times, device and mapping overrides, with a gate and repeats this zoo admits."""
+    settings = certificate.get("settings") or {}
+    device = settings.get("device") or {}
+    max_drop, at = settings.get("max_drop"), settings.get("at") or "1d"
+    if max_drop is None or max_drop > policy.max_drop:
+        max_drop = policy.max_drop
+    repeats = certificate.get("repeats")
+    if not isinstance(repeats, int) or repeats < policy.min_repeats:
+        repeats = max(10, policy.min_repeats)
+    times = list(settings.get("times") or [])
+    if times and at not in times:
+        times.append(at)
+    args: dict[str, Any] = {"data": settings.get("data"), "metric": settings.get("metric"),
+                            "times": ",".join(times) or None, "device": device.get("name"),
+                            "device_file": "YOUR_DEVICE.yaml" if device.get("custom") else None,
+                            "preset": device.get("preset"), "tile": device.get("tile"),
+                            **(device.get("io") or {}), "limit": settings.get("limit"),
+                            "seed": settings.get("seed"), "match_qat": settings.get("match_qat"),
+                            "engine": settings.get("engine"),
+                            **((certificate.get("mapping") or {}).get("overridden") or {}),
+                            "max_drop": max_drop, "at": at, "repeats": repeats}
+    defaults = {"metric": "auto", "device": "PCM", "tile": "auto", "seed": 0, "match_qat": False, "engine": "auto"}
+    words = []
+    for key, value in args.items():
+        if value is None or defaults.get(key, object()) == value or value is False and key != "drift_compensation":
+            continue
+        if key == "drift_compensation" and value is False:
+            words.append("`no_drift_compensation`")
+        else:
+            words.append(f"`{key}`" if value is True else f"`{key}={value:g}`" if isinstance(value, float)
+                         else f"`{key}={value}`")
+    return " ".join(words)
+
+
 def verdict(certificate: dict[str, Any], policy: Policy, where: Path | str) -> dict[str, Any]:
     """The gate's verdict, recomputed from the recorded values, the certificate's own gate and the policy.
     Raises OperationFailed when the package may not enter (no gate, a gate looser than the policy, a fail)."""
@@ -115,18 +151,21 @@ def verdict(certificate: dict[str, Any], policy: Policy, where: Path | str) -> d
     settings = certificate.get("settings") or {}
     max_drop, at = settings.get("max_drop"), settings.get("at")
     metric = certificate.get("metric")
-    if max_drop is None or at is None:
-        raise OperationFailed(f"{where}/certificate.json has no gate; the zoo admits only gated certificates",
-                              f"certify {where} with a gate: `max_drop={policy.max_drop:g}` `at=1d`")
-    if not isinstance(max_drop, (int, float)) or max_drop < 0:
+    if max_drop is not None and (not isinstance(max_drop, (int, float)) or max_drop < 0):
         raise PackageError(f"{where}/certificate.json has a malformed gate (max_drop {max_drop!r})")
-    if max_drop > policy.max_drop + 1e-12:
-        raise OperationFailed(f"{where}'s gate allows a drop of {max_drop:g} pp of {metric}; this zoo admits at "
-                              f"most {policy.max_drop:g} pp", f"certify with `max_drop={policy.max_drop:g}` or less")
-    if not isinstance(certificate.get("repeats"), int) or certificate["repeats"] < policy.min_repeats:
-        raise OperationFailed(f"{where}/certificate.json has {certificate.get('repeats')} Monte Carlo repeats; "
-                              f"this zoo needs at least {policy.min_repeats}",
-                              f"certify with `repeats={max(10, policy.min_repeats)}`")
+    missed = []  # every requirement at once, so one new certificate meets them all
+    if max_drop is None or at is None:
+        missed.append("has no gate (the zoo admits only gated certificates)")
+    elif max_drop > policy.max_drop + 1e-12:
+        missed.append(f"has a gate that allows a drop of {max_drop:g} pp of {metric} (this zoo admits at most "
+                      f"{policy.max_drop:g} pp)")
+    repeats = certificate.get("repeats")
+    if not isinstance(repeats, int) or repeats < policy.min_repeats:
+        missed.append(f"has {repeats} Monte Carlo repeats (this zoo needs at least {policy.min_repeats})")
+    if missed:
+        raise OperationFailed(f"{where}/certificate.json {'; and '.join(missed)}",
+                              f"certify it again, on the same data and settings: analogai-deploy certify {where} "
+                              + recertify_args(certificate, policy))
     label, seconds = parse_time(at)
     row = _row(certificate, seconds)
     if row is None:
