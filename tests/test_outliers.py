@@ -171,6 +171,24 @@ def test_recover_records_the_split_and_trains_with_a_recorded_one(mlp_pkg, cli, 
     assert _mapping(tmp_path / "none")["outliers"] == "none"
 
 
+def test_a_split_that_covers_almost_no_analog_weight_warns_at_convert_recover_and_certify(cli, tmp_path):
+    """A CNN's convolutions keep every weight on tiles: asking for the split there says so, once per stage,
+    and the certificate (so the card) carries it; a Linear model's split does not warn."""
+    said = "acts on Linear and GPT-2 Conv1D layers only: here 0 of 2 analog layers, 0.00% of the analog weights"
+    code, _, err = cli("convert", "lenet", "--exclude-type", "Linear", "-o", tmp_path / "convs", "--outliers",
+                       "digital")
+    assert code == 0 and said in err and "(Conv2d) keep every weight on the tiles" in err, err
+    code, _, err = cli("recover", tmp_path / "convs", "--recipe", "vanilla", "--data", "digits", "-o",
+                       tmp_path / "rec", "training.rounds=1", "training.epochs_per_round=1")
+    assert code == 0 and said in err, err
+    code, _, err = cli("certify", tmp_path / "rec", "--limit", "16", "--repeats", "2", "--times", "1s")
+    assert code == 0 and said in err, err
+    certificate = json.loads((tmp_path / "rec" / "certificate.json").read_text())
+    assert any(said in w for w in certificate["warnings"])
+    code, _, err = cli("convert", "mlp", "--num-classes", "10", "-o", tmp_path / "mlp", "--outliers", "digital")
+    assert code == 0 and "acts on Linear" not in err, err
+
+
 def test_macs_count_every_analog_kind():
     """Analog MACs per sample: a convolution per output position, attention per query / key / value token."""
     from torch import nn

@@ -762,6 +762,10 @@ def certify(
         cert["warnings"].append(f"--repeats auto stopped at --max-repeats {cfg.max_repeats} before every 95% CI "
                                 f"half-width was <= {cfg.ci_width:g} pp (widest "
                                 f"{max(adaptive['half_width_pp'].values()):.2f} pp)")
+    split_warning = outliers.coverage_warning(bench.placement) if bench.mapping_record.get("outliers") == "digital" \
+        else None
+    if split_warning:
+        cert["warnings"].append(split_warning)
     verdict = _verdict(cfg, bench.digital_value, results, bench.metric)
     if verdict is not None:
         cert["verdict"] = verdict

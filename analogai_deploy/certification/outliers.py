@@ -30,6 +30,36 @@ SPARSE_FORMAT = "CSR: fp16 values, int32 column indices, int32 row pointers"
 VALUE_BYTES, INDEX_BYTES, POINTER_BYTES = 2, 4, 4
 
 
+#: below this share of the analog weights in SPLIT_KINDS layers, asking for the split warns (it would barely act)
+COVERAGE_WARN = 0.05
+
+
+def coverage_warning(placement) -> str | None:
+    """A warning when the split is asked for but the layers it acts on hold under COVERAGE_WARN of the weights
+    the placement puts on tiles (a CNN: its convolutions keep every weight on tiles); None otherwise."""
+    if placement is None or not placement.analog:
+        return None
+    total = sum(e.tile_weights for e in placement.analog)
+    covered = [e for e in placement.analog if e.kind in SPLIT_KINDS]
+    share = sum(e.tile_weights for e in covered) / total if total else 0.0
+    if share >= COVERAGE_WARN:
+        return None
+    rest = sorted({e.type for e in placement.analog if e.kind not in SPLIT_KINDS})
+    return (f"--outliers digital acts on Linear and GPT-2 Conv1D layers only: here {len(covered)} of "
+            f"{len(placement.analog)} analog layers, {100 * share:.2f}% of the analog weights; the rest "
+            f"({', '.join(rest)}) keep every weight on the tiles")
+
+
+def recorded_split_warning(config: dict[str, Any]) -> str | None:
+    """`coverage_warning` for a package whose config.json records the split (convert / recover)."""
+    from ..analog.placement import Placement
+    from .mapping import package_mapping
+
+    if package_mapping(config).complete().outliers != "digital" or "placement" not in config:
+        return None
+    return coverage_warning(Placement.from_config(config))
+
+
 def split_layers(model: nn.Module, placement=None) -> list[tuple[str, nn.Module, bool]]:
     """(name, module, transposed) of the layers the split acts on: the placement's linear and hf_conv1d
     entries (without a placement: every nn.Linear and GPT-2 Conv1D); `transposed`: weight stored [in, out]."""

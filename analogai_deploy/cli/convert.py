@@ -48,6 +48,7 @@ def convert(
     from .. import api
     from ..analog.config import AnalogConfig
     from ..certification.mapping import MappingConfig
+    from ..certification.outliers import recorded_split_warning
 
     out = output(json_, quiet)
     config = AnalogConfig(
@@ -64,6 +65,8 @@ def convert(
             "mapping": pkg.config["mapping"]}
     split = f"\nmapping: {mapping.label()}" if mapping.outliers == "digital" else ""
     out.result(data, lambda d: f"{pkg.report.summary()}{split}\nwrote {d['package']}")
+    if warning := recorded_split_warning(pkg.config):
+        out.warn(warning)
 
 
 def models(

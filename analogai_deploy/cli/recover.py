@@ -95,6 +95,7 @@ def recover(
     from pathlib import Path
 
     from .. import distributed
+    from ..certification.outliers import recorded_split_warning
     from ..launcher import recover as run_recover
     from ..recovery import state_dir_for
 
@@ -131,6 +132,8 @@ def recover(
                 f"(clean {best['val_clean_acc']:.4f})\nwrote {d['package']}")
 
     out.result(result, human)
+    if warning := recorded_split_warning(pkg.config):
+        out.warn(warning)
 
 
 def list_recipes(json_: Json = False) -> None:
