@@ -142,7 +142,9 @@ def split_sentence(config: dict[str, Any], certificate: dict[str, Any] | None = 
             f"as a sparse matrix ({cost['sparse_format']}).")
 
 
-def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> str:
+def render(config: dict[str, Any], certificate: dict[str, Any] | None = None, folder: str = ".") -> str:
+    """The model card. `folder`: the package folder's name, which the snippets load it by (run from the
+    folder that holds it) unless the package is published to the Hub or a zoo."""
     source = config.get("source", {})
     name = model_name(config)
     tags = ["analog-ai", "analog-in-memory-computing", "aihwkit", "analogai-deploy", source.get("kind", "")]
@@ -208,7 +210,7 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
                   + (f"; a spot check of {spot['repeats']} fresh Monte Carlo repeats agreed with the certificate "
                      f"(two-sample t-test, {100 * spot['alpha']:g}% false-refusal rate)." if spot else ".")]
     lines += ["", "## Use", ""]
-    plain = _plain_loader(config, zoo)
+    plain = _plain_loader(config, zoo, folder)
     lines += plain + (["With analogai-deploy:", ""] if plain else [])
     spec = f"hf-hub:{zoo['hub']}" if zoo.get("hub") else zoo.get("name")
     if spec:  # a published copy: say how to pull it (pull verifies the sha256 and the certificate)
@@ -228,7 +230,7 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
         lines += [
             "```python",
             "import analogai_deploy",
-            "pkg = analogai_deploy.load('path/to/this/folder')   # checks the weights' sha256",
+            f"pkg = analogai_deploy.load({folder!r})   # {_THIS_FOLDER}; load checks the weights' sha256",
             "model = pkg.model",
             "```",
             "",
@@ -242,11 +244,16 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None) ->
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(lines)
 
 
-def _plain_loader(config: dict[str, Any], zoo: dict[str, Any]) -> list[str]:
+#: what the snippets say of the folder name they load from
+_THIS_FOLDER = "this package folder's path"
+
+
+def _plain_loader(config: dict[str, Any], zoo: dict[str, Any], folder: str) -> list[str]:
     """How to get the clean digital weights without this toolkit: transformers for Hugging Face packages,
     torchvision + safetensors for torchvision ones (the package's state_dict keeps the architecture's names)."""
     source = config.get("source", {})
-    where = zoo["hub"] if zoo.get("hub") else "path/to/this/folder"
+    where = zoo["hub"] if zoo.get("hub") else folder
+    said = [] if zoo.get("hub") else [f"# {where!r}: {_THIS_FOLDER}"]
     note = ("These are the clean digital weights (analog noise off), loaded without any check; analogai-deploy "
             "checks the sha256 and the certificate first and rebuilds the analog-aware model.")
     if _hf_native(config):
@@ -254,7 +261,7 @@ def _plain_loader(config: dict[str, Any], zoo: dict[str, Any]) -> list[str]:
 
         auto = TASKS.get(config.get("task"), "AutoModel")
         text = (config.get("input") or {}).get("kind") == "text"
-        lines = ["With transformers:", "", "```python", f"from transformers import {auto}"
+        lines = ["With transformers:", "", "```python", *said, f"from transformers import {auto}"
                  + (", AutoTokenizer, pipeline" if text else ""),
                  f"model = {auto}.from_pretrained({where!r})"]
         if text:
@@ -267,7 +274,7 @@ def _plain_loader(config: dict[str, Any], zoo: dict[str, Any]) -> list[str]:
         fetch = (["from huggingface_hub import hf_hub_download", "",
                   f"weights = hf_hub_download({where!r}, 'model.safetensors')"] if zoo.get("hub")
                  else ["", f"weights = {where + '/model.safetensors'!r}"])
-        return ["With torchvision:", "", "```python", "import torchvision",
+        return ["With torchvision:", "", "```python", *said, "import torchvision",
                 "from safetensors.torch import load_file", *fetch,
                 f"model = torchvision.models.get_model({source.get('name')!r}, weights=None{kwargs})",
                 "model.load_state_dict(load_file(weights))",

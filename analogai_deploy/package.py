@@ -682,7 +682,7 @@ def _write(dest: Path, config: dict[str, Any], model: nn.Module | None, files: d
             config["weights"] = {"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)}
         elif not (tmp / WEIGHTS).exists():
             raise ValueError("write() needs a model or a base package holding model.safetensors")
-        (tmp / CARD).write_text(render(config, certificate), encoding="utf-8")
+        (tmp / CARD).write_text(render(config, certificate, dest.name), encoding="utf-8")
         # what this package holds and each file's sha256 (CONFIG itself is implied): `verify` checks every
         # one, and a later write knows what it may replace
         config["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.name != CONFIG}

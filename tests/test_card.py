@@ -76,3 +76,18 @@ def test_certificate_plot_of_a_lower_is_better_metric_judges_the_upper_bound():
     assert "gate: 1.10 = digital + 10 pp (pass)" in labels and "judged: upper CI at 1d" in labels
     judged = [line for line in ax.get_lines() if line.get_label().startswith("judged")][0]
     assert list(judged.get_ydata()) == [1.08] and ax.get_ylabel() == "perplexity_ratio"
+
+
+def test_the_cards_load_snippet_runs_as_written_from_the_folder_holding_the_package(tmp_path, monkeypatch):
+    import re
+
+    import analogai_deploy as ad
+
+    ad.convert("lenet", output=tmp_path / "my-lenet")
+    text = (tmp_path / "my-lenet" / "README.md").read_text()
+    snippet = re.search(r"## Use\n\n```python\n(.*?)```", text, re.S).group(1)
+    assert "load('my-lenet')" in snippet and "this package folder's path" in snippet
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(snippet, namespace)  # as written, from the folder that holds the package
+    assert type(namespace["model"]).__name__ == type(ad.load(tmp_path / "my-lenet").model).__name__
