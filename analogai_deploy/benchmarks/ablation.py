@@ -163,8 +163,10 @@ def train_and_certify(cfg: AblationConfig, cell: dict[str, Any], out_dir: Path) 
         overrides.append(f"training.batch_size={cfg.batch_size}")
     torch.manual_seed(seed)
     wall, cpu = time.perf_counter(), time.process_time()
+    # resume=True: a cell stopped mid-training goes on from its checkpoint (bitwise where an uninterrupted run
+    # ends); with no checkpoint it trains from the start
     pkg = ad.recover(base, cell["recipe"], cfg.data, output=out_dir / cell_name(cell), overrides=overrides,
-                     overwrite=True)
+                     overwrite=True, resume=True)
     train = {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
     wall, cpu = time.perf_counter(), time.process_time()
     common = {"data": cfg.data, "repeats": cfg.repeats, "seed": 1000 * seed, "write": False, "limit": cfg.limit}
