@@ -468,3 +468,11 @@ def test_a_wide_monte_carlo_ci_is_reported_in_the_metrics_units():
     (line,) = precision.warnings("perplexity_ratio", 8, 2, ratio)
     assert "is 1000 (20% of the value) wide" in line and "pp" not in line
     assert precision.warnings("perplexity_ratio", 8, 2, [{"time": "1d", "mean": 2.0, "ci95": [1.95, 2.05]}]) == []
+
+
+def test_a_setting_beside_a_certify_config_is_refused_not_dropped(lenet_pkg):
+    from analogai_deploy.certification import CertifyConfig, certify as certify_stage
+
+    # the stage function took the config and dropped device / data / repeats given beside it without a word
+    with pytest.raises(UsageError, match="`device`, `repeats` given beside a CertifyConfig"):
+        certify_stage(lenet_pkg, "ReRAM", repeats=3, config=CertifyConfig(), write=False)

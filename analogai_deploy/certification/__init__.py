@@ -633,6 +633,17 @@ def resolve(
     before it spawns processes): (package folder, config, tile kind, rpu config, time points)."""
     if config is not None and io:
         raise UsageError(f"{', '.join(io)} given beside a CertifyConfig", "set them in config.device.io")
+    if config is not None:  # a setting beside the config would be dropped without a word: refuse it
+        given = {"device": device != "PCM", "data": data is not None, "times": times is not None,
+                 "repeats": repeats != 10, "seed": seed != 0, "ci_width": ci_width is not None,
+                 "max_repeats": max_repeats != 200, "max_drop": max_drop is not None, "at": at != "1d",
+                 "metric": metric != "auto", "preset": preset is not None, "tile": tile != "auto",
+                 "device_file": device_file is not None, "match_qat": match_qat, "limit": limit is not None,
+                 "engine": engine != "auto"}
+        beside = [name for name, set_ in given.items() if set_]
+        if beside:
+            raise UsageError(f"{', '.join(f'`{n}`' for n in beside)} given beside a CertifyConfig, which sets them",
+                             "set them in the config (dataclasses.replace), or pass no config")
     cfg = config or CertifyConfig(
         device=_device_config(device, device_file, preset, tile, io), data=data, metric=metric,
         times=[times] if isinstance(times, (int, float)) else times, repeats=repeats, seed=seed,

@@ -74,7 +74,8 @@ def checkpoint(path: Path, device: str) -> tuple[bytes, dict[str, Any], dict[str
         raise UsageError("export `to=aihwkit` takes a named device, or custom when the package is certified on it "
                          "(the YAML file is not part of the package)",
                          "in Python: ad.to_aihwkit(PKG, device='custom', device_file='my.yaml')")
-    _, cfg, tile, rpu, _ = resolve(path, device, config=config)
+    # the certificate's settings name its device; without them, the device asked for
+    _, cfg, tile, rpu, _ = resolve(path, config=config) if config is not None else resolve(path, device)
     analog, simulated, pkg = _chip(path, cfg, rpu)
     buf = io.BytesIO()
     torch.save(tensors_only(analog.state_dict()), buf)
