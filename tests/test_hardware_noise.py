@@ -149,12 +149,29 @@ def test_recover_records_the_mapping_and_io_it_trained_for(lenet_pkg, tmp_path, 
     assert code == 0, err
     mapping = json.loads((out / "config.json").read_text())["mapping"]
     assert mapping["weight_scaling"] == "column" and mapping["clip"] == "channel_std"
+    assert mapping["input_scaling"] == "none"  # msnat_hw trains without the package's (channel) input scaling
     assert {k: mapping["io"][k] for k in ("dac_bits", "adc_bits", "out_noise")} == {
         "dac_bits": 7, "adc_bits": 9, "out_noise": 0.06}
     assert all(layer.analog.hw is None for layer in ad.load(out).model.modules() if hasattr(layer, "analog"))
     cert = ad.certify(out, repeats=2, times="1d", limit=32, write=False)
     assert cert["mapping"]["source"] == "package" and cert["mapping"]["clip"] == "channel_std"
+    assert cert["mapping"]["input_scaling"] == "none"
     assert (cert["device"]["dac_bits"], cert["device"]["adc_bits"], cert["device"]["out_noise"]) == (7, 9, 0.06)
+
+
+def test_the_recorded_input_scaling_is_the_one_training_used():
+    from analogai_deploy.certification.mapping import MappingConfig
+    from analogai_deploy.recovery.recipe import NoiseModelConfig, TrainIOConfig
+
+    def recorded(package_scaling, **noise):
+        trained = hardware.trained_mapping(NoiseModelConfig(**noise), TrainIOConfig())
+        return MappingConfig.from_dict(trained).over({"input_scaling": package_scaling}).input_scaling
+
+    # trained without input scaling: certify must not scale the inputs, whatever the package's mapping says
+    assert recorded("channel", scale="channel") == "none"
+    # trained through the package's input scaling: that mapping's, none included (training then scaled nothing)
+    assert recorded("channel", input_scaling="package") == "channel"
+    assert recorded("none", input_scaling="package") == "none"
 
 
 def test_input_scaling_trains_the_layer_certify_programs():
@@ -225,10 +242,12 @@ def test_digital_outliers_train_the_split_certify_programs(lenet_pkg, tmp_path):
     assert torch.allclose(layer.weight.grad, torch.ones(8, 64).T @ x, atol=1e-4)
     with pytest.raises(UsageError, match="outlier_std"):
         R.load("single_noise", ["noise.outliers=digital", "noise.outlier_std=0"])
-    # recover records the split, and certify programs it by default
+    # recover records the split, and certify programs it by default (through the input scaling training
+    # used: LeNet's uniform-initialised weights alone have none beyond 2.5 std)
     out = tmp_path / "o"
     ad.recover(lenet_pkg, "vanilla", "digits", output=out, overrides=[
-        "training.rounds=1", "noise.scale=channel", "noise.outliers=digital", "noise.outlier_std=2.5"])
+        "training.rounds=1", "noise.scale=channel", "noise.outliers=digital", "noise.outlier_std=2.5",
+        "noise.input_scaling=package"])
     mapping = json.loads((out / "config.json").read_text())["mapping"]
     assert (mapping["outliers"], mapping["outlier_std"]) == ("digital", 2.5)
     cert = ad.certify(out, repeats=1, times="1d", limit=32, write=False, engine="fast")

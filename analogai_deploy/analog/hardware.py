@@ -501,10 +501,12 @@ def trained_mapping(noise, io, input_ranges: dict[str, float] | None = None) -> 
     clipped = "none" if noise.clip_when == "step" else noise.clip
     out = {"weight_scaling": "column" if noise.scale == "channel" else "tile", "clip": clipped,
            "clip_value": noise.clip_value, "outliers": noise.outliers, "outlier_std": noise.outlier_std}
+    # certify scales the inputs as training did: not at all (noise.input_scaling: none), or as the package's
+    # mapping says (package: training calibrated its scales from that mapping, which then stays as it is)
+    if noise.input_scaling == "none":
+        out["input_scaling"] = "none"
     if io.input_range.mode == "learned":
-        # the ranges are on the inputs training scaled (or not): the input scaling must be the one trained with
-        out.update(input_range="learned", input_ranges=dict(input_ranges or {}),
-                   input_scaling="channel" if noise.input_scaling == "package" else "none")
+        out.update(input_range="learned", input_ranges=dict(input_ranges or {}))
     trained_io = {k: getattr(io, k) for k in ("dac_bits", "adc_bits", "out_noise") if getattr(io, k)}
     if trained_io:
         out["io"] = trained_io
