@@ -394,11 +394,14 @@ def ablation_png(result: dict[str, Any]) -> bytes:
     panels = [(m, b) for m in cfg["models"] for b in cfg["budgets"] if any(
         r["model"] == m and r["budget"] == b for r in rows)] or [(cfg["models"][0], cfg["budgets"][0])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))  # one colour per recipe in every panel
+    colour = {name: f"C{i % 10}" for i, name in enumerate(recipes)}
     for ax, (model, budget) in zip(axes[0], panels):
         for r in (r for r in rows if r["model"] == model and r["budget"] == budget):
             vs = list(r["n_w"])
             ax.errorbar([float(v) for v in vs], [100 * r["n_w"][v][0] for v in vs],
-                        yerr=[100 * r["n_w"][v][1] for v in vs], marker="o", capsize=3, label=r["recipe"])
+                        yerr=[100 * r["n_w"][v][1] for v in vs], marker="o", capsize=3, label=r["recipe"],
+                        color=colour[r["recipe"]])
         ax.set_title(f"{model_label(model, cfg['width'])}, {budget} budget")
         ax.set_xlabel(f"n_w (aihwkit w_noise, PCM at {cfg['sweep_time']})")
         ax.set_ylabel("test accuracy %")
