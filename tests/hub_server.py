@@ -312,4 +312,10 @@ def serve(monkeypatch, cache) -> HubStandIn:
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    # the module-level HfApi behind huggingface_hub.list_repo_files (which transformers' tokenizer loading calls)
+    # took its endpoint when huggingface_hub.hf_api was first imported: in a full suite run that was the real
+    # Hub, so a pipeline by repo id spent ~3 minutes retrying a host it cannot reach
+    from huggingface_hub import hf_api
+
+    monkeypatch.setattr(hf_api.api, "endpoint", server.endpoint)
     return server
