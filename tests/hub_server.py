@@ -312,10 +312,13 @@ def serve(monkeypatch, cache) -> HubStandIn:
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    # the module-level HfApi behind huggingface_hub.list_repo_files (which transformers' tokenizer loading calls)
-    # took its endpoint when huggingface_hub.hf_api was first imported: in a full suite run that was the real
-    # Hub, so a pipeline by repo id spent ~3 minutes retrying a host it cannot reach
+    # HfApi instances take their endpoint when made: huggingface_hub's module-level one, and the one transformers
+    # makes on first use and keeps (transformers.utils.hub._hf_api), which lists a repo's files when a tokenizer
+    # loads by repo id. In a full suite run an earlier test had made it for the real Hub, so a pipeline by repo id
+    # spent ~3 minutes retrying a host it cannot reach; here both point at the stand-in (transformers' is remade)
     from huggingface_hub import hf_api
+    from transformers.utils import hub as transformers_hub
 
     monkeypatch.setattr(hf_api.api, "endpoint", server.endpoint)
+    monkeypatch.setattr(transformers_hub, "_hf_api", None)
     return server
