@@ -909,11 +909,9 @@ _FAST_CLASSES = {nn.Linear: _FastLinear, nn.Conv1d: _FastConv1d, nn.Conv2d: _Fas
 
 def _fast_linear(weight: torch.Tensor, bias: torch.Tensor | None, rpu) -> nn.Module:
     """A new linear layer y = x W^T + b on the fast engine's tiles (tiles._linear's counterpart)."""
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if bias is not None:
-            layer.bias.copy_(bias)
+    from .tiles import digital_linear
+
+    layer = digital_linear(weight, bias)
     layer.__class__ = _FastLinear
     layer._fast = FastLayer(layer, rpu)
     return layer

@@ -38,15 +38,21 @@ from torch import nn
 from ..errors import OperationFailed
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, rpu) -> nn.Module:
-    from aihwkit.nn import AnalogLinear
-
+def digital_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """A new nn.Linear y = x W^T + b holding copies of `weight` [out, in] and `bias`: what each engine puts on its
+    tiles for a projection that is not an nn.Linear itself (GPT-2's Conv1D, attention's packed projections)."""
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     with torch.no_grad():
         layer.weight.copy_(weight)
         if bias is not None:
             layer.bias.copy_(bias)
-    return AnalogLinear.from_digital(layer, copy.deepcopy(rpu))
+    return layer
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, rpu) -> nn.Module:
+    from aihwkit.nn import AnalogLinear
+
+    return AnalogLinear.from_digital(digital_linear(weight, bias), copy.deepcopy(rpu))
 
 
 def _explicit_padding(conv: nn.Module) -> list[int] | None:
