@@ -41,14 +41,7 @@ def _train(path, epochs: int = 25) -> None:
     package.write(path, pkg.config, model=pkg.model, base=path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """aihwkit's small per-tile matmuls gain nothing from threads, and on a shared 2-core machine
-    OpenMP threads waiting on each other cost 10-40x; restored for the tests after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,12 +37,7 @@ tiny_vit.input_shape = [3, 32, 32]
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Cross(nn.Module):

@@ -17,12 +17,7 @@ from analogai_deploy.errors import UsageError
 QUICK = dict(repeats=2, times="1d", limit=64, write=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
