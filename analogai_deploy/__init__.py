@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name loads on firs
     from .analog.registry import register_layer
     from .api import certify, convert, load, recover, to_aihwkit
     from .certification import Certificate, CertifyConfig
-    from .certification.devices import DeviceConfig, IOSettings
-    from .certification.mapping import MappingConfig
+    from .hardware.devices import DeviceConfig, IOSettings
+    from .analog.mapping import MappingConfig
     from .exporter import ExportConfig, ExportResult, export
     from .package import Package
     from .recovery.recipe import Recipe
@@ -58,9 +58,9 @@ _LAZY = {
     "Recipe": "analogai_deploy.recovery.recipe",
     "CertifyConfig": "analogai_deploy.certification",
     "Certificate": "analogai_deploy.certification",
-    "DeviceConfig": "analogai_deploy.certification.devices",
-    "IOSettings": "analogai_deploy.certification.devices",
-    "MappingConfig": "analogai_deploy.certification.mapping",
+    "DeviceConfig": "analogai_deploy.hardware.devices",
+    "IOSettings": "analogai_deploy.hardware.devices",
+    "MappingConfig": "analogai_deploy.analog.mapping",
     "ExportConfig": "analogai_deploy.exporter",
     "ExportResult": "analogai_deploy.exporter",
     "Policy": "analogai_deploy.zoo",

@@ -25,13 +25,13 @@ from . import package as pkg
 from .analog.config import AnalogConfig
 from .analog.convert import convert as convert_model
 from .analog.placement import check_selection, plan
-from .certification.mapping import MappingConfig
+from .analog.mapping import MappingConfig
 from .provenance import now, versions
 from .sources import Source, check_runs, resolve
 
 if TYPE_CHECKING:
     from .certification import Certificate, CertifyConfig
-    from .certification.devices import DeviceConfig
+    from .hardware.devices import DeviceConfig
     from .recovery.recipe import Recipe
 
 
@@ -140,7 +140,7 @@ def _certify_config(config: CertifyConfig | None, fields: dict[str, Any], device
     if config is None:
         return None
     from .certification import CertifyConfig, _device_config
-    from .certification.devices import DeviceConfig
+    from .hardware.devices import DeviceConfig
 
     merged = config.to_dict()
     for key, value in fields.items():

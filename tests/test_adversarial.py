@@ -107,7 +107,7 @@ def test_adversarial_loss_is_the_weighted_sum(digits, lenet):
 
 
 def test_qat_ranges_do_not_move_while_attacking(digits, lenet):
-    from analogai_deploy.recovery import qat
+    from analogai_deploy.analog import qat
 
     qat.attach(lenet, qat.QuantConfig())
     x, y = _batch(digits)

@@ -11,7 +11,7 @@ import torch
 import analogai_deploy as ad
 from analogai_deploy.analog import hardware
 from analogai_deploy.analog.convert import analog_layers
-from analogai_deploy.certification.mapping import MappingConfig
+from analogai_deploy.analog.mapping import MappingConfig
 from analogai_deploy.errors import UsageError
 from analogai_deploy.recovery import recipe as R
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from analogai_deploy import card
+from analogai_deploy.package import card
 
 
 @pytest.mark.parametrize("source, name", [

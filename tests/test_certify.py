@@ -11,10 +11,10 @@ import torch
 
 import analogai_deploy as ad
 from analogai_deploy import package
-from analogai_deploy.aihwkit_probe import tile_support
+from analogai_deploy.hardware.probe import tile_support
 from analogai_deploy.certification import (CertifyConfig, _bench, _resolved, _to_aihwkit, apply_overrides,
                                            monte_carlo, parse_sweep)
-from analogai_deploy.certification.devices import DeviceConfig, choose_tile, rpu_config
+from analogai_deploy.hardware.devices import DeviceConfig, choose_tile, rpu_config
 from analogai_deploy.certification.evaluation import normalised, parse_times, stats
 from analogai_deploy.errors import UsageError
 
@@ -352,7 +352,7 @@ def test_bad_input_is_one_line_with_a_fix(pkg, cli, tmp_path):
 
 
 def test_match_qat_sets_the_dac_to_the_activation_bits(pkg):
-    from analogai_deploy.recovery import qat
+    from analogai_deploy.analog import qat
 
     loaded = ad.load(pkg)  # a QAT section as recover writes it (quantizers calibrated on a few images)
     qcfg = qat.attach(loaded.model, qat.QuantConfig(w_bits=4, a_bits=6))

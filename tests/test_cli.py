@@ -69,7 +69,7 @@ def test_version(cli):
 
 def test_a_bare_ctrl_c_says_interrupted(cli, monkeypatch):
     """Ctrl-C before a command catches it: typer returns 130 silently; the CLI says what happened."""
-    from analogai_deploy import aihwkit_probe
+    from analogai_deploy.hardware import probe as aihwkit_probe
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

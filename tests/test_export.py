@@ -178,11 +178,11 @@ def test_minilm_round_trip(minilm_dir, tmp_path):
 
 def test_qat_exports_as_qdq(lenet_pkg, tmp_path):
     from analogai_deploy.analog.convert import noise_off, to_digital
-    from analogai_deploy.recovery import qat
+    from analogai_deploy.analog import qat
 
     pkg_dir = _copy(lenet_pkg, tmp_path)
     config = package.read_config(pkg_dir)
-    # the section recover writes (recovery/qat.py describe); layer "0" has no calibrated range (per-batch max)
+    # the section recover writes (analog/qat.py describe); layer "0" has no calibrated range (per-batch max)
     section = {"w_bits": 4, "a_bits": 4, "layers": {"0": {"act_max": None, "weight_axis": 0},
                "4": {"act_max": 2.0, "weight_axis": 0}, "9": {"act_max": 2.0, "weight_axis": 0},
                "11": {"act_max": 3.0, "weight_axis": 0}}}
@@ -195,7 +195,7 @@ def test_qat_exports_as_qdq(lenet_pkg, tmp_path):
     assert ops.count("QuantizeLinear") == 8 and ops.count("DequantizeLinear") == 8  # 4 weights + 4 inputs
     assert json.loads(meta_io.read_metadata(pkg_dir / "model.onnx")["analogai.quantization"])["w_bits"] == 4
 
-    # onnxruntime reproduces the QAT model of recovery/qat.py (not only the exporter's own quantizers):
+    # onnxruntime reproduces the QAT model of analog/qat.py (not only the exporter's own quantizers):
     # exactly with graph optimizations off; its integer QDQ kernels re-round, so there only predictions
     x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     (q,) = _ort(pkg_dir / "model.onnx", {"input": x.numpy()}, optimize=False)

@@ -12,9 +12,9 @@ import torch
 
 import analogai_deploy as ad
 from analogai_deploy.certification import CertifyConfig, DeviceConfig, IOSettings, _bench, _to_aihwkit
-from analogai_deploy.certification.devices import rpu_config
+from analogai_deploy.hardware.devices import rpu_config
 from analogai_deploy.certification.fast import FastModel
-from analogai_deploy.certification.mapping import LEGACY
+from analogai_deploy.analog.mapping import LEGACY
 from analogai_deploy.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ def test_exact_mode_matches_aihwkit_under_the_mapping(trained_lenet, mapping):
     # per-column scales and drift factors, input scaling and static input ranges: given aihwkit's drifted
     # weights and its drift factors, the fast engine's outputs equal aihwkit's (out_noise 0: deterministic)
     from analogai_deploy.certification import _resolved, _simulate
-    from analogai_deploy.certification.mapping import MappingConfig
+    from analogai_deploy.analog.mapping import MappingConfig
 
     io = {"out_noise": 0.0, **({"adc_bits": mapping.pop("adc_bits")} if "adc_bits" in mapping else {})}
     cfg = _resolved(trained_lenet, CertifyConfig(device=DeviceConfig(name="PCM", io=IOSettings(**io)), repeats=1,

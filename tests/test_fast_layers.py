@@ -14,7 +14,7 @@ from torch import nn
 
 import analogai_deploy as ad
 from analogai_deploy.certification import DeviceConfig, IOSettings, _to_aihwkit
-from analogai_deploy.certification.devices import rpu_config
+from analogai_deploy.hardware.devices import rpu_config
 from analogai_deploy.certification.fast import FastModel
 
 ROOT = Path(__file__).resolve().parents[1]

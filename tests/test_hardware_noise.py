@@ -160,7 +160,7 @@ def test_recover_records_the_mapping_and_io_it_trained_for(lenet_pkg, tmp_path, 
 
 
 def test_the_recorded_input_scaling_is_the_one_training_used():
-    from analogai_deploy.certification.mapping import MappingConfig
+    from analogai_deploy.analog.mapping import MappingConfig
     from analogai_deploy.recovery.recipe import NoiseModelConfig, TrainIOConfig
 
     def recorded(package_scaling, **noise):

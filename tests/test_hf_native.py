@@ -236,7 +236,7 @@ def test_image_and_local_packages_keep_their_layout(lenet_pkg, tmp_path):
 
 
 def test_card_names_the_hub_model_it_came_from(lenet_pkg):
-    from analogai_deploy.card import render
+    from analogai_deploy.package.card import render
 
     config = {**pkgio.read_config(lenet_pkg), "source": {"kind": "huggingface", "source": "org/model",
                                                          "task": "causal-lm", "config": {"model_type": "gpt2"}}}

@@ -9,8 +9,8 @@ import torch
 
 import analogai_deploy as ad
 from analogai_deploy.certification import CertifyConfig, DeviceConfig, _bench, _resolved
-from analogai_deploy.certification.devices import rpu_config
-from analogai_deploy.certification.mapping import (DEFAULTS, LEGACY, MAPPING_FIELDS, MappingConfig, calibrate,
+from analogai_deploy.hardware.devices import rpu_config
+from analogai_deploy.analog.mapping import (DEFAULTS, LEGACY, MAPPING_FIELDS, MappingConfig, calibrate,
                                                    clip_weights, install, apply_input_scaling, package_mapping)
 from analogai_deploy.errors import UsageError
 
@@ -228,7 +228,7 @@ def test_minilm_default_certificate_keeps_cosine_0_85_at_1d(minilm, engine):
 
 
 def test_digital_outliers_sum_back_exactly_and_shrink_the_tiles(trained):
-    from analogai_deploy.certification import outliers
+    from analogai_deploy.analog import outliers
 
     from analogai_deploy.analog.convert import to_digital
 

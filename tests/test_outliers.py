@@ -10,7 +10,7 @@ import torch
 
 import analogai_deploy as ad
 from analogai_deploy.certification import HINT_REPEATS
-from analogai_deploy.certification.mapping import MappingConfig
+from analogai_deploy.analog.mapping import MappingConfig
 
 from hf_models import gpt2_lm
 
@@ -189,7 +189,7 @@ def test_macs_count_every_analog_kind():
     from torch import nn
 
     from analogai_deploy.analog.placement import plan
-    from analogai_deploy.certification import outliers
+    from analogai_deploy.analog import outliers
 
     class Net(nn.Module):
         def __init__(self):

@@ -1,4 +1,4 @@
-"""The fast engine's native PCM statistics (certification/pcm.py) against aihwkit's own PCMLikeNoiseModel on
+"""The fast engine's native PCM statistics (hardware/pcm.py) against aihwkit's own PCMLikeNoiseModel on
 the same weights, stage by stage: programmed weights, drift coefficients, drifted weights at several times
 (two-sample KS tests per weight-magnitude band, means and standard deviations). Seeds are fixed, so a
 pass is reproducible; each comparison has ~10^4 samples a side, enough to see a wrong branch or constant."""
@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 
 from analogai_deploy.analog.native import library
-from analogai_deploy.certification import pcm
+from analogai_deploy.hardware import pcm
 
 pytestmark = pytest.mark.skipif(library() is None, reason="no C compiler: the native PCM pass is not built")
 

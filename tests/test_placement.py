@@ -1,4 +1,4 @@
-"""The placement record (analog/placement.py) and its aihwkit mapping (certification/tiles.py)."""
+"""The placement record (analog/placement.py) and its aihwkit mapping (analog/tiles.py)."""
 from __future__ import annotations
 
 import copy
@@ -11,8 +11,8 @@ from torch import nn
 import analogai_deploy as ad
 from analogai_deploy.analog.placement import Placement, plan
 from analogai_deploy.certification import DeviceConfig
-from analogai_deploy.certification.devices import rpu_config
-from analogai_deploy.certification.tiles import from_aihwkit, to_aihwkit
+from analogai_deploy.hardware.devices import rpu_config
+from analogai_deploy.analog.tiles import from_aihwkit, to_aihwkit
 from analogai_deploy.errors import OperationFailed, PackageError, UsageError
 
 

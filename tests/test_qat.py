@@ -13,8 +13,8 @@ from analogai_deploy.analog.config import AnalogConfig
 from analogai_deploy.analog.convert import analog_layers, convert, noise_off
 from analogai_deploy.analog.layers import noisy
 from analogai_deploy.errors import PackageError, UsageError
-from analogai_deploy.recovery import qat
-from analogai_deploy.recovery.qat import QuantConfig
+from analogai_deploy.analog import qat
+from analogai_deploy.analog.qat import QuantConfig
 
 
 def _lenet():

@@ -10,10 +10,10 @@ import torch
 
 import analogai_deploy as ad
 from analogai_deploy.certification import CertifyConfig, _bench, _resolved, half_width, stream_seed
-from analogai_deploy.certification.devices import DeviceConfig, rpu_config
+from analogai_deploy.hardware.devices import DeviceConfig, rpu_config
 from analogai_deploy.certification.evaluation import run, score
-from analogai_deploy.certification.mapping import MappingConfig
-from analogai_deploy.certification.tiles import to_aihwkit as tiles_to_aihwkit
+from analogai_deploy.analog.mapping import MappingConfig
+from analogai_deploy.analog.tiles import to_aihwkit as tiles_to_aihwkit
 from analogai_deploy.errors import UsageError
 
 DAY = 86400.0
@@ -125,4 +125,4 @@ def test_only_the_factory_builds_rpu_configs():
     root = Path(ad.__file__).parent
     builds = re.compile(r"from aihwkit\.simulator\.(?:configs|presets) import|\w*RPUConfig\(|\w+Preset\(")
     found = {p.relative_to(root).as_posix() for p in root.rglob("*.py") if builds.search(p.read_text(encoding="utf-8"))}
-    assert found == {"certification/devices.py"}, found
+    assert found == {"hardware/devices.py"}, found

@@ -13,7 +13,7 @@ The seed's model (layers.noisy) draws W + N(0, s^2), s = c * sigma * max|W| over
          device: the whole PCM device certify simulates, at a time after programming drawn per layer and
          pass from `times`: aihwkit's PCMLikeNoiseModel (g_max 25 uS) programmes the normalised weights
          u = w / wmax, drifts them with per-device nu and accumulated read noise, and a global drift
-         compensation rescales them, as certify's PCM device (native pass, certification/pcm.py; aihwkit's
+         compensation rescales them, as certify's PCM device (native pass, hardware/pcm.py; aihwkit's
          own functions off the CPU). The deviation from u is scaled by c * sigma / 0.0435, so at
          sigma = 0.056 (c = 0.7776) the layer trains on the device itself and MSNAT's levels multiply it.
          Unlike the polynomial it has the drift: small conductances drift faster (nu 0.1 against 0.049
@@ -23,7 +23,7 @@ The seed's model (layers.noisy) draws W + N(0, s^2), s = c * sigma * max|W| over
   outliers  (noise.outliers: digital) a Linear (or GPT-2 Conv1D) layer's tile weights (after the input
          scaling) beyond outlier_std std of their output column stay off the tile: the tile holds them
          clipped, with its noise and periphery, and the clipped-off part runs digitally beside it, exact
-         (the mapping's outliers=digital; certification/outliers.py).
+         (the mapping's outliers=digital; analog/outliers.py).
   clip after the step  (noise.clip_when: step) the weights themselves are clipped in place after every
          optimizer step (`clip_step`, aihwkit-lightning's clip_weights), not in the forward pass.
   io     the tile periphery around the matmul, as certify's aihwkit PyTorch tile: inputs divided by
@@ -34,7 +34,7 @@ The seed's model (layers.noisy) draws W + N(0, s^2), s = c * sigma * max|W| over
          over +-out_bound; then scaled back. Roundings pass gradients straight through.
 
   input scaling  (noise.input_scaling: package) the layer runs as certify maps it with the package's
-         per-channel input scaling (certification/mapping.py): the tile holds W_:j * s_j and sees x_j / s_j,
+         per-channel input scaling (analog/mapping.py): the tile holds W_:j * s_j and sees x_j / s_j,
          so the noise (its per-column wmax, the PCM shape) and the periphery act on those, exactly as in
          certify; the product is the digital layer's when the noise is off. s is calibrated once, before
          training, on the package's clean weights and certify's calibration inputs (`input_scales`).
@@ -296,8 +296,8 @@ def fused_linear(x: torch.Tensor, layer) -> torch.Tensor | None:
 
 @functools.lru_cache(maxsize=1)
 def pcm_device():
-    """certify's PCM device model (certification/devices.py), built once."""
-    from ..certification.devices import DeviceConfig, noise_model
+    """certify's PCM device model (hardware/devices.py), built once."""
+    from ..hardware.devices import DeviceConfig, noise_model
 
     return noise_model(DeviceConfig(name="PCM"))
 
@@ -306,7 +306,7 @@ def device_deviation(u: torch.Tensor, seconds: float, nm=None) -> torch.Tensor:
     """What the PCM device makes of normalised weights u (max|u| <= 1, one tile) `seconds` after programming,
     minus u: programming noise, drift and read noise, then the global drift compensation's gain (the mean
     |w| at programming over the mean |w| now, the one-hot readout certify's GlobalDriftCompensation takes)."""
-    from ..certification import pcm
+    from ..hardware import pcm
 
     nm = nm if nm is not None else pcm_device()
     u = u.float().contiguous()
@@ -477,7 +477,7 @@ def input_scales(pkg, model) -> tuple[dict[str, torch.Tensor], dict]:
     Returns ({layer name: s}, what the calibration ran on); empty where the mapping scales no inputs."""
     import copy
 
-    from ..certification import mapping as mp
+    from . import mapping as mp
     from .convert import analog_layers, to_digital
 
     m = mp.package_mapping(pkg.config).complete()

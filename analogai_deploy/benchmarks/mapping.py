@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..certification.mapping import DEFAULTS, LEGACY
+from ..analog.mapping import DEFAULTS, LEGACY
 
 #: (name, mapping over LEGACY): each option alone, then combinations (the last ones are the defaults)
 VARIANTS: list[tuple[str, dict[str, Any]]] = [

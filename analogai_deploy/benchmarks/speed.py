@@ -124,8 +124,8 @@ def _training_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
     from aihwkit.nn.conversion import convert_to_analog
     from aihwkit.optim import AnalogSGD
 
-    from ..aihwkit_probe import tile_support
-    from ..certification.devices import DeviceConfig, WeightModifier, rpu_config
+    from ..hardware.probe import tile_support
+    from ..hardware.devices import DeviceConfig, WeightModifier, rpu_config
 
     kinds = [("aihwkit_hwa_torch", "torch")] + ([("aihwkit_hwa_cpp", "cpp")] if tile_support().get("cpp") else [])
     for name, tile in kinds:
@@ -289,9 +289,9 @@ def _certify_repeat(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
     import warnings
 
     import analogai_deploy as ad
-    from ..aihwkit_probe import tile_support
+    from ..hardware.probe import tile_support
     from ..certification import CertifyConfig, DeviceConfig, _bench, _simulator, monte_carlo
-    from ..certification.devices import rpu_config
+    from ..hardware.devices import rpu_config
     from ..certification.evaluation import run
     from ..errors import UsageError as _Usage
 

@@ -34,10 +34,11 @@ from torch import nn
 from .._config import StrictConfig
 from .._marks import mark
 from ..errors import UsageError, unknown
-from . import outliers, precision
-from .devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
+from ..analog import outliers
+from . import precision
+from ..hardware.devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
                       rpu_config)
-from .mapping import MAPPING_FIELDS, MappingConfig, package_mapping
+from ..analog.mapping import MAPPING_FIELDS, MappingConfig, package_mapping
 from .simulated import Mapped, map_digital, on_tiles
 from .evaluation import (METRIC_CHOICES, METRICS, EvalSet, load_eval_set, metric_info, normalised, parse_time,
                          parse_times, resolve_metric, run, score, stats)
@@ -461,7 +462,7 @@ def _to_aihwkit(digital: nn.Module, rpu, placement=None) -> nn.Module:
     """`digital` on aihwkit tiles as `placement` says (benches and tests on a bare model may omit it:
     then the default conversion's placement of that model)."""
     from ..analog.placement import plan
-    from .tiles import to_aihwkit
+    from ..analog.tiles import to_aihwkit
 
     return to_aihwkit(digital, placement or plan(digital), rpu)[0]
 
@@ -492,7 +493,7 @@ def _simulate(cfg: CertifyConfig, bench: _Bench, rpu):
 def _conversion(cfg: CertifyConfig, analog: nn.Module, bench: _Bench, simulated: list[str]) -> dict[str, Any]:
     if cfg.engine == "fast":
         return analog.conversion()
-    from .tiles import conversion
+    from ..analog.tiles import conversion
 
     return conversion(analog, bench.placement, simulated)
 
@@ -848,7 +849,7 @@ def _is_main() -> bool:
 
 def _write_certificate(bench: _Bench, cert: Certificate, dest: Path | None = None, overwrite: bool = False) -> Path:
     from .. import package as pkg_io
-    from ..card import certificate_summary, model_name
+    from ..package.card import certificate_summary, model_name
     from ..provenance import now
     from .plots import certificate_png
 

@@ -91,7 +91,7 @@ def choose(device, rpu, placement) -> tuple[str, str]:
     it maps; else the aihwkit engine, saying which condition failed."""
     from aihwkit.simulator.parameters.enums import NoiseManagementType
 
-    from . import pcm
+    from ..hardware import pcm
 
     need = device.needs_cpp()
     why = ""
@@ -309,7 +309,7 @@ class FastLayer:
         """The conv's kernel, stride, padding and dilation (a Conv1d's in 2-d, height 1), and the explicit
         padding applied before it where tiles.GroupedConv pads explicitly (string padding, a non-zero padding
         mode, every Conv3d: its im2col does not pad)."""
-        from .tiles import _explicit_padding
+        from ..analog.tiles import _explicit_padding
 
         k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
         self.pad, self.pad_mode = None, "constant"
@@ -402,7 +402,7 @@ class FastLayer:
 
     @torch.no_grad()
     def program(self) -> None:
-        from . import pcm
+        from ..hardware import pcm
 
         batched = self._batched_model()
         nm = self.noise_model
@@ -432,7 +432,7 @@ class FastLayer:
 
     @torch.no_grad()
     def drift(self, seconds: float) -> None:
-        from . import pcm
+        from ..hardware import pcm
 
         batched = self._batched_model()
         nm = self.noise_model
@@ -735,7 +735,7 @@ class FastLayer:
 
     def conv3d(self, x: torch.Tensor) -> torch.Tensor:
         """A (padded) Conv3d as tiles.GroupedConv runs it: per group, its im2col rows through its tiles (exact)."""
-        from .tiles import im2col3d
+        from ..analog.tiles import im2col3d
 
         m = self.module
         if self.perfect:
@@ -909,7 +909,7 @@ _FAST_CLASSES = {nn.Linear: _FastLinear, nn.Conv1d: _FastConv1d, nn.Conv2d: _Fas
 
 def _fast_linear(weight: torch.Tensor, bias: torch.Tensor | None, rpu) -> nn.Module:
     """A new linear layer y = x W^T + b on the fast engine's tiles (tiles._linear's counterpart)."""
-    from .tiles import digital_linear
+    from ..analog.tiles import digital_linear
 
     layer = digital_linear(weight, bias)
     layer.__class__ = _FastLinear
@@ -920,7 +920,7 @@ def _fast_linear(weight: torch.Tensor, bias: torch.Tensor | None, rpu) -> nn.Mod
 def _on_tiles(entry, module: nn.Module, rpu) -> tuple[nn.Module, dict[str, FastLayer]]:
     """One placement entry on the fast engine's tiles, mapped as tiles._replacement maps it on aihwkit's:
     (the module that takes its place, {parameter name of the placement's matrices: its FastLayer})."""
-    from .tiles import AnalogAttention
+    from ..analog.tiles import AnalogAttention
 
     if entry.kind in ("linear", "conv1d", "conv2d", "conv3d"):
         module.__class__ = _FAST_CLASSES[type(module)]
@@ -948,7 +948,7 @@ class FastModel(nn.Module):
         derived; without one, the default conversion's placement of `digital` (as certification._to_aihwkit)."""
         super().__init__()
         from ..analog.placement import plan
-        from .tiles import _set
+        from ..analog.tiles import _set
 
         self.model = copy.deepcopy(digital).eval()
         self.placement = placement if placement is not None else plan(self.model)

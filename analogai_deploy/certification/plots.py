@@ -26,7 +26,7 @@ def certificate_figure(cert: dict[str, Any], title: str = "", model: str = ""):
     and the CI bound it judged (at `at`, on the metric's bad side). `model` names the model in the title."""
     from matplotlib.figure import Figure
 
-    from ..card import simulator
+    from ..package.card import simulator
     from .evaluation import metric_info
 
     metric = cert["metric"]

@@ -19,8 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from . import mapping as mp
-from . import outliers as ol
+from ..analog import mapping as mp
+from ..analog import outliers as ol
 
 
 @dataclass
@@ -81,7 +81,7 @@ def map_digital(path: str | Path, config: dict[str, Any], digital: nn.Module, pl
 def on_tiles(mapped: Mapped, placement, rpu) -> tuple[nn.Module, list[str]]:
     """The mapped model on aihwkit tiles with `rpu` (devices.rpu_config), its digital parts installed:
     (the AnalogWrapper model, the placement layers it put on tiles)."""
-    from .tiles import to_aihwkit
+    from ..analog.tiles import to_aihwkit
 
     analog, simulated = to_aihwkit(mapped.model, placement, rpu)
     mapped.install(analog)

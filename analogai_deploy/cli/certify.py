@@ -131,7 +131,7 @@ def certify(
 ) -> None:
     from ..errors import OperationFailed, UsageError
     from .. import certification as cert_mod
-    from ..certification.devices import canonical_device
+    from ..hardware.devices import canonical_device
     from .. import distributed, launcher
 
     main = distributed.configure_cli(nproc, dist_timeout)
@@ -209,9 +209,9 @@ def certify(
 
 
 def _cert_text(c: dict, cert) -> str:
-    from ..card import results_markdown
+    from ..package.card import results_markdown
 
-    from ..certification.mapping import MappingConfig, MAPPING_FIELDS
+    from ..analog.mapping import MappingConfig, MAPPING_FIELDS
 
     lines = [results_markdown(c)]
     m = c.get("mapping") or {}

@@ -47,8 +47,8 @@ def convert(
 ) -> None:
     from .. import api
     from ..analog.config import AnalogConfig
-    from ..certification.mapping import MappingConfig
-    from ..certification.outliers import recorded_split_warning
+    from ..analog.mapping import MappingConfig
+    from ..analog.outliers import recorded_split_warning
 
     out = output(json_, quiet)
     config = AnalogConfig(

@@ -28,7 +28,7 @@ def env(json_: Json = False) -> None:
         info["threads"] = torch.get_num_threads()
     except Exception as exc:  # a broken torch is exactly what env must still report
         info["torch_error"] = str(exc)
-    from ..aihwkit_probe import tile_support
+    from ..hardware.probe import tile_support
 
     info["aihwkit_tiles"] = tile_support()
     out.result(info, lambda d: "\n".join(f"{k:16} {v}" for k, v in d.items()))

@@ -95,7 +95,7 @@ def recover(
     from pathlib import Path
 
     from .. import distributed
-    from ..certification.outliers import recorded_split_warning
+    from ..analog.outliers import recorded_split_warning
     from ..launcher import recover as run_recover
     from ..recovery import state_dir_for
 

@@ -133,7 +133,7 @@ def _reference(pkg) -> Any:
     section = pkg.config.get("quantization")
     if section:
         try:
-            from ..recovery import qat
+            from ..analog import qat
         except ImportError:  # QAT not available: the exporter's own quantizers are the reference
             return None
         if not qat.is_attached(model):

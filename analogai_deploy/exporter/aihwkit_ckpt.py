@@ -43,7 +43,7 @@ def tensors_only(state: dict[str, Any]) -> dict[str, Any]:
 def certified(path: Path, device: str):
     """(the CertifyConfig of the package's certificate when it is for `device`, else None; a warning or None)."""
     from ..certification import CertifyConfig
-    from ..certification.devices import canonical_device
+    from ..hardware.devices import canonical_device
     from ..package import CERTIFICATE
 
     file = Path(path) / CERTIFICATE
@@ -67,7 +67,7 @@ def checkpoint(path: Path, device: str) -> tuple[bytes, dict[str, Any], dict[str
     import torch
 
     from ..certification import _chip, resolve
-    from ..certification.devices import describe
+    from ..hardware.devices import describe
 
     config, warning = certified(path, device)
     if config is None and device.lower() == "custom":

@@ -120,7 +120,7 @@ def to_onnx(graph: GraphSpec, sample: tuple[torch.Tensor, ...], opset: int,
 
 
 # --- QAT: fake quantizers that export as QuantizeLinear/DequantizeLinear ---------------------------
-# Same arithmetic as recovery/qat.py (symmetric grids, round half to even, clip then round), written
+# Same arithmetic as analog/qat.py (symmetric grids, round half to even, clip then round), written
 # with the ops the ONNX exporter turns into QDQ nodes. ONNX QuantizeLinear below opset 21 holds int8,
 # so widths above 8 bits are written as Div/Round/Clip/Mul instead (same values, no QDQ node).
 
@@ -216,7 +216,7 @@ def _hf_conv1d():
 
 
 def apply_quantization(model: nn.Module, quant: dict[str, Any], analog_names: list[str]) -> tuple[list[str], list[str]]:
-    """Install QDQ fake quantizers as the package's `quantization` section (recovery/qat.py) describes.
+    """Install QDQ fake quantizers as the package's `quantization` section (analog/qat.py) describes.
 
     Layers under `layers` get weight QDQ (per channel, on `weight_axis`) and input QDQ (per tensor,
     `act_max`); without a `layers` map every formerly analog layer is quantized. Returns (quantized

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .. import labels, lock
 from .._marks import mark
-from ..card import model_name
+from ..package.card import model_name
 from ..errors import OperationFailed, UsageError
 from .plots import CURVE_PNG, training_curve_png
 from .recipe import Recipe, load as load_recipe
@@ -205,7 +205,7 @@ def with_recorded_split(config: dict[str, Any], rec: Recipe, overrides=None) -> 
     """`rec`, training with the package's recorded digital-outlier split (convert --outliers digital) where it
     trains with the hardware noise model (the noise / io sections) and neither it nor the overrides set
     noise.outliers. Other recipes train as they are; the record stays, and certify applies it."""
-    from ..certification.mapping import package_mapping
+    from ..analog.mapping import package_mapping
 
     m = package_mapping(config).complete()
     if m.outliers != "digital" or not rec.hardware_noise or rec.noise.outliers == "digital" or _names(
@@ -348,7 +348,7 @@ def recover(
             config = labels.record(config, getattr(ds, "labels", None))
         if rec.hardware_noise:
             from ..analog import hardware
-            from ..certification.mapping import MappingConfig
+            from ..analog.mapping import MappingConfig
 
             ranges = hardware.learned_input_ranges(final)
             hardware.apply(final, None, None)  # also takes the learned ranges off the layers: they go to the mapping
@@ -356,12 +356,12 @@ def recover(
             config["mapping"] = MappingConfig.from_dict(hardware.trained_mapping(rec.noise, rec.io, ranges)).over(
                 config.get("mapping")).to_dict()
         elif _names(merged, "noise.outliers"):  # `--outliers none` with the seed's noise: the record drops the split
-            from ..certification.mapping import MappingConfig
+            from ..analog.mapping import MappingConfig
 
             config["mapping"] = MappingConfig(outliers=rec.noise.outliers, outlier_std=rec.noise.outlier_std).over(
                 config.get("mapping")).to_dict()
         if rec.recovery.qat and rec.training.engine == "msnat":
-            from . import qat
+            from ..analog import qat
 
             config["quantization"] = qat.describe(final, trainer.quant)
         config["recipe"] = {"name": rec.name, "sha256": identity["recipe_sha256"], "type": "Recipe",

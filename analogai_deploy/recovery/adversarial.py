@@ -90,7 +90,7 @@ def _check_weight(kind: str, weight: float) -> None:
 @contextmanager
 def _statistics_frozen(model: nn.Module):
     """Batch-norm running stats and QAT activation ranges stay put while attacks are searched."""
-    from . import qat
+    from ..analog import qat
 
     # train-mode forward passes still normalise with batch statistics; only the running buffers are restored
     buffers = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)

@@ -418,7 +418,7 @@ class Trainer:
         self.mode = "loop"  # the K clients run one after the other (BatchedTrainer: all at once)
         model.to(self.device).train()
         if self.r.qat:
-            from . import qat
+            from ..analog import qat
 
             self.quant = qat.attach(model, self.r.quant)
         n_clients = len(self.sigmas) if self.fi else 1

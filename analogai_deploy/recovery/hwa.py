@@ -1,7 +1,7 @@
 """The `hwa_aihwkit` engine: aihwkit's own hardware-aware training, the baseline users would otherwise pick.
 
 The package's digital model goes on aihwkit tiles through the same mapping certify uses
-(certification/tiles.py `to_aihwkit`: exactly the placement's modules, grouped and depthwise convs one
+(analog/tiles.py `to_aihwkit`: exactly the placement's modules, grouped and depthwise convs one
 tile set per group, GPT-2 Conv1D and nn.MultiheadAttention projections included), with
 TorchInferenceRPUConfig tiles (pure PyTorch, so it runs with every torch we support), a weight-noise
 modifier applied in every training forward pass and output noise on the tiles, and trained with
@@ -32,8 +32,8 @@ from .recipe import Recipe
 def rpu_config(recipe: Recipe):
     """The training tiles: aihwkit's PCM on its PyTorch tile with the recipe's weight modifier and output noise
     (devices.rpu_config, the one factory)."""
-    from ..certification.devices import DeviceConfig, IOSettings, WeightModifier
-    from ..certification.devices import rpu_config as build
+    from ..hardware.devices import DeviceConfig, IOSettings, WeightModifier
+    from ..hardware.devices import rpu_config as build
 
     cfg = recipe.recovery.hwa
     device = DeviceConfig(name="PCM", io=IOSettings(out_noise=cfg.out_noise), tile="torch")
@@ -74,7 +74,7 @@ class HwaTrainer:
         """Fresh aihwkit tiles from digital weights: the placement's modules, as certify maps them."""
         from aihwkit.optim import AnalogSGD
 
-        from ..certification import tiles
+        from ..analog import tiles
 
         digital = copy.deepcopy(self.model)
         to_digital(digital)
@@ -87,7 +87,7 @@ class HwaTrainer:
 
     def _sync(self) -> None:
         """The tiles' trained weights -> the package's model, through the mapping's inverse."""
-        from ..certification import tiles
+        from ..analog import tiles
 
         load_state(self.model, tiles.from_aihwkit(self.analog, self.placement))
 

@@ -26,7 +26,7 @@ from .._shipped import shipped
 from ..errors import UsageError, unknown
 from ..provenance import sha256_json
 from .adversarial import AdversarialConfig
-from .qat import QuantConfig
+from ..analog.qat import QuantConfig
 from .sam import SamConfig
 
 RECIPES_DIR = shipped("recipes")  # in the wheel, or the source tree's recipes/

@@ -46,7 +46,7 @@ from typing import Any
 
 from .._config import StrictConfig
 from ..errors import UsageError, unknown
-from .devices import IOSettings
+from ..hardware.devices import IOSettings
 
 WEIGHT_SCALING = ("tile", "column")
 CLIP = ("none", "fixed", "layer_std", "channel_std")
@@ -389,7 +389,7 @@ def calibration_batches(package_path, config: dict[str, Any], mapping: MappingCo
                         data_spec: str | None) -> tuple[list, dict[str, Any]]:
     """The calibration inputs and where they came from: never the evaluation samples by default
     (the train split of the dataset for images, CALIBRATION_SENTENCES for text)."""
-    from . import evaluation
+    from ..certification import evaluation
 
     m = mapping.complete()
     n = m.calibration_samples

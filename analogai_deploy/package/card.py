@@ -28,7 +28,7 @@ def simulator(cert: dict[str, Any]) -> str:
 
 def results_markdown(cert: dict[str, Any]) -> str:
     """The certificate's results as a markdown table (model card, CLI, benchmarks)."""
-    from .certification.evaluation import metric_info
+    from ..certification.evaluation import metric_info
 
     metric = cert.get("metric", "accuracy")
     fmt = metric_info(metric).format  # percentages for fractions; a perplexity ratio as a plain number
@@ -49,7 +49,7 @@ def results_markdown(cert: dict[str, Any]) -> str:
     samples = f" on {n} test sample{'s' if n != 1 else ''} ({data.get('spec')})" if n is not None else ""
     tail = f"\nDigital {metric}: {fmt(digital)}{samples}; {repeats} Monte Carlo repeats per time."
     if data.get("labels"):
-        from .labels import shown
+        from ..labels import shown
 
         tail += f" Classes (output order): {shown(data['labels'])}."
     if (data.get("reference") or {}).get("file"):
@@ -111,7 +111,7 @@ _PIPELINE_TAGS = {"image-classification": "image-classification", "feature-extra
 
 
 def _hf_native(config: dict[str, Any]) -> bool:
-    from .package import hf_native
+    from . import hf_native
 
     return hf_native(config)
 
@@ -126,7 +126,7 @@ def _base_model(config: dict[str, Any]) -> str | None:
 
 
 def split_sentence(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> str | None:
-    """The mixed-signal mapping in words (certification/outliers.py), with the certificate's measured shares of
+    """The mixed-signal mapping in words (analog/outliers.py), with the certificate's measured shares of
     the tiles' weights and MACs and the sparse part's size; None for a pure-analog mapping."""
     mapping = (certificate or {}).get("mapping") or config.get("mapping") or {}
     if mapping.get("outliers") != "digital":
@@ -166,7 +166,7 @@ def render(config: dict[str, Any], certificate: dict[str, Any] | None = None, fo
             f"{conv.get('converted_layers', 0)} layers on analog tiles, "
             f"{conv.get('analog_share', 0):.1%} of {conv.get('total_params', 0):,} parameters."
         )
-    from .labels import names, shown
+    from ..labels import names, shown
 
     label_names = names(config)
     if label_names:  # the model's own classes, in output order (labels.py)
@@ -257,7 +257,7 @@ def _plain_loader(config: dict[str, Any], zoo: dict[str, Any], folder: str) -> l
     note = ("These are the clean digital weights (analog noise off), loaded without any check; analogai-deploy "
             "checks the sha256 and the certificate first and rebuilds the analog-aware model.")
     if _hf_native(config):
-        from .sources.huggingface import TASKS
+        from ..sources.huggingface import TASKS
 
         auto = TASKS.get(config.get("task"), "AutoModel")
         text = (config.get("input") or {}).get("kind") == "text"

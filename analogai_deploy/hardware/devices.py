@@ -183,7 +183,7 @@ def choose_tile(config: DeviceConfig) -> str:
     unless a setting needs the C++ tile. aihwkit's C++ tiles draw their forward noise from an internal
     generator that cannot be seeded, so their certificates vary slightly from run to run.
     """
-    from ..aihwkit_probe import tile_support
+    from .probe import tile_support
 
     support = tile_support()
     if not support.get("aihwkit"):

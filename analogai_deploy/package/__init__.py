@@ -36,9 +36,9 @@ from typing import Any
 
 from torch import nn
 
-from . import lock
-from .errors import PackageError, UsageError, no_room
-from .provenance import sha256_file
+from .. import lock
+from ..errors import PackageError, UsageError, no_room
+from ..provenance import sha256_file
 
 FORMAT = "analogai-deploy/package"
 FORMAT_VERSION = 1
@@ -531,7 +531,7 @@ def load_reference(pkg: Package, *, verify_hash: bool = True) -> nn.Module | Non
     `load` has just verified (its `verify` hashed the reference already)."""
     if pkg.config.get("reference") is None:
         return None
-    from .analog.convert import to_digital
+    from ..analog.convert import to_digital
 
     file = _verify_reference(pkg.path, pkg.config) if verify_hash else pkg.path / REFERENCE
     model, _, _ = _build(pkg.path, pkg.config, file, pkg.config["reference"].get("quantization"))
@@ -541,10 +541,10 @@ def load_reference(pkg: Package, *, verify_hash: bool = True) -> nn.Module | Non
 def _build(path: Path, config: dict[str, Any], weights: Path, quantization: dict[str, Any] | None):
     """(model, conversion report, placement): the architecture config.json names, analog as its placement
     says, with the tensors of `weights`."""
-    from .analog.config import AnalogConfig
-    from .analog.convert import convert
-    from .analog.placement import Placement, plan
-    from .sources import rebuild
+    from ..analog.config import AnalogConfig
+    from ..analog.convert import convert
+    from ..analog.placement import Placement, plan
+    from ..sources import rebuild
 
     _refuse_bundled_code(path, config["source"])
     model = rebuild(config["source"])
@@ -564,7 +564,7 @@ def _build(path: Path, config: dict[str, Any], weights: Path, quantization: dict
         raise PackageError(f"{weights} does not fit the architecture in config.json "
                            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
     if quantization:  # QAT: fake-quantizers with their frozen activation ranges
-        from .recovery import qat
+        from ..analog import qat
 
         qat.restore(model, quantization)
     model.eval()
@@ -575,7 +575,7 @@ def _load_weights(model: nn.Module, file: Path):
     """safetensors' load_model, with the module versions torch keeps in state_dict metadata (_state.py)."""
     from safetensors.torch import load_model
 
-    from ._state import with_versions
+    from .._state import with_versions
 
     original = model.load_state_dict
 

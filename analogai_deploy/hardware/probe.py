@@ -14,7 +14,7 @@ def tile_support() -> dict[str, object]:
         import torch
         from aihwkit.nn import AnalogLinear
 
-        from .certification.devices import DeviceConfig, rpu_config
+        from .devices import DeviceConfig, rpu_config
     except Exception as exc:
         return {"aihwkit": False, "cpp": False, "torch": False, "error": f"{type(exc).__name__}: {exc}"}
     result: dict[str, object] = {"aihwkit": True}
