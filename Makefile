@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-all check-wheel demo bench clean
+.PHONY: install test test-all lint-imports check-wheel demo bench clean
 
 install: $(BIN)/analogai-deploy
 
@@ -20,6 +20,10 @@ $(BIN)/analogai-deploy: pyproject.toml constraints.txt
 # pytest exits 5 when no test was collected: not a failure of the code.
 test: install
 	$(BIN)/python -m pytest -q --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+# the layers contract of pyproject.toml [tool.importlinter], function-level imports included (docs/architecture.md)
+lint-imports: install
+	$(BIN)/lint-imports
 
 # the wheel carries the recipes and the shipped zoo: built, installed with --target, run from elsewhere
 check-wheel: install

@@ -1,0 +1,90 @@
+"""The package's structure (docs/architecture.md): no import circle, modules of one concern and a bounded size,
+and a README layout that names every module. `make lint-imports` checks the layers contract itself."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import grimp
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "analogai_deploy"
+MAX_LINES = 400
+#: the packages held to the structure rules so far; the rest join as their restructuring lands (issue 24)
+CHECKED = ["analogai_deploy.cli", "analogai_deploy.zoo", "analogai_deploy.api",
+           "analogai_deploy.launcher", "analogai_deploy.__main__", "analogai_deploy.__init__"]
+
+
+def checked(module: str) -> bool:
+    return any(module == c or module.startswith(c + ".") for c in CHECKED)
+
+
+def import_circles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Every strongly connected set of two or more modules (Tarjan), function-level imports included."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:  # recursive: the package's import depth is far below the recursion limit
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            members = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                members.append(top)
+                if top == module:
+                    break
+            if len(members) > 1:
+                circles.append(sorted(members))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_no_import_circle():
+    graph = grimp.build_graph("analogai_deploy", cache_dir=None)
+    circles = [c for c in import_circles(graph) if any(checked(m) for m in c)]
+    assert not circles, f"modules that import each other round in a circle: {circles}"
+
+
+def test_the_circle_finder_finds_a_circle():
+    graph = grimp.ImportGraph()
+    for module in ("p", "p.a", "p.b", "p.c"):
+        graph.add_module(module)
+    graph.add_import(importer="p.a", imported="p.b")
+    graph.add_import(importer="p.b", imported="p.a")
+    graph.add_import(importer="p.c", imported="p.a")
+    assert import_circles(graph) == [["p.a", "p.b"]]
+
+
+def test_no_module_over_the_line_limit():
+    long = {}
+    for path in sorted(PKG.rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if checked(module) and lines > MAX_LINES:
+            long[module] = lines
+    assert not long, f"modules over {MAX_LINES} lines (split them by concern): {long}"
+
+
+def test_the_readme_layout_names_every_top_level_module():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Layout\n.*?```\n(.*?)```", readme, re.S).group(1)
+    names = {p.stem for p in PKG.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    names |= {p.name for p in PKG.iterdir() if (p / "__init__.py").is_file()}
+    missing = sorted(n for n in names if not re.search(rf"(?<![\w/]){re.escape(n)}(\.py|/)", block))
+    assert not missing, f"README layout omits {missing}"
+    assert "docs/architecture.md" in readme.split("## Layout", 1)[1].split("## ", 1)[0]
