@@ -29,7 +29,7 @@ def main() -> None:
     import analogai_deploy as ad
     from analogai_deploy.certification import CertifyConfig, DeviceConfig, _bench, _to_aihwkit, monte_carlo
     from analogai_deploy.hardware.devices import rpu_config
-    from analogai_deploy.certification.evaluation import run, score
+    from analogai_deploy.metrics import run, score
     from analogai_deploy.benchmarks import median_time
 
     with tempfile.TemporaryDirectory() as tmp:

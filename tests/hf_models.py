@@ -17,7 +17,7 @@ def bpe_tokenizer(folder: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from analogai_deploy.certification.evaluation import SENTENCES
+    from analogai_deploy.data.eval_set import SENTENCES
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

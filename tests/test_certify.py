@@ -15,7 +15,7 @@ from analogai_deploy.hardware.probe import tile_support
 from analogai_deploy.certification import (CertifyConfig, _bench, _resolved, _to_aihwkit, apply_overrides,
                                            monte_carlo, parse_sweep)
 from analogai_deploy.hardware.devices import DeviceConfig, choose_tile, rpu_config
-from analogai_deploy.certification.evaluation import normalised, parse_times, stats
+from analogai_deploy.metrics import normalised, parse_times, stats
 from analogai_deploy.errors import UsageError
 
 needs_cpp = pytest.mark.skipif(not tile_support().get("cpp"), reason="aihwkit C++ tiles do not run with this torch")
@@ -159,20 +159,20 @@ def test_sample_count_shown_and_a_tiny_test_set_warned(pkg, cli):
 
 
 def test_normalised_accuracy_omitted_near_chance(lenet_pkg, tmp_path):
-    from analogai_deploy.certification import precision
+    from analogai_deploy.metrics import statistics
 
     cert = ad.certify(lenet_pkg, times="1d", repeats=2, write=False)  # untrained: digital at about chance
     assert cert["digital"]["accuracy"] < 0.2 and cert["results"][0]["normalised"] is None
     assert cert["normalised_note"].startswith("normalised accuracy omitted: the digital model")
     # 12% on 271 samples with 10 classes: 2 pp above chance, so sampling would move A by far more than 20 pp
-    note = precision.normalised_note(0.12, 10, 271)
+    note = statistics.normalised_note(0.12, 10, 271)
     assert "only 2.0 pp above chance" in note
-    assert precision.normalised_note(0.97, 10, 271) is None
-    assert precision.normalised_note(1.0, 2, 1) is not None  # one sample says nothing
+    assert statistics.normalised_note(0.97, 10, 271) is None
+    assert statistics.normalised_note(1.0, 2, 1) is not None  # one sample says nothing
     # 1 of 3 right with 3 classes, as a float32 mean: at chance, not a margin of 1e-8 blown up to +/-3e9 pp
     import numpy as np
-    assert "no better than chance" in precision.normalised_note(float(np.float32(1 / 3)), 3, 3)
-    lo, hi = precision.wilson(1.0, 1)
+    assert "no better than chance" in statistics.normalised_note(float(np.float32(1 / 3)), 3, 3)
+    lo, hi = statistics.wilson(1.0, 1)
     assert hi == 1.0 and 0.2 < lo < 0.21
 
 
@@ -453,14 +453,14 @@ def test_repeats_auto_stops_at_the_ci_width_and_equals_a_fixed_run(pkg, cli):
 
 
 def test_a_wide_monte_carlo_ci_is_reported_in_the_metrics_units():
-    from analogai_deploy.certification import precision
+    from analogai_deploy.metrics import statistics
 
     rows = [{"time": "1d", "mean": 0.5, "ci95": [0.4, 0.6]}]
-    assert "is 20.0 pp wide with 2 repeats" in precision.warnings("cosine", 1000, 2, rows)[0]
+    assert "is 20.0 pp wide with 2 repeats" in statistics.warnings("cosine", 1000, 2, rows)[0]
     ratio = [{"time": "1d", "mean": 5000.0, "ci95": [4500.0, 5500.0]}]  # a perplexity ratio is no fraction
-    (line,) = precision.warnings("perplexity_ratio", 8, 2, ratio)
+    (line,) = statistics.warnings("perplexity_ratio", 8, 2, ratio)
     assert "is 1000 (20% of the value) wide" in line and "pp" not in line
-    assert precision.warnings("perplexity_ratio", 8, 2, [{"time": "1d", "mean": 2.0, "ci95": [1.95, 2.05]}]) == []
+    assert statistics.warnings("perplexity_ratio", 8, 2, [{"time": "1d", "mean": 2.0, "ci95": [1.95, 2.05]}]) == []
 
 
 def test_a_setting_beside_a_certify_config_is_refused_not_dropped(lenet_pkg):

@@ -30,7 +30,7 @@ def _one_line_refusal(code: int, err: str, *words: str) -> bool:
 
 
 def _stats(values, bounds=(0.0, 1.0)):
-    from analogai_deploy.certification.evaluation import stats
+    from analogai_deploy.metrics import stats
 
     return stats(values, bounds)
 

@@ -13,7 +13,8 @@ import pytest
 
 import analogai_deploy as ad
 from analogai_deploy import labels
-from analogai_deploy.certification import evaluation
+from analogai_deploy.data.eval_set import load_eval_set
+from analogai_deploy.metrics import run
 from analogai_deploy.package import read_config
 
 import hf_models
@@ -34,8 +35,8 @@ def pos_neg_neu(tmp_path_factory, minilm_dir):
     src = hf_models.bert_classifier(root / "hf", minilm_dir, labels=["pos", "neg", "neu"])
     pkg = ad.convert(f"hf:{src}", output=root / "pkg")
     (root / "reviews.txt").write_text("\n".join(REVIEWS) + "\n")
-    data = evaluation.load_eval_set(pkg.path, pkg.config, f"text:{root / 'reviews.txt'}")
-    predicted = evaluation.run(to_digital(pkg.model).eval(), data).argmax(1).tolist()
+    data = load_eval_set(pkg.path, pkg.config, f"text:{root / 'reviews.txt'}")
+    predicted = run(to_digital(pkg.model).eval(), data).argmax(1).tolist()
     return root, pkg.path, predicted
 
 
@@ -168,7 +169,7 @@ def test_image_labels_are_recorded_by_recover_and_read_by_certify(nets, tmp_path
     assert "Classes (output order): cat, dog." in (tmp_path / "r" / "README.md").read_text()
     # another folder with only the dogs: class 0 there is the model's class 1
     dogs = _imagefolder(tmp_path / "dogs", ["dog"], per_class=8)
-    data = evaluation.load_eval_set(tmp_path / "r", config, f"imagefolder:{dogs}")
+    data = load_eval_set(tmp_path / "r", config, f"imagefolder:{dogs}")
     assert set(data.labels.tolist()) == {1} and data.label_names == ["cat", "dog"]
     other = _imagefolder(tmp_path / "birds", ["bird", "cat"])
     code, _, err = cli("certify", tmp_path / "r", "--data", f"imagefolder:{other}", *QUICK)
@@ -195,7 +196,7 @@ def test_masked_lm_scores_every_token_in_recover_certify_and_export(minilm_dir, 
     assert code == 0, err
     cert = json.loads(out)
     assert cert["metric"] == "agreement" and cert["digital"]["agreement"] == 1.0  # per token, not a pooled cosine
-    data = evaluation.load_eval_set(pkg.path, pkg.config, "sentences")
+    data = load_eval_set(pkg.path, pkg.config, "sentences")
     assert data.kind == "tokens" and data.token_mask.shape == (data.n, 32)
     rec = load_recipe("vanilla", [], text=True)
     objective = objectives.choose(pkg.config, type("D", (), {"labelled": False, "spec": "corpus"})(), rec)

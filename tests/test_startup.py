@@ -119,7 +119,7 @@ def test_t_quantile_is_the_student_t_quantile():
     import mpmath
     from scipy.stats import t
 
-    from analogai_deploy.certification.precision import t_quantile
+    from analogai_deploy.metrics.statistics import t_quantile
 
     mpmath.mp.dps = 40
     worst = 0.0

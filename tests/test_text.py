@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import analogai_deploy as ad
-from analogai_deploy.certification import evaluation
+from analogai_deploy import metrics
+from analogai_deploy.data import eval_set
 from analogai_deploy.data import text as text_data
 from analogai_deploy.errors import UsageError
 from analogai_deploy.labels import ids as label_ids
@@ -70,7 +71,7 @@ def word_tokenizer():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    texts = text_data.corpus("train") + text_data.corpus("heldout") + evaluation.SENTENCES
+    texts = text_data.corpus("train") + text_data.corpus("heldout") + eval_set.SENTENCES
     words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[EOS]", *words])}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
@@ -114,7 +115,7 @@ def test_file_formats_labels_and_errors(tmp_path):
 def test_the_shipped_corpus_is_package_data_and_held_out():
     train, held = text_data.corpus("train"), text_data.corpus("heldout")
     assert len(train) >= 300 and len(held) >= 100
-    assert not set(train) & set(held) and not set(train) & set(evaluation.SENTENCES)
+    assert not set(train) & set(held) and not set(train) & set(eval_set.SENTENCES)
     assert "data/corpus/*.txt" in (ROOT / "pyproject.toml").read_text()
 
 
@@ -275,7 +276,7 @@ def test_lm_metrics_and_the_gate_direction(tiny, tmp_path):
     cert = ad.certify(pkg, times="1d", repeats=2, data="sentences", limit=8)
     assert cert["metric"] == "next_token_agreement" and 0 < cert.result("1d")["mean"] < 1
     assert "normalised_note" not in cert  # no chance level to normalise a next-token agreement against
-    m = evaluation.METRICS["perplexity_ratio"]
+    m = metrics.METRICS["perplexity_ratio"]
     assert m.drop_pp(1.0, [1.01, 1.04]) == pytest.approx(4.0) and m.threshold(1.0, 5) == pytest.approx(1.05)
     with pytest.raises(UsageError, match="causal language model"):
         ad.certify(pkg, times="1d", repeats=2, metric="cosine")
@@ -285,14 +286,14 @@ def test_lm_metrics_and_the_gate_direction(tiny, tmp_path):
 
 def test_lm_scores_are_exact_on_the_digital_model(tiny):
     config = read_config(tiny["lm"])
-    data = evaluation.load_eval_set(tiny["lm"], config, "sentences", limit=4)
+    data = eval_set.load_eval_set(tiny["lm"], config, "sentences", limit=4)
     model = ad.load(tiny["lm"]).model.eval()
-    out = evaluation.run(model, data)
-    assert evaluation.score("next_token_agreement", out, data, out) == 1.0
-    assert evaluation.score("perplexity_ratio", out, data, out) == 1.0
+    out = metrics.run(model, data)
+    assert metrics.score("next_token_agreement", out, data, out) == 1.0
+    assert metrics.score("perplexity_ratio", out, data, out) == 1.0
     worse = out.clone().view(4, -1, 2)
     worse[..., 1] += math.log(2)  # every true next token twice as unlikely: perplexity doubles
-    assert evaluation.score("perplexity_ratio", worse.view(4, -1), data, out) == pytest.approx(2.0)
+    assert metrics.score("perplexity_ratio", worse.view(4, -1), data, out) == pytest.approx(2.0)
 
 
 # ---------------------------------------------------------------- a real Llama: SmolLM2-135M from its GGUF file
@@ -369,12 +370,12 @@ def test_a_distilled_package_is_certified_against_its_teacher_not_itself(tiny, t
     assert cert["data"]["reference"]["sha256"] == src.weights_sha256
 
     # the digital value is the student's clean cosine to the teacher, computed here independently
-    ev = evaluation.load_eval_set(tmp_path / "s", pkg.config, None, model=None)
+    ev = eval_set.load_eval_set(tmp_path / "s", pkg.config, None, model=None)
     from analogai_deploy.analog.convert import to_digital
 
-    student = evaluation.run(to_digital(ad.load(tmp_path / "s").model).eval(), ev)
-    teacher = evaluation.run(to_digital(src.model).eval(), ev)
-    expected = evaluation.score("cosine", student, ev, teacher)
+    student = metrics.run(to_digital(ad.load(tmp_path / "s").model).eval(), ev)
+    teacher = metrics.run(to_digital(src.model).eval(), ev)
+    expected = metrics.score("cosine", student, ev, teacher)
     assert cert["digital"]["cosine"] == pytest.approx(expected, abs=1e-6) and expected < 1 - 1e-4
     plain = certify(tiny["encoder"], times="1d", repeats=1, engine="fast", write=False)
     assert plain["digital"]["cosine"] == pytest.approx(1.0, abs=1e-6)

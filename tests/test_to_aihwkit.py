@@ -11,7 +11,7 @@ import torch
 import analogai_deploy as ad
 from analogai_deploy.certification import CertifyConfig, _bench, _resolved, half_width, stream_seed
 from analogai_deploy.hardware.devices import DeviceConfig, rpu_config
-from analogai_deploy.certification.evaluation import run, score
+from analogai_deploy.metrics import run, score
 from analogai_deploy.analog.mapping import MappingConfig
 from analogai_deploy.analog.tiles import to_aihwkit as tiles_to_aihwkit
 from analogai_deploy.errors import UsageError

@@ -389,7 +389,7 @@ def calibration_batches(package_path, config: dict[str, Any], mapping: MappingCo
                         data_spec: str | None) -> tuple[list, dict[str, Any]]:
     """The calibration inputs and where they came from: never the evaluation samples by default
     (the train split of the dataset for images, CALIBRATION_SENTENCES for text)."""
-    from ..certification import evaluation
+    from ..data import eval_set as evaluation
 
     m = mapping.complete()
     n = m.calibration_samples
@@ -411,10 +411,10 @@ def calibration_batches(package_path, config: dict[str, Any], mapping: MappingCo
                   return_tensors="pt")
         batch = {k: enc[k] for k in names if k in enc}
         return [batch], {"spec": "calibration sentences (built in, not the evaluation ones)", "n": len(sentences),
-                         "fingerprint": evaluation._fingerprint(*batch.values())}
+                         "fingerprint": evaluation.fingerprint(*batch.values())}
     from ..data import load
 
     spec = m.calibration or data_spec or "digits"
     d = load(spec, input_shape=inp.get("shape"))
-    x, _ = evaluation._tensors(d.train, n)
-    return [x], {"spec": spec, "split": "train", "n": len(x), "fingerprint": evaluation._fingerprint(x)}
+    x, _ = evaluation.materialise(d.train, n)
+    return [x], {"spec": spec, "split": "train", "n": len(x), "fingerprint": evaluation.fingerprint(x)}

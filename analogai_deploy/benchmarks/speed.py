@@ -292,7 +292,7 @@ def _certify_repeat(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
     from ..hardware.probe import tile_support
     from ..certification import CertifyConfig, DeviceConfig, _bench, _simulator, monte_carlo
     from ..hardware.devices import rpu_config
-    from ..certification.evaluation import run
+    from ..metrics import run
     from ..errors import UsageError as _Usage
 
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence")

@@ -35,13 +35,14 @@ from .._config import StrictConfig
 from .._marks import mark
 from ..errors import UsageError, unknown
 from ..analog import outliers
-from . import precision
+from ..metrics import statistics
 from ..hardware.devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
                       rpu_config)
 from ..analog.mapping import MAPPING_FIELDS, MappingConfig, package_mapping
 from .simulated import Mapped, map_digital, on_tiles
-from .evaluation import (METRIC_CHOICES, METRICS, EvalSet, load_eval_set, metric_info, normalised, parse_time,
-                         parse_times, resolve_metric, run, score, stats)
+from ..data.eval_set import EvalSet, load_eval_set
+from ..metrics import (METRIC_CHOICES, METRICS, half_width, metric_info, normalised, parse_time, parse_times,
+                       resolve_metric, run, score, stats)
 
 __all__ = ["certify", "sweep", "to_aihwkit", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings", "CustomDevice", "MappingConfig",
            "DEVICES", "PRESETS", "METRICS", "apply_overrides", "parse_sweep"]
@@ -71,7 +72,7 @@ class CertifyConfig(StrictConfig):
     data: dataset spec for image packages (default digits); for text packages sentences (default), corpus
         (the shipped held-out English), text:FILE, generated:N (causal LMs) or tokens.
     metric: auto, accuracy, agreement (top-1 vs digital), cosine (outputs vs digital), next_token_agreement or
-        perplexity_ratio (causal LMs; see evaluation.METRICS for which way each is better).
+        perplexity_ratio (causal LMs; see metrics.METRICS for which way each is better).
     times: after programming: 1s, 1h, 1d, 1y or seconds; None = 1s,1h,1d,1y, or the times a device
         model is characterised at (ReRAM: 1s, 1d, 2d).  repeats: Monte Carlo repeats (>= 2 for a gate), or
         "auto": add repeats until the 95% CI half-width at every time is <= ci_width percentage points (of the
@@ -412,16 +413,6 @@ def _spread(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], re
     return [[v for part in parts for v in part[j]] for j in range(len(times))]
 
 
-def half_width(values: list[float]) -> float:
-    """The Student-t 95% CI half-width of the mean of `values` (unclipped; inf for fewer than two values)."""
-    n = len(values)
-    if n < 2:
-        return math.inf
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return precision.t_quantile(0.975, n - 1) * std / math.sqrt(n)
-
-
 def _adaptive(analog: nn.Module, bench: _Bench, times: list[tuple[str, float]], cfg: CertifyConfig,
               progress: Callable[..., Any] | None = None) -> tuple[list[list[float]], dict[str, Any]]:
     """--repeats auto: AUTO_START repeats, then more until every time's 95% CI half-width is <= ci_width pp
@@ -507,16 +498,16 @@ def _placement_block(bench: _Bench, simulated: list[str]) -> dict[str, Any]:
 
 
 def _normalised_note(bench: _Bench) -> str | None:
-    """Why the normalised accuracy is left out (precision.py); None where it is given or does not apply."""
-    if not precision.is_proportion(bench.metric):
+    """Why the normalised accuracy is left out (metrics/statistics.py); None where it is given or does not apply."""
+    if not statistics.is_proportion(bench.metric):
         return None
     classes = bench.data.num_classes or bench.config.get("num_classes")
-    return precision.normalised_note(bench.digital_value, classes, bench.data.n)
+    return statistics.normalised_note(bench.digital_value, classes, bench.data.n)
 
 
 def _results(bench: _Bench, times: list[tuple[str, float]], values: list[list[float]]) -> list[dict[str, Any]]:
     classes = bench.data.num_classes or bench.config.get("num_classes")
-    given = precision.is_proportion(bench.metric) and _normalised_note(bench) is None
+    given = statistics.is_proportion(bench.metric) and _normalised_note(bench) is None
     rows = []
     for (label, seconds), vals in zip(times, values):
         s = stats(vals, metric_info(bench.metric).bounds)
@@ -769,7 +760,7 @@ def certify(
     note = _normalised_note(bench)
     if note:
         cert["normalised_note"] = note
-    cert["warnings"] = precision.warnings(bench.metric, bench.data.n, repeats, results)
+    cert["warnings"] = statistics.warnings(bench.metric, bench.data.n, repeats, results)
     if adaptive is not None and not adaptive["reached"]:
         cert["warnings"].append(f"--repeats auto stopped at --max-repeats {cfg.max_repeats} before every 95% CI "
                                 f"half-width was <= {cfg.ci_width:g} pp (widest "

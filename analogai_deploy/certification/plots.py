@@ -27,7 +27,7 @@ def certificate_figure(cert: dict[str, Any], title: str = "", model: str = ""):
     from matplotlib.figure import Figure
 
     from ..package.card import simulator
-    from .evaluation import metric_info
+    from ..metrics import metric_info
 
     metric = cert["metric"]
     info = metric_info(metric)

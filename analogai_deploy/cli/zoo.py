@@ -181,7 +181,7 @@ def _size(n: Any) -> str:
 
 def _value(metric: Any, x: Any) -> str:
     """A certificate number in its metric's form (a percentage, or a plain number for a ratio)."""
-    from ..certification.evaluation import metric_info
+    from ..metrics import metric_info
 
     if x is None:
         return "-"

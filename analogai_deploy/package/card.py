@@ -28,7 +28,7 @@ def simulator(cert: dict[str, Any]) -> str:
 
 def results_markdown(cert: dict[str, Any]) -> str:
     """The certificate's results as a markdown table (model card, CLI, benchmarks)."""
-    from ..certification.evaluation import metric_info
+    from ..metrics import metric_info
 
     metric = cert.get("metric", "accuracy")
     fmt = metric_info(metric).format  # percentages for fractions; a perplexity ratio as a plain number

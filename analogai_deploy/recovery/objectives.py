@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from ..metrics import batch_score, pooled, primary_output
 from ..tasks import output_kind
 
 LOSSES = ("auto", "cross_entropy", "cosine", "mse", "kl")
@@ -40,7 +41,7 @@ class Objective:
 
     def forward(self, model: nn.Module, x) -> torch.Tensor:
         out = model(x)
-        return out if isinstance(out, torch.Tensor) else _primary(out)  # HF image classifiers return an output object
+        return out if isinstance(out, torch.Tensor) else primary_output(out)  # HF image classifiers return an output object
 
     def targets(self, x, y):
         return y
@@ -53,16 +54,10 @@ class Objective:
         return F.cross_entropy(z / temperature if temperature else z, y, reduction=reduction)
 
     def score(self, z: torch.Tensor, y: torch.Tensor, x) -> torch.Tensor:
-        return (z.argmax(1) == y).sum()
+        return batch_score(self.metric, z, y)
 
     def describe(self) -> dict[str, Any]:
         return {"loss": self.name, "metric": self.metric, "labels": True}
-
-
-def _primary(out: Any) -> torch.Tensor:
-    from ..certification.evaluation import _primary as primary
-
-    return primary(out)
 
 
 class TextObjective(Objective):
@@ -81,10 +76,8 @@ class TextObjective(Objective):
                        "kl": "next_token_agreement" if output == "tokens" and causal else "agreement"}[loss]
 
     def forward(self, model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = _primary(model(**x))
+        out = primary_output(model(**x))
         if self.output == "pooled":
-            from ..certification.evaluation import pooled
-
             return pooled(out, x["attention_mask"])
         return out
 
@@ -116,15 +109,8 @@ class TextObjective(Objective):
         return t * t * kl.mean()
 
     def score(self, z: torch.Tensor, y: torch.Tensor, x) -> torch.Tensor:
-        if self.name == "cross_entropy":
-            return (z.argmax(1) == y).sum()
-        if self.name in ("cosine", "mse"):
-            return F.cosine_similarity(z.float(), y, dim=-1).sum()
-        same = (z.argmax(-1) == y.argmax(-1)).float()
-        if self.output == "tokens":  # per sample: the share of its real positions that agree
-            m = self._mask(x)
-            return ((same * m).sum(1) / m.sum(1).clamp_min(1)).sum()
-        return same.sum()
+        # token outputs: per sample, the share of its real positions that agree
+        return batch_score(self.metric, z, y, self._mask(x) if self.output == "tokens" else None)
 
     def describe(self) -> dict[str, Any]:
         d = {"loss": self.name, "metric": self.metric, "labels": self.name == "cross_entropy", "output": self.output}

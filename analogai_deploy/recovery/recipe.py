@@ -292,7 +292,7 @@ class NoiseModelConfig(StrictConfig):
     @property
     def seconds(self) -> tuple[float, ...]:
         """`times` in seconds after programming (the `device` model's draws)."""
-        from ..certification.evaluation import parse_times
+        from ..metrics import parse_times
 
         return tuple(s for _, s in parse_times(self.times))
 

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError, closest
+from ..metrics import primary_output
 
 
 @dataclass
@@ -115,10 +116,8 @@ def check_runs(src: Source, name: str, num_classes: int | None = None) -> None:
 
 def _output_width(src: Source, name: str, out, num_classes: int | None) -> int:
     """The number of classes a classifier's trial output has, checked against what it should have."""
-    from ..certification.evaluation import _primary
-
     try:
-        scores = _primary(out)
+        scores = primary_output(out)
     except UsageError:
         scores = None
     rank = 3 if src.task == "token-classification" else 2

@@ -70,7 +70,7 @@ def check_source(config: dict[str, Any], where: Path | str) -> None:
 
 def metric_of(name: Any) -> tuple[bool, tuple[float, float]]:
     """(higher is better, value bounds) of a certificate's metric, from certify's own metric table."""
-    from ..certification.evaluation import METRICS
+    from ..metrics import METRICS
 
     m = METRICS.get(name) if isinstance(name, str) else None
     if m is None:
@@ -88,7 +88,7 @@ def _close(a: float, b: float) -> bool:
 
 def check_values(certificate: dict[str, Any], where: Path | str) -> None:
     """Every recorded mean, CI and min follows from the recorded per-repeat values (an edit shows here)."""
-    from ..certification.evaluation import stats
+    from ..metrics import stats
 
     _, bounds = metric_of(certificate.get("metric"))
     repeats = certificate.get("repeats")
@@ -146,7 +146,7 @@ def recertify_args(certificate: dict[str, Any], policy: Policy) -> str:
 def verdict(certificate: dict[str, Any], policy: Policy, where: Path | str) -> dict[str, Any]:
     """The gate's verdict, recomputed from the recorded values, the certificate's own gate and the policy.
     Raises OperationFailed when the package may not enter (no gate, a gate looser than the policy, a fail)."""
-    from ..certification.evaluation import parse_time
+    from ..metrics import parse_time
 
     settings = certificate.get("settings") or {}
     max_drop, at = settings.get("max_drop"), settings.get("at")
@@ -175,7 +175,7 @@ def verdict(certificate: dict[str, Any], policy: Policy, where: Path | str) -> d
     digital = (certificate.get("digital") or {}).get(metric)
     if not isinstance(digital, (int, float)) or not math.isfinite(digital):
         raise PackageError(f"{where}/certificate.json records no digital {metric}", f"certify {where} again")
-    from ..certification.evaluation import stats
+    from ..metrics import stats
 
     ci = stats([float(v) for v in row["values"]], bounds)["ci95"]
     drop_pp = 100.0 * (digital - ci[0] if higher else ci[1] - digital)
@@ -238,7 +238,7 @@ def t_test(cert_values: list[float], spot_values: list[float], alpha: float, res
     (normal repeats). Requiring the spot mean to lie inside the certificate's own CI would ignore the spot
     mean's own noise and refuse honest packages far more often (docs/zoo.md gives both rates).
     `resolution`: the metric's step (1/n for a count over n samples): differences below it always pass."""
-    from ..certification.precision import t_quantile
+    from ..metrics.statistics import t_quantile
 
     n1, n2 = len(cert_values), len(spot_values)
     m1, m2 = sum(cert_values) / n1, sum(spot_values) / n2

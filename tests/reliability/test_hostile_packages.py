@@ -170,7 +170,7 @@ def config_input_edited(p: Path) -> None:
 def _consistent(c: dict, shift: float) -> None:
     """Move every per-repeat value by `shift` and recompute mean, std, CI and min: a forgery that agrees
     with itself."""
-    from analogai_deploy.certification.evaluation import stats
+    from analogai_deploy.metrics import stats
 
     for r in c["results"]:
         r["values"] = [min(1.0, max(0.0, v + shift)) for v in r["values"]]

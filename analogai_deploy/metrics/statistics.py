@@ -1,10 +1,11 @@
-"""How far a certificate's numbers can be trusted, said on the certificate itself.
+"""Statistics of a certificate's numbers, and how far they can be trusted, said on the certificate itself.
 
-Two errors sit on every mean: the Monte Carlo error over repeats (the certificate's 95% CI, which
-more repeats shrink) and the test set's sampling error (fixed by the number of samples: one test
-image gives 0% or 100% whatever the repeats). Both are checked here; a certificate carries a
-warning for each that is wider than WIDE_PP, and the normalised accuracy is omitted, with the
-reason, where the digital model is too close to chance for it to mean anything.
+`stats` gives the mean and the Student-t 95% CI over Monte Carlo repeats; `normalised` the normalised
+accuracy (Rasch et al. 2023). Two errors sit on every mean: the Monte Carlo error over repeats (the
+certificate's 95% CI, which more repeats shrink) and the test set's sampling error (fixed by the number of
+samples: one test image gives 0% or 100% whatever the repeats). Both are checked here; a certificate carries a
+warning for each that is wider than WIDE_PP, and the normalised accuracy is omitted, with the reason, where
+the digital model is too close to chance for it to mean anything.
 """
 from __future__ import annotations
 
@@ -150,3 +151,33 @@ def warnings(metric: str, n: int, repeats: int, results: list[dict[str, Any]]) -
 
 def _width(interval) -> float:
     return interval[1] - interval[0]
+
+
+def stats(values: list[float], bounds: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+    """mean, sample std, Student-t 95% CI of the mean (clipped to the metric's range), min."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = half_width(values) if n > 1 else 0.0
+    lo, hi = max(bounds[0], mean - half), min(bounds[1], mean + half)
+    return {"mean": mean, "std": std, "ci95": [lo, hi], "min": min(values)}
+
+
+def half_width(values: list[float]) -> float:
+    """The Student-t 95% CI half-width of the mean of `values` (unclipped; inf for fewer than two values)."""
+    n = len(values)
+    if n < 2:
+        return math.inf
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return t_quantile(0.975, n - 1) * std / math.sqrt(n)
+
+
+def normalised(value: float, digital: float, num_classes: int | None) -> float | None:
+    """Rasch et al. (2023): A = 1 - (err - err_FP) / (err_chance - err_FP); None when undefined."""
+    if not num_classes or num_classes < 2:
+        return None
+    err, err_fp, err_chance = 1 - value, 1 - digital, 1 - 1 / num_classes
+    if err_chance - err_fp <= 1e-9:  # the digital model is no better than chance
+        return None
+    return 1 - (err - err_fp) / (err_chance - err_fp)
