@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from analogai_deploy.benchmarks import AblationConfig, ablation, ablation_markdown, ablation_report, ablation_table
-from analogai_deploy.benchmarks.ablation import RECIPES, cell_name, passes_per_round, plan, write_report
+from analogai_deploy.benchmarks import write_report
+from analogai_deploy.benchmarks.ablation_plan import RECIPES, cell_name, passes_per_round, plan
 from analogai_deploy.errors import UsageError
 
 

@@ -1,131 +1,23 @@
 """The recipe ablation: train every recipe at two budgets, certify each on aihwkit PCM, tables and a PNG.
 
-A study is one (model, width) x recipes x seeds x budgets. Every finished cell - one trained and certified
-(model, width, recipe, seed, rounds) - is a small JSON file in the cache folder, so a stopped study resumes
-where it stopped, finished cells can be committed, and `--report-only` rebuilds the tables and the PNG from
-the cache alone. Two budgets:
-  seed:  each recipe as configured, the same number of rounds for every recipe;
-  equal: every recipe gets the same number of forward+backward passes over the training set (an MSNAT round
-         is 5 clients x 4 feedback passes = 20 passes, a vanilla round 1), so cheaper recipes train more rounds.
-A cell whose rounds are the same under both budgets (msnat's, whose passes set the equal budget) is trained once.
+Every finished cell - one trained and certified (model, width, recipe, seed, rounds) - is a small JSON file in
+the cache folder, so a stopped study resumes where it stopped, finished cells can be committed, and
+`--report-only` rebuilds the tables and the PNG from the cache alone. The study's plan and its budgets:
+ablation_plan.py; its tables and PNG: ablation_tables.py.
 """
 from __future__ import annotations
 
 import gc
 import json
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._config import StrictConfig
 from ..errors import UsageError
-from .common import describe_machine, machine, update_markdown
-
-RECIPES = ("vanilla", "single_noise", "msnat_no_fi", "msnat_no_fl", "msnat", "hwa_aihwkit", "afm")
-BUDGETS = ("seed", "equal")
-#: the seed's figure: accuracy vs aihwkit's per-MAC weight noise n_w (forward.w_noise, C++ tiles)
-N_W = (0.0, 0.05, 0.10, 0.14, 0.20)
-#: --gpu: train on cuda with larger batches; aihwkit certifies on the CPU. Untested: no GPU here.
-GPU_ABLATION = {"device": "cuda", "batch_size": 256}
-
-
-@dataclass
-class AblationConfig(StrictConfig):
-    """What one study trains and certifies.
-
-    models: built-in or torchvision names; width: resnet18_cifar's base width (None = the model's own).
-    recipes: any recipe `recover` takes (a shipped name or a YAML path). rounds: the seed budget's rounds for
-      every recipe; the equal budget gives every recipe `equal_passes` passes (None = the most passes any
-      listed recipe makes in `rounds` rounds, i.e. msnat's).
-    n_w: the weight-noise axis, certified at sweep_time; times: PCM drift points (n_w = 0), the package's
-      own mapping. repeats: Monte Carlo repeats per point. limit: certify on at most this many test samples.
-    """
-
-    models: list[str] = field(default_factory=lambda: ["lenet", "mlp"])
-    width: int | None = None
-    recipes: list[str] = field(default_factory=lambda: list(RECIPES))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    budgets: list[str] = field(default_factory=lambda: list(BUDGETS))
-    rounds: int = 20
-    equal_passes: int | None = None
-    data: str = "digits"
-    input_shape: list[int] | None = None
-    batch_size: int | None = None
-    repeats: int = 10
-    n_w: list[float] = field(default_factory=lambda: list(N_W))
-    sweep_time: str = "1s"
-    times: list[str] = field(default_factory=lambda: ["1s", "1d", "1y"])
-    device: str = "auto"
-    num_classes: int = 10
-    limit: int | None = None
-
-    def __post_init__(self):
-        bad = [b for b in self.budgets if b not in BUDGETS]
-        if bad:
-            from ..errors import unknown
-
-            raise unknown("budget", bad[0], BUDGETS)
-        if self.rounds < 1 or self.repeats < 2 or not self.seeds or not self.recipes or not self.n_w:
-            raise UsageError("rounds must be >= 1, repeats >= 2, and seeds, recipes and n_w non-empty")
-        if self.sweep_time not in self.times:
-            raise UsageError(f"sweep_time {self.sweep_time} must be one of the drift times {self.times}")
-        if 0.0 not in self.n_w:
-            raise UsageError("n_w must include 0 (the drift table's point at sweep_time)")
-
-    def certify_settings(self) -> dict[str, Any]:
-        """What a cached cell's numbers depend on besides its training: a cell certified otherwise is refused."""
-        return {"data": self.data, "repeats": self.repeats, "n_w": list(self.n_w), "sweep_time": self.sweep_time,
-                "times": list(self.times), "limit": self.limit}
-
-
-def passes_per_round(recipe: str) -> int:
-    """Forward+backward passes over the training set one round of `recipe` makes: epochs x FI clients x
-    (1 + feedback deltas when FL is on) x 2 with SAM, + the adversarial attack's passes. aihwkit HWA: epochs."""
-    from ..recovery.recipe import load
-
-    r = load(recipe)
-    t, rec = r.training, r.recovery
-    if t.engine == "aihwkit_hwa":
-        return t.epochs_per_round
-    clients = len(rec.noise) if t.use_FI and len(rec.noise) > 1 else 1
-    per_batch = (1 + len(rec.feedback.deltas)) if t.use_FL else 1
-    per_batch *= 2 if rec.optimizer.sam else 1
-    adv = rec.adversarial
-    per_batch += (1 if adv.FGSM.use else 0) + (adv.PGD.steps if adv.PGD.use else 0)
-    return t.epochs_per_round * clients * per_batch
-
-
-def plan(cfg: AblationConfig) -> list[dict[str, Any]]:
-    """Every (model, recipe, seed, budget) with its rounds and passes, in run order: seed by seed (the most
-    informative first), cheapest first within a seed. Cells of equal rounds share one training run."""
-    ppr = {r: passes_per_round(r) for r in cfg.recipes}
-    equal = cfg.equal_passes or cfg.rounds * max(ppr.values())
-    cells = []
-    for model in cfg.models:
-        for seed in cfg.seeds:
-            tier = []
-            for budget in cfg.budgets:
-                for recipe in cfg.recipes:
-                    rounds = cfg.rounds if budget == "seed" else max(1, equal // ppr[recipe])
-                    tier.append({"model": model, "width": cfg.width, "recipe": recipe, "seed": seed,
-                                 "budget": budget, "rounds": rounds, "passes": rounds * ppr[recipe],
-                                 "passes_per_round": ppr[recipe]})
-            tier.sort(key=lambda c: c["passes"] * (8 if c["recipe"] == "hwa_aihwkit" else 1))
-            cells += tier
-    order = {m: i for i, m in enumerate(cfg.models)}
-    seeds = {s: i for i, s in enumerate(cfg.seeds)}
-    return sorted(cells, key=lambda c: (seeds[c["seed"]], order[c["model"]]))  # stable: keeps cost order
-
-
-def model_label(model: str, width: int | None) -> str:
-    return f"{model}-w{width}" if width else model
-
-
-def cell_name(cell: dict[str, Any]) -> str:
-    return f"{model_label(cell['model'], cell['width'])}-{Path(cell['recipe']).stem}-s{cell['seed']}-r{cell['rounds']}"
+from .ablation_plan import BUDGETS, GPU_ABLATION, N_W, RECIPES, AblationConfig, cell_name, model_label, plan
+from .ablation_tables import ablation_markdown, write_report
+from .common import machine
 
 
 def _cached(cache: Path, cell: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -274,164 +166,6 @@ def ablation_report(config: AblationConfig, cache: str | Path) -> dict[str, Any]
         if (row := _cached(cache, c, settings)) is not None:
             rows[cell_name(c)] = row
     return {"config": config.to_dict(), "plan": cells, "cells": rows, "trained": 0}
-
-
-def _agg(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def ablation_table(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per (model, budget, recipe) with finished cells: mean and std over seeds of each seed's
-    Monte Carlo mean, its passes, and the widest Monte Carlo 95% CI half-width among its cells."""
-    cfg = result["config"]
-    rows = []
-    for model in cfg["models"]:
-        for budget in cfg["budgets"]:
-            for recipe in cfg["recipes"]:
-                plan_ = [c for c in result["plan"] if (c["model"], c["budget"], c["recipe"]) == (model, budget, recipe)]
-                runs = [result["cells"][cell_name(c)] for c in plan_ if cell_name(c) in result["cells"]]
-                if not runs:
-                    continue
-                half = [(v["ci95"][1] - v["ci95"][0]) / 2 for r in runs for v in (*r["n_w"].values(),
-                                                                                  *r["drift"].values())]
-                rows.append({
-                    "model": model, "width": cfg["width"], "budget": budget, "recipe": recipe,
-                    "seeds": [r["seed"] for r in runs], "of_seeds": len(plan_), "rounds": runs[0]["rounds"],
-                    "passes": runs[0]["passes"], "digital": _agg([r["digital"]["accuracy"] for r in runs]),
-                    "n_w": {v: _agg([r["n_w"][v]["mean"] for r in runs]) for v in runs[0]["n_w"]},
-                    "drift": {t: _agg([r["drift"][t]["mean"] for r in runs]) for t in cfg["times"]},
-                    "ci_half": max(half), "train_cpu_s": statistics.fmean(r["train"]["cpu_s"] for r in runs)})
-    return rows
-
-
-def _cell(ms: tuple[float, float], best: bool) -> str:
-    text = f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
-    return f"**{text}**" if best else text
-
-
-def verdict(rows: list[dict[str, Any]], keys: list[tuple[str, str, str]]) -> str:
-    """Who wins each condition and by how much over the runner-up; where msnat does not win, by how much it
-    trails ('within one std' when the gap is inside either row's seed spread)."""
-    if len(rows) < 2:
-        return f"only {rows[0]['recipe']} has finished cells so far."
-    wins, losses = [], []
-    for group, key, label in keys:
-        ranked = sorted(rows, key=lambda r: -r[group][key][0])
-        best = ranked[0]
-        wins.append(f"{label}: {best['recipe']} (+{100 * (best[group][key][0] - ranked[1][group][key][0]):.1f} "
-                    f"pp over {ranked[1]['recipe']})")
-        msnat = next((r for r in rows if r["recipe"] == "msnat"), None)
-        if msnat is not None and best is not msnat:
-            gap = best[group][key][0] - msnat[group][key][0]
-            tie = gap <= max(best[group][key][1], msnat[group][key][1])
-            losses.append(f"{label} ({best['recipe']} by {100 * gap:.1f} pp{', within one std' if tie else ''})")
-    text = "Best: " + "; ".join(wins) + "."
-    if any(r["recipe"] == "msnat" for r in rows):
-        text += (" MSNAT does not win at " + "; ".join(losses) + "." if losses
-                 else " MSNAT has the best mean everywhere.")
-    return text
-
-
-def ablation_markdown(result: dict[str, Any], png_name: str = "bench/ablation.png") -> str:
-    """Per model and budget: accuracy vs n_w, PCM drift, who wins; which cells are missing (a partial run)."""
-    cfg = result["config"]
-    rows = ablation_table(result)
-    names = list(dict.fromkeys(cell_name(c) for c in result["plan"]))
-    done = [n for n in names if n in result["cells"]]
-    out = []
-    if len(done) < len(names):
-        missing = [n for n in names if n not in result["cells"]]
-        listed = ("finished: " + ", ".join(done)) if len(done) <= len(missing) else ("missing: " + ", ".join(missing))
-        out.append(f"**Partial: {len(done)} of {len(names)} cells finished** ({listed}).\n")
-    for model in cfg["models"]:
-        for budget in cfg["budgets"]:
-            brows = [r for r in rows if r["model"] == model and r["budget"] == budget]
-            if not brows:
-                continue
-            label = model_label(model, cfg["width"])
-            what = (f"{cfg['rounds']} rounds for every recipe" if budget == "seed"
-                    else f"{max(r['passes'] for r in brows)} passes for every recipe")
-            out.append(f"**{label}, {budget} budget ({what}): accuracy % vs n_w at {cfg['sweep_time']}** "
-                       f"(mean ± std over seeds of each seed's {cfg['repeats']}-repeat Monte Carlo mean)\n")
-            nws = list(brows[0]["n_w"])
-            out.append("| recipe | rounds | passes | seeds | digital | " + " | ".join(f"n_w={v}" for v in nws)
-                       + " | MC CI ± |")
-            out.append("|---|---|---|---|---|" + "---|" * (len(nws) + 1))
-            best = {v: max(r["n_w"][v][0] for r in brows) for v in nws}
-            best_d = max(r["digital"][0] for r in brows)
-            for r in brows:
-                out.append(f"| {r['recipe']} | {r['rounds']} | {r['passes']} | {len(r['seeds'])}/{r['of_seeds']} | "
-                           f"{_cell(r['digital'], r['digital'][0] == best_d)} | "
-                           + " | ".join(_cell(r["n_w"][v], r["n_w"][v][0] == best[v]) for v in nws)
-                           + f" | {100 * r['ci_half']:.1f} |")
-            out.append("")
-            out.append(f"**{label}, {budget} budget: PCM drift (n_w = 0), accuracy %**\n")
-            out.append("| recipe | " + " | ".join(cfg["times"]) + " | train CPU time |")
-            out.append("|---|" + "---|" * (len(cfg["times"]) + 1))
-            best = {t: max(r["drift"][t][0] for r in brows) for t in cfg["times"]}
-            for r in brows:
-                out.append(f"| {r['recipe']} | " + " | ".join(_cell(r["drift"][t], r["drift"][t][0] == best[t])
-                                                             for t in cfg["times"]) + f" | {r['train_cpu_s']:.0f} s |")
-            out.append("")
-            keys = [("n_w", v, f"n_w={v}") for v in nws if v != "0"] + [("drift", t, f"PCM {t}") for t in cfg["times"]]
-            out.append(f"*{label}, {budget} budget: {verdict(brows, keys)}*\n")
-    out.append(f"![ablation]({png_name})\n")
-    return "\n".join(out)
-
-
-def ablation_png(result: dict[str, Any]) -> bytes:
-    """The seed's figure: accuracy vs n_w, one line per recipe (mean ± std over seeds), one panel per
-    (model, budget)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cfg = result["config"]
-    rows = ablation_table(result)
-    panels = [(m, b) for m in cfg["models"] for b in cfg["budgets"] if any(
-        r["model"] == m and r["budget"] == b for r in rows)] or [(cfg["models"][0], cfg["budgets"][0])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    recipes = list(dict.fromkeys(r["recipe"] for r in rows))  # one colour per recipe in every panel
-    colour = {name: f"C{i % 10}" for i, name in enumerate(recipes)}
-    for ax, (model, budget) in zip(axes[0], panels):
-        for r in (r for r in rows if r["model"] == model and r["budget"] == budget):
-            vs = list(r["n_w"])
-            ax.errorbar([float(v) for v in vs], [100 * r["n_w"][v][0] for v in vs],
-                        yerr=[100 * r["n_w"][v][1] for v in vs], marker="o", capsize=3, label=r["recipe"],
-                        color=colour[r["recipe"]])
-        ax.set_title(f"{model_label(model, cfg['width'])}, {budget} budget")
-        ax.set_xlabel(f"n_w (aihwkit w_noise, PCM at {cfg['sweep_time']})")
-        ax.set_ylabel("test accuracy %")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def write_report(result: dict[str, Any], markdown: str | Path | None, png: str | Path, section: str,
-                 note: str = "") -> None:
-    """The PNG, and (markdown given) the study's section of BENCHMARKS.md: a setup line, `note`, the tables."""
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    png.write_bytes(ablation_png(result))
-    if not markdown:
-        return
-    cfg = result["config"]
-    machines = [r["machine"] for r in result["cells"].values() if r.get("machine")]
-    cpu_h = sum(r["train"]["cpu_s"] + r["certify"]["cpu_s"] for r in result["cells"].values()) / 3600
-    head = (f"Data {cfg['data']}, model {', '.join(model_label(m, cfg['width']) for m in cfg['models'])}, seeds "
-            f"{', '.join(map(str, cfg['seeds']))}, budgets {', '.join(cfg['budgets'])}, {cfg['repeats']} Monte "
-            f"Carlo repeats per point, test limit {cfg['limit'] or 'none'}; {cpu_h:.2f} CPU hours in the finished "
-            f"cells; measured on: {describe_machine(machines[0]) if machines else 'nothing yet'}.\n")
-    update_markdown(markdown, section, head + (f"\n{note}\n" if note else "") + "\n"
-                    + ablation_markdown(result, png.as_posix()))
 
 
 def _floats(text: str) -> list[float]:

@@ -82,9 +82,7 @@ def ablation(
                                     repeats=repeats, data=data, **kw)
     if report_only:
         result = benchmarks.ablation_report(cfg, cache)
-        from ..benchmarks.ablation import write_report
-
-        write_report(result, markdown or None, png, "ablation")
+        benchmarks.write_report(result, markdown or None, png, "ablation")
     else:
         result = benchmarks.run_ablation(cfg, out, cache, markdown or None, png, log=o.info)
     o.result({"config": result["config"], "trained": result["trained"], "table": benchmarks.ablation_table(result)},
