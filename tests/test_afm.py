@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import analogai_deploy as ad
-from analogai_deploy.analog import hardware
 from analogai_deploy.analog.convert import analog_layers
 from analogai_deploy.analog.mapping import MappingConfig
 from analogai_deploy.errors import UsageError
-from analogai_deploy.recovery import recipe as R
+from analogai_deploy.hardware.noise import RANGE, input_range_clip
+from analogai_deploy.recovery import hardware_noise, recipe as R
 
 
 def test_afm_recipe_holds_the_anchors_constants_and_round_trips():
@@ -55,7 +55,7 @@ def _afm_model(lenet_pkg, tmp_path, overrides=()):
     shutil.copytree(lenet_pkg, tmp_path / "p")
     pkg = ad.load(tmp_path / "p")
     rec = R.load("afm", list(overrides))
-    hardware.apply(pkg.model, rec.noise, rec.io)
+    hardware_noise.apply(pkg.model, rec.noise, rec.io)
     return pkg, rec
 
 
@@ -78,7 +78,7 @@ def test_weights_are_clipped_per_channel_at_25_std_after_every_step(lenet_pkg, t
     from analogai_deploy.recovery.engine import make_trainer
 
     pkg, rec, ds, objective = prepare_run(lenet_pkg, "afm", "digits", ["training.lr=1e-12", "training.warmup=0"])
-    hardware.apply(pkg.model, rec.noise, rec.io)
+    hardware_noise.apply(pkg.model, rec.noise, rec.io)
     layers = dict(analog_layers(pkg.model))
     with torch.no_grad():
         for layer in layers.values():
@@ -100,23 +100,23 @@ def test_learned_input_range_follows_aihwkit_lightnings_rule():
     r = torch.nn.Parameter(torch.tensor(3.0))
     seen = torch.zeros((), dtype=torch.long)
     a, b = torch.randn(64) * 0.1, torch.randn(64) * 0.2
-    hardware.input_range_clip(a, r, seen, cfg, training=True)
-    hardware.input_range_clip(b, r, seen, cfg, training=True)
+    input_range_clip(a, r, seen, cfg, training=True)
+    input_range_clip(b, r, seen, cfg, training=True)
     assert float(r.detach()) == pytest.approx(18.0 * (float(a.std()) + float(b.std())) / 2, rel=1e-5) and int(seen) == 2
-    hardware.input_range_clip(torch.randn(64) * 50, r, seen, cfg, training=True)  # init over: r stays
+    input_range_clip(torch.randn(64) * 50, r, seen, cfg, training=True)  # init over: r stays
     assert int(seen) == 2
     # after the init: inputs beyond r clip with no gradient; r gets the clipped ones' gradient x r, plus decay
     with torch.no_grad():
         r.fill_(1.0)
     x = torch.tensor([0.5, -0.25, 2.0, -3.0], requires_grad=True)
-    out = hardware.input_range_clip(x, r, seen, cfg, training=True)
+    out = input_range_clip(x, r, seen, cfg, training=True)
     assert out.tolist() == [0.5, -0.25, 1.0, -1.0]
     out.backward(torch.tensor([1.0, 1.0, -2.0, 4.0]))
     assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
     assert float(r.grad) == pytest.approx((-2.0 - 4.0) * 1.0)  # 50% inside < 90%: no decay
     r.grad = None
     x = torch.cat([torch.zeros(19), torch.tensor([5.0])]).requires_grad_()
-    hardware.input_range_clip(x, r, seen, cfg, training=True).backward(torch.ones(20))
+    input_range_clip(x, r, seen, cfg, training=True).backward(torch.ones(20))
     assert float(r.grad) == pytest.approx(0.5 * 1.0)  # 95% inside > 90%: decay x r shrinks it
 
 
@@ -128,7 +128,7 @@ def test_learned_input_range_takes_several_passes_before_one_backward():
     r = torch.nn.Parameter(torch.tensor(3.0))
     seen = torch.zeros((), dtype=torch.long)
     x = torch.randn(64, requires_grad=True)
-    loss = sum(hardware.input_range_clip(x * (k + 1), r, seen, cfg, training=True).square().sum() for k in range(4))
+    loss = sum(input_range_clip(x * (k + 1), r, seen, cfg, training=True).square().sum() for k in range(4))
     loss.backward()
     assert int(seen) == 4 and x.grad is not None and r.grad is not None
 
@@ -144,7 +144,7 @@ def test_afm_recover_records_learned_ranges_and_certify_uses_them_on_both_engine
     assert mapping["input_range"] == "learned" and mapping["input_scaling"] == "none"
     assert mapping["clip"] == "none"  # the weights were clipped in training; certify programs them as they are
     assert sorted(ranges) == sorted(ad.load(afm_lenet.path).placement.names) and all(v > 0 for v in ranges.values())
-    assert not any(hardware.RANGE in k for k in ad.load(afm_lenet.path).model.state_dict())  # not a weight
+    assert not any(RANGE in k for k in ad.load(afm_lenet.path).model.state_dict())  # not a weight
     tiny = MappingConfig(input_ranges={k: 1e-4 for k in ranges})  # every input clipped to nothing
     for engine in ("fast", "aihwkit"):
         kw = dict(repeats=1, times="1d", limit=64, write=False, engine=engine)

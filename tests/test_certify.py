@@ -11,10 +11,10 @@ import torch
 
 import analogai_deploy as ad
 from analogai_deploy import package
-from analogai_deploy.hardware.probe import tile_support
+from analogai_deploy.hardware.probe import choose_tile, tile_support
 from analogai_deploy.certification import (CertifyConfig, _bench, _resolved, _to_aihwkit, apply_overrides,
                                            monte_carlo, parse_sweep)
-from analogai_deploy.hardware.devices import DeviceConfig, choose_tile, rpu_config
+from analogai_deploy.hardware.devices import DeviceConfig, rpu_config
 from analogai_deploy.metrics import normalised, parse_times, stats
 from analogai_deploy.errors import UsageError
 

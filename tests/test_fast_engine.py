@@ -90,7 +90,7 @@ def test_native_patch_maxima_equal_the_torch_path(kernel, stride, padding, dilat
     zero count against the torch path (shifted views of |x|) on the same inputs: equal bit for bit."""
     from torch import nn
 
-    from analogai_deploy.analog.native import library
+    from analogai_deploy.hardware.native import library
     from analogai_deploy.certification.fast import _patch_max
 
     lib = library()
@@ -354,7 +354,7 @@ def test_native_passes_give_the_same_numbers_on_any_thread_count():
     threads give the same chip and the same outputs, bit for bit."""
     from torch import nn
 
-    from analogai_deploy.analog.native import library
+    from analogai_deploy.hardware.native import library
 
     if library() is None:
         pytest.skip("no C compiler")

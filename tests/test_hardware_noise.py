@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import analogai_deploy as ad
-from analogai_deploy.analog import hardware
-from analogai_deploy.analog.hardware import HardwareNoise
 from analogai_deploy.analog.layers import AnalogConv2d, AnalogLinear, AnalogState
 from analogai_deploy.errors import UsageError
-from analogai_deploy.recovery import recipe as R
+from analogai_deploy.hardware import pcm
+from analogai_deploy.hardware.noise import HardwareNoise, tile_weights
+from analogai_deploy.recovery import hardware_noise, recipe as R
 
 
 def _linear(hw, sigma=0.1, out=64, inp=256):
@@ -47,7 +47,7 @@ def test_channel_scale_is_per_output_channel_and_tensor_scale_is_the_seeds():
 def test_pcm_model_follows_aihwkits_programming_polynomial():
     from aihwkit.inference import PCMLikeNoiseModel
 
-    assert tuple(PCMLikeNoiseModel().prog_coeff) == hardware.PCM_PROG_COEFF
+    assert tuple(PCMLikeNoiseModel().prog_coeff) == pcm.PCM_PROG_COEFF
     layer = _linear(HardwareNoise("channel", "pcm"), sigma=0.2)
     std = _weight_noise_std(layer, draws=200)
     w = layer.weight.detach()
@@ -68,14 +68,14 @@ def test_device_model_is_certifys_pcm_device_at_a_time_after_programming():
     each time), the drift widens it with time, and sigma scales the deviation from the device's own."""
     from scipy.stats import ks_2samp
 
-    nm = hardware.pcm_device()
+    nm = pcm.pcm_device()
     torch.manual_seed(0)
     w = torch.randn(128, 512)
     u = w / w.abs().amax(1, keepdim=True)
     big, small = u.abs() > 0.5, u.abs() < 0.1
     stds = []
     for t in (1.0, 86400.0, 31536000.0):
-        native = hardware.device_deviation(u, t, nm)
+        native = pcm.device_deviation(u, t, nm)
         p, nu = nm.apply_programming_noise(u)  # aihwkit's functions, compensated as certify's global readout
         now = nm.apply_drift_noise(p, nu, t)
         ref = now * (p.abs().sum() / now.abs().sum()) - u
@@ -88,13 +88,13 @@ def test_device_model_is_certifys_pcm_device_at_a_time_after_programming():
     # small conductances drift faster (nu 0.06 at u = 0.1 against 0.049): after the global compensation they
     # shrink, a systematic change the programming polynomial does not have
     band = (u.abs() > 0.05) & (u.abs() < 0.15)
-    gain = {t: float(((u + hardware.device_deviation(u, t, nm))[band] * u[band].sign()).mean() / u[band].abs().mean())
+    gain = {t: float(((u + pcm.device_deviation(u, t, nm))[band] * u[band].sign()).mean() / u[band].abs().mean())
             for t in (1.0, 86400.0)}
     assert gain[86400.0] < gain[1.0] - 0.03
     # a layer at the device's own level (c * sigma = 0.0435) draws the device; twice the level, twice the spread
-    layer = _linear(HardwareNoise("channel", "device", times=(86400.0,)), sigma=hardware.PCM_C_SIGMA)
+    layer = _linear(HardwareNoise("channel", "device", times=(86400.0,)), sigma=pcm.PCM_C_SIGMA)
     d1 = _weight_noise_std(layer, draws=20)
-    layer.analog.sigma = 2 * hardware.PCM_C_SIGMA
+    layer.analog.sigma = 2 * pcm.PCM_C_SIGMA
     d2 = _weight_noise_std(layer, draws=20)
     wmax = layer.weight.detach().abs().amax(1, keepdim=True)
     assert float((d2 / d1).median()) == pytest.approx(2.0, rel=0.05)
@@ -164,7 +164,7 @@ def test_the_recorded_input_scaling_is_the_one_training_used():
     from analogai_deploy.recovery.recipe import NoiseModelConfig, TrainIOConfig
 
     def recorded(package_scaling, **noise):
-        trained = hardware.trained_mapping(NoiseModelConfig(**noise), TrainIOConfig())
+        trained = hardware_noise.trained_mapping(NoiseModelConfig(**noise), TrainIOConfig())
         return MappingConfig.from_dict(trained).over({"input_scaling": package_scaling}).input_scaling
 
     # trained without input scaling: certify must not scale the inputs, whatever the package's mapping says
@@ -192,7 +192,7 @@ def test_input_scaling_trains_the_layer_certify_programs():
     std = draws.std(0)
     m = scaled.abs().amax(1, keepdim=True)
     u = scaled.abs() / m
-    q = torch.sqrt(hardware._p(u) ** 2 + hardware._p(0.0) ** 2) / hardware._PCM_NORM
+    q = torch.sqrt(pcm.prog_sigma(u) ** 2 + pcm.prog_sigma(0.0) ** 2) / pcm.PROG_NORM
     assert torch.allclose(std, 0.1 * m * q, rtol=0.2)
     hw.out_noise, hw.dac_bits, hw.adc_bits = 0.06, 7, 9
     layer.analog.sigma = 0.0
@@ -227,7 +227,7 @@ def test_digital_outliers_train_the_split_certify_programs(lenet_pkg, tmp_path):
     x = torch.randn(8, 256)
     clean = torch.nn.functional.linear(x, layer.weight, layer.bias)
     assert torch.allclose(layer(x), clean, atol=1e-5)
-    tile, digital = hardware.tile_weights(layer.weight, layer.analog.hw, outliers=True)
+    tile, digital = tile_weights(layer.weight, layer.analog.hw, outliers=True)
     assert digital is not None and (digital != 0).float().mean() < 0.1 and torch.equal(tile + digital, layer.weight)
     # ... and with it on, the outlier row's noise is set by its clipped max, far below the unsplit one
     layer.analog.sigma = 0.1

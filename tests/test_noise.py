@@ -90,7 +90,7 @@ def test_gradient_passes_straight_through_and_passes_do_not_clobber_each_other()
 
 
 def test_torch_generator_fallback_has_the_same_statistics(monkeypatch):
-    from analogai_deploy.analog import native
+    from analogai_deploy.hardware import native
 
     monkeypatch.setattr(native, "_lib", None)  # as on a machine without a C compiler, or on CUDA
     layer = _layer()
@@ -101,7 +101,7 @@ def test_torch_generator_fallback_has_the_same_statistics(monkeypatch):
 
 
 def test_the_native_generator_is_used_here_and_follows_manual_seed():
-    from analogai_deploy.analog import native
+    from analogai_deploy.hardware import native
 
     if native.library() is None:
         pytest.skip("no C compiler here: the torch fallback is tested above")

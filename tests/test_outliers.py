@@ -105,20 +105,21 @@ def test_gpt2_conv1d_splits_too_in_certify_and_in_training(gpt2):
     assert got["digital_weights"] == nnz > 0 and got["per"] == "token"
     assert got["weight_share"] == pytest.approx(nnz / sum(e.tile_weights for e in placement.analog))
     # training: an analog Conv1D with the split sums back to the digital layer and moves its outliers digital
-    from analogai_deploy.analog import hardware
     from analogai_deploy.analog.registry import hf_conv1d
+    from analogai_deploy.hardware.noise import tile_weights
+    from analogai_deploy.recovery import hardware_noise
     from analogai_deploy.recovery.recipe import load as load_recipe
 
     conv = digital.get_submodule(split[0].name)
     analog = ad.load(gpt2).model.get_submodule(split[0].name)
     assert type(analog).__name__ == "AnalogHFConv1D" and hf_conv1d() is not None
     rec = load_recipe("vanilla", ["noise.scale=channel", "noise.outliers=digital", f"noise.outlier_std={k}"])
-    hardware.apply(analog, rec.noise, rec.io)
+    hardware_noise.apply(analog, rec.noise, rec.io)
     analog.analog.sigma = 0.0
     x = torch.randn(3, 5, conv.weight.shape[0])
     with torch.no_grad():
         assert torch.allclose(analog(x), conv(x), atol=1e-5)
-        w, rest = hardware.tile_weights(analog.weight, analog.analog.hw, channel_dim=1, outliers=True)
+        w, rest = tile_weights(analog.weight, analog.analog.hw, channel_dim=1, outliers=True)
     assert rest is not None and int((rest != 0).sum()) > 0 and w.abs().amax(0).lt(analog.weight.abs().amax(0)).any()
 
 

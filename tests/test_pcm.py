@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from analogai_deploy.analog.native import library
+from analogai_deploy.hardware.native import library
 from analogai_deploy.hardware import pcm
 
 pytestmark = pytest.mark.skipif(library() is None, reason="no C compiler: the native PCM pass is not built")

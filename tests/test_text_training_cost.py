@@ -1,4 +1,4 @@
-"""What makes the text training path cheap: the fused native training tile (hardware.fused_linear: the torch
+"""What makes the text training path cheap: the fused native training tile (hardware/fused.py fused_linear: the torch
 path's values and gradients, its noise statistics, determinism under a seed) and the allocator setting of
 CPU training (engine.keep_freed_memory)."""
 from __future__ import annotations
@@ -9,10 +9,11 @@ import sys
 import pytest
 import torch
 
-from analogai_deploy.analog import hardware
-from analogai_deploy.analog.hardware import HardwareNoise
 from analogai_deploy.analog.layers import AnalogLinear, AnalogState
-from analogai_deploy.analog.native import library
+from analogai_deploy.hardware import pcm
+from analogai_deploy.hardware.fused import programmed_tile
+from analogai_deploy.hardware.native import library
+from analogai_deploy.hardware.noise import HardwareNoise
 
 native = pytest.mark.skipif(library() is None, reason="no C compiler: the torch path runs")
 
@@ -64,10 +65,10 @@ def test_fused_tile_noise_statistics_and_determinism():
     w = layer.weight.detach()
     scaled = w * s
     torch.manual_seed(2)
-    draws = torch.stack([hardware._tile(lib, w, s, hw, 0.1)[0] - scaled for _ in range(400)])
+    draws = torch.stack([programmed_tile(lib, w, s, hw, 0.1)[0] - scaled for _ in range(400)])
     m = scaled.abs().amax(1, keepdim=True)
     u = scaled.abs() / m
-    expect = 0.1 * m * torch.sqrt(hardware._p(u) ** 2 + hardware._p(0.0) ** 2) / hardware._PCM_NORM
+    expect = 0.1 * m * torch.sqrt(pcm.prog_sigma(u) ** 2 + pcm.prog_sigma(0.0) ** 2) / pcm.PROG_NORM
     ratio = draws.std(0) / expect
     assert abs(float(ratio.mean()) - 1) < 0.01 and float(ratio.std()) < 0.05  # se of a std from 400 draws: 3.5%
     assert abs(float((draws / expect).mean())) < 0.01

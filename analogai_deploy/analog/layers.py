@@ -5,11 +5,9 @@ names, so state_dicts stay digital-compatible (the package stores clean digital 
 that checks `isinstance(m, nn.Linear)` keeps working.
 
 Weight noise (DESIGN.md): the forward pass uses W + eps, eps ~ N(0, s^2), s = c * sigma * max|W|,
-drawn fresh every call; the gradient passes straight through to W. Cost (it runs 4x per MSNAT step):
-max|W| is one vectorised min/max reduction; on the CPU, W + s * z is one pass of native/normal.c
-(~1 ns a number against ~4 ns for torch's normal_ alone); elsewhere (CUDA, or no C compiler) the
-standard normals are generated in place into a buffer each layer keeps and added by one fused
-`addcmul`. The result is the only new tensor (autograd keeps it for the backward pass).
+drawn fresh every call; the gradient passes straight through to W (hardware/draws.py: the draws and their
+cost). A layer with a `HardwareNoise` trains on the tile's noise and periphery instead (hardware/noise.py,
+hardware/fused.py).
 """
 from __future__ import annotations
 
@@ -17,13 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..hardware import noise as hw_noise
+from ..hardware.draws import add_relative_noise
+from ..hardware.fused import fused_linear
+
 
 class AnalogState:
     """The noise and quantization settings one analog layer runs with (not saved in state_dict).
 
     sigma: relative weight-noise level (0 = off); c: slicing factor; act_noise: relative output noise.
     weight_quant / input_quant: optional fake-quantizer modules (set by QAT), applied before noise.
-    hw: a hardware.HardwareNoise (recipe sections noise / io) in place of the seed's noise model, or None.
+    hw: a hardware/noise.py HardwareNoise (recipe sections noise / io) in place of the seed's noise model, or None.
     The noise buffers are scratch space, never copied: a deep copy (an MSNAT client) gets its own.
     """
 
@@ -57,79 +59,6 @@ class AnalogState:
         return buf.normal_()
 
 
-def max_abs(t: torch.Tensor) -> torch.Tensor:
-    """max|t| as a 0-dim tensor: aminmax is one vectorised pass with no |t| temporary (~4x abs().amax())."""
-    lo, hi = torch.aminmax(t)
-    return torch.maximum(hi, lo.neg())
-
-
-def _native(t: torch.Tensor):
-    """normal.c where it applies (CPU float32, contiguous; the library built), else None."""
-    if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
-        return None
-    from .native import library
-
-    return library()
-
-
-def _draw(t: torch.Tensor, scale: torch.Tensor, state: AnalogState | None, key: str) -> torch.Tensor:
-    """t + scale * z, z ~ N(0, 1) fresh; `scale` is 0-dim or one value per row (dim 0) of t."""
-    lib = _native(t)
-    if lib is None:
-        z = state.standard_normal(t, key) if state is not None else torch.randn_like(t)
-        return torch.addcmul(t, z, scale.view(-1, *[1] * (t.dim() - 1)) if scale.dim() else scale)
-    out = torch.empty_like(t)
-    rows = scale.reshape(-1).tolist()
-    seeds = torch.randint(0, 2**62, (len(rows),)).tolist()  # from torch's generator: manual_seed reproduces
-    src, dst = (t, out) if len(rows) == 1 else (t.reshape(len(rows), -1), out.view(len(rows), -1))
-    for i, (s, seed) in enumerate(zip(rows, seeds)):
-        x, o = (src, dst) if len(rows) == 1 else (src[i], dst[i])
-        lib.add_normal(x.data_ptr(), o.data_ptr(), x.numel(), s, seed)
-    return out
-
-
-def _draw_rel(t: torch.Tensor, rel: float, state: AnalogState | None, key: str) -> torch.Tensor:
-    """t + (rel * max|t|) * z: on the CPU one native call (the max, then the draws; the same float32 scale
-    and the same seed draw as `_draw`, so the same numbers), else max_abs and `_draw`."""
-    lib = _native(t)
-    if lib is None:
-        return _draw(t, max_abs(t).mul_(rel), state, key)
-    out = torch.empty_like(t)
-    seed = torch.randint(0, 2**62, (1,)).tolist()[0]  # from torch's generator, as _draw
-    lib.add_normal_rel(t.data_ptr(), out.data_ptr(), t.numel(), rel, seed)
-    return out
-
-
-def add_relative_noise(t: torch.Tensor, rel: float, state: AnalogState | None = None, key: str = "w") -> torch.Tensor:
-    """add_noise with scale = rel * max|t| (t detached for the max): the plain weight and output noise,
-    in one native call per layer where it applies (small layers are dominated by per-call overhead)."""
-    if t.requires_grad and torch.is_grad_enabled():
-        return _StraightThrough.apply(t, _draw_rel, float(rel), state, key)
-    return _draw_rel(t.detach(), float(rel), state, key)
-
-
-class _StraightThrough(torch.autograd.Function):
-    """draw(t, scale, ...) = t + s * z with dL/dt = dL/d(t + s z): one fused pass forward, the identity
-    backward; saves nothing. `draw` is _draw (s given) or _draw_rel (s = scale * max|t|)."""
-
-    @staticmethod
-    def forward(ctx, t, draw, scale, state, key):
-        return draw(t, scale, state, key)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, None, None, None
-
-
-def add_noise(t: torch.Tensor, scale: torch.Tensor, state: AnalogState | None = None, key: str = "w") -> torch.Tensor:
-    """t + scale * z, z ~ N(0, 1) fresh on every call, the gradient straight through to t (scale is a
-    constant: 0-dim, or one value per row of t). `state` lends its buffers to torch's generator."""
-    scale = scale.detach()
-    if t.requires_grad and torch.is_grad_enabled():
-        return _StraightThrough.apply(t, _draw, scale, state, key)
-    return _draw(t.detach(), scale, state, key)
-
-
 def noisy(weight: torch.Tensor, state: AnalogState, channel_dim: int = 0) -> torch.Tensor:
     """The weight the tile computes with: quantized if QAT is on, plus programming noise when sigma > 0
     (`channel_dim`: where the output channels of `weight` are, for per-channel hardware noise)."""
@@ -143,9 +72,7 @@ def noisy_parts(weight: torch.Tensor, state: AnalogState, channel_dim: int = 0, 
     if state.weight_quant is not None:
         weight = state.weight_quant(weight)
     if state.hw is not None:
-        from . import hardware
-
-        return hardware.noisy(weight, state.sigma, state.c, state.hw, channel_dim, outliers)
+        return hw_noise.noisy(weight, state.sigma, state.c, state.hw, channel_dim, outliers)
     if state.sigma <= 0:
         return weight, None
     return add_relative_noise(weight, state.c * state.sigma, state), None  # one fresh draw per layer per call
@@ -179,16 +106,14 @@ class AnalogLayer:
 def _tile(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, mvm, s: AnalogState, conv: bool,
           digital: torch.Tensor | None = None, layer: nn.Module | None = None):
     """mvm(x, w) + bias, through the tile periphery when the layer trains with hardware IO (and x / s where
-    its weights are input-scaled, hardware.py), plus the digital outlier part beside the tile (`digital`).
+    its weights are input-scaled, hardware/noise.py), plus the digital outlier part beside the tile (`digital`).
     `layer` lends the periphery its learned input range, if it has one."""
     if s.hw is not None:
         x = s.hw.scale_input(x, 1 if conv else x.dim() - 1)
     if s.hw is None or not s.hw.has_io:
         y = mvm(x, w, bias)
     else:
-        from .hardware import periphery
-
-        y = periphery(x, w, lambda a, b: mvm(a, b, None), s.hw, conv, layer)
+        y = hw_noise.periphery(x, w, lambda a, b: mvm(a, b, None), s.hw, conv, layer)
         if bias is not None:
             y = y + (bias.view(1, -1, *[1] * (y.dim() - 2)) if conv else bias)
     return y if digital is None else y + mvm(x, digital, None)
@@ -197,9 +122,7 @@ def _tile(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, mvm, s: A
 class AnalogLinear(AnalogLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.analog
-        if s.hw is not None:  # the hardware-matched tile in native passes where it applies (hardware.py)
-            from .hardware import fused_linear
-
+        if s.hw is not None:  # the hardware-matched tile in native passes where it applies (hardware/fused.py)
             y = fused_linear(analog_input(x, s), self)
             if y is not None:
                 return analog_output(y, s)

@@ -65,27 +65,6 @@ DEFAULTS: dict[str, Any] = {
 LEGACY: dict[str, Any] = {**DEFAULTS, "weight_scaling": "tile", "input_scaling": "none"}
 MAPPING_FIELDS = tuple(DEFAULTS)
 
-#: calibration text for packages without their own: not the evaluation sentences
-CALIBRATION_SENTENCES = [
-    "Weather forecasts predict rain for most of the weekend.",
-    "The library lends books, films and music for free.",
-    "Engineers tested the bridge before it opened to traffic.",
-    "My grandmother taught me how to knit a warm scarf.",
-    "The company reported higher profits in the last quarter.",
-    "Birds migrate south when the days grow shorter.",
-    "He forgot his umbrella on the bus this morning.",
-    "The new stadium can seat sixty thousand fans.",
-    "A gentle breeze carried the smell of the sea inland.",
-    "The doctor recommended more rest and less coffee.",
-    "Students gathered in the hall for the final exam.",
-    "The old clock in the tower stopped at midnight.",
-    "Farmers harvested the wheat before the heavy rains.",
-    "The app lets you track your spending each month.",
-    "Two climbers reached the summit just after sunrise.",
-    "The city council voted to expand the bus network.",
-]
-
-
 @dataclass
 class MappingConfig(StrictConfig):
     """The mapping options (module docstring); None = inherit (the package's value, then DEFAULTS).
@@ -232,8 +211,11 @@ def own_weight(model, module):
 
 
 def clip_weights(model, mapping: MappingConfig, layers: list | None = None) -> dict[str, float]:
-    """Clip the analog layers' weights in place; returns the fraction of weights clipped per layer."""
+    """Clip the analog layers' weights in place, by training's rule (hardware/noise.py `clip_bound`: one bound
+    per output channel is one per row of W, a column of the crossbar); returns the fraction clipped per layer."""
     import torch
+
+    from ..hardware.noise import clamp, clip_bound
 
     m = mapping.complete()
     out: dict[str, float] = {}
@@ -243,14 +225,9 @@ def clip_weights(model, mapping: MappingConfig, layers: list | None = None) -> d
         for name, mod in layers if layers is not None else mapped_layers(model):
             w = own_weight(model, mod)
             flat = w.reshape(w.shape[0], -1)
-            if m.clip == "fixed":
-                bound = torch.full((flat.shape[0], 1), m.clip_value)
-            elif m.clip == "layer_std":
-                bound = torch.full((flat.shape[0], 1), float(m.clip_value * flat.std()))
-            else:  # channel_std: one bound per output channel (a row of W, a column of the crossbar)
-                bound = m.clip_value * flat.std(1, keepdim=True)
+            bound = clip_bound(flat, m.clip, m.clip_value)
             out[name] = float((flat.abs() > bound).float().mean())
-            flat.copy_(torch.maximum(torch.minimum(flat, bound), -bound))
+            clamp(flat, bound, out=flat)
     return out
 
 
@@ -383,38 +360,3 @@ def install(model, cal: Calibration) -> list:
 
         handles.append(mods[name].register_forward_pre_hook(pre))
     return handles
-
-
-def calibration_batches(package_path, config: dict[str, Any], mapping: MappingConfig,
-                        data_spec: str | None) -> tuple[list, dict[str, Any]]:
-    """The calibration inputs and where they came from: never the evaluation samples by default
-    (the train split of the dataset for images, CALIBRATION_SENTENCES for text)."""
-    from ..data import eval_set as evaluation
-
-    m = mapping.complete()
-    n = m.calibration_samples
-    inp = config["input"]
-    if inp.get("kind") == "text":
-        if m.calibration is not None:
-            ev = evaluation.load_eval_set(package_path, config, m.calibration, limit=n)
-            return ev.batches, {"spec": ev.spec, "n": ev.n, "fingerprint": ev.fingerprint}
-        try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(package_path))
-        except Exception as exc:
-            raise UsageError(f"calibrating the mapping needs the package's tokenizer ({type(exc).__name__})",
-                             "pass `calibration=tokens`, or `input_scaling=none` `input_range=dynamic`") from None
-        names = inp.get("names") or ["input_ids", "attention_mask"]
-        sentences = CALIBRATION_SENTENCES[:n]
-        enc = tok(sentences, padding="max_length", truncation=True, max_length=int(inp.get("seq_len") or 32),
-                  return_tensors="pt")
-        batch = {k: enc[k] for k in names if k in enc}
-        return [batch], {"spec": "calibration sentences (built in, not the evaluation ones)", "n": len(sentences),
-                         "fingerprint": evaluation.fingerprint(*batch.values())}
-    from ..data import load
-
-    spec = m.calibration or data_spec or "digits"
-    d = load(spec, input_shape=inp.get("shape"))
-    x, _ = evaluation.materialise(d.train, n)
-    return [x], {"spec": spec, "split": "train", "n": len(x), "fingerprint": evaluation.fingerprint(x)}

@@ -77,7 +77,7 @@ def split(model: nn.Module, mapping, layers: list[tuple[str, nn.Module, bool]]) 
     """outliers=digital: clip each layer's tile weights (as they stand: input scales folded in) at outlier_std
     std of their output column, in place. Returns the clipped-off part per layer, [out, in] as the tile holds
     it, for `install` (empty when the mapping keeps every weight on the tiles)."""
-    from ..analog.hardware import outlier_split
+    from ..hardware.noise import outlier_split
     from .mapping import own_weight
 
     m = mapping.complete()

@@ -36,8 +36,9 @@ from .._marks import mark
 from ..errors import UsageError, unknown
 from ..analog import outliers
 from ..metrics import statistics
-from ..hardware.devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, choose_tile, describe, fixed_times,
+from ..hardware.devices import (DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, describe, fixed_times,
                       rpu_config)
+from ..hardware.probe import choose_tile
 from ..analog.mapping import MAPPING_FIELDS, MappingConfig, package_mapping
 from .simulated import Mapped, map_digital, on_tiles
 from ..data.eval_set import EvalSet, load_eval_set

@@ -38,7 +38,7 @@ That matches the error's size per output, not its exact value; the agreement tes
 check that accuracy statistics agree. `FastModel(..., exact=True)` runs convolutions as aihwkit
 does (im2col through the tile periphery, bit-exact, ~2x slower; ungrouped convolutions only).
 Settings only aihwkit's C++ tiles have (n_w, the standard-hwa preset) are refused: use the aihwkit
-engine for those. Output noise is drawn by analog/native (the training noise's generator) where it
+engine for those. Output noise is drawn by hardware/native (the training noise's generator) where it
 is built, else by torch.
 """
 from __future__ import annotations
@@ -142,10 +142,10 @@ def _patch_max(a: torch.Tensor, k, s, p, d, offsets=None) -> torch.Tensor:
 
 
 def _normal_(y: torch.Tensor, std: float) -> torch.Tensor:
-    """y += std * N(0, 1), in place (analog/native's generator on CPU float32, else torch's)."""
-    from ..analog.layers import _native
+    """y += std * N(0, 1), in place (hardware/native's generator on CPU float32, else torch's)."""
+    from ..hardware.draws import native
 
-    lib = _native(y)
+    lib = native(y) if y.is_contiguous() else None
     if lib is None:
         return y.add_(torch.randn_like(y).mul_(std))
     lib.add_normal(y.data_ptr(), y.data_ptr(), y.numel(), std, int(torch.randint(0, 2**62, ()).item()))
@@ -153,10 +153,10 @@ def _normal_(y: torch.Tensor, std: float) -> torch.Tensor:
 
 
 def _native_for(t: torch.Tensor):
-    """analog/native's library where it applies to t (CPU float32), else None."""
+    """hardware/native's library where it applies to t (CPU float32), else None."""
     if t.device.type != "cpu" or t.dtype != torch.float32:
         return None
-    from ..analog.native import library
+    from ..hardware.native import library
 
     lib = library()
     if lib is not None:
@@ -845,7 +845,7 @@ class FastLayer:
         return self._parts
 
     def _native_patch_max(self, lib, x: torch.Tensor) -> torch.Tensor:
-        """[N, outputs, oh, ow]: every part's patch max of |x| (analog/native patch_absmax)."""
+        """[N, outputs, oh, ow]: every part's patch max of |x| (hardware/native patch_absmax)."""
         k, s, p, d = self.k, self.s, self.p, self.d
         c_lo, c_hi, mask, group, count = self._patch_parts()
         oh, ow = _out_size(x.shape[2], k[0], s[0], p[0], d[0]), _out_size(x.shape[3], k[1], s[1], p[1], d[1])

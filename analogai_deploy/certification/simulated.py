@@ -21,6 +21,7 @@ from torch import nn
 
 from ..analog import mapping as mp
 from ..analog import outliers as ol
+from ..data.calibration import calibration_batches
 
 
 @dataclass
@@ -59,14 +60,14 @@ class Mapped:
 def map_digital(path: str | Path, config: dict[str, Any], digital: nn.Module, placement, mapping: mp.MappingConfig,
                 data_spec: str | None) -> Mapped:
     """A copy of `digital` with the (complete) mapping's digital side applied to the placement's layers;
-    calibration data as mapping.calibration_batches picks it (`data_spec`: the certify dataset of images)."""
+    calibration data as data/calibration.py picks it (`data_spec`: the certify dataset of images)."""
     m = mapping.complete()
     prepared = copy.deepcopy(digital)
     layers = mp.mapped_layers(prepared, placement)
     clipped = mp.clip_weights(prepared, m, layers)
     calibration = calibrated = None
     if m.needs_calibration:
-        batches, info = mp.calibration_batches(path, config, m, data_spec)
+        batches, info = calibration_batches(path, config, m, data_spec)
         calibration = mp.calibrate(prepared, batches, m, info, layers)
         mp.apply_input_scaling(prepared, calibration)
         calibrated = calibration.summary()

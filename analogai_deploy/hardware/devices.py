@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .._config import StrictConfig
-from ..errors import OperationFailed, UsageError, unknown
+from ..errors import UsageError, unknown
 
 DEVICES = ("PCM", "ReRAM", "ReRAM-CMO", "Hermes-PCM", "ideal", "custom")
 #: other names a device was recorded under (older aihwkit exports): read as the canonical name
@@ -174,36 +174,6 @@ class WeightModifier:
     def __post_init__(self):
         if self.kind not in MODIFIERS:
             raise unknown("weight modifier", self.kind, MODIFIERS)
-
-
-def choose_tile(config: DeviceConfig) -> str:
-    """The tile kind that will run `config`.
-
-    auto: the PyTorch tile, whose every random draw follows torch's seed (same seed, same certificate),
-    unless a setting needs the C++ tile. aihwkit's C++ tiles draw their forward noise from an internal
-    generator that cannot be seeded, so their certificates vary slightly from run to run.
-    """
-    from .probe import tile_support
-
-    support = tile_support()
-    if not support.get("aihwkit"):
-        raise OperationFailed(f"aihwkit is not usable here: {support.get('error')}",
-                              "install the tested pins: make install (torch 2.10.0 + aihwkit 1.1.0)")
-    need = config.needs_cpp()
-    tile = config.tile
-    if tile == "auto":
-        tile = "cpp" if need or not support.get("torch") else "torch"
-    if tile == "torch" and need:
-        raise UsageError(f"{need} needs aihwkit's C++ tiles; the PyTorch tile cannot simulate it",
-                         "drop `tile=torch` (auto picks the C++ tile for it) or leave that setting out")
-    if not support.get(tile):
-        why = support.get(f"{tile}_error", "not available")
-        fix = ("the C++ tiles need an aihwkit binary built for this torch (torch 2.10/2.11 with aihwkit 1.1.0)"
-               if tile == "cpp" else "reinstall aihwkit")
-        if need:
-            raise OperationFailed(f"{need} needs aihwkit's C++ tiles, which do not run here ({why})", fix)
-        raise OperationFailed(f"aihwkit's {tile} tiles do not run here ({why})", fix)
-    return tile
 
 
 def noise_model(config: DeviceConfig):

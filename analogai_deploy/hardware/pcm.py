@@ -1,5 +1,6 @@
 """aihwkit 1.1's PCM device statistics (PCMLikeNoiseModel on a SinglePairConductanceConverter), in one
-native pass each: the fast engine's programming and drift (analog/native/normal.c: pcm_program, pcm_drift).
+native pass each: the fast engine's programming and drift (hardware/native/normal.c: pcm_program, pcm_drift),
+and the training noise's view of the same device (`prog_sigma`, `device_deviation`: hardware/noise.py).
 
 aihwkit runs them as a dozen torch element-wise ops over both devices of every pair, ~65 ns a weight per
 call on one thread; here programming and drift cost a few ns a weight. The maths is aihwkit's
@@ -16,12 +17,30 @@ two-sample KS tests). Other noise models, g_min > 0 and other converters run aih
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
+from .draws import native, seed
+
 #: aihwkit's PCM programming polynomial has 3 coefficients; the native pass takes up to 4 (degree 3)
 MAX_COEFFS = 4
+#: aihwkit 1.1 PCMLikeNoiseModel.prog_coeff (uS at g_max = 25 uS): sigma_prog(u) = c0 + c1 u + c2 u^2
+PCM_PROG_COEFF = (0.26348, 1.9650, -1.1731)
+#: c * sigma of the seed's Gaussian that matches aihwkit's PCM programming noise at its defaults: the unit in
+#: which the training noise's `device` model's deviation is scaled
+PCM_C_SIGMA = 0.0435
+
+
+def prog_sigma(u):
+    """The programming noise's std (uS) of a device at normalised conductance u (a float or a tensor)."""
+    c0, c1, c2 = PCM_PROG_COEFF
+    return c0 + c1 * u + c2 * u * u
+
+
+#: the std of a weight at |u| = 1 (one device at g_max, its pair partner at 0): the `pcm` model's unit
+PROG_NORM = math.sqrt(prog_sigma(1.0) ** 2 + prog_sigma(0.0) ** 2)
 
 
 def supported(noise_model) -> bool:
@@ -36,11 +55,7 @@ def supported(noise_model) -> bool:
 
 
 def _lib(t: torch.Tensor):
-    if t.device.type != "cpu" or t.dtype != torch.float32:
-        return None
-    from ..analog.native import library
-
-    lib = library()
+    lib = native(t)
     if lib is not None:
         lib.set_threads(torch.get_num_threads())  # program / drift split over tiles as torch's ops split work
     return lib
@@ -49,10 +64,6 @@ def _lib(t: torch.Tensor):
 def available(noise_model, like: torch.Tensor) -> bool:
     """The native pass applies: a supported model, CPU float32 weights and a built library."""
     return _lib(like) is not None and supported(noise_model)
-
-
-def _seed() -> int:
-    return int(torch.randint(0, 2**62, ()).item())  # from torch's generator: manual_seed reproduces a run
 
 
 def program(ref: torch.Tensor, nm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,7 +77,7 @@ def program(ref: torch.Tensor, nm) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     g_max = float(nm.g_converter.g_max)
     lib.pcm_program(ref.data_ptr(), ref.shape[0], ref[0].numel(), coeff.data_ptr(),
                     float(nm.g_max) / float(nm.prog_coeff_g_max_reference), g_max, float(nm.prog_noise_scale),
-                    float(nm.drift_scale), _seed(), p.data_ptr(), nu.data_ptr(), q.data_ptr())
+                    float(nm.drift_scale), seed(), p.data_ptr(), nu.data_ptr(), q.data_ptr())
     return p, nu, q
 
 
@@ -92,7 +103,32 @@ def drift(p: torch.Tensor, nu: torch.Tensor, q: torch.Tensor, nm, seconds: float
     means = torch.empty(T, dtype=torch.float64) if readout else None
     peaks = torch.empty(T) if readout else None
     q1, sigma, step, bound = readout or (0.0, 0.0, 0.0, 0.0)
-    lib.pcm_drift(p.data_ptr(), nu.data_ptr(), q.data_ptr(), T, n, log_ratio, noise, _seed(), out.data_ptr(),
+    lib.pcm_drift(p.data_ptr(), nu.data_ptr(), q.data_ptr(), T, n, log_ratio, noise, seed(), out.data_ptr(),
                   1 if readout else 0, q1, sigma, step, bound, means.data_ptr() if readout else None,
                   peaks.data_ptr() if readout else None)
     return out, means, peaks
+
+
+@functools.lru_cache(maxsize=1)
+def pcm_device():
+    """certify's PCM device model (hardware/devices.py), built once."""
+    from .devices import DeviceConfig, noise_model
+
+    return noise_model(DeviceConfig(name="PCM"))
+
+
+def device_deviation(u: torch.Tensor, seconds: float, nm=None) -> torch.Tensor:
+    """What the PCM device makes of normalised weights u (max|u| <= 1, one tile) `seconds` after programming,
+    minus u: programming noise, drift and read noise, then the global drift compensation's gain (the mean
+    |w| at programming over the mean |w| now, the one-hot readout certify's GlobalDriftCompensation takes)."""
+    nm = nm if nm is not None else pcm_device()
+    u = u.float().contiguous()
+    if available(nm, u):  # aihwkit's maths in one native pass per stage
+        p, nu, q = program(u.unsqueeze(0), nm)
+        now = drift(p, nu, q, nm, seconds)[0][0]
+        p = p[0]
+    else:  # aihwkit's own functions (CUDA, or no native library)
+        p, nu = nm.apply_programming_noise(u)
+        now = nm.apply_drift_noise(p, nu, seconds)
+    gain = p.abs().sum() / now.abs().sum().clamp(min=1e-12)
+    return now * gain - u

@@ -220,19 +220,19 @@ SEED_NOISE_ON_TEXT = 0.02
 
 
 def install_training_noise(pkg, model, rec: Recipe, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Put the recipe's noise / io model on `model`'s analog layers (hardware.py; the seed's model needs
+    """Put the recipe's noise / io model on `model`'s analog layers (hardware_noise.py; the seed's model needs
     nothing). Returns what the input-scaling calibration ran on ({} without it), for config.json."""
     if not rec.hardware_noise:
         return {}
-    from ..analog import hardware
+    from . import hardware_noise
 
     scales, info = {}, {}
     if rec.noise.input_scaling == "package":
-        scales, info = hardware.input_scales(pkg, model)
+        scales, info = hardware_noise.input_scales(pkg, model)
         if log is not None:
             log(f"training through the package's input scaling: {len(scales)} layers, calibrated on "
                 f"{info.get('spec', 'nothing (the mapping scales no inputs)')}")
-    hardware.apply(model, rec.noise, rec.io, scales)
+    hardware_noise.apply(model, rec.noise, rec.io, scales)
     return info
 
 
@@ -347,13 +347,13 @@ def recover(
         if objective.name == "cross_entropy":  # trained on the data's labels: a head without names takes theirs
             config = labels.record(config, getattr(ds, "labels", None))
         if rec.hardware_noise:
-            from ..analog import hardware
+            from . import hardware_noise
             from ..analog.mapping import MappingConfig
 
-            ranges = hardware.learned_input_ranges(final)
-            hardware.apply(final, None, None)  # also takes the learned ranges off the layers: they go to the mapping
+            ranges = hardware_noise.learned_input_ranges(final)
+            hardware_noise.apply(final, None, None)  # also takes the learned ranges off the layers: they go to the mapping
             # what it was trained for is what certify uses by default (the rest of the mapping stays the package's)
-            config["mapping"] = MappingConfig.from_dict(hardware.trained_mapping(rec.noise, rec.io, ranges)).over(
+            config["mapping"] = MappingConfig.from_dict(hardware_noise.trained_mapping(rec.noise, rec.io, ranges)).over(
                 config.get("mapping")).to_dict()
         elif _names(merged, "noise.outliers"):  # `--outliers none` with the seed's noise: the record drops the split
             from ..analog.mapping import MappingConfig

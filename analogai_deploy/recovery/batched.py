@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analog.convert import analog_layers
-from ..analog.layers import AnalogMultiheadAttention, AnalogState, add_noise
+from ..analog.layers import AnalogMultiheadAttention, AnalogState
 from ..errors import OperationFailed, UsageError
+from ..hardware.draws import add_noise
 from . import engine, msnat
 from .recipe import Recipe
 

@@ -31,9 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .. import distributed
 from .._state import load_state
-from ..analog import hardware
 from ..errors import AnalogAIError, OperationFailed, UsageError, no_room
-from . import msnat, parallel
+from . import hardware_noise, msnat, parallel
 from .objectives import Objective
 from .recipe import Recipe
 
@@ -432,7 +431,7 @@ class Trainer:
         self.fused = copy.deepcopy(model) if self.fi else model
         self.noise = [msnat.NoiseControl(c) for c in self.clients]
         self.optimizers = [make_optimizer(c, recipe) for c in self.clients]
-        self.step_clip = hardware.has_step_clip(model)
+        self.step_clip = hardware_noise.has_step_clip(model)
         self.train_batches = Batches(data.train, self.t.batch_size, self.device)
         self.val_batches = Batches(data.val, max(256, self.t.batch_size), self.device)
         self.adv = self.r.adversarial.FGSM.use or self.r.adversarial.PGD.use
@@ -489,7 +488,7 @@ class Trainer:
         else:
             opt.step()
         if self.step_clip:
-            hardware.clip_step(model)  # noise.clip_when: step (aihwkit-lightning's clip_weights)
+            hardware_noise.clip_step(model)  # noise.clip_when: step (aihwkit-lightning's clip_weights)
         return loss.detach(), correct
 
     def _warm(self, step: int) -> None:

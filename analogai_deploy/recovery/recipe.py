@@ -244,7 +244,7 @@ class TrainingConfig(StrictConfig):
 
 @dataclass
 class NoiseModelConfig(StrictConfig):
-    """The training weight-noise model (analog/hardware.py); the defaults are the seed's.
+    """The training weight-noise model (hardware/noise.py); the defaults are the seed's.
 
     scale: tensor (s from max|W| of the whole layer, the seed) or channel (max|W| per output channel,
       as one weight scale per crossbar column maps them). model: gaussian (the seed) or pcm (aihwkit

@@ -1,4 +1,4 @@
-/* out = x + scale * z, z ~ N(0, 1) i.i.d., for the training weight noise (analog/native loads this), and
+/* out = x + scale * z, z ~ N(0, 1) i.i.d., for the training weight noise (hardware/native loads this), and
  * the fast certify engine's tile periphery in one pass (certification/fast.py): `periphery`, `readout`.
  *
  * Bits: counter-based SplitMix64 (Steele, Lea, Flood 2014; Java's SplittableRandom), 64 bits per pair

@@ -1,0 +1,62 @@
+"""The inputs a mapping is calibrated on (its per-channel input scales and static input ranges): never the
+evaluation samples by default - the train split of the dataset for images, CALIBRATION_SENTENCES for text."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UsageError
+
+#: calibration text for packages without their own: not the evaluation sentences
+CALIBRATION_SENTENCES = [
+    "Weather forecasts predict rain for most of the weekend.",
+    "The library lends books, films and music for free.",
+    "Engineers tested the bridge before it opened to traffic.",
+    "My grandmother taught me how to knit a warm scarf.",
+    "The company reported higher profits in the last quarter.",
+    "Birds migrate south when the days grow shorter.",
+    "He forgot his umbrella on the bus this morning.",
+    "The new stadium can seat sixty thousand fans.",
+    "A gentle breeze carried the smell of the sea inland.",
+    "The doctor recommended more rest and less coffee.",
+    "Students gathered in the hall for the final exam.",
+    "The old clock in the tower stopped at midnight.",
+    "Farmers harvested the wheat before the heavy rains.",
+    "The app lets you track your spending each month.",
+    "Two climbers reached the summit just after sunrise.",
+    "The city council voted to expand the bus network.",
+]
+
+
+def calibration_batches(package_path, config: dict[str, Any], mapping,
+                        data_spec: str | None) -> tuple[list, dict[str, Any]]:
+    """The calibration inputs of a package (its config.json `config`) under `mapping` (a MappingConfig: its
+    calibration spec and sample count), and where they came from (`data_spec`: the certify dataset of images)."""
+    from .eval_set import fingerprint, load_eval_set, materialise
+
+    m = mapping.complete()
+    n = m.calibration_samples
+    inp = config["input"]
+    if inp.get("kind") == "text":
+        if m.calibration is not None:
+            ev = load_eval_set(package_path, config, m.calibration, limit=n)
+            return ev.batches, {"spec": ev.spec, "n": ev.n, "fingerprint": ev.fingerprint}
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(package_path))
+        except Exception as exc:
+            raise UsageError(f"calibrating the mapping needs the package's tokenizer ({type(exc).__name__})",
+                             "pass `calibration=tokens`, or `input_scaling=none` `input_range=dynamic`") from None
+        names = inp.get("names") or ["input_ids", "attention_mask"]
+        sentences = CALIBRATION_SENTENCES[:n]
+        enc = tok(sentences, padding="max_length", truncation=True, max_length=int(inp.get("seq_len") or 32),
+                  return_tensors="pt")
+        batch = {k: enc[k] for k in names if k in enc}
+        return [batch], {"spec": "calibration sentences (built in, not the evaluation ones)", "n": len(sentences),
+                         "fingerprint": fingerprint(*batch.values())}
+    from . import load
+
+    spec = m.calibration or data_spec or "digits"
+    d = load(spec, input_shape=inp.get("shape"))
+    x, _ = materialise(d.train, n)
+    return [x], {"spec": spec, "split": "train", "n": len(x), "fingerprint": fingerprint(x)}
