@@ -381,7 +381,7 @@ def test_a_corrupt_image_in_an_image_folder_is_named(tmp_path, cli):
 def test_a_dataset_too_small_to_split_is_a_usage_error(tmp_path, cli):
     from PIL import Image
 
-    for label in ("a", "b"):  # one image per class: 1 train / 0 val / 1 test
+    for label in ("a", "b"):  # one image per class: 2 train / 0 val / 0 test
         (tmp_path / "imgs" / label).mkdir(parents=True)
         Image.new("L", (8, 8), 40 if label == "a" else 200).save(tmp_path / "imgs" / label / "0.png")
     ad.convert("mlp", output=tmp_path / "mlp2", num_classes=2)
@@ -390,8 +390,8 @@ def test_a_dataset_too_small_to_split_is_a_usage_error(tmp_path, cli):
                  ("certify", tmp_path / "mlp2", "--data", spec, "--repeats", "2", "--times", "1d")):
         code, _, err = cli(*args)
         assert code == 2, err
-        assert "has 2 samples, split 1 train / 0 val / 1 test: the val split is empty" in err
-        assert "at least 7 samples" in err and "bug" not in err
+        assert "has 2 samples, split 2 train / 0 val / 0 test: the val and test splits are empty" in err
+        assert "at least 3 samples" in err and "bug" not in err
     assert not (tmp_path / "out").exists()
 
 

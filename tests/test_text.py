@@ -314,7 +314,7 @@ def test_smollm2_converts_from_gguf_completes_and_certifies_an_lm_metric(tmp_pat
     pkg = ad.load(tmp_path / "smol")
     assert pkg.config["task"] == "causal-lm" and type(pkg.model).__name__ == "LlamaForCausalLM"
     assert sum(p.numel() for p in pkg.model.parameters()) == 134_515_008
-    tok = text_data.tokenizer_for(tmp_path / "smol")
+    tok = text_data.tokenizer_for(tmp_path / "smol", pkg.config)
     enc = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         ids = pkg.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],

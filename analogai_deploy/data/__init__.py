@@ -15,21 +15,21 @@ adversarial perturbations stay inside real pixel values.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ..errors import UsageError, unknown
-
-KINDS = ("digits", "cifar10", "mnist", "imagefolder")
-SPLIT_SEED = 0  # the split never depends on the training seed: the test set is the same for every run
-SPLIT = (0.7, 0.15, 0.15)
+from .base import IMAGE_KINDS, TEXT_KINDS, holdout, split
 
 
 @dataclass
 class Data:
+    """An image dataset (implements data.base.SplitData)."""
+
     spec: str
     train: Dataset
     val: Dataset
@@ -40,6 +40,15 @@ class Data:
     std: list[float]
     fingerprint: str  # sha256 over the test set's contents (digits) or its file list (folders)
     labels: list[str] | None = None  # class names in id order (digits / mnist: "0" ... "9"; folders: their names)
+    provenance: dict[str, Any] = field(default_factory=dict)  # nothing beyond the spec and fingerprint, for images
+
+    @property
+    def labelled(self) -> bool:
+        return True
+
+    def example(self, device: torch.device | str = "cpu") -> None:
+        """Images: a zero input of input_shape stands in for a sample."""
+        return None
 
     def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (low, high) of a normalised input whose pixels lie in [0, 1], shaped (C, 1, 1)."""
@@ -78,12 +87,10 @@ class _Relabel:
 def parse(spec: str) -> tuple[str, str | None]:
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
-    if kind not in KINDS:
-        from .text import KINDS as TEXT_KINDS
-
+    if kind not in IMAGE_KINDS:
         if kind in TEXT_KINDS:
             raise UsageError(f"--data {spec} is text; this package takes images", "use e.g. --data digits")
-        raise unknown("dataset", kind, KINDS + TEXT_KINDS)
+        raise unknown("dataset", kind, IMAGE_KINDS + TEXT_KINDS)
     if kind == "digits":
         if arg:
             raise UsageError(f"digits takes no path (got {arg!r})", "write --data digits")
@@ -105,7 +112,7 @@ def load(spec: str, input_shape: list[int] | None = None) -> Data:
 
 def _check_splits(spec: str, train: Dataset, val: Dataset, test: Dataset) -> None:
     """Training needs a train and a validation split, certify a test split: refuse a dataset too small
-    for the fixed 70/15/15 split here, naming the counts, rather than divide by zero later."""
+    for the fixed 70/15/15 split (fewer than 3 samples) here, naming the counts, rather than divide by zero later."""
     sizes = {"train": len(train), "val": len(val), "test": len(test)}
     empty = [name for name, size in sizes.items() if size == 0]
     if empty:
@@ -113,16 +120,8 @@ def _check_splits(spec: str, train: Dataset, val: Dataset, test: Dataset) -> Non
         counts = " / ".join(f"{size} {name}" for name, size in sizes.items())
         raise UsageError(f"{spec} has {total} sample{'s' if total != 1 else ''}, split {counts}: "
                          f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty",
-                         "give it at least 7 samples (every split needs one); numbers mean something "
+                         "give it at least 3 samples (every split needs one); numbers mean something "
                          "only with hundreds")
-
-
-def _split(n: int) -> tuple[list[int], list[int], list[int]]:
-    g = torch.Generator().manual_seed(SPLIT_SEED)
-    order = torch.randperm(n, generator=g).tolist()
-    a = int(SPLIT[0] * n)
-    b = a + int(SPLIT[1] * n)
-    return order[:a], order[a:b], order[b:]
 
 
 def shape_images(x: torch.Tensor, input_shape: list[int] | None) -> torch.Tensor:
@@ -168,7 +167,7 @@ def _digits(spec: str, input_shape: list[int] | None) -> Data:
     x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(target, dtype=torch.long)
     x = shape_images(x, input_shape)
-    tr, va, te = _split(len(y))
+    tr, va, te = split(len(y))
     mean = x[tr].mean(dim=(0, 2, 3)).tolist()
     std = x[tr].std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
     xn = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
@@ -234,10 +233,7 @@ def _cifar_binary(folder: Path, spec: str, input_shape: list[int] | None) -> Dat
     m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
     x = (shape_images(x, shape) - m) / s
     xt = (shape_images(xt, shape) - m) / s
-    g = torch.Generator().manual_seed(SPLIT_SEED)
-    order = torch.randperm(len(y), generator=g)
-    nval = len(y) // 10
-    val, train = order[:nval], order[nval:]
+    train, val = holdout(len(y), len(y) // 10)
     h = hashlib.sha256(b"cifar10-bin")
     h.update((folder / CIFAR_TEST).read_bytes())
     return Data(spec, TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), TensorDataset(xt, yt),
@@ -294,13 +290,11 @@ def _torchvision(kind: str, root: str, spec: str, input_shape: list[int] | None)
     classes = len(full.classes)
     names = {"mnist": DIGITS, "cifar10": CIFAR_CLASSES}.get(kind, [str(c) for c in full.classes])
     if test is None:
-        tr, va, te = _split(len(full))
+        tr, va, te = split(len(full))
         train, val, test_ds = Subset(full, tr), Subset(full, va), Subset(full, te)
     else:
-        g = torch.Generator().manual_seed(SPLIT_SEED)
-        order = torch.randperm(len(full), generator=g).tolist()
-        nval = len(full) // 10
-        train, val, test_ds = Subset(full, order[nval:]), Subset(full, order[:nval]), test
+        tr, va = holdout(len(full), len(full) // 10)
+        train, val, test_ds = Subset(full, tr), Subset(full, va), test
     _check_splits(spec, train, val, test_ds)
     fp = hashlib.sha256("\n".join([kind, *files]).encode()).hexdigest()
     return Data(spec, train, val, test_ds, classes, shape, list(mean), list(std), fp, names)

@@ -20,6 +20,7 @@ from ..labels import ids as label_ids
 from ..labels import names as package_names
 from ..tasks import output_kind
 from . import load
+from .base import is_text_spec
 from . import text as text_data
 
 TEXT_DATA = ("sentences", "tokens")  # built-in label-free inputs; data/text.py adds corpus, text:FILE, generated:N
@@ -92,7 +93,7 @@ def load_eval_set(package_path: Path, config: dict[str, Any], spec: str | None, 
     if inp.get("kind") == "text":
         return _text_set(package_path, config, spec or "sentences", seed, limit, model)
     spec = spec or "digits"
-    if spec in TEXT_DATA or text_data.is_text_spec(spec):
+    if spec in TEXT_DATA or is_text_spec(spec):
         raise UsageError(f"`data={spec}` is for text packages; this package takes images", "use e.g. `data=digits`")
     d = align(load(spec, input_shape=inp.get("shape")), config)  # numbered as the package numbers its classes
     x, y = materialise(d.test, limit)
@@ -152,7 +153,7 @@ def _text_set(package_path: Path, config: dict[str, Any], spec: str, seed: int, 
     classes = None
     label_names = None
     if spec == "sentences":
-        tok = text_data.tokenizer_for(package_path)
+        tok = text_data.tokenizer_for(package_path, config)
         sentences = SENTENCES[:limit] if limit else SENTENCES
         batch = dict(zip(names, text_data.tokenize(tok, sentences, seq_len, names)))
         split = "built-in"
@@ -166,11 +167,11 @@ def _text_set(package_path: Path, config: dict[str, Any], spec: str, seed: int, 
             batch["token_type_ids"] = torch.zeros_like(ids)
         batch = {k: batch[k] for k in names if k in batch}
         split = "built-in"
-    elif text_data.is_text_spec(spec):
+    elif is_text_spec(spec):
         kind_, _ = text_data.parse(spec)
         if kind_ == "text" and not _trained_on(config, spec):
             # the user's own held-out text: all of it (a file the package was recovered on: its test split only)
-            tok = text_data.tokenizer_for(package_path)
+            tok = text_data.tokenizer_for(package_path, config)
             texts, raw = text_data.read_file(text_data.parse(spec)[1])
             if limit:
                 texts, raw = texts[:limit], (raw[:limit] if raw else raw)

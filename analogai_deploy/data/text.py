@@ -29,11 +29,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..errors import PackageError, UsageError
+from .base import IMAGE_KINDS, holdout, split
 
-KINDS = ("corpus", "text", "generated")
 CORPUS_DIR = Path(__file__).with_name("corpus")
-SPLIT_SEED = 0  # as for images: the split never depends on the training seed
-SPLIT = (0.7, 0.15, 0.15)
 CORPUS_VAL = 0.15  # share of corpus/train.txt held back for validation
 MAX_EXAMPLES = 200_000
 MAX_GENERATED = 10_000
@@ -71,7 +69,7 @@ class TextTensors(TensorDataset):
 
 @dataclass
 class TextData:
-    """What `recover` trains on for a text package (the counterpart of data.Data for images)."""
+    """What `recover` trains on for a text package (implements data.base.SplitData, as data.Data does for images)."""
 
     spec: str
     train: TextTensors
@@ -121,16 +119,10 @@ def parse(spec: str) -> tuple[str, str | None]:
         if not path.is_file():
             raise UsageError(f"text file not found: {arg}", "pass the path of a .txt, .jsonl or .csv file")
         return kind, arg
-    from . import KINDS as IMAGE_KINDS
-
     if kind in IMAGE_KINDS:
         raise UsageError(f"--data {spec} holds images; this package takes text",
                          "use --data corpus, text:FILE (.txt/.jsonl/.csv) or generated:N")
     raise UsageError(f"unknown text data {spec!r}", "use corpus, text:FILE (.txt/.jsonl/.csv) or generated:N")
-
-
-def is_text_spec(spec: str | None) -> bool:
-    return bool(spec) and spec.split(":", 1)[0].strip().lower() in KINDS
 
 
 def read_file(path: str | Path) -> tuple[list[str], list[Any] | None]:
@@ -185,20 +177,14 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def split(n: int, parts: tuple[float, float, float] = SPLIT) -> tuple[list[int], list[int], list[int]]:
-    g = torch.Generator().manual_seed(SPLIT_SEED)
-    order = torch.randperm(n, generator=g).tolist()
-    a = max(1, int(parts[0] * n)) if n >= 3 else n
-    b = a + max(1, int(parts[1] * n)) if n >= 3 else n
-    return order[:a], order[a:b], order[b:]
-
-
 def corpus(part: str) -> list[str]:
     """The shipped English corpus: part 'train' or 'heldout'."""
     return [s for s in (CORPUS_DIR / f"{part}.txt").read_text(encoding="utf-8").splitlines() if s.strip()]
 
 
-def tokenizer_for(package_path: str | Path):
+def tokenizer_for(package_path: str | Path, config: dict[str, Any]):
+    """The tokenizer saved in the package at `package_path` (whose config.json is `config`), set up to pad on
+    the right; one whose vocabulary differs from the one config.json records is refused."""
     try:
         from transformers import AutoTokenizer
 
@@ -206,9 +192,7 @@ def tokenizer_for(package_path: str | Path):
     except Exception as exc:
         raise UsageError(f"the package holds no usable tokenizer ({type(exc).__name__})",
                          "convert the model from a folder that has its tokenizer files") from None
-    from ..package import read_config
-
-    want = (read_config(package_path).get("tokenizer") or {}).get("vocab_size")
+    want = (config.get("tokenizer") or {}).get("vocab_size")
     if isinstance(want, int) and len(tok) != want:  # e.g. tokenizer.json deleted: transformers invents a few tokens
         raise PackageError(f"the tokenizer in {package_path} has {len(tok)} tokens, but config.json records the "
                            f"model's tokenizer with {want} (a tokenizer file was deleted or replaced)",
@@ -296,16 +280,15 @@ def load(spec: str, package_path: str | Path, config: dict[str, Any], model=None
     inp = config.get("input", {})
     seq_len = int(inp.get("seq_len") or 32)
     names = _names(inp)
-    tok = tokenizer_for(package_path)
+    tok = tokenizer_for(package_path, config)
     prov: dict[str, Any] = {"spec": spec, **tokenizer_record(tok, seq_len)}
     labels = None
     label_names = None
     num_classes = None
     if kind == "corpus":
         train_texts = corpus("train")
-        order = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
-        nval = int(CORPUS_VAL * len(train_texts))
-        parts = ([train_texts[i] for i in order[nval:]], [train_texts[i] for i in order[:nval]], corpus("heldout"))
+        kept, held = holdout(len(train_texts), int(CORPUS_VAL * len(train_texts)))
+        parts = ([train_texts[i] for i in kept], [train_texts[i] for i in held], corpus("heldout"))
         prov["source"] = "analogai_deploy/data/corpus (train.txt -> train/val, heldout.txt -> test)"
     else:
         if kind == "text":

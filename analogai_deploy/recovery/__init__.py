@@ -153,6 +153,7 @@ def prepare_run(package, recipe, data, overrides=None):
     from .. import data as data_mod
     from .. import package as pkg_mod
     from ..data import text as text_data
+    from ..data.base import is_text_spec
     from . import objectives
 
     pkg = package if isinstance(package, pkg_mod.Package) and package.model is not None else pkg_mod.load(
@@ -183,7 +184,7 @@ def prepare_run(package, recipe, data, overrides=None):
         return pkg, rec, ds, objective
     if inp.get("kind") != "image":
         raise UsageError(f"recover trains image and text packages, but {pkg.path} takes {inp.get('kind')} input")
-    if isinstance(data, str) and text_data.is_text_spec(data):
+    if isinstance(data, str) and is_text_spec(data):
         raise UsageError(f"`data={data}` is text; {pkg.path} takes images", "use e.g. `data=digits`")
     ds = data if not isinstance(data, str) else data_mod.load(data, input_shape=inp.get("shape"))
     ds = labels.align(ds, pkg.config)  # numbered as the package numbers its classes
@@ -345,7 +346,7 @@ def recover(
         final.eval()
         config = {k: v for k, v in pkg.config.items() if k not in _STALE_SECTIONS}
         if objective.name == "cross_entropy":  # trained on the data's labels: a head without names takes theirs
-            config = labels.record(config, getattr(ds, "labels", None))
+            config = labels.record(config, ds.labels)
         if rec.hardware_noise:
             from . import hardware_noise
             from ..analog.mapping import MappingConfig
@@ -385,7 +386,7 @@ def recover(
             "curve": CURVE_PNG,
         }
         config["data"] = {"spec": ds.spec, "fingerprint": ds.fingerprint, "split": "train/val (selection on val; test untouched)"}
-        if getattr(ds, "provenance", None):  # text: tokenizer, max length, padding, sizes, generation settings
+        if ds.provenance:  # text: tokenizer, max length, padding, sizes, generation settings
             config["data"]["text"] = ds.provenance
         prov = dict(config.get("provenance", {}))
         prov["history"] = list(prov.get("history", [])) + [{

@@ -79,7 +79,7 @@ def check_fits(model: nn.Module, recipe, data, device: torch.device, teacher: bo
     t, r = recipe.training, recipe.recovery
     clients = len(r.sigmas) if t.use_FI and len(r.sigmas) > 1 else 1
     passes = 1 + (len(r.feedback.deltas) if t.use_FL else 0)
-    example = data.example() if hasattr(data, "example") else None
+    example = data.example()
     per_sample = activations_per_sample(model, list(data.input_shape), example) * 4 * passes * 2
     if t.mode == "batched":
         per_sample *= clients

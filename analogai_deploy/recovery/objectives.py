@@ -130,7 +130,7 @@ def choose(config: dict[str, Any], data, recipe) -> Objective:
                              "drop the override (auto)")
         return Objective()
     output = output_kind(config)
-    labelled = getattr(data, "labelled", False)
+    labelled = data.labelled
     loss = cfg.loss
     if loss == "auto":
         if labelled and output == "logits":
