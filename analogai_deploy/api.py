@@ -134,7 +134,7 @@ def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _certify_config(config: CertifyConfig | None, fields: dict[str, Any], device: dict[str, Any],
+def certify_config(config: CertifyConfig | None, fields: dict[str, Any], device: dict[str, Any],
                     io: dict[str, Any]) -> CertifyConfig | None:
     """`config` with the given keyword fields in place of its own (None where no config was given)."""
     if config is None:
@@ -210,7 +210,7 @@ def certify(
                dist_timeout=dist_timeout)
     if config is None:
         return launcher.certify(package, **fields, **dev, **io, **run)
-    return launcher.certify(package, config=_certify_config(config, fields, dev, io), **run)
+    return launcher.certify(package, config=certify_config(config, fields, dev, io), **run)
 
 
 def to_aihwkit(
@@ -244,4 +244,4 @@ def to_aihwkit(
     if config is None:
         return certification.to_aihwkit(getattr(package, "path", package), **fields, **dev, **io)
     return certification.to_aihwkit(getattr(package, "path", package),
-                                    config=_certify_config(config, fields, dev, io))
+                                    config=certify_config(config, fields, dev, io))

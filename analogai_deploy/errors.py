@@ -3,7 +3,7 @@
 The CLI maps these to exit codes: a `UsageError` (bad input, exit 2) or an
 `OperationFailed` (the operation ran and failed, exit 1).
 A message names a parameter in backticks, as the Python API spells it (`ci_width`, `repeats=auto`);
-the CLI shows the flag instead (--ci-width, --repeats auto; cli/_errors.py), so neither speaks the other's
+the CLI shows the flag instead (--ci-width, --repeats auto; cli/error_messages.py), so neither speaks the other's
 language. A backticked single name (or name=value) in a message is always a parameter.
 """
 from __future__ import annotations

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,51 @@ def mlp_pkg(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pkgs") / "mlp"
     ad.convert("mlp", output=out, num_classes=10)
     return out
+
+
+@contextmanager
+def _registered(torch_cls: type, analog_cls: type) -> Iterator[None]:
+    from analogai_deploy import register_layer
+    from analogai_deploy.analog import registry
+
+    before = registry._LAYERS.get(torch_cls)
+    register_layer(torch_cls, analog_cls)
+    try:
+        yield
+    finally:  # the registry as it was: later tests convert with the shipped layers only
+        if before is None:
+            registry._LAYERS.pop(torch_cls, None)
+        else:
+            registry._LAYERS[torch_cls] = before
+
+
+@pytest.fixture
+def registered_layer():
+    """`with registered_layer(Scale, AnalogScale):` converts Scale into AnalogScale inside the block only."""
+    return _registered
+
+
+@pytest.fixture
+def scale_layer() -> tuple[type, type]:
+    """(Scale, AnalogScale): a custom layer (x * weight, weight of 4) and its analog-aware twin, to register."""
+    import torch
+    from torch import nn
+
+    from analogai_deploy.analog.layers import AnalogLayer, noisy
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4))
+
+        def forward(self, x):
+            return x * self.weight
+
+    class AnalogScale(AnalogLayer, Scale):
+        def forward(self, x):
+            return x * noisy(self.weight, self.analog)
+
+    return Scale, AnalogScale
 
 
 @pytest.fixture

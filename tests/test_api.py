@@ -54,16 +54,16 @@ def test_type_checkers_see_what_the_lazy_loader_gives():
 
 
 def test_keywords_replace_the_fields_of_a_given_config():
-    from analogai_deploy.api import _certify_config
+    from analogai_deploy.api import certify_config
 
     base = ad.CertifyConfig(repeats=20, seed=3, device=ad.DeviceConfig(name="PCM", io=ad.IOSettings(adc_bits=8)))
-    cfg = _certify_config(base, {"times": "1s,1d", "mapping": ad.MappingConfig(weight_scaling="tile")},
+    cfg = certify_config(base, {"times": "1s,1d", "mapping": ad.MappingConfig(weight_scaling="tile")},
                           {}, {"dac_bits": 6})
     assert (cfg.repeats, cfg.seed, cfg.times, cfg.mapping.weight_scaling) == (20, 3, ["1s", "1d"], "tile")
     assert (cfg.device.name, cfg.device.io.adc_bits, cfg.device.io.dac_bits) == ("PCM", 8, 6)
-    assert _certify_config(base, {}, {"device": "ReRAM"}, {}).device.name == "ReRAM"
-    assert _certify_config(base, {}, {}, {}) == base  # nothing given: the config as it was
-    assert _certify_config(None, {"repeats": 2}, {}, {}) is None  # no config: certify's own defaults
+    assert certify_config(base, {}, {"device": "ReRAM"}, {}).device.name == "ReRAM"
+    assert certify_config(base, {}, {}, {}) == base  # nothing given: the config as it was
+    assert certify_config(None, {"repeats": 2}, {}, {}) is None  # no config: certify's own defaults
 
 
 def test_certify_with_a_config_and_an_override(lenet_pkg):
@@ -83,7 +83,7 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(lenet_pkg, cli):
 
 
 def test_the_cli_spells_each_parameter_as_its_flag():
-    from analogai_deploy.cli._errors import flags
+    from analogai_deploy.cli.error_messages import flags
 
     assert flags("keep it digital (`exclude_types=Foo`)") == "keep it digital (--exclude-type Foo)"
     assert flags("pass `hub_repo`, `match_qat=True` or `device=custom`") == "pass --hub, --match-qat or --device custom"

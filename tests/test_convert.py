@@ -7,7 +7,7 @@ from torch import nn
 
 import analogai_deploy as ad
 from analogai_deploy.analog.convert import analog_layers, convert
-from analogai_deploy.analog.layers import AnalogLayer, AnalogLinear
+from analogai_deploy.analog.layers import AnalogLinear
 from analogai_deploy.errors import UsageError
 from analogai_deploy.sources import resolve
 
@@ -152,32 +152,15 @@ def test_include_exclude_and_keep_first_last():
     assert "excluded by pattern '9'" in report.summary() and "excluded by type Conv2d" in report.summary()
 
 
-def test_register_layer_extends_conversion():
-    class Scale(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = nn.Parameter(torch.ones(4))
-
-        def forward(self, x):
-            return x * self.weight
-
-    class AnalogScale(AnalogLayer, Scale):
-        def forward(self, x):
-            from analogai_deploy.analog.layers import noisy
-
-            return x * noisy(self.weight, self.analog)
-
+def test_register_layer_extends_conversion(scale_layer, registered_layer):
+    Scale, AnalogScale = scale_layer
     model = nn.Sequential(Scale(), nn.Linear(4, 2))
     report = convert(model)
     assert any(r.type == "Scale" and "register_layer" in r.reason for r in report.digital)  # reported, not skipped
-    ad.register_layer(Scale, AnalogScale)
-    try:
+    with registered_layer(Scale, AnalogScale):
         model = nn.Sequential(Scale(), nn.Linear(4, 2))
         assert [r.analog_type for r in convert(model).converted] == ["AnalogScale", "AnalogLinear"]
-    finally:
-        from analogai_deploy.analog import registry
-
-        registry._LAYERS.pop(Scale)
+    assert not convert(nn.Sequential(Scale())).converted  # unregistered after the block
     with pytest.raises(TypeError):
         ad.register_layer(Scale, AnalogLinear)
 

@@ -153,31 +153,14 @@ def test_gpt2_and_attention_matrices():
     assert mha.matrices == {"in_proj_weight": [48, 16], "out_proj.weight": [16, 16]}
 
 
-def test_custom_registered_layer_is_refused_by_certify_naming_it():
-    from analogai_deploy.analog import registry
-    from analogai_deploy.analog.layers import AnalogLayer, noisy
-
-    class Scale(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = nn.Parameter(torch.ones(4))
-
-        def forward(self, x):
-            return x * self.weight
-
-    class AnalogScale(AnalogLayer, Scale):
-        def forward(self, x):
-            return x * noisy(self.weight, self.analog)
-
-    ad.register_layer(Scale, AnalogScale)
-    try:
+def test_custom_registered_layer_is_refused_by_certify_naming_it(scale_layer, registered_layer):
+    Scale, AnalogScale = scale_layer
+    with registered_layer(Scale, AnalogScale):
         model = nn.Sequential(nn.Linear(4, 4), Scale())
         p = plan(model)
         assert [e.kind for e in p.analog] == ["linear", "custom"]
         with pytest.raises(OperationFailed, match="layer '1' .*no aihwkit mapping"):
             to_aihwkit(model, p, _ideal())
-    finally:
-        registry._LAYERS.pop(Scale)
 
 
 def test_certify_simulates_exactly_the_placement(tmp_path, cli):

@@ -154,12 +154,12 @@ def test_aihwkit_gets_a_forwarder_for_scipy_optimize_until_it_is_imported(tmp_pa
 
 
 def test_bench_splits_a_run_at_its_marks():
-    from analogai_deploy.benchmarks.startup import _env, _run, imports_of
+    from analogai_deploy.benchmarks.startup import imports_of, timed_run, tree_env
 
     code = ["-c", "from analogai_deploy._marks import mark\nimport json\nmark('work')\nimport csv\nmark('work_done')\n"
                   "import tomllib\n"]
-    row, _ = _run(code, _env(ROOT))
+    row, _ = timed_run(code, tree_env(ROOT))
     assert {"before_work_s", "before_work_cpu_s", "work_s", "after_s", "after_cpu_s", "wall_s", "cpu_s"} <= set(row)
     assert 0 <= row["before_work_s"] <= row["wall_s"] and row["work_s"] >= 0 and row["after_s"] >= 0
-    parts = imports_of(code, _env(ROOT))
+    parts = imports_of(code, tree_env(ROOT))
     assert "csv" in parts["work"] and "tomllib" in parts["after"] and "tomllib" not in parts["before"]

@@ -53,13 +53,14 @@ def _commands(root: Path) -> dict[str, list[str]]:
     }
 
 
-def _env(tree: Path) -> dict[str, str]:
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment of a fresh process that runs the package of `tree`: one thread, offline."""
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != tree]
     return {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(tree), *rest])}
 
 
-def _run(args: list[str], env: dict[str, str], timeout: float = 600) -> tuple[dict[str, float], str]:
+def timed_run(args: list[str], env: dict[str, str], timeout: float = 600) -> tuple[dict[str, float], str]:
     """One fresh process: ({wall_s, cpu_s, and with marks before_work_s/_cpu_s, work_s, after_s/_cpu_s}, stderr).
     It runs in the tree PYTHONPATH names first: `-m` and `-c` put the working folder ahead of PYTHONPATH, so
     from any other folder holding the package, that folder's code would run instead."""
@@ -102,12 +103,13 @@ def _label(tree: Path) -> str:
 
 
 def _setup(tree: Path, root: Path) -> Path:
-    _, err = _run(["-c", "import sys, analogai_deploy; print(analogai_deploy.__file__, file=sys.stderr)"], _env(tree))
+    _, err = timed_run(["-c", "import sys, analogai_deploy; print(analogai_deploy.__file__, file=sys.stderr)"],
+                       tree_env(tree))
     if not Path(err.strip().splitlines()[-1]).resolve().is_relative_to(tree):  # else both sides run one tree
         raise RuntimeError(f"a process meant to run {tree} imported {err.strip()}")
     root.mkdir(parents=True, exist_ok=True)
-    _run(["-m", "analogai_deploy", "convert", "lenet", "-o", str(root / "lenet"), "--num-classes", "10", "--json",
-          "--overwrite"], _env(tree))
+    timed_run(["-m", "analogai_deploy", "convert", "lenet", "-o", str(root / "lenet"), "--num-classes", "10", "--json",
+               "--overwrite"], tree_env(tree))
     return root
 
 
@@ -127,7 +129,7 @@ def startup(n: int = 3, against: str | Path | None = None, against_label: str | 
                 log(f"start-up: pass {i + 1} of {n}")
             for name in _commands(tmp):
                 for side, tree in trees.items():
-                    row, _ = _run(_commands(roots[side])[name], _env(tree))
+                    row, _ = timed_run(_commands(roots[side])[name], tree_env(tree))
                     samples.setdefault(name, {}).setdefault(side, []).append(row)
                     loads.append(os.getloadavg()[0])
         rows = {name: {side: _medians(runs) for side, runs in by_side.items()} for name, by_side in samples.items()}
@@ -135,7 +137,7 @@ def startup(n: int = 3, against: str | Path | None = None, against_label: str | 
         if imports_too:
             for name, args in _commands(roots["this"]).items():
                 if name.startswith(("certify", "recover")):
-                    imports[name] = imports_of(args, _env(HERE))
+                    imports[name] = imports_of(args, tree_env(HERE))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     labels = {"this": _label(HERE)}
@@ -154,7 +156,7 @@ def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
 def imports_of(args: list[str], env: dict[str, str] | None = None, top: int = 8) -> dict[str, dict[str, float]]:
     """Import time per top-level package of one run of the command (python -X importtime) before the work,
     during it and after it, largest first; '(all)' is the sum of each part."""
-    _, err = _run(["-X", "importtime", *args], env or _env(HERE))
+    _, err = timed_run(["-X", "importtime", *args], env or tree_env(HERE))
     parts: dict[str, dict[str, float]] = {"before": {}, "work": {}, "after": {}}
     part = parts["before"]
     for line in err.splitlines():

@@ -39,7 +39,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ._errors import handle
+    from .error_messages import handle
 
     try:
         rc = app(args=argv, standalone_mode=False)

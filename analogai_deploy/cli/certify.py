@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import Json, Quiet, output
+from ._options import DistTimeout, Json, Quiet, rank_output
 
 EXAMPLES = """
 Examples:
@@ -125,17 +125,16 @@ def certify(
     output_dir: Annotated[str | None, typer.Option("-o", "--output", help="Write a copy of the package with the certificate here (e.g. for a read-only package) [default: update PACKAGE in place].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing package at -o.")] = False,
     nproc: Annotated[int, typer.Option(help="Spread the Monte Carlo repeats over N local processes (torch.distributed, gloo); same seed, same certificate.")] = 1,
-    dist_timeout: Annotated[float | None, typer.Option(help="Seconds a process waits for the others before the run fails (with --nproc or torchrun). [default: 1800]")] = None,
+    dist_timeout: DistTimeout = None,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
     from ..errors import OperationFailed, UsageError
     from .. import certification as cert_mod
     from ..hardware.devices import canonical_device
-    from .. import distributed, launcher
+    from .. import launcher
 
-    main = distributed.configure_cli(nproc, dist_timeout)
-    out = output(json_ and main, quiet or not main)  # under torchrun only rank 0 prints
+    out = rank_output(nproc, dist_timeout, json_, quiet)
     given = {"device": device, "dac_bits": dac_bits, "adc_bits": adc_bits, "out_noise": out_noise,
              "tile_size": tile_size, "drift_compensation": drift_compensation, "n_w": n_w,
              "w_noise_type": w_noise_type, "preset": preset, "tile": tile, "times": times, "repeats": repeats,

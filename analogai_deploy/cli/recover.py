@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import Json, Quiet, output
+from ._options import DistTimeout, Json, Quiet, output, rank_output
 
 EXAMPLES = """
 Examples:
@@ -88,19 +88,17 @@ def recover(
     outliers: Annotated[str | None, typer.Option(help="Mapping: 'digital' trains with each Linear (and GPT-2 Conv1D) tile column's weights beyond --outlier-std std off the tiles, computed digitally beside them, and records it for certify; 'none' trains and records pure analog (the recipe's noise.outliers). [default: the package's record; recipes with the hardware noise model train with it]")] = None,
     outlier_std: Annotated[float | None, typer.Option(help="Mapping: the outlier bound in std of the tile column (noise.outlier_std). [default: 3]")] = None,
     nproc: Annotated[int, typer.Option(help="Train on N local processes (torch.distributed): MSNAT clients spread over them, other recipes data parallel.")] = 1,
-    dist_timeout: Annotated[float | None, typer.Option(help="Seconds a process waits for the others before the run fails (with --nproc or torchrun). [default: 1800]")] = None,
+    dist_timeout: DistTimeout = None,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
     from pathlib import Path
 
-    from .. import distributed
     from ..analog.outliers import recorded_split_warning
     from ..launcher import recover as run_recover
     from ..recovery import state_dir_for
 
-    main = distributed.configure_cli(nproc, dist_timeout)
-    out = output(json_ and main, quiet or not main)  # under torchrun only rank 0 prints
+    out = rank_output(nproc, dist_timeout, json_, quiet)
     overrides = list(overrides or [])  # the mapping options are the recipe's noise.outliers / noise.outlier_std
     overrides += [f"noise.{k}={v}" for k, v in (("outliers", outliers), ("outlier_std", outlier_std)) if v is not None]
     out.info(f"recovering {package} with recipe {recipe} on {data or 'the default data'} ...")
