@@ -52,3 +52,21 @@ def test_images_and_text_implement_one_interface():
     fields = set(base.SplitData.__annotations__) | {"labelled", "example"}
     for cls in (data.Data, TextData):
         assert all(hasattr(cls, f) or f in cls.__dataclass_fields__ for f in fields), cls
+
+
+def test_calibration_tokenises_as_evaluation_does(tmp_path):
+    """Calibration text goes through the one tokenisation of data.text (the package's tokenizer checked against
+    config.json, padded on the right), as training and certify read text."""
+    import analogai_deploy as ad
+    from analogai_deploy.analog.mapping import MappingConfig
+    from analogai_deploy.data.calibration import CALIBRATION_SENTENCES, calibration_batches
+    from analogai_deploy.data.text import tokenize, tokenizer_for
+    from hf_models import gpt2_lm
+
+    pkg = ad.convert(f"hf:{gpt2_lm(tmp_path / 'hf')}", output=tmp_path / "lm", task="causal-lm")
+    (batch,), info = calibration_batches(pkg.path, pkg.config, MappingConfig(input_scaling="channel"), None)
+    names = pkg.config["input"]["names"]
+    n = MappingConfig().complete().calibration_samples
+    want = tokenize(tokenizer_for(pkg.path, pkg.config), CALIBRATION_SENTENCES[:n], pkg.config["input"]["seq_len"], names)
+    assert list(batch) == names and all(torch.equal(batch[k], v) for k, v in zip(names, want))
+    assert info["n"] == len(want[0]) > 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UsageError
+from . import load
+from .eval_set import fingerprint, load_eval_set, materialise
+from .text import tokenize, tokenizer_for
 
 #: calibration text for packages without their own: not the evaluation sentences
 CALIBRATION_SENTENCES = [
@@ -31,8 +34,6 @@ def calibration_batches(package_path, config: dict[str, Any], mapping,
                         data_spec: str | None) -> tuple[list, dict[str, Any]]:
     """The calibration inputs of a package (its config.json `config`) under `mapping` (a MappingConfig: its
     calibration spec and sample count), and where they came from (`data_spec`: the certify dataset of images)."""
-    from .eval_set import fingerprint, load_eval_set, materialise
-
     m = mapping.complete()
     n = m.calibration_samples
     inp = config["input"]
@@ -41,21 +42,15 @@ def calibration_batches(package_path, config: dict[str, Any], mapping,
             ev = load_eval_set(package_path, config, m.calibration, limit=n)
             return ev.batches, {"spec": ev.spec, "n": ev.n, "fingerprint": ev.fingerprint}
         try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(package_path))
-        except Exception as exc:
-            raise UsageError(f"calibrating the mapping needs the package's tokenizer ({type(exc).__name__})",
+            tok = tokenizer_for(package_path, config)
+        except UsageError as exc:
+            raise UsageError(f"calibrating the mapping needs the package's tokenizer: {exc.message}",
                              "pass `calibration=tokens`, or `input_scaling=none` `input_range=dynamic`") from None
         names = inp.get("names") or ["input_ids", "attention_mask"]
         sentences = CALIBRATION_SENTENCES[:n]
-        enc = tok(sentences, padding="max_length", truncation=True, max_length=int(inp.get("seq_len") or 32),
-                  return_tensors="pt")
-        batch = {k: enc[k] for k in names if k in enc}
+        batch = dict(zip(names, tokenize(tok, sentences, int(inp.get("seq_len") or 32), names)))
         return [batch], {"spec": "calibration sentences (built in, not the evaluation ones)", "n": len(sentences),
                          "fingerprint": fingerprint(*batch.values())}
-    from . import load
-
     spec = m.calibration or data_spec or "digits"
     d = load(spec, input_shape=inp.get("shape"))
     x, _ = materialise(d.train, n)
