@@ -101,7 +101,7 @@ def recover(package, recipe="msnat", data=None, output=None, *, overrides=None, 
     if on_round is not None:
         raise UsageError("on_round runs in this process; with nproc > 1 training runs in others", "drop on_round")
     kwargs.pop("log", None)
-    merged = recovery._overrides(overrides, kwargs)
+    merged = recovery.merge_overrides(overrides, kwargs)
     pkg, rec, ds = recovery.prepare(package, recipe, data, merged)
     if pkg.config.get("input", {}).get("kind") == "text":
         raise UsageError("text packages recover on one process", "drop `nproc`")

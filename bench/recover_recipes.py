@@ -19,7 +19,8 @@ import torch
 import analogai_deploy as ad
 from analogai_deploy import data, package
 from analogai_deploy.recovery import recipe as recipes
-from analogai_deploy.recovery.engine import Batches, evaluate
+from analogai_deploy.recovery.batches import Batches
+from analogai_deploy.recovery.validation import evaluate
 
 SIGMAS = (0.0, 0.1, 0.2, 0.3)
 

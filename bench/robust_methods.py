@@ -39,7 +39,8 @@ def main() -> None:
     import analogai_deploy as ad
     from analogai_deploy import package
     from analogai_deploy.data import load as load_data
-    from analogai_deploy.recovery.engine import Batches, evaluate
+    from analogai_deploy.recovery.batches import Batches
+    from analogai_deploy.recovery.validation import evaluate
 
     torch.set_num_threads(args.threads)
     data = load_data("digits", input_shape=[1, 8, 8])

@@ -55,11 +55,11 @@ def time_steps(base: Path, data: str, batch: int, repeats: int = 3) -> dict[str,
     import torch
 
     from analogai_deploy.recovery import install_training_noise, prepare_run
-    from analogai_deploy.recovery.engine import Batches, make_trainer
-    from analogai_deploy.recovery.hwa import HwaTrainer
+    from analogai_deploy.recovery.batches import Batches
+    from analogai_deploy.recovery.trainers import make_trainer
 
     out = {}
-    digital = ["recovery.noise_0.act_inject.sigma=0.0", "noise.scale=tensor", "noise.model=gaussian",
+    digital = ["recovery.noise_0.act_inject.sigma=0.0", "noise.scale=tile", "noise.model=gaussian",
                "noise.input_scaling=none"]  # no noise model at all: the plain digital step
     cases = {"digital distillation": ("vanilla", digital),
              "single_noise": ("single_noise", []), "msnat client (FL)": ("msnat", []), "hwa_aihwkit": ("hwa_aihwkit", [])}
@@ -69,20 +69,20 @@ def time_steps(base: Path, data: str, batch: int, repeats: int = 3) -> dict[str,
         x, y = next(Batches(ds.train, batch, torch.device("cpu")).iterate())
         with tempfile.TemporaryDirectory() as tmp:
             if name == "hwa_aihwkit":
-                tr = HwaTrainer(pkg.model, rec, ds, Path(tmp), identity={}, placement=pkg.placement, objective=obj)
+                tr = make_trainer(pkg.model, rec, ds, Path(tmp), identity={}, placement=pkg.placement, objective=obj)
 
                 def step():
-                    tr.optimizer.zero_grad()
+                    tr.optimizers[0].zero_grad()
                     tgt = obj.targets(x, y)
                     obj.loss(obj.forward(tr.analog, x), tgt, x, None).backward()
-                    tr.optimizer.step()
+                    tr.optimizers[0].step()
             else:
                 tr = make_trainer(pkg.model, rec, ds, Path(tmp), identity={}, objective=obj)
                 tr.noise[0].set(rec.recovery.sigmas[len(rec.recovery.sigmas) // 2])  # the middle level
-                loss_fn = tr._loss_fn(tr.noise[0])
+                loss_fn = tr.make_loss_fn(tr.noise[0])
 
                 def step():
-                    tr._step(0, x, y, loss_fn)
+                    tr.train_step(0, x, y, loss_fn)
             ts = []
             for _ in range(repeats):
                 t0 = time.perf_counter()

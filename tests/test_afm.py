@@ -75,7 +75,7 @@ def test_weight_noise_std_per_channel_is_003_of_its_abs_max(lenet_pkg, tmp_path)
 
 def test_weights_are_clipped_per_channel_at_25_std_after_every_step(lenet_pkg, tmp_path):
     from analogai_deploy.recovery import prepare_run
-    from analogai_deploy.recovery.engine import make_trainer
+    from analogai_deploy.recovery.trainers import make_trainer
 
     pkg, rec, ds, objective = prepare_run(lenet_pkg, "afm", "digits", ["training.lr=1e-12", "training.warmup=0"])
     hardware_noise.apply(pkg.model, rec.noise, rec.io)
@@ -86,7 +86,7 @@ def test_weights_are_clipped_per_channel_at_25_std_after_every_step(lenet_pkg, t
     before = {n: layer.weight.detach().clone() for n, layer in layers.items()}
     trainer = make_trainer(pkg.model, rec, ds, tmp_path / "state", identity={}, objective=objective)
     x, y = next(iter(trainer.train_batches.iterate(torch.Generator().manual_seed(0))))
-    trainer._step(0, x, y, trainer._loss_fn(trainer.noise[0]))
+    trainer.train_step(0, x, y, trainer.make_loss_fn(trainer.noise[0]))
     for name, layer in layers.items():  # lr ~0: the step leaves the weights; the clip after it acts
         flat = before[name].view(before[name].shape[0], -1)
         bound = 2.5 * flat.std(1, keepdim=True)

@@ -118,7 +118,7 @@ def test_the_native_generator_is_used_here_and_follows_manual_seed():
 
 def test_batched_clients_draw_independent_noise_at_their_own_level(mlp_pkg, tmp_path):
     from analogai_deploy import data, package
-    from analogai_deploy.recovery.engine import make_trainer
+    from analogai_deploy.recovery.trainers import make_trainer
     from analogai_deploy.recovery.recipe import load
 
     pkg = package.load(mlp_pkg)
@@ -127,7 +127,7 @@ def test_batched_clients_draw_independent_noise_at_their_own_level(mlp_pkg, tmp_
     tr = make_trainer(pkg.model, rec, ds, tmp_path / "state", identity={})
     name, c = max(tr.analog_weights, key=lambda nc: tr.params[nc[0]].numel())
     w = tr.params[name].detach()
-    first, second = (tr._noisy(tr.sigma_t)[name].detach() - w for _ in range(2))
+    first, second = (tr.noisy_params(tr.sigma_t)[name].detach() - w for _ in range(2))
     assert len(tr.sigmas) >= 3
     for k, sigma in enumerate(tr.sigmas):
         s = c * sigma * w[k].abs().max().item()

@@ -176,7 +176,7 @@ def test_recover_never_deletes_a_checkpoint_unasked(cli, site):
 
 
 def test_discarding_a_checkpoint_removes_only_checkpoint_files(tmp_path):
-    from analogai_deploy.recovery.engine import discard_checkpoint
+    from analogai_deploy.recovery.checkpoint import discard_checkpoint
 
     state = tmp_path / "x.partial"
     _checkpoint(state)

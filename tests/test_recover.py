@@ -63,7 +63,8 @@ def test_every_recipe_runs_and_records_itself(name, source, lenet_pkg, mlp_pkg, 
 def test_msnat_learns_and_keeps_accuracy_under_noise(lenet_pkg, digits, tmp_path):
     ad.recover(lenet_pkg, "msnat", digits, output=tmp_path / "m", overrides=["training.rounds=4", "training.cpu_threads=1"] + TWO)
     m = package.load(tmp_path / "m").model
-    from analogai_deploy.recovery.engine import Batches, evaluate
+    from analogai_deploy.recovery.batches import Batches
+    from analogai_deploy.recovery.validation import evaluate
 
     acc = evaluate(m, Batches(digits.test, 512, torch.device("cpu")), 0.3, draws=3)["acc"]
     assert acc > 0.6  # an untrained model sits at 0.1

@@ -6,7 +6,8 @@ import torch
 
 import analogai_deploy as ad
 from analogai_deploy import data, package
-from analogai_deploy.recovery.engine import Batches, evaluate
+from analogai_deploy.recovery.batches import Batches
+from analogai_deploy.recovery.validation import evaluate
 
 
 @pytest.mark.slow

@@ -187,7 +187,7 @@ def test_a_recipe_without_text_levels_is_flagged_on_a_transformer(tiny, tmp_path
 @pytest.mark.parametrize("kind", ["encoder", "lm"])
 def test_training_batches_drop_padding_without_changing_a_value(tiny, kind):
     from analogai_deploy.recovery import prepare_run
-    from analogai_deploy.recovery.engine import Batches
+    from analogai_deploy.recovery.batches import Batches
 
     pkg, _, ds, objective = prepare_run(tiny[kind], "vanilla", "corpus")
     model = pkg.model.eval()
@@ -204,7 +204,8 @@ def test_training_batches_drop_padding_without_changing_a_value(tiny, kind):
 
 def test_distillation_targets_are_the_clean_model(tiny):
     from analogai_deploy.recovery import prepare_run
-    from analogai_deploy.recovery.engine import Batches, evaluate
+    from analogai_deploy.recovery.batches import Batches
+    from analogai_deploy.recovery.validation import evaluate
 
     pkg, rec, ds, objective = prepare_run(tiny["encoder"], "vanilla", f"text:{tiny['root'] / 'few.txt'}")
     batches = Batches(ds.val, 64, torch.device("cpu"))

@@ -1,6 +1,6 @@
 """What makes the text training path cheap: the fused native training tile (hardware/fused.py fused_linear: the torch
 path's values and gradients, its noise statistics, determinism under a seed) and the allocator setting of
-CPU training (engine.keep_freed_memory)."""
+CPU training (recovery/cpu.py keep_freed_memory)."""
 from __future__ import annotations
 
 import os
@@ -92,8 +92,8 @@ def test_fused_tile_noise_statistics_and_determinism():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_cpu_training_keeps_the_memory_it_frees():
-    from analogai_deploy.recovery import engine
+    from analogai_deploy.recovery import cpu
 
-    assert engine.keep_freed_memory()
-    with engine.cpu_threads(1, torch.nn.Linear(2, 2), torch.device("cpu")) as n:
+    assert cpu.keep_freed_memory()
+    with cpu.cpu_threads(1, torch.nn.Linear(2, 2), torch.device("cpu")) as n:
         assert n == 1

@@ -90,7 +90,8 @@ def _msnat_round(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callabl
     import analogai_deploy as ad
     from .. import data as data_mod
     from ..analog.convert import to_digital
-    from ..recovery.engine import Batches, make_trainer
+    from ..recovery.batches import Batches
+    from ..recovery.trainers import make_trainer
     from ..recovery.recipe import load as load_recipe
 
     tmp = Path(tempfile.mkdtemp(prefix="analogai-speed-"))
@@ -181,10 +182,12 @@ def _text_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callable
 
     from ..analog.convert import to_digital
     from ..recovery import install_training_noise, msnat, prepare_run
-    from ..recovery.engine import Batches, keep_freed_memory, make_trainer
+    from ..recovery.batches import Batches
+    from ..recovery.cpu import keep_freed_memory
+    from ..recovery.trainers import make_trainer
 
     if device.type == "cpu":
-        keep_freed_memory()  # as recover's training loop does (engine.cpu_threads)
+        keep_freed_memory()  # as recover's training loop does (recovery/cpu.py cpu_threads)
     tmp = Path(tempfile.mkdtemp(prefix="analogai-speed-"))
     base = _text_package(model_name, tmp)
     steps: dict[str, Callable[[], Any]] = {}
@@ -197,8 +200,8 @@ def _text_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callable
         batch = batch or next(Batches(ds.train, cfg.text_batch, device).iterate())  # one batch for every side
         tr = make_trainer(pkg.model, rec, ds, tmp / label, identity={}, objective=obj)
         tr.noise[0].set(rec.recovery.sigmas[len(rec.recovery.sigmas) // 2])  # the middle level
-        loss_fn = tr._loss_fn(tr.noise[0])
-        steps[label] = lambda tr=tr, loss_fn=loss_fn: (tr._step(0, *batch, loss_fn), _sync(device))
+        loss_fn = tr.make_loss_fn(tr.noise[0])
+        steps[label] = lambda tr=tr, loss_fn=loss_fn: (tr.train_step(0, *batch, loss_fn), _sync(device))
         steps[f"{label}_torch"] = _torch_path(steps[label])
     fb = rec.recovery.feedback
     digital = to_digital(copy.deepcopy(pkg.model)).to(device).train()

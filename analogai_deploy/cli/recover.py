@@ -159,6 +159,6 @@ def show_recipe(
 
     out = output(json_)
     r = recipes.load(name, list(overrides or []), text=text)
-    data = {"name": r.name, "sha256": r.sha256(), "summary": r.summary(), "resolved": r.resolved()}
+    data = {"name": r.name, "sha256": r.sha256(), "summary": r.summary(), "resolved": r.to_dict()}
     out.result(data, lambda d: f"# {r.summary()}\n# sha256 {d['sha256']}\n"
                + yaml.safe_dump(d["resolved"], sort_keys=False, default_flow_style=None, width=110))

@@ -7,7 +7,7 @@ element-wise). Each client's weight noise is drawn in one operation per layer fo
 s_k = c * sigma_k * max|W_k|, added straight through, before the functional call (the layers
 themselves run at sigma 0 here). BatchNorm statistics update per client inside vmap.
 
-The client modules of the loop trainer stay the record: they are refreshed from the stacked
+The client modules of the loop trainer (loop.py) stay the record: they are refreshed from the stacked
 tensors at the end of each round, so fusion, validation and checkpoints are shared with it.
 Plain MSNAT only (no SAM, adversarial or QAT, whose hooks work on one module at a time), tensor
 datasets only. On CPU small models gain nothing measurable from it, so `mode: auto` keeps the loop.
@@ -25,7 +25,9 @@ from ..analog.convert import analog_layers
 from ..analog.layers import AnalogMultiheadAttention, AnalogState
 from ..errors import OperationFailed, UsageError
 from ..hardware.draws import add_noise
-from . import engine, msnat
+from . import msnat
+from .loop import LoopTrainer
+from .optim import make_optimizer
 from .recipe import Recipe
 
 
@@ -48,7 +50,8 @@ def blockers(recipe: Recipe, data) -> list[str]:
     return out
 
 
-def resolve_mode(recipe: Recipe, data, device: torch.device) -> str:
+def resolve_mode(recipe: Recipe, data) -> str:
+    """batched where training.mode asks for it (refused where it cannot run), else loop."""
     mode = recipe.training.mode
     if mode == "batched":
         why = blockers(recipe, data)
@@ -58,10 +61,11 @@ def resolve_mode(recipe: Recipe, data, device: torch.device) -> str:
     return "loop"
 
 
-class BatchedTrainer(engine.Trainer):
+class BatchedTrainer(LoopTrainer):
+    mode = "batched"
+
     def __init__(self, model: nn.Module, recipe: Recipe, data, state_dir, **kwargs):
         super().__init__(model, recipe, data, state_dir, **kwargs)
-        self.mode = "batched"
         base = copy.deepcopy(self.clients[0])
         if any(isinstance(m, AnalogMultiheadAttention) for _, m in analog_layers(base)):
             raise UsageError("training.mode=batched does not handle MultiheadAttention layers", "use training.mode=loop")
@@ -73,7 +77,7 @@ class BatchedTrainer(engine.Trainer):
                        for n, p in base.named_parameters() if p.requires_grad}
         self.buffers = {n: torch.stack([dict(c.named_buffers())[n] for c in self.clients])
                         for n, _ in base.named_buffers()}
-        self.optimizers = [engine.make_optimizer(list(self.params.values()), recipe)]
+        self.optimizers = [make_optimizer(list(self.params.values()), recipe)]
         self.sigma_t = torch.tensor(self.sigmas, device=self.device)
         self._vf = torch.func.vmap(self._forward, randomness="different")
         self._state = AnalogState()  # holds the noise buffers, one per stacked weight
@@ -99,7 +103,7 @@ class BatchedTrainer(engine.Trainer):
             for n, b in c.named_buffers():
                 b.copy_(self.buffers[n][k])
 
-    def _noisy(self, sigma: torch.Tensor) -> dict[str, torch.Tensor]:
+    def noisy_params(self, sigma: torch.Tensor) -> dict[str, torch.Tensor]:
         """Stacked weights plus each client's noise at its own level, one draw per layer for all K."""
         out = dict(self.params)
         for name, c in self.analog_weights:
@@ -125,10 +129,10 @@ class BatchedTrainer(engine.Trainer):
                 x, y = xs[idx], ys[idx]
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    z0 = self._vf(self._noisy(self.sigma_t), self.buffers, x)
+                    z0 = self._vf(self.noisy_params(self.sigma_t), self.buffers, x)
                     z = z0
                     if fl and cfg.deltas:
-                        extra = sum(g * self._vf(self._noisy(self.sigma_t + d), self.buffers, x)
+                        extra = sum(g * self._vf(self.noisy_params(self.sigma_t + d), self.buffers, x)
                                     for d, g in zip(cfg.deltas, cfg.gammas))
                         z = z0 - cfg.beta * extra
                 logits = z.float() / cfg.temperature if fl else z.float()

@@ -101,4 +101,3 @@ def check_fits(model: nn.Module, recipe, data, device: torch.device, teacher: bo
             f"training.batch_size={t.batch_size} would need about {need / GiB:.1f} GiB on {device} "
             f"({free / GiB:.1f} GiB free)", hint)
     return estimate
-

@@ -100,20 +100,33 @@ def broadcast(fused: nn.Module, clients: Sequence[nn.Module], keep: float = 0.0)
         _copy_act_ranges(fused, client)
 
 
-def _act_quantizers(model: nn.Module) -> list:
+def act_quantizers(model: nn.Module) -> list:
+    """Each analog layer's QAT input quantizer (None where it has none)."""
     return [layer.analog.input_quant for _, layer in analog_layers(model)]
+
+
+def act_ranges(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The QAT activation ranges by layer index: they live on the quantizers, not in the state_dict."""
+    return {f"{i}": q.act_max.detach().cpu().reshape(()).clone() for i, q in enumerate(act_quantizers(model))
+            if q is not None and q.act_max is not None}
+
+
+def set_act_ranges(model: nn.Module, ranges: dict[str, torch.Tensor], device) -> None:
+    for i, q in enumerate(act_quantizers(model)):
+        if q is not None and f"{i}" in ranges:
+            q.act_max = ranges[f"{i}"].to(device)
 
 
 def _fuse_act_ranges(clients: Sequence[nn.Module], weights: Sequence[float], into: nn.Module) -> None:
     """QAT activation ranges live on the quantizers, not in the state_dict: average them the same way."""
-    per_client = [_act_quantizers(c) for c in clients]
-    for i, q in enumerate(_act_quantizers(into)):
+    per_client = [act_quantizers(c) for c in clients]
+    for i, q in enumerate(act_quantizers(into)):
         ranges = [qs[i].act_max for qs in per_client if qs[i] is not None and qs[i].act_max is not None]
         if q is not None and len(ranges) == len(clients):
             q.act_max = sum(float(a) * r.float() for a, r in zip(weights, ranges))
 
 
 def _copy_act_ranges(src: nn.Module, dst: nn.Module) -> None:
-    for qs, qd in zip(_act_quantizers(src), _act_quantizers(dst)):
+    for qs, qd in zip(act_quantizers(src), act_quantizers(dst)):
         if qs is not None and qd is not None and qs.act_max is not None:
             qd.act_max = qs.act_max.clone()

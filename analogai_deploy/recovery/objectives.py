@@ -176,3 +176,20 @@ def attach_teacher(objective: Objective, model: nn.Module, data, device: torch.d
             rows.append(objective.forward(teacher, x).float().cpu())
         setattr(out, split, ds.with_target(torch.cat(rows)))
     return out
+
+
+def _kl_on(d: dict[str, Any]) -> str:
+    if d.get("output") != "tokens":
+        return ""
+    return "next-token " if d.get("metric") == "next_token_agreement" else "per-token "
+
+
+def objective_line(objective, ds) -> str:
+    """One line saying what the run minimises (printed by the CLI, recorded in config.json)."""
+    d = objective.describe()
+    if d["loss"] == "cross_entropy":
+        return f"objective: cross-entropy on the labels of {ds.spec} (validation metric: {d['metric']})"
+    what = {"cosine": "cosine on the pooled sentence embedding", "mse": "MSE on the pooled sentence embedding",
+            "kl": f"KL on the {_kl_on(d)}logits at T={d.get('temperature')}"}
+    return (f"objective: distillation from the package's clean weights before recovery (noise off), {what[d['loss']]}, "
+            f"on {ds.spec} without labels (validation metric: {d['metric']})")

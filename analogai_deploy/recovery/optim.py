@@ -1,4 +1,5 @@
-"""torch's Adam, AdamW and SGD without the import of torch._dynamo on their first use.
+"""A recipe's optimizer and learning-rate schedule, on torch's Adam, AdamW and SGD without the import of
+torch._dynamo on their first use.
 
 torch.optim.Optimizer keeps torch.compile out of its own methods: add_param_group (called by __init__),
 zero_grad, state_dict and load_state_dict are wrapped in torch._disable_dynamo, and step in
@@ -12,8 +13,12 @@ Under torch.compile use torch.optim's classes.
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
+from torch import nn
+
+from .sam import SAM
 
 
 def _raw(cls: type, name: str):
@@ -44,3 +49,26 @@ def _eager(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
 Adam = _eager(torch.optim.Adam)
 AdamW = _eager(torch.optim.AdamW)
 SGD = _eager(torch.optim.SGD)
+
+
+def lr_at(cfg, round_: int) -> float:
+    """Learning rate of round `round_` (0-based); a pure function of the round, so nothing to checkpoint."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * (0.1 ** (round_ // max(1, cfg.rounds // 3)))
+    if cfg.schedule == "linear":
+        return cfg.lr * (1 - round_ / cfg.rounds)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * round_ / cfg.rounds))
+
+
+def make_optimizer(model: nn.Module | list[torch.Tensor], recipe):
+    """The recipe's optimizer over `model`'s trainable parameters (or these tensors), in SAM when it asks."""
+    t = recipe.training
+    params = [p for p in (model.parameters() if isinstance(model, nn.Module) else model) if p.requires_grad]
+    if t.optimizer in ("adam", "adamw"):  # adamw: weight decay decoupled from the gradient (AdamW)
+        cls = Adam if t.optimizer == "adam" else AdamW
+        base = cls(params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay)
+    else:
+        base = SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return SAM.from_config(base, recipe.recovery.optimizer)

@@ -55,10 +55,10 @@ class DataParallel:
         """Average the float buffers (batch-norm statistics) and QAT activation ranges over the replicas."""
         import torch
 
-        from .msnat import _act_quantizers
+        from .msnat import act_quantizers
 
         buffers = [b for b in model.buffers() if b.is_floating_point()]
-        quant = [q for q in _act_quantizers(model) if q is not None and q.act_max is not None]
+        quant = [q for q in act_quantizers(model) if q is not None and q.act_max is not None]
         tensors = buffers + [q.act_max for q in quant]
         if tensors:
             averaged = distributed.all_reduce_flat([t.detach().reshape(-1).float() for t in tensors], 1.0 / self.world)
@@ -67,7 +67,6 @@ class DataParallel:
                     b.copy_(v.view_as(b))
             for q, v in zip(quant, averaged[len(buffers):]):
                 q.act_max = v.view_as(q.act_max).to(q.act_max.dtype)
-
 
 
 def check_recover(recipe, data: Any = "digits", recipe_arg: Any = "msnat", nproc: int = 1) -> None:
@@ -108,7 +107,7 @@ def fuse(clients, weights, into, mine: range) -> None:
     msnat.fuse([clients[k] for k in mine], [weights[k] for k in mine], into)
     state = into.state_dict()
     keys = [k for k, t in state.items() if t.is_floating_point()]
-    quant = [q for q in msnat._act_quantizers(into) if q is not None and q.act_max is not None]
+    quant = [q for q in msnat.act_quantizers(into) if q is not None and q.act_max is not None]
     parts = [state[k] for k in keys] + [q.act_max.reshape(-1).float() for q in quant]
     summed = distributed.all_reduce_flat([t.detach() for t in parts])
     with torch.no_grad():

@@ -24,7 +24,7 @@ from pathlib import Path
 #: imported once in the forkserver; every child starts with them loaded
 PRELOAD = ["torch", "torch._dynamo", "torch.optim", "safetensors.torch", "onnx", "onnxruntime", "sklearn.datasets",
            "analogai_deploy.cli.app",
-           "analogai_deploy.package", "analogai_deploy.recovery", "analogai_deploy.recovery.engine",
+           "analogai_deploy.package", "analogai_deploy.recovery", "analogai_deploy.recovery.trainers",
            "analogai_deploy.exporter", "analogai_deploy.zoo", "analogai_deploy.data", "analogai_deploy.sources"]
 
 _CTX = None
