@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from .errors import UsageError, closest
+from .errors import UsageError, closest, unknown
 
 T = TypeVar("T", bound="StrictConfig")
 _REGISTRY: dict[str, type[StrictConfig]] = {}
@@ -160,3 +160,41 @@ def _coerce_to(tp: Any, value: Any, path: str) -> Any:
             raise UsageError(f"{path} must be a string, got {_show(value)}")
         return value
     return value
+
+
+class ChoiceConfig(StrictConfig):
+    """A StrictConfig whose `Literal` fields named in `_choices` (field -> what an error calls it) also take
+    other spellings (`spelling`, e.g. any case) and refuse an unknown value naming the closest valid one
+    (errors.unknown), from a dict and in the constructor alike. Frozen subclasses store the spelling in
+    `__post_init__` through `set_choices`."""
+
+    _choices: typing.ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def spelling(cls, name: str, value: Any) -> Any:
+        """The spelling field `name` stores for `value` (as given unless a subclass says otherwise)."""
+        return value
+
+    @classmethod
+    def choice(cls, name: str, value: Any) -> Any:
+        """`value` of choice field `name` as stored; an unknown one fails with the valid ones."""
+        hint = typing.get_type_hints(cls)[name]
+        valid = next(typing.get_args(a) for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is typing.Literal)
+        if isinstance(value, (int, float)):  # as a string field takes them (`_coerce_to`)
+            value = str(value)
+        value = cls.spelling(name, value)
+        if value not in valid:
+            raise unknown(cls._choices[name], value, valid)
+        return value
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+        if isinstance(data, dict):
+            data = {k: cls.choice(k, v) if k in cls._choices and v is not None else v for k, v in data.items()}
+        return super().from_dict(data, where)
+
+    def set_choices(self) -> None:
+        for name in self._choices:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, self.choice(name, value))

@@ -1,6 +1,7 @@
 """Training noise that matches the hardware: per-channel scale, the PCM polynomial, clipping, the periphery."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -194,7 +195,7 @@ def test_input_scaling_trains_the_layer_certify_programs():
     u = scaled.abs() / m
     q = torch.sqrt(pcm.prog_sigma(u) ** 2 + pcm.prog_sigma(0.0) ** 2) / pcm.PROG_NORM
     assert torch.allclose(std, 0.1 * m * q, rtol=0.2)
-    hw.out_noise, hw.dac_bits, hw.adc_bits = 0.06, 7, 9
+    layer.analog.hw = dataclasses.replace(hw, out_noise=0.06, dac_bits=7, adc_bits=9)
     layer.analog.sigma = 0.0
     with torch.no_grad():
         y = layer(x)

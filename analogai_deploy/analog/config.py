@@ -19,7 +19,7 @@ def slicing_factor(weight_bits: int, device_bits: int) -> float:
     return num / den
 
 
-@dataclass
+@dataclass(frozen=True)
 class AnalogConfig(StrictConfig):
     """How a model is made analog-aware.
 

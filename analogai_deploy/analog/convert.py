@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import AnalogConfig
 from .layers import AnalogLayer
-from .placement import Placement, apply, plan
+from .placement import AnalogShare, Placement, apply, plan
 
 
 @dataclass
@@ -22,7 +22,7 @@ class LayerRecord:
 
 
 @dataclass
-class ConversionReport:
+class ConversionReport(AnalogShare):
     """What `convert` did, as a list view of its `Placement` (the record config.json stores)."""
 
     converted: list[LayerRecord] = field(default_factory=list)
@@ -39,12 +39,8 @@ class ConversionReport:
         )
 
     @property
-    def analog_params(self) -> int:
-        return sum(r.params for r in self.converted)
-
-    @property
-    def analog_share(self) -> float:
-        return self.analog_params / self.total_params if self.total_params else 0.0
+    def analog_entries(self) -> list[LayerRecord]:
+        return self.converted
 
     def to_dict(self) -> dict:
         return {

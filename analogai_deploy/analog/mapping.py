@@ -42,18 +42,18 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from .._config import StrictConfig
-from ..errors import UsageError, unknown
+from .._config import ChoiceConfig
+from ..errors import UsageError
+from ..hardware.clipping import Clip, clamp, clip_bound
 from ..hardware.devices import IOSettings
 
-WEIGHT_SCALING = ("tile", "column")
-CLIP = ("none", "fixed", "layer_std", "channel_std")
-INPUT_RANGE = ("dynamic", "calibrated", "learned")
-INPUT_SCALING = ("none", "channel")
-OUTPUT_SCALING = ("tile", "column")
-OUTLIERS = ("none", "digital")
+WeightScaling = Literal["tile", "column"]
+InputRange = Literal["dynamic", "calibrated", "learned"]
+InputScaling = Literal["none", "channel"]
+OutputScaling = Literal["tile", "column"]
+Outliers = Literal["none", "digital"]
 
 #: the defaults (BENCHMARKS.md section "Mapping" measures each against the alternatives)
 DEFAULTS: dict[str, Any] = {
@@ -65,41 +65,42 @@ DEFAULTS: dict[str, Any] = {
 LEGACY: dict[str, Any] = {**DEFAULTS, "weight_scaling": "tile", "input_scaling": "none"}
 MAPPING_FIELDS = tuple(DEFAULTS)
 
-@dataclass
-class MappingConfig(StrictConfig):
+
+@dataclass(frozen=True)
+class MappingConfig(ChoiceConfig):
     """The mapping options (module docstring); None = inherit (the package's value, then DEFAULTS).
+    Choices are taken in any case, '-' for '_'.
 
     io: the DAC / ADC / output-noise settings a package was trained for (certify's default IO for it).
     input_ranges: the static input range per layer name that training learned (input_range: learned).
     """
 
-    weight_scaling: str | None = None
-    clip: str | None = None
+    weight_scaling: WeightScaling | None = None
+    clip: Clip | None = None
     clip_value: float | None = None
-    input_range: str | None = None
+    input_range: InputRange | None = None
     input_range_k: float | None = None
-    input_scaling: str | None = None
+    input_scaling: InputScaling | None = None
     input_scaling_alpha: float | None = None
-    output_scaling: str | None = None
+    output_scaling: OutputScaling | None = None
     calibration: str | None = None
     calibration_samples: int | None = None
-    outliers: str | None = None
+    outliers: Outliers | None = None
     outlier_std: float | None = None
     input_ranges: dict[str, float] | None = None
     io: IOSettings = field(default_factory=IOSettings)
 
+    _choices = {name: name.replace("_", " ") for name in
+                ("weight_scaling", "clip", "input_range", "input_scaling", "output_scaling", "outliers")}
+
+    @classmethod
+    def spelling(cls, name: str, value: Any) -> str:
+        return str(value).lower().replace("-", "_")
+
     def __post_init__(self):
         if isinstance(self.io, dict):
-            self.io = IOSettings.from_dict(self.io, where="mapping.io.")
-        for name, valid in (("weight_scaling", WEIGHT_SCALING), ("clip", CLIP), ("input_range", INPUT_RANGE),
-                            ("input_scaling", INPUT_SCALING), ("output_scaling", OUTPUT_SCALING),
-                            ("outliers", OUTLIERS)):
-            value = getattr(self, name)
-            if value is not None:
-                value = str(value).lower().replace("-", "_")
-                if value not in valid:
-                    raise unknown(name.replace("_", " "), value, valid)
-                setattr(self, name, value)
+            object.__setattr__(self, "io", IOSettings.from_dict(self.io, where="mapping.io."))
+        self.set_choices()
         if self.clip_value is not None and self.clip_value <= 0:
             raise UsageError(f"clip_value must be > 0, got {self.clip_value}")
         if self.outlier_std is not None and self.outlier_std <= 0:
@@ -112,7 +113,7 @@ class MappingConfig(StrictConfig):
             bad = [k for k, v in self.input_ranges.items() if not isinstance(v, (int, float)) or not v > 0]
             if bad:
                 raise UsageError(f"input_ranges must map layer names to ranges > 0; {bad[0]!r} does not")
-            self.input_ranges = {str(k): float(v) for k, v in self.input_ranges.items()}
+            object.__setattr__(self, "input_ranges", {str(k): float(v) for k, v in self.input_ranges.items()})
         if self.calibration_samples is not None and self.calibration_samples < 1:
             raise UsageError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
 
@@ -211,11 +212,9 @@ def own_weight(model, module):
 
 
 def clip_weights(model, mapping: MappingConfig, layers: list | None = None) -> dict[str, float]:
-    """Clip the analog layers' weights in place, by training's rule (hardware/noise.py `clip_bound`: one bound
+    """Clip the analog layers' weights in place, by training's rule (hardware/clipping.py `clip_bound`: one bound
     per output channel is one per row of W, a column of the crossbar); returns the fraction clipped per layer."""
     import torch
-
-    from ..hardware.noise import clamp, clip_bound
 
     m = mapping.complete()
     out: dict[str, float] = {}
@@ -227,7 +226,7 @@ def clip_weights(model, mapping: MappingConfig, layers: list | None = None) -> d
             flat = w.reshape(w.shape[0], -1)
             bound = clip_bound(flat, m.clip, m.clip_value)
             out[name] = float((flat.abs() > bound).float().mean())
-            clamp(flat, bound, out=flat)
+            flat.copy_(clamp(flat, bound))
     return out
 
 

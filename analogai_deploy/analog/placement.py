@@ -82,8 +82,27 @@ class DigitalEntry:
     reason: str
 
 
+class AnalogShare:
+    """analog_params and analog_share of a record that lists its analog layers (each with `params`) in
+    `analog_entries` and counts every parameter in `total_params`."""
+
+    total_params: int
+
+    @property
+    def analog_entries(self) -> list:
+        raise NotImplementedError
+
+    @property
+    def analog_params(self) -> int:
+        return sum(e.params for e in self.analog_entries)
+
+    @property
+    def analog_share(self) -> float:
+        return self.analog_params / self.total_params if self.total_params else 0.0
+
+
 @dataclass
-class Placement:
+class Placement(AnalogShare):
     analog: list[AnalogEntry] = field(default_factory=list)
     digital: list[DigitalEntry] = field(default_factory=list)
     total_params: int = 0
@@ -101,6 +120,10 @@ class Placement:
         return hashlib.sha256(text.encode()).hexdigest()
 
     @property
+    def analog_entries(self) -> list[AnalogEntry]:
+        return self.analog
+
+    @property
     def names(self) -> list[str]:
         """The analog modules' names, in module order."""
         return [e.name for e in self.analog]
@@ -110,14 +133,6 @@ class Placement:
             if e.name == name:
                 return e
         raise KeyError(name)
-
-    @property
-    def analog_params(self) -> int:
-        return sum(e.params for e in self.analog)
-
-    @property
-    def analog_share(self) -> float:
-        return self.analog_params / self.total_params if self.total_params else 0.0
 
     # -- serialisation ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, get_args
 
 import torch
 from torch import nn
@@ -37,7 +37,10 @@ MIN_BITS, MAX_BITS = 2, 16
 TILE_DAC_BITS, TILE_ADC_BITS = 7, 9
 
 
-@dataclass
+ActRange = Literal["ema", "max"]
+
+
+@dataclass(frozen=True)
 class QuantConfig(StrictConfig):
     """Recipe section `recovery.quant` (switched on by `recovery.qat: true`).
 
@@ -49,7 +52,7 @@ class QuantConfig(StrictConfig):
 
     w_bits: int = 8
     a_bits: int = 8
-    act_range: Literal["ema", "max"] = "ema"
+    act_range: ActRange = "ema"
     ema_momentum: float = 0.1
     match_tile: bool = False
 
@@ -62,7 +65,7 @@ class QuantConfig(StrictConfig):
                     "a symmetric grid needs at least 2 bits (levels -1, 0, 1); e.g. recovery.quant."
                     f"{name}=8",
                 )
-        if self.act_range not in ("ema", "max"):
+        if self.act_range not in get_args(ActRange):
             raise UsageError(f"recovery.quant.act_range must be 'ema' or 'max', got {self.act_range!r}")
         if not 0.0 < self.ema_momentum <= 1.0:
             raise UsageError(f"recovery.quant.ema_momentum must be in (0, 1], got {self.ema_momentum}",

@@ -18,22 +18,25 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from .._config import StrictConfig
+from .._config import ChoiceConfig
 from ..errors import UsageError, unknown
 
-DEVICES = ("PCM", "ReRAM", "ReRAM-CMO", "Hermes-PCM", "ideal", "custom")
+Device = Literal["PCM", "ReRAM", "ReRAM-CMO", "Hermes-PCM", "ideal", "custom"]
+DEVICES = get_args(Device)
 #: other names a device was recorded under (older aihwkit exports): read as the canonical name
 DEVICE_ALIASES = {"reram-wan2022": "ReRAM"}
 #: aihwkit's hardware-aware-training weight modifiers (the hwa_aihwkit recipe's `modifier`)
+Modifier = Literal["add_normal", "mult_normal", "pcm_noise"]
 MODIFIERS = {"add_normal": "ADD_NORMAL", "mult_normal": "MULT_NORMAL", "pcm_noise": "PCM_NOISE"}
-PRESETS = ("standard-hwa",)
-TILES = ("auto", "cpp", "torch")
+Preset = Literal["standard-hwa"]
+PRESETS = get_args(Preset)
+Tile = Literal["auto", "cpp", "torch"]
 #: noise models a custom YAML may name (an allow-list: nothing else is ever instantiated)
-NOISE_MODELS = ("PCMLikeNoiseModel", "ReRamWan2022NoiseModel", "ReRamCMONoiseModel", "HermesNoiseModel",
-                "StateIndependentNoiseModel")
-W_NOISE_TYPES = ("additive_constant", "pcm_read", "relative")
+NoiseModel = Literal["PCMLikeNoiseModel", "ReRamWan2022NoiseModel", "ReRamCMONoiseModel", "HermesNoiseModel",
+                     "StateIndependentNoiseModel"]
+WNoiseType = Literal["additive_constant", "pcm_read", "relative"]
 
 
 def canonical_device(name: str) -> str:
@@ -42,7 +45,7 @@ def canonical_device(name: str) -> str:
 
 
 @dataclass
-class IOSettings(StrictConfig):
+class IOSettings(ChoiceConfig):
     """Peripheral settings of the analog tiles; None keeps the base config's value.
 
     dac_bits / adc_bits: input (DAC) and output (ADC) resolution; 0 = no quantisation.
@@ -59,9 +62,16 @@ class IOSettings(StrictConfig):
     tile_size: int | None = None
     drift_compensation: bool | None = None
     n_w: float | None = None
-    w_noise_type: str | None = None
+    w_noise_type: WNoiseType | None = None
+
+    _choices = {"w_noise_type": "w_noise_type"}
+
+    @classmethod
+    def spelling(cls, name: str, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     def __post_init__(self):
+        self.set_choices()
         for name in ("dac_bits", "adc_bits"):
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 24:
@@ -72,49 +82,48 @@ class IOSettings(StrictConfig):
             raise UsageError(f"n_w must be >= 0, got {self.n_w}")
         if self.tile_size is not None and self.tile_size < 1:
             raise UsageError(f"tile_size must be >= 1, got {self.tile_size}")
-        if self.w_noise_type is not None and self.w_noise_type.lower() not in W_NOISE_TYPES:
-            raise unknown("w_noise_type", self.w_noise_type, W_NOISE_TYPES)
 
 
 @dataclass
-class CustomDevice(StrictConfig):
+class CustomDevice(ChoiceConfig):
     """The YAML file behind `--device custom --device-file FILE`.
 
         name: my-pcm                       # shown in the certificate and the card
-        noise_model: PCMLikeNoiseModel     # one of NOISE_MODELS
+        noise_model: PCMLikeNoiseModel     # one of NoiseModel
         params: {g_max: 25.0, prog_noise_scale: 1.5}
         io: {dac_bits: 8, adc_bits: 8, out_noise: 0.04, drift_compensation: true}
     """
 
-    noise_model: str = "PCMLikeNoiseModel"
+    noise_model: NoiseModel = "PCMLikeNoiseModel"
     name: str = "custom"
     params: dict[str, Any] = field(default_factory=dict)
     io: IOSettings = field(default_factory=IOSettings)
 
+    _choices = {"noise_model": "noise model"}
+
     def __post_init__(self):
-        if self.noise_model not in NOISE_MODELS:
-            raise unknown("noise model", self.noise_model, NOISE_MODELS)
+        self.set_choices()
 
 
 @dataclass
-class DeviceConfig(StrictConfig):
-    """Which simulated chip a certificate is for. `tile`: auto, cpp (C++ InferenceRPUConfig) or torch."""
+class DeviceConfig(ChoiceConfig):
+    """Which simulated chip a certificate is for (`name` in any case, or an alias). `tile`: auto, cpp (C++
+    InferenceRPUConfig) or torch."""
 
-    name: str = "PCM"
+    name: Device = "PCM"
     io: IOSettings = field(default_factory=IOSettings)
-    preset: str | None = None
-    tile: str = "auto"
+    preset: Preset | None = None
+    tile: Tile = "auto"
     custom: CustomDevice | None = None
 
+    _choices = {"name": "device", "preset": "preset", "tile": "tile kind"}
+
+    @classmethod
+    def spelling(cls, name: str, value: Any) -> Any:
+        return canonical_device(value) if name == "name" and isinstance(value, str) else value
+
     def __post_init__(self):
-        name = canonical_device(self.name)
-        if name not in DEVICES:
-            raise unknown("device", self.name, DEVICES)
-        self.name = name
-        if self.preset is not None and self.preset not in PRESETS:
-            raise unknown("preset", self.preset, PRESETS)
-        if self.tile not in TILES:
-            raise unknown("tile kind", self.tile, TILES)
+        self.set_choices()
         if self.name == "custom" and self.custom is None:
             raise UsageError("device custom needs a YAML file", "pass `device_file=my-device.yaml` (its keys: noise_model, params, io)")
         if self.name == "ideal":
@@ -168,7 +177,7 @@ class WeightModifier:
     """Hardware-aware training's weight noise: aihwkit's modifier `kind` (MODIFIERS) of `std`, relative to
     the tile's max|w|, applied to the weights in every training forward pass."""
 
-    kind: str
+    kind: Modifier
     std: float
 
     def __post_init__(self):

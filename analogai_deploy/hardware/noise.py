@@ -21,7 +21,7 @@ The seed's model (analog/layers.py) draws W + N(0, s^2), s = c * sigma * max|W| 
          near g_max), so after compensation they shrink, and per-device nu spreads grow with log t.
   clip   the weights used in the forward pass are clipped (fixed: |w| <= value; layer_std / channel_std:
          value std per layer / output channel), gradients straight through; certify clips the same way
-         (`clip_bound`, the one clipping rule of training and certify).
+         (hardware/clipping.py: the one clipping rule of training and certify).
   outliers  (noise.outliers: digital) a Linear (or GPT-2 Conv1D) layer's tile weights (after the input
          scaling) beyond outlier_std std of their output column stay off the tile: the tile holds them
          clipped, with its noise and periphery, and the clipped-off part runs digitally beside it, exact
@@ -45,42 +45,50 @@ IO under the gaussian or pcm model runs as one native pass instead (hardware/fus
 """
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import torch
 
 from . import pcm
+from .clipping import Clip, channel_view, clamp, clip_bound, rows
 from .draws import add_noise
 
-#: how weights are clipped before they go on a tile (training's noise.clip, the mapping's clip)
-Clip = Literal["none", "fixed", "layer_std", "channel_std"]
+
+#: one weight scale per tile (tensor) or per output channel, a crossbar column (channel)
+Scale = Literal["tensor", "channel"]
+#: the programming noise's model (module docstring)
+Model = Literal["gaussian", "pcm", "device"]
 
 
+@dataclass(frozen=True, eq=False, repr=False)
 class HardwareNoise:
-    """The settings one layer trains with (plain attributes; validated by the recipe)."""
+    """The settings one layer trains with (validated by the recipe; recovery/hardware_noise.py builds them)."""
 
-    __slots__ = ("scale", "model", "clip", "clip_value", "out_noise", "dac_bits", "adc_bits", "out_bound",
-                 "in_scale", "times", "outlier_std", "c", "step_clip", "input_range")
+    scale: Scale = "tensor"
+    model: Model = "gaussian"
+    clip: Clip = "none"
+    clip_value: float = 3.0
+    out_noise: float = 0.0
+    dac_bits: int = 0
+    adc_bits: int = 0
+    out_bound: float = 12.0
+    in_scale: torch.Tensor | None = None  # s per input channel (module docstring), or None
+    times: tuple[float, ...] = (86400.0,)  # seconds after programming the device model draws from
+    outlier_std: float = 0.0  # > 0: Linear layers keep their outlier weights digital (module docstring)
+    c: float | None = None  # the slicing factor in place of the package's, or None
+    step_clip: bool = False  # clip / clip_value act after every optimizer step (clip_step), not in forward
+    input_range: Any = None  # a recipe InputRangeConfig in learned mode, or None (dynamic)
 
-    def __init__(self, scale: str = "tensor", model: str = "gaussian", clip: str = "none", clip_value: float = 3.0,
-                 out_noise: float = 0.0, dac_bits: int = 0, adc_bits: int = 0, out_bound: float = 12.0,
-                 in_scale: torch.Tensor | None = None, times: tuple[float, ...] = (86400.0,),
-                 outlier_std: float = 0.0, c: float | None = None, step_clip: bool = False, input_range=None):
-        self.scale, self.model, self.clip, self.clip_value = scale, model, clip, clip_value
-        self.out_noise, self.dac_bits, self.adc_bits, self.out_bound = out_noise, dac_bits, adc_bits, out_bound
-        self.in_scale = in_scale  # s per input channel (module docstring), or None
-        self.times = tuple(times) or (86400.0,)  # seconds after programming the device model draws from
-        self.outlier_std = outlier_std  # > 0: Linear layers keep their outlier weights digital (module docstring)
-        self.c = c  # the slicing factor in place of the package's, or None
-        self.step_clip = step_clip  # clip / clip_value act after every optimizer step (clip_step), not in forward
-        self.input_range = input_range  # a recipe InputRangeConfig in learned mode, or None (dynamic)
+    def __post_init__(self):
+        object.__setattr__(self, "times", tuple(self.times) or (86400.0,))
 
     @property
     def has_io(self) -> bool:
         return self.out_noise > 0 or self.dac_bits > 0 or self.adc_bits > 0 or self.input_range is not None
 
     def __repr__(self) -> str:
-        shown = (k for k in self.__slots__ if k != "in_scale")  # a tensor per layer: not a setting to print
+        shown = (f.name for f in fields(self) if f.name != "in_scale")  # a tensor per layer: not a setting to print
         return "HardwareNoise(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in shown) + ")"
 
     def scale_input(self, x: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -97,35 +105,6 @@ def straight(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x + (y - x).detach()
 
 
-def _rows(w: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    return (w.transpose(0, channel_dim) if channel_dim else w).reshape(w.shape[channel_dim], -1)
-
-
-def _view(v: torch.Tensor, w: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """A per-output-channel vector shaped to broadcast against the weight."""
-    shape = [1] * w.dim()
-    shape[channel_dim] = -1
-    return v.view(shape)
-
-
-def clip_bound(w: torch.Tensor, clip: Clip, value: float, channel_dim: int = 0) -> torch.Tensor:
-    """The bound |w| is clipped to (not "none"): `value` itself (fixed), value std of the whole weight
-    (layer_std), or value std of each output channel - a row of w, a column where `channel_dim` is 1 -
-    (channel_std), shaped to broadcast against w. The forward clip, the step clip (recovery/hardware_noise.py)
-    and certify's mapping (analog/mapping.py clip_weights) all clip by this rule."""
-    d = w.detach()
-    if clip == "fixed":
-        return torch.tensor(value, dtype=w.dtype, device=w.device)
-    if clip == "layer_std":
-        return value * d.std()
-    return _view(value * _rows(d, channel_dim).std(1), w, channel_dim)
-
-
-def clamp(w: torch.Tensor, bound: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """w clipped to +-bound (into `out` where given)."""
-    return torch.maximum(torch.minimum(w, bound), -bound, out=out)
-
-
 def clip(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tensor:
     """The forward pass's clipped weight, gradients straight through (w itself without a forward clip)."""
     if hw.clip == "none" or hw.step_clip:
@@ -137,7 +116,7 @@ def wmax(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tens
     """max|W| per tensor (0-dim) or per output channel (broadcast shape), never 0."""
     d = w.detach()
     if hw.scale == "channel":
-        m = _view(_rows(d, channel_dim).abs().amax(1), w, channel_dim)
+        m = channel_view(rows(d, channel_dim).abs().amax(1), w, channel_dim)
     else:
         m = d.abs().amax()
     return m.clamp(min=1e-12)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..analog.convert import analog_layers
-from ..hardware.noise import RANGE, RANGE_SEEN, HardwareNoise, clamp, clip_bound
+from ..hardware.clipping import clamp, clip_bound
+from ..hardware.noise import RANGE, RANGE_SEEN, HardwareNoise
 
 #: the analog layer types whose forward runs the periphery (`layers._tile`)
 RANGED = ("AnalogLinear", "AnalogConv1d", "AnalogConv2d", "AnalogConv3d", "AnalogHFConv1D")
@@ -58,7 +59,7 @@ def clip_step(model) -> None:
         channel_dim = 1 if type(layer).__name__ == "AnalogHFConv1D" else 0
         for pname in layer.analog_weights:
             w = layer.get_parameter(pname)
-            clamp(w, clip_bound(w, hw.clip, hw.clip_value, channel_dim), out=w)
+            w.copy_(clamp(w, clip_bound(w, hw.clip, hw.clip_value, channel_dim)))
 
 
 def has_step_clip(model) -> bool:
