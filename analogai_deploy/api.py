@@ -125,9 +125,8 @@ def recover(
     from . import launcher
 
     return launcher.recover(package, recipe, data, output, overrides=overrides, resume=resume, restart=restart,
-                            overwrite=overwrite, progress=progress, nproc=nproc, dist_timeout=dist_timeout,
-                            **({"on_round": on_round} if on_round is not None else {}),
-                            **({"log": log} if log is not None else {}))
+                            overwrite=overwrite, progress=progress, on_round=on_round, log=log, nproc=nproc,
+                            dist_timeout=dist_timeout)
 
 
 def _given(**values: Any) -> dict[str, Any]:

@@ -21,10 +21,14 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import distributed
 from .errors import OperationFailed, UsageError
+
+if TYPE_CHECKING:
+    from .package import Package
+    from .recovery.recipe import Recipe
 
 GRACE_S = 5.0  # after one worker fails, how long the others get to exit on their own before they are killed
 
@@ -82,10 +86,12 @@ def _abs(path) -> str | None:
     return str(Path(path).resolve()) if path is not None else None
 
 
-def recover(package, recipe="msnat", data=None, output=None, *, overrides=None, resume: bool = False,
-            restart: bool = False, overwrite: bool = False,
-            progress: Callable[..., Any] | None = None, nproc: int = 1, dist_timeout: float | None = None,
-            **kwargs: Any):
+def recover(package: str | Path | Package, recipe: str | Path | Recipe = "msnat", data: Any = None,
+            output: str | Path | None = None, *, overrides: list[str] | dict[str, Any] | None = None,
+            resume: bool = False, restart: bool = False, overwrite: bool = False,
+            progress: Callable[..., Any] | None = None, on_round: Callable[[dict], None] | None = None,
+            log: Callable[[str], None] | None = None, nproc: int = 1,
+            dist_timeout: float | None = None) -> Package | None:
     """`recovery.recover` (same arguments); nproc > 1 trains on that many local processes (MSNAT clients
     spread over them, other recipes data parallel). Returns the written package."""
     from . import package as pkg_mod
@@ -93,15 +99,13 @@ def recover(package, recipe="msnat", data=None, output=None, *, overrides=None, 
 
     if nproc == 1:
         return recovery.recover(package, recipe, data, output, overrides=overrides, resume=resume,
-                                restart=restart, overwrite=overwrite, progress=progress, **kwargs)
+                                restart=restart, overwrite=overwrite, progress=progress, on_round=on_round, log=log)
     from .recovery.parallel import check_recover
 
     distributed.check_nproc(nproc)
-    on_round = kwargs.pop("on_round", None)
     if on_round is not None:
         raise UsageError("on_round runs in this process; with nproc > 1 training runs in others", "drop on_round")
-    kwargs.pop("log", None)
-    merged = recovery.merge_overrides(overrides, kwargs)
+    merged = recovery.merge_overrides(overrides, {})
     pkg, rec, ds = recovery.prepare(package, recipe, data, merged)
     if pkg.config.get("input", {}).get("kind") == "text":
         raise UsageError("text packages recover on one process", "drop `nproc`")
