@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,26 +51,12 @@ def mlp_pkg(tmp_path_factory) -> Path:
     return out
 
 
-@contextmanager
-def _registered(torch_cls: type, analog_cls: type) -> Iterator[None]:
-    from analogai_deploy import register_layer
-    from analogai_deploy.analog import registry
-
-    before = registry._LAYERS.get(torch_cls)
-    register_layer(torch_cls, analog_cls)
-    try:
-        yield
-    finally:  # the registry as it was: later tests convert with the shipped layers only
-        if before is None:
-            registry._LAYERS.pop(torch_cls, None)
-        else:
-            registry._LAYERS[torch_cls] = before
-
-
 @pytest.fixture
 def registered_layer():
     """`with registered_layer(Scale, AnalogScale):` converts Scale into AnalogScale inside the block only."""
-    return _registered
+    from analogai_deploy.analog.registry import registered
+
+    return registered
 
 
 @pytest.fixture

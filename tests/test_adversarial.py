@@ -112,10 +112,10 @@ def test_qat_ranges_do_not_move_while_attacking(digits, lenet):
     qat.attach(lenet, qat.QuantConfig())
     x, y = _batch(digits)
     lenet(x)  # one training batch sets the ranges
-    ranges = [l.analog.input_quant.act_max.clone() for _, l in qat._layers(lenet)]
+    ranges = [l.analog.input_quant.act_max.clone() for _, l in qat.quantized_layers(lenet)]
     low, high = digits.pixel_bounds()
     pgd(lenet, loss_fn, x, y, 0.3, 3, 0.1, True, low, high, digits.std_tensor)
-    assert all(torch.equal(r, l.analog.input_quant.act_max) for r, (_, l) in zip(ranges, qat._layers(lenet)))
+    assert all(torch.equal(r, l.analog.input_quant.act_max) for r, (_, l) in zip(ranges, qat.quantized_layers(lenet)))
 
 
 def test_config_uses_the_seed_names_and_checks_values():

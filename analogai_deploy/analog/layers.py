@@ -11,6 +11,8 @@ hardware/fused.py).
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,18 +42,18 @@ class AnalogState:
         self.hw = None
         self._buffers: dict = {}
 
-    def __getstate__(self):
-        return {k: getattr(self, k) for k in self.__slots__ if k != "_buffers"}
-
-    def __setstate__(self, state):
-        for k, v in state.items():
-            setattr(self, k, v)
-        self._buffers = {}
+    def __deepcopy__(self, memo):
+        """Every setting copied, the noise buffers not: a copy (an MSNAT client) draws into its own."""
+        new = AnalogState.__new__(AnalogState)
+        memo[id(self)] = new
+        for k in self.__slots__:
+            setattr(new, k, {} if k == "_buffers" else copy.deepcopy(getattr(self, k), memo))
+        return new
 
     def standard_normal(self, like: torch.Tensor, key: str = "w") -> torch.Tensor:
         """Fresh N(0, 1) draws shaped like `like`, generated in place into this layer's buffer `key`.
 
-        Safe to reuse: the buffer is only read by `addcmul` below, never kept by autograd.
+        Safe to reuse: the buffer is only read by hardware/draws.py's `addcmul`, never kept by autograd.
         """
         buf = self._buffers.get(key)
         if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:

@@ -280,11 +280,11 @@ def check_selection(model: nn.Module, config: AnalogConfig) -> None:
     """Refuse selections that cannot mean what the user typed: unknown type names, patterns matching nothing."""
     from ..errors import closest
 
-    from .registry import _LAYERS
+    from .registry import registered_names
 
     found, _ = candidates(model)
     types = sorted({type(m).__name__ for _, m in found})
-    known = set(types) | {cls.__name__ for cls in _LAYERS}  # every analog-capable type name
+    known = set(types) | registered_names()  # every analog-capable type name
     for t in config.exclude_types:
         if t not in known:
             hint = closest(t, sorted(known))

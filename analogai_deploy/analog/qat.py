@@ -31,6 +31,9 @@ from torch import nn
 
 from .._config import StrictConfig
 from ..errors import PackageError, UsageError
+from . import registry
+from .convert import analog_layers, noise_off
+from .layers import AnalogMultiheadAttention
 
 MIN_BITS, MAX_BITS = 2, 16
 #: aihwkit 1.1.0 IOParameters defaults, used when aihwkit itself cannot be imported
@@ -163,9 +166,8 @@ class ActQuantizer:
         return _ste(xc, torch.round(xc / s) * s)
 
 
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from ..analog.convert import analog_layers
-
+def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The analog layers QAT quantizes (every one); a model without any is refused."""
     layers = analog_layers(model)
     if not layers:
         raise UsageError("QAT needs an analog-aware model, but this one has no analog layers",
@@ -175,26 +177,20 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def weight_axis(layer: nn.Module) -> int:
     """The output-channel axis of the layer's analog weights: 1 for HF Conv1D ([in, out]), else 0."""
-    from ..analog import registry
-
     # an analog Conv1D exists only once the registry looked transformers up; a plain one may come first
-    hf = registry._HF[0] if registry._HF else None
-    if hf is None and type(layer).__module__.startswith("transformers"):
-        hf = registry.hf_conv1d()
+    hf = registry.hf_conv1d(look_up=type(layer).__module__.startswith("transformers"))
     return 1 if hf is not None and isinstance(layer, hf[0]) else 0
 
 
 def _takes_input_quant(layer: nn.Module) -> bool:
     # MultiheadAttention runs a fused kernel on query/key/value; only its weights are quantized.
-    from ..analog.layers import AnalogMultiheadAttention
-
     return not isinstance(layer, AnalogMultiheadAttention)
 
 
 def attach(model: nn.Module, cfg: QuantConfig | None = None) -> QuantConfig:
     """Fake-quantize every analog layer's weights and inputs; returns the resolved config (bits used)."""
     cfg = resolve(cfg or QuantConfig())
-    for _, layer in _layers(model):
+    for _, layer in quantized_layers(model):
         layer.analog.weight_quant = WeightQuantizer(cfg.w_bits, weight_axis(layer))
         layer.analog.input_quant = (
             ActQuantizer(layer, cfg.a_bits, cfg.act_range, cfg.ema_momentum) if _takes_input_quant(layer) else None
@@ -204,24 +200,18 @@ def attach(model: nn.Module, cfg: QuantConfig | None = None) -> QuantConfig:
 
 def detach(model: nn.Module) -> None:
     """Switch QAT off again (full-precision weights and inputs)."""
-    from ..analog.convert import analog_layers
-
     for _, layer in analog_layers(model):
         layer.analog.weight_quant = None
         layer.analog.input_quant = None
 
 
 def is_attached(model: nn.Module) -> bool:
-    from ..analog.convert import analog_layers
-
     return any(layer.analog.weight_quant is not None for _, layer in analog_layers(model))
 
 
 @contextmanager
 def paused(model: nn.Module):
     """Keep activation ranges still (e.g. while adversarial inputs are searched for); quantization stays on."""
-    from ..analog.convert import analog_layers
-
     quants = [l.analog.input_quant for _, l in analog_layers(model) if l.analog.input_quant is not None]
     saved = [q.frozen for q in quants]
     for q in quants:
@@ -236,8 +226,6 @@ def paused(model: nn.Module):
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
     """Set every activation range to the max |input| seen over `batches` (noise off), then freeze-ready."""
-    from ..analog.convert import analog_layers, noise_off
-
     quants = [l.analog.input_quant for _, l in analog_layers(model) if l.analog.input_quant is not None]
     if not quants:
         raise UsageError("calibrate needs QAT attached first", "call qat.attach(model, cfg)")
@@ -269,7 +257,7 @@ def describe(model: nn.Module, cfg: QuantConfig | None = None) -> dict[str, Any]
     """The package config section "quantization" (read by package.load, export and certify)."""
     cfg = resolve(cfg or QuantConfig())
     layers: dict[str, dict[str, Any]] = {}
-    for name, layer in _layers(model):
+    for name, layer in quantized_layers(model):
         wq, aq = layer.analog.weight_quant, layer.analog.input_quant
         if wq is None:
             raise UsageError(f"layer {name!r} has no weight quantizer", "call qat.attach(model, cfg) before describe")
@@ -301,7 +289,7 @@ def restore(model: nn.Module, section: dict[str, Any]) -> QuantConfig:
                           ema_momentum=float(section.get("ema_momentum", 0.1)))
     except (KeyError, TypeError, ValueError, UsageError) as exc:
         raise PackageError(f"config.json's 'quantization' section is invalid: {exc}") from None
-    layers = dict(_layers(model))
+    layers = dict(quantized_layers(model))
     recorded = section["layers"]
     missing = sorted(set(layers) - set(recorded))
     extra = sorted(set(recorded) - set(layers))

@@ -3,12 +3,11 @@
 (analog/mapping.py clip_weights). Tensor methods only, so the vocabulary imports without torch."""
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 #: none; fixed (|w| <= value, weight units); layer_std (value std of the whole layer, aihwkit's LAYER_GAUSSIAN);
 #: channel_std (value std per output channel, aihwkit-lightning's LAYER_GAUSSIAN_PER_CHANNEL)
 Clip = Literal["none", "fixed", "layer_std", "channel_std"]
-CLIPS = get_args(Clip)
 
 
 def rows(w, channel_dim: int):
