@@ -14,6 +14,7 @@ from analogai_deploy.analog.mapping import MappingConfig
 from analogai_deploy.errors import UsageError
 from analogai_deploy.hardware.noise import RANGE, input_range_clip
 from analogai_deploy.recovery import hardware_noise, recipe as R
+from analogai_deploy.recovery.recipe_noise import InputRangeConfig
 
 
 def test_afm_recipe_holds_the_anchors_constants_and_round_trips():
@@ -46,7 +47,7 @@ def test_afm_recipe_holds_the_anchors_constants_and_round_trips():
         R.load("afm", ["noise.clip=none"])
     with pytest.raises(UsageError, match="adam_betas"):
         R.load("afm", ["training.adam_betas=[0.9]"])
-    resolved = R.load("msnat_hw").resolved()
+    resolved = R.load("msnat_hw").to_dict()
     assert "input_range" not in resolved["io"] and "clip_when" not in resolved["noise"]
     assert not {"adam_betas", "adam_eps", "warmup"} & set(resolved["training"])
 
@@ -96,7 +97,7 @@ def test_weights_are_clipped_per_channel_at_25_std_after_every_step(lenet_pkg, t
 
 
 def test_learned_input_range_follows_aihwkit_lightnings_rule():
-    cfg = R.InputRangeConfig(mode="learned", init_from_data=2, decay=0.5, input_min_percentage=0.9)
+    cfg = InputRangeConfig(mode="learned", init_from_data=2, decay=0.5, input_min_percentage=0.9)
     r = torch.nn.Parameter(torch.tensor(3.0))
     seen = torch.zeros((), dtype=torch.long)
     a, b = torch.randn(64) * 0.1, torch.randn(64) * 0.2
@@ -124,7 +125,7 @@ def test_learned_input_range_follows_aihwkit_lightnings_rule():
 def test_learned_input_range_takes_several_passes_before_one_backward():
     # MSNAT's feedback loops (msnat_afm) run four forward passes, then one backward, while the first batches
     # still set r in place: the backward uses r as each pass saw it (it raised "modified by an inplace operation")
-    cfg = R.InputRangeConfig(mode="learned", init_from_data=10, decay=0.0, input_min_percentage=0.9)
+    cfg = InputRangeConfig(mode="learned", init_from_data=10, decay=0.0, input_min_percentage=0.9)
     r = torch.nn.Parameter(torch.tensor(3.0))
     seen = torch.zeros((), dtype=torch.long)
     x = torch.randn(64, requires_grad=True)

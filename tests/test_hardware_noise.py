@@ -103,7 +103,7 @@ def test_device_model_is_certifys_pcm_device_at_a_time_after_programming():
     assert float((d1 / wmax)[ub].mean()) == pytest.approx(stds[1], rel=0.1)
     with pytest.raises(UsageError, match="bad time"):
         R.load("msnat_hw", ["noise.model=device", "noise.times=[1d, soon]"])
-    assert "times" not in R.load("msnat_hw").resolved()["noise"]  # absent at its default: hashes unchanged
+    assert "times" not in R.load("msnat_hw").to_dict()["noise"]  # absent at its default: hashes unchanged
 
 
 def test_clipping_and_the_periphery_keep_gradients_straight_through():
@@ -134,7 +134,7 @@ def test_recipe_sections_validate_and_the_seed_recipes_keep_their_hash():
     assert (hw.noise.scale, hw.noise.model, hw.io.dac_bits, hw.io.adc_bits, hw.io.out_noise) == (
         "channel", "pcm", 7, 9, 0.06)
     assert hw.hardware_noise and not R.load("msnat").hardware_noise
-    assert "noise" not in R.load("msnat").resolved()  # the seed's recipe hash is unchanged by the new sections
+    assert "noise" not in R.load("msnat").to_dict()  # the seed's recipe hash is unchanged by the new sections
     with pytest.raises(UsageError, match="tensor"):
         R.load("msnat", ["noise.scale=row"])
     with pytest.raises(UsageError, match="valid keys"):
@@ -162,7 +162,7 @@ def test_recover_records_the_mapping_and_io_it_trained_for(lenet_pkg, tmp_path, 
 
 def test_the_recorded_input_scaling_is_the_one_training_used():
     from analogai_deploy.analog.mapping import MappingConfig
-    from analogai_deploy.recovery.recipe import NoiseModelConfig, TrainIOConfig
+    from analogai_deploy.recovery.recipe_noise import NoiseModelConfig, TrainIOConfig
 
     def recorded(package_scaling, **noise):
         trained = hardware_noise.trained_mapping(NoiseModelConfig(**noise), TrainIOConfig())
@@ -210,7 +210,7 @@ def test_recover_trains_through_the_packages_input_scaling(lenet_pkg, tmp_path):
     assert rec["layers"] == 4 and rec["spec"] == "digits" and rec["split"] == "train"
     assert pkg.config["recipe"]["resolved"]["noise"]["input_scaling"] == "package"
     assert pkg.config["mapping"]["input_scaling"] == "channel"  # trained for what certify then runs
-    assert "input_scaling" not in R.load("msnat_hw").resolved()["noise"]  # absent at its default
+    assert "input_scaling" not in R.load("msnat_hw").to_dict()["noise"]  # absent at its default
 
 
 def test_digital_outliers_train_the_split_certify_programs(lenet_pkg, tmp_path):

@@ -22,7 +22,7 @@ def test_shipped_recipe_loads_documented_and_round_trips(name):
     assert r.name == name
     assert len(r.description) > 20
     assert R.shipped()[name].read_text().startswith("#")  # a comment saying what it is for
-    again = R.Recipe.from_dict(json.loads(json.dumps(r.resolved())))
+    again = R.Recipe.from_dict(json.loads(json.dumps(r.to_dict())))
     assert again == r and again.sha256() == r.sha256()
 
 
@@ -37,8 +37,8 @@ def test_msnat_defaults_are_the_reference_constants():
 
 
 def test_ablations_differ_only_where_they_should():
-    base = R.load("msnat").resolved()
-    no_fi, no_fl = R.load("msnat_no_fi").resolved(), R.load("msnat_no_fl").resolved()
+    base = R.load("msnat").to_dict()
+    no_fi, no_fl = R.load("msnat_no_fi").to_dict(), R.load("msnat_no_fl").to_dict()
     assert not no_fi["training"]["use_FI"] and no_fi["training"]["use_FL"]
     assert no_fl["training"]["use_FI"] and not no_fl["training"]["use_FL"]
     for other in (no_fi, no_fl):
@@ -144,7 +144,7 @@ def _without_text(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_text_section_leaves_the_image_recipe_alone(name):
     r = R.load(name)
-    assert r.variant == "" and "variant" not in r.resolved()
+    assert r.variant == "" and "variant" not in r.to_dict()
     assert r.sha256() == _without_text(name).sha256()  # the section changes nothing for image packages
 
 
@@ -152,7 +152,7 @@ def test_text_section_leaves_the_image_recipe_alone(name):
 def test_every_shipped_recipe_has_transformer_levels(name):
     image, text = R.load(name), R.load(name, text=True)
     assert text.variant == "text" and text.name == name and text.sha256() != image.sha256()
-    again = R.Recipe.from_dict(json.loads(json.dumps(text.resolved())))
+    again = R.Recipe.from_dict(json.loads(json.dumps(text.to_dict())))
     assert again == text and again.sha256() == text.sha256()
     assert text.training.lr < image.training.lr  # fine-tuning a pretrained transformer, not training a CNN
     if image.training.engine == "aihwkit_hwa":

@@ -43,7 +43,7 @@ def test_every_recipe_runs_and_records_itself(name, source, lenet_pkg, mlp_pkg, 
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     rec = R.load(name, overrides)
     assert cfg["recipe"]["name"] == name and cfg["recipe"]["sha256"] == rec.sha256()
-    assert cfg["recipe"]["resolved"] == rec.resolved()
+    assert cfg["recipe"]["resolved"] == rec.to_dict()
     assert cfg["data"]["fingerprint"] == digits.fingerprint
     assert cfg["training"]["rounds"] == 1 and 0.0 <= cfg["training"]["best"]["val_acc"] <= 1.0
     assert cfg["training"]["mode"] == ("aihwkit" if name == "hwa_aihwkit" else "loop")

@@ -28,7 +28,7 @@ from ..errors import UsageError
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass
+@dataclass(frozen=True)
 class FGSMConfig(StrictConfig):
     """eps: L-inf radius in pixel units (pixels in [0, 1]); weight: factor of the FGSM loss."""
 
@@ -41,7 +41,7 @@ class FGSMConfig(StrictConfig):
         _check_weight("FGSM", self.weight)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PGDConfig(StrictConfig):
     """eps / alpha: L-inf radius and step in pixel units; steps: iterations; random_start: uniform start."""
 
@@ -63,7 +63,7 @@ class PGDConfig(StrictConfig):
                              "e.g. recovery.adversarial.PGD.alpha=0.01")
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdversarialConfig(StrictConfig):
     """Recipe section `recovery.adversarial` (the seed's names: FGSM, PGD)."""
 

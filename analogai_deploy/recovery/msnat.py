@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..analog.convert import analog_layers
-from .recipe import FeedbackConfig
+from .recipe_training import FeedbackConfig
 
 
 class NoiseControl:

@@ -22,7 +22,7 @@ from .._config import StrictConfig
 from ..errors import UsageError
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamConfig(StrictConfig):
     """Recipe section `recovery.optimizer` (the SAM fields).
 
