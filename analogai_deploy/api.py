@@ -138,7 +138,7 @@ def certify_config(config: CertifyConfig | None, fields: dict[str, Any], device:
     """`config` with the given keyword fields in place of its own (None where no config was given)."""
     if config is None:
         return None
-    from .certification import CertifyConfig, _device_config
+    from .certification.config import CertifyConfig, device_config
     from .hardware.devices import DeviceConfig
 
     merged = config.to_dict()
@@ -147,8 +147,8 @@ def certify_config(config: CertifyConfig | None, fields: dict[str, Any], device:
             value = value.split(",")
         merged[key] = value.to_dict() if key == "mapping" and not isinstance(value, dict) else value
     if isinstance(device.get("device"), DeviceConfig) or "device_file" in device:
-        merged["device"] = _device_config(device.get("device", config.device.name), device.get("device_file"),
-                                          device.get("preset"), device.get("tile", "auto"), io).to_dict()
+        merged["device"] = device_config(device.get("device", config.device.name), device.get("device_file"),
+                                         device.get("preset"), device.get("tile", "auto"), io).to_dict()
     elif device or io:
         dev = merged["device"]
         merged["device"] = {**dev, **{("name" if k == "device" else k): v for k, v in device.items()},

@@ -45,13 +45,14 @@ def certify(package, *args: Any, nproc: int = 1, dist_timeout: float | None = No
     distributed.check_nproc(nproc)
     progress, write = kwargs.pop("progress", None), kwargs.pop("write", True)
     output, overwrite = kwargs.pop("output", None), kwargs.pop("overwrite", False)
-    package, cfg, *_ = certification.resolve(package, *args, **kwargs)  # bad settings fail before any spawn
+    run = certification.resolve(package, certification.settings_config(*args, **kwargs))  # fail before any spawn
+    package, cfg = run.package, run.config
     if not Path(package).is_dir():
         raise UsageError(f"no package folder at {package}", "pass the folder written by convert or recover")
     if write:
         certification.destination(package, output, overwrite)
     config = cfg.to_dict()
-    if cfg.engine_reason != "named":  # the workers choose again (the same engine) and say why, as one process does
+    if run.engine_reason != "named":  # the workers choose again (the same engine) and say why, as one process does
         config["engine"] = "auto"
     res = run_job("certify", {"package": str(Path(package).resolve()), "config": config, "write": write,
                               "output": _abs(output), "overwrite": overwrite},

@@ -27,7 +27,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import analogai_deploy as ad
-    from analogai_deploy.certification import CertifyConfig, DeviceConfig, _bench, _to_aihwkit, monte_carlo
+    from analogai_deploy.certification import CertifyConfig, DeviceConfig
+    from analogai_deploy.certification.bench import load, simulate
+    from analogai_deploy.certification.montecarlo import monte_carlo
     from analogai_deploy.hardware.devices import rpu_config
     from analogai_deploy.metrics import run, score
     from analogai_deploy.benchmarks import median_time
@@ -35,9 +37,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ad.convert(args.model, output=f"{tmp}/pkg", num_classes=10)
         cfg = CertifyConfig(device=DeviceConfig(name="PCM", tile=args.tile), repeats=1, times=["1d"])
-        bench = _bench(f"{tmp}/pkg", cfg)
+        bench = load(f"{tmp}/pkg", cfg)
         start = time.perf_counter()
-        analog = _to_aihwkit(bench.digital, rpu_config(cfg.device, args.tile))
+        sim = simulate("aihwkit", bench.digital, rpu_config(cfg.device, args.tile))
+        analog = sim.model
         convert_s = time.perf_counter() - start
         times = cfg.time_points()
 
@@ -53,7 +56,7 @@ def main() -> None:
         digital = median_time(lambda: run(bench.digital, bench.data), args.n)
         ours, bare = [], []
         for _ in range(args.n):  # interleaved, so machine load hits both alike
-            ours.append(median_time(lambda: monte_carlo(analog, bench, times, 1, 0), 1))
+            ours.append(median_time(lambda: monte_carlo(sim, bench, times, 1, 0), 1))
             bare.append(median_time(bare_aihwkit, 1))
         repeat, bare_s = statistics.median(ours), statistics.median(bare)
         program = median_time(analog.program_analog_weights, args.n)

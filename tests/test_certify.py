@@ -12,8 +12,9 @@ import torch
 import analogai_deploy as ad
 from analogai_deploy import package
 from analogai_deploy.hardware.probe import choose_tile, tile_support
-from analogai_deploy.certification import (CertifyConfig, _bench, _resolved, _to_aihwkit, apply_overrides,
-                                           monte_carlo, parse_sweep)
+from analogai_deploy.certification import CertifyConfig, apply_overrides, parse_sweep, resolve
+from analogai_deploy.certification.bench import load, simulate
+from analogai_deploy.certification.montecarlo import monte_carlo
 from analogai_deploy.hardware.devices import DeviceConfig, rpu_config
 from analogai_deploy.metrics import normalised, parse_times, stats
 from analogai_deploy.errors import UsageError
@@ -121,12 +122,12 @@ def test_same_seed_same_certificate_other_seed_differs(pkg):
 def test_repeats_split_across_runs_give_the_same_numbers(pkg):
     """Repeat r depends only on seed + r, so repeats can be farmed out and merged."""
     cfg = CertifyConfig(repeats=3, times=["1h", "1y"])
-    bench = _bench(pkg, cfg)
+    bench = load(pkg, cfg)
     times = cfg.time_points()
     rpu = rpu_config(cfg.device, choose_tile(cfg.device))
-    whole = monte_carlo(_to_aihwkit(bench.digital, rpu), bench, times, 3, seed=5)
-    part_a = monte_carlo(_to_aihwkit(bench.digital, rpu), bench, times, 2, seed=5)
-    part_b = monte_carlo(_to_aihwkit(bench.digital, rpu), bench, times, 1, seed=5, first_repeat=2)
+    whole = monte_carlo(simulate("aihwkit", bench.digital, rpu), bench, times, 3, seed=5)
+    part_a = monte_carlo(simulate("aihwkit", bench.digital, rpu), bench, times, 2, seed=5)
+    part_b = monte_carlo(simulate("aihwkit", bench.digital, rpu), bench, times, 1, seed=5, first_repeat=2)
     assert [a + b for a, b in zip(part_a, part_b)] == whole
 
 
@@ -138,7 +139,7 @@ def test_a_value_does_not_depend_on_the_other_times_requested(pkg, engine):
     assert alone["tile"] == "torch"
     assert alone.result("2y")["values"] == among.result("2y")["values"]
     # streams differ by time (checked on the seeds: a near-saturated MLP can score the same at 1 s and 2 y)
-    from analogai_deploy.certification import stream_seed
+    from analogai_deploy.certification.montecarlo import stream_seed
 
     assert len({stream_seed(3, r, among.result(t)["seconds"]) for r in (0, 1) for t in ("1s", "1y", "2y")}) == 6
     assert "stream_seed" in alone["streams"]
@@ -229,7 +230,7 @@ def test_typed_config_api(pkg):
     with pytest.raises(UsageError, match="characterised only at 1s, 1d, 2d, not 1h"):
         ad.certify(pkg, device="ReRAM", times="1h,1d", repeats=2, write=False)
     # the certificate carries what decided its numbers: the config as resolved against the package (its mapping)
-    assert CertifyConfig.from_dict(cert["settings"]) == _resolved(pkg, cfg)
+    assert CertifyConfig.from_dict(cert["settings"]) == resolve(pkg, cfg).config
     assert cert["settings"]["mapping"]["weight_scaling"] == "column"
     # the stage function takes a config or its fields; ad.certify merges keywords into a config (test_api.py)
     from analogai_deploy import certification
@@ -424,13 +425,13 @@ def test_a_model_without_analog_layers_is_refused():
 
     rpu = rpu_config(DeviceConfig(), "torch")
     with pytest.raises(OperationFailed, match="puts no layer on analog tiles"):
-        _to_aihwkit(torch.nn.Sequential(torch.nn.Embedding(10, 4)), rpu)
+        simulate("aihwkit", torch.nn.Sequential(torch.nn.Embedding(10, 4)), rpu)
 
 
 def test_repeats_auto_stops_at_the_ci_width_and_equals_a_fixed_run(pkg, cli):
     """--repeats auto adds repeats until every time's 95% CI half-width is <= --ci-width (pp); repeat r is
     seeded as in a fixed run, so the values are those of a fixed run with the final count."""
-    from analogai_deploy.certification import half_width
+    from analogai_deploy.metrics import half_width
 
     cert = ad.certify(pkg, times="1s,1d", repeats="auto", ci_width=0.3, max_repeats=40, engine="fast", write=False)
     a = cert["adaptive"]
@@ -468,4 +469,26 @@ def test_a_setting_beside_a_certify_config_is_refused_not_dropped(lenet_pkg):
 
     # the stage function took the config and dropped device / data / repeats given beside it without a word
     with pytest.raises(UsageError, match="`device`, `repeats` given beside a CertifyConfig"):
-        certify_stage(lenet_pkg, "ReRAM", repeats=3, config=CertifyConfig(), write=False)
+        certify_stage(lenet_pkg, CertifyConfig(), device="ReRAM", repeats=3, write=False)
+
+
+def test_config_choices_are_one_vocabulary_with_the_metric_table_and_the_engine_registry():
+    from typing import get_args
+
+    from analogai_deploy.certification import SIMULATORS
+    from analogai_deploy.certification.config import Engine, Metric
+    from analogai_deploy.metrics import METRIC_CHOICES
+
+    assert get_args(Metric) == METRIC_CHOICES
+    assert set(get_args(Engine)) == {"auto", *SIMULATORS} and set(SIMULATORS) == {"aihwkit", "fast"}
+
+
+def test_certify_config_is_frozen_and_replace_validates_again():
+    import dataclasses
+
+    cfg = CertifyConfig(repeats=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.repeats = 4
+    assert dataclasses.replace(cfg, repeats="auto").ci_width == 1.0  # repeats=auto's default target
+    with pytest.raises(UsageError, match="target of `repeats=auto`"):
+        dataclasses.replace(cfg, ci_width=0.5)

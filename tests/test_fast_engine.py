@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import analogai_deploy as ad
-from analogai_deploy.certification import CertifyConfig, DeviceConfig, IOSettings, _bench, _to_aihwkit
+from analogai_deploy.certification import CertifyConfig, DeviceConfig, IOSettings, resolve
+from analogai_deploy.certification.bench import load, simulate
 from analogai_deploy.hardware.devices import rpu_config
 from analogai_deploy.certification.fast import FastModel
 from analogai_deploy.analog.mapping import LEGACY
@@ -34,9 +35,9 @@ def trained_lenet(lenet_pkg, tmp_path_factory) -> Path:
 def _pair(pkg: Path, io: dict, exact: bool):
     """aihwkit's model and the fast model of one package, the fast tiles loaded with aihwkit's drifted weights."""
     cfg = CertifyConfig(device=DeviceConfig(name="PCM", io=IOSettings(**io)), repeats=1)
-    bench = _bench(pkg, cfg)
+    bench = load(pkg, cfg)
     rpu = rpu_config(cfg.device, "torch")
-    analog = _to_aihwkit(bench.digital, rpu)
+    analog = simulate("aihwkit", bench.digital, rpu).model
     fast = FastModel(bench.digital, rpu, exact=exact)
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -91,7 +92,7 @@ def test_native_patch_maxima_equal_the_torch_path(kernel, stride, padding, dilat
     from torch import nn
 
     from analogai_deploy.hardware.native import library
-    from analogai_deploy.certification.fast import _patch_max
+    from analogai_deploy.certification.fast import patch_max
 
     lib = library()
     if lib is None:
@@ -109,7 +110,7 @@ def test_native_patch_maxima_equal_the_torch_path(kernel, stride, padding, dilat
     ax, cg = x.abs(), cin // groups
     if "all" in layer._weights:
         amax = ax if cg == 1 else ax.view(3, groups, cg, 11, 9).amax(2)
-        expect = _patch_max(amax, k, s, p, d)
+        expect = patch_max(amax, k, s, p, d)
     else:
         expect = torch.cat([layer._chunk_patch_max(ax[:, gi * cg + info[0]:gi * cg + info[1]], info[2], info[3],
                                                    k, s, p, d)
@@ -189,17 +190,16 @@ def test_fast_mean_accuracy_agrees_with_aihwkit(trained_lenet):
 def test_exact_mode_matches_aihwkit_under_the_mapping(trained_lenet, mapping):
     # per-column scales and drift factors, input scaling and static input ranges: given aihwkit's drifted
     # weights and its drift factors, the fast engine's outputs equal aihwkit's (out_noise 0: deterministic)
-    from analogai_deploy.certification import _resolved, _simulate
     from analogai_deploy.analog.mapping import MappingConfig
 
     io = {"out_noise": 0.0, **({"adc_bits": mapping.pop("adc_bits")} if "adc_bits" in mapping else {})}
-    cfg = _resolved(trained_lenet, CertifyConfig(device=DeviceConfig(name="PCM", io=IOSettings(**io)), repeats=1,
-                                                 mapping=MappingConfig.from_dict({**LEGACY, **mapping}), engine="aihwkit"))
-    bench = _bench(trained_lenet, cfg)
+    cfg = resolve(trained_lenet, CertifyConfig(device=DeviceConfig(name="PCM", io=IOSettings(**io)), repeats=1,
+                                               mapping=MappingConfig.from_dict({**LEGACY, **mapping}),
+                                               engine="aihwkit")).config
+    bench = load(trained_lenet, cfg)
     rpu = rpu_config(cfg.device, "torch", cfg.mapping)
-    analog, _ = _simulate(cfg, bench, rpu)
-    cfg.engine = "fast"
-    fast, _ = _simulate(cfg, bench, rpu)
+    analog = simulate("aihwkit", bench, rpu).model
+    fast = simulate("fast", bench, rpu).model
     for layer in fast.layers:
         layer.exact = True
     fast.program()  # its own draws, overwritten below with aihwkit's

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 import analogai_deploy as ad
-from analogai_deploy.certification import DeviceConfig, IOSettings, _to_aihwkit
+from analogai_deploy.certification import DeviceConfig, IOSettings
+from analogai_deploy.certification.bench import simulate
 from analogai_deploy.hardware.devices import rpu_config
 from analogai_deploy.certification.fast import FastModel
 
@@ -91,7 +92,7 @@ def test_fast_engine_equals_aihwkit_given_the_same_tiles(name):
     model, x, exact = MODELS[name]
     io = {"out_noise": 0.0, "tile_size": 16, "adc_bits": 5, **({} if exact else {"dac_bits": 0})}
     rpu = rpu_config(DeviceConfig(name="PCM", io=IOSettings(**io)), "torch")
-    analog = _to_aihwkit(model, rpu)
+    analog = simulate("aihwkit", model, rpu).model
     fast = FastModel(model, rpu, exact=exact)
     assert fast.simulated == fast.placement.names
     torch.manual_seed(0)

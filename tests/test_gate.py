@@ -47,6 +47,23 @@ def test_hand_edited_certificate_is_refused(cli, zoo_dir, certified):
     assert not (zoo_dir / "index.json").exists()
 
 
+def test_the_gate_judges_with_certifys_own_rule(certified):
+    """The zoo recomputes a certificate's verdict with certify's function: the same drop, the same verdict."""
+    cert = json.loads((certified / pkgio.CERTIFICATE).read_text())
+    recomputed = gate.verdict(cert, gate.Policy(), certified)
+    assert recomputed["drop_pp"] == cert["verdict"]["drop_pp"] and recomputed["passed"] is cert["verdict"]["passed"]
+    assert recomputed["rule"] == cert["verdict"]["rule"].replace(" pp at", " pp of accuracy at")
+
+
+def test_spot_check_of_an_auto_repeat_certificate_runs_fixed_repeats(certified):
+    """A certificate of `repeats=auto` (a ci_width in its settings) is spot-checked with the policy's fixed
+    repeats: its config is changed with dataclasses.replace, which validates it again (ci_width goes)."""
+    cert = json.loads((certified / pkgio.CERTIFICATE).read_text())
+    cert["settings"].update(repeats="auto", ci_width=1.0)
+    spot = gate.spot_check(certified, cert, gate.Policy(spot_repeats=3))
+    assert spot["repeats"] == 3 and all(t["passed"] for t in spot["times"])
+
+
 def test_consistently_forged_certificate_fails_the_spot_check(cli, zoo_dir, certified):
     """Values, means, CIs and minima all forged to agree with each other: only a new measurement shows it."""
     def forge(c):

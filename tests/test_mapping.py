@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import analogai_deploy as ad
-from analogai_deploy.certification import CertifyConfig, DeviceConfig, _bench, _resolved
+from analogai_deploy.certification import CertifyConfig, DeviceConfig, resolve
+from analogai_deploy.certification.bench import load
 from analogai_deploy.hardware.devices import rpu_config
 from analogai_deploy.analog.mapping import (DEFAULTS, LEGACY, MAPPING_FIELDS, MappingConfig, calibrate,
                                                    clip_weights, install, apply_input_scaling, package_mapping)
@@ -165,9 +166,9 @@ def test_an_old_package_without_a_mapping_certifies_as_before(pkg):
     config = json.loads((pkg / "config.json").read_text())
     config.pop("mapping")
     package.write(pkg, config, base=pkg)
-    cfg = _resolved(pkg, CertifyConfig(repeats=1))
+    cfg = resolve(pkg, CertifyConfig(repeats=1)).config
     assert cfg.mapping.weight_scaling == "tile" and cfg.mapping.input_scaling == "none"
-    bench = _bench(pkg, cfg)
+    bench = load(pkg, cfg)
     assert bench.mapped.calibration is None and "legacy" in bench.mapping_record["source"]
 
 

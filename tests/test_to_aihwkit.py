@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import analogai_deploy as ad
-from analogai_deploy.certification import CertifyConfig, _bench, _resolved, half_width, stream_seed
+from analogai_deploy.certification import CertifyConfig, resolve
+from analogai_deploy.certification.bench import load
+from analogai_deploy.certification.montecarlo import stream_seed
 from analogai_deploy.hardware.devices import DeviceConfig, rpu_config
-from analogai_deploy.metrics import run, score
+from analogai_deploy.metrics import half_width, run, score
 from analogai_deploy.analog.mapping import MappingConfig
 from analogai_deploy.analog.tiles import to_aihwkit as tiles_to_aihwkit
 from analogai_deploy.errors import UsageError
@@ -50,7 +52,7 @@ def test_to_aihwkit_with_aihwkits_own_calls_reproduces_the_certificate(trained, 
     model = ad.to_aihwkit(trained, device="PCM", mapping=mapping)
     hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
     assert hooks >= (3 if mapping is None else 5)  # the mapping's digital parts travel with the model
-    bench = _bench(trained, _resolved(trained, CertifyConfig.from_dict(cert["settings"])))
+    bench = load(trained, resolve(trained, CertifyConfig.from_dict(cert["settings"])).config)
     # the same seeds as certify: the same numbers, to the bit (PyTorch tiles are seeded)
     assert _own_calls(model, bench, [0, 1], stream=True) == row["values"][:2]
     # a user's own seeds: other draws of the same chip, so the two 95% CIs overlap
@@ -70,7 +72,7 @@ def test_minilm_to_aihwkit_reproduces_its_certificates_1d_cosine(minilm_dir, tmp
     cert = ad.certify(pkg, repeats=5, times="1d", write=False)
     row = cert.result("1d")
     model = ad.to_aihwkit(pkg, device="PCM")
-    bench = _bench(pkg, _resolved(pkg, CertifyConfig.from_dict(cert["settings"])))
+    bench = load(pkg, resolve(pkg, CertifyConfig.from_dict(cert["settings"])).config)
     assert bench.metric == "cosine"
     assert _own_calls(model, bench, [0], stream=True) == row["values"][:1]
     mine = _own_calls(model, bench, [1000, 1001, 1002, 1003, 1004])

@@ -232,7 +232,9 @@ def _certify_repeat(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
 
     import analogai_deploy as ad
     from ..hardware.probe import tile_support
-    from ..certification import CertifyConfig, DeviceConfig, _bench, _simulator, monte_carlo
+    from ..certification import CertifyConfig, DeviceConfig
+    from ..certification.bench import load, simulate
+    from ..certification.montecarlo import monte_carlo
     from ..hardware.devices import rpu_config
     from ..metrics import run
     from ..errors import UsageError as _Usage
@@ -243,21 +245,21 @@ def _certify_repeat(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
     ad.convert(spec, output=f"{tmp}/m", **kw)
     data = MODELS[model_name][2]
     cfg0 = CertifyConfig(repeats=1, times=TIMES4, data=data, limit=cfg.certify_limit)
-    bench = _bench(f"{tmp}/m", cfg0)
+    bench = load(f"{tmp}/m", cfg0)
     times = cfg0.time_points()
     out: dict[str, Callable[[], Any]] = {"digital_pass": lambda: run(bench.digital, bench.data)}
     tiles = ["torch"] + (["cpp"] if tile_support().get("cpp") else [])
     for tile in tiles:
         c = CertifyConfig(device=DeviceConfig(tile=tile), repeats=1, times=TIMES4, data=data, limit=cfg.certify_limit)
         try:
-            sim = _simulator(c, bench.digital, rpu_config(c.device, tile))
+            sim = simulate("aihwkit", bench.digital, rpu_config(c.device, tile))
         except Exception as exc:  # noqa: BLE001 - e.g. grouped convolutions on an aihwkit without them
             out[f"_aihwkit_{tile}_unsupported"] = f"{type(exc).__name__}: {exc}"[:200]
             continue
         out[f"aihwkit_{tile}"] = lambda sim=sim: monte_carlo(sim, bench, times, 1, 0)
     fast_cfg = CertifyConfig(repeats=1, times=TIMES4, engine="fast", data=data, limit=cfg.certify_limit)
     try:
-        fast = _simulator(fast_cfg, bench.digital, rpu_config(fast_cfg.device, "torch"))
+        fast = simulate("fast", bench.digital, rpu_config(fast_cfg.device, "torch"))
     except _Usage as exc:  # a model the fast engine does not cover: the table says so
         out["_fast_unsupported"] = str(exc)
         return out
@@ -265,7 +267,7 @@ def _certify_repeat(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
     # where the fast engine's time goes
     out["fast_program"] = fast.program
     out["fast_drift"] = lambda: fast.drift(86400.0)
-    out["fast_forward"] = lambda: run(fast, bench.data)
+    out["fast_forward"] = lambda: run(fast.model, bench.data)
     return out
 
 

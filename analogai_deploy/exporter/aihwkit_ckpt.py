@@ -66,7 +66,8 @@ def checkpoint(path: Path, device: str) -> tuple[bytes, dict[str, Any], dict[str
     for the package at `path` on `device`."""
     import torch
 
-    from ..certification import _chip, resolve
+    from ..certification import resolve, settings_config
+    from ..certification.bench import chip
     from ..hardware.devices import describe
 
     config, warning = certified(path, device)
@@ -75,8 +76,9 @@ def checkpoint(path: Path, device: str) -> tuple[bytes, dict[str, Any], dict[str
                          "(the YAML file is not part of the package)",
                          "in Python: ad.to_aihwkit(PKG, device='custom', device_file='my.yaml')")
     # the certificate's settings name its device; without them, the device asked for
-    _, cfg, tile, rpu, _ = resolve(path, config=config) if config is not None else resolve(path, device)
-    analog, simulated, pkg = _chip(path, cfg, rpu)
+    run = resolve(path, config if config is not None else settings_config(device=device))
+    cfg, tile, rpu = run.config, run.tile, run.rpu
+    analog, simulated, pkg = chip(path, cfg, rpu)
     buf = io.BytesIO()
     torch.save(tensors_only(analog.state_dict()), buf)
     record = {"file": FILE, "device": cfg.device.label, "tile": tile, "rpu_config": type(rpu).__name__,

@@ -13,6 +13,7 @@ A package is admitted only when
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -175,18 +176,17 @@ def verdict(certificate: dict[str, Any], policy: Policy, where: Path | str) -> d
     digital = (certificate.get("digital") or {}).get(metric)
     if not isinstance(digital, (int, float)) or not math.isfinite(digital):
         raise PackageError(f"{where}/certificate.json records no digital {metric}", f"certify {where} again")
+    from ..certification.certificate import judge
     from ..metrics import stats
 
     ci = stats([float(v) for v in row["values"]], bounds)["ci95"]
-    drop_pp = 100.0 * (digital - ci[0] if higher else ci[1] - digital)
-    passed = drop_pp <= max_drop + 1e-9
-    side = "lower" if higher else "upper"
-    rule = f"max drop {max_drop:g} pp of {metric} at {label} ({side} 95% CI)"
-    out = {"metric": metric, "rule": rule, "max_drop_pp": float(max_drop), "at": label,
-           "drop_pp": drop_pp, "passed": passed, "policy": policy.to_dict()}
-    if not passed:
-        raise OperationFailed(f"{where} fails its gate: {drop_pp:.2f} pp of {metric} below digital at {label} "
-                              f"({side} 95% CI), allowed {max_drop:g} pp; the zoo refuses it",
+    gate = judge(metric, digital, ci, float(max_drop), label, name_metric=True)  # certify's own judgement
+    out = {"metric": metric, "rule": gate["rule"], "max_drop_pp": float(max_drop), "at": label,
+           "drop_pp": gate["drop_pp"], "passed": gate["passed"], "policy": policy.to_dict()}
+    if not gate["passed"]:
+        side = "lower" if higher else "upper"
+        raise OperationFailed(f"{where} fails its gate: {gate['drop_pp']:.2f} pp of {metric} below digital at "
+                              f"{label} ({side} 95% CI), allowed {max_drop:g} pp; the zoo refuses it",
                               "recover the model further (analogai-deploy recover) and certify it again")
     return out
 
@@ -262,11 +262,11 @@ def spot_check(path: Path, certificate: dict[str, Any], policy: Policy) -> dict[
         return {"skipped": True}
     try:
         cfg = certification.CertifyConfig.from_dict(certificate["settings"])
+        cfg = dataclasses.replace(cfg, repeats=policy.spot_repeats, ci_width=None, seed=spot_seed(certificate),
+                                  max_drop=None, times=[r["time"] for r in certificate["results"]])
     except (UsageError, TypeError) as exc:
         raise PackageError(f"{path}/certificate.json has settings this toolkit cannot rerun ({exc})",
                            f"certify {path} again") from None
-    cfg.repeats, cfg.seed, cfg.max_drop = policy.spot_repeats, spot_seed(certificate), None
-    cfg.times = [r["time"] for r in certificate["results"]]
     try:
         spot = certification.certify(path, config=cfg, write=False)
     except UsageError as exc:  # e.g. the recorded dataset is not on this machine
