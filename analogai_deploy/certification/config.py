@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .._config import StrictConfig
+from .._config import ChoiceConfig
 from ..analog.mapping import MAPPING_FIELDS, MappingConfig, package_mapping
 from ..errors import UsageError, unknown
 from ..hardware.devices import DeviceConfig, IOSettings, fixed_times, rpu_config
-from ..metrics import METRIC_CHOICES, parse_time, parse_times
-from .simulators import DEFAULT_ENGINE, ENGINES, SIMULATORS
+from ..metrics import parse_time, parse_times
+from .simulators import SIMULATORS
 
 DEFAULT_TIMES = "1s,1h,1d,1y"
 #: the seed's config names (and short forms) accepted as KEY=VALUE overrides
@@ -31,12 +31,13 @@ ALIASES = {
 AUTO_START = 5
 DEFAULT_CI_WIDTH = 1.0
 
+#: `auto` and the engines of simulators.SIMULATORS; the metrics of metrics.METRIC_CHOICES (a test keeps them equal)
 Engine = Literal["auto", "aihwkit", "fast"]
 Metric = Literal["auto", "accuracy", "agreement", "cosine", "next_token_agreement", "perplexity_ratio"]
 
 
 @dataclass(frozen=True)
-class CertifyConfig(StrictConfig):
+class CertifyConfig(ChoiceConfig):
     """Everything that decides a certificate's numbers (change it with dataclasses.replace).
 
     data: dataset spec for image packages (default digits); for text packages sentences (default), corpus
@@ -73,9 +74,10 @@ class CertifyConfig(StrictConfig):
     engine: Engine = "auto"
     mapping: MappingConfig = field(default_factory=MappingConfig)
 
+    _choices = {"engine": "engine", "metric": "metric"}
+
     def __post_init__(self):
-        if self.engine not in (*ENGINES, DEFAULT_ENGINE):
-            raise unknown("engine", self.engine, (*ENGINES, DEFAULT_ENGINE))
+        self.set_choices()
         if isinstance(self.repeats, str):
             if self.repeats != "auto":
                 raise UsageError(f"`repeats` must be a number or auto, got {self.repeats!r}", "e.g. `repeats=10` or "
@@ -91,8 +93,6 @@ class CertifyConfig(StrictConfig):
         elif self.ci_width is not None:
             raise UsageError(f"`ci_width` is the target of `repeats=auto`, not of a fixed {self.repeats} repeats",
                              f"pass `repeats=auto` `ci_width={self.ci_width:g}`")
-        if self.metric not in METRIC_CHOICES:
-            raise unknown("metric", self.metric, METRIC_CHOICES)
         if self.max_drop is not None:
             if self.max_drop < 0:
                 raise UsageError(f"`max_drop` must be >= 0 percentage points, got {self.max_drop}")

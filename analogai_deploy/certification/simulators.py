@@ -17,10 +17,6 @@ from ..hardware.devices import DeviceConfig
 from ..hardware.probe import choose_tile
 from .simulated import Mapped, on_tiles
 
-#: what certify runs when no engine is named: `fast.choose`
-DEFAULT_ENGINE = "auto"
-
-
 class Simulator:
     """One engine's chip: `model` (an nn.Module) runs the placement's layers on simulated tiles; `program()`
     draws fresh programming noise, `drift(t)` the state at t seconds after programming (always from the
@@ -108,4 +104,3 @@ class FastSimulator(Simulator):
 
 
 SIMULATORS: dict[str, type[Simulator]] = {s.name: s for s in (AihwkitSimulator, FastSimulator)}
-ENGINES = tuple(SIMULATORS)
