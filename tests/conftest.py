@@ -10,6 +10,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+#: a torchvision ViT small enough for every test that needs attention layers (tiny_vit_pkg)
+TINY_VIT = '''
+import torch
+from torchvision.models.vision_transformer import VisionTransformer
+
+
+def tiny_vit(num_classes=10):
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
+                              mlp_dim=128, num_classes=num_classes)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision zero-inits the head: logits would be 0
+    return model
+
+
+tiny_vit.input_shape = [3, 32, 32]
+'''
+
 
 @pytest.fixture(scope="module")
 def one_thread():
@@ -49,6 +65,27 @@ def mlp_pkg(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pkgs") / "mlp"
     ad.convert("mlp", output=out, num_classes=10)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_lenet(lenet_pkg, tmp_path_factory) -> Path:
+    """LeNet after 4 vanilla rounds on digits (~97%), so accuracy has room to fall under noise. Shared by
+    every module: certify it with write=False, or copy it before changing it."""
+    import analogai_deploy as ad
+
+    out = tmp_path_factory.mktemp("trained") / "lenet-vanilla"
+    ad.recover(lenet_pkg, "vanilla", "digits", output=out, overrides=["training.rounds=4"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_pkg(tmp_path_factory) -> Path:
+    """A converted torchvision ViT (TINY_VIT: 2 layers, 3x32x32 inputs, real logits); copy it before changing it."""
+    import analogai_deploy as ad
+
+    root = tmp_path_factory.mktemp("vit")
+    (root / "vit_factory.py").write_text(TINY_VIT)
+    return ad.convert(f"{root / 'vit_factory.py'}:tiny_vit", output=root / "vit", num_classes=10).path
 
 
 @pytest.fixture

@@ -17,22 +17,6 @@ from analogai_deploy.errors import OperationFailed, UsageError
 from analogai_deploy.exporter import metadata as meta_io
 from analogai_deploy.exporter import validate
 
-VIT_FACTORY = '''
-import torch
-from torchvision.models.vision_transformer import VisionTransformer
-
-
-def tiny_vit(num_classes=10):
-    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
-                              mlp_dim=128, num_classes=num_classes)
-    torch.nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision zero-inits the head: logits would be 0
-    return model
-
-
-tiny_vit.input_shape = [3, 32, 32]
-'''
-
-
 def _copy(src: Path, tmp_path: Path, name: str = "pkg") -> Path:
     dest = tmp_path / name
     shutil.copytree(src, dest)
@@ -131,11 +115,8 @@ def test_broken_graph_is_a_mismatch_and_writes_nothing(lenet_pkg, tmp_path):
         validate.check(bad)
 
 
-def test_vit_round_trip(tmp_path):
-    factory = tmp_path / "vit_factory.py"
-    factory.write_text(VIT_FACTORY)
-    pkg_dir = tmp_path / "vit"
-    ad.convert(f"{factory}:tiny_vit", output=pkg_dir, num_classes=10)
+def test_vit_round_trip(tiny_vit_pkg, tmp_path):
+    pkg_dir = _copy(tiny_vit_pkg, tmp_path, "vit")
     before = package.read_config(pkg_dir)
     result = ad.export(pkg_dir)
     assert result.validation.passed and result.validation.outputs[0].shape == [8, 10]
@@ -213,12 +194,9 @@ def test_qat_exports_as_qdq(lenet_pkg, tmp_path):
     assert np.abs(q - float_out).max() > 1e-2  # quantization really is in the graph
 
 
-def test_qat_wide_bits_and_attention(tmp_path):
+def test_qat_wide_bits_and_attention(tiny_vit_pkg, tmp_path):
     """12-bit weights (beyond int8 QDQ) become Round/Clip ops; attention weights are quantized too."""
-    factory = tmp_path / "vit_factory.py"
-    factory.write_text(VIT_FACTORY)
-    pkg_dir = tmp_path / "vit"
-    ad.convert(f"{factory}:tiny_vit", output=pkg_dir, num_classes=10)
+    pkg_dir = _copy(tiny_vit_pkg, tmp_path, "vit")
     config = package.read_config(pkg_dir)
     from analogai_deploy.analog.convert import analog_layers
 

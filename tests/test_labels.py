@@ -176,9 +176,8 @@ def test_image_labels_are_recorded_by_recover_and_read_by_certify(nets, tmp_path
     assert code == 2 and "'bird'" in err and "not among the model's labels (cat, dog)" in err
 
 
-def test_digits_recovery_names_a_local_models_classes(lenet_pkg, tmp_path):
-    pkg = ad.recover(lenet_pkg, "vanilla", "digits", output=tmp_path / "r", overrides=["training.rounds=1"])
-    assert pkg.config["labels"] == [str(i) for i in range(10)]
+def test_digits_recovery_names_a_local_models_classes(trained_lenet):
+    assert ad.load(trained_lenet).config["labels"] == [str(i) for i in range(10)]
 
 
 # ---------------------------------------------------------------- one task -> output kind

@@ -27,6 +27,10 @@ PRELOAD = ["torch", "torch._dynamo", "torch.optim", "safetensors.torch", "onnx",
            "analogai_deploy.package", "analogai_deploy.recovery", "analogai_deploy.recovery.trainers",
            "analogai_deploy.exporter", "analogai_deploy.zoo", "analogai_deploy.data", "analogai_deploy.sources"]
 
+#: msnat (FI over 2 noise levels + feedback loops) on LeNet/digits, sized so one run takes seconds
+RECOVER_OVERRIDES = ["training.rounds=3", "training.batch_size=256", "training.eval_draws=1",
+                     "recovery.noise_2=null", "recovery.noise_3=null", "recovery.noise_4=null"]
+
 _CTX = None
 
 

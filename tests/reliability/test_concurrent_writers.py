@@ -17,11 +17,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Runner, Stats, sha256  # noqa: E402
-from test_kill_resume import RECOVER_OVERRIDES, SEED, _report  # noqa: E402
+from harness import RECOVER_OVERRIDES, Runner, Stats, sha256  # noqa: E402
+from test_kill_resume import SEED, _report  # noqa: E402
 
 
-def concurrent_trials(lenet_pkg: Path, tmp: Path, trials: int, seed: int = SEED) -> tuple[Stats, dict[str, Any]]:
+def concurrent_trials(lenet_pkg: Path, reference: tuple[Path, float], tmp: Path, trials: int,
+                      seed: int = SEED) -> tuple[Stats, dict[str, Any]]:
     """Each trial starts two runs together; then, by turns, a `--resume` while the survivor trains, or a
     SIGKILL of the survivor at a random moment and a run after it (which must report the stale lock)."""
     from analogai_deploy import lock
@@ -31,9 +32,7 @@ def concurrent_trials(lenet_pkg: Path, tmp: Path, trials: int, seed: int = SEED)
     seen: dict[str, Any] = {"pairs": 0, "second_refused": 0, "waits": [], "live_resumes": 0,
                             "live_resumes_refused": 0, "stale_reported": 0}
     run = Runner(tmp / "logs")
-    ref = tmp / "ref"
-    code, t_ref = run.timed(["recover", lenet_pkg, "-o", ref, "-q", *RECOVER_OVERRIDES])
-    assert code == 0, run.last_log.read_text()[-2000:]
+    ref, t_ref = reference
     for i in range(trials):
         rng = random.Random(seed * 1000 + i)
         stats.trials += 1
@@ -100,14 +99,14 @@ def _print(capsys, seen: dict[str, Any]) -> None:
               + (f" refused_after_s={min(waits):.2f}-{max(waits):.2f}" if waits else ""))
 
 
-def test_concurrent_writers(lenet_pkg, tmp_path, capsys):
-    stats, seen = concurrent_trials(lenet_pkg, tmp_path, trials=2)
+def test_concurrent_writers(lenet_pkg, recover_reference, tmp_path, capsys):
+    stats, seen = concurrent_trials(lenet_pkg, recover_reference, tmp_path, trials=2)
     _report(capsys, stats)
     _print(capsys, seen)
 
 
 @pytest.mark.slow
-def test_concurrent_writers_many(lenet_pkg, tmp_path, capsys):
-    stats, seen = concurrent_trials(lenet_pkg, tmp_path, trials=10)
+def test_concurrent_writers_many(lenet_pkg, recover_reference, tmp_path, capsys):
+    stats, seen = concurrent_trials(lenet_pkg, recover_reference, tmp_path, trials=10)
     _report(capsys, stats)
     _print(capsys, seen)

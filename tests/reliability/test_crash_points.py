@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
+from harness import RECOVER_OVERRIDES as _RECOVER  # noqa: E402
 from harness import CrashPoint, Runner, package_state, sha256, tensors_equal  # noqa: E402
-from test_kill_resume import RECOVER_OVERRIDES as _RECOVER  # noqa: E402
 
 RECOVER_OVERRIDES = [o for o in _RECOVER if not o.startswith("training.rounds=")] + ["training.rounds=2"]
 

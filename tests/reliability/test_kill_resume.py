@@ -16,12 +16,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))  # zoo_helpers
 
-from harness import Runner, Stats, package_state, sha256, tensors_equal  # noqa: E402
+from harness import RECOVER_OVERRIDES, Runner, Stats, package_state, sha256, tensors_equal  # noqa: E402
 
 SEED = 2026
-#: msnat (FI over 2 noise levels + feedback loops) on LeNet/digits, sized so one run takes seconds
-RECOVER_OVERRIDES = ["training.rounds=3", "training.batch_size=256", "training.eval_draws=1",
-                     "recovery.noise_2=null", "recovery.noise_3=null", "recovery.noise_4=null"]
 
 
 def _report(capsys, stats: Stats) -> None:
@@ -32,14 +29,13 @@ def _report(capsys, stats: Stats) -> None:
 
 # ---- recover -----------------------------------------------------------------------------------------
 
-def recover_trials(lenet_pkg: Path, tmp: Path, trials: int, seed: int = SEED) -> Stats:
+def recover_trials(lenet_pkg: Path, reference: tuple[Path, float], tmp: Path, trials: int,
+                   seed: int = SEED) -> Stats:
     from analogai_deploy.recovery import state_dir_for
 
     stats = Stats("recover")
     run = Runner(tmp / "logs")
-    ref = tmp / "ref"
-    code, t_ref = run.timed(["recover", lenet_pkg, "-o", ref, "-q", *RECOVER_OVERRIDES])
-    assert code == 0, run.last_log.read_text()[-2000:]
+    ref, t_ref = reference
     for i in range(trials):
         rng = random.Random(seed * 1000 + i)
         stats.trials += 1
@@ -74,13 +70,13 @@ def recover_trials(lenet_pkg: Path, tmp: Path, trials: int, seed: int = SEED) ->
     return stats
 
 
-def test_recover_kill_resume(lenet_pkg, tmp_path, capsys):
-    _report(capsys, recover_trials(lenet_pkg, tmp_path, trials=3))
+def test_recover_kill_resume(lenet_pkg, recover_reference, tmp_path, capsys):
+    _report(capsys, recover_trials(lenet_pkg, recover_reference, tmp_path, trials=3))
 
 
 @pytest.mark.slow
-def test_recover_kill_resume_20(lenet_pkg, tmp_path, capsys):
-    _report(capsys, recover_trials(lenet_pkg, tmp_path, trials=20))
+def test_recover_kill_resume_20(lenet_pkg, recover_reference, tmp_path, capsys):
+    _report(capsys, recover_trials(lenet_pkg, recover_reference, tmp_path, trials=20))
 
 
 # ---- export ------------------------------------------------------------------------------------------
