@@ -44,28 +44,36 @@ static inline float log_unit(float u) {
     return (float)e * 0.693147180559945f + 2.0f * t * p;
 }
 
+/* Box-Muller's inputs from 64 random bits: u1 in (0, 1] and the angle's cosine and sine. */
+struct polar { float u1, cos_t, sin_t; };
+
+static inline struct polar polar_of(uint64_t r) {
+    const float half_pi = 1.57079632679489662f;
+    struct polar p;
+    p.u1 = (float)((r >> 40) + 1) * 0x1.0p-24f;                  /* (0, 1] */
+    uint32_t b = (uint32_t)(r >> 16) & 0xFFFFFFu;                /* theta = 2 pi b / 2^24 */
+    uint32_t q = b >> 22;                                        /* quadrant */
+    float f = (float)(b & 0x3FFFFFu) * 0x1.0p-22f * half_pi;     /* angle within it, [0, pi/2) */
+    float f2 = f * f;
+    float s = f * (1.0f + f2 * (-1.0f / 6 + f2 * (1.0f / 120 + f2 * (-1.0f / 5040 + f2 * (1.0f / 362880
+              + f2 * (-1.0f / 39916800))))));
+    float c = 1.0f + f2 * (-0.5f + f2 * (1.0f / 24 + f2 * (-1.0f / 720 + f2 * (1.0f / 40320
+              + f2 * (-1.0f / 3628800 + f2 * (1.0f / 479001600))))));
+    float a = (q & 1u) ? s : c, d = (q & 1u) ? c : s;
+    p.cos_t = (q == 1u || q == 2u) ? -a : a;
+    p.sin_t = (q >= 2u) ? -d : d;
+    return p;
+}
+
 void add_normal(const float *x, float *out, int64_t n, float scale, uint64_t seed) { /* x == out allowed */
     float zc[BLOCK], zs[BLOCK];
-    const float half_pi = 1.57079632679489662f;
     for (int64_t start = 0; start < n; start += 2 * BLOCK) {
         uint64_t base = seed + (uint64_t)(start / 2) * GAMMA;
         for (int j = 0; j < BLOCK; j++) {
-            uint64_t r = mix(base + (uint64_t)(j + 1) * GAMMA);
-            float u1 = (float)((r >> 40) + 1) * 0x1.0p-24f;            /* (0, 1] */
-            uint32_t b = (uint32_t)(r >> 16) & 0xFFFFFFu;                /* theta = 2 pi b / 2^24 */
-            uint32_t q = b >> 22;                                        /* quadrant */
-            float f = (float)(b & 0x3FFFFFu) * 0x1.0p-22f * half_pi;     /* angle within it, [0, pi/2) */
-            float f2 = f * f;
-            float s = f * (1.0f + f2 * (-1.0f / 6 + f2 * (1.0f / 120 + f2 * (-1.0f / 5040 + f2 * (1.0f / 362880
-                      + f2 * (-1.0f / 39916800))))));
-            float c = 1.0f + f2 * (-0.5f + f2 * (1.0f / 24 + f2 * (-1.0f / 720 + f2 * (1.0f / 40320
-                      + f2 * (-1.0f / 3628800 + f2 * (1.0f / 479001600))))));
-            float a = (q & 1u) ? s : c, d = (q & 1u) ? c : s;
-            float cos_t = (q == 1u || q == 2u) ? -a : a;
-            float sin_t = (q >= 2u) ? -d : d;
-            float rad = scale * __builtin_sqrtf(-2.0f * log_unit(u1));
-            zc[j] = rad * cos_t;
-            zs[j] = rad * sin_t;
+            struct polar p = polar_of(mix(base + (uint64_t)(j + 1) * GAMMA));
+            float rad = scale * __builtin_sqrtf(-2.0f * log_unit(p.u1));
+            zc[j] = rad * p.cos_t;
+            zs[j] = rad * p.sin_t;
         }
         int64_t m = n - start;
         if (m >= 2 * BLOCK) {
@@ -89,22 +97,11 @@ void add_normal(const float *x, float *out, int64_t n, float scale, uint64_t see
 
 /* 2 * BLOCK fresh normals into z (the same transform as add_normal); returns the next counter. */
 static uint64_t refill(float *z, uint64_t base) {
-    const float half_pi = 1.57079632679489662f;
     for (int j = 0; j < BLOCK; j++) {
-        uint64_t r = mix(base + (uint64_t)(j + 1) * GAMMA);
-        float u1 = (float)((r >> 40) + 1) * 0x1.0p-24f;
-        uint32_t b = (uint32_t)(r >> 16) & 0xFFFFFFu;
-        uint32_t q = b >> 22;
-        float f = (float)(b & 0x3FFFFFu) * 0x1.0p-22f * half_pi;
-        float f2 = f * f;
-        float s = f * (1.0f + f2 * (-1.0f / 6 + f2 * (1.0f / 120 + f2 * (-1.0f / 5040 + f2 * (1.0f / 362880
-                  + f2 * (-1.0f / 39916800))))));
-        float c = 1.0f + f2 * (-0.5f + f2 * (1.0f / 24 + f2 * (-1.0f / 720 + f2 * (1.0f / 40320
-                  + f2 * (-1.0f / 3628800 + f2 * (1.0f / 479001600))))));
-        float a = (q & 1u) ? s : c, d = (q & 1u) ? c : s;
-        float rad = __builtin_sqrtf(-2.0f * log_unit(u1));
-        z[j] = rad * ((q == 1u || q == 2u) ? -a : a);
-        z[BLOCK + j] = rad * ((q >= 2u) ? -d : d);
+        struct polar p = polar_of(mix(base + (uint64_t)(j + 1) * GAMMA));
+        float rad = __builtin_sqrtf(-2.0f * log_unit(p.u1));
+        z[j] = rad * p.cos_t;
+        z[BLOCK + j] = rad * p.sin_t;
     }
     return base + (uint64_t)BLOCK * GAMMA;
 }
