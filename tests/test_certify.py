@@ -492,3 +492,13 @@ def test_certify_config_is_frozen_and_replace_validates_again():
     assert dataclasses.replace(cfg, repeats="auto").ci_width == 1.0  # repeats=auto's default target
     with pytest.raises(UsageError, match="target of `repeats=auto`"):
         dataclasses.replace(cfg, ci_width=0.5)
+
+
+def test_a_sweep_refuses_a_setting_beside_its_config_and_the_swept_one(pkg):
+    """sweep takes certify's keyword settings through the same function: none is dropped beside a config."""
+    from analogai_deploy.certification import sweep_plan
+
+    with pytest.raises(UsageError, match="`repeats` given beside a CertifyConfig"):
+        sweep_plan(pkg, "n_w", [0.0, 0.1], CertifyConfig(), {"repeats": 3})
+    with pytest.raises(UsageError, match="n_w is swept"):
+        sweep_plan(pkg, "n_w", [0.0, 0.1], None, {"n_w": 0.1})

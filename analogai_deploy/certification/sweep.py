@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, unknown
-from ..hardware.devices import DeviceConfig, IOSettings, describe, rpu_config
+from ..hardware.devices import DeviceConfig, describe, rpu_config
 from . import certificate
 from .bench import load, simulate
-from .config import ALIASES, CertifyConfig, device_config, mapping_config, resolve_config, time_points
+from .config import ALIASES, CertifyConfig, resolve_config, settings_config, time_points
 from .montecarlo import spread
 from .simulators import SIMULATORS
 
@@ -46,27 +46,17 @@ def parse_sweep(text: str) -> tuple[str, list[float]]:
 
 def sweep_plan(package: str | Path, param: str, values: list[float] | None, config: CertifyConfig | None,
                kwargs: dict[str, Any]) -> tuple[str, list[float], CertifyConfig, list[tuple]]:
-    """`sweep`'s arguments checked, and every value's tiles and times, before the slow part starts."""
-    kwargs = dict(kwargs)
+    """`sweep`'s arguments checked, and every value's tiles and times, before the slow part starts. `kwargs`:
+    certify's keyword settings (config.settings_config), none of them beside a `config`."""
     if values is None:
         param, values = parse_sweep(param)
     else:
         param = ALIASES.get(param, param)
         if param not in SWEEPABLE:
             raise unknown("sweep parameter", param, SWEEPABLE)
-    if config is None:
-        device = kwargs.pop("device", "PCM")
-        io_keys = set(IOSettings.__dataclass_fields__)
-        io_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in io_keys}
-        if param in io_kw:
-            raise UsageError(f"{param} is swept; do not also set it")
-        dev = device_config(device, kwargs.pop("device_file", None), kwargs.pop("preset", None),
-                            kwargs.pop("tile", "auto"), io_kw)
-        if "times" in kwargs and isinstance(kwargs["times"], str):
-            kwargs["times"] = kwargs["times"].split(",")
-        if "mapping" in kwargs:
-            kwargs["mapping"] = mapping_config(kwargs["mapping"])
-        config = CertifyConfig(device=dev, **kwargs)
+    if param in kwargs:
+        raise UsageError(f"{param} is swept; do not also set it")
+    config = settings_config(config, **kwargs)
     if config.engine == "auto":  # one engine for every point, and a swept n_w needs aihwkit's C++ tile
         config = dataclasses.replace(config, engine="aihwkit")
     cfg, _ = resolve_config(package, config)
