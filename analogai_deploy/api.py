@@ -198,6 +198,7 @@ def certify(
     (PCM, 1s,1h,1d,1y, 10 repeats, seed 0, the package's mapping). `output`: write a copy of the package
     with the certificate there; `nproc` > 1 spreads the repeats over that many local processes."""
     from . import launcher
+    from .certification import settings_config
 
     fields = _given(data=data, times=times, repeats=repeats, seed=seed, ci_width=ci_width, max_repeats=max_repeats,
                     max_drop=max_drop, at=at, metric=metric, limit=limit, match_qat=match_qat, engine=engine,
@@ -205,11 +206,9 @@ def certify(
     dev = _given(device=device, preset=preset, tile=tile, device_file=device_file)
     io = _given(dac_bits=dac_bits, adc_bits=adc_bits, out_noise=out_noise, tile_size=tile_size,
                 drift_compensation=drift_compensation, n_w=n_w, w_noise_type=w_noise_type)
-    run = dict(progress=progress, write=write, output=output, overwrite=overwrite, nproc=nproc,
-               dist_timeout=dist_timeout)
-    if config is None:
-        return launcher.certify(package, **fields, **dev, **io, **run)
-    return launcher.certify(package, config=certify_config(config, fields, dev, io), **run)
+    chip = settings_config(**fields, **dev, **io) if config is None else certify_config(config, fields, dev, io)
+    return launcher.certify(package, chip, progress=progress, write=write, output=output, overwrite=overwrite,
+                            nproc=nproc, dist_timeout=dist_timeout)
 
 
 def to_aihwkit(

@@ -27,6 +27,7 @@ from . import distributed
 from .errors import OperationFailed, UsageError
 
 if TYPE_CHECKING:
+    from .certification import Certificate, CertifyConfig
     from .package import Package
     from .recovery.recipe import Recipe
 
@@ -35,26 +36,27 @@ GRACE_S = 5.0  # after one worker fails, how long the others get to exit on thei
 
 # ---- the public verbs with nproc -------------------------------------------------------------------------
 
-def certify(package, *args: Any, nproc: int = 1, dist_timeout: float | None = None, **kwargs: Any):
-    """`certification.certify` (same arguments); nproc > 1 spreads the repeats over that many local
-    processes, with the same seed giving the same certificate."""
+def certify(package: str | Path | Package, config: CertifyConfig, *, progress: Callable[..., Any] | None = None,
+            write: bool = True, output: str | Path | None = None, overwrite: bool = False, nproc: int = 1,
+            dist_timeout: float | None = None) -> Certificate:
+    """`certification.certify` of `config` (certification.settings_config builds one from keywords); nproc > 1
+    spreads the repeats over that many local processes, with the same seed giving the same certificate."""
     from . import certification
 
     if nproc == 1:
-        return certification.certify(package, *args, **kwargs)
+        return certification.certify(package, config, progress=progress, write=write, output=output,
+                                     overwrite=overwrite)
     distributed.check_nproc(nproc)
-    progress, write = kwargs.pop("progress", None), kwargs.pop("write", True)
-    output, overwrite = kwargs.pop("output", None), kwargs.pop("overwrite", False)
-    run = certification.resolve(package, certification.settings_config(*args, **kwargs))  # fail before any spawn
+    run = certification.resolve(package, config)  # bad settings fail before any spawn
     package, cfg = run.package, run.config
     if not Path(package).is_dir():
         raise UsageError(f"no package folder at {package}", "pass the folder written by convert or recover")
     if write:
         certification.destination(package, output, overwrite)
-    config = cfg.to_dict()
+    config_dict = cfg.to_dict()
     if run.engine_reason != "named":  # the workers choose again (the same engine) and say why, as one process does
-        config["engine"] = "auto"
-    res = run_job("certify", {"package": str(Path(package).resolve()), "config": config, "write": write,
+        config_dict["engine"] = "auto"
+    res = run_job("certify", {"package": str(Path(package).resolve()), "config": config_dict, "write": write,
                               "output": _abs(output), "overwrite": overwrite},
                   nproc, progress=progress is not None, timeout=dist_timeout)
     cert = certification.Certificate(res["certificate"])
@@ -64,17 +66,19 @@ def certify(package, *args: Any, nproc: int = 1, dist_timeout: float | None = No
     return cert
 
 
-def sweep(package, param: str, values: list[float] | None = None, *, nproc: int = 1,
-          dist_timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
-    """`certification.sweep` (same arguments), optionally on `nproc` local processes."""
+def sweep(package: str | Path | Package, param: str, values: list[float] | None = None, *,
+          config: CertifyConfig | None = None, progress: Callable[..., Any] | None = None, write: bool = True,
+          output: str | Path | None = None, overwrite: bool = False, nproc: int = 1,
+          dist_timeout: float | None = None, **settings: Any) -> dict[str, Any]:
+    """`certification.sweep` (the same arguments: `config`, or certify's keyword `settings`), optionally on
+    `nproc` local processes."""
     from . import certification
 
     if nproc == 1:
-        return certification.sweep(package, param, values, **kwargs)
+        return certification.sweep(package, param, values, config=config, progress=progress, write=write,
+                                   output=output, overwrite=overwrite, **settings)
     distributed.check_nproc(nproc)
-    progress, write = kwargs.pop("progress", None), kwargs.pop("write", True)
-    output, overwrite = kwargs.pop("output", None), kwargs.pop("overwrite", False)
-    param, values, cfg, _ = certification.sweep_plan(package, param, values, kwargs.pop("config", None), kwargs)
+    param, values, cfg, _ = certification.sweep_plan(package, param, values, config, settings)
     if write:
         certification.destination(getattr(package, "path", package), output, overwrite)
     return run_job("sweep", {"package": str(Path(getattr(package, "path", package)).resolve()), "param": param,

@@ -27,6 +27,15 @@ def test_every_verb_has_a_real_signature(verb):
     assert verb in ad.__all__
 
 
+@pytest.mark.parametrize("verb", ["certify", "recover"])
+def test_the_launcher_passes_nothing_through(verb):
+    """The verbs' `nproc` layer names every argument it hands to the stage (sweep adds certify's settings)."""
+    from analogai_deploy import launcher
+
+    params = inspect.signature(getattr(launcher, verb)).parameters.values()
+    assert not [p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
 def test_the_verbs_take_their_config_second():
     for verb, config in [("convert", "config"), ("certify", "config"), ("export", "config"),
                          ("to_aihwkit", "config"), ("recover", "recipe")]:

@@ -158,9 +158,9 @@ def certify(
     device_name = canonical_device(settings.pop("device", "PCM"))
     common = dict(device=device_name, device_file=device_file, max_drop=max_drop if not sweep else None, at=at,
                   match_qat=match_qat, limit=limit, times=settings.pop("times", None))
-    kwargs = {**common, **settings, "engine": engine, "nproc": nproc, "dist_timeout": dist_timeout,
-              "mapping": cert_mod.MappingConfig.from_dict(mapping, where="mapping."),
-              "output": output_dir, "overwrite": overwrite}
+    kwargs = {**common, **settings, "engine": engine,
+              "mapping": cert_mod.MappingConfig.from_dict(mapping, where="mapping.")}
+    run = {"nproc": nproc, "dist_timeout": dist_timeout, "output": output_dir, "overwrite": overwrite}
     if ci_width is not None:
         kwargs["ci_width"] = ci_width
     if kwargs.get("repeats") == "auto":
@@ -179,12 +179,13 @@ def certify(
         param, values = cert_mod.parse_sweep(sweep)
         out.info(f"sweeping {param} over {len(values)} values on {device_name} ...")
         result = launcher.sweep(package, param, values, progress=out.progress if out.mode == "human" else None,
-                                **kwargs)
+                                **run, **kwargs)
         out.result(result, _sweep_text)
         return
 
     out.info(f"certifying {package} on {device_name} ...")
-    cert = launcher.certify(package, progress=out.progress if out.mode == "human" else None, **kwargs)
+    cert = launcher.certify(package, cert_mod.settings_config(**kwargs),
+                            progress=out.progress if out.mode == "human" else None, **run)
     t = cert.timing
     sim = "fast engine" if cert.get("engine") == "fast" else f"aihwkit ({cert['tile']} tiles)"
     out.info(f"{sim}: {1e3 * t['per_eval_s']:.0f} ms per repeat x time point, "
