@@ -23,7 +23,7 @@ def test_afm_recipe_holds_the_anchors_constants_and_round_trips():
     assert (t.optimizer, t.adam_betas, t.adam_eps, t.weight_decay, t.warmup, t.schedule) == (
         "adamw", [0.9, 0.98], 1e-6, 0.01, 0.016, "linear")
     assert (t.use_FI, t.use_FL, r.recovery.sigmas, n.slicing_factor, n.scale, n.model) == (
-        False, False, [0.03], 1.0, "channel", "gaussian")
+        False, False, [0.03], 1.0, "column", "gaussian")
     assert (n.clip, n.clip_value, n.clip_when) == ("channel_std", 2.5, "step")
     assert (io.dac_bits, io.adc_bits, io.out_bound, io.out_noise) == (8, 8, 14.0, 0.0)
     assert io.input_range.to_dict() == {"mode": "learned", "init_value": 3.0, "init_from_data": 500,

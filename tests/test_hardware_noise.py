@@ -32,24 +32,24 @@ def _weight_noise_std(layer, draws=50):
     return torch.stack([noisy(w, layer.analog) - w for _ in range(draws)]).std(0)
 
 
-def test_channel_scale_is_per_output_channel_and_tensor_scale_is_the_seeds():
+def test_column_scale_is_per_output_channel_and_tile_scale_is_the_seeds():
     seed = _weight_noise_std(_linear(None))
-    tensor = _weight_noise_std(_linear(HardwareNoise("tensor", "gaussian")))
-    channel = _weight_noise_std(_linear(HardwareNoise("channel", "gaussian")))
+    tile = _weight_noise_std(_linear(HardwareNoise("tile", "gaussian")))
+    column = _weight_noise_std(_linear(HardwareNoise("column", "gaussian")))
     w = _linear(None).weight.detach()
-    # the seed and scale=tensor: one s = sigma * max|W| for every weight (the outlier row sets it)
-    assert float(tensor.mean()) == pytest.approx(float(seed.mean()), rel=0.05)
-    assert float(tensor.mean()) == pytest.approx(0.1 * float(w.abs().max()), rel=0.05)
-    # per channel: each row's own max|W|, so the ordinary rows get ~50x less noise than the outlier's
+    # the seed and scale=tile: one s = sigma * max|W| for every weight (the outlier row sets it)
+    assert float(tile.mean()) == pytest.approx(float(seed.mean()), rel=0.05)
+    assert float(tile.mean()) == pytest.approx(0.1 * float(w.abs().max()), rel=0.05)
+    # per column: each row's own max|W|, so the ordinary rows get ~50x less noise than the outlier's
     expect = 0.1 * w.abs().amax(1)
-    assert torch.allclose(channel.mean(1), expect, rtol=0.06)
+    assert torch.allclose(column.mean(1), expect, rtol=0.06)
 
 
 def test_pcm_model_follows_aihwkits_programming_polynomial():
     from aihwkit.inference import PCMLikeNoiseModel
 
     assert tuple(PCMLikeNoiseModel().prog_coeff) == pcm.PCM_PROG_COEFF
-    layer = _linear(HardwareNoise("channel", "pcm"), sigma=0.2)
+    layer = _linear(HardwareNoise("column", "pcm"), sigma=0.2)
     std = _weight_noise_std(layer, draws=200)
     w = layer.weight.detach()
     u = (w.abs() / w.abs().amax(1, keepdim=True)).flatten()
@@ -93,7 +93,7 @@ def test_device_model_is_certifys_pcm_device_at_a_time_after_programming():
             for t in (1.0, 86400.0)}
     assert gain[86400.0] < gain[1.0] - 0.03
     # a layer at the device's own level (c * sigma = 0.0435) draws the device; twice the level, twice the spread
-    layer = _linear(HardwareNoise("channel", "device", times=(86400.0,)), sigma=pcm.PCM_C_SIGMA)
+    layer = _linear(HardwareNoise("column", "device", times=(86400.0,)), sigma=pcm.PCM_C_SIGMA)
     d1 = _weight_noise_std(layer, draws=20)
     layer.analog.sigma = 2 * pcm.PCM_C_SIGMA
     d2 = _weight_noise_std(layer, draws=20)
@@ -107,7 +107,7 @@ def test_device_model_is_certifys_pcm_device_at_a_time_after_programming():
 
 
 def test_clipping_and_the_periphery_keep_gradients_straight_through():
-    layer = _linear(HardwareNoise("channel", "gaussian", clip="channel_std", clip_value=2.0, out_noise=0.06,
+    layer = _linear(HardwareNoise("column", "gaussian", clip="channel_std", clip_value=2.0, out_noise=0.06,
                                   dac_bits=7, adc_bits=9), sigma=0.0)
     x = torch.randn(32, 256, requires_grad=True)
     y = layer(x)
@@ -118,24 +118,24 @@ def test_clipping_and_the_periphery_keep_gradients_straight_through():
     ref = torch.nn.functional.linear(x.detach(), clipped, layer.bias.detach())
     err = (y.detach() - ref)
     assert 0 < float(err.std()) < 0.5 * float(ref.std())  # the periphery perturbs, it does not replace
-    layer.analog.hw = HardwareNoise("channel", "gaussian", dac_bits=4)
+    layer.analog.hw = HardwareNoise("column", "gaussian", dac_bits=4)
     x = x.detach()
     coarse = float((layer(x) - torch.nn.functional.linear(x, w, layer.bias)).detach().std())
-    layer.analog.hw = HardwareNoise("channel", "gaussian", dac_bits=10)
+    layer.analog.hw = HardwareNoise("column", "gaussian", dac_bits=10)
     fine = float((layer(x) - torch.nn.functional.linear(x, w, layer.bias)).detach().std())
     assert coarse > 4 * fine  # the DAC grid sets the error
     conv = AnalogConv2d.from_digital(torch.nn.Conv2d(3, 8, 3, padding=1), AnalogState(0.1, 1.0))
-    conv.analog.hw = HardwareNoise("channel", "pcm", out_noise=0.06, dac_bits=7, adc_bits=9)
+    conv.analog.hw = HardwareNoise("column", "pcm", out_noise=0.06, dac_bits=7, adc_bits=9)
     assert conv(torch.randn(2, 3, 8, 8)).shape == (2, 8, 8, 8)
 
 
 def test_recipe_sections_validate_and_the_seed_recipes_keep_their_hash():
     hw = R.load("msnat_hw")
     assert (hw.noise.scale, hw.noise.model, hw.io.dac_bits, hw.io.adc_bits, hw.io.out_noise) == (
-        "channel", "pcm", 7, 9, 0.06)
+        "column", "pcm", 7, 9, 0.06)
     assert hw.hardware_noise and not R.load("msnat").hardware_noise
     assert "noise" not in R.load("msnat").to_dict()  # the seed's recipe hash is unchanged by the new sections
-    with pytest.raises(UsageError, match="tensor"):
+    with pytest.raises(UsageError, match="noise.scale 'row'"):
         R.load("msnat", ["noise.scale=row"])
     with pytest.raises(UsageError, match="valid keys"):
         R.load("msnat", ["io.adc=8"])
@@ -169,7 +169,7 @@ def test_the_recorded_input_scaling_is_the_one_training_used():
         return MappingConfig.from_dict(trained).over({"input_scaling": package_scaling}).input_scaling
 
     # trained without input scaling: certify must not scale the inputs, whatever the package's mapping says
-    assert recorded("channel", scale="channel") == "none"
+    assert recorded("channel", scale="column") == "none"
     # trained through the package's input scaling: that mapping's, none included (training then scaled nothing)
     assert recorded("channel", input_scaling="package") == "channel"
     assert recorded("none", input_scaling="package") == "none"
@@ -180,7 +180,7 @@ def test_input_scaling_trains_the_layer_certify_programs():
 
     torch.manual_seed(1)
     s = torch.rand(256) * 4 + 0.25
-    hw = HardwareNoise("channel", "pcm", out_noise=0.0, in_scale=s)
+    hw = HardwareNoise("column", "pcm", out_noise=0.0, in_scale=s)
     layer = _linear(hw, sigma=0.0)
     x = torch.randn(8, 256)
     clean = torch.nn.functional.linear(x, layer.weight, layer.bias)
@@ -224,7 +224,7 @@ def test_digital_outliers_train_the_split_certify_programs(lenet_pkg, tmp_path):
         out.analog.hw = hw
         return out
 
-    layer = planted(HardwareNoise("channel", "pcm", outlier_std=2.0), 0.0)
+    layer = planted(HardwareNoise("column", "pcm", outlier_std=2.0), 0.0)
     x = torch.randn(8, 256)
     clean = torch.nn.functional.linear(x, layer.weight, layer.bias)
     assert torch.allclose(layer(x), clean, atol=1e-5)
@@ -234,7 +234,7 @@ def test_digital_outliers_train_the_split_certify_programs(lenet_pkg, tmp_path):
     layer.analog.sigma = 0.1
     with torch.no_grad():
         noise = torch.stack([layer(x) - clean for _ in range(40)]).std(0)
-        whole = planted(HardwareNoise("channel", "pcm"), 0.1)
+        whole = planted(HardwareNoise("column", "pcm"), 0.1)
         noise_whole = torch.stack([whole(x) - clean for _ in range(40)]).std(0)
     assert float(noise[:, 0].mean()) < 0.5 * float(noise_whole[:, 0].mean())
     # the gradient reaches every weight: the clipped ones through the digital part
@@ -247,7 +247,7 @@ def test_digital_outliers_train_the_split_certify_programs(lenet_pkg, tmp_path):
     # used: LeNet's uniform-initialised weights alone have none beyond 2.5 std)
     out = tmp_path / "o"
     ad.recover(lenet_pkg, "vanilla", "digits", output=out, overrides=[
-        "training.rounds=1", "noise.scale=channel", "noise.outliers=digital", "noise.outlier_std=2.5",
+        "training.rounds=1", "noise.scale=column", "noise.outliers=digital", "noise.outlier_std=2.5",
         "noise.input_scaling=package"])
     mapping = json.loads((out / "config.json").read_text())["mapping"]
     assert (mapping["outliers"], mapping["outlier_std"]) == ("digital", 2.5)

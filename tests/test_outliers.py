@@ -113,7 +113,7 @@ def test_gpt2_conv1d_splits_too_in_certify_and_in_training(gpt2):
     conv = digital.get_submodule(split[0].name)
     analog = ad.load(gpt2).model.get_submodule(split[0].name)
     assert type(analog).__name__ == "AnalogHFConv1D" and hf_conv1d() is not None
-    rec = load_recipe("vanilla", ["noise.scale=channel", "noise.outliers=digital", f"noise.outlier_std={k}"])
+    rec = load_recipe("vanilla", ["noise.scale=column", "noise.outliers=digital", f"noise.outlier_std={k}"])
     hardware_noise.apply(analog, rec.noise, rec.io)
     analog.analog.sigma = 0.0
     x = torch.randn(3, 5, conv.weight.shape[0])
@@ -155,7 +155,7 @@ def test_recover_records_the_split_and_trains_with_a_recorded_one(mlp_pkg, cli, 
     # a package converted with the split: a hardware-noise recipe trains with it, any recipe keeps the record
     converted = ad.convert("mlp", output=tmp_path / "split", num_classes=10,
                            mapping=MappingConfig(outliers="digital", outlier_std=2.0)).path
-    hw = ad.recover(converted, "vanilla", "digits", output=tmp_path / "hw", overrides=[*quick, "noise.scale=channel"])
+    hw = ad.recover(converted, "vanilla", "digits", output=tmp_path / "hw", overrides=[*quick, "noise.scale=column"])
     noise = hw.config["recipe"]["resolved"]["noise"]
     assert (noise["outliers"], noise["outlier_std"]) == ("digital", 2.0)
     assert (_mapping(tmp_path / "hw")["outliers"], _mapping(tmp_path / "hw")["outlier_std"]) == ("digital", 2.0)

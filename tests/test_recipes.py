@@ -193,3 +193,21 @@ def test_recipes_show_text(cli):
     data = json.loads(out)
     assert code == 0 and data["resolved"]["variant"] == "text"
     assert data["sha256"] == R.load("msnat", text=True).sha256() != R.load("msnat").sha256()
+
+
+def test_noise_scale_speaks_the_mappings_words_and_still_reads_the_old_ones(tmp_path):
+    """noise.scale takes the mapping's weight_scaling words (tile / column); a recipe file written with the
+    words recipes used before (tensor / channel) loads as the same recipe."""
+    from analogai_deploy.recovery.hardware_noise import trained_mapping
+    from analogai_deploy.recovery.recipe_noise import NoiseModelConfig
+
+    old = tmp_path / "old.yaml"
+    old.write_text(R.shipped()["msnat_hw"].read_text().replace("scale: column ", "scale: channel "))
+    assert "scale: channel" in old.read_text()
+    rec, new = R.load(old), R.load("msnat_hw")
+    assert rec.noise.scale == "column" and rec.to_dict() == new.to_dict() and rec.sha256() == new.sha256()
+    assert trained_mapping(rec.noise, rec.io)["weight_scaling"] == "column"  # the mapping's word, as it is
+    assert R.load("msnat_hw", ["noise.scale=tensor"]).noise.scale == "tile"
+    assert NoiseModelConfig(scale="channel").scale == "column"
+    with pytest.raises(UsageError, match="noise.scale 'row'"):
+        R.load("msnat_hw", ["noise.scale=row"])

@@ -41,7 +41,7 @@ def _run(layer, x, torch_path: bool):
 
 
 @native
-@pytest.mark.parametrize("scale", ["channel", "tensor"])
+@pytest.mark.parametrize("scale", ["column", "tile"])
 @pytest.mark.parametrize("in_scale", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 def test_fused_tile_is_the_torch_path_without_noise(scale, in_scale, bias):
@@ -59,7 +59,7 @@ def test_fused_tile_is_the_torch_path_without_noise(scale, in_scale, bias):
 @native
 def test_fused_tile_noise_statistics_and_determinism():
     s = torch.rand(256, generator=torch.Generator().manual_seed(1)) * 4 + 0.25
-    hw = HardwareNoise("channel", "pcm", out_noise=0.06, in_scale=s)
+    hw = HardwareNoise("column", "pcm", out_noise=0.06, in_scale=s)
     layer = _layer(hw, sigma=0.1)
     lib = library()
     w = layer.weight.detach()

@@ -33,7 +33,7 @@ def programmed_tile(lib, w: torch.Tensor, s: torch.Tensor | None, hw: HardwareNo
     w = w.detach().contiguous()
     rows = w.shape[0]
     tile, wm = torch.empty_like(w), torch.empty(rows)
-    lib.tile_weights(w.data_ptr(), _ptr(s), rows, w.numel() // rows, hw.scale == "channel", hw.model == "pcm",
+    lib.tile_weights(w.data_ptr(), _ptr(s), rows, w.numel() // rows, hw.scale == "column", hw.model == "pcm",
                      csig, _PCM_COEFF.data_ptr(), pcm.PROG_NORM, seed() if csig > 0 else 0, tile.data_ptr(),
                      wm.data_ptr())
     return tile, wm

@@ -4,8 +4,8 @@ recipe wiring that puts it on a model is recovery/hardware_noise.py).
 The seed's model (analog/layers.py) draws W + N(0, s^2), s = c * sigma * max|W| over the whole tensor. A
 `HardwareNoise` on a layer's AnalogState replaces it by what the tiles do:
 
-  scale  tensor: one max|W| per layer (one weight scale per tile); channel: max|W| per output channel
-         (one scale per crossbar column, the mapping's weight_scaling=column).
+  scale  the mapping's weight_scaling words: tile: one max|W| per layer (one weight scale per tile);
+         column: max|W| per output channel (one scale per crossbar column).
   model  gaussian: s = c * sigma * wmax; pcm: aihwkit PCMLikeNoiseModel's programming noise, a
          polynomial in the normalised conductance u = |w| / wmax on the programmed device of the pair
          plus the one at u = 0 on the other, s = c * sigma * wmax * q(u), q(u) = sqrt(p(u)^2 + p(0)^2) /
@@ -55,8 +55,8 @@ from .clipping import Clip, channel_view, clamp, clip_bound, rows
 from .draws import add_noise
 
 
-#: one weight scale per tile (tensor) or per output channel, a crossbar column (channel)
-Scale = Literal["tensor", "channel"]
+#: one weight scale per tile or per output channel, a crossbar column: the mapping's weight_scaling words
+Scale = Literal["tile", "column"]
 #: the programming noise's model (module docstring)
 Model = Literal["gaussian", "pcm", "device"]
 
@@ -65,7 +65,7 @@ Model = Literal["gaussian", "pcm", "device"]
 class HardwareNoise:
     """The settings one layer trains with (validated by the recipe; recovery/hardware_noise.py builds them)."""
 
-    scale: Scale = "tensor"
+    scale: Scale = "tile"
     model: Model = "gaussian"
     clip: Clip = "none"
     clip_value: float = 3.0
@@ -115,7 +115,7 @@ def clip(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tens
 def wmax(w: torch.Tensor, hw: HardwareNoise, channel_dim: int = 0) -> torch.Tensor:
     """max|W| per tensor (0-dim) or per output channel (broadcast shape), never 0."""
     d = w.detach()
-    if hw.scale == "channel":
+    if hw.scale == "column":
         m = channel_view(rows(d, channel_dim).abs().amax(1), w, channel_dim)
     else:
         m = d.abs().amax()

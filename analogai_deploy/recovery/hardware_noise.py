@@ -95,7 +95,7 @@ def trained_mapping(noise, io, input_ranges: dict[str, float] | None = None) -> 
     # weights clipped after every step are stored within the bound: certify programs them as they are (a
     # second clip at clip_value std of the clipped weights, whose std is smaller, would cut deeper than training)
     clipped = "none" if noise.clip_when == "step" else noise.clip
-    out = {"weight_scaling": "column" if noise.scale == "channel" else "tile", "clip": clipped,
+    out = {"weight_scaling": noise.scale, "clip": clipped,
            "clip_value": noise.clip_value, "outliers": noise.outliers, "outlier_std": noise.outlier_std}
     # certify scales the inputs as training did: not at all (noise.input_scaling: none), or as the package's
     # mapping says (package: training calibrated its scales from that mapping, which then stays as it is)

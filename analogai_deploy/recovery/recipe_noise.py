@@ -5,19 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .._config import StrictConfig
+from .._config import ChoiceConfig, StrictConfig
 from ..errors import UsageError
+from ..hardware.clipping import Clip
+from ..hardware.noise import Model, Scale
 
 #: the times after programming noise.model=device trains for: certify's default grid
 DEVICE_TIMES = ("1s", "1h", "1d", "1y")
+#: noise.scale's words before it took the mapping's (weight_scaling): a user's recipe file still loads
+OLD_SCALE = {"tensor": "tile", "channel": "column"}
 
 
 @dataclass(frozen=True)
-class NoiseModelConfig(StrictConfig):
+class NoiseModelConfig(ChoiceConfig):
     """The training weight-noise model (hardware/noise.py); the defaults are the seed's.
 
-    scale: tensor (s from max|W| of the whole layer, the seed) or channel (max|W| per output channel,
-      as one weight scale per crossbar column maps them). model: gaussian (the seed) or pcm (aihwkit
+    scale: the mapping's weight_scaling words: tile (s from max|W| of the whole layer, the seed) or column
+      (max|W| per output channel, one weight scale per crossbar column); tensor / channel, the words
+      recipes used before, are read as tile / column. model: gaussian (the seed) or pcm (aihwkit
       PCMLikeNoiseModel's programming-noise polynomial in the normalised conductance). MSNAT's sigmas
       scale either; or device (certify's whole PCM device: programming, drift with its compensation and read
       noise at a time after programming drawn from `times` per layer and pass; sigma 0.056 at c 0.7776 is the
@@ -36,9 +41,11 @@ class NoiseModelConfig(StrictConfig):
       sigma the noise std relative to wmax, as aihwkit(-lightning)'s weight modifiers define it.
     """
 
-    scale: Literal["tensor", "channel"] = "tensor"
-    model: Literal["gaussian", "pcm", "device"] = "gaussian"
-    clip: Literal["none", "fixed", "layer_std", "channel_std"] = "none"
+    _choices = {"scale": "noise.scale"}
+
+    scale: Scale = "tile"
+    model: Model = "gaussian"
+    clip: Clip = "none"
     clip_value: float = 3.0
     outliers: Literal["none", "digital"] = "none"
     outlier_std: float = 3.0
@@ -66,7 +73,12 @@ class NoiseModelConfig(StrictConfig):
 
         return tuple(s for _, s in parse_times(self.times))
 
+    @classmethod
+    def spelling(cls, name: str, value: Any) -> Any:
+        return OLD_SCALE.get(value, value)
+
     def __post_init__(self):
+        self.set_choices()
         if self.clip_value <= 0:
             raise UsageError(f"noise.clip_value must be > 0, got {self.clip_value}")
         if self.outlier_std <= 0:
