@@ -102,22 +102,22 @@ def test_native_patch_maxima_equal_the_torch_path(kernel, stride, padding, dilat
     rpu = rpu_config(DeviceConfig(name="PCM", io=IOSettings(tile_size=tile_size)), "torch")
     layer = FastModel(nn.Sequential(conv), rpu).layers[0]
     layer.program()
-    layer._build()
+    layer.build_weights()
     x = torch.randn(3, cin, 11, 9).relu()
     x[0, :, 2] = 0.0
-    got = layer._native_patch_max(lib, x)
+    got = layer.native_patch_max(lib, x)
     k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
     ax, cg = x.abs(), cin // groups
-    if "all" in layer._weights:
+    if "all" in layer.effective:
         amax = ax if cg == 1 else ax.view(3, groups, cg, 11, 9).amax(2)
         expect = patch_max(amax, k, s, p, d)
     else:
-        expect = torch.cat([layer._chunk_patch_max(ax[:, gi * cg + info[0]:gi * cg + info[1]], info[2], info[3],
+        expect = torch.cat([layer.chunk_patch_max(ax[:, gi * cg + info[0]:gi * cg + info[1]], info[2], info[3],
                                                    k, s, p, d)
-                            for gi in range(groups) for info in [layer._weights[gi, c][4] for c in layer.in_chunks]], 1)
-        assert any(layer._weights[0, c][4][2] or layer._weights[0, c][4][3] for c in layer.in_chunks)  # cut kernels
+                            for gi in range(groups) for info in [layer.effective[gi, c][4] for c in layer.in_chunks]], 1)
+        assert any(layer.effective[0, c][4][2] or layer.effective[0, c][4][3] for c in layer.in_chunks)  # cut kernels
     assert torch.equal(got, expect)
-    assert torch.equal(layer._native_patch_max(lib, x.contiguous(memory_format=torch.channels_last)), expect)
+    assert torch.equal(layer.native_patch_max(lib, x.contiguous(memory_format=torch.channels_last)), expect)
     assert lib.count_zeros(x.data_ptr(), x.numel()) == int((x == 0).sum())
 
 
@@ -211,14 +211,14 @@ def test_exact_mode_matches_aihwkit_under_the_mapping(trained_lenet, mapping):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         analog.program_analog_weights()
-        baselines = [layer._readout_bank(mine.bank, theirs.tile.get_weights()[None])[0]
+        baselines = [layer.readout_bank(mine.bank, theirs.tile.get_weights()[None])[0]
                      for (layer, mine), theirs in zip(ours, tiles)]
         analog.drift_analog_weights(365 * 86400.0)
     for ((layer, mine), theirs), baseline in zip(zip(ours, tiles), baselines):
         assert torch.allclose(mine.scale.flatten(), theirs.get_scales().flatten(), rtol=1e-6)
         mine.current = theirs.tile.get_weights().clone()
         # the drift factor from the same weights: per column when the compensation is per column
-        alpha = baseline / layer._readout_bank(mine.bank, mine.current[None])[0]
+        alpha = baseline / layer.readout_bank(mine.bank, mine.current[None])[0]
         assert torch.allclose(alpha.flatten(), theirs.alpha.flatten(), rtol=1e-5)
         mine.alpha = theirs.alpha.clone()
     x = bench.data.batches[0][:128]

@@ -40,10 +40,10 @@ from .montecarlo import STREAMS, adaptive, spread
 from .simulators import SIMULATORS, Simulator
 from .sweep import parse_sweep, sweep, sweep_plan
 
-__all__ = ["certify", "sweep", "to_aihwkit", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings", "CustomDevice",
-           "MappingConfig", "DEVICES", "PRESETS", "METRICS", "apply_overrides", "parse_sweep", "resolve",
-           "settings_config", "Resolved", "destination", "sweep_plan", "hint_line", "HINT_REPEATS", "ALIASES",
-           "MAPPING_FIELDS", "SIMULATORS", "Simulator"]
+__all__ = ["certify", "sweep", "to_aihwkit", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings",
+           "CustomDevice", "MappingConfig", "DEVICES", "PRESETS", "METRICS", "apply_overrides", "parse_sweep",
+           "resolve", "settings_config", "Resolved", "destination", "sweep_plan", "hint_line", "HINT_REPEATS",
+           "ALIASES", "MAPPING_FIELDS", "SIMULATORS", "Simulator"]
 
 #: the keyword settings that shape `to_aihwkit`'s chip (the rest of certify's are Monte Carlo settings)
 CHIP_SETTINGS = frozenset({"device", "data", "preset", "tile", "device_file", "match_qat", "mapping",

@@ -71,7 +71,7 @@ class Tile:
         if self.bank.current is self.bank.programmed:
             self.bank.current = self.bank.current.clone()
         self.bank.current[self.index] = value
-        self.layer._weights = None
+        self.layer.effective = None
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -84,4 +84,4 @@ class Tile:
         if value.numel() > 1 and bank.alpha.dim() == 1:  # per-column factors: widen the bank's
             bank.alpha = bank.alpha[:, None].expand(bank.ref.shape[0], bank.ref.shape[1]).clone()
         bank.alpha[self.index] = value.reshape(bank.alpha[self.index].shape) if value.numel() > 1 else value.reshape(())
-        self.layer._weights = None
+        self.layer.effective = None

@@ -26,7 +26,7 @@ class DeviceState:
         return (self.compensation is not None and self._one_hot_readout and not self.perfect
                 and not self._per_column and native_for(weights) is not None)
 
-    def _readout_bank(self, bank: Bank, weights: torch.Tensor, native=None) -> torch.Tensor:
+    def readout_bank(self, bank: Bank, weights: torch.Tensor, native=None) -> torch.Tensor:
         """The compensation's readout of each tile's forward on its read-out tensor (one-hot rows): [T]
         (global), [T, rows] (per column: the mean over the inputs of each output). `native`: the
         (means, peaks) of the native readout, already computed (fused into the PCM drift pass)."""
@@ -119,8 +119,8 @@ class DeviceState:
             bank.current = bank.programmed
             bank.alpha = torch.ones(bank.ref.shape[0])
             if self.compensation is not None:
-                bank.baseline = self._readout_bank(bank, bank.programmed)
-        self._weights = None
+                bank.baseline = self.readout_bank(bank, bank.programmed)
+        self.effective = None
 
     @torch.no_grad()
     def drift(self, seconds: float) -> None:
@@ -135,7 +135,7 @@ class DeviceState:
                                                        readout=self._readout_args() if fused else None)
                 bank.buffer = bank.current
                 if self.compensation is not None:
-                    bank.alpha = bank.baseline / self._readout_bank(bank, bank.current,
+                    bank.alpha = bank.baseline / self.readout_bank(bank, bank.current,
                                                                     (means, peaks) if fused else None)
                 continue
             if batched:
@@ -151,5 +151,5 @@ class DeviceState:
                 bank.current = torch.stack([nm.apply_drift_noise(p, nu, seconds)
                                             for p, nu in zip(bank.programmed, bank.nu)])
             if self.compensation is not None:
-                bank.alpha = bank.baseline / self._readout_bank(bank, bank.current)  # compensation.apply
-        self._weights = None
+                bank.alpha = bank.baseline / self.readout_bank(bank, bank.current)  # compensation.apply
+        self.effective = None

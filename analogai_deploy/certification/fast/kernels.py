@@ -40,7 +40,7 @@ class Kernels:
     def _chunk_tiles(self, group: int, chunk: tuple[int, int]) -> list[Tile]:
         return [t for t in self.tiles if t.group == group and (t.in_lo, t.in_hi) == chunk]
 
-    def _build(self) -> None:
+    def build_weights(self) -> None:
         """After program / drift: per (group, chunk) the normalised weights of the chunk's tiles stacked by
         rows (conv: as a kernel over the channels the chunk touches, positions outside it zeroed), each
         output's digital factor (tile scale x alpha), the tiles' output slices and sum_j w_oj^2 (the DAC
@@ -54,7 +54,7 @@ class Kernels:
             post = (bank.scale.view(n, -1) * bank.alpha.view(n, -1)).index_select(0, idx)  # [T, 1] or [T, rows]
             post = post.reshape(-1) if post.shape[1] == out_g else post.reshape(-1).repeat_interleave(out_g)
             parts = [slice(i * out_g, (i + 1) * out_g) for i in range(self.groups)]
-            self._weights = {"all": (w, post, parts, w.pow(2).flatten(1).sum(1))}
+            self.effective = {"all": (w, post, parts, w.pow(2).flatten(1).sum(1))}
             return
         weights = {}
         kk = self.kk
@@ -74,7 +74,7 @@ class Kernels:
                     info = (c_lo, c_hi, lead, tail)
                 weights[g, chunk] = (w, post, [slice(t.out_lo, t.out_hi) for t in tiles],
                                      w.pow(2).flatten(1).sum(1), info)
-        self._weights = weights
+        self.effective = weights
 
     def _ideal_weight(self, programmed: bool) -> torch.Tensor:
         """A perfect periphery: the layer's weights as one tensor (the tiles' current weights times their
@@ -92,12 +92,12 @@ class Kernels:
         m = self.module
         if self.perfect:
             return F.linear(x, self._ideal_weight(True), m.bias)
-        if self._weights is None:
-            self._build()
+        if self.effective is None:
+            self.build_weights()
         out = None
         x = self._clip_input(x)
         for chunk in self.in_chunks:
-            w, post, parts = self._weights[0, chunk][:3] if (0, chunk) in self._weights else self._all_as_chunk()
+            w, post, parts = self.effective[0, chunk][:3] if (0, chunk) in self.effective else self._all_as_chunk()
             xc = x[..., chunk[0]:chunk[1]]
             nm = self._input_nm(xc)
             y = self._managed(lambda scale, xc=xc, w=w: self._dac(xc * scale) @ w.T, nm, parts, -1, post)
@@ -105,7 +105,7 @@ class Kernels:
         return out if m.bias is None else out.add_(m.bias)
 
     def _all_as_chunk(self):
-        w, post, parts, _ = self._weights["all"]
+        w, post, parts, _ = self.effective["all"]
         return w.reshape(w.shape[0], -1), post, parts
 
     def conv_unfolded(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,21 +174,21 @@ class Kernels:
         k, s, p, d = self.k, self.s, self.p, self.d
         if self.perfect:
             return F.conv2d(x, self._ideal_weight(False), m.bias, s, p, d, self.groups)
-        if self._weights is None:
-            self._build()
+        if self.effective is None:
+            self.build_weights()
         # the fraction of non-zero inputs (zeros convert exactly)
         x = self._clip_input(x)
         lib = native_for(x)
         if lib is not None:  # count, |x| and the patch maxima of every chunk in native passes
             x = x.contiguous()
             nonzero = (1.0 - lib.count_zeros(x.data_ptr(), x.numel()) / x.numel()) if self.io.inp_res > 0 else None
-            pm = self._native_patch_max(lib, x) if self.input_range is None else None
+            pm = self.native_patch_max(lib, x) if self.input_range is None else None
         else:
             nonzero = torch.count_nonzero(x) / x.numel() if self.io.inp_res > 0 else None
         ax = x.abs() if self.input_range is None and lib is None else None
         g = self.groups
-        if "all" in self._weights:  # one tile per group: the whole layer in one conv, periphery per group
-            w, post, parts, wsq = self._weights["all"]
+        if "all" in self.effective:  # one tile per group: the whole layer in one conv, periphery per group
+            w, post, parts, wsq = self.effective["all"]
             cg = x.shape[1] // g
             amax = (lambda: ax) if cg == 1 else (lambda: ax.view(x.shape[0], g, cg, *x.shape[2:]).amax(2))
             nm = self._conv_nm(x, (lambda: pm) if lib is not None else (lambda: patch_max(amax(), k, s, p, d)),
@@ -202,11 +202,11 @@ class Kernels:
         for gi in range(g):
             acc = None
             for ci, chunk in enumerate(self.in_chunks):
-                w, post, parts, wsq, (c_lo, c_hi, lead, tail) = self._weights[gi, chunk]
+                w, post, parts, wsq, (c_lo, c_hi, lead, tail) = self.effective[gi, chunk]
                 xin = x[:, gi * cg + c_lo:gi * cg + c_hi]
                 j = gi * len(self.in_chunks) + ci
                 nm = self._conv_nm(x, (lambda j=j: pm[:, j:j + 1]) if lib is not None else
-                                   (lambda: self._chunk_patch_max(ax[:, gi * cg + c_lo:gi * cg + c_hi], lead, tail,
+                                   (lambda: self.chunk_patch_max(ax[:, gi * cg + c_lo:gi * cg + c_hi], lead, tail,
                                                                   k, s, p, d)), 1)
                 y = self._managed(lambda scale, xin=xin, w=w: F.conv2d(xin, w, None, s, p, d).mul_(scale), nm,
                                   parts, 1, post.view(1, -1, 1, 1), self._dac_extra(wsq, nonzero),
@@ -235,14 +235,14 @@ class Kernels:
         kk = k[0] * k[1]
         cg = self.shape[1]  # input channels per group
         rows: list[tuple[int, int, list[int], int]] = []
-        if "all" in self._weights:
+        if "all" in self.effective:
             rows = [(gi * cg, (gi + 1) * cg, list(range(kk)), gi) for gi in range(self.groups)]
             count = self.groups
         else:
             count = 0
             for gi in range(self.groups):
                 for chunk in self.in_chunks:
-                    c_lo, c_hi, lead, tail = self._weights[gi, chunk][4]
+                    c_lo, c_hi, lead, tail = self.effective[gi, chunk][4]
                     base, c = gi * cg + c_lo, c_hi - c_lo
                     if lead and tail and c == 1:
                         rows.append((base, base + 1, list(range(lead, kk - tail)), count))
@@ -263,7 +263,7 @@ class Kernels:
                        torch.tensor([r[3] for r in rows]), count)
         return self._parts
 
-    def _native_patch_max(self, lib, x: torch.Tensor) -> torch.Tensor:
+    def native_patch_max(self, lib, x: torch.Tensor) -> torch.Tensor:
         """[N, outputs, oh, ow]: every part's patch max of |x| (hardware/native patch_absmax)."""
         k, s, p, d = self.k, self.s, self.p, self.d
         c_lo, c_hi, mask, group, count = self._patch_parts()
@@ -278,7 +278,7 @@ class Kernels:
         return out
 
     @staticmethod
-    def _chunk_patch_max(ax: torch.Tensor, lead: int, tail: int, k, s, p, d) -> torch.Tensor:
+    def chunk_patch_max(ax: torch.Tensor, lead: int, tail: int, k, s, p, d) -> torch.Tensor:
         """Patch max of |x| over the chunk's inputs: whole channels by their channel max, the first / last
         channel over the kernel positions the chunk holds ([N, 1, oh, ow])."""
         kk = k[0] * k[1]

@@ -79,7 +79,7 @@ class FastLayer(DeviceState, Periphery, Kernels):
         self._one_hot_readout = type(self.compensation) in (GlobalDriftCompensation, PerColumnDriftCompensation)
         self._per_column = type(self.compensation) is PerColumnDriftCompensation
         self._q1 = float(self._dac(torch.ones(1))[0]) if self.io.inp_res > 0 else 1.0
-        self._weights = None  # effective weights per (group, chunk), rebuilt after program / drift
+        self.effective = None  # effective weights per (group, chunk), rebuilt after program / drift
         self._parts = None  # native patch_absmax parts (per layer structure)
         self.exact = False
 
