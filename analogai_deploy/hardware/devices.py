@@ -44,7 +44,7 @@ def canonical_device(name: str) -> str:
     return {**{d.lower(): d for d in DEVICES}, **DEVICE_ALIASES}.get(name.lower(), name)
 
 
-@dataclass
+@dataclass(frozen=True)
 class IOSettings(ChoiceConfig):
     """Peripheral settings of the analog tiles; None keeps the base config's value.
 
@@ -84,7 +84,7 @@ class IOSettings(ChoiceConfig):
             raise UsageError(f"tile_size must be >= 1, got {self.tile_size}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CustomDevice(ChoiceConfig):
     """The YAML file behind `--device custom --device-file FILE`.
 
@@ -105,7 +105,7 @@ class CustomDevice(ChoiceConfig):
         self.set_choices()
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeviceConfig(ChoiceConfig):
     """Which simulated chip a certificate is for (`name` in any case, or an alias). `tile`: auto, cpp (C++
     InferenceRPUConfig) or torch."""
