@@ -112,7 +112,7 @@ def recover(package: str | Path | Package, recipe: str | Path | Recipe = "msnat"
         raise UsageError("on_round runs in this process; with nproc > 1 training runs in others", "drop on_round")
     merged = recovery.merge_overrides(overrides, {})
     pkg, rec, ds = recovery.prepare(package, recipe, data, merged)
-    if pkg.config.get("input", {}).get("kind") == "text":
+    if pkg.record.text:
         raise UsageError("text packages recover on one process", "drop `nproc`")
     data = data if data is not None else ds.spec
     out_path = recovery.output_for(pkg, rec, output)

@@ -13,6 +13,7 @@ import torch
 
 import analogai_deploy as ad
 from analogai_deploy import package
+from analogai_deploy.provenance import sha256_file
 from analogai_deploy.errors import OperationFailed, UsageError
 from analogai_deploy.exporter import metadata as meta_io
 from analogai_deploy.exporter import validate
@@ -61,7 +62,7 @@ def test_lenet_round_trip(lenet_pkg, tmp_path):
     # the package is still valid (weights untouched) and records the export
     loaded = ad.load(pkg_dir)
     record = loaded.config["export"]["onnx"]
-    assert record["sha256"] == package.sha256_file(pkg_dir / "model.onnx")
+    assert record["sha256"] == sha256_file(pkg_dir / "model.onnx")
     assert loaded.config["provenance"]["history"][-1]["stage"] == "export"
     # an independent check at another batch size: onnxruntime == the package's model with noise off
     x = torch.randn(5, 1, 8, 8)

@@ -135,3 +135,23 @@ def test_package_modes_follow_the_umask(lenet_pkg, tmp_path, mask, folder_mode, 
     assert stat.S_IMODE((tmp_path / "p").stat().st_mode) == folder_mode
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "p").iterdir()}
     assert modes == {name: file_mode for name in ("config.json", "model.safetensors", "README.md", "extra.json")}
+
+
+def test_the_record_is_the_one_typed_view_of_config_json(lenet_pkg):
+    """Package.record says what a package takes and gives; report and placement are the real objects."""
+    from analogai_deploy.analog.convert import ConversionReport
+    from analogai_deploy.analog.placement import Placement
+    from analogai_deploy.tasks import Record
+
+    pkg = ad.load(lenet_pkg)
+    rec = pkg.record
+    assert rec == Record.of(pkg.config) and not rec.text and rec.input_kind == "image"
+    assert rec.input_shape == tuple(pkg.config["input"]["shape"]) and rec.output == "logits"
+    assert isinstance(pkg.report, ConversionReport) and isinstance(pkg.placement, Placement)
+    with pytest.raises(AttributeError):
+        rec.task = "causal-lm"  # frozen: a stage that decides something writes it into config.json instead
+    text = Record.of({"task": "causal-lm", "input": {"kind": "text", "seq_len": 16, "names": ["input_ids"]}})
+    assert text.text and text.causal_lm and text.output == "tokens"
+    assert (text.seq_len, text.input_names) == (16, ("input_ids",))
+    encoder = Record.of({"task": "feature-extraction", "input": {"kind": "text"}})
+    assert encoder.output == "pooled" and encoder.seq_len == 32 and encoder.input_names == ("input_ids", "attention_mask")

@@ -12,6 +12,7 @@ from zoo_helpers import certified_copy, fixture_certificate, flip_a_weight_byte
 
 import analogai_deploy as ad
 from analogai_deploy import package as pkgio
+from analogai_deploy.errors import PackageError
 from analogai_deploy import zoo
 from analogai_deploy.analog.convert import noise_off
 
@@ -122,7 +123,7 @@ def test_pull_refuses_tampered_zoo_entry(cli, zoo_dir, certified):
     flip_a_weight_byte(zoo_dir / "digits-cnn")
     code, _, err = cli("pull", "digits-cnn")
     assert code == 1 and "tampered" in err
-    with pytest.raises(pkgio.PackageError):
+    with pytest.raises(PackageError):
         ad.from_pretrained("digits-cnn")
 
 
@@ -132,7 +133,7 @@ def test_pull_refuses_entry_swapped_behind_the_index(zoo_dir, certified, tmp_pat
     impostor = certified_copy(tmp_path / "impostor", variant=1)
     shutil.rmtree(zoo_dir / "digits-cnn")
     shutil.copytree(impostor, zoo_dir / "digits-cnn")
-    with pytest.raises(pkgio.PackageError, match="other weights than its index records"):
+    with pytest.raises(PackageError, match="other weights than its index records"):
         zoo.pull("digits-cnn")
 
 
@@ -141,7 +142,7 @@ def test_pull_refuses_index_path_traversal(zoo_dir, certified):
     index = json.loads((zoo_dir / "index.json").read_text())
     index["entries"][0]["path"] = "../digits-cnn"
     (zoo_dir / "index.json").write_text(json.dumps(index))
-    with pytest.raises(pkgio.PackageError):
+    with pytest.raises(PackageError):
         zoo.pull("digits-cnn")
 
 

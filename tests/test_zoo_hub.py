@@ -16,6 +16,7 @@ from zoo_helpers import certified_copy, tampered_weights
 
 import analogai_deploy as ad
 from analogai_deploy import package as pkgio
+from analogai_deploy.errors import PackageError
 from analogai_deploy import zoo
 
 REPO = "analog-lab/digits-cnn-msnat-pcm"
@@ -92,7 +93,7 @@ def test_pull_refuses_tampered_download(cli, hub, certified):
     hub.tamper(REPO, "model.safetensors", tampered_weights(certified))
     code, _, err = cli("pull", f"hf-hub:{REPO}")
     assert code == 1 and "tampered" in err
-    with pytest.raises(pkgio.PackageError):
+    with pytest.raises(PackageError):
         ad.from_pretrained(f"hf-hub:{REPO}")
     # pinning the published commit still gets the certified weights
     pinned = ad.from_pretrained(f"hf-hub:{REPO}@{good}")

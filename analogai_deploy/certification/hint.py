@@ -5,6 +5,7 @@ import dataclasses
 from typing import Any
 
 from ..metrics import metric_info
+from ..tasks import Record
 from . import certificate
 from .bench import Bench, map_bench, simulate
 from .config import CertifyConfig
@@ -21,7 +22,7 @@ def split_hint(cfg: CertifyConfig, bench: Bench, rpu, verdict: dict[str, Any],
     and the certificate's first HINT_REPEATS seeds - the numbers `certify --outliers digital --times AT
     --repeats 3` gives. None where the gate passed, the split already ran, or the package is not text."""
     m = cfg.mapping.complete()
-    if verdict["passed"] or m.outliers == "digital" or bench.config.get("input", {}).get("kind") != "text":
+    if verdict["passed"] or m.outliers == "digital" or not Record.of(bench.config).text:
         return None
     repeats = HINT_REPEATS if cfg.repeats == "auto" else min(HINT_REPEATS, cfg.repeats)  # a gate has >= 2
     split = CertifyConfig.from_dict({**cfg.to_dict(), "repeats": repeats, "ci_width": None, "times": [cfg.at],

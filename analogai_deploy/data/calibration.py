@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UsageError
+from ..tasks import Record
 from . import load
 from .eval_set import fingerprint, load_eval_set, materialise
 from .text import tokenize, tokenizer_for
@@ -36,8 +37,8 @@ def calibration_batches(package_path, config: dict[str, Any], mapping,
     calibration spec and sample count), and where they came from (`data_spec`: the certify dataset of images)."""
     m = mapping.complete()
     n = m.calibration_samples
-    inp = config["input"]
-    if inp.get("kind") == "text":
+    record = Record.of(config)
+    if record.text:
         if m.calibration is not None:
             ev = load_eval_set(package_path, config, m.calibration, limit=n)
             return ev.batches, {"spec": ev.spec, "n": ev.n, "fingerprint": ev.fingerprint}
@@ -46,12 +47,12 @@ def calibration_batches(package_path, config: dict[str, Any], mapping,
         except UsageError as exc:
             raise UsageError(f"calibrating the mapping needs the package's tokenizer: {exc.message}",
                              "pass `calibration=tokens`, or `input_scaling=none` `input_range=dynamic`") from None
-        names = inp.get("names") or ["input_ids", "attention_mask"]
         sentences = CALIBRATION_SENTENCES[:n]
-        batch = dict(zip(names, tokenize(tok, sentences, int(inp.get("seq_len") or 32), names)))
+        names = record.input_names
+        batch = dict(zip(names, tokenize(tok, sentences, record.seq_len, names)))
         return [batch], {"spec": "calibration sentences (built in, not the evaluation ones)", "n": len(sentences),
                          "fingerprint": fingerprint(*batch.values())}
     spec = m.calibration or data_spec or "digits"
-    d = load(spec, input_shape=inp.get("shape"))
+    d = load(spec, input_shape=config["input"].get("shape"))
     x, _ = materialise(d.train, n)
     return [x], {"spec": spec, "split": "train", "n": len(x), "fingerprint": fingerprint(x)}

@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..labels import align, is_classifier
 from ..labels import ids as label_ids
 from ..labels import names as package_names
-from ..tasks import output_kind
+from ..tasks import Record
 from . import load
 from .base import is_text_spec
 from . import text as text_data
@@ -89,13 +89,12 @@ def load_eval_set(package_path: Path, config: dict[str, Any], spec: str | None, 
                   limit: int | None = None, model: nn.Module | None = None) -> EvalSet:
     """The test split of a dataset for image packages; for text ones the built-in sentences (default), random
     tokens, the shipped corpus's held-out part, a text file, or text the digital model generates."""
-    inp = config["input"]
-    if inp.get("kind") == "text":
+    if Record.of(config).text:
         return _text_set(package_path, config, spec or "sentences", seed, limit, model)
     spec = spec or "digits"
     if spec in TEXT_DATA or is_text_spec(spec):
         raise UsageError(f"`data={spec}` is for text packages; this package takes images", "use e.g. `data=digits`")
-    d = align(load(spec, input_shape=inp.get("shape")), config)  # numbered as the package numbers its classes
+    d = align(load(spec, input_shape=config["input"].get("shape")), config)  # numbered as the package numbers its classes
     x, y = materialise(d.test, limit)
     batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
     return EvalSet(spec, batches, y, d.fingerprint if limit is None else fingerprint(x, y), len(x), d.num_classes,
@@ -125,10 +124,10 @@ def fingerprint(*tensors: torch.Tensor) -> str:
 
 
 def _text_kind(config: dict[str, Any]) -> str:
-    kind = output_kind(config)
-    if kind == "tokens" and str(config.get("task")) == "causal-lm":
+    record = Record.of(config)
+    if record.output == "tokens" and record.causal_lm:
         return "lm"  # scored against the next token (lm_rows)
-    return kind
+    return record.output
 
 
 def _trained_on(config: dict[str, Any], spec: str) -> bool:
@@ -145,10 +144,9 @@ def _trained_on(config: dict[str, Any], spec: str) -> bool:
 
 def _text_set(package_path: Path, config: dict[str, Any], spec: str, seed: int, limit: int | None,
               model: nn.Module | None) -> EvalSet:
-    inp = config["input"]
+    record = Record.of(config)
     kind = _text_kind(config)
-    names = inp.get("names") or ["input_ids", "attention_mask"]
-    seq_len = int(inp.get("seq_len") or 32)
+    names, seq_len = record.input_names, record.seq_len
     labels = None
     classes = None
     label_names = None
@@ -160,7 +158,7 @@ def _text_set(package_path: Path, config: dict[str, Any], spec: str, seed: int, 
     elif spec == "tokens":
         n = limit or 64
         g = torch.Generator().manual_seed(seed)
-        vocab = int(inp.get("vocab_size") or 1000)
+        vocab = int(record.vocab_size or 1000)
         ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (n, seq_len), generator=g)  # skip special tokens
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if "token_type_ids" in names:

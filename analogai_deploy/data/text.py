@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..errors import PackageError, UsageError
+from ..tasks import Record
 from .base import IMAGE_KINDS, holdout, split
 
 CORPUS_DIR = Path(__file__).with_name("corpus")
@@ -217,10 +218,6 @@ def tokenize(tok, texts: list[str], seq_len: int, names: list[str]) -> list[torc
     return out
 
 
-def _names(inp: dict[str, Any]) -> list[str]:
-    return list(inp.get("names") or ["input_ids", "attention_mask"])
-
-
 def tokenizer_record(tok, seq_len: int) -> dict[str, Any]:
     return {"tokenizer": type(tok).__name__, "vocab_size": len(tok), "max_length": seq_len,
             "padding": "max_length (right)", "truncation": True, "pad_token": tok.pad_token}
@@ -277,9 +274,8 @@ def load(spec: str, package_path: str | Path, config: dict[str, Any], model=None
     `model` (the package's model, noise off) is needed only for generated:N.
     """
     kind, arg = parse(spec)
-    inp = config.get("input", {})
-    seq_len = int(inp.get("seq_len") or 32)
-    names = _names(inp)
+    record = Record.of(config)
+    seq_len, names = record.seq_len, list(record.input_names)
     tok = tokenizer_for(package_path, config)
     prov: dict[str, Any] = {"spec": spec, **tokenizer_record(tok, seq_len)}
     labels = None
@@ -300,7 +296,7 @@ def load(spec: str, package_path: str | Path, config: dict[str, Any], model=None
 
                 labels, label_names, num_classes = ids(raw_labels, config, spec)
         else:
-            if str(config.get("task")) != "causal-lm":
+            if not record.causal_lm:
                 raise UsageError(f"generated:{arg} needs a causal language model (this package's task is "
                                  f"{config.get('task')})", "use --data corpus or text:FILE")
             if model is None:

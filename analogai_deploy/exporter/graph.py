@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import OperationFailed, UsageError
-from ..tasks import hf_output_name, output_kind
+from ..tasks import Record, hf_output_name, output_kind
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 20, 17  # 13: per-channel QuantizeLinear; 17: native LayerNormalization
 
@@ -69,7 +69,7 @@ def wrap(model: nn.Module, config: dict[str, Any]) -> tuple[nn.Module, list[str]
 def build(model: nn.Module, config: dict[str, Any], sample: tuple[torch.Tensor, ...]) -> GraphSpec:
     """Wrap `model` (already digital, eval, quantizers applied) for export."""
     wrapped, names, output = wrap(model, config)
-    text = config["input"].get("kind") == "text"
+    text = Record.of(config).text
     axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} if text else {0: "batch"} for n in names}
     with torch.no_grad():
         ref = wrapped(*sample)

@@ -5,6 +5,8 @@ from typing import Any
 
 import yaml
 
+from ..tasks import Record
+
 
 def certificate_summary(cert: dict[str, Any]) -> dict[str, Any]:
     """The few numbers worth carrying elsewhere (ONNX metadata, the zoo index, card front matter)."""
@@ -111,7 +113,7 @@ _PIPELINE_TAGS = {"image-classification": "image-classification", "feature-extra
 
 
 def _hf_native(config: dict[str, Any]) -> bool:
-    from . import hf_native
+    from .format import hf_native
 
     return hf_native(config)
 
@@ -260,7 +262,7 @@ def _plain_loader(config: dict[str, Any], zoo: dict[str, Any], folder: str) -> l
         from ..sources.huggingface import TASKS
 
         auto = TASKS.get(config.get("task"), "AutoModel")
-        text = (config.get("input") or {}).get("kind") == "text"
+        text = Record.of(config).text
         lines = ["With transformers:", "", "```python", *said, f"from transformers import {auto}"
                  + (", AutoTokenizer, pipeline" if text else ""),
                  f"model = {auto}.from_pretrained({where!r})"]

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..metrics import batch_score, pooled, primary_output
-from ..tasks import output_kind
+from ..tasks import Record
 
 LOSSES = ("auto", "cross_entropy", "cosine", "mse", "kl")
 
@@ -124,12 +124,13 @@ class TextObjective(Objective):
 def choose(config: dict[str, Any], data, recipe) -> Objective:
     """The objective for this package and data; `recovery.distill.loss` picks one explicitly."""
     cfg = recipe.recovery.distill
-    if config.get("input", {}).get("kind") != "text":
+    record = Record.of(config)
+    if not record.text:
         if cfg.loss not in ("auto", "cross_entropy"):
             raise UsageError(f"recovery.distill.loss={cfg.loss} is for text packages; images train with labels",
                              "drop the override (auto)")
         return Objective()
-    output = output_kind(config)
+    output = record.output
     labelled = data.labelled
     loss = cfg.loss
     if loss == "auto":
@@ -150,7 +151,7 @@ def choose(config: dict[str, Any], data, recipe) -> Objective:
     elif loss == "kl" and output == "pooled":
         raise UsageError("recovery.distill.loss=kl needs logits; this package is an encoder",
                          "use recovery.distill.loss=cosine, mse or auto")
-    return TextObjective(loss, output, cfg.temperature, causal=config.get("task") == "causal-lm")
+    return TextObjective(loss, output, cfg.temperature, causal=record.causal_lm)
 
 
 @torch.no_grad()

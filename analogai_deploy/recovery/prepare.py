@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from .. import labels
 from ..errors import UsageError
+from ..tasks import Record
 from .recipe import Recipe, load as load_recipe
 
 
@@ -24,7 +25,7 @@ def merge_overrides(overrides: list[str] | dict[str, Any] | None, kwargs: dict[s
 
 def default_data(config: dict[str, Any]) -> str:
     """digits for image packages, the shipped English corpus for text ones."""
-    return "corpus" if config.get("input", {}).get("kind") == "text" else "digits"
+    return "corpus" if Record.of(config).text else "digits"
 
 
 def _text_checks(pkg, rec: Recipe, ds, objective) -> None:
@@ -54,7 +55,7 @@ def prepare_run(package, recipe, data, overrides=None):
     pkg = package if isinstance(package, pkg_mod.Package) and package.model is not None else pkg_mod.load(
         package.path if isinstance(package, pkg_mod.Package) else package)
     inp = pkg.config.get("input", {})
-    text = inp.get("kind") == "text"  # a recipe's text: section applies (recipe.py)
+    text = pkg.record.text  # a recipe's text: section applies (recipe.py)
     rec = recipe if isinstance(recipe, Recipe) and not overrides else load_recipe(recipe, overrides, text=text)
     rec = with_recorded_split(pkg.config, rec, overrides)
     data = data or default_data(pkg.config)
@@ -77,8 +78,8 @@ def prepare_run(package, recipe, data, overrides=None):
         check_fits(pkg.model, rec, ds, device, teacher=objective.name != "cross_entropy")
         ds = objectives.attach_teacher(objective, reference or pkg.model, ds, device)
         return pkg, rec, ds, objective
-    if inp.get("kind") != "image":
-        raise UsageError(f"recover trains image and text packages, but {pkg.path} takes {inp.get('kind')} input")
+    if pkg.record.input_kind != "image":
+        raise UsageError(f"recover trains image and text packages, but {pkg.path} takes {pkg.record.input_kind} input")
     if isinstance(data, str) and is_text_spec(data):
         raise UsageError(f"`data={data}` is text; {pkg.path} takes images", "use e.g. `data=digits`")
     ds = data if not isinstance(data, str) else data_mod.load(data, input_shape=inp.get("shape"))

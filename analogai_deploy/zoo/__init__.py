@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import package as pkgio
-from ..errors import UsageError
+from ..errors import PackageError, UsageError
 from . import gate, hub, local
 
 __all__ = ["from_pretrained", "pull", "publish", "list_models", "Policy"]
@@ -56,13 +56,13 @@ def locate(spec: str, *, zoo: str | Path | None = None, revision: str | None = N
     entry, folder = local.find(spec, zoo)
     config = gate.admit(folder, verify=verify, policy=local.policy(zoo)).config
     if entry.get("sha256") != config["weights"]["sha256"]:
-        raise pkgio.PackageError(f"zoo entry {spec!r} holds other weights than its index records (tampered)",
+        raise PackageError(f"zoo entry {spec!r} holds other weights than its index records (tampered)",
                                  "publish the package again; never load weights you cannot verify")
     recorded, now = entry.get("files"), config.get("files")
     if isinstance(recorded, dict) and recorded != now:
         now = now if isinstance(now, dict) else {}
         changed = sorted(n for n in set(recorded) | set(now) if recorded.get(n) != now.get(n))
-        raise pkgio.PackageError(f"zoo entry {spec!r}: {', '.join(changed)} differ from what its index records "
+        raise PackageError(f"zoo entry {spec!r}: {', '.join(changed)} differ from what its index records "
                                  "(the file and its sha256 in config.json were edited after publishing)",
                                  "publish the package again; never use files you cannot verify")
     return folder

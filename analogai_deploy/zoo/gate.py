@@ -23,6 +23,7 @@ from typing import Any
 from .._config import StrictConfig
 from .. import package as pkgio
 from ..errors import OperationFailed, PackageError, UsageError
+from ..tasks import Record
 
 #: certificate keys a zoo entry relies on (the rest of the schema is certify's business)
 _REQUIRED = ("metric", "device", "weights_sha256", "results", "digital", "settings", "repeats")
@@ -274,7 +275,7 @@ def spot_check(path: Path, certificate: dict[str, Any], policy: Policy) -> dict[
     metric = certificate["metric"]
     data, spot_data = certificate.get("data") or {}, spot.get("data") or {}
     if data.get("fingerprint") != spot_data.get("fingerprint"):
-        if (pkgio.read_config(path).get("input") or {}).get("kind") == "text":  # text is tokenised here
+        if Record.of(pkgio.read_config(path)).text:  # text is tokenised here
             raise OperationFailed(f"{path}: the certificate was made on other inputs than {data.get('spec')!r} gives "
                                   "here (fingerprint mismatch): the text differs, or the tokenizer is not the one "
                                   "certified", "restore the package's tokenizer as certified, or certify on text the "

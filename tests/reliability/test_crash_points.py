@@ -20,7 +20,7 @@ RECOVER_OVERRIDES = [o for o in _RECOVER if not o.startswith("training.rounds=")
 
 RECOVER_POINTS = [
     CrashPoint("checkpoint tensors written, state.json not yet replaced", "os:replace", "before", "state.json"),
-    CrashPoint("package temp folder complete, not yet swapped in", "analogai_deploy.package:_swap", "before"),
+    CrashPoint("package temp folder complete, not yet swapped in", "analogai_deploy.package.storage:swap", "before"),
     CrashPoint("package in place, checkpoint not yet removed", "analogai_deploy.recovery:discard_checkpoint",
                "before", ".partial"),
     CrashPoint("package in place, state.json removed, tensors not yet", "os:unlink", "after", "state.json"),

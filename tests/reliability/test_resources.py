@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from analogai_deploy import package as pkgio
+from analogai_deploy.package import storage
 from analogai_deploy.errors import OperationFailed
 
 
@@ -101,7 +102,7 @@ def test_disk_full_mid_write_everywhere(lenet_pkg, tmp_path, monkeypatch):
     def full(_folder):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(pkgio, "_fsync_tree", full)
+    monkeypatch.setattr(storage, "fsync_tree", full)
     config = pkgio.read_config(pkg)
     with pytest.raises(OperationFailed, match="the disk is full: could not write .*; the package there is kept"):
         pkgio.write(pkg, {**config, "note": "new"}, files={"extra.txt": b"x" * 1000}, base=pkg)
