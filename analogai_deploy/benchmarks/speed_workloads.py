@@ -120,7 +120,7 @@ def _msnat_round(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callabl
         return run
 
     four = epoch(4)
-    return {"msnat_round_clients": lambda: (trainer._train_clients(None), _sync(device)),
+    return {"msnat_round_clients": lambda: (trainer.train_clients(None), _sync(device)),
             "digital_epoch": epoch(1),
             "method_need": lambda: [four() for _ in range(k)],
             "_k": k, "_samples": batches.n}

@@ -113,7 +113,7 @@ class BatchedTrainer(LoopTrainer):
             out[name] = add_noise(w, scale, self._state, name)  # each client's slice at its own scale
         return out
 
-    def _train_clients(self, bar) -> list[dict[str, float]]:
+    def train_clients(self, bar) -> list[dict[str, float]]:
         self._restack()
         self.base.train()
         fl, cfg = self.t.use_FL, self.r.feedback
@@ -121,7 +121,7 @@ class BatchedTrainer(LoopTrainer):
         xs, ys = self.train_batches.tensors
         k, n, b = len(self.clients), self.train_batches.n, self.t.batch_size
         for e in range(self.t.epochs_per_round):
-            orders = torch.stack([torch.randperm(n, generator=self._shuffle(e, i)) for i in range(k)]).to(self.device)
+            orders = torch.stack([torch.randperm(n, generator=self.data_order(e, i)) for i in range(k)]).to(self.device)
             total = torch.zeros(k, device=self.device)
             correct = torch.zeros(k, device=self.device)
             for start in range(0, n, b):

@@ -129,7 +129,7 @@ class LoopTrainer(Trainer):
         model, noise = self.clients[k], self.noise[k]
         model.train()
         loss_fn = self.make_loss_fn(noise)
-        g = self._shuffle(epoch, k)
+        g = self.data_order(epoch, k)
         total = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         for step, (x, y) in enumerate(self.train_batches.iterate(g)):
@@ -158,7 +158,7 @@ class LoopTrainer(Trainer):
             bar.set_postfix(loss=f"{stats['loss']:.3g}", acc=f"{stats['acc']:.3f}", refresh=False)
         return stats
 
-    def _shuffle(self, epoch: int, k: int) -> torch.Generator:
+    def data_order(self, epoch: int, k: int) -> torch.Generator:
         """The data order is a pure function of (seed, round, epoch, client): nothing to checkpoint."""
         return torch.Generator().manual_seed(self.t.seed * 1_000_003 + self.round * 1009 + epoch * 101 + k)
 
@@ -166,7 +166,7 @@ class LoopTrainer(Trainer):
         """Client k's noise stream in a round: a pure function, so a client draws the same noise in any process."""
         return self.t.seed * 1_000_003 + self.round * 1009 + k + 7
 
-    def _train_clients(self, bar) -> list[dict[str, float]]:
+    def train_clients(self, bar) -> list[dict[str, float]]:
         clients = {}
         with distributed.guard() if self.dist else nullcontext():  # a failing rank stops every rank
             for k in self.mine:
@@ -181,7 +181,7 @@ class LoopTrainer(Trainer):
         return list(clients.values())
 
     def train_round(self, bar) -> dict[str, Any]:
-        out: dict[str, Any] = {"clients": self._train_clients(bar)}
+        out: dict[str, Any] = {"clients": self.train_clients(bar)}
         if self.fi:
             accs = None
             if self.r.fusion.weights == "accuracy":

@@ -29,8 +29,6 @@ from ..errors import UsageError
 from ..metrics import batch_score, pooled, primary_output
 from ..tasks import Record
 
-LOSSES = ("auto", "cross_entropy", "cosine", "mse", "kl")
-
 
 class Objective:
     """Image classifiers: the model's logits, cross-entropy against labels, accuracy."""
