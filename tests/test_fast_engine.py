@@ -24,14 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def trained_lenet(lenet_pkg, tmp_path_factory) -> Path:
-    """A LeNet that has learnt digits (~97%), so accuracy has room to fall under noise."""
-    out = tmp_path_factory.mktemp("fast") / "lenet-vanilla"
-    ad.recover(lenet_pkg, "vanilla", "digits", output=out, overrides=["training.rounds=4"])
-    return out
-
-
 def _pair(pkg: Path, io: dict, exact: bool):
     """aihwkit's model and the fast model of one package, the fast tiles loaded with aihwkit's drifted weights."""
     cfg = CertifyConfig(device=DeviceConfig(name="PCM", io=IOSettings(**io)), repeats=1)

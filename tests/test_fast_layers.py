@@ -22,22 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import hf_models  # noqa: E402
 
-TV_VIT = '''
-import torch
-from torchvision.models.vision_transformer import VisionTransformer
-
-
-def tiny_vit(num_classes=10):
-    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64,
-                              mlp_dim=128, num_classes=num_classes)
-    torch.nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision zero-inits the head: logits would be 0
-    return model
-
-
-tiny_vit.input_shape = [3, 32, 32]
-'''
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -124,13 +108,12 @@ def test_fast_engine_equals_aihwkit_given_the_same_tiles(name):
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory) -> dict[str, Path]:
+def packages(tmp_path_factory, tiny_vit_pkg) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fastcov")
-    (root / "tv.py").write_text(TV_VIT)
     return {
         "gpt2": ad.convert(f"hf:{hf_models.gpt2_lm(root / 'gpt2_src')}", output=root / "gpt2").path,
         "hf_vit": ad.convert(f"hf:{hf_models.vit_classifier(root / 'vit_src')}", output=root / "hf_vit").path,
-        "torchvision_vit": ad.convert(f"{root}/tv.py:tiny_vit", output=root / "tv", num_classes=10).path,
+        "torchvision_vit": tiny_vit_pkg,  # certified with write=False only
     }
 
 

@@ -21,17 +21,10 @@ QUICK = dict(repeats=2, times="1d", limit=64, write=False)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def trained(lenet_pkg, tmp_path_factory):
-    out = tmp_path_factory.mktemp("map") / "lenet"
-    ad.recover(lenet_pkg, "vanilla", "digits", output=out, overrides=["training.rounds=3"])
-    return out
-
-
 @pytest.fixture
-def pkg(trained, tmp_path):
+def pkg(trained_lenet, tmp_path):
     path = tmp_path / "lenet"
-    shutil.copytree(trained, path)
+    shutil.copytree(trained_lenet, path)
     return path
 
 
@@ -73,13 +66,13 @@ def test_mapping_reaches_the_aihwkit_rpu_config():
     assert m.forward.noise_management == NoiseManagementType.NONE
 
 
-def test_clipping_per_channel_and_the_exactness_of_input_scaling(trained):
+def test_clipping_per_channel_and_the_exactness_of_input_scaling(trained_lenet):
     import copy
 
     from analogai_deploy.analog.convert import to_digital
     from analogai_deploy.data import load
 
-    model = to_digital(ad.load(trained).model).eval()
+    model = to_digital(ad.load(trained_lenet).model).eval()
     mod = copy.deepcopy(model)
     frac = clip_weights(mod, MappingConfig(clip="channel_std", clip_value=1.0))
     assert frac and all(0 < f < 0.5 for f in frac.values())  # ~32% of a Gaussian lies beyond 1 std
@@ -228,13 +221,13 @@ def test_minilm_default_certificate_keeps_cosine_0_85_at_1d(minilm, engine):
     assert old.result("1d")["mean"] < 0.3
 
 
-def test_digital_outliers_sum_back_exactly_and_shrink_the_tiles(trained):
+def test_digital_outliers_sum_back_exactly_and_shrink_the_tiles(trained_lenet):
     from analogai_deploy.analog import outliers
 
     from analogai_deploy.analog.convert import to_digital
 
-    digital = to_digital(ad.load(trained).model).eval()
-    split = to_digital(ad.load(trained).model).eval()
+    digital = to_digital(ad.load(trained_lenet).model).eval()
+    split = to_digital(ad.load(trained_lenet).model).eval()
     m = MappingConfig(outliers="digital", outlier_std=2.0)
     before = {n: mod.weight.detach().abs().amax(1) for n, mod in split.named_modules()
               if isinstance(mod, torch.nn.Linear)}
@@ -246,7 +239,7 @@ def test_digital_outliers_sum_back_exactly_and_shrink_the_tiles(trained):
         if name in residuals:
             w = mod.weight.detach()
             assert (w.abs().amax(1) <= before[name] + 1e-7).all() and (w.abs().amax(1) < before[name]).any()
-    x = torch.randn(16, *json.loads((trained / "config.json").read_text())["input"]["shape"])
+    x = torch.randn(16, *json.loads((trained_lenet / "config.json").read_text())["input"]["shape"])
     handles = outliers.install(split, residuals)
     with torch.no_grad():
         assert torch.allclose(split(x), digital(x), atol=1e-5)  # tile part + digital part = the layer
