@@ -180,7 +180,7 @@ class AnalogMultiheadAttention(AnalogLayer, nn.MultiheadAttention):
         return out
 
 
-def _hf_conv1d_class():
+def hf_conv1d_class():
     """Hugging Face's GPT-2 style Conv1D (a Linear with transposed weight), if transformers is present."""
     try:
         from transformers.pytorch_utils import Conv1D

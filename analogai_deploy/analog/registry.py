@@ -26,7 +26,7 @@ def hf_conv1d(look_up: bool = True):
     if not _HF and not look_up:
         return None
     if not _HF:
-        _HF.append(layers._hf_conv1d_class())
+        _HF.append(layers.hf_conv1d_class())
         if _HF[0] is not None:
             _LAYERS.setdefault(_HF[0][0], _HF[0][1])
     return _HF[0]
