@@ -240,6 +240,6 @@ def to_aihwkit(
     io = _given(dac_bits=dac_bits, adc_bits=adc_bits, out_noise=out_noise, tile_size=tile_size,
                 drift_compensation=drift_compensation, n_w=n_w, w_noise_type=w_noise_type)
     if config is None:
-        return certification.to_aihwkit(getattr(package, "path", package), **fields, **dev, **io)
-    return certification.to_aihwkit(getattr(package, "path", package),
-                                    config=certify_config(config, fields, dev, io))
+        return certification.to_aihwkit(getattr(package, "path", package),
+                                        certification.settings_config(**fields, **dev, **io))
+    return certification.to_aihwkit(getattr(package, "path", package), certify_config(config, fields, dev, io))

@@ -232,11 +232,12 @@ def test_typed_config_api(pkg):
     # the certificate carries what decided its numbers: the config as resolved against the package (its mapping)
     assert CertifyConfig.from_dict(cert["settings"]) == resolve(pkg, cfg).config
     assert cert["settings"]["mapping"]["weight_scaling"] == "column"
-    # the stage function takes a config or its fields; ad.certify merges keywords into a config (test_api.py)
-    from analogai_deploy import certification
+    # the stage function takes a config; settings_config makes one of keywords, never beside one (ad.certify
+    # merges keywords into a config: test_api.py)
+    from analogai_deploy.certification import settings_config
 
     with pytest.raises(UsageError, match="beside a CertifyConfig"):
-        certification.certify(pkg, config=cfg, dac_bits=8, write=False)
+        settings_config(cfg, dac_bits=8)
 
 
 # ---------------------------------------------------------------- C++-only settings
@@ -464,12 +465,12 @@ def test_a_wide_monte_carlo_ci_is_reported_in_the_metrics_units():
     assert statistics.warnings("perplexity_ratio", 8, 2, [{"time": "1d", "mean": 2.0, "ci95": [1.95, 2.05]}]) == []
 
 
-def test_a_setting_beside_a_certify_config_is_refused_not_dropped(lenet_pkg):
-    from analogai_deploy.certification import CertifyConfig, certify as certify_stage
+def test_a_setting_beside_a_certify_config_is_refused_not_dropped():
+    from analogai_deploy.certification import CertifyConfig, settings_config
 
     # the stage function took the config and dropped device / data / repeats given beside it without a word
     with pytest.raises(UsageError, match="`device`, `repeats` given beside a CertifyConfig"):
-        certify_stage(lenet_pkg, CertifyConfig(), device="ReRAM", repeats=3, write=False)
+        settings_config(CertifyConfig(), device="ReRAM", repeats=3)
 
 
 def test_config_choices_are_one_vocabulary_with_the_metric_table_and_the_engine_registry():

@@ -358,7 +358,7 @@ def test_a_distilled_package_is_certified_against_its_teacher_not_itself(tiny, t
     """A student certified against its own digital model would score 1.0 clean however far it drifted from
     the model the user converted; recover ships the teacher's weights and certify compares with them."""
     from analogai_deploy import package as pkg_io
-    from analogai_deploy.certification import certify
+    from analogai_deploy.certification import CertifyConfig, certify
     from analogai_deploy.errors import PackageError
 
     src = pkg_io.load(tiny["encoder"])
@@ -367,7 +367,7 @@ def test_a_distilled_package_is_certified_against_its_teacher_not_itself(tiny, t
     pkg = ad.recover(tiny["encoder"], "single_noise", data, output=tmp_path / "s", overrides=over)
     ref = pkg.config["reference"]
     assert ref["sha256"] == src.weights_sha256 == ad.provenance.sha256_file(tmp_path / "s" / pkg_io.REFERENCE)
-    cert = certify(tmp_path / "s", times="1d", repeats=2, engine="fast", write=False)
+    cert = certify(tmp_path / "s", CertifyConfig(times=["1d"], repeats=2, engine="fast"), write=False)
     assert cert["data"]["reference"]["sha256"] == src.weights_sha256
 
     # the digital value is the student's clean cosine to the teacher, computed here independently
@@ -378,7 +378,7 @@ def test_a_distilled_package_is_certified_against_its_teacher_not_itself(tiny, t
     teacher = metrics.run(to_digital(src.model).eval(), ev)
     expected = metrics.score("cosine", student, ev, teacher)
     assert cert["digital"]["cosine"] == pytest.approx(expected, abs=1e-6) and expected < 1 - 1e-4
-    plain = certify(tiny["encoder"], times="1d", repeats=1, engine="fast", write=False)
+    plain = certify(tiny["encoder"], CertifyConfig(times=["1d"], repeats=1, engine="fast"), write=False)
     assert plain["digital"]["cosine"] == pytest.approx(1.0, abs=1e-6)
     assert plain["data"]["reference"] == {"model": "the package's own digital model"}
 
@@ -393,7 +393,7 @@ def test_a_distilled_package_is_certified_against_its_teacher_not_itself(tiny, t
     (bad / pkg_io.REFERENCE).write_bytes(bytes(raw))
     with pytest.raises(PackageError, match="reference.safetensors does not match"):
         ad.load(bad)
-    certify(tmp_path / "s", times="1d", repeats=1, engine="fast")
+    certify(tmp_path / "s", CertifyConfig(times=["1d"], repeats=1, engine="fast"))
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())
     cfg["analogai"]["reference"]["sha256"] = "0" * 64  # the record beside the transformers config
     (tmp_path / "s" / "config.json").write_text(json.dumps(cfg))

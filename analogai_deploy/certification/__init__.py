@@ -19,6 +19,7 @@ certificate.json, certificate.png and the card are written into the package.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,11 +46,6 @@ __all__ = ["certify", "sweep", "to_aihwkit", "CertifyConfig", "Certificate", "De
            "resolve", "settings_config", "Resolved", "destination", "sweep_plan", "hint_line", "HINT_REPEATS",
            "ALIASES", "MAPPING_FIELDS", "SIMULATORS", "Simulator"]
 
-#: the keyword settings that shape `to_aihwkit`'s chip (the rest of certify's are Monte Carlo settings)
-CHIP_SETTINGS = frozenset({"device", "data", "preset", "tile", "device_file", "match_qat", "mapping",
-                           *IOSettings.__dataclass_fields__})
-
-
 def certify(
     package: str | Path,
     config: CertifyConfig | None = None,
@@ -58,17 +54,14 @@ def certify(
     write: bool = True,
     output: str | Path | None = None,
     overwrite: bool = False,
-    **settings: Any,
 ) -> Certificate:
     """Monte Carlo certificate of `package` on a simulated analog device; written into the package.
 
-    `config` gives every setting at once; else `settings` are its keywords (config.settings_config):
-    `device`: PCM, ReRAM, ReRAM-CMO, Hermes-PCM, ideal, custom (+ `device_file`), or a DeviceConfig;
-    the IOSettings fields (dac_bits, adc_bits, out_noise, tile_size, drift_compensation, n_w, w_noise_type);
-    `data`: default digits for image packages, built-in sentences for text packages (label-free);
-    `engine`: aihwkit (its tiles), fast (its device model around the fused forward; see fast/) or auto
-    (default): fast where it is validated for the package and device, else aihwkit; the certificate says
-    which ran and why; `mapping`: a MappingConfig (or its dict) over the package's config.json["mapping"].
+    `config` holds every setting (default CertifyConfig(): PCM, 1s,1h,1d,1y, 10 repeats, seed 0, the
+    package's mapping); `settings_config(**keywords)` builds one from certify's keyword settings, as the
+    library's `analogai_deploy.certify` and the CLI do. Its `engine`: aihwkit (its tiles), fast (its device
+    model around the fused forward; see fast/) or auto (default): fast where it is validated for the package
+    and device, else aihwkit; the certificate says which ran and why.
     `progress(total=..., desc=...)`: a tqdm-like bar factory.
     This process only (under torchrun the repeats spread over its ranks by themselves);
     `analogai_deploy.certify(..., nproc=N)` (launcher.py) spreads them over N local processes.
@@ -77,7 +70,7 @@ def certify(
     """
     from .. import distributed
 
-    run = resolve(package, settings_config(config, **settings))
+    run = resolve(package, config or CertifyConfig())
     cfg, main = run.config, write and distributed.is_main()
     dest = destination(run.package, output, overwrite) if main else None
     bench = load(run.package, cfg)
@@ -150,25 +143,21 @@ def certify(
     return cert
 
 
-def to_aihwkit(package: str | Path, config: CertifyConfig | None = None, **settings: Any) -> nn.Module:
+def to_aihwkit(package: str | Path, config: CertifyConfig | None = None) -> nn.Module:
     """The package on aihwkit tiles exactly as certify's aihwkit engine simulates it.
 
     The package's placement on tiles built by devices.rpu_config for `device` and the mapping (config.json's,
     under `mapping`'s fields), with its digital parts installed on the returned model: weights clipped, input
     scales folded into the tiles and divided out before each DAC (forward pre-hooks), outlier weights beside
-    their tiles (forward hooks), calibrated input ranges on the tiles. `config` or the settings that shape the
-    chip (CHIP_SETTINGS) as in `certify` (`data`: the dataset an image package calibrates on;
-    `config=CertifyConfig.from_dict(cert["settings"])` rebuilds a certificate's chip). Then, in aihwkit's own
+    their tiles (forward hooks), calibrated input ranges on the tiles. `config` as in `certify`; only what
+    shapes the chip counts (device, IO, mapping, match_qat, `data`: the dataset an image package calibrates
+    on): `CertifyConfig.from_dict(cert["settings"])` rebuilds a certificate's chip. Then, in aihwkit's own
     terms:
 
         model = ad.to_aihwkit("runs/minilm", device="PCM")
         model.eval(); model.program_analog_weights(); model.drift_analog_weights(86400)
         out = model(**batch)
     """
-    other = sorted(set(settings) - CHIP_SETTINGS)
-    if other:
-        raise TypeError(f"to_aihwkit() got an unexpected keyword argument {other[0]!r}")
-    if config is not None:  # the model is aihwkit's, whatever engine the config was certified with
-        config = CertifyConfig.from_dict({**config.to_dict(), "engine": "aihwkit"})
-    run = resolve(package, settings_config(config, **settings))
+    # the model is aihwkit's, whatever engine the config was certified with
+    run = resolve(package, dataclasses.replace(config or CertifyConfig(), engine="aihwkit"))
     return chip(run.package, run.config, run.rpu)[0]
