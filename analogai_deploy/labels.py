@@ -90,7 +90,7 @@ def ids(raw: list[Any], config: dict[str, Any] | None, spec: str) -> tuple[torch
         if classes and max(got) >= classes:
             what = f" ({shown(known)})" if known else ""
             raise UsageError(f"{spec}: label {max(got)} is out of range: the model has {classes} classes, ids 0 ... "
-                             f"{classes - 1}{what}", "label with the model's class ids, or convert with --num-classes")
+                             f"{classes - 1}{what}", "label with the model's class ids, or convert with `num_classes`")
         return torch.tensor(got), known, classes or max(got) + 1
     if known is not None:
         unknown = sorted(set(strings) - set(known))
@@ -101,7 +101,7 @@ def ids(raw: list[Any], config: dict[str, Any] | None, spec: str) -> tuple[torch
     found = sorted(set(strings))
     if classes and len(found) > classes:
         raise UsageError(f"{spec} has {len(found)} label names ({shown(found)}) but the model has {classes} classes",
-                         f"convert the model with --num-classes {len(found)}")
+                         f"convert the model with `num_classes={len(found)}`")
     index = {n: i for i, n in enumerate(found)}
     return torch.tensor([index[s] for s in strings]), found, classes or len(found)
 

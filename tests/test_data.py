@@ -70,3 +70,20 @@ def test_calibration_tokenises_as_evaluation_does(tmp_path):
     want = tokenize(tokenizer_for(pkg.path, pkg.config), CALIBRATION_SENTENCES[:n], pkg.config["input"]["seq_len"], names)
     assert list(batch) == names and all(torch.equal(batch[k], v) for k, v in zip(names, want))
     assert info["n"] == len(want[0]) > 0
+
+
+def test_data_errors_name_the_parameter_and_the_cli_names_the_flag():
+    import pytest
+
+    from analogai_deploy.cli.error_messages import flags
+    from analogai_deploy.errors import UsageError
+    from analogai_deploy.sources import resolve
+
+    with pytest.raises(UsageError) as err:
+        data.load("corpus")
+    assert err.value.message == "`data=corpus` is text; this package takes images"
+    assert flags(err.value.message) == "--data corpus is text; this package takes images"
+    with pytest.raises(UsageError) as err:
+        resolve("lenet", num_classes=0)
+    assert "--" not in err.value.message + err.value.hint
+    assert flags(err.value.message).startswith("--num-classes 0: a classifier needs at least 1 class")

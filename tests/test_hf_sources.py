@@ -41,7 +41,7 @@ def test_sequence_classifier_keeps_its_head_and_labels(folders, tmp_path):
         assert ad.load(tmp_path / "p").model(input_ids=ids).logits.equal(ref(input_ids=ids).logits)
     with pytest.raises(UsageError, match="not used by BertModel") as err:  # the head would be dropped
         ad.convert(f"hf:{folders['bert_cls']}", output=tmp_path / "q", task="feature-extraction")
-    assert "--task sequence-classification" in err.value.hint
+    assert "`task=sequence-classification`" in err.value.hint
 
 
 def test_gpt2_lm_is_a_causal_lm_with_eos_as_pad(folders, tmp_path):
@@ -64,7 +64,7 @@ def test_gpt2_lm_is_a_causal_lm_with_eos_as_pad(folders, tmp_path):
 def test_a_folder_without_a_tokenizer_is_refused_unless_one_is_given(folders, tmp_path):
     with pytest.raises(UsageError, match="no tokenizer files") as err:
         ad.convert(f"hf:{folders['gpt2_bare']}", output=tmp_path / "p")
-    assert "--tokenizer" in err.value.hint
+    assert "`tokenizer=PATH`" in err.value.hint
     assert not (tmp_path / "p").exists()
     pkg = ad.convert(f"hf:{folders['gpt2_bare']}", output=tmp_path / "p", tokenizer=str(folders["gpt2"]))
     assert pkg.config["tokenizer"]["source"] == str(folders["gpt2"].resolve())

@@ -89,14 +89,14 @@ def parse(spec: str) -> tuple[str, str | None]:
     kind = kind.strip().lower()
     if kind not in IMAGE_KINDS:
         if kind in TEXT_KINDS:
-            raise UsageError(f"--data {spec} is text; this package takes images", "use e.g. --data digits")
+            raise UsageError(f"`data={spec}` is text; this package takes images", "use e.g. `data=digits`")
         raise unknown("dataset", kind, IMAGE_KINDS + TEXT_KINDS)
     if kind == "digits":
         if arg:
-            raise UsageError(f"digits takes no path (got {arg!r})", "write --data digits")
+            raise UsageError(f"digits takes no path (got {arg!r})", "write `data=digits`")
         return kind, None
     if not arg:
-        raise UsageError(f"{kind} needs a local path", f"write --data {kind}:/path/to/data (nothing is downloaded)")
+        raise UsageError(f"{kind} needs a local path", f"write `data={kind}:/path/to/data` (nothing is downloaded)")
     if not Path(arg).exists():
         raise UsageError(f"dataset path not found: {arg}", f"put the {kind} data there or pass the right path")
     return kind, arg

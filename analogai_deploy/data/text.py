@@ -97,19 +97,19 @@ def parse(spec: str) -> tuple[str, str | None]:
     kind = kind.lower()
     if kind == "corpus":
         if arg:
-            raise UsageError(f"corpus takes no argument (got {arg!r})", "write --data corpus")
+            raise UsageError(f"corpus takes no argument (got {arg!r})", "write `data=corpus`")
         return kind, None
     if kind == "generated":
         try:
             n = int(arg)
         except ValueError:
-            raise UsageError(f"generated needs a sample count, got {arg!r}", "write e.g. --data generated:200") from None
+            raise UsageError(f"generated needs a sample count, got {arg!r}", "write e.g. `data=generated:200`") from None
         if not 1 <= n <= MAX_GENERATED:
-            raise UsageError(f"generated:{n}: the count must be 1 ... {MAX_GENERATED}", "write e.g. --data generated:200")
+            raise UsageError(f"generated:{n}: the count must be 1 ... {MAX_GENERATED}", "write e.g. `data=generated:200`")
         return kind, str(n)
     if kind == "text":
         if not arg:
-            raise UsageError("text needs a file", "write --data text:/path/to/file.txt (.txt, .jsonl or .csv)")
+            raise UsageError("text needs a file", "write `data=text:/path/to/file.txt` (.txt, .jsonl or .csv)")
         path = Path(arg)
         if path.is_dir():
             hint = ("a Hugging Face datasets folder is not read here: write it out with "
@@ -121,8 +121,8 @@ def parse(spec: str) -> tuple[str, str | None]:
             raise UsageError(f"text file not found: {arg}", "pass the path of a .txt, .jsonl or .csv file")
         return kind, arg
     if kind in IMAGE_KINDS:
-        raise UsageError(f"--data {spec} holds images; this package takes text",
-                         "use --data corpus, text:FILE (.txt/.jsonl/.csv) or generated:N")
+        raise UsageError(f"`data={spec}` holds images; this package takes text",
+                         "use `data=corpus`, text:FILE (.txt/.jsonl/.csv) or generated:N")
     raise UsageError(f"unknown text data {spec!r}", "use corpus, text:FILE (.txt/.jsonl/.csv) or generated:N")
 
 
@@ -298,7 +298,7 @@ def load(spec: str, package_path: str | Path, config: dict[str, Any], model=None
         else:
             if not record.causal_lm:
                 raise UsageError(f"generated:{arg} needs a causal language model (this package's task is "
-                                 f"{config.get('task')})", "use --data corpus or text:FILE")
+                                 f"{config.get('task')})", "use `data=corpus` or text:FILE")
             if model is None:
                 raise UsageError("generated:N needs the package's model to write the samples")
             texts = generate(model, tok, int(arg), seq_len)

@@ -68,7 +68,7 @@ def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = 
                              f"(that would delete {them})",
                              f"move {them} out of the folder, or write elsewhere ({flag} NEW_FOLDER)")
         if not overwrite and not in_place:
-            raise UsageError(f"{dest} already holds a package", f"pass --overwrite to replace it, or choose another {flag}")
+            raise UsageError(f"{dest} already holds a package", f"pass `overwrite` to replace it, or choose another {flag}")
     for parent in where.parents:
         if parent.is_dir() and is_package(parent):
             raise UsageError(f"{dest} is inside the package {parent}", f"choose a folder outside it for {flag}")

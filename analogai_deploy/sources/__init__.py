@@ -5,29 +5,18 @@
     hf:ID_OR_DIR               a Hugging Face model (a local folder, or a hub id when online / cached)
     path/to/file.py:factory    a local Python factory function
 
-Every source returns a `Source`: the built digital model plus the recipe to rebuild it
+Every source returns a `Source` (source.py): the built digital model plus the recipe to rebuild it
 (`spec`), which the package stores so `load` can rebuild the architecture without the original.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from ..errors import UsageError, closest
 from ..metrics import primary_output
-
-
-@dataclass
-class Source:
-    model: nn.Module
-    spec: dict[str, Any]  # JSON-able: how to rebuild the architecture (kind + its arguments)
-    task: str  # "image-classification", "feature-extraction", "sequence-classification", ...
-    input: dict[str, Any]  # {"kind": "image", "shape": [C, H, W]} or {"kind": "text", "names": [...], "seq_len": N}
-    num_classes: int | None = None
-    extra_files: dict[str, bytes] = field(default_factory=dict)  # e.g. tokenizer files, copied into the package
-    tokenizer: dict[str, Any] | None = None  # config.json["tokenizer"] for text models (huggingface.py)
+from .source import Source, example_input
 
 
 def resolve(
@@ -44,13 +33,13 @@ def resolve(
 
     spec = spec.strip()
     if num_classes is not None and int(num_classes) < 1:
-        raise UsageError(f"--num-classes {num_classes}: a classifier needs at least 1 class",
-                         "pass the number of classes of your data (e.g. --num-classes 10 for digits), or drop it")
+        raise UsageError(f"`num_classes={num_classes}`: a classifier needs at least 1 class",
+                         "pass the number of classes of your data (e.g. `num_classes=10` for digits), or drop it")
     if spec.startswith("hf:") or spec.startswith("hf-hub:"):
         return huggingface.build(spec.split(":", 1)[1], task=task, num_classes=num_classes, weights=weights,
                                  tokenizer=tokenizer, input_shape=input_shape)
     if task or tokenizer:
-        flag = "--task" if task else "--tokenizer"
+        flag = "`task`" if task else "`tokenizer`"
         raise UsageError(f"{flag} is for Hugging Face models (hf:ID_OR_DIR); {spec} is not one", f"drop {flag}")
     if ".py:" in spec or spec.endswith(".py"):
         return local.build(spec, num_classes=num_classes, weights=weights, input_shape=input_shape)
@@ -66,27 +55,12 @@ def resolve(
     )
 
 
-def example_input(inp: dict[str, Any], batch: int = 2) -> tuple[tuple, dict]:
-    """(args, kwargs) for one forward pass at an input spec: zero images, or token ids of the recorded length."""
-    import torch
-
-    if inp.get("kind") == "text":
-        seq = int(inp.get("seq_len") or 32)
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, max(1, int(inp.get("vocab_size") or 2)), (batch, seq), generator=g)
-        tensors = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-        return (), {n: tensors[n] for n in inp.get("names") or ["input_ids", "attention_mask"] if n in tensors}
-    x = torch.zeros(batch, *inp["shape"])
-    names = inp.get("names")
-    return ((), {names[0]: x}) if names else ((x,), {})
-
-
 def check_runs(src: Source, name: str, num_classes: int | None = None) -> None:
     """One forward pass at the input spec the package will record; a model that does not run is refused now,
     not at recover / export / certify. Errors raised in the user's own model file name its line.
 
     A classifier's output is checked against the task: one row of class scores per input (one per token for
-    token-classification) whose width is `--num-classes` (`num_classes`) and the Hugging Face head's num_labels;
+    token-classification) whose width is `num_classes` and the Hugging Face head's num_labels;
     `src.num_classes` becomes that width, the count every later stage checks data against."""
     import torch
 
@@ -107,7 +81,7 @@ def check_runs(src: Source, name: str, num_classes: int | None = None) -> None:
         if src.input.get("kind") == "image":
             shape = "x".join(map(str, src.input["shape"]))
             raise UsageError(f"{name} does not run on {shape} inputs: {type(exc).__name__}: {message}",
-                             "pass --input-shape C,H,W with a size this model takes") from None
+                             "pass `input_shape=C,H,W` with a size this model takes") from None
         raise UsageError(f"{name} does not run on its text inputs ({', '.join(kwargs)}): {type(exc).__name__}: "
                          f"{message}") from None
     if src.task.endswith("classification"):
@@ -133,8 +107,8 @@ def _output_width(src: Source, name: str, out, num_classes: int | None) -> int:
         raise UsageError(f"{name} returns {width} class scores but its config's num_labels is {head}",
                          "fix the model's config (num_labels / id2label) to match its classification head")
     if num_classes is not None and width != int(num_classes):
-        raise UsageError(f"{name} returns {width} class scores, not --num-classes {num_classes}",
-                         f"pass --num-classes {width}, or make the model's output layer {num_classes} wide")
+        raise UsageError(f"{name} returns {width} class scores, not `num_classes={num_classes}`",
+                         f"pass `num_classes={width}`, or make the model's output layer {num_classes} wide")
     return width
 
 

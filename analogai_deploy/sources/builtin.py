@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError
-from . import Source
+from .source import Source
 
 
 def lenet(num_classes: int = 10, in_channels: int = 1, size: int = 8, width: int = 16) -> nn.Module:

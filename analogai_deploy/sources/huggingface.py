@@ -2,12 +2,12 @@
 
 The task comes from the folder's config.json `architectures` (BertForSequenceClassification ->
 sequence-classification with its head and labels, GPT2LMHeadModel / LlamaForCausalLM -> causal-lm,
-ViTForImageClassification -> image-classification, BertModel -> feature-extraction); `--task`
+ViTForImageClassification -> image-classification, BertModel -> feature-extraction); `task`
 overrides it. Loading is strict: checkpoint weights the chosen class does not load are an error (they
 would be dropped), and so are weights it lacks, unless the user chose a task whose new head is then
 initialised (recorded in config.json["source"]["initialised"]).
 
-Text models need a real tokenizer: the folder's own tokenizer files, or `--tokenizer PATH`. A tokenizer
+Text models need a real tokenizer: the folder's own tokenizer files, or `tokenizer=PATH`. A tokenizer
 without a pad token pads with its eos token (as transformers users do for GPT-2 / Llama); the pad
 token, where it came from and the padding side are recorded in config.json["tokenizer"].
 """
@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError, unknown
-from . import Source
+from .source import Source
 
 TASKS = {
     "feature-extraction": "AutoModel",
@@ -147,31 +147,31 @@ def _load(id_or_dir: str, task: str, chosen: bool, num_classes: int | None, infe
                          f"{str(exc).splitlines()[0]}", "pass hf:/path/to/folder holding config.json and the weights") from None
     except ValueError as exc:  # e.g. this architecture has no class for the task
         raise UsageError(f"{id_or_dir} cannot be loaded for {task}: {str(exc).splitlines()[0]}",
-                         f"pass --task {inferred}" if inferred else "pass another --task") from None
+                         f"pass `task={inferred}`" if inferred else "pass another `task`") from None
     except RuntimeError as exc:  # size mismatches: a head with another number of labels
         if "mismatch" not in str(exc):
             raise
-        raise UsageError(f"the checkpoint's head in {id_or_dir} does not fit --num-classes {num_classes}",
-                         "drop --num-classes to keep the trained head (and its labels)") from None
+        raise UsageError(f"the checkpoint's head in {id_or_dir} does not fit `num_classes={num_classes}`",
+                         "drop `num_classes` to keep the trained head (and its labels)") from None
     cls = type(model).__name__
     unexpected = sorted(info.get("unexpected_keys") or [])
     if unexpected:
         raise UsageError(
             f"{len(unexpected)} weights in {id_or_dir} are not used by {cls} (e.g. {unexpected[0]}); "
             f"the folder holds a {arch or 'different model'}, and they would be dropped",
-            f"pass --task {inferred} (or drop --task)" if inferred and inferred != task else "check --task")
+            f"pass `task={inferred}` (or drop `task`)" if inferred and inferred != task else "check `task`")
     missing = sorted(info.get("missing_keys") or []) + sorted(str(k[0]) if isinstance(k, tuple) else str(k)
                                                               for k in info.get("mismatched_keys") or [])
     if missing and not chosen:
         raise UsageError(f"{len(missing)} weights of {cls} are not in {id_or_dir} (e.g. {missing[0]}): "
-                         "the checkpoint is incomplete", "convert a complete folder, or pass --task to start a new head")
+                         "the checkpoint is incomplete", "convert a complete folder, or pass `task` to start a new head")
     return model, missing
 
 
 def _tokenizer_folder(id_or_dir: str, tokenizer: str | None) -> str | None:
     if tokenizer:
         if not Path(tokenizer).is_dir() or not any((Path(tokenizer) / f).exists() for f in TOKENIZER_FILES):
-            raise UsageError(f"--tokenizer {tokenizer} is not a folder with tokenizer files",
+            raise UsageError(f"`tokenizer={tokenizer}` is not a folder with tokenizer files",
                              f"pass a folder holding one of {', '.join(TOKENIZER_FILES)}")
         return tokenizer
     if Path(id_or_dir).is_dir():
@@ -189,7 +189,7 @@ def _tokenizer(id_or_dir: str, tokenizer: str | None, model: nn.Module, gguf: di
         folder = id_or_dir  # a GGUF file carries its tokenizer
     else:
         gguf = None
-    fix = "pass --tokenizer PATH (a folder with the tokenizer the model was trained with)"
+    fix = "pass `tokenizer=PATH` (a folder with the tokenizer the model was trained with)"
     if folder is None:
         raise UsageError(f"{id_or_dir} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)", fix)
     try:
@@ -205,7 +205,7 @@ def _tokenizer(id_or_dir: str, tokenizer: str | None, model: nn.Module, gguf: di
     vocab = int(getattr(model.config, "vocab_size", 0) or 0)
     if vocab and len(tok) > vocab:
         raise UsageError(f"the tokenizer in {folder} has {len(tok)} tokens but the model's vocabulary is {vocab}",
-                         "use the tokenizer the model was trained with (--tokenizer PATH)")
+                         "use the tokenizer the model was trained with (`tokenizer=PATH`)")
     pad_from = "tokenizer"
     if tok.pad_token is None:
         if tok.eos_token is None:
@@ -265,7 +265,7 @@ def build(id_or_dir: str, *, task: str | None, num_classes: int | None, weights:
     if task != "image-classification":
         files, tok_record = _tokenizer(id_or_dir, tokenizer, model, gguf)
     elif tokenizer:
-        raise UsageError("--tokenizer is for text models; this is an image classifier", "drop --tokenizer")
+        raise UsageError("`tokenizer` is for text models; this is an image classifier", "drop `tokenizer`")
     elif (Path(id_or_dir) / PROCESSOR).is_file():
         files[PROCESSOR] = (Path(id_or_dir) / PROCESSOR).read_bytes()
     config = model.config
@@ -287,11 +287,11 @@ def build(id_or_dir: str, *, task: str | None, num_classes: int | None, weights:
         shape = [channels, size, size]
         if input_shape and list(input_shape) != shape:  # the config fixes the size (ViT: the patch grid)
             raise UsageError(f"{id_or_dir} takes {'x'.join(map(str, shape))} images (its config's image_size), "
-                             f"not {'x'.join(map(str, input_shape))}", f"drop --input-shape or pass {','.join(map(str, shape))}")
+                             f"not {'x'.join(map(str, input_shape))}", f"drop `input_shape` or pass {','.join(map(str, shape))}")
         inputs = {"kind": "image", "shape": shape, "names": ["pixel_values"]}
     else:
         if input_shape:
-            raise UsageError("--input-shape is for image models; a text model takes token ids", "drop --input-shape")
+            raise UsageError("`input_shape` is for image models; a text model takes token ids", "drop `input_shape`")
         names = ["input_ids", "attention_mask"]
         if getattr(config, "type_vocab_size", 0):
             names.append("token_type_ids")

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from . import Source, weights as weights_io
+from . import weights as weights_io
+from .source import Source
 
 
 def _split(spec: str) -> tuple[Path, str]:
@@ -81,14 +82,14 @@ def build(spec: str, *, num_classes=None, weights=None, input_shape=None) -> Sou
     fn = _factory(file, name)
     params = inspect.signature(fn).parameters
     if kwargs and "num_classes" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        raise UsageError(f"{name}() in {file} takes no num_classes argument, so --num-classes {num_classes} cannot "
-                         "reach the model", f"add a num_classes parameter to {name}(), or drop --num-classes "
+        raise UsageError(f"{name}() in {file} takes no num_classes argument, so `num_classes={num_classes}` cannot "
+                         "reach the model", f"add a num_classes parameter to {name}(), or drop `num_classes` "
                          "(the class count is read from the model's output)")
     model = _call(fn, kwargs, file)
     if weights:
         weights_io.apply(model, weights)
     first = next((m for m in model.modules() if isinstance(m, _FIRST_LAYERS)), None)
-    if isinstance(first, (nn.Embedding, nn.EmbeddingBag)):  # any --input-shape would feed it floats
+    if isinstance(first, (nn.Embedding, nn.EmbeddingBag)):  # any input_shape would feed it floats
         raise UsageError(f"the model in {file} takes token ids (its first layer is {type(first).__name__}); "
                          "a local model takes float image tensors C,H,W",
                          "convert a text model from a Hugging Face folder (hf:FOLDER, with its tokenizer)")
@@ -118,10 +119,10 @@ def infer_shape(model: nn.Module, file: Path) -> list[int]:
 
     First a Conv2d with C input channels: C x 8 x 8 (the default digits data) for C = 1, then
     1 x 28 x 28 (MNIST); C = 3: 3 x 32 x 32 (CIFAR-10), then 3 x 224 x 224. First a Linear with 64 /
-    784 / 3072 inputs: digits / MNIST / CIFAR-10 flattened. Anything else: exit 2, pass --input-shape.
+    784 / 3072 inputs: digits / MNIST / CIFAR-10 flattened. Anything else: exit 2, pass `input_shape`.
     """
     first = next((m for m in model.modules() if isinstance(m, _FIRST_LAYERS)), None)
-    fix = "pass --input-shape C,H,W (e.g. 1,8,8 for the digits data)"
+    fix = "pass `input_shape=C,H,W` (e.g. 1,8,8 for the digits data)"
     if isinstance(first, nn.Conv2d):
         c = first.in_channels
         tries = {1: [[1, 8, 8], [1, 28, 28]], 3: [[3, 32, 32], [3, 224, 224]]}.get(c, [[c, 8, 8]])

@@ -8,7 +8,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError
-from . import Source, weights as weights_io
+from . import weights as weights_io
+from .source import Source
 
 # Models whose architecture fixes or needs a particular input size.
 _INPUT_SIZE = {"inception_v3": 299}
@@ -49,7 +50,7 @@ def build(name: str, *, num_classes=None, weights=None, input_shape=None) -> Sou
         # A torchvision weights enum name such as IMAGENET1K_V1 means a download.
         raise UsageError(
             f"pretrained weights {weights!r} would need a download and this toolkit loads nothing from the network",
-            "download the checkpoint yourself and pass --weights path/to/file.pth (or .safetensors)",
+            "download the checkpoint yourself and pass `weights=path/to/file.pth` (or .safetensors)",
         )
     kwargs = _kwargs(name, num_classes)
     try:
@@ -63,7 +64,7 @@ def build(name: str, *, num_classes=None, weights=None, input_shape=None) -> Sou
     fixed = getattr(model, "image_size", None)  # ViT: the patch grid and position embeddings fix the size
     if isinstance(fixed, int) and shape[1:] != [fixed, fixed]:
         raise UsageError(f"{name} takes {shape[0]}x{fixed}x{fixed} images only (its size is fixed), "
-                         f"not {'x'.join(map(str, shape))}", f"drop --input-shape or pass {shape[0]},{fixed},{fixed}")
+                         f"not {'x'.join(map(str, shape))}", f"drop `input_shape` or pass {shape[0]},{fixed},{fixed}")
     return Source(model, spec, "image-classification", {"kind": "image", "shape": shape})  # classes: trial pass
 
 

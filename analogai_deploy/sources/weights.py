@@ -12,7 +12,7 @@ from ..errors import UsageError
 def load_state(path: str) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"weights file not found: {path}", "pass --weights with an existing .safetensors/.pt file")
+        raise UsageError(f"weights file not found: {path}", "pass `weights` with an existing .safetensors/.pt file")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -37,10 +37,10 @@ def apply(model: nn.Module, path: str) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise UsageError(f"weights in {path} do not fit the model: {str(exc).splitlines()[1].strip()}",
-                         "check --num-classes and the architecture name") from None
+                         "check `num_classes` and the architecture name") from None
     if missing or unexpected:
         raise UsageError(
             f"weights in {path} do not fit the model: {len(missing)} missing, {len(unexpected)} unexpected keys "
             f"(e.g. {(missing or unexpected)[0]!r})",
-            "check --num-classes and the architecture name",
+            "check `num_classes` and the architecture name",
         )
