@@ -20,9 +20,10 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name loads on firs
     from .analog.config import AnalogConfig
     from .analog.convert import ConversionReport, noise, set_noise
     from .analog.registry import register_layer
-    from .api import certify, convert, load, recover, to_aihwkit
+    from .api import certify, convert, load, to_aihwkit
     from .certification import Certificate, CertifyConfig
     from .hardware.devices import DeviceConfig, IOSettings
+    from .launcher import recover
     from .analog.mapping import MappingConfig
     from .exporter import ExportConfig, ExportResult, export
     from .package import Package
@@ -48,7 +49,7 @@ _LAZY = {
     "Package": "analogai_deploy.package",
     "convert": "analogai_deploy.api",
     "load": "analogai_deploy.api",
-    "recover": "analogai_deploy.api",  # nproc: launcher.py runs a stage on N local processes
+    "recover": "analogai_deploy.launcher",  # nproc: launcher.py runs the stage on N local processes
     "certify": "analogai_deploy.api",
     "to_aihwkit": "analogai_deploy.api",
     "export": "analogai_deploy.exporter",

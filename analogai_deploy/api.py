@@ -7,7 +7,8 @@
     to_aihwkit(package, CertifyConfig, **fields) -> the aihwkit model certify simulates
     publish(package) / pull(name) / from_pretrained(name)
 
-export, publish, pull and from_pretrained are their modules' own functions (exporter, zoo), typed there.
+recover is launcher.recover (the stage on `nproc` local processes); export, publish, pull and
+from_pretrained are their modules' own functions (exporter, zoo), typed there.
 
 A keyword given beside a config replaces that field of the config; a keyword left at None keeps it.
 """
@@ -32,7 +33,6 @@ from .sources import Source, check_runs, resolve
 if TYPE_CHECKING:
     from .certification import Certificate, CertifyConfig
     from .hardware.devices import DeviceConfig
-    from .recovery.recipe import Recipe
 
 
 def default_output(spec: str) -> Path:
@@ -102,35 +102,18 @@ def load(path: str | Path, *, verify: bool = True) -> pkg.Package:
     return pkg.load(path, verify_hash=verify)
 
 
-def recover(
-    package: str | Path | pkg.Package,
-    recipe: str | Path | Recipe = "msnat",
-    data: Any = None,
-    output: str | Path | None = None,
-    *,
-    overrides: list[str] | dict[str, Any] | None = None,
-    resume: bool = False,
-    restart: bool = False,
-    overwrite: bool = False,
-    progress: Callable[..., Any] | None = None,
-    on_round: Callable[[dict], None] | None = None,
-    log: Callable[[str], None] | None = None,
-    nproc: int = 1,
-    dist_timeout: float | None = None,
-) -> pkg.Package | None:
-    """Retrain `package` with `recipe` (a shipped name, a YAML path or a Recipe) on `data` and write the
-    recovered package to `output` (recovery.recover). `overrides`: recipe fields by dotted key,
-    ["training.rounds=5"] or {"training.rounds": 5}. `nproc` > 1 trains on that many local processes.
-    Returns the new package (None on the non-zero ranks of a torchrun job)."""
-    from . import launcher
-
-    return launcher.recover(package, recipe, data, output, overrides=overrides, resume=resume, restart=restart,
-                            overwrite=overwrite, progress=progress, on_round=on_round, log=log, nproc=nproc,
-                            dist_timeout=dist_timeout)
+#: the keyword settings of certify and to_aihwkit that set the DeviceConfig, and those that set its IOSettings
+DEVICE_KEYWORDS = ("device", "preset", "tile", "device_file")
+IO_KEYWORDS = ("dac_bits", "adc_bits", "out_noise", "tile_size", "drift_compensation", "n_w", "w_noise_type")
 
 
-def _given(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
+def _settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A verb's keyword settings, those left at None dropped, split into (the config's own fields, its
+    device's, its IO settings')."""
+    fields = {k: v for k, v in given.items() if v is not None}
+    device = {k: fields.pop(k) for k in DEVICE_KEYWORDS if k in fields}
+    io = {k: fields.pop(k) for k in IO_KEYWORDS if k in fields}
+    return fields, device, io
 
 
 def certify_config(config: CertifyConfig | None, fields: dict[str, Any], device: dict[str, Any],
@@ -154,6 +137,10 @@ def certify_config(config: CertifyConfig | None, fields: dict[str, Any], device:
         merged["device"] = {**dev, **{("name" if k == "device" else k): v for k, v in device.items()},
                             "io": {**dev["io"], **io}}
     return CertifyConfig.from_dict(merged)
+
+
+#: certify's arguments that say how to run it, not what to simulate
+RUN_ARGUMENTS = ("package", "config", "progress", "write", "output", "overwrite", "nproc", "dist_timeout")
 
 
 def certify(
@@ -197,15 +184,11 @@ def certify(
     its DeviceConfig) and replace them. Without a config, the keywords left at None take certify's defaults
     (PCM, 1s,1h,1d,1y, 10 repeats, seed 0, the package's mapping). `output`: write a copy of the package
     with the certificate there; `nproc` > 1 spreads the repeats over that many local processes."""
+    # every keyword setting as given (before any other local name exists): the signature is their one list
+    fields, dev, io = _settings({k: v for k, v in locals().items() if k not in RUN_ARGUMENTS})
     from . import launcher
     from .certification import settings_config
 
-    fields = _given(data=data, times=times, repeats=repeats, seed=seed, ci_width=ci_width, max_repeats=max_repeats,
-                    max_drop=max_drop, at=at, metric=metric, limit=limit, match_qat=match_qat, engine=engine,
-                    mapping=mapping)
-    dev = _given(device=device, preset=preset, tile=tile, device_file=device_file)
-    io = _given(dac_bits=dac_bits, adc_bits=adc_bits, out_noise=out_noise, tile_size=tile_size,
-                drift_compensation=drift_compensation, n_w=n_w, w_noise_type=w_noise_type)
     chip = settings_config(**fields, **dev, **io) if config is None else certify_config(config, fields, dev, io)
     return launcher.certify(package, chip, progress=progress, write=write, output=output, overwrite=overwrite,
                             nproc=nproc, dist_timeout=dist_timeout)
@@ -233,12 +216,9 @@ def to_aihwkit(
     """The package on aihwkit tiles exactly as certify's aihwkit engine simulates it
     (certification.to_aihwkit); `config` and the keywords as in `certify`
     (`config=CertifyConfig.from_dict(cert["settings"])` rebuilds a certificate's chip)."""
+    fields, dev, io = _settings({k: v for k, v in locals().items() if k not in ("package", "config")})
     from . import certification
 
-    fields = _given(data=data, match_qat=match_qat, mapping=mapping)
-    dev = _given(device=device, preset=preset, tile=tile, device_file=device_file)
-    io = _given(dac_bits=dac_bits, adc_bits=adc_bits, out_noise=out_noise, tile_size=tile_size,
-                drift_compensation=drift_compensation, n_w=n_w, w_noise_type=w_noise_type)
     if config is None:
         return certification.to_aihwkit(getattr(package, "path", package),
                                         certification.settings_config(**fields, **dev, **io))

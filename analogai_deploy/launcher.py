@@ -97,8 +97,11 @@ def recover(package: str | Path | Package, recipe: str | Path | Recipe = "msnat"
             progress: Callable[..., Any] | None = None, on_round: Callable[[dict], None] | None = None,
             log: Callable[[str], None] | None = None, nproc: int = 1,
             dist_timeout: float | None = None) -> Package | None:
-    """`recovery.recover` (same arguments); nproc > 1 trains on that many local processes (MSNAT clients
-    spread over them, other recipes data parallel). Returns the written package."""
+    """Retrain `package` with `recipe` (a shipped name, a YAML path or a Recipe) on `data` and write the
+    recovered package to `output` (recovery.recover). `overrides`: recipe fields by dotted key,
+    ["training.rounds=5"] or {"training.rounds": 5}. `nproc` > 1 trains on that many local processes (MSNAT
+    clients spread over them, other recipes data parallel). Returns the new package (None on the non-zero
+    ranks of a torchrun job)."""
     from . import package as pkg_mod
     from . import recovery
 
