@@ -18,23 +18,23 @@ class DeviceState:
     def _readout_args(self) -> tuple[float, float, float, float]:
         """native readout's periphery: (q1, out_noise, ADC step or 0, out_bound or 0)."""
         io = self.io
-        return (self._q1, float(io.out_noise), quant_step(io.out_res, io.out_bound) if io.out_res > 0 else 0.0,
+        return (self.q1, float(io.out_noise), quant_step(io.out_res, io.out_bound) if io.out_res > 0 else 0.0,
                 io.out_bound if io.out_bound > 0 else 0.0)
 
     def _native_readout(self, weights: torch.Tensor) -> bool:
         """Whether the readout of these weights runs in native code (global compensation, one-hot rows)."""
-        return (self.compensation is not None and self._one_hot_readout and not self.perfect
-                and not self._per_column and native_for(weights) is not None)
+        return (self.compensation is not None and self.one_hot_readout and not self.perfect
+                and not self.per_column and native_for(weights) is not None)
 
     def readout_bank(self, bank: Bank, weights: torch.Tensor, native=None) -> torch.Tensor:
         """The compensation's readout of each tile's forward on its read-out tensor (one-hot rows): [T]
         (global), [T, rows] (per column: the mean over the inputs of each output). `native`: the
         (means, peaks) of the native readout, already computed (fused into the PCM drift pass)."""
         out = None
-        if self._one_hot_readout and not self.perfect:
+        if self.one_hot_readout and not self.perfect:
             # one-hot rows: noise management scales by 1, the DAC maps 1 to q1, so the MVM is q1 * W^T
             # exactly; the periphery then runs as usual (the full path for the tiles that clip)
-            lib = native_for(weights) if not self._per_column else None
+            lib = native_for(weights) if not self.per_column else None
             if native is not None:
                 means, peaks = native
             if lib is not None or native is not None:  # noise, ADC, bound test, mean |.|: one pass per tile
@@ -48,9 +48,9 @@ class DeviceState:
                 vals = torch.clamp(means.float(), min=0.0001)  # GlobalDriftCompensation.readout per tile
                 ok = peaks <= io.out_bound if io.out_bound > 0 else torch.ones_like(peaks, dtype=torch.bool)
             else:
-                y = weights * self._q1  # = (eye @ W^T) per tile, transposed: [T, rows = outputs, inputs]
-                ok = self._finalize_tiles(y, [slice(None)], dim=None)
-                vals = torch.clamp(y.abs().mean(2 if self._per_column else (1, 2)), min=0.0001)  # .readout per tile
+                y = weights * self.q1  # = (eye @ W^T) per tile, transposed: [T, rows = outputs, inputs]
+                ok = self.finalize_tiles(y, [slice(None)], dim=None)
+                vals = torch.clamp(y.abs().mean(2 if self.per_column else (1, 2)), min=0.0001)  # .readout per tile
             if bool(ok.all()):
                 return vals
             out = vals
@@ -63,7 +63,7 @@ class DeviceState:
         n = weights.shape[1]
         if n not in self.eye:
             self.eye[n] = self.compensation.get_readout_tensor(n)
-        return self.compensation.readout(self._tile_mvm(self.eye[n], weights))
+        return self.compensation.readout(self.tile_mvm(self.eye[n], weights))
 
     def _batched_model(self) -> bool:
         from aihwkit.inference import PCMLikeNoiseModel

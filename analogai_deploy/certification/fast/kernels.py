@@ -95,12 +95,12 @@ class Kernels:
         if self.effective is None:
             self.build_weights()
         out = None
-        x = self._clip_input(x)
+        x = self.clip_input(x)
         for chunk in self.in_chunks:
             w, post, parts = self.effective[0, chunk][:3] if (0, chunk) in self.effective else self._all_as_chunk()
             xc = x[..., chunk[0]:chunk[1]]
-            nm = self._input_nm(xc)
-            y = self._managed(lambda scale, xc=xc, w=w: self._dac(xc * scale) @ w.T, nm, parts, -1, post)
+            nm = self.input_nm_scale(xc)
+            y = self.managed(lambda scale, xc=xc, w=w: self.dac(xc * scale) @ w.T, nm, parts, -1, post)
             out = y if out is None else out.add_(y)
         return out if m.bias is None else out.add_(m.bias)
 
@@ -123,10 +123,10 @@ class Kernels:
     def _tiles_mvm(self, x: torch.Tensor, out_features: int, group: int = 0) -> torch.Tensor:
         """Group `group`'s tiles one by one on [..., in / groups] inputs, each exactly as AnalogMVM.matmul."""
         out = None
-        x = self._clip_input(x)
+        x = self.clip_input(x)
         tiles = [t for t in self.tiles if t.group == group]
         for t in tiles:
-            y = self._tile_mvm(x[..., t.in_lo:t.in_hi], t.current, ranged=True) * t.scale * t.alpha
+            y = self.tile_mvm(x[..., t.in_lo:t.in_hi], t.current, ranged=True) * t.scale * t.alpha
             if len(tiles) > 1:
                 full = x.new_zeros(*x.shape[:-1], out_features)
                 full[..., t.out_lo:t.out_hi] = y
@@ -177,7 +177,7 @@ class Kernels:
         if self.effective is None:
             self.build_weights()
         # the fraction of non-zero inputs (zeros convert exactly)
-        x = self._clip_input(x)
+        x = self.clip_input(x)
         lib = native_for(x)
         if lib is not None:  # count, |x| and the patch maxima of every chunk in native passes
             x = x.contiguous()
@@ -193,7 +193,7 @@ class Kernels:
             amax = (lambda: ax) if cg == 1 else (lambda: ax.view(x.shape[0], g, cg, *x.shape[2:]).amax(2))
             nm = self._conv_nm(x, (lambda: pm) if lib is not None else (lambda: patch_max(amax(), k, s, p, d)),
                                g)  # [N, groups, oh, ow]
-            y = self._managed(lambda scale: F.conv2d(x, w, None, s, p, d, g).mul_(scale), nm, parts, 1,
+            y = self.managed(lambda scale: F.conv2d(x, w, None, s, p, d, g).mul_(scale), nm, parts, 1,
                               post.view(1, -1, 1, 1), self._dac_extra(wsq, nonzero),
                               raw=lambda: F.conv2d(x, w, None, s, p, d, g), groups=g)
             return y if m.bias is None else y.add_(m.bias.view(1, -1, 1, 1))
@@ -208,7 +208,7 @@ class Kernels:
                 nm = self._conv_nm(x, (lambda j=j: pm[:, j:j + 1]) if lib is not None else
                                    (lambda: self.chunk_patch_max(ax[:, gi * cg + c_lo:gi * cg + c_hi], lead, tail,
                                                                   k, s, p, d)), 1)
-                y = self._managed(lambda scale, xin=xin, w=w: F.conv2d(xin, w, None, s, p, d).mul_(scale), nm,
+                y = self.managed(lambda scale, xin=xin, w=w: F.conv2d(xin, w, None, s, p, d).mul_(scale), nm,
                                   parts, 1, post.view(1, -1, 1, 1), self._dac_extra(wsq, nonzero),
                                   raw=lambda xin=xin, w=w: F.conv2d(xin, w, None, s, p, d))
                 acc = y if acc is None else acc.add_(y)
@@ -219,7 +219,7 @@ class Kernels:
     def _conv_nm(self, x: torch.Tensor, patch_max, groups: int) -> torch.Tensor:
         """Noise management per conv patch: the patch abs-max, or the static input range ([N, groups, oh, ow])."""
         if self.input_range is None:
-            return self._nm(patch_max())
+            return self.nm_scale(patch_max())
         k, s, p, d = self.k, self.s, self.p, self.d
         oh, ow = out_size(x.shape[2], k[0], s[0], p[0], d[0]), out_size(x.shape[3], k[1], s[1], p[1], d[1])
         return x.new_full((x.shape[0], groups, oh, ow), self.input_range)
@@ -230,7 +230,7 @@ class Kernels:
         (group, input chunk) its whole channels, and the first / last channel over the kernel positions the
         chunk holds (as _chunk_patch_max)."""
         if getattr(self, "_parts", None) is not None:
-            return self._parts
+            return self.parts_cache
         k = self.k
         kk = k[0] * k[1]
         cg = self.shape[1]  # input channels per group
@@ -259,9 +259,9 @@ class Kernels:
         mask = torch.zeros(len(rows), kk, dtype=torch.uint8)
         for i, r in enumerate(rows):
             mask[i, r[2]] = 1
-        self._parts = (torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]), mask.contiguous(),
+        self.parts_cache = (torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]), mask.contiguous(),
                        torch.tensor([r[3] for r in rows]), count)
-        return self._parts
+        return self.parts_cache
 
     def native_patch_max(self, lib, x: torch.Tensor) -> torch.Tensor:
         """[N, outputs, oh, ow]: every part's patch max of |x| (hardware/native patch_absmax)."""

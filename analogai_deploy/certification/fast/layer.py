@@ -76,11 +76,11 @@ class FastLayer(DeviceState, Periphery, Kernels):
         from aihwkit.inference.compensation.drift import GlobalDriftCompensation, PerColumnDriftCompensation
 
         # the global and the per-column compensation read out with eye(n); subclasses may read out otherwise
-        self._one_hot_readout = type(self.compensation) in (GlobalDriftCompensation, PerColumnDriftCompensation)
-        self._per_column = type(self.compensation) is PerColumnDriftCompensation
-        self._q1 = float(self._dac(torch.ones(1))[0]) if self.io.inp_res > 0 else 1.0
+        self.one_hot_readout = type(self.compensation) in (GlobalDriftCompensation, PerColumnDriftCompensation)
+        self.per_column = type(self.compensation) is PerColumnDriftCompensation
+        self.q1 = float(self.dac(torch.ones(1))[0]) if self.io.inp_res > 0 else 1.0
         self.effective = None  # effective weights per (group, chunk), rebuilt after program / drift
-        self._parts = None  # native patch_absmax parts (per layer structure)
+        self.parts_cache = None  # native patch_absmax parts (per layer structure)
         self.exact = False
 
     def _geometry(self, m: nn.Module) -> None:

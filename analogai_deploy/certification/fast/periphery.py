@@ -51,7 +51,7 @@ def normal_like(y: torch.Tensor) -> torch.Tensor:
 class Periphery:
     """FastLayer's periphery: the IO parameters are the layer's (`io`, `perfect`, `input_range`)."""
 
-    def _finalize_tiles(self, y: torch.Tensor, parts: list, dim: int | None,
+    def finalize_tiles(self, y: torch.Tensor, parts: list, dim: int | None,
                         extra_std: torch.Tensor | None = None) -> torch.Tensor:
         """Output noise, ADC, clipping, in place on a fresh `y`; returns per part (tile) whether nothing
         clipped (aihwkit's bound test). `parts`: slices of `dim` (dim None: y is [T, ...], one tile per
@@ -83,7 +83,7 @@ class Periphery:
         y.clamp_(-io.out_bound, io.out_bound)
         return peak <= io.out_bound
 
-    def _managed(self, compute, nm: torch.Tensor, parts: list, dim: int, post: torch.Tensor,
+    def managed(self, compute, nm: torch.Tensor, parts: list, dim: int, post: torch.Tensor,
                  extra_var: torch.Tensor | None = None, raw=None, groups: int = 1) -> torch.Tensor:
         """AnalogMVM.matmul's iterative bound management around `compute(input scale) -> normalised outputs`,
         for several output tiles at once (`parts`: their slices of `dim`): a tile whose outputs clip
@@ -114,7 +114,7 @@ class Periphery:
             if lib is None:
                 scale = (1.0 / nm) / red
                 y = compute(scale)
-                ok = self._finalize_tiles(y, parts, dim, std)
+                ok = self.finalize_tiles(y, parts, dim, std)
                 return y.mul_(io.out_scale / scale).mul_(post), ok
             if raw is not None:
                 y, prescaled = raw(), 0
@@ -164,14 +164,14 @@ class Periphery:
             return peak.view(len(parts), size).amax(1) <= bound
         return torch.stack([peak[p].amax() for p in parts]) <= bound
 
-    def _dac(self, x: torch.Tensor) -> torch.Tensor:
+    def dac(self, x: torch.Tensor) -> torch.Tensor:
         io = self.io
         if io.inp_res > 0:
             x = quantize(x, io.inp_res, io.inp_bound)
         bound = io.inp_bound if io.inp_bound > 0 else math.inf
         return x.clamp(-bound, bound)
 
-    def _nm(self, absmax: torch.Tensor) -> torch.Tensor:
+    def nm_scale(self, absmax: torch.Tensor) -> torch.Tensor:
         from aihwkit.simulator.parameters.enums import NoiseManagementType
 
         io = self.io
@@ -184,22 +184,22 @@ class Periphery:
             absmax = absmax.clamp(max=io.nm_thres)
         return torch.where(absmax > 0, absmax, torch.ones_like(absmax))
 
-    def _tile_mvm(self, x: torch.Tensor, w: torch.Tensor, ranged: bool = False) -> torch.Tensor:
+    def tile_mvm(self, x: torch.Tensor, w: torch.Tensor, ranged: bool = False) -> torch.Tensor:
         """One tile on [N, in] inputs, exactly as AnalogMVM.matmul (noise + bound management).
         `ranged`: a layer input, scaled by the static input range when there is one (the drift read-out is not)."""
         if self.perfect:
             return x @ w.T
-        nm = self._input_nm(x, ranged)
-        return self._managed(lambda scale: self._dac(x * scale) @ w.T, nm, [slice(0, w.shape[0])], -1,
+        nm = self.input_nm_scale(x, ranged)
+        return self.managed(lambda scale: self.dac(x * scale) @ w.T, nm, [slice(0, w.shape[0])], -1,
                              torch.ones(()))
 
-    def _input_nm(self, x: torch.Tensor, ranged: bool = True) -> torch.Tensor:
+    def input_nm_scale(self, x: torch.Tensor, ranged: bool = True) -> torch.Tensor:
         """Noise management per input vector: its abs-max, or the static input range (calibrated mapping)."""
         if ranged and self.input_range is not None:
             return x.new_full((*x.shape[:-1], 1), self.input_range)
-        return self._nm(x.abs().amax(-1, keepdim=True))
+        return self.nm_scale(x.abs().amax(-1, keepdim=True))
 
-    def _clip_input(self, x: torch.Tensor) -> torch.Tensor:
+    def clip_input(self, x: torch.Tensor) -> torch.Tensor:
         """aihwkit's apply_input_range: inputs beyond a static range clip (before the tile)."""
         if self.input_range is None or self.perfect:
             return x
