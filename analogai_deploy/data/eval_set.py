@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -25,6 +25,8 @@ from . import text as text_data
 
 TEXT_DATA = ("sentences", "tokens")  # built-in label-free inputs; data/text.py adds corpus, text:FILE, generated:N
 BATCH = 1024
+#: what a row of `metrics.run` holds per sample (EvalSet docstring)
+EvalKind = Literal["image", "pooled", "logits", "lm", "tokens"]
 TEXT_BATCH = 32  # sentences per forward pass (a causal LM's logits are batch x tokens x vocab floats)
 
 #: label-free text inputs: short, varied English sentences (the encoder sees real text, not noise)
@@ -79,9 +81,9 @@ class EvalSet:
     fingerprint: str
     n: int
     num_classes: int | None
-    kind: str = "image"
+    kind: EvalKind = "image"
     token_mask: torch.Tensor | None = None
-    split: str | None = None  # which part of the data: test, heldout, all, built-in
+    split: Literal["test", "heldout", "all", "built-in"] | None = None  # which part of the data
     label_names: list[str] | None = None  # the classes' names in output order (labels.py), where known
 
 
@@ -123,7 +125,7 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _text_kind(config: dict[str, Any]) -> str:
+def _text_kind(config: dict[str, Any]) -> EvalKind:
     record = Record.of(config)
     if record.output == "tokens" and record.causal_lm:
         return "lm"  # scored against the next token (lm_rows)

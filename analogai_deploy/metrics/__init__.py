@@ -11,7 +11,7 @@
                            (1.0 = as good as digital; lower is better)
 
 Every metric says which way is better (`Metric.higher_is_better`), so a gate's "drop" is the move in the
-bad direction on whichever metric a certificate carries. The evaluation data itself is data.EvalSet.
+bad direction on whichever metric a certificate carries. The evaluation data itself is data.eval_set.EvalSet.
 """
 from .definitions import LM_METRICS, METRIC_CHOICES, METRICS, Metric, Scored, metric_info, resolve_metric
 from .scoring import batch_score, lm_rows, pooled, primary_output, run, score

@@ -48,12 +48,12 @@ LM_METRICS = ("next_token_agreement", "perplexity_ratio")
 
 
 class Scored(Protocol):
-    """What scoring reads of the evaluation data (data.EvalSet is one)."""
+    """What scoring reads of the evaluation data (data.eval_set.EvalSet is one)."""
 
     spec: str
     batches: list[dict[str, torch.Tensor] | torch.Tensor]
     labels: torch.Tensor | None
-    kind: str  # image, pooled, logits, lm or tokens (data.EvalSet)
+    kind: str  # image, pooled, logits, lm or tokens (data.eval_set.EvalKind)
     token_mask: torch.Tensor | None
 
 
