@@ -173,7 +173,8 @@ def all_gather(obj: Any) -> list[Any]:
     return out
 
 
-def _describe(exc: BaseException) -> dict[str, Any]:
+def error_report(exc: BaseException) -> dict[str, Any]:
+    """What a failed rank tells the others (and the launcher): its rank, message, hint and exit code."""
     if isinstance(exc, RankFailed):
         return {"rank": exc.rank, "message": exc.origin_message, "hint": exc.hint,
                 "exit_code": exc.exit_code}
@@ -189,7 +190,7 @@ def agree(error: BaseException | None) -> None:
         if error is not None:
             raise error
         return
-    reports = all_gather(None if error is None else _describe(error))
+    reports = all_gather(None if error is None else error_report(error))
     failed = [r for r in reports if r is not None]
     if failed:
         first = min(failed, key=lambda r: r["rank"])

@@ -275,7 +275,7 @@ def _worker(spec_path: str) -> int:
     except Exception as exc:  # noqa: BLE001 - reported to the launching process, which raises it
         if os.environ.get("ANALOGAI_DEBUG"):
             traceback.print_exc()
-        report = {**distributed._describe(exc), "time": time.time()}
+        report = {**distributed.error_report(exc), "time": time.time()}
         report.setdefault("rank", my_rank)
         spec_file.with_name(f"error-{my_rank}.json").write_text(json.dumps(report), encoding="utf-8")
         return int(report.get("exit_code") or 1)

@@ -27,7 +27,7 @@ def _cached(cache: Path, cell: dict[str, Any], settings: dict[str, Any]) -> dict
     row = json.loads(path.read_text())
     if row.get("settings") != settings:
         raise UsageError(f"{path} was certified with other settings ({row.get('settings')})",
-                         "use another --cache folder for these settings, or the settings it was made with")
+                         "use another `cache` folder for these settings, or the settings it was made with")
     return row
 
 
