@@ -32,11 +32,15 @@ class Certificate(dict):
         return self.get("verdict", {}).get("passed")
 
     def result(self, time_label: str) -> dict[str, Any]:
-        seconds = parse_time(time_label)[1]
-        for r in self["results"]:
-            if abs(r["seconds"] - seconds) < 1e-9:
-                return r
-        raise KeyError(time_label)
+        row = row_at(self["results"], parse_time(time_label)[1])
+        if row is None:
+            raise KeyError(time_label)
+        return row
+
+
+def row_at(rows: list[dict[str, Any]], seconds: float) -> dict[str, Any] | None:
+    """The result row at `seconds` after programming (None where there is none)."""
+    return next((r for r in rows if abs(float(r.get("seconds", -1)) - seconds) < 1e-9), None)
 
 
 def results(bench: Bench, times: list[tuple[str, float]], values: list[list[float]]) -> list[dict[str, Any]]:
@@ -74,7 +78,7 @@ def verdict(max_drop: float | None, at: str, digital: float, rows: list[dict[str
     if max_drop is None:
         return None
     label, seconds = parse_time(at)
-    row = next(r for r in rows if abs(r["seconds"] - seconds) < 1e-9)
+    row = row_at(rows, seconds)
     return judge(metric_name, digital, row["ci95"], max_drop, label)
 
 

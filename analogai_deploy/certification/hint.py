@@ -34,7 +34,7 @@ def split_hint(cfg: CertifyConfig, bench: Bench, rpu, verdict: dict[str, Any],
     row = certificate.results(trial, times, spread(sim, trial, times, split.repeats, split.seed))[0]
     gate = certificate.verdict(split.max_drop, split.at, bench.digital_value, [row], bench.metric)
     share = trial.mapping_record["digital_outliers"]
-    plain = next(r for r in results if abs(r["seconds"] - row["seconds"]) < 1e-9)["values"][:split.repeats]
+    plain = certificate.row_at(results, row["seconds"])["values"][:split.repeats]
     return {"outlier_std": m.outlier_std, "at": gate["at"], "repeats": split.repeats, "seeds":
             [split.seed + r for r in range(split.repeats)], "mean": row["mean"], "ci95": row["ci95"],
             "pure_analog_mean": sum(plain) / len(plain),  # the certificate's own values at those seeds

@@ -80,10 +80,6 @@ def metric_of(name: Any) -> tuple[bool, tuple[float, float]]:
     return bool(m.higher_is_better), tuple(m.bounds)
 
 
-def _row(certificate: dict[str, Any], seconds: float) -> dict[str, Any] | None:
-    return next((r for r in certificate["results"] if abs(float(r.get("seconds", -1)) - seconds) < 1e-9), None)
-
-
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= _TOL * max(1.0, abs(a), abs(b))
 
@@ -169,7 +165,9 @@ def verdict(certificate: dict[str, Any], policy: Policy, where: Path | str) -> d
                               f"certify it again, on the same data and settings: analogai-deploy certify {where} "
                               + recertify_args(certificate, policy))
     label, seconds = parse_time(at)
-    row = _row(certificate, seconds)
+    from ..certification.certificate import judge, row_at
+
+    row = row_at(certificate["results"], seconds)
     if row is None:
         raise PackageError(f"{where}/certificate.json has a gate at {label} but no result there",
                            f"certify {where} again")
@@ -177,7 +175,6 @@ def verdict(certificate: dict[str, Any], policy: Policy, where: Path | str) -> d
     digital = (certificate.get("digital") or {}).get(metric)
     if not isinstance(digital, (int, float)) or not math.isfinite(digital):
         raise PackageError(f"{where}/certificate.json records no digital {metric}", f"certify {where} again")
-    from ..certification.certificate import judge
     from ..metrics import stats
 
     ci = stats([float(v) for v in row["values"]], bounds)["ci95"]
@@ -258,6 +255,7 @@ def spot_check(path: Path, certificate: dict[str, Any], policy: Policy) -> dict[
     false-refusal rate `policy.alpha` over all times together, Bonferroni). Also refuses other data (the
     fingerprint), another digital value, or a device that is not the recorded one."""
     from .. import certification
+    from ..certification.certificate import row_at
 
     if policy.spot_repeats == 0:
         return {"skipped": True}
@@ -296,7 +294,7 @@ def spot_check(path: Path, certificate: dict[str, Any], policy: Policy) -> dict[
     alpha = policy.alpha / len(certificate["results"])
     rows = []
     for r in certificate["results"]:
-        new = _row(spot, float(r["seconds"]))
+        new = row_at(spot["results"], float(r["seconds"]))
         test = t_test([float(v) for v in r["values"]], [float(v) for v in new["values"]], alpha, resolution)
         rows.append({"time": r["time"], **test})
         if not test["passed"]:
