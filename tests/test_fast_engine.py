@@ -278,36 +278,6 @@ def test_fast_engine_refuses_what_only_cpp_tiles_simulate(trained_lenet, cli):
         ad.certify(trained_lenet, engine="fast", tile="cpp", write=False)
 
 
-def test_bench_ablation_cli_small(tmp_path, cli):
-    # the whole ablation pipeline on two recipes, one seed, one round: train, certify, table + PNG
-    args = ("bench", "ablation", "--models", "mlp", "--recipes", "vanilla,msnat_no_fi", "--seeds", "0",
-            "--budgets", "seed", "--rounds", "1", "--repeats", "2", "--out", str(tmp_path / "runs"),
-            "--cache", str(tmp_path / "cache"), "--markdown", "", "--png", str(tmp_path / "a.png"), "--json")
-    code, out, err = cli(*args)
-    assert code == 0, err
-    table = json.loads(out)["table"]
-    assert [r["recipe"] for r in table] == ["vanilla", "msnat_no_fi"]
-    row = table[0]
-    assert set(row["drift"]) == {"1s", "1d", "1y"} and set(row["n_w"]) == {"0", "0.05", "0.1", "0.14", "0.2"}
-    assert row["n_w"]["0.2"][0] < row["n_w"]["0"][0]  # weight noise costs accuracy
-    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
-    # cached: --report-only trains nothing and gives the same table
-    code, out2, _ = cli(*args, "--report-only")
-    assert code == 0 and json.loads(out2)["table"] == table and json.loads(out2)["trained"] == 0
-
-
-def test_markdown_sections_are_replaced_in_place(tmp_path):
-    from analogai_deploy.benchmarks import update_markdown
-
-    md = tmp_path / "B.md"
-    md.write_text("# Benchmarks\n\nintro\n")
-    update_markdown(md, "speed", "table 1")
-    update_markdown(md, "ablation", "table 2")
-    update_markdown(md, "speed", "table 3")
-    text = md.read_text()
-    assert "table 1" not in text and text.index("table 3") < text.index("table 2") and "intro" in text
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["lenet", "resnet18"])
 def test_fast_engine_agrees_with_aihwkit_over_30_repeats(model, trained_lenet, tmp_path):
