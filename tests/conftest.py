@@ -79,6 +79,35 @@ def trained_lenet(lenet_pkg, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_mlp(mlp_pkg, tmp_path_factory) -> Path:
+    """The MLP after 25 epochs of plain training on digits (Adam, seed 0), so accuracies mean something (an
+    untrained model sits at chance). Shared by every module: certify it with write=False, or copy it."""
+    import shutil
+
+    import torch
+
+    import analogai_deploy as ad
+    from analogai_deploy import package
+    from analogai_deploy.data import load
+
+    path = tmp_path_factory.mktemp("trained") / "mlp"
+    shutil.copytree(mlp_pkg, path)
+    pkg = ad.load(path)
+    x, y = load("digits", input_shape=pkg.config["input"]["shape"]).train.tensors
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(pkg.model.parameters(), 1e-2)
+    pkg.model.train()
+    for _ in range(25):
+        for i in range(0, len(x), 128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(pkg.model(x[i:i + 128]), y[i:i + 128]).backward()
+            opt.step()
+    pkg.model.eval()
+    package.write(path, pkg.config, model=pkg.model, base=path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_vit_pkg(tmp_path_factory) -> Path:
     """A converted torchvision ViT (TINY_VIT: 2 layers, 3x32x32 inputs, real logits); copy it before changing it."""
     import analogai_deploy as ad

@@ -23,40 +23,13 @@ needs_cpp = pytest.mark.skipif(not tile_support().get("cpp"), reason="aihwkit C+
 FAST = dict(repeats=2, times="1d")
 
 
-def _train(path, epochs: int = 25) -> None:
-    """A few epochs of plain training so accuracies mean something (an untrained model sits at chance)."""
-    from analogai_deploy.data import load
-
-    pkg = ad.load(path)
-    d = load("digits", input_shape=pkg.config["input"]["shape"])
-    x, y = d.train.tensors
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(pkg.model.parameters(), 1e-2)
-    pkg.model.train()
-    for _ in range(epochs):
-        for i in range(0, len(x), 128):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(pkg.model(x[i:i + 128]), y[i:i + 128]).backward()
-            opt.step()
-    pkg.model.eval()
-    package.write(path, pkg.config, model=pkg.model, base=path)
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def trained(mlp_pkg, tmp_path_factory):
-    path = tmp_path_factory.mktemp("cert") / "mlp"
-    shutil.copytree(mlp_pkg, path)
-    _train(path)
-    return path
-
-
 @pytest.fixture
-def pkg(trained, tmp_path):
+def pkg(trained_mlp, tmp_path):
     path = tmp_path / "mlp"
-    shutil.copytree(trained, path)
+    shutil.copytree(trained_mlp, path)
     return path
 
 

@@ -23,13 +23,6 @@ DAY = 86400.0
 HOOKED = MappingConfig(outliers="digital", outlier_std=2.0, input_range="calibrated")
 
 
-@pytest.fixture(scope="module")
-def trained(mlp_pkg, tmp_path_factory):
-    out = tmp_path_factory.mktemp("chip") / "mlp"
-    ad.recover(mlp_pkg, "vanilla", "digits", output=out, overrides=["training.rounds=2"])
-    return out
-
-
 def _own_calls(model, bench, seeds: list[int], stream: bool = False) -> list[float]:
     """aihwkit's own program / drift / forward, scored like certify scores (the seeding is the caller's)."""
     values = []
@@ -46,13 +39,13 @@ def _own_calls(model, bench, seeds: list[int], stream: bool = False) -> list[flo
 
 
 @pytest.mark.parametrize("mapping", [None, HOOKED], ids=["default", "hooked"])
-def test_to_aihwkit_with_aihwkits_own_calls_reproduces_the_certificate(trained, mapping):
-    cert = ad.certify(trained, repeats=4, times="1d", limit=300, write=False, mapping=mapping, engine="aihwkit")
+def test_to_aihwkit_with_aihwkits_own_calls_reproduces_the_certificate(trained_mlp, mapping):
+    cert = ad.certify(trained_mlp, repeats=4, times="1d", limit=300, write=False, mapping=mapping, engine="aihwkit")
     row = cert.result("1d")
-    model = ad.to_aihwkit(trained, device="PCM", mapping=mapping)
+    model = ad.to_aihwkit(trained_mlp, device="PCM", mapping=mapping)
     hooks = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
     assert hooks >= (3 if mapping is None else 5)  # the mapping's digital parts travel with the model
-    bench = load(trained, resolve(trained, CertifyConfig.from_dict(cert["settings"])).config)
+    bench = load(trained_mlp, resolve(trained_mlp, CertifyConfig.from_dict(cert["settings"])).config)
     # the same seeds as certify: the same numbers, to the bit (PyTorch tiles are seeded)
     assert _own_calls(model, bench, [0, 1], stream=True) == row["values"][:2]
     # a user's own seeds: other draws of the same chip, so the two 95% CIs overlap
@@ -80,20 +73,20 @@ def test_minilm_to_aihwkit_reproduces_its_certificates_1d_cosine(minilm_dir, tmp
     assert min(mine) > 0.85
 
 
-def test_certificate_settings_rebuild_its_chip_and_devices_have_one_name(trained):
-    cert = ad.certify(trained, device="ReRAM-Wan2022", repeats=2, times="1d", limit=100, write=False)
+def test_certificate_settings_rebuild_its_chip_and_devices_have_one_name(trained_mlp):
+    cert = ad.certify(trained_mlp, device="ReRAM-Wan2022", repeats=2, times="1d", limit=100, write=False)
     assert cert["device"]["name"] == "ReRAM"  # the older export's name, read as the one device table's
-    model = ad.to_aihwkit(trained, config=CertifyConfig.from_dict(cert["settings"]))
+    model = ad.to_aihwkit(trained_mlp, config=CertifyConfig.from_dict(cert["settings"]))
     tile = next(model.analog_tiles())
     assert type(tile.rpu_config.noise_model).__name__ == "ReRamWan2022NoiseModel"
     assert tile.rpu_config.mapping.weight_scaling_columnwise  # the package's default mapping: column scales
     with pytest.raises(UsageError, match="unknown device 'SRAM'"):
-        ad.to_aihwkit(trained, device="SRAM")
+        ad.to_aihwkit(trained_mlp, device="SRAM")
 
 
-def test_export_saves_to_aihwkits_model_loadable_with_weights_only(trained, tmp_path, cli):
+def test_export_saves_to_aihwkits_model_loadable_with_weights_only(trained_mlp, tmp_path, cli):
     pkg = tmp_path / "mlp"
-    shutil.copytree(trained, pkg)
+    shutil.copytree(trained_mlp, pkg)
     code, out, err = cli("export", pkg, "--to", "aihwkit", "--device", "PCM")
     assert code == 0, err
     state = torch.load(pkg / "model.aihwkit.pt", weights_only=True)  # tensors, numbers and strings only
@@ -111,9 +104,9 @@ def test_export_saves_to_aihwkits_model_loadable_with_weights_only(trained, tmp_
         ad.export(pkg, to="aihwkit", device="custom")
 
 
-def test_export_of_a_certified_package_is_its_certificates_chip(trained, tmp_path):
+def test_export_of_a_certified_package_is_its_certificates_chip(trained_mlp, tmp_path):
     pkg = tmp_path / "mlp"
-    shutil.copytree(trained, pkg)
+    shutil.copytree(trained_mlp, pkg)
     ad.certify(pkg, repeats=2, times="1d", limit=64, dac_bits=5)  # an override the package's mapping lacks
     result = ad.export(pkg, to="aihwkit")
     assert result.record["certified"] and result.record["simulation"]["dac_bits"] == 5 and not result.warnings
