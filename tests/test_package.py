@@ -155,3 +155,12 @@ def test_the_record_is_the_one_typed_view_of_config_json(lenet_pkg):
     assert (text.seq_len, text.input_names) == (16, ("input_ids",))
     encoder = Record.of({"task": "feature-extraction", "input": {"kind": "text"}})
     assert encoder.output == "pooled" and encoder.seq_len == 32 and encoder.input_names == ("input_ids", "attention_mask")
+
+
+def test_output_refusals_name_the_parameter_and_the_cli_its_flag(lenet_pkg, tmp_path):
+    from analogai_deploy.cli.error_messages import flags
+
+    with pytest.raises(UsageError) as err:
+        package.check_output(lenet_pkg)  # an existing package, no overwrite
+    assert err.value.hint == "pass `overwrite` to replace it, or choose another `output`"
+    assert flags(err.value.hint) == "pass --overwrite to replace it, or choose another -o"

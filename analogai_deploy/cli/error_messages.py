@@ -24,7 +24,7 @@ _OS_HINTS = {
 
 
 #: library parameters whose flag is not the parameter's name with dashes
-FLAGS = {"exclude_types": "--exclude-type", "hub_repo": "--hub"}
+FLAGS = {"exclude_types": "--exclude-type", "hub_repo": "--hub", "output": "-o"}
 _PARAM = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`\s]+))?`")
 
 

@@ -27,13 +27,14 @@ from .integrity import verify
 
 
 def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = False,
-                 flag: str = "-o") -> Path:
+                 flag: str = "`output`") -> Path:
     """Refuse a package output that would delete what the toolkit did not write (exit 2, naming it).
 
     Refused: the working directory, a parent of it, the home directory; a file; a folder that is not a
     package (unless empty); a package that holds anything else (`foreign_entries`); an existing package
     without `overwrite` (`in_place`: the command updates that package, so it may be replaced); a folder
     inside another package; a place that cannot be written (probed now, before any slow work).
+    `flag`: what the messages call the output (a parameter in backquotes, which the CLI shows as its flag).
     """
     dest = Path(os.path.expanduser(dest))  # ~user that does not exist stays as written
     if len(os.fsencode(dest.name)) > 200:  # the temp folder beside it adds a prefix and a suffix
@@ -72,7 +73,7 @@ def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = 
     for parent in where.parents:
         if parent.is_dir() and is_package(parent):
             raise UsageError(f"{dest} is inside the package {parent}", f"choose a folder outside it for {flag}")
-    storage.check_writable(dest, hint=("pass -o NEW_FOLDER to write a copy of the package elsewhere" if in_place
+    storage.check_writable(dest, hint=("pass `output=NEW_FOLDER` to write a copy of the package elsewhere" if in_place
                                else f"choose a folder you can write to for {flag}"))
     return dest
 
