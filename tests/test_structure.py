@@ -3,6 +3,7 @@ and a README layout that names every module. `make lint-imports` checks the laye
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -81,3 +82,23 @@ def test_the_readme_layout_names_every_top_level_module():
     missing = sorted(n for n in names if not re.search(rf"(?<![\w/]){re.escape(n)}(\.py|/)", block))
     assert not missing, f"README layout omits {missing}"
     assert "docs/architecture.md" in readme.split("## Layout", 1)[1].split("## ", 1)[0]
+
+
+def _layered() -> list[str]:
+    """Every module named by pyproject.toml's layers contract, top layer first."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
+    layers = next(c["layers"] for c in contracts["contracts"] if c["type"] == "layers")
+    return [name.strip() for layer in layers for name in re.split(r"[|:]", layer)]
+
+
+def test_every_top_level_module_sits_in_a_layer_and_the_architecture_page_names_it():
+    """A module the layers contract does not name is held to nothing: each one has its layer, and
+    docs/architecture.md's diagram shows the layers as the contract has them."""
+    names = {p.stem for p in PKG.glob("*.py") if p.stem != "__init__"}
+    names |= {p.name for p in PKG.iterdir() if (p / "__init__.py").is_file()}
+    layered = _layered()
+    assert sorted(names - set(layered)) == [], "modules in no layer of pyproject.toml"
+    diagram = re.search(r"```\n(.*?)```", (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"), re.S)
+    shown = re.findall(r"(?<![\w.])(_?[a-z_]+?)(?:/|\.py)?(?=[\s,|]|$)", diagram.group(1), re.M)
+    assert [n for n in layered if n not in shown] == [], "layers missing from docs/architecture.md"
+
