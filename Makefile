@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-all lint-imports check-wheel demo bench clean
+.PHONY: install test test-all lint-imports check-wheel demo clean
 
 install: $(BIN)/analogai-deploy
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name loads on firs
     from .zoo import Policy, from_pretrained, publish, pull
 
 __all__ = [
-    # the verbs (api.py)
+    # the verbs (api.py; recover: launcher.py; export: exporter; publish, pull, from_pretrained: zoo)
     "convert", "recover", "certify", "export", "to_aihwkit", "publish", "pull", "from_pretrained", "load",
     # the configs they take and the records they return
     "AnalogConfig", "Recipe", "CertifyConfig", "DeviceConfig", "IOSettings", "MappingConfig", "ExportConfig",
