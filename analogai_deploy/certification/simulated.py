@@ -1,13 +1,13 @@
-"""The package as certify simulates it: its mapping applied, its placement on tiles, the mapping's digital parts.
+"""The package as certify simulates it: its mapping applied, and what of the mapping stays digital.
 
     mapped = map_digital(path, config, digital, placement, mapping, data_spec)   # both engines start here
-    analog, simulated = on_tiles(mapped, placement, rpu)                          # the aihwkit engine's model
 
 `map_digital` is the mapping's digital side (mapping.py): weights clipped, the calibration pass, the per-channel
-input scales folded into the weights, learned input ranges read from the record, the outlier weights split off. `on_tiles` puts the result on aihwkit's
-tiles (tiles.py) and installs what stays digital on the model it returns: the input-scaling pre-hooks
-(x / s before the DAC), the outliers' forward hooks (x @ R^T beside the tile) and each tile's static input
-range. certify's aihwkit engine and `analogai_deploy.to_aihwkit` both build their model here, so aihwkit's own
+input scales folded into the weights, learned input ranges read from the record, the outlier weights split off.
+Each engine (simulators.py) puts `mapped.model` on its tiles, installs what stays digital on the model it
+built (`Mapped.install`: the input-scaling pre-hooks, x / s before the DAC, and the outliers' forward hooks,
+x @ R^T beside the tile) and sets each layer's static input range (`Mapped.input_ranges`) on its tiles.
+certify's aihwkit engine and `analogai_deploy.to_aihwkit` build the same model, so aihwkit's own
 `program_analog_weights()` / `drift_analog_weights(t)` on the latter run the chip the certificate measured.
 """
 from __future__ import annotations
@@ -34,27 +34,18 @@ class Mapped:
     calibrated: dict[str, Any] | None = None  # what the calibration pass on data found (its summary)
     outliers: dict[str, Any] = field(default_factory=dict)  # layer -> its digital outlier weights [out, in]
 
-    def install(self, model: nn.Module, fast: bool = False) -> list:
-        """The digital parts on `model` (the aihwkit model or the fast engine's): x / s before each scaled
-        layer's DAC, the outlier weights beside their tiles, and every tile's static input range. Returns
-        the hook handles."""
+    def install(self, model: nn.Module) -> list:
+        """The digital parts on `model` (an engine's model, or the mapped model itself): x / s before each
+        scaled layer's DAC and the outlier weights beside their tiles. Returns the hook handles."""
         handles = ol.install(model, self.outliers)  # forward hooks: they see x after the pre-hooks
-        cal = self.calibration
-        if cal is None:
-            return handles
-        handles += mp.install(model, cal)
-        for name, r in cal.ranges.items():
-            mod = model.get_submodule(name)
-            if fast:  # every tile of the layer (an attention's projections: each of them)
-                for sub in mod.modules():
-                    if hasattr(sub, "_fast"):
-                        sub._fast.input_range = r
-                continue
-            from aihwkit.simulator.tiles.module import TileModule
-
-            for tile in (m for m in mod.modules() if isinstance(m, TileModule)):
-                tile.set_input_range(r)
+        if self.calibration is not None:
+            handles += mp.install(model, self.calibration)
         return handles
+
+    @property
+    def input_ranges(self) -> dict[str, float]:
+        """Each layer's static input range (calibrated or learned), for every tile of the layer."""
+        return {} if self.calibration is None else self.calibration.ranges
 
 
 def map_digital(path: str | Path, config: dict[str, Any], digital: nn.Module, placement, mapping: mp.MappingConfig,
@@ -78,12 +69,3 @@ def map_digital(path: str | Path, config: dict[str, Any], digital: nn.Module, pl
     outliers = ol.split(prepared, m, ol.split_layers(prepared, placement))
     return Mapped(prepared.eval(), clipped, calibration, calibrated, outliers)
 
-
-def on_tiles(mapped: Mapped, placement, rpu) -> tuple[nn.Module, list[str]]:
-    """The mapped model on aihwkit tiles with `rpu` (devices.rpu_config), its digital parts installed:
-    (the AnalogWrapper model, the placement layers it put on tiles)."""
-    from ..analog.tiles import to_aihwkit
-
-    analog, simulated = to_aihwkit(mapped.model, placement, rpu)
-    mapped.install(analog)
-    return analog, simulated

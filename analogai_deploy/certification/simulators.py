@@ -3,7 +3,7 @@
     sim = SIMULATORS["fast"].install(mapped, placement, rpu)   # the mapped model on the engine's tiles
     sim.program(); sim.drift(86400.0); outputs = sim.model(x)   # one Monte Carlo draw at 1 d
 
-aihwkit: aihwkit's own tiles (simulated.on_tiles, the model `to_aihwkit` returns). fast: aihwkit's device model
+aihwkit: aihwkit's own tiles (analog/tiles.py; the model `to_aihwkit` returns). fast: aihwkit's device model
 around the network's fused forward (fast/). `auto`, the default, is not an engine: config.resolve replaces it
 with the one fast.choose picks for the package and device, and the certificate records which ran and why.
 """
@@ -15,7 +15,7 @@ from torch import nn
 
 from ..hardware.devices import DeviceConfig
 from ..hardware.probe import choose_tile
-from .simulated import Mapped, on_tiles
+from .simulated import Mapped
 
 class Simulator:
     """One engine's chip: `model` (an nn.Module) runs the placement's layers on simulated tiles; `program()`
@@ -58,7 +58,16 @@ class AihwkitSimulator(Simulator):
 
     @classmethod
     def install(cls, mapped: Mapped, placement, rpu) -> AihwkitSimulator:
-        return cls(*on_tiles(mapped, placement, rpu), placement)
+        from aihwkit.simulator.tiles.module import TileModule
+
+        from ..analog.tiles import to_aihwkit
+
+        analog, simulated = to_aihwkit(mapped.model, placement, rpu)
+        mapped.install(analog)
+        for name, r in mapped.input_ranges.items():  # every tile of the layer
+            for tile in (m for m in analog.get_submodule(name).modules() if isinstance(m, TileModule)):
+                tile.set_input_range(r)
+        return cls(analog, simulated, placement)
 
     def program(self) -> None:
         self.model.eval()
@@ -90,7 +99,8 @@ class FastSimulator(Simulator):
         from .fast import FastModel
 
         model = FastModel(mapped.model, rpu, placement=placement)  # the record's layers, not re-derived
-        mapped.install(model.model, fast=True)
+        mapped.install(model.model)
+        model.set_input_ranges(mapped.input_ranges)
         return cls(model, model.simulated, placement)
 
     def program(self) -> None:

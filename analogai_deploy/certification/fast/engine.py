@@ -142,6 +142,14 @@ class FastModel(nn.Module):
                     self.model = new
             self.simulated.append(entry.name)
 
+    def set_input_ranges(self, ranges: dict[str, float]) -> None:
+        """Static input ranges (the mapping's calibrated or learned ones) on every tile of each named layer
+        (an attention's projections: each of them)."""
+        for name, r in ranges.items():
+            for sub in self.model.get_submodule(name).modules():
+                if hasattr(sub, "_fast"):
+                    sub._fast.input_range = r
+
     @torch.no_grad()
     def program(self) -> None:
         for layer in self.layers:
