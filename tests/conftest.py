@@ -49,6 +49,14 @@ def minilm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_pkg(minilm_dir, tmp_path_factory) -> Path:
+    """The real MiniLM converted (untrained: its own weights, label-free); certify it with write=False, or copy it."""
+    import analogai_deploy as ad
+
+    return ad.convert(f"hf:{minilm_dir}", output=tmp_path_factory.mktemp("pkgs") / "minilm").path
+
+
+@pytest.fixture(scope="session")
 def lenet_pkg(tmp_path_factory) -> Path:
     """A converted (untrained) LeNet package for 8x8 digits; copy it before changing it."""
     import analogai_deploy as ad

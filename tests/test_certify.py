@@ -347,13 +347,6 @@ def test_match_qat_sets_the_dac_to_the_activation_bits(pkg):
 # ---------------------------------------------------------------- label-free: the real MiniLM
 
 
-@pytest.fixture(scope="module")
-def minilm_pkg(minilm_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cert") / "minilm"
-    ad.convert(f"hf:{minilm_dir}", output=out)
-    return out
-
-
 def test_label_free_cosine_on_minilm(minilm_pkg, minilm_dir):
     # one repeat: programming 11M PCM weights is aihwkit's heaviest step (seconds per repeat)
     cert = ad.certify(minilm_pkg, device="PCM", repeats=1, times="1d", limit=8, write=False)

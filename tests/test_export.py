@@ -132,9 +132,8 @@ def test_vit_round_trip(tiny_vit_pkg, tmp_path):
     assert ref.std() > 0.1 and np.abs(got - ref).max() < 1e-4  # real logits, not the zero-init head
 
 
-def test_minilm_round_trip(minilm_dir, tmp_path):
-    pkg_dir = tmp_path / "minilm"
-    ad.convert(f"hf:{minilm_dir}", output=pkg_dir)
+def test_minilm_round_trip(minilm_pkg, tmp_path):
+    pkg_dir = _copy(minilm_pkg, tmp_path, "minilm")
     before = package.read_config(pkg_dir)
     result = ad.export(pkg_dir)
     check = result.validation.outputs[0]

@@ -197,27 +197,20 @@ def test_command_line_io_over_the_trained_io_is_recorded(pkg):
     assert cert["mapping"]["overridden"] == {"io": {"dac_bits": 8}} and cert["device"]["dac_bits"] == 8
 
 
-@pytest.fixture(scope="module")
-def minilm(minilm_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("map") / "minilm"
-    ad.convert(f"hf:{minilm_dir}", output=out)
-    return out
-
-
-def test_minilm_keeps_its_embeddings_with_the_default_mapping(minilm):
+def test_minilm_keeps_its_embeddings_with_the_default_mapping(minilm_pkg):
     # the measurement in small: 8 sentences, one repeat (programming 11M PCM weights costs seconds);
     # the old mapping gives ~0.13 here (the slow test below checks both)
-    new = ad.certify(minilm, repeats=1, times="1d", limit=8, write=False)
+    new = ad.certify(minilm_pkg, repeats=1, times="1d", limit=8, write=False)
     assert new["mapping"]["calibrated"]["spec"].startswith("calibration sentences")
     assert new.result("1d")["mean"] > 0.8
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["aihwkit", "fast"])
-def test_minilm_default_certificate_keeps_cosine_0_85_at_1d(minilm, engine):
-    cert = ad.certify(minilm, repeats=5, times="1d", write=False, engine=engine)
+def test_minilm_default_certificate_keeps_cosine_0_85_at_1d(minilm_pkg, engine):
+    cert = ad.certify(minilm_pkg, repeats=5, times="1d", write=False, engine=engine)
     assert cert["data"]["n"] == 32 and cert.result("1d")["ci95"][0] >= 0.85, cert.result("1d")
-    old = ad.certify(minilm, repeats=2, times="1d", write=False, engine=engine, mapping=LEGACY)
+    old = ad.certify(minilm_pkg, repeats=2, times="1d", write=False, engine=engine, mapping=LEGACY)
     assert old.result("1d")["mean"] < 0.3
 
 
@@ -261,9 +254,9 @@ def test_digital_outliers_in_certify_both_engines(pkg, engine):
         MappingConfig(outliers="sparse")
 
 
-def test_minilm_keeps_more_with_its_outlier_weights_digital(minilm):
-    plain = ad.certify(minilm, repeats=1, times="1d", limit=8, write=False, engine="fast")
-    split = ad.certify(minilm, repeats=1, times="1d", limit=8, write=False, engine="fast",
+def test_minilm_keeps_more_with_its_outlier_weights_digital(minilm_pkg):
+    plain = ad.certify(minilm_pkg, repeats=1, times="1d", limit=8, write=False, engine="fast")
+    split = ad.certify(minilm_pkg, repeats=1, times="1d", limit=8, write=False, engine="fast",
                        mapping=MappingConfig(outliers="digital", outlier_std=2.5))
     assert 0.005 < split["mapping"]["digital_outliers"]["weight_share"] < 0.03
     assert split.result("1d")["mean"] > plain.result("1d")["mean"] + 0.02  # 0.948 against 0.904 on 32 sentences
