@@ -52,6 +52,7 @@ def test_images_and_text_implement_one_interface():
     fields = set(base.SplitData.__annotations__) | {"labelled", "example"}
     for cls in (data.Data, TextData):
         assert all(hasattr(cls, f) or f in cls.__dataclass_fields__ for f in fields), cls
+    assert TextData.text and not data.Data.text
 
 
 def test_calibration_tokenises_as_evaluation_does(tmp_path):

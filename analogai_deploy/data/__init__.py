@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -30,6 +30,7 @@ from .base import IMAGE_KINDS, TEXT_KINDS, holdout, split
 class Data:
     """An image dataset (implements data.base.SplitData)."""
 
+    text: ClassVar[bool] = False
     spec: str
     train: Dataset
     val: Dataset

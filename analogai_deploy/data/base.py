@@ -6,7 +6,7 @@ both implement `SplitData`; recover and certify read only that.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch.utils.data import Dataset
@@ -20,6 +20,7 @@ SPLIT = (0.7, 0.15, 0.15)
 class SplitData(Protocol):
     """A dataset as recover trains on it: train / val / test splits and what they hold."""
 
+    text: ClassVar[bool]  # token inputs (keyword tensors per sample), not images
     spec: str
     train: Dataset
     val: Dataset

@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import TensorDataset
@@ -72,6 +72,7 @@ class TextTensors(TensorDataset):
 class TextData:
     """What `recover` trains on for a text package (implements data.base.SplitData, as data.Data does for images)."""
 
+    text: ClassVar[bool] = True
     spec: str
     train: TextTensors
     val: TextTensors

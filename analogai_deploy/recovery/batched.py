@@ -41,7 +41,7 @@ def blockers(recipe: Recipe, data) -> list[str]:
                      ("QAT", r.qat)):
         if on:
             out.append(f"{name} is on")
-    if hasattr(data.train, "inputs"):
+    if data.text:
         out.append("text packages train in loop mode (the batched mode stacks image classifiers)")
     from torch.utils.data import TensorDataset
 
