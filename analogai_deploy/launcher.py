@@ -256,7 +256,7 @@ def _recover_job(kwargs: dict[str, Any], progress) -> dict[str, Any]:
 JOBS = {"certify": _certify_job, "sweep": _sweep_job, "recover": _recover_job}
 
 
-def _worker(spec_path: str) -> int:
+def run_worker(spec_path: str) -> int:
     """One rank of `run_job`: run the job; rank 0 writes result.json, a failing rank error-RANK.json."""
     import torch
 
@@ -285,6 +285,6 @@ def _worker(spec_path: str) -> int:
 
 if __name__ == "__main__":
     # run the importable module's worker, so its RankFailed is the class the library raises (not __main__'s)
-    from analogai_deploy.launcher import _worker as worker
+    from analogai_deploy.launcher import run_worker
 
-    sys.exit(worker(sys.argv[1]))
+    sys.exit(run_worker(sys.argv[1]))
