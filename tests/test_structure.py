@@ -1,8 +1,12 @@
-"""The package's structure (docs/architecture.md): no import circle, modules of one concern and a bounded size,
-and a README layout that names every module. `make lint-imports` checks the layers contract itself."""
+"""The package's structure (docs/architecture.md): the layers contract of pyproject.toml (import-linter, as
+`make lint-imports` runs it in CI), no import circle, modules of a bounded size, every module in a layer, and a
+README layout that names every module."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -46,6 +50,13 @@ def import_circles(graph: grimp.ImportGraph) -> list[list[str]]:
         if module not in index:
             visit(module)
     return circles
+
+
+def test_the_layers_contract_holds():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()",
+                          "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-1000:]
 
 
 def test_no_import_circle():
