@@ -64,12 +64,17 @@ def test_fused_mode_is_exact_without_a_dac(trained_lenet):
     assert torch.allclose(a, f, rtol=1e-4, atol=1e-4 * a.abs().max().item())
 
 
-def test_fused_chunks_that_split_kernels_are_exact_without_a_dac(tmp_path):
+@pytest.fixture(scope="module")
+def small_resnet(tmp_path_factory) -> Path:
+    """bench/models.py's small ResNet on 1x8x8 digits (3x3 convolutions over 16 / 32 / 64 channels)."""
+    return ad.convert(f"{ROOT}/bench/models.py:small_resnet", output=tmp_path_factory.mktemp("fast") / "r",
+                      num_classes=10, input_shape=[1, 8, 8]).path
+
+
+def test_fused_chunks_that_split_kernels_are_exact_without_a_dac(small_resnet):
     # tile_size 100: 3x3 convolutions over 16 / 32 / 64 channels are cut mid-kernel (144 -> 2 x 72, 576 -> 6 x 96
     # inputs), so the fused path convolves partial channels and takes patch maxima over partial kernels
-    pkg = ad.convert(f"{ROOT}/bench/models.py:small_resnet", output=tmp_path / "r", num_classes=10,
-                     input_shape=[1, 8, 8]).path
-    analog, fast, x = _pair(pkg, {"out_noise": 0.0, "dac_bits": 0, "tile_size": 100}, exact=False)
+    analog, fast, x = _pair(small_resnet, {"out_noise": 0.0, "dac_bits": 0, "tile_size": 100}, exact=False)
     assert max(len(layer.in_chunks) for layer in fast.layers) == 6
     a, f = analog(x), fast(x)
     assert torch.allclose(a, f, rtol=1e-4, atol=1e-4 * a.abs().max().item())
@@ -243,11 +248,9 @@ def test_fast_agrees_with_aihwkit_under_every_mapping_option(trained_lenet, mapp
         assert abs(ra["mean"] - rf["mean"]) <= 4 * se + 0.002, (mapping, ra["time"], ra["mean"], rf["mean"], se)
 
 
-def test_small_resnet_runs_on_split_tiles(tmp_path):
+def test_small_resnet_runs_on_split_tiles(small_resnet):
     # 3x3x64 convolutions have 576 inputs: two tiles each; shortcut 1x1 convs and BatchNorm stay as in aihwkit
-    pkg = ad.convert(f"{ROOT}/bench/models.py:small_resnet", output=tmp_path / "r", num_classes=10,
-                     input_shape=[1, 8, 8]).path
-    analog, fast, x = _pair(pkg, {"out_noise": 0.0}, exact=True)
+    analog, fast, x = _pair(small_resnet, {"out_noise": 0.0}, exact=True)
     assert max(len(layer.tiles) for layer in fast.layers) == 2
     a, f = analog(x), fast(x)
     assert torch.allclose(a, f, rtol=1e-4, atol=1e-4 * a.abs().max().item())
