@@ -96,8 +96,8 @@ def speed(cfg: SpeedConfig | None = None, log: Callable[[str], None] | None = No
         fns = build()
         meta = _meta(fns)
         n = max(6, cfg.n // 2) if group.startswith("msnat_round") else cfg.n
-        for fn in fns.values():  # warm-up
-            fn()
+        for warm_up in fns.values():
+            warm_up()
         # CPU: this process's CPU time (one thread), which other jobs on a shared machine do not inflate;
         # GPU: wall time after a synchronize. System time separately (allocation / thread churn).
         clock = time.perf_counter if device.type == "cuda" else time.process_time
@@ -114,7 +114,7 @@ def speed(cfg: SpeedConfig | None = None, log: Callable[[str], None] | None = No
                              for name, v in samples.items()}
         g.update(meta)
         result["groups"][group] = g
-        del fns
+        fns = warm_up = fn = None  # the loop names too: each holds a workload, and with it the group's models
         gc.collect()
     if cfg.peak_memory:
         if log:
@@ -148,6 +148,8 @@ def speed_main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--hwa-models", default=",".join(SpeedConfig().hwa_models))
     ap.add_argument("--text-models", default=",".join(SpeedConfig().text_models))
     ap.add_argument("--text-batch", type=int, default=SpeedConfig().text_batch)
+    ap.add_argument("--no-text-torch-path", action="store_true",
+                    help="time (f)'s steps on the fused tile only, not also on the torch path it replaced")
     ap.add_argument("--msnat-samples", type=int, default=SpeedConfig().msnat_samples)
     ap.add_argument("--batch", type=int, default=None, help="training-step batch (default 128; --gpu 512)")
     ap.add_argument("--certify-limit", type=int, default=None, help="certify on at most this many test inputs")
@@ -164,7 +166,8 @@ def speed_main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = SpeedConfig(n=args.n, threads=args.threads, gpu=args.gpu, step_models=names(args.step_models),
                       msnat_models=names(args.msnat_models), certify_models=names(args.certify_models),
                       hwa_models=names(args.hwa_models), text_models=names(args.text_models),
-                      text_batch=args.text_batch, msnat_samples=args.msnat_samples,
+                      text_batch=args.text_batch, text_torch_path=not args.no_text_torch_path,
+                      msnat_samples=args.msnat_samples,
                       certify_limit=args.certify_limit, peak_memory=not args.no_peak_memory,
                       startup=not args.no_startup, **kw)
     result = run_speed(cfg, args.markdown or None, args.json or None, args.agreement_repeats,

@@ -32,6 +32,8 @@ class SpeedConfig(StrictConfig):
     round of ResNet-18 takes minutes on one thread; the ratio does not depend on the count).
     gpu: run on cuda with gpu_batch. peak_memory: measure (d) (one fresh process per workload).
     text_models / text_batch: (f) the text training steps (sentences of the package's default data).
+    text_torch_path: also time (f)'s steps on the torch path the fused tile replaced (the "before" column;
+    SmolLM2-135M's MSNAT step on it holds more than 9 GB).
     """
 
     step_models: list[str] = field(default_factory=lambda: ["lenet", "resnet18"])
@@ -40,6 +42,7 @@ class SpeedConfig(StrictConfig):
     certify_models: list[str] = field(default_factory=lambda: ["lenet", "resnet18", "mobilenet_v3_small", "minilm"])
     text_models: list[str] = field(default_factory=lambda: list(TEXT_MODELS))
     text_batch: int = 32
+    text_torch_path: bool = True
     batch: int = 128
     shape: list[int] = field(default_factory=lambda: [3, 32, 32])
     n: int = 15

@@ -87,20 +87,23 @@ def speed_markdown(result: dict[str, Any]) -> str:
                     f"forward {_ms(fwd)}; system time per repeat x time: "
                     + ", ".join(f"{k} {v:.1f} ms" for k, v in sys_ms.items()) + " | | | | |")
     for m in cfg.get("text_models", []):
-        grp = g.get(f"text_step:{m}")
+        grp = {**g.get(f"text_step:{m}/hw_noise", {}), **g.get(f"text_step:{m}/msnat_client", {})}
         if not grp:
             continue
         what = f"{TEXT_MODELS[m]}, batch {cfg['text_batch']}" + (f" ({grp['_tokens']} tokens)" if grp.get("_tokens") else "")
-        row(f"(f) {what}: hardware-matched noise step (single_noise, text) vs digital distillation step",
-            "hw_noise", "digital", 1.3, grp)
-        row(f"(f) {what}: the same on the torch path (before: ANALOGAI_FUSED_TILE=0) vs digital step",
-            "hw_noise_torch", "digital", "before", grp)
-        row(f"(f) {what}: MSNAT client step (msnat, text; FL: 4 passes) vs its 4-pass digital need",
-            "msnat_client", "msnat_need", 1.1, grp)
-        row(f"(f) {what}: the same on the torch path (before) vs its 4-pass digital need",
-            "msnat_client_torch", "msnat_need", "before", grp)
+        for a, b, label, target in (
+                ("hw_noise", "digital", "hardware-matched noise step (single_noise, text) vs digital distillation step",
+                 1.3),
+                ("hw_noise_torch", "digital", "the same on the torch path (before: ANALOGAI_FUSED_TILE=0) vs digital "
+                 "step", "before"),
+                ("msnat_client", "msnat_need", "MSNAT client step (msnat, text; FL: 4 passes) vs its 4-pass digital "
+                 "need", 1.1),
+                ("msnat_client_torch", "msnat_need", "the same on the torch path (before) vs its 4-pass digital need",
+                 "before")):
+            if a in grp and b in grp:  # the torch path is not timed with text_torch_path off
+                row(f"(f) {what}: {label}", a, b, target, grp)
         sys_ms = {k: 1e3 * grp[k]["sys_s"] for k in ("digital", "hw_noise", "hw_noise_torch", "msnat_client",
-                                                     "msnat_client_torch", "msnat_need")}
+                                                     "msnat_client_torch", "msnat_need") if k in grp}
         rows.append(f"| (f) {what}: system time per step | " + ", ".join(f"{k} {v:.0f} ms" for k, v in sys_ms.items())
                     + " | | | | |")
     clock = "wall time" if cfg["gpu"] else "CPU time of the one benchmark thread (time.process_time)"

@@ -169,12 +169,19 @@ def _torch_path(step: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
-def _text_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callable[[], Any]]:
-    """(f) one training step of a text package on one mini-batch of its default data, as `recover` runs it: the
-    hardware-matched noise (single_noise's text section: PCM per column, input scaling, DAC / output noise /
-    ADC) and an MSNAT client step (msnat's text section, feedback loops: 4 passes), each on the fused native
-    tile and on the torch path it replaced; against a digital distillation step (noise off, one pass) and
-    the MSNAT step's need (the digital model, 4 forward passes of the feedback loops, one backward)."""
+#: the two rows (f) of a text model: the recipe each times, and its digital reference (feedback loops or not)
+TEXT_ROWS = {"hw_noise": ("single_noise", False), "msnat_client": ("msnat", True)}
+
+
+def _text_steps(cfg: SpeedConfig, device, model_name: str, row: str,
+                packages: dict[str, Path]) -> dict[str, Callable[[], Any]]:
+    """(f) one row's training steps of a text package on one mini-batch of its default data, as `recover` runs
+    them: `hw_noise`, the hardware-matched noise (single_noise's text section: PCM per column, input scaling,
+    DAC / output noise / ADC) against a digital distillation step (noise off, one pass); `msnat_client`, an
+    MSNAT client step (msnat's text section, feedback loops: 4 passes) against its need (the digital model, 4
+    forward passes of the feedback loops, one backward). The recipe's step runs on the fused native tile and
+    (text_torch_path) on the torch path it replaced. One row's models at a time: a 135M-parameter LM's
+    trainer, teacher and digital copy are several GB. The package is converted once per model (`packages`)."""
     import copy
     import tempfile
 
@@ -188,38 +195,35 @@ def _text_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callable
 
     if device.type == "cpu":
         keep_freed_memory()  # as recover's training loop does (recovery/cpu.py cpu_threads)
-    tmp = Path(tempfile.mkdtemp(prefix="analogai-speed-"))
-    base = _text_package(model_name, tmp)
-    steps: dict[str, Callable[[], Any]] = {}
-    batch = None
-    for label, name in (("hw_noise", "single_noise"), ("msnat_client", "msnat")):
-        # one client: its step is the same with or without the other FI clients (FI averages between rounds)
-        pkg, rec, ds, obj = prepare_run(base, name, None, [f"training.batch_size={cfg.text_batch}",
-                                                           f"training.device={device.type}", "training.use_FI=false"])
-        install_training_noise(pkg, pkg.model, rec)
-        batch = batch or next(Batches(ds.train, cfg.text_batch, device).iterate())  # one batch for every side
-        tr = make_trainer(pkg.model, rec, ds, tmp / label, identity={}, objective=obj)
-        tr.noise[0].set(rec.recovery.sigmas[len(rec.recovery.sigmas) // 2])  # the middle level
-        loss_fn = tr.make_loss_fn(tr.noise[0])
-        steps[label] = lambda tr=tr, loss_fn=loss_fn: (tr.train_step(0, *batch, loss_fn), _sync(device))
-        steps[f"{label}_torch"] = _torch_path(steps[label])
+    if model_name not in packages:
+        packages[model_name] = _text_package(model_name, Path(tempfile.mkdtemp(prefix="analogai-speed-")))
+    base = packages[model_name]
+    recipe, fl = TEXT_ROWS[row]
+    # one client: its step is the same with or without the other FI clients (FI averages between rounds)
+    pkg, rec, ds, obj = prepare_run(base, recipe, None, [f"training.batch_size={cfg.text_batch}",
+                                                         f"training.device={device.type}", "training.use_FI=false"])
+    install_training_noise(pkg, pkg.model, rec)
+    batch = next(Batches(ds.train, cfg.text_batch, device).iterate())  # the data's first batch: every row's
+    tr = make_trainer(pkg.model, rec, ds, base.parent / f"state-{row}", identity={}, objective=obj)
+    tr.noise[0].set(rec.recovery.sigmas[len(rec.recovery.sigmas) // 2])  # the middle level
+    loss_fn = tr.make_loss_fn(tr.noise[0])
+    steps: dict[str, Callable[[], Any]] = {row: lambda: (tr.train_step(0, *batch, loss_fn), _sync(device))}
+    if cfg.text_torch_path:
+        steps[f"{row}_torch"] = _torch_path(steps[row])
     fb = rec.recovery.feedback
     digital = to_digital(copy.deepcopy(pkg.model)).to(device).train()
     plain = msnat.NoiseControl(digital)  # no analog layers: every pass is digital
     opt = torch.optim.Adam(digital.parameters(), lr=rec.training.lr)
 
-    def digital_step(fl: bool):
-        def step():
-            x, y = batch
-            opt.zero_grad(set_to_none=True)
-            z, _ = msnat.feedback_logits(digital, x, plain, fb, fl, forward=obj.forward)
-            obj.loss(z, obj.targets(x, y), x, fb.temperature if fl else None).backward()
-            opt.step()
-            _sync(device)
-        return step
+    def digital_step():
+        x, y = batch
+        opt.zero_grad(set_to_none=True)
+        z, _ = msnat.feedback_logits(digital, x, plain, fb, fl, forward=obj.forward)
+        obj.loss(z, obj.targets(x, y), x, fb.temperature if fl else None).backward()
+        opt.step()
+        _sync(device)
 
-    steps["digital"] = digital_step(False)
-    steps["msnat_need"] = digital_step(True)
+    steps["msnat_need" if fl else "digital"] = digital_step
     return {**steps, "_tokens": int(batch[0]["input_ids"].numel()) if isinstance(batch[0], dict) else None}
 
 
@@ -280,6 +284,8 @@ def workload_groups(cfg: SpeedConfig, device) -> dict[str, Callable[[], dict]]:
         groups[f"train_step:{m}"] = lambda m=m: _training_steps(cfg, device, m)
     for m in cfg.certify_models:
         groups[f"certify:{m}"] = lambda m=m: _certify_repeat(cfg, device, m)
+    packages: dict[str, Path] = {}  # a text model's package, converted once for its rows
     for m in cfg.text_models:
-        groups[f"text_step:{m}"] = lambda m=m: _text_steps(cfg, device, m)
+        for row in TEXT_ROWS:  # a group per row, built and freed in turn (speed_tables joins them)
+            groups[f"text_step:{m}/{row}"] = lambda m=m, row=row: _text_steps(cfg, device, m, row, packages)
     return groups
