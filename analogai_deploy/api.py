@@ -82,7 +82,7 @@ def convert(
         **({"tokenizer": src.tokenizer} if src.tokenizer else {}),
         "analog": config.to_dict(),
         "placement": placement.to_dict(),
-        # how the weights and signals go onto tiles; certify uses it unless told otherwise (mapping.py)
+        # how the weights and signals go onto tiles; certify uses it unless told otherwise (analog/mapping.py)
         "mapping": (mapping or MappingConfig()).complete().to_dict(),
         "conversion": placement.conversion_summary(),  # the counts, for readers of older packages' summary
         "provenance": {

@@ -145,7 +145,8 @@ class AnalogAttention(nn.Module):
     in_proj_bias = None
 
     def __init__(self, mha: nn.MultiheadAttention, linear):
-        """`linear(weight, bias)`: a projection's analog layer (aihwkit's here, the fast engine's in fast.py)."""
+        """`linear(weight, bias)`: a projection's analog layer (aihwkit's here, the fast engine's in
+        certification/fast/engine.py)."""
         super().__init__()
         e = mha.embed_dim
         self.embed_dim = e

@@ -54,7 +54,7 @@ class CertifyConfig(ChoiceConfig):
     engine: aihwkit (aihwkit's tiles), fast (aihwkit's device model around the fused forward; fast/) or
         auto (default): fast where it is validated for the package and device, else aihwkit (fast.choose).
         `resolve` replaces auto with the engine that runs and says why (`Resolved.engine_reason`).
-    mapping: the mapping options (mapping.py); fields left at None come from the package's
+    mapping: the mapping options (analog/mapping.py); fields left at None come from the package's
         config.json["mapping"] (what it was converted / trained for), whose "io" also fills the IO
         settings not given here. Once resolved, this holds the complete mapping that runs.
     """

@@ -2,7 +2,7 @@
 
     mapped = map_digital(path, config, digital, placement, mapping, data_spec)   # both engines start here
 
-`map_digital` is the mapping's digital side (mapping.py): weights clipped, the calibration pass, the per-channel
+`map_digital` is the mapping's digital side (analog/mapping.py): weights clipped, the calibration pass, the per-channel
 input scales folded into the weights, learned input ranges read from the record, the outlier weights split off.
 Each engine (simulators.py) puts `mapped.model` on its tiles, installs what stays digital on the model it
 built (`Mapped.install`: the input-scaling pre-hooks, x / s before the DAC, and the outliers' forward hooks,

@@ -13,7 +13,8 @@ convert_to_conductances / convert_back_to_weights per tile); the shortcuts are e
   * the 1/f read-noise factor depends on the programmed weights only: computed once per repeat.
 
 tests/test_pcm.py compares every stage with aihwkit's own functions on the same weights (moments and
-two-sample KS tests). Other noise models, g_min > 0 and other converters run aihwkit's classes (fast.py).
+two-sample KS tests). Other noise models, g_min > 0 and other converters run aihwkit's classes
+(certification/fast/device.py).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ but in the noise model and the periphery, so this engine keeps those and drops t
     tile is mapped to max|w| = 1 (weight_scaling_omega = 1). Per repeat programming (programming noise
     + drift coefficients nu) and per time drift (drift + read noise), on the same normalised tile
     weights aihwkit's tiles hold. aihwkit's PCM (PCMLikeNoiseModel, single device pair, g_min = 0)
-    runs as one native pass per bank (pcm.py: aihwkit's maths, exact shortcuts, tests/test_pcm.py
+    runs as one native pass per bank (hardware/pcm.py: aihwkit's maths, exact shortcuts, tests/test_pcm.py
     compares it with aihwkit's functions); other noise models run aihwkit's own classes. Tiles of one
     shape are stacked in a bank; on aihwkit's classes, PCM-like models (element-wise conductance
     functions, one device pair) run a bank in slices of at most BATCH_ELEMENTS weights per call (per

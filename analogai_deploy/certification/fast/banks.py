@@ -31,7 +31,7 @@ class Bank:
     scale: torch.Tensor  # [T] max|w| of each tile: the digital factor its output is multiplied back by
     programmed: torch.Tensor | None = None
     nu: Any = None  # per tile (list) or stacked (list of tensors) drift coefficients; native PCM: [T, rows, cols]
-    q: torch.Tensor | None = None  # native PCM: each programmed weight's read-noise factor (pcm.py)
+    q: torch.Tensor | None = None  # native PCM: each programmed weight's read-noise factor (hardware/pcm.py)
     buffer: torch.Tensor | None = None  # native PCM: the drifted weights' memory, reused every time point
     current: torch.Tensor | None = None
     baseline: torch.Tensor | None = None  # [T] drift-compensation readout at programming

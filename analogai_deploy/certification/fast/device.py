@@ -1,5 +1,5 @@
 """The fast engine's device state: programming and drift of every bank with aihwkit's noise model (or
-pcm.py's native pass), and the drift compensation's readout."""
+hardware/pcm.py's native pass), and the drift compensation's readout."""
 from __future__ import annotations
 
 import torch
@@ -13,7 +13,7 @@ BATCH_ELEMENTS = 1 << 18
 
 
 class DeviceState:
-    """FastLayer's programming and drift (aihwkit's own classes, or pcm.py's native pass for its PCM)."""
+    """FastLayer's programming and drift (aihwkit's own classes, or hardware/pcm.py's native pass for its PCM)."""
 
     def _readout_args(self) -> tuple[float, float, float, float]:
         """native readout's periphery: (q1, out_noise, ADC step or 0, out_bound or 0)."""
@@ -99,7 +99,7 @@ class DeviceState:
         batched = self._batched_model()
         nm = self.noise_model
         for bank in self.banks:
-            if pcm.available(nm, bank.ref):  # aihwkit's PCM maths in one native pass (pcm.py)
+            if pcm.available(nm, bank.ref):  # aihwkit's PCM maths in one native pass (hardware/pcm.py)
                 bank.programmed, bank.nu, bank.q = pcm.program(bank.ref, nm)
             elif batched:  # the same element-wise functions aihwkit's apply_programming_noise calls, per tile ratios
                 progs, nus = [], []

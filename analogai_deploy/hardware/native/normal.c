@@ -1,5 +1,5 @@
 /* out = x + scale * z, z ~ N(0, 1) i.i.d., for the training weight noise (hardware/native loads this), and
- * the fast certify engine's tile periphery in one pass (certification/fast.py): `periphery`, `readout`.
+ * the fast certify engine's tile periphery in one pass (certification/fast/periphery.py): `periphery`, `readout`.
  *
  * Bits: counter-based SplitMix64 (Steele, Lea, Flood 2014; Java's SplittableRandom), 64 bits per pair
  * of normals: word i of a call is mix(seed + (i + 1) * GAMMA). Transform: Box-Muller with 24-bit
@@ -219,7 +219,7 @@ void readout_many(const float *w, int64_t T, int64_t n, float q1, float sigma, f
         means[t] = readout(w + t * n, n, q1, sigma, step, bound, mix(seed + (uint64_t)(t + 1) * GAMMA), peaks + t);
 }
 
-/* ---- PCM conductances (certification/fast.py): aihwkit 1.1's PCMLikeNoiseModel on a
+/* ---- PCM conductances (certification/fast/device.py): aihwkit 1.1's PCMLikeNoiseModel on a
  * SinglePairConductanceConverter with g_min = 0, the maths of its apply_programming_noise_to_conductance,
  * generate_drift_coefficients and apply_drift_noise_to_conductance, element-wise in float32.
  *
@@ -389,7 +389,7 @@ void pcm_drift(const float *p, const float *nu, const float *q, int64_t T, int64
     }
 }
 
-/* ---- conv noise management (certification/fast.py): aihwkit's ABS_MAX per im2col patch, without im2col */
+/* ---- conv noise management (certification/fast/kernels.py): aihwkit's ABS_MAX per im2col patch, without im2col */
 
 /* The number of zeros in x[0:n] (the fused conv's DAC term counts the non-zero inputs). */
 int64_t count_zeros(const float *x, int64_t n) {
@@ -471,7 +471,7 @@ float add_normal_rel(const float *x, float *out, int64_t n, float rel, uint64_t 
     return scale;
 }
 
-/* ---- the training tile of one Linear layer (analog/hardware.py `fused_linear`): its weights, DAC and ADC
+/* ---- the training tile of one Linear layer (hardware/fused.py `fused_linear`): its weights, DAC and ADC
  * in three passes instead of a dozen torch operations, each a temporary the size of the weights or the
  * activations. One counter stream per call (seeded from torch's generator), consumed in row order. */
 
