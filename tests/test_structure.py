@@ -113,3 +113,37 @@ def test_every_top_level_module_sits_in_a_layer_and_the_architecture_page_names_
     shown = re.findall(r"(?<![\w.])(_?[a-z_]+?)(?:/|\.py)?(?=[\s,|]|$)", diagram.group(1), re.M)
     assert [n for n in layered if n not in shown] == [], "layers missing from docs/architecture.md"
 
+
+
+# file names the docs and comments use as examples of a user's own file, not files of this repository
+EXAMPLE_FILES = {"file.py", "mymodels.py", "evil.py"}
+
+
+def _named_sources() -> list[tuple[str, Path, str]]:
+    """(path:line, a `.py` path the line names, its text): every page and every module comment or docstring."""
+    texts = [*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md"), *PKG.rglob("*.py"), *PKG.rglob("*.c"),
+             *(ROOT / "bench").glob("*.py"), *(ROOT / "scripts").glob("*"), ROOT / "Makefile"]
+    named = []
+    for path in texts:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for name in re.findall(r"(?<![\w./-])((?:[\w.-]+/)*[\w-]+\.py)\b", line):
+                named.append((f"{path.relative_to(ROOT)}:{number}", Path(name), line.strip()))
+    return named
+
+
+def test_every_module_path_the_docs_and_comments_name_exists():
+    """A moved or renamed module leaves no stale path behind: `hardware/pcm.py` or `analogai_deploy/api.py`
+    names a file of the repository (from its root or the package's), and a bare `fast.py` the name of one."""
+    names = {p.name for top in (PKG, ROOT / "tests", ROOT / "bench", ROOT / "scripts") for p in top.rglob("*.py")}
+    names |= {p.name for p in ROOT.glob("*.py")}
+    stale = []
+    for where, name, line in _named_sources():
+        if len(name.parts) > 1:
+            if not (ROOT / name.parts[0]).exists() and not (PKG / name.parts[0]).exists():
+                continue  # another project's path (aihwkit's) or a placeholder (path/to/file.py)
+            found = (ROOT / name).is_file() or (PKG / name).is_file()
+        else:
+            found = name.name in names or name.name in EXAMPLE_FILES
+        if not found:
+            stale.append(f"{where}: {name}")
+    assert stale == [], "paths naming no file:\n" + "\n".join(stale)

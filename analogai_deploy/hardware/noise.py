@@ -213,10 +213,10 @@ RANGE, RANGE_SEEN = "analog_input_range", "analog_input_range_seen"
 
 
 class _RangeClip(torch.autograd.Function):
-    """clamp(x, -r, r), aihwkit-lightning's StraightThroughClamp + InputRangeForward (nn/modules/torch_utils/
-    torch_linear.py): x's gradient is zero where it clipped; r's is (the negative part of the gradient of the
-    inputs clipped at +r, minus the positive part of those at -r) times r, plus decay x r while more than
-    input_min_percentage of the inputs lie inside."""
+    """clamp(x, -r, r), aihwkit-lightning's StraightThroughClamp + InputRangeForward
+    (nn/modules/torch_utils/torch_linear.py): x's gradient is zero where it clipped; r's is (the negative part of
+    the gradient of the inputs clipped at +r, minus the positive part of those at -r) times r, plus decay x r
+    while more than input_min_percentage of the inputs lie inside."""
 
     @staticmethod
     def forward(ctx, x, r, decay, inside_min):
