@@ -55,7 +55,7 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None, rpu) -> nn.Module:
     return AnalogLinear.from_digital(digital_linear(weight, bias), copy.deepcopy(rpu))
 
 
-def _explicit_padding(conv: nn.Module) -> list[int] | None:
+def explicit_padding(conv: nn.Module) -> list[int] | None:
     """F.pad amounts (last dim first) equal to the conv's padding, or None when aihwkit can take it as is."""
     k, d = conv.kernel_size, conv.dilation
     if isinstance(conv.padding, str):
@@ -95,7 +95,7 @@ class GroupedConv(nn.Module):
         self.in_per_group = conv.in_channels // conv.groups
         self.out_per_group = conv.out_channels // conv.groups
         self.kernel, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
-        self.pad = _explicit_padding(conv)
+        self.pad = explicit_padding(conv)
         self.pad_mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
         tiles = []
         for g in range(conv.groups):
@@ -211,7 +211,8 @@ def _replacement(kind: str, module: nn.Module, rpu) -> nn.Module:
                           f"{type(module).__name__}`) and convert again, or certify without it")
 
 
-def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` at the dotted `name` inside `root` (both engines swap placement layers for tiles with it)."""
     parent, _, child = name.rpartition(".")
     holder = root.get_submodule(parent) if parent else root
     holder._modules[child] = module
@@ -253,7 +254,7 @@ def to_aihwkit(digital: nn.Module, placement, rpu) -> tuple[nn.Module, list[str]
             # weights the forward uses, this copy is never computed with
             new.weight = module.weight.detach()
         if entry.name:
-            _set(model, entry.name, new)
+            set_module(model, entry.name, new)
         else:
             model = new
         simulated.append(entry.name)

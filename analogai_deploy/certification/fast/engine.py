@@ -112,7 +112,7 @@ class FastModel(nn.Module):
         derived; without one, the default conversion's placement of `digital` (as bench.simulate)."""
         super().__init__()
         from ...analog.placement import plan
-        from ...analog.tiles import _set
+        from ...analog.tiles import set_module
 
         self.model = copy.deepcopy(digital).eval()
         self.placement = placement if placement is not None else plan(self.model)
@@ -137,7 +137,7 @@ class FastModel(nn.Module):
                 self.layers.append(layer)
             if new is not module:
                 if entry.name:
-                    _set(self.model, entry.name, new)
+                    set_module(self.model, entry.name, new)
                 else:
                     self.model = new
             self.simulated.append(entry.name)

@@ -87,12 +87,12 @@ class FastLayer(DeviceState, Periphery, Kernels):
         """The conv's kernel, stride, padding and dilation (a Conv1d's in 2-d, height 1), and the explicit
         padding applied before it where tiles.GroupedConv pads explicitly (string padding, a non-zero padding
         mode, every Conv3d: its im2col does not pad)."""
-        from ...analog.tiles import _explicit_padding
+        from ...analog.tiles import explicit_padding
 
         k, s, p, d = m.kernel_size, m.stride, m.padding, m.dilation
         self.pad, self.pad_mode = None, "constant"
         if self.dims == 3 or isinstance(p, str) or m.padding_mode != "zeros":
-            pad = _explicit_padding(m)
+            pad = explicit_padding(m)
             self.pad = pad if any(pad) else None
             self.pad_mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
             p = (0,) * len(k)
