@@ -129,3 +129,12 @@ def test_convert_names_exclude_types_and_the_cli_its_flag(tmp_path, cli):
         ad.convert("lenet", ad.AnalogConfig(exclude_types=["Conv3x"]), tmp_path / "p", num_classes=10)
     code, _, err = cli("convert", "lenet", "--exclude-type", "Conv3x", "-o", tmp_path / "p")
     assert code == 2 and "--exclude-type Conv3x names no analog-capable layer type" in err
+
+
+def test_to_aihwkit_takes_certifys_chip_keywords_as_certify_declares_them():
+    """The two verbs list the chip settings each (typed signatures); the lists cannot drift apart."""
+    chip = inspect.signature(ad.to_aihwkit).parameters
+    cert = inspect.signature(ad.certify).parameters
+    for name, p in chip.items():
+        if p.kind is p.KEYWORD_ONLY:
+            assert name in cert and (p.annotation, p.default) == (cert[name].annotation, cert[name].default), name

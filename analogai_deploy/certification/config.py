@@ -18,10 +18,9 @@ from .._config import ChoiceConfig
 from ..analog.mapping import MAPPING_FIELDS, MappingConfig, package_mapping
 from ..errors import UsageError, unknown
 from ..hardware.devices import DeviceConfig, IOSettings, fixed_times, rpu_config
-from ..metrics import parse_time, parse_times
+from ..metrics import DEFAULT_TIMES, parse_time, parse_times
 from .simulators import SIMULATORS
 
-DEFAULT_TIMES = "1s,1h,1d,1y"
 #: the seed's config names (and short forms) accepted as KEY=VALUE overrides
 ALIASES = {
     "inference.platform.aihwkit.device": "device", "inference.platform.aihwkit.n_w": "n_w",
@@ -102,7 +101,7 @@ class CertifyConfig(ChoiceConfig):
             raise UsageError(f"limit must be >= 1, got {self.limit}")
         self.time_points()  # validate early
 
-    def time_points(self, default: str | list[str] = DEFAULT_TIMES) -> list[tuple[str, float]]:
+    def time_points(self, default: str | list[str] | tuple[str, ...] = DEFAULT_TIMES) -> list[tuple[str, float]]:
         points = parse_times(self.times or default)
         if self.max_drop is not None:
             at = parse_time(self.at)

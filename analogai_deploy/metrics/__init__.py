@@ -16,8 +16,8 @@ bad direction on whichever metric a certificate carries. The evaluation data its
 from .definitions import LM_METRICS, METRIC_CHOICES, METRICS, Metric, Scored, metric_info, resolve_metric
 from .scoring import batch_score, lm_rows, pooled, primary_output, run, score
 from .statistics import half_width, normalised, stats
-from .times import parse_time, parse_times
+from .times import DEFAULT_TIMES, parse_time, parse_times
 
 __all__ = ["LM_METRICS", "METRIC_CHOICES", "METRICS", "Metric", "Scored", "metric_info", "resolve_metric",
            "batch_score", "lm_rows", "pooled", "primary_output", "run", "score", "half_width", "normalised", "stats",
-           "parse_time", "parse_times"]
+           "DEFAULT_TIMES", "parse_time", "parse_times"]

@@ -6,6 +6,8 @@ import re
 
 from ..errors import UsageError
 
+DEFAULT_TIMES = ("1s", "1h", "1d", "1y")  # certify's time grid, and the recipe's device times
+
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 365 * 86400.0}
 
 

@@ -9,9 +9,9 @@ from .._config import ChoiceConfig, StrictConfig
 from ..errors import UsageError
 from ..hardware.clipping import Clip
 from ..hardware.noise import Model, Scale
+from ..metrics import DEFAULT_TIMES
 
 #: the times after programming noise.model=device trains for: certify's default grid
-DEVICE_TIMES = ("1s", "1h", "1d", "1y")
 #: noise.scale's words before it took the mapping's (weight_scaling): a user's recipe file still loads
 OLD_SCALE = {"tensor": "tile", "channel": "column"}
 
@@ -50,7 +50,7 @@ class NoiseModelConfig(ChoiceConfig):
     outliers: Literal["none", "digital"] = "none"
     outlier_std: float = 3.0
     input_scaling: Literal["none", "package"] = "none"
-    times: list[str] = field(default_factory=lambda: list(DEVICE_TIMES))
+    times: list[str] = field(default_factory=lambda: list(DEFAULT_TIMES))
     clip_when: Literal["forward", "step"] = "forward"
     slicing_factor: float | None = None
 
@@ -62,7 +62,7 @@ class NoiseModelConfig(ChoiceConfig):
                 del d[key]
         if d["outliers"] == "none" and d["outlier_std"] == 3.0:
             del d["outliers"], d["outlier_std"]
-        if d["times"] == list(DEVICE_TIMES):
+        if d["times"] == list(DEFAULT_TIMES):
             del d["times"]
         return d
 
