@@ -18,6 +18,14 @@ from analogai_deploy.errors import OperationFailed, UsageError
 from analogai_deploy.exporter import metadata as meta_io
 from analogai_deploy.exporter import validate
 
+def _digital(path: Path) -> tuple[package.Package, torch.nn.Module]:
+    """The package (sha256 checked) and its model with the analog layers back to digital, as export builds it."""
+    from analogai_deploy.analog.convert import to_digital
+
+    pkg = package.load(path)
+    return pkg, to_digital(pkg.model).eval()
+
+
 def _copy(src: Path, tmp_path: Path, name: str = "pkg") -> Path:
     dest = tmp_path / name
     shutil.copytree(src, dest)
@@ -101,10 +109,9 @@ def test_broken_graph_is_a_mismatch_and_writes_nothing(lenet_pkg, tmp_path):
     # the validator on its own: a tampered graph fails, the untouched one passes
     ad.export(pkg_dir)
     good = onnx.load(str(pkg_dir / "model.onnx"))
-    from analogai_deploy.exporter import _fresh_digital
     from analogai_deploy.exporter.graph import build
 
-    _, model, _ = _fresh_digital(pkg_dir)
+    _, model = _digital(pkg_dir)
     x = (torch.randn(4, 1, 8, 8),)
     graph = build(model, package.read_config(pkg_dir), x)
     ok = validate.compare(good.SerializeToString(), graph.module, x, ["input"], ["logits"], 1e-4, 1e-3)
@@ -335,10 +342,9 @@ def test_cli_mismatch_exits_1_and_leaves_no_file(tmp_path, cli):
 
 def test_dynamo_exporter_fallback_path(lenet_pkg, capsys):
     """The torch.export-based exporter (used when tracing fails) gives a graph that passes the same check."""
-    from analogai_deploy.exporter import _fresh_digital
     from analogai_deploy.exporter.graph import build, to_onnx
 
-    pkg, model, _ = _fresh_digital(lenet_pkg)
+    pkg, model = _digital(lenet_pkg)
     x = torch.randn(2, 1, 8, 8)
     graph = build(model, pkg.config, (x,))
     raw, exporter, failures = to_onnx(graph, (x,), 18, exporters=("dynamo",))

@@ -115,17 +115,6 @@ def export(
     return _export_onnx(path, config, graph_pass, dest, overwrite)
 
 
-def _fresh_digital(path: Path):
-    """A freshly loaded copy of the package's model (sha256 checked), analog layers back to digital."""
-    from ..analog.convert import to_digital
-    from ..package import load
-
-    pkg = load(path)
-    names = pkg.placement.names
-    model = to_digital(pkg.model).eval()
-    return pkg, model, names
-
-
 def _reference(pkg) -> Any:
     """The package's own analog-aware model, as recover left it (QAT quantizers included), to run with
     noise off: the function the exported graph must reproduce. Call before to_digital(pkg.model)."""
