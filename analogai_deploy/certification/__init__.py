@@ -10,11 +10,13 @@ layer that cannot be simulated stops certify (exit 1) naming it. The modules, on
 
     config.py       CertifyConfig, the keyword settings that make one, its resolution for a package
     simulators.py   the engines (aihwkit's tiles, the fast engine of fast/) behind one interface, by name
+    simulated.py    the package's mapping applied: what both engines start from, and what stays digital
     bench.py        what every run of a package shares (digital model, inputs, reference, mapping), its chip
     montecarlo.py   repeats, seeds and streams, the spread over ranks, repeats=auto
     certificate.py  results, the gate's drop and verdict (shared with the zoo's gate), writing it
     hint.py         a missed text gate measured again with the digital-outlier split
     sweep.py        the metric vs one device setting
+    plots.py        the PNG plots of a certificate and of a sweep
 certificate.json, certificate.png and the card are written into the package.
 """
 from __future__ import annotations
