@@ -44,4 +44,7 @@ def main(overrides: list[str]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
     print(main(sys.argv[1:]))

@@ -12,7 +12,7 @@ import torch
 import analogai_deploy as ad
 from analogai_deploy import package
 from analogai_deploy.hardware.probe import choose_tile, tile_support
-from analogai_deploy.certification import CertifyConfig, apply_overrides, parse_sweep, resolve
+from analogai_deploy.certification import CertifyConfig, parse_settings, parse_sweep, resolve
 from analogai_deploy.certification.bench import load, simulate
 from analogai_deploy.certification.montecarlo import monte_carlo
 from analogai_deploy.hardware.devices import DeviceConfig, rpu_config
@@ -275,9 +275,9 @@ def test_seed_config_names_work_as_overrides(pkg, cli):
     assert code == 0, err
     cert = json.loads(out)
     assert cert["device"]["name"] == "ReRAM-CMO" and cert["device"]["n_w"] == 0
-    assert apply_overrides(["inference.platform.aihwkit.n_w=0.2", "dac_bits=8"]) == {"n_w": "0.2", "dac_bits": "8"}
+    assert parse_settings(["inference.platform.aihwkit.n_w=0.2", "dac_bits=8"]) == {"n_w": "0.2", "dac_bits": "8"}
     with pytest.raises(UsageError, match="unknown setting"):
-        apply_overrides(["inference.platform.aihwkit.nw=0.2"])
+        parse_settings(["inference.platform.aihwkit.nw=0.2"])
     code, _, err = cli("certify", pkg, "--device", "PCM", "inference.platform.aihwkit.device=ReRAM")
     assert code == 2 and "given twice" in err
 

@@ -37,14 +37,14 @@ from ..metrics import METRICS, statistics
 from . import certificate as cert_io
 from .bench import chip, load
 from .certificate import Certificate, destination
-from .config import ALIASES, CertifyConfig, Resolved, apply_overrides, resolve, settings_config
+from .config import ALIASES, CertifyConfig, Resolved, parse_settings, resolve, settings_config
 from .hint import HINT_REPEATS, hint_line, split_hint
 from .montecarlo import STREAMS, adaptive, spread
 from .simulators import SIMULATORS, Simulator
 from .sweep import parse_sweep, sweep, sweep_plan
 
 __all__ = ["certify", "sweep", "to_aihwkit", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings",
-           "CustomDevice", "MappingConfig", "DEVICES", "PRESETS", "METRICS", "apply_overrides", "parse_sweep",
+           "CustomDevice", "MappingConfig", "DEVICES", "PRESETS", "METRICS", "parse_settings", "parse_sweep",
            "resolve", "settings_config", "Resolved", "destination", "sweep_plan", "hint_line", "HINT_REPEATS",
            "ALIASES", "MAPPING_FIELDS", "SIMULATORS", "Simulator"]
 

@@ -110,7 +110,7 @@ class CertifyConfig(ChoiceConfig):
         return points
 
 
-def apply_overrides(overrides: list[str] | None) -> dict[str, str]:
+def parse_settings(overrides: list[str] | None) -> dict[str, str]:
     """KEY=VALUE strings (the seed's `inference.platform.aihwkit.n_w=0.2` too) -> {setting: value}."""
     out: dict[str, str] = {}
     valid = set(ALIASES) | {"device", "preset", "tile", "repeats", "seed", "times", "data", "metric"} | set(

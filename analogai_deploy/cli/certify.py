@@ -139,7 +139,7 @@ def certify(
              "tile_size": tile_size, "drift_compensation": drift_compensation, "n_w": n_w,
              "w_noise_type": w_noise_type, "preset": preset, "tile": tile, "times": times, "repeats": repeats,
              "seed": seed, "data": data, "metric": None if metric == "auto" else metric}
-    for key, value in cert_mod.apply_overrides(overrides).items():
+    for key, value in cert_mod.parse_settings(overrides).items():
         if given.get(key) is not None and str(given[key]) != value:
             raise UsageError(f"{key} is given twice ({given[key]} and {value})", "pass it once")
         given[key] = value
