@@ -2,6 +2,7 @@
 
 Serialised form (torchao style): {"_type": "AnalogConfig", "_version": 1, "_data": {...}};
 `config_from_dict` only builds classes registered here (an allow-list), never arbitrary ones.
+config.json's typed sections are written in it and read by `read_section` (the one reader).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from .errors import UsageError, closest, unknown
+from .errors import PackageError, UsageError, closest, unknown
 
 T = TypeVar("T", bound="StrictConfig")
 _REGISTRY: dict[str, type[StrictConfig]] = {}
@@ -68,6 +69,32 @@ def config_from_dict(blob: dict[str, Any]) -> StrictConfig:
     if blob.get("_version") != cls._version:
         raise UsageError(f"{name} version {blob.get('_version')} is not supported (this toolkit reads {cls._version})")
     return cls.from_dict(blob.get("_data", {}))
+
+
+def read_section(config: dict[str, Any], key: str, cls: type[T]) -> T | None:
+    """config.json section `key` as `cls`, or None where it is absent: the envelope (`serialise`) or the bare
+    dict packages were written with before it (version 1 of its type), read as stored, never rewritten, so
+    an older package's hashes stay what its certificate recorded."""
+    blob = config.get(key)
+    if blob is None:
+        return None
+    data, version = blob, 1
+    if isinstance(blob, dict) and "_type" in blob:
+        name, version, data = blob.get("_type"), blob.get("_version"), blob.get("_data")
+        if name != cls.__name__:
+            raise PackageError(f"config.json section {key!r} is of type {_show(name)}, not {cls.__name__}",
+                               "the package was edited or written by another tool: convert the model again")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise PackageError(f"config.json section {key!r} has a malformed version {_show(version)}",
+                               "the package was edited: fetch it again or convert the model again")
+        if version > cls._version:
+            raise PackageError(f"config.json section {key!r} is {cls.__name__} version {version}; this toolkit "
+                               f"reads up to version {cls._version}", "upgrade analogai-deploy to read this package")
+    try:
+        return cls.from_dict(data, where=f"{key}.")
+    except (UsageError, TypeError) as exc:  # TypeError: a required field is missing
+        raise PackageError(f"config.json section {key!r} is malformed: {exc}",
+                           "the package was edited: fetch it again or convert the model again") from None
 
 
 def _show(value: Any, limit: int = 80) -> str:

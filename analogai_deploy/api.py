@@ -80,10 +80,10 @@ def convert(
         "num_classes": src.num_classes,
         "input": src.input,
         **({"tokenizer": src.tokenizer} if src.tokenizer else {}),
-        "analog": config.to_dict(),
+        "analog": config.serialise(),  # typed sections: the envelope (_config.read_section reads it)
         "placement": placement.to_dict(),
         # how the weights and signals go onto tiles; certify uses it unless told otherwise (analog/mapping.py)
-        "mapping": (mapping or MappingConfig()).complete().to_dict(),
+        "mapping": (mapping or MappingConfig()).complete().serialise(),
         "conversion": placement.conversion_summary(),  # the counts, for readers of older packages' summary
         "provenance": {
             "created": now(),

@@ -44,7 +44,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .._config import ChoiceConfig
+from .._config import ChoiceConfig, read_section
 from ..errors import UsageError
 from ..hardware.clipping import Clip, clamp, clip_bound
 from ..hardware.devices import IOSettings
@@ -168,7 +168,7 @@ class MappingConfig(ChoiceConfig):
 
 def package_mapping(config: dict[str, Any]) -> MappingConfig:
     """The mapping a package records; a package written before mapping options existed ran LEGACY."""
-    block = config.get("mapping")
+    block = read_section(config, "mapping", MappingConfig)
     if block is None:
         return MappingConfig.from_dict(LEGACY)
     return MappingConfig().over(block)

@@ -3,8 +3,8 @@
     cfg = QuantConfig(w_bits=8, a_bits=8)
     qat.attach(model, cfg)                      # every analog layer now computes with quantized W and x
     ... train ...
-    config["quantization"] = qat.describe(model, cfg)
-    qat.restore(model, config["quantization"])  # package.load does this
+    config["quantization"] = qat.describe(model, cfg).serialise()
+    qat.restore(model, quant_record)             # package.load does this (quant_record: package.section)
 
 Weights: symmetric, per output channel, scale = max|W_row| / (2^(w_bits-1) - 1), recomputed from the
 current weights every forward (so nothing but the bit width needs saving). The output-channel axis is
@@ -253,7 +253,29 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
             q.act_max = observed[id(q)]
 
 
-def describe(model: nn.Module, cfg: QuantConfig | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class QuantRecord(StrictConfig):
+    """config.json's "quantization" section (`describe`): the QuantConfig trained with, the scheme in words,
+    each quantized layer's frozen activation range and weight axis, and the tile's ADC bits where matched."""
+
+    w_bits: int
+    a_bits: int
+    layers: dict[str, dict[str, Any]]
+    act_range: ActRange = "ema"
+    ema_momentum: float = 0.1
+    match_tile: bool = False
+    scheme: str = ""
+    out_bits: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as `describe` wrote it before the envelope (certificates and export copy it)."""
+        out = {"w_bits": self.w_bits, "a_bits": self.a_bits, "act_range": self.act_range,
+               "ema_momentum": self.ema_momentum, "match_tile": self.match_tile, "scheme": self.scheme,
+               "layers": self.layers}
+        return out if self.out_bits is None else {**out, "out_bits": self.out_bits}
+
+
+def describe(model: nn.Module, cfg: QuantConfig | None = None) -> QuantRecord:
     """The package config section "quantization" (read by package.load, export and certify)."""
     cfg = resolve(cfg or QuantConfig())
     layers: dict[str, dict[str, Any]] = {}
@@ -263,34 +285,24 @@ def describe(model: nn.Module, cfg: QuantConfig | None = None) -> dict[str, Any]
             raise UsageError(f"layer {name!r} has no weight quantizer", "call qat.attach(model, cfg) before describe")
         act_max = None if aq is None or aq.act_max is None else round(float(aq.act_max), 8)
         layers[name] = {"act_max": act_max, "weight_axis": wq.axis}
-    section: dict[str, Any] = {
-        "w_bits": cfg.w_bits,
-        "a_bits": cfg.a_bits,
-        "act_range": cfg.act_range,
-        "ema_momentum": cfg.ema_momentum,
-        "match_tile": cfg.match_tile,
-        "scheme": "symmetric; weights per output channel (scale = max|W_row| / (2^(w_bits-1)-1)); "
-                  "inputs per tensor (scale = act_max / (2^(a_bits-1)-1))",
-        "layers": layers,
-    }
-    if cfg.match_tile:  # aihwkit is imported only here: it is slow to import
-        section["out_bits"] = tile_bits()[1]
-    return section
+    return QuantRecord(
+        w_bits=cfg.w_bits, a_bits=cfg.a_bits, layers=layers, act_range=cfg.act_range, ema_momentum=cfg.ema_momentum,
+        match_tile=cfg.match_tile,
+        scheme="symmetric; weights per output channel (scale = max|W_row| / (2^(w_bits-1)-1)); "
+               "inputs per tensor (scale = act_max / (2^(a_bits-1)-1))",
+        # aihwkit is imported only here: it is slow to import
+        out_bits=tile_bits()[1] if cfg.match_tile else None)
 
 
-def restore(model: nn.Module, section: dict[str, Any]) -> QuantConfig:
+def restore(model: nn.Module, section: QuantRecord) -> QuantConfig:
     """Re-attach the quantizers recorded by `describe`, with their frozen activation ranges."""
-    if not isinstance(section, dict) or not isinstance(section.get("layers"), dict):
-        raise PackageError("config.json's 'quantization' section is malformed (no 'layers' mapping)",
-                           "re-run recover with recovery.qat=true")
     try:
-        cfg = QuantConfig(w_bits=int(section["w_bits"]), a_bits=int(section["a_bits"]),
-                          act_range=section.get("act_range", "ema"),
-                          ema_momentum=float(section.get("ema_momentum", 0.1)))
-    except (KeyError, TypeError, ValueError, UsageError) as exc:
+        cfg = QuantConfig(w_bits=section.w_bits, a_bits=section.a_bits, act_range=section.act_range,
+                          ema_momentum=section.ema_momentum)
+    except UsageError as exc:
         raise PackageError(f"config.json's 'quantization' section is invalid: {exc}") from None
     layers = dict(quantized_layers(model))
-    recorded = section["layers"]
+    recorded = section.layers
     missing = sorted(set(layers) - set(recorded))
     extra = sorted(set(recorded) - set(layers))
     if missing or extra:

@@ -259,15 +259,17 @@ def _with_io(cfg: CertifyConfig, **io: Any) -> CertifyConfig:
 
 def _match_qat(cfg: CertifyConfig, pkg_config: dict[str, Any]) -> CertifyConfig:
     """--match-qat: the DAC resolves what QAT trained the activations for (a_bits)."""
-    quant = pkg_config.get("quantization")
-    if not quant or not quant.get("a_bits"):
+    from .. import package as pkg_io
+
+    quant = pkg_io.section(pkg_config, "quantization")
+    if not quant:
         raise UsageError("`match_qat`: this package has no quantization section with a_bits",
                          "recover it with a QAT recipe first, or drop `match_qat`")
     io = cfg.device.io
-    if io.dac_bits is not None and io.dac_bits != int(quant["a_bits"]):
-        raise UsageError(f"`match_qat` sets `dac_bits={quant['a_bits']}` but `dac_bits={io.dac_bits}` was also given",
+    if io.dac_bits is not None and io.dac_bits != quant.a_bits:
+        raise UsageError(f"`match_qat` sets `dac_bits={quant.a_bits}` but `dac_bits={io.dac_bits}` was also given",
                          "pass one of them")
-    return _with_io(cfg, dac_bits=int(quant["a_bits"]))
+    return _with_io(cfg, dac_bits=quant.a_bits)
 
 
 def _package_io(cfg: CertifyConfig) -> CertifyConfig:

@@ -49,6 +49,7 @@ def convert(
     from ..analog.config import AnalogConfig
     from ..analog.mapping import MappingConfig
     from ..analog.outliers import recorded_split_warning
+    from ..package import section
 
     out = output(json_, quiet)
     config = AnalogConfig(
@@ -62,7 +63,7 @@ def convert(
         input_shape=parse_shape(input_shape), tokenizer=tokenizer, seed=seed, overwrite=overwrite, mapping=mapping,
     )
     data = {"package": str(pkg.path), "weights_sha256": pkg.weights_sha256, "report": pkg.report.to_dict(),
-            "mapping": pkg.config["mapping"]}
+            "mapping": section(pkg.config, "mapping").to_dict()}
     split = f"\nmapping: {mapping.label()}" if mapping.outliers == "digital" else ""
     out.result(data, lambda d: f"{pkg.report.summary()}{split}\nwrote {d['package']}")
     if warning := recorded_split_warning(pkg.config):

@@ -119,7 +119,9 @@ def _reference(pkg) -> Any:
     """The package's own analog-aware model, as recover left it (QAT quantizers included), to run with
     noise off: the function the exported graph must reproduce. Call before to_digital(pkg.model)."""
     model = copy.deepcopy(pkg.model).eval()
-    section = pkg.config.get("quantization")
+    from .. import package as package_io
+
+    section = package_io.section(pkg.config, "quantization")
     if section:
         try:
             from ..analog import qat
@@ -155,11 +157,10 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass, dest: Path, overw
     from . import validate
 
     pkg = package_io.load(path)
-    analog_names = pkg.placement.names  # the record, not a re-derivation
     reference_model = _reference(pkg)
     model = to_digital(pkg.model).eval()
-    quant = pkg.config.get("quantization")
-    quantized, warnings = graph_io.apply_quantization(model, quant, analog_names) if quant else ([], [])
+    quant = package_io.section(pkg.config, "quantization")
+    quantized, warnings = graph_io.apply_quantization(model, quant) if quant else ([], [])
     inputs, source, note = validate.sample_inputs(pkg.config, config.samples)
     # traced at batch 2 (never 1, which tracing could bake in) and checked at `samples`: the dynamic axis
     trace = tuple(torch.cat([t, t])[:2] for t in inputs)

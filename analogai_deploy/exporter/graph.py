@@ -8,13 +8,16 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import OperationFailed, UsageError
 from ..tasks import Record, hf_output_name, output_kind
+
+if TYPE_CHECKING:
+    from ..analog.qat import QuantRecord
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 13, 20, 17  # 13: per-channel QuantizeLinear; 17: native LayerNormalization
 
@@ -215,22 +218,17 @@ def _hf_conv1d():
     return Conv1D
 
 
-def apply_quantization(model: nn.Module, quant: dict[str, Any], analog_names: list[str]) -> tuple[list[str], list[str]]:
+def apply_quantization(model: nn.Module, quant: QuantRecord) -> tuple[list[str], list[str]]:
     """Install QDQ fake quantizers as the package's `quantization` section (analog/qat.py) describes.
 
     Layers under `layers` get weight QDQ (per channel, on `weight_axis`) and input QDQ (per tensor,
-    `act_max`); without a `layers` map every formerly analog layer is quantized. Returns (quantized
-    layer names, notes).
+    `act_max`). Returns (quantized layer names, notes).
     """
-    try:
-        w_bits, a_bits = int(quant.get("w_bits", 8)), int(quant.get("a_bits", 8))
-    except (TypeError, ValueError):
-        raise OperationFailed(f"bad quantization section {quant!r}", "w_bits and a_bits must be integers") from None
+    w_bits, a_bits = quant.w_bits, quant.a_bits
     if not (2 <= w_bits <= 16 and 2 <= a_bits <= 16):
         raise OperationFailed(f"quantization bits w_bits={w_bits}, a_bits={a_bits} are outside 2..16",
                               "the package's quantization section is corrupt; recover again")
-    layers = quant.get("layers")
-    targets = dict(layers) if isinstance(layers, dict) else {n: {} for n in analog_names}
+    targets = quant.layers
     modules = dict(model.named_modules())
     conv1d = _hf_conv1d()
     done: list[str] = []

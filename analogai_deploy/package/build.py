@@ -7,8 +7,9 @@ from typing import Any
 
 from torch import nn
 
+from ..analog.qat import QuantRecord
 from ..errors import PackageError
-from .format import CONFIG, REFERENCE, WEIGHTS, Package, read_config
+from .format import CONFIG, REFERENCE, WEIGHTS, Package, read_config, section
 from .integrity import check_safetensors, verify, verify_reference
 
 
@@ -20,7 +21,7 @@ def load(path: str | Path, *, verify_hash: bool = True) -> Package:
         verify(path, config)
     else:
         check_safetensors(path / WEIGHTS)
-    return Package(path, config, *_build(path, config, path / WEIGHTS, config.get("quantization")))
+    return Package(path, config, *_build(path, config, path / WEIGHTS, section(config, "quantization")))
 
 
 def load_reference(pkg: Package, *, verify_hash: bool = True) -> nn.Module | None:
@@ -32,21 +33,20 @@ def load_reference(pkg: Package, *, verify_hash: bool = True) -> nn.Module | Non
     from ..analog.convert import to_digital
 
     file = verify_reference(pkg.path, pkg.config) if verify_hash else pkg.path / REFERENCE
-    model, _, _ = _build(pkg.path, pkg.config, file, pkg.config["reference"].get("quantization"))
+    model, _, _ = _build(pkg.path, pkg.config, file, section(pkg.config["reference"], "quantization"))
     return to_digital(model).eval()
 
 
-def _build(path: Path, config: dict[str, Any], weights: Path, quantization: dict[str, Any] | None):
+def _build(path: Path, config: dict[str, Any], weights: Path, quantization: QuantRecord | None):
     """(model, conversion report, placement): the architecture config.json names, analog as its placement
     says, with the tensors of `weights`."""
-    from ..analog.config import AnalogConfig
     from ..analog.convert import convert
     from ..analog.placement import Placement, plan
     from ..sources import rebuild
 
     _refuse_bundled_code(path, config["source"])
     model = rebuild(config["source"])
-    analog = AnalogConfig.from_dict(config["analog"])
+    analog = section(config, "analog")
     if "placement" in config:  # the record convert wrote: exactly those modules go analog
         placement = Placement.from_dict(config["placement"])
     else:  # a package made before the record: derive it once, the way convert did then

@@ -130,7 +130,10 @@ def _base_model(config: dict[str, Any]) -> str | None:
 def split_sentence(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> str | None:
     """The mixed-signal mapping in words (analog/outliers.py), with the certificate's measured shares of
     the tiles' weights and MACs and the sparse part's size; None for a pure-analog mapping."""
-    mapping = (certificate or {}).get("mapping") or config.get("mapping") or {}
+    from .format import section
+
+    recorded = section(config, "mapping")
+    mapping = (certificate or {}).get("mapping") or (recorded.to_dict() if recorded else {})
     if mapping.get("outliers") != "digital":
         return None
     head = (f"Mixed-signal mapping: each tile column's weights beyond {mapping.get('outlier_std', 3.0):g} std stay off "

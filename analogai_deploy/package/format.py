@@ -2,6 +2,8 @@
 
     config.json          what the model is and where it came from (source, analog settings, provenance,
                          the sha256 of the weights, and later recipe / quantization / certificate summary).
+                         Its typed sections (`SECTIONS`) are stored as {"_type", "_version", "_data"}
+                         (older packages: the bare dict) and read through `section`.
                          Hugging Face packages: the model's own transformers config, so AutoModel...,
                          AutoTokenizer and pipeline() load the folder as it is, with the toolkit's record
                          under its "analogai" key (`RECORD_KEY`; transformers keeps it as an unused attribute)
@@ -15,8 +17,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
+from .._config import StrictConfig, read_section
+from ..analog.config import AnalogConfig
+from ..analog.mapping import MappingConfig
+from ..analog.qat import QuantRecord
 from ..errors import PackageError, UsageError
 from ..tasks import Record
 from .storage import restore_interrupted_swap
@@ -80,6 +86,23 @@ class Package:
     def certificate(self) -> dict[str, Any] | None:
         p = self.path / CERTIFICATE
         return read_json(p) if p.exists() else None
+
+
+#: config.json's typed sections and their types
+SECTIONS: dict[str, type[StrictConfig]] = {"analog": AnalogConfig, "mapping": MappingConfig,
+                                           "quantization": QuantRecord}
+
+
+@overload
+def section(config: dict[str, Any], key: Literal["analog"]) -> AnalogConfig | None: ...
+@overload
+def section(config: dict[str, Any], key: Literal["mapping"]) -> MappingConfig | None: ...
+@overload
+def section(config: dict[str, Any], key: Literal["quantization"]) -> QuantRecord | None: ...
+def section(config: dict[str, Any], key: str) -> Any:
+    """Typed section `key` of a record (None where absent), in the envelope or the bare legacy form
+    (_config.read_section); every stage reads a typed section through here, never its dict."""
+    return read_section(config, key, SECTIONS[key])
 
 
 def safe_name(name: str) -> str:

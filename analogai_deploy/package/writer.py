@@ -21,8 +21,8 @@ from .. import lock
 from ..errors import PackageError, UsageError, no_room
 from ..provenance import sha256_file
 from . import storage
-from .format import (CARD, CERTIFICATE, CONFIG, FORMAT, FORMAT_VERSION, WEIGHTS, Package, config_json, foreign_entries,
-                     is_package, read_json, read_record, safe_name, short_list)
+from .format import (CARD, CERTIFICATE, CONFIG, FORMAT, FORMAT_VERSION, SECTIONS, WEIGHTS, Package, config_json,
+                     foreign_entries, is_package, read_json, read_record, safe_name, section, short_list)
 from .integrity import verify
 
 
@@ -81,7 +81,10 @@ def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = 
 def flat_metadata(config: dict[str, Any], certificate: dict[str, Any] | None = None) -> dict[str, str]:
     """The package metadata as flat string -> string under `analogai.` (safetensors header, ONNX metadata_props)."""
     keys = ("source", "task", "num_classes", "labels", "input", "analog", "mapping", "recipe", "quantization")
-    out = {f"analogai.{k}": json.dumps(config[k], sort_keys=True) for k in keys if config.get(k) is not None}
+    # the typed sections' plain dicts, as before the envelope (so a model's weights file stays byte-identical)
+    plain = {k: (v.to_dict() if k in SECTIONS else v) for k in keys
+             if (v := section(config, k) if k in SECTIONS else config.get(k)) is not None}
+    out = {f"analogai.{k}": json.dumps(v, sort_keys=True) for k, v in plain.items()}
     prov = config.get("provenance") or {}
     # No timestamps: the same model, seed and settings give a byte-identical weights file (and sha256).
     out["analogai.provenance"] = json.dumps(

@@ -94,7 +94,7 @@ def recover(
             check_recover(rec, data, recipe)
         if restart and distributed.is_main():
             discard_checkpoint(state_dir)  # a fresh run never mixes with an old checkpoint
-        default_sigma = pkg.config["analog"].get("sigma", 0.0)
+        default_sigma = pkg_mod.section(pkg.config, "analog").sigma
         model = pkg.model
         in_scaling = install_training_noise(pkg, model, rec, log)
         trainer = make_trainer(model, rec, ds, state_dir, identity=identity, placement=pkg.placement,

@@ -74,16 +74,19 @@ def recovered_package(pkg, rec: Recipe, ds, objective, trainer, result, final, *
         hardware_noise.apply(final, None, None)  # also takes the learned ranges off the layers: they go to the mapping
         # what it was trained for is what certify uses by default (the rest of the mapping stays the package's)
         config["mapping"] = MappingConfig.from_dict(hardware_noise.trained_mapping(rec.noise, rec.io, ranges)).over(
-            config.get("mapping")).to_dict()
+            pkg_mod.section(config, "mapping")).serialise()
     elif sets_key(overrides, "noise.outliers"):  # `--outliers none` with the seed's noise: the record drops the split
         from ..analog.mapping import MappingConfig
 
         config["mapping"] = MappingConfig(outliers=rec.noise.outliers, outlier_std=rec.noise.outlier_std).over(
-            config.get("mapping")).to_dict()
+            pkg_mod.section(config, "mapping")).serialise()
     if rec.recovery.qat and rec.training.engine == "msnat":
         from ..analog import qat
 
-        config["quantization"] = qat.describe(final, trainer.quant)
+        config["quantization"] = qat.describe(final, trainer.quant).serialise()
+    for key in pkg_mod.SECTIONS:  # an older package's bare sections go out in the envelope too
+        if config.get(key) is not None:
+            config[key] = pkg_mod.section(config, key).serialise()
     config["recipe"] = {"name": rec.name, "sha256": identity["recipe_sha256"], "type": "Recipe",
                         "version": rec._version, "resolved": rec.to_dict()}
     config["training"] = {
