@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import analogai_deploy as ad
+from analogai_deploy import package
 from analogai_deploy.analog.convert import analog_layers
 from analogai_deploy.analog.mapping import MappingConfig
 from analogai_deploy.errors import UsageError
@@ -140,7 +141,7 @@ def afm_lenet(lenet_pkg, tmp_path_factory):
 
 
 def test_afm_recover_records_learned_ranges_and_certify_uses_them_on_both_engines(afm_lenet):
-    mapping = json.loads((afm_lenet.path / "config.json").read_text())["mapping"]
+    mapping = package.section(json.loads((afm_lenet.path / "config.json").read_text()), "mapping").to_dict()
     ranges = mapping["input_ranges"]
     assert mapping["input_range"] == "learned" and mapping["input_scaling"] == "none"
     assert mapping["clip"] == "none"  # the weights were clipped in training; certify programs them as they are
@@ -175,8 +176,9 @@ def test_afm_on_a_tiny_text_model_distils_at_t1_and_certifies_on_both_engines(tm
                      overrides=["training.rounds=1", "training.batch_size=8"])
     obj = out.config["training"]["objective"]
     assert (obj["loss"], obj["temperature"], out.config["recipe"]["resolved"]["variant"]) == ("kl", 1.0, "text")
-    ranges = out.config["mapping"]["input_ranges"]
-    assert out.config["mapping"]["input_range"] == "learned" and len(ranges) == len(ad.load(out.path).placement.names)
+    mapping = package.section(out.config, "mapping")
+    ranges = mapping.input_ranges
+    assert mapping.input_range == "learned" and len(ranges) == len(ad.load(out.path).placement.names)
     for engine in ("fast", "aihwkit"):
         cert = ad.certify(out.path, repeats=1, times="1d", limit=8, write=False, engine=engine)
         assert cert["mapping"]["input_range"] == "learned" and 0 <= cert["results"][0]["mean"] <= 1

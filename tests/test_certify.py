@@ -336,7 +336,7 @@ def test_match_qat_sets_the_dac_to_the_activation_bits(pkg):
         loaded.model(torch.randn(32, 1, 8, 8))
     loaded.model.eval()
     config = package.read_config(pkg)
-    config["quantization"] = qat.describe(loaded.model, qcfg)
+    config["quantization"] = qat.describe(loaded.model, qcfg).serialise()
     package.write(pkg, config, base=pkg)
     cert = ad.certify(pkg, match_qat=True, write=False, **FAST)
     assert cert["device"]["dac_bits"] == 6

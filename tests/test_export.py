@@ -190,7 +190,7 @@ def test_qat_exports_as_qdq(lenet_pkg, tmp_path):
     (q_opt,) = _ort(pkg_dir / "model.onnx", {"input": x.numpy()})
     qat_model = ad.load(pkg_dir).model
     if not qat.is_attached(qat_model):
-        qat.restore(qat_model, section)
+        qat.restore(qat_model, qat.QuantRecord.from_dict(section))
     with torch.no_grad(), noise_off(qat_model):
         ref = qat_model(x).numpy()
     assert np.abs(q - ref).max() < 1e-4

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import analogai_deploy as ad
+from analogai_deploy import package
 from analogai_deploy.analog.layers import AnalogConv2d, AnalogLinear, AnalogState
 from analogai_deploy.errors import UsageError
 from analogai_deploy.hardware import pcm
@@ -148,7 +149,7 @@ def test_recover_records_the_mapping_and_io_it_trained_for(lenet_pkg, tmp_path, 
     code, _, err = cli("recover", str(lenet_pkg), "--recipe", "msnat_hw", "-o", str(out), "training.rounds=1",
                        "training.use_FI=false", "noise.clip=channel_std")
     assert code == 0, err
-    mapping = json.loads((out / "config.json").read_text())["mapping"]
+    mapping = package.section(json.loads((out / "config.json").read_text()), "mapping").to_dict()
     assert mapping["weight_scaling"] == "column" and mapping["clip"] == "channel_std"
     assert mapping["input_scaling"] == "none"  # msnat_hw trains without the package's (channel) input scaling
     assert {k: mapping["io"][k] for k in ("dac_bits", "adc_bits", "out_noise")} == {
@@ -209,7 +210,7 @@ def test_recover_trains_through_the_packages_input_scaling(lenet_pkg, tmp_path):
     rec = pkg.config["training"]["input_scaling"]
     assert rec["layers"] == 4 and rec["spec"] == "digits" and rec["split"] == "train"
     assert pkg.config["recipe"]["resolved"]["noise"]["input_scaling"] == "package"
-    assert pkg.config["mapping"]["input_scaling"] == "channel"  # trained for what certify then runs
+    assert package.section(pkg.config, "mapping").input_scaling == "channel"  # trained for what certify then runs
     assert "input_scaling" not in R.load("msnat_hw").to_dict()["noise"]  # absent at its default
 
 
@@ -249,7 +250,7 @@ def test_digital_outliers_train_the_split_certify_programs(lenet_pkg, tmp_path):
     ad.recover(lenet_pkg, "vanilla", "digits", output=out, overrides=[
         "training.rounds=1", "noise.scale=column", "noise.outliers=digital", "noise.outlier_std=2.5",
         "noise.input_scaling=package"])
-    mapping = json.loads((out / "config.json").read_text())["mapping"]
+    mapping = package.section(json.loads((out / "config.json").read_text()), "mapping").to_dict()
     assert (mapping["outliers"], mapping["outlier_std"]) == ("digital", 2.5)
     cert = ad.certify(out, repeats=1, times="1d", limit=32, write=False, engine="fast")
     assert cert["mapping"]["outliers"] == "digital" and cert["mapping"]["digital_outliers"]["weight_share"] > 0

@@ -45,7 +45,8 @@ def test_config_rejects_unknown_keys_and_values_and_merges_over_the_package():
 
 def test_convert_records_the_defaults_and_old_packages_read_as_legacy(lenet_pkg, tmp_path):
     config = json.loads((lenet_pkg / "config.json").read_text())
-    assert {k: config["mapping"][k] for k in MAPPING_FIELDS} == DEFAULTS
+    assert config["mapping"]["_type"] == "MappingConfig"  # the typed section's envelope
+    assert {k: config["mapping"]["_data"][k] for k in MAPPING_FIELDS} == DEFAULTS
     old = dict(config)
     old.pop("mapping")
     assert package_mapping(old).to_dict() == MappingConfig.from_dict(LEGACY).complete().to_dict()
@@ -143,7 +144,7 @@ def test_the_package_io_is_the_default_io_and_the_command_line_wins(pkg):
     from analogai_deploy import package
 
     config = json.loads((pkg / "config.json").read_text())
-    config["mapping"]["io"] = {"dac_bits": 8, "adc_bits": 8, "out_noise": 0.04}
+    config["mapping"]["_data"]["io"] = {"dac_bits": 8, "adc_bits": 8, "out_noise": 0.04}
     package.write(pkg, config, base=pkg)
     cert = ad.certify(pkg, **QUICK)
     assert (cert["device"]["dac_bits"], cert["device"]["adc_bits"], cert["device"]["out_noise"]) == (8, 8, 0.04)
@@ -191,7 +192,7 @@ def test_command_line_io_over_the_trained_io_is_recorded(pkg):
     from analogai_deploy import package
 
     config = json.loads((pkg / "config.json").read_text())
-    config["mapping"]["io"] = {"dac_bits": 7, "adc_bits": 9, "out_noise": 0.06}
+    config["mapping"]["_data"]["io"] = {"dac_bits": 7, "adc_bits": 9, "out_noise": 0.06}
     package.write(pkg, config, base=pkg)
     cert = ad.certify(pkg, dac_bits=8, **QUICK)
     assert cert["mapping"]["overridden"] == {"io": {"dac_bits": 8}} and cert["device"]["dac_bits"] == 8

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import analogai_deploy as ad
+from analogai_deploy import package
 from analogai_deploy.certification import HINT_REPEATS
 from analogai_deploy.analog.mapping import MappingConfig
 
@@ -25,7 +26,7 @@ def gpt2(tmp_path_factory):
 
 
 def _mapping(path):
-    return json.loads((path / "config.json").read_text())["mapping"]
+    return package.section(json.loads((path / "config.json").read_text()), "mapping").to_dict()
 
 
 def test_convert_records_the_split_and_certify_uses_it_by_default(cli, tmp_path):

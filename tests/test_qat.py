@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 
 import pytest
@@ -128,7 +129,7 @@ def test_hf_conv1d_quantizes_per_output_column_and_attention_runs():
         ref = mha(x, x, x)[0]
     assert out.shape == ref.shape and not torch.allclose(out, ref, atol=1e-4)
     qat.attach(holder, QuantConfig(w_bits=3))
-    assert qat.describe(holder, QuantConfig(w_bits=3))["layers"]["attn"]["act_max"] is None
+    assert qat.describe(holder, QuantConfig(w_bits=3)).layers["attn"]["act_max"] is None
 
 
 def test_describe_restore_round_trip_through_a_package(lenet_pkg, tmp_path):
@@ -152,10 +153,10 @@ def test_describe_restore_round_trip_through_a_package(lenet_pkg, tmp_path):
     model.eval()
     section = qat.describe(model, cfg)
     assert set(model.state_dict()) == keys_before  # nothing of QAT in the weight file
-    assert section["w_bits"] == 6 and section["a_bits"] == 5
-    assert all(v["act_max"] > 0 for v in section["layers"].values())
+    assert section.w_bits == 6 and section.a_bits == 5
+    assert all(v["act_max"] > 0 for v in section.layers.values())
 
-    config = dict(pkg.config, quantization=section)
+    config = dict(pkg.config, quantization=section.serialise())
     written = package.write(pkg_dir, config, model=model, base=pkg_dir)
     again = package.load(pkg_dir)
     for (name, a), (_, b) in zip(analog_layers(model), analog_layers(again.model)):
@@ -165,7 +166,7 @@ def test_describe_restore_round_trip_through_a_package(lenet_pkg, tmp_path):
     with torch.no_grad(), noise_off(model), noise_off(again.model):
         torch.testing.assert_close(again.model(xt), model(xt))
 
-    bad = dict(written.config, quantization=dict(section, layers={"nope": {"act_max": 1.0}}))
+    bad = dict(written.config, quantization=dataclasses.replace(section, layers={"nope": {"act_max": 1.0}}).serialise())
     package.write(pkg_dir, bad, base=pkg_dir)
     with pytest.raises(PackageError, match="does not fit the model"):
         package.load(pkg_dir)
@@ -220,7 +221,7 @@ def test_match_tile_takes_the_dac_bits():
     model.train()
     model(torch.randn(4, 1, 8, 8))
     section = qat.describe(model, cfg)
-    assert section["a_bits"] == 7 and section["out_bits"] == 9 and section["match_tile"] is True
+    assert section.a_bits == 7 and section.out_bits == 9 and section.match_tile is True
 
 
 TINY = ["training.rounds=1", "training.batch_size=128", "recovery.noise_2=null", "recovery.noise_3=null",
@@ -241,11 +242,11 @@ def test_msnat_with_sam_and_qat_end_to_end(cli, lenet_pkg, tmp_path):
     assert code == 0, stderr
     assert json.loads(stdout)["recipe"] == "msnat"
     pkg = package.load(out)
-    section = pkg.config["quantization"]
-    assert (section["w_bits"], section["a_bits"]) == (4, 8)  # qat=True alone: 8 bits, w_bits overridden
+    section = package.section(pkg.config, "quantization")
+    assert (section.w_bits, section.a_bits) == (4, 8)  # qat=True alone: 8 bits, w_bits overridden
     resolved = pkg.config["recipe"]["resolved"]["recovery"]
     assert resolved["optimizer"]["sam"] is True and resolved["qat"] is True
-    assert all(v["act_max"] > 0 for v in section["layers"].values())
+    assert all(v["act_max"] > 0 for v in section.layers.values())
     for name, layer in analog_layers(pkg.model):
         assert layer.analog.weight_quant.bits == 4
         assert _distinct_per_channel(noisy(layer.weight, layer.analog)) <= 16, name

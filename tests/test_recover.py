@@ -224,8 +224,8 @@ def test_robust_methods_compose_with_msnat(mlp_pkg, digits, tmp_path):
                          "recovery.quant.w_bits=6", "training.batch_size=128"]
     ad.recover(mlp_pkg, "msnat", digits, output=tmp_path / "q", overrides=over)
     cfg = json.loads((tmp_path / "q" / "config.json").read_text())
-    q = cfg["quantization"]
-    assert q["w_bits"] == 6 and q["layers"] and all(v["act_max"] > 0 for v in q["layers"].values())
+    q = package.section(cfg, "quantization")
+    assert q.w_bits == 6 and q.layers and all(v["act_max"] > 0 for v in q.layers.values())
     loaded = package.load(tmp_path / "q")
     from analogai_deploy.analog.convert import analog_layers
 
