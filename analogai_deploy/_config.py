@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from .errors import PackageError, UsageError, closest, unknown
 
 T = TypeVar("T", bound="StrictConfig")
+S = TypeVar("S")  # a config.json section's type: a StrictConfig, or a record with `_version` and `from_dict`
 _REGISTRY: dict[str, type[StrictConfig]] = {}
 
 
@@ -54,7 +55,12 @@ class StrictConfig:
         return dataclasses.asdict(self)
 
     def serialise(self) -> dict[str, Any]:
-        return {"_type": type(self).__name__, "_version": self._version, "_data": self.to_dict()}
+        return envelope(self)
+
+
+def envelope(section: Any) -> dict[str, Any]:
+    """The stored form of a typed section: its type, its version and its fields."""
+    return {"_type": type(section).__name__, "_version": section._version, "_data": section.to_dict()}
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
@@ -71,7 +77,7 @@ def config_from_dict(blob: dict[str, Any]) -> StrictConfig:
     return cls.from_dict(blob.get("_data", {}))
 
 
-def read_section(config: dict[str, Any], key: str, cls: type[T]) -> T | None:
+def read_section(config: dict[str, Any], key: str, cls: type[S]) -> S | None:
     """config.json section `key` as `cls`, or None where it is absent: the envelope (`serialise`) or the bare
     dict packages were written with before it (version 1 of its type), read as stored, never rewritten, so
     an older package's hashes stay what its certificate recorded."""
@@ -81,7 +87,7 @@ def read_section(config: dict[str, Any], key: str, cls: type[T]) -> T | None:
     data, version = blob, 1
     if isinstance(blob, dict) and "_type" in blob:
         name, version, data = blob.get("_type"), blob.get("_version"), blob.get("_data")
-        if name != cls.__name__:
+        if name != cls.__name__:  # only the class the key names is ever built (an allow-list of one)
             raise PackageError(f"config.json section {key!r} is of type {_show(name)}, not {cls.__name__}",
                                "the package was edited or written by another tool: convert the model again")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:

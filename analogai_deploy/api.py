@@ -81,7 +81,7 @@ def convert(
         "input": src.input,
         **({"tokenizer": src.tokenizer} if src.tokenizer else {}),
         "analog": config.serialise(),  # typed sections: the envelope (_config.read_section reads it)
-        "placement": placement.to_dict(),
+        "placement": placement.serialise(),
         # how the weights and signals go onto tiles; certify uses it unless told otherwise (analog/mapping.py)
         "mapping": (mapping or MappingConfig()).complete().serialise(),
         "conversion": placement.conversion_summary(),  # the counts, for readers of older packages' summary

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import analogai_deploy as ad
+from analogai_deploy.analog.placement import Placement
 from analogai_deploy.errors import UsageError
 from analogai_deploy.package import read_config
 
@@ -53,7 +54,7 @@ def test_gpt2_lm_is_a_causal_lm_with_eos_as_pad(folders, tmp_path):
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(tmp_path / "p").pad_token == "<|endoftext|>"  # shipped with the pad
-    kinds = {e["kind"] for e in config["placement"]["analog"]}
+    kinds = {e.kind for e in Placement.from_config(config).analog}
     assert kinds == {"hf_conv1d", "linear"}
     assert ad.convert(f"hf:{folders['gpt2']}", output=tmp_path / "q", task="text-generation").config["task"] == "causal-lm"
     with pytest.raises(UsageError, match="unknown Hugging Face task") as err:

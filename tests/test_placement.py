@@ -169,12 +169,12 @@ def test_certify_simulates_exactly_the_placement(tmp_path, cli):
     code, _, err = cli("convert", "lenet", "--keep-first-last", "-o", pkg)
     assert code == 0, err
     config = json.loads((pkg / "config.json").read_text())
-    planned = [e["name"] for e in config["placement"]["analog"]]
+    planned = Placement.from_config(config).names
     assert planned == ["4", "9"] and config["conversion"]["converted_layers"] == 2
     code, _, err = cli("certify", pkg, "--repeats", "1", "--times", "1s", "--limit", "16")
     assert code == 0, err
     cert = json.loads((pkg / "certificate.json").read_text())
-    assert cert["placement"] == {"sha256": config["placement"]["sha256"], "simulated": planned}
+    assert cert["placement"] == {"sha256": Placement.from_config(config).sha256, "simulated": planned}
     assert cert["conversion"]["analog_layers"] == 2 and cert["conversion"]["tiles"] == 2
     assert cert["conversion"]["digital_modules"] == {"Conv2d": 1, "Linear": 1, "BatchNorm2d": 2}
 
@@ -185,15 +185,16 @@ def test_load_follows_the_record_not_the_settings(tmp_path):
 
     pkg = ad.convert("lenet", output=tmp_path / "p")
     config = json.loads((tmp_path / "p" / "config.json").read_text())
-    record = Placement.from_dict(config["placement"])
+    record = Placement.from_config(config)
     record.analog = [e for e in record.analog if e.name != "0"]
-    config["placement"] = record.to_dict()
+    config["placement"] = record.serialise()
     (tmp_path / "p" / "config.json").write_text(json.dumps(config))
     loaded = ad.load(tmp_path / "p")
     assert [n for n, _ in analog_layers(loaded.model)] == ["4", "9", "11"]
     assert loaded.placement.sha256 == record.sha256 != pkg.placement.sha256
-    config["placement"]["analog"][0]["name"] = "nosuch"
-    config["placement"]["sha256"] = Placement.from_dict({**config["placement"], "sha256": None}).sha256
+    stored = config["placement"]["_data"]
+    stored["analog"][0]["name"] = "nosuch"
+    stored["sha256"] = Placement.from_dict({**stored, "sha256": None}).sha256
     (tmp_path / "p" / "config.json").write_text(json.dumps(config))
     with pytest.raises(PackageError, match="nosuch"):
         ad.load(tmp_path / "p")

@@ -252,7 +252,7 @@ def test_msnat_with_sam_and_qat_end_to_end(cli, lenet_pkg, tmp_path):
         assert _distinct_per_channel(noisy(layer.weight, layer.analog)) <= 16, name
     # export turns the recorded quantization into QDQ nodes and checks them against this model
     result = ad.export(out)
-    assert sorted(result.quantized_layers) == sorted(section["layers"]) and result.record["qdq"]
+    assert sorted(result.quantized_layers) == sorted(section.layers) and result.record["qdq"]
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 

@@ -11,6 +11,7 @@ import pytest
 from analogai_deploy import package
 from analogai_deploy.analog.config import AnalogConfig
 from analogai_deploy.analog.mapping import MappingConfig
+from analogai_deploy.analog.placement import Placement
 from analogai_deploy.errors import PackageError
 
 ZOO_MODEL = Path(__file__).resolve().parents[1] / "model_zoo" / "digits-cnn-msnat-pcm"
@@ -18,7 +19,7 @@ ZOO_MODEL = Path(__file__).resolve().parents[1] / "model_zoo" / "digits-cnn-msna
 
 def test_a_new_package_writes_its_typed_sections_in_the_envelope(lenet_pkg):
     stored = json.loads((lenet_pkg / "config.json").read_text())
-    for key, cls in (("analog", AnalogConfig), ("mapping", MappingConfig)):
+    for key, cls in (("analog", AnalogConfig), ("mapping", MappingConfig), ("placement", Placement)):
         assert set(stored[key]) == {"_type", "_version", "_data"}
         assert (stored[key]["_type"], stored[key]["_version"]) == (cls.__name__, cls._version)
         typed = package.section(stored, key)
@@ -27,18 +28,20 @@ def test_a_new_package_writes_its_typed_sections_in_the_envelope(lenet_pkg):
     flat = package.flat_metadata(stored)
     assert json.loads(flat["analogai.analog"]) == stored["analog"]["_data"]
     assert json.loads(flat["analogai.mapping"]) == stored["mapping"]["_data"]
+    assert flat["analogai.placement_sha256"] == stored["placement"]["_data"]["sha256"]
 
 
 def test_a_bare_legacy_section_reads_as_version_1_and_is_not_rewritten(lenet_pkg, tmp_path):
     pkg_dir = tmp_path / "old"
     shutil.copytree(lenet_pkg, pkg_dir)
     config = package.read_config(pkg_dir)
-    config = {**config, "analog": config["analog"]["_data"], "mapping": config["mapping"]["_data"]}
+    config = {**config, **{key: config[key]["_data"] for key in ("analog", "mapping", "placement")}}
     package.write(pkg_dir, config, base=pkg_dir)
     loaded = package.load(pkg_dir)
     assert loaded.config["analog"] == config["analog"]  # read as stored: its hashes stay the package's
     assert package.section(loaded.config, "analog") == AnalogConfig.from_dict(config["analog"])
     assert package.section(loaded.config, "mapping") == MappingConfig.from_dict(config["mapping"])
+    assert loaded.placement.to_dict() == config["placement"]
     assert package.model_sha256(loaded.config) == package.model_sha256(config)
 
 

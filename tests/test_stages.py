@@ -47,11 +47,11 @@ def _hf_folder(kind: str, root: Path, minilm_dir: Path) -> Path:
 def through_stages(spec: str, tmp: Path, data: str, engine: str = "aihwkit", write: bool = True,
                    **convert_kw) -> dict:
     pkg = ad.convert(spec, output=tmp / "p", **convert_kw)
-    placement = pkg.config["placement"]
+    placement = pkg.placement.to_dict()
     assert placement["analog"], "nothing planned"
     ad.recover(tmp / "p", recipe="vanilla", data=data, output=tmp / "r", overrides=["training.rounds=1"])
     recovered = read_config(tmp / "r")
-    assert recovered["placement"] == placement  # recover reads the record, never re-derives it
+    assert recovered["placement"] == pkg.config["placement"]  # recover reads the record, never re-derives it
     ad.export(tmp / "r", samples=2)
     image = pkg.config["input"]["kind"] == "image"
     cert = ad.certify(tmp / "r", repeats=1, times="1s", limit=4, data=data if image else None, engine=engine,

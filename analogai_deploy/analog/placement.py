@@ -34,10 +34,11 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
+from .._config import envelope, read_section
 from ..errors import PackageError, UsageError
 from .config import AnalogConfig
 from .layers import AnalogLayer, AnalogMultiheadAttention, AnalogState
@@ -108,6 +109,7 @@ class Placement(AnalogShare):
     total_params: int = 0
     #: True when the package predates the record and the placement was derived from its analog settings
     derived: bool = False
+    _version: ClassVar[int] = VERSION  # the version config.json's envelope names (_config.read_section)
 
     # -- identity --------------------------------------------------------------------------------------
     def _core(self) -> dict[str, Any]:
@@ -138,8 +140,12 @@ class Placement(AnalogShare):
     def to_dict(self) -> dict[str, Any]:
         return {**self._core(), "analog_params": self.analog_params, "sha256": self.sha256}
 
+    def serialise(self) -> dict[str, Any]:
+        """config.json["placement"]: `to_dict` in the typed sections' envelope."""
+        return envelope(self)
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Placement:
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> Placement:
         """Read a record written by `to_dict`; a changed record (sha256 mismatch) or a bad field is refused."""
         if not isinstance(data, dict):
             raise PackageError("config.json placement must be a JSON object")
@@ -164,10 +170,11 @@ class Placement(AnalogShare):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Placement:
         """The placement of a package's config.json (packages made before the record: see package.load)."""
-        if "placement" not in config:
+        placement = read_section(config, "placement", cls)
+        if placement is None:
             raise PackageError("this package has no placement record (made by an older analogai-deploy)",
                                "load it with analogai_deploy.load (which derives it) or convert it again")
-        return cls.from_dict(config["placement"])
+        return placement
 
     def conversion_summary(self) -> dict[str, Any]:
         """config.json["conversion"]: the counts, derived from this record."""

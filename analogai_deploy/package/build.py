@@ -41,15 +41,14 @@ def _build(path: Path, config: dict[str, Any], weights: Path, quantization: Quan
     """(model, conversion report, placement): the architecture config.json names, analog as its placement
     says, with the tensors of `weights`."""
     from ..analog.convert import convert
-    from ..analog.placement import Placement, plan
+    from ..analog.placement import plan
     from ..sources import rebuild
 
     _refuse_bundled_code(path, config["source"])
     model = rebuild(config["source"])
     analog = section(config, "analog")
-    if "placement" in config:  # the record convert wrote: exactly those modules go analog
-        placement = Placement.from_dict(config["placement"])
-    else:  # a package made before the record: derive it once, the way convert did then
+    placement = section(config, "placement")  # the record convert wrote: exactly those modules go analog
+    if placement is None:  # a package made before the record: derive it once, the way convert did then
         placement = plan(model, analog)
         placement.derived = True
     report = convert(model, analog, placement)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from .._config import StrictConfig, read_section
 from ..analog.config import AnalogConfig
 from ..analog.mapping import MappingConfig
+from ..analog.placement import Placement
 from ..analog.qat import QuantRecord
 from ..errors import PackageError, UsageError
 from ..tasks import Record
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..analog.convert import ConversionReport
-    from ..analog.placement import Placement
 
 FORMAT = "analogai-deploy/package"
 FORMAT_VERSION = 1
@@ -89,14 +89,16 @@ class Package:
 
 
 #: config.json's typed sections and their types
-SECTIONS: dict[str, type[StrictConfig]] = {"analog": AnalogConfig, "mapping": MappingConfig,
-                                           "quantization": QuantRecord}
+SECTIONS: dict[str, type[StrictConfig | Placement]] = {"analog": AnalogConfig, "mapping": MappingConfig,
+                                                       "placement": Placement, "quantization": QuantRecord}
 
 
 @overload
 def section(config: dict[str, Any], key: Literal["analog"]) -> AnalogConfig | None: ...
 @overload
 def section(config: dict[str, Any], key: Literal["mapping"]) -> MappingConfig | None: ...
+@overload
+def section(config: dict[str, Any], key: Literal["placement"]) -> Placement | None: ...
 @overload
 def section(config: dict[str, Any], key: Literal["quantization"]) -> QuantRecord | None: ...
 def section(config: dict[str, Any], key: str) -> Any:

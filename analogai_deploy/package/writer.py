@@ -91,8 +91,8 @@ def flat_metadata(config: dict[str, Any], certificate: dict[str, Any] | None = N
         {"seed": prov.get("seed"), "versions": prov.get("versions"),
          "stages": [h.get("stage") for h in prov.get("history", [])]}, sort_keys=True)
     out["analogai.format"] = f"{FORMAT}/{FORMAT_VERSION}"
-    if isinstance(config.get("placement"), dict):
-        out["analogai.placement_sha256"] = str(config["placement"].get("sha256", ""))
+    if (placement := section(config, "placement")) is not None:
+        out["analogai.placement_sha256"] = placement.sha256
     if config.get("recipe"):
         out["analogai.recipe_sha256"] = config["recipe"].get("sha256", "")
     if certificate:
