@@ -57,13 +57,13 @@ class StrictConfig:
     def serialise(self) -> dict[str, Any]:
         return envelope(self)
 
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
 
 def envelope(section: Any) -> dict[str, Any]:
     """The stored form of a typed section: its type, its version and its fields."""
     return {"_type": type(section).__name__, "_version": section._version, "_data": section.to_dict()}
-
-    def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def config_from_dict(blob: dict[str, Any]) -> StrictConfig:
