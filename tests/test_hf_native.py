@@ -210,7 +210,7 @@ def test_an_older_package_certifies_and_comes_back_in_todays_layout(tmp_path):
 
 def test_migrate_refuses_a_tampered_package(certified_gpt2, cli):
     record = pkgio.read_config(certified_gpt2)
-    record["analog"]["sigma"] = 0.5
+    record["analog"]["_data"]["sigma"] = 0.5  # the typed section's fields, inside its envelope
     (certified_gpt2 / "config.json").write_text(json.dumps(record, indent=2))
     code, _, err = cli("migrate", certified_gpt2)
     assert code == 1 and "edited after certification" in err
