@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 OutputKind = Literal["logits", "tokens", "pooled"]
-OUTPUT_KINDS: tuple[OutputKind, ...] = ("logits", "tokens", "pooled")
 #: tasks whose model scores every token position. masked-lm belongs here: a fill-mask model's output is a
 #: distribution over the vocabulary at each position (MaskedLMOutput.logits, batch x tokens x vocab); it has no
 #: last_hidden_state to export and no sentence-level meaning in the mean of its logits, so distillation matches

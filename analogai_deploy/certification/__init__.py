@@ -32,7 +32,7 @@ from torch import nn
 from .._marks import mark
 from ..analog import outliers
 from ..analog.mapping import MAPPING_FIELDS, MappingConfig
-from ..hardware.devices import DEVICES, PRESETS, CustomDevice, DeviceConfig, IOSettings, describe
+from ..hardware.devices import DEVICES, CustomDevice, DeviceConfig, IOSettings, describe
 from ..metrics import METRICS, statistics
 from . import certificate as cert_io
 from .bench import chip, load
@@ -44,7 +44,7 @@ from .simulators import SIMULATORS, Simulator
 from .sweep import parse_sweep, sweep, sweep_plan
 
 __all__ = ["certify", "sweep", "to_aihwkit", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings",
-           "CustomDevice", "MappingConfig", "DEVICES", "PRESETS", "METRICS", "parse_settings", "parse_sweep",
+           "CustomDevice", "MappingConfig", "DEVICES", "METRICS", "parse_settings", "parse_sweep",
            "resolve", "settings_config", "Resolved", "destination", "sweep_plan", "hint_line", "HINT_REPEATS",
            "ALIASES", "MAPPING_FIELDS", "SIMULATORS", "Simulator"]
 

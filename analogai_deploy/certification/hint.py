@@ -18,7 +18,7 @@ HINT_REPEATS = 3
 def split_hint(cfg: CertifyConfig, bench: Bench, rpu, verdict: dict[str, Any],
                results: list[dict[str, Any]]) -> dict[str, Any] | None:
     """A text package that missed its gate on the pure-analog mapping: the gate measured again with the
-    digital-outlier split (outliers.py) at the mapping's bound, at the gate's time only, on the same inputs
+    digital-outlier split (analog/outliers.py) at the mapping's bound, at the gate's time only, on the same inputs
     and the certificate's first HINT_REPEATS seeds - the numbers `certify --outliers digital --times AT
     --repeats 3` gives. None where the gate passed, the split already ran, or the package is not text."""
     m = cfg.mapping.complete()

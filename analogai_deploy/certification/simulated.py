@@ -65,7 +65,7 @@ def map_digital(path: str | Path, config: dict[str, Any], digital: nn.Module, pl
     if m.input_range == "learned":  # the ranges training learned, as config.json records them
         names = set(placement.names) if placement is not None else {n for n, _ in layers}
         calibration = mp.learned_ranges(m, names, calibration)
-    # after the scales: the tiles' own weights (Linear and GPT-2 Conv1D layers, outliers.py)
+    # after the scales: the tiles' own weights (Linear and GPT-2 Conv1D layers, analog/outliers.py)
     outliers = ol.split(prepared, m, ol.split_layers(prepared, placement))
     return Mapped(prepared.eval(), clipped, calibration, calibrated, outliers)
 

@@ -31,7 +31,6 @@ DEVICE_ALIASES = {"reram-wan2022": "ReRAM"}
 Modifier = Literal["add_normal", "mult_normal", "pcm_noise"]
 MODIFIERS = {"add_normal": "ADD_NORMAL", "mult_normal": "MULT_NORMAL", "pcm_noise": "PCM_NOISE"}
 Preset = Literal["standard-hwa"]
-PRESETS = get_args(Preset)
 Tile = Literal["auto", "cpp", "torch"]
 #: noise models a custom YAML may name (an allow-list: nothing else is ever instantiated)
 NoiseModel = Literal["PCMLikeNoiseModel", "ReRamWan2022NoiseModel", "ReRamCMONoiseModel", "HermesNoiseModel",
