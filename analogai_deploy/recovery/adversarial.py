@@ -11,7 +11,7 @@ input to [0, 1], which cuts off every pixel below the mean and lets others excee
 FGSM: x + eps*sign(grad) (one step).  PGD (Madry et al.): optional uniform random start in the eps ball,
 `steps` signed-gradient steps of alpha, each projected back onto the eps ball and the pixel range.
 Attacks are searched with the model's batch-norm statistics and QAT ranges held still, and without
-touching parameter gradients; the returned loss is then differentiated by the engine as usual.
+touching parameter gradients; the returned loss is then differentiated by the training loop as usual.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ TorchInferenceRPUConfig tiles (pure PyTorch, so it runs with every torch we supp
 modifier applied in every training forward pass and output noise on the tiles, and trained with
 `AnalogSGD`. After each epoch the trained weights come back through that mapping's inverse
 (`tiles.from_aihwkit`) into the package's own analog-aware model, which is validated under noise exactly
-like the MSNAT engine's models, so selection is comparable.
+like the MSNAT trainer's models (loop.py), so selection is comparable.
 
 Its run loop and checkpoints are every trainer's (trainer.py). The checkpoint holds the digital weights,
 the optimizer state and the RNG state; a resume rebuilds the tiles from those weights, so it is close to,

@@ -1,4 +1,4 @@
-"""The two MSNAT operations, as plain functions the engine (and the tests) call.
+"""The two MSNAT operations, as plain functions the MSNAT trainer (loop.py) and the tests call.
 
 Fusion injection (FI): the K clients' full states (parameters and norm statistics) are averaged,
 w = sum_k a_k w_k, and broadcast back (w_k <- w, or w_k <- keep * w_k + (1 - keep) * w).
