@@ -31,22 +31,22 @@ from torch import nn
 
 from .._marks import mark
 from ..analog import outliers
-from ..analog.mapping import MAPPING_FIELDS, MappingConfig
+from ..analog.mapping import MappingConfig
 from ..hardware.devices import DEVICES, CustomDevice, DeviceConfig, IOSettings, describe
 from ..metrics import METRICS, statistics
 from . import certificate as cert_io
 from .bench import chip, load
 from .certificate import Certificate, destination
-from .config import ALIASES, CertifyConfig, Resolved, parse_settings, resolve, settings_config
+from .config import ALIASES, CertifyConfig, parse_settings, resolve, settings_config
 from .hint import HINT_REPEATS, hint_line, split_hint
 from .montecarlo import STREAMS, adaptive, spread
-from .simulators import SIMULATORS, Simulator
+from .simulators import SIMULATORS
 from .sweep import parse_sweep, sweep, sweep_plan
 
 __all__ = ["certify", "sweep", "to_aihwkit", "CertifyConfig", "Certificate", "DeviceConfig", "IOSettings",
            "CustomDevice", "MappingConfig", "DEVICES", "METRICS", "parse_settings", "parse_sweep",
-           "resolve", "settings_config", "Resolved", "destination", "sweep_plan", "hint_line", "HINT_REPEATS",
-           "ALIASES", "MAPPING_FIELDS", "SIMULATORS", "Simulator"]
+           "resolve", "settings_config", "destination", "sweep_plan", "hint_line", "HINT_REPEATS",
+           "ALIASES", "SIMULATORS"]
 
 def certify(
     package: str | Path,
