@@ -13,11 +13,11 @@
 Every metric says which way is better (`Metric.higher_is_better`), so a gate's "drop" is the move in the
 bad direction on whichever metric a certificate carries. The evaluation data itself is data.eval_set.EvalSet.
 """
-from .definitions import LM_METRICS, METRIC_CHOICES, METRICS, Metric, Scored, metric_info, resolve_metric
-from .scoring import batch_score, lm_rows, pooled, primary_output, run, score
+from .definitions import METRIC_CHOICES, METRICS, Metric, Scored, metric_info, resolve_metric
+from .scoring import batch_score, pooled, primary_output, run, score
 from .statistics import half_width, normalised, stats
 from .times import DEFAULT_TIMES, parse_time, parse_times
 
-__all__ = ["LM_METRICS", "METRIC_CHOICES", "METRICS", "Metric", "Scored", "metric_info", "resolve_metric",
-           "batch_score", "lm_rows", "pooled", "primary_output", "run", "score", "half_width", "normalised", "stats",
+__all__ = ["METRIC_CHOICES", "METRICS", "Metric", "Scored", "metric_info", "resolve_metric",
+           "batch_score", "pooled", "primary_output", "run", "score", "half_width", "normalised", "stats",
            "DEFAULT_TIMES", "parse_time", "parse_times"]
