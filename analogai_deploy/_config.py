@@ -1,8 +1,8 @@
 """Typed configs: dataclasses that refuse unknown keys and round-trip through plain dicts.
 
-Serialised form (torchao style): {"_type": "AnalogConfig", "_version": 1, "_data": {...}};
-`config_from_dict` only builds classes registered here (an allow-list), never arbitrary ones.
-config.json's typed sections are written in it and read by `read_section` (the one reader).
+Serialised form (torchao style): {"_type": "AnalogConfig", "_version": 1, "_data": {...}}: config.json's typed
+sections are written in it and read by `read_section`, the one reader, which builds only the class its caller
+names (never one the file names).
 """
 from __future__ import annotations
 
@@ -18,17 +18,12 @@ from .errors import PackageError, UsageError, closest, unknown
 
 T = TypeVar("T", bound="StrictConfig")
 S = TypeVar("S")  # a config.json section's type: a StrictConfig, or a record with `_version` and `from_dict`
-_REGISTRY: dict[str, type[StrictConfig]] = {}
 
 
 class StrictConfig:
     """Mixin for dataclass configs. Subclasses set `_version` and call `validate()` checks in `__post_init__`."""
 
     _version: typing.ClassVar[int] = 1
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
@@ -64,17 +59,6 @@ class StrictConfig:
 def envelope(section: Any) -> dict[str, Any]:
     """The stored form of a typed section: its type, its version and its fields."""
     return {"_type": type(section).__name__, "_version": section._version, "_data": section.to_dict()}
-
-
-def config_from_dict(blob: dict[str, Any]) -> StrictConfig:
-    """Inverse of `serialise`, restricted to the configs defined in this package."""
-    name = blob.get("_type")
-    if name not in _REGISTRY:
-        raise UsageError(f"unknown config type {name!r}", f"known: {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[name]
-    if blob.get("_version") != cls._version:
-        raise UsageError(f"{name} version {blob.get('_version')} is not supported (this toolkit reads {cls._version})")
-    return cls.from_dict(blob.get("_data", {}))
 
 
 def read_section(config: dict[str, Any], key: str, cls: type[S]) -> S | None:

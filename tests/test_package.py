@@ -89,11 +89,12 @@ def test_strict_config_names_valid_keys():
     assert "did you mean: sigma" in err.value.hint and "weight_bits" in err.value.hint
     cfg = ad.AnalogConfig.from_dict({"sigma": "0.2", "keep_first_last": "true", "exclude": "fc,conv1"})
     assert cfg.sigma == 0.2 and cfg.keep_first_last and cfg.exclude == ["fc", "conv1"]
-    from analogai_deploy._config import config_from_dict
+    from analogai_deploy._config import read_section
+    from analogai_deploy.errors import PackageError
 
-    assert config_from_dict(cfg.serialise()) == cfg
-    with pytest.raises(UsageError):
-        config_from_dict({"_type": "os.system", "_version": 1, "_data": {}})
+    assert read_section({"analog": cfg.serialise()}, "analog", ad.AnalogConfig) == cfg
+    with pytest.raises(PackageError):
+        read_section({"analog": {"_type": "os.system", "_version": 1, "_data": {}}}, "analog", ad.AnalogConfig)
     with pytest.raises(UsageError, match="device_bits"):
         ad.AnalogConfig(weight_bits=4, device_bits=8)
 
