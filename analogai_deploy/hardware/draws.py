@@ -20,6 +20,14 @@ def native(*tensors: torch.Tensor):
     return library()
 
 
+def threaded_native(*tensors: torch.Tensor):
+    """`native`, its passes split over torch's thread count (over tiles or rows, as torch's ops split work)."""
+    lib = native(*tensors)
+    if lib is not None:
+        lib.set_threads(torch.get_num_threads())
+    return lib
+
+
 def seed() -> int:
     """A seed for one native draw, from torch's default generator: torch.manual_seed reproduces the run."""
     return int(torch.randint(0, 2**62, ()))

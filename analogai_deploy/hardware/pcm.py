@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .draws import native, seed
+from .draws import seed, threaded_native
 
 #: aihwkit's PCM programming polynomial has 3 coefficients; the native pass takes up to 4 (degree 3)
 MAX_COEFFS = 4
@@ -55,22 +55,15 @@ def supported(noise_model) -> bool:
             and float(conv.g_min) == 0.0 and float(conv.g_max) == float(noise_model.g_max) and 1 <= len(noise_model.prog_coeff) <= MAX_COEFFS)
 
 
-def _lib(t: torch.Tensor):
-    lib = native(t)
-    if lib is not None:
-        lib.set_threads(torch.get_num_threads())  # program / drift split over tiles as torch's ops split work
-    return lib
-
-
 def available(noise_model, like: torch.Tensor) -> bool:
     """The native pass applies: a supported model, CPU float32 weights and a built library."""
-    return _lib(like) is not None and supported(noise_model)
+    return threaded_native(like) is not None and supported(noise_model)
 
 
 def program(ref: torch.Tensor, nm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Programme T tiles ([T, rows, cols] normalised weights, each converted by its own max|w| as aihwkit's
     tile does): the programmed weights, each weight's drift coefficient nu and its read-noise factor q."""
-    lib = _lib(ref)
+    lib = threaded_native(ref)
     ref = ref.contiguous()
     p, nu, q = torch.empty_like(ref), torch.empty_like(ref), torch.empty_like(ref)
     coeff = torch.zeros(MAX_COEFFS)
@@ -96,7 +89,7 @@ def drift(p: torch.Tensor, nu: torch.Tensor, q: torch.Tensor, nm, seconds: float
     `readout` (q1, out_noise, ADC step, out_bound): also GlobalDriftCompensation's one-hot readout of every
     tile through the periphery in the same pass (as native readout_many); returns (out, means, peaks),
     means / peaks None without a readout."""
-    lib = _lib(p)
+    lib = threaded_native(p)
     if out is None:
         out = torch.empty_like(p)
     log_ratio, noise = drift_factors(nm, seconds)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .banks import Bank
-from .periphery import native_for, quant_step
+from ...hardware.draws import threaded_native
+from .periphery import quant_step
 
 #: weights per call of the noise model on a bank: small tiles go many to a call (the per-call cost
 #: dominates), large ones one at a time (element-wise temporaries of ~1 MB stay in cache)
@@ -24,7 +25,7 @@ class DeviceState:
     def _native_readout(self, weights: torch.Tensor) -> bool:
         """Whether the readout of these weights runs in native code (global compensation, one-hot rows)."""
         return (self.compensation is not None and self.one_hot_readout and not self.perfect
-                and not self.per_column and native_for(weights) is not None)
+                and not self.per_column and threaded_native(weights) is not None)
 
     def readout_bank(self, bank: Bank, weights: torch.Tensor, native=None) -> torch.Tensor:
         """The compensation's readout of each tile's forward on its read-out tensor (one-hot rows): [T]
@@ -34,7 +35,7 @@ class DeviceState:
         if self.one_hot_readout and not self.perfect:
             # one-hot rows: noise management scales by 1, the DAC maps 1 to q1, so the MVM is q1 * W^T
             # exactly; the periphery then runs as usual (the full path for the tiles that clip)
-            lib = native_for(weights) if not self.per_column else None
+            lib = threaded_native(weights) if not self.per_column else None
             if native is not None:
                 means, peaks = native
             if lib is not None or native is not None:  # noise, ADC, bound test, mean |.|: one pass per tile

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from ...errors import UsageError
 from .banks import Tile
-from .periphery import native_for, quant_step
+from ...hardware.draws import threaded_native
+from .periphery import quant_step
 
 
 def out_size(n: int, k: int, s: int, p: int, d: int) -> int:
@@ -178,7 +179,7 @@ class Kernels:
             self.build_weights()
         # the fraction of non-zero inputs (zeros convert exactly)
         x = self.clip_input(x)
-        lib = native_for(x)
+        lib = threaded_native(x)
         if lib is not None:  # count, |x| and the patch maxima of every chunk in native passes
             x = x.contiguous()
             nonzero = (1.0 - lib.count_zeros(x.data_ptr(), x.numel()) / x.numel()) if self.io.inp_res > 0 else None

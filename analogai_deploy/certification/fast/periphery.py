@@ -7,6 +7,7 @@ import math
 import torch
 
 from ...errors import UsageError
+from ...hardware.draws import threaded_native
 
 
 def quant_step(res: float, bound: float) -> float:
@@ -29,18 +30,6 @@ def add_normal_(y: torch.Tensor, std: float) -> torch.Tensor:
         return y.add_(torch.randn_like(y).mul_(std))
     lib.add_normal(y.data_ptr(), y.data_ptr(), y.numel(), std, int(torch.randint(0, 2**62, ()).item()))
     return y
-
-
-def native_for(t: torch.Tensor):
-    """hardware/native's library where it applies to t (CPU float32), else None."""
-    if t.device.type != "cpu" or t.dtype != torch.float32:
-        return None
-    from ...hardware.native import library
-
-    lib = library()
-    if lib is not None:
-        lib.set_threads(torch.get_num_threads())  # its passes split over tiles or rows as torch's ops do
-    return lib
 
 
 def normal_like(y: torch.Tensor) -> torch.Tensor:
@@ -105,7 +94,7 @@ class Periphery:
             return red > io.max_bm_factor or (inp_res > 0 and red > io.max_bm_res / inp_res)
 
         std = None if extra_var is None else torch.sqrt(io.out_noise**2 + extra_var)
-        lib = native_for(nm)
+        lib = threaded_native(nm)
         if lib is None and groups > 1 and nm.shape[1] == groups:
             per = post.numel() // groups if post.dim() else 1
             nm = nm.repeat_interleave(per, 1) if per > 1 else nm
