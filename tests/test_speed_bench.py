@@ -53,3 +53,19 @@ def test_text_rows_join_the_two_groups_and_skip_the_torch_path_when_not_timed():
     assert "| 1.50x | <= 1.1x: **missed by 36%** |" in md
     assert "torch path" not in md
     assert "system time per step | digital 0 ms, hw_noise 0 ms, msnat_client 0 ms, msnat_need 0 ms |" in md
+
+
+def test_the_workloads_scratch_folders_are_removed_when_the_benchmark_ends(tmp_path):
+    # a ResNet's packages take about 0.5 GB per workload: left behind, repeated runs filled the disk
+    import os
+    import subprocess
+    import sys
+
+    code = ("from analogai_deploy.benchmarks.speed import speed; from analogai_deploy.benchmarks.speed_config import "
+            "SpeedConfig; speed(SpeedConfig(step_models=['lenet'], msnat_models=[], certify_models=[], hwa_models=[], "
+            "text_models=[], n=1, peak_memory=False, startup=False)); import glob, tempfile; "
+            "print('during', len(glob.glob(tempfile.gettempdir() + '/analogai-speed-*')))")
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert "during 1" in out  # the workload's folder exists while the process runs ...
+    assert not list(tmp_path.glob("analogai-speed-*"))  # ... and is gone once it ends

@@ -3,11 +3,22 @@
 about the group (client count, sample count, why a side is missing), not workloads."""
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .speed_config import MODELS, TIMES4, SpeedConfig
+
+
+def _scratch() -> Path:
+    """A folder for one workload's packages, removed when the process ends: the workloads' closures use
+    it until the last row is timed, and a ResNet's packages take about 0.5 GB."""
+    tmp = Path(tempfile.mkdtemp(prefix="analogai-speed-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
 
 
 def _sync(device) -> None:
@@ -30,7 +41,6 @@ def _spec(name: str) -> tuple[str, dict[str, Any]]:
 def _training_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callable[[], Any]]:
     """(b) one optimizer step each: plain digital, ours with weight noise, aihwkit HWA (torch and C++ tiles)."""
     import copy
-    import tempfile
 
     import torch
     from torch import nn
@@ -39,7 +49,7 @@ def _training_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
     from ..analog.convert import set_noise, to_digital
 
     batch = cfg.gpu_batch if cfg.gpu else cfg.batch
-    tmp = tempfile.mkdtemp(prefix="analogai-speed-")
+    tmp = _scratch()
     pkg = ad.convert(model_name, output=f"{tmp}/m", num_classes=10, input_shape=cfg.shape)
     ours = pkg.model.to(device).train()
     set_noise(ours, cfg.sigma)
@@ -81,7 +91,6 @@ def _msnat_round(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callabl
     vs one plain digital epoch, and vs the compute the method needs: K x an epoch of digital steps with
     4 forward passes and one backward through the 4 graphs, on the same batches."""
     import copy
-    import tempfile
 
     import torch
     from torch import nn
@@ -94,7 +103,7 @@ def _msnat_round(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callabl
     from ..recovery.trainers import make_trainer
     from ..recovery.recipe import load as load_recipe
 
-    tmp = Path(tempfile.mkdtemp(prefix="analogai-speed-"))
+    tmp = _scratch()
     spec, kw = _spec(model_name)
     pkg = ad.convert(spec, output=tmp / "m", **kw)
     ds = data_mod.load("digits", input_shape=pkg.config["input"]["shape"])
@@ -183,7 +192,6 @@ def _text_steps(cfg: SpeedConfig, device, model_name: str, row: str,
     (text_torch_path) on the torch path it replaced. One row's models at a time: a 135M-parameter LM's
     trainer, teacher and digital copy are several GB. The package is converted once per model (`packages`)."""
     import copy
-    import tempfile
 
     import torch
 
@@ -196,7 +204,7 @@ def _text_steps(cfg: SpeedConfig, device, model_name: str, row: str,
     if device.type == "cpu":
         keep_freed_memory()  # as recover's training loop does (recovery/cpu.py cpu_threads)
     if model_name not in packages:
-        packages[model_name] = _text_package(model_name, Path(tempfile.mkdtemp(prefix="analogai-speed-")))
+        packages[model_name] = _text_package(model_name, _scratch())
     base = packages[model_name]
     recipe, fl = TEXT_ROWS[row]
     # one client: its step is the same with or without the other FI clients (FI averages between rounds)
@@ -231,7 +239,6 @@ def _certify_repeat(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
     """(c) one Monte Carlo repeat of a 1s,1h,1d,1y certificate (program once, drift + one pass over the
     test split per time) on aihwkit's torch tile, its C++ tile and the fast engine, vs one digital pass;
     the table divides by 4: the time per repeat x time point, the unit a certificate is paid in."""
-    import tempfile
     import warnings
 
     import analogai_deploy as ad
@@ -244,7 +251,7 @@ def _certify_repeat(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
     from ..errors import UsageError as _Usage
 
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
-    tmp = tempfile.mkdtemp(prefix="analogai-speed-")
+    tmp = _scratch()
     spec, kw = _spec(model_name)
     ad.convert(spec, output=f"{tmp}/m", **kw)
     data = MODELS[model_name][2]
