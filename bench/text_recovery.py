@@ -8,9 +8,12 @@ MODEL is a package folder, or `minilm` / `smollm2` (converted here from what the
 Budget: gradient passes over one mini-batch, the same for every recipe: a recipe whose round costs
 P passes per mini-batch (K FI clients x (1 + feedback loops)) gets budget / (P x steps per round)
 rounds, at least 1. Each recovered package is certified with the default certify settings (the
-package's own mapping) on --cert-data at --times, --repeats repeats, --engine; the script prints
-one JSON line per run and a markdown table, and the measured seconds per training step of each recipe
-next to a digital distillation step (the same loss, noise off, one pass).
+package's own mapping) on --cert-data at --times, --repeats repeats, --engine, and with --split also with
+the digital-outlier split (certify --outliers digital --outlier-std K) and its share of the weights digital.
+Before each recipe trains, one of its training steps is timed (median of 3 after one untimed; an MSNAT
+client's step, feedback loops included) beside a digital distillation step timed at the start of the run
+(the same loss, noise off, one pass); --time-steps only times them. The script prints one JSON line per
+run and a markdown table.
 """
 from __future__ import annotations
 
@@ -47,9 +50,15 @@ def passes_per_step(rec) -> int:
     return clients * (1 + (len(r.feedback.deltas) if t.use_FL else 0))
 
 
-def time_steps(base: Path, data: str, batch: int, repeats: int = 3) -> dict[str, float]:
-    """Median seconds of one training step on one mini-batch: a digital distillation step (noise off, one pass),
-    a single-noise step, an MSNAT client step (feedback loops: 4 passes), an aihwkit HWA step."""
+#: overrides that turn every noise model off: the plain digital distillation step the recipes' are measured against
+DIGITAL = ["recovery.noise_0.act_inject.sigma=0.0", "noise.scale=tile", "noise.model=gaussian",
+           "noise.input_scaling=none"]
+
+
+def step_seconds(base: Path, name: str, data: str, over: list[str], repeats: int = 3) -> float:
+    """Median seconds of one training step of `name` (with the run's overrides `over`) on one mini-batch, after
+    one untimed step: one model's step (an MSNAT client's, feedback loops included) at the middle noise level,
+    or one aihwkit HWA step on its tiles."""
     import statistics
 
     import torch
@@ -58,40 +67,47 @@ def time_steps(base: Path, data: str, batch: int, repeats: int = 3) -> dict[str,
     from analogai_deploy.recovery.batches import Batches
     from analogai_deploy.recovery.trainers import make_trainer
 
-    out = {}
-    digital = ["recovery.noise_0.act_inject.sigma=0.0", "noise.scale=tile", "noise.model=gaussian",
-               "noise.input_scaling=none"]  # no noise model at all: the plain digital step
-    cases = {"digital distillation": ("vanilla", digital),
-             "single_noise": ("single_noise", []), "msnat client (FL)": ("msnat", []), "hwa_aihwkit": ("hwa_aihwkit", [])}
-    for label, (name, extra) in cases.items():
-        pkg, rec, ds, obj = prepare_run(base, name, data, [f"training.batch_size={batch}", *extra])
-        install_training_noise(pkg, pkg.model, rec)  # as recover does: the recipe's (text section's) noise and IO
-        x, y = next(Batches(ds.train, batch, torch.device("cpu")).iterate())
-        with tempfile.TemporaryDirectory() as tmp:
-            if name == "hwa_aihwkit":
-                tr = make_trainer(pkg.model, rec, ds, Path(tmp), identity={}, placement=pkg.placement, objective=obj)
+    pkg, rec, ds, obj = prepare_run(base, name, data, over)
+    install_training_noise(pkg, pkg.model, rec)  # as recover does: the recipe's (text section's) noise and IO
+    x, y = next(Batches(ds.train, rec.training.batch_size, torch.device("cpu")).iterate())
+    with tempfile.TemporaryDirectory() as tmp:
+        if rec.training.engine == "aihwkit_hwa":
+            tr = make_trainer(pkg.model, rec, ds, Path(tmp), identity={}, placement=pkg.placement, objective=obj)
 
-                def step():
-                    tr.optimizers[0].zero_grad()
-                    tgt = obj.targets(x, y)
-                    obj.loss(obj.forward(tr.analog, x), tgt, x, None).backward()
-                    tr.optimizers[0].step()
-            else:
-                tr = make_trainer(pkg.model, rec, ds, Path(tmp), identity={}, objective=obj)
-                tr.noise[0].set(rec.recovery.sigmas[len(rec.recovery.sigmas) // 2])  # the middle level
-                loss_fn = tr.make_loss_fn(tr.noise[0])
+            def step():
+                tr.optimizers[0].zero_grad()
+                obj.loss(obj.forward(tr.analog, x), obj.targets(x, y), x, None).backward()
+                tr.optimizers[0].step()
+        else:
+            tr = make_trainer(pkg.model, rec, ds, Path(tmp), identity={}, objective=obj)
+            tr.noise[0].set(rec.recovery.sigmas[len(rec.recovery.sigmas) // 2])
+            loss_fn = tr.make_loss_fn(tr.noise[0])
 
-                def step():
-                    tr.train_step(0, x, y, loss_fn)
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                step()
-                ts.append(time.perf_counter() - t0)
-        out[label] = statistics.median(ts)
-        print(f"{label}: {out[label]:.2f} s per step ({repeats} steps, batch {batch})", flush=True)
-    d = out["digital distillation"]
-    print(" | ".join(f"{k} {v / d:.2f}x" for k, v in out.items()), flush=True)
+            def step():
+                tr.train_step(0, x, y, loss_fn)
+        ts = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            step()
+            ts.append(time.perf_counter() - t0)
+    return statistics.median(ts[1:])
+
+
+def certificates(path: Path, args, write: bool) -> list[dict]:
+    """The package certified per metric, pure analog and (--split) with the digital-outlier split."""
+    mappings = [None] + ([{"outliers": "digital", "outlier_std": args.outlier_std}] if args.split else [])
+    out = []
+    for metric in args.metrics:
+        for mapping in mappings:
+            cert = ad.certify(path, data=args.cert_data, times=args.times, repeats=args.repeats, engine=args.engine,
+                              metric=metric, write=write and mapping is None, limit=args.limit, mapping=mapping)
+            split = cert["mapping"].get("digital_outliers")
+            out.append({
+                "metric": cert["metric"], "digital": cert["digital"][cert["metric"]], "data": cert["data"],
+                "mapping": "digital outliers" if split else "pure analog",
+                "weight_share": split["weight_share"] if split else 0.0,
+                "mac_share": split["mac_share"] if split else 0.0,
+                "results": {r["time"]: {"mean": r["mean"], "ci95": r["ci95"]} for r in cert["results"]}})
     return out
 
 
@@ -114,6 +130,8 @@ def main() -> None:
     ap.add_argument("--engine", default="fast")
     ap.add_argument("--limit", type=int, default=None, help="certify on at most this many examples")
     ap.add_argument("--metrics", nargs="+", default=["auto"])
+    ap.add_argument("--split", action="store_true", help="certify each package also with the digital-outlier split")
+    ap.add_argument("--outlier-std", type=float, default=2.5, help="the split's bound (certify --outlier-std)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
     ap.add_argument("--time-steps", action="store_true", help="only time one training step of each recipe")
@@ -121,17 +139,23 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="text-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     base = source(args.model, work)
-    if args.time_steps:
-        time_steps(base, args.data, args.batch_size)
-        return
+    batch = f"training.batch_size={args.batch_size}"
+    digital = step_seconds(base, "vanilla", args.data, [batch, *DIGITAL])
+    print(f"digital distillation step: {digital:.2f} s (batch {args.batch_size})", flush=True)
     rows = []
     for name in args.recipes:
         pkg_path, info = base, {"recipe": name}
         if name != "none":
             rec = recipes.load(name)
             lr = args.hwa_lr if rec.training.engine == "aihwkit_hwa" else args.lr
-            over = [f"training.batch_size={args.batch_size}", f"training.lr={lr}", "training.schedule=constant",
+            over = [batch, f"training.lr={lr}", "training.schedule=constant",
                     *args.set, *[kv for r, kv in args.rset if r == name]]
+            step = step_seconds(base, name, args.data, over)
+            print(f"{name} step: {step:.2f} s, {step / digital:.2f}x digital", flush=True)
+            info.update(step_s=round(step, 3), digital_step_s=round(digital, 3),
+                        step_x_digital=round(step / digital, 2))
+            if args.time_steps:
+                continue
             from analogai_deploy.recovery import prepare
 
             _, rec, ds = prepare(base, name, args.data, over)
@@ -144,28 +168,39 @@ def main() -> None:
             pkg = ad.recover(base, name, args.data, output=out, overrides=[*over, f"training.rounds={rounds}"])
             seconds = time.perf_counter() - start
             t = pkg.config["training"]
-            info.update(overrides=over, rounds=rounds, passes_per_step=per, steps_per_round=steps, gradient_passes=rounds * steps * per,
-                        train_s=round(seconds, 1), best=t["best"], objective=t["objective"]["loss"])
+            info.update(overrides=over, rounds=rounds, passes_per_step=per, steps_per_round=steps,
+                        gradient_passes=rounds * steps * per, train_s=round(seconds, 1), best=t["best"],
+                        objective=t["objective"]["loss"])
             pkg_path = out
-        for metric in args.metrics:
-            cert = ad.certify(pkg_path, data=args.cert_data, times=args.times, repeats=args.repeats,
-                              engine=args.engine, metric=metric, write=name != "none", limit=args.limit)
-            info.setdefault("certificates", []).append({
-                "metric": cert["metric"], "digital": cert["digital"][cert["metric"]], "data": cert["data"],
-                "results": {r["time"]: {"mean": r["mean"], "ci95": r["ci95"]} for r in cert["results"]}})
+        elif args.time_steps:
+            continue
+        info["certificates"] = certificates(pkg_path, args, write=name != "none")
         rows.append(info)
         line = json.dumps(info)
         print(line, flush=True)
         if args.out:
             with open(args.out, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
-    times = [t for t in args.times.split(",")]
-    print(f"\n| recipe | gradient passes | train s | " + " | ".join(f"{m} @{t}" for c in rows[0]["certificates"]
-                                                                for m, t in [(c["metric"], t) for t in times]) + " |")
+    if rows:
+        print(table(rows, args.times.split(",")))
+
+
+def table(rows: list[dict], times: list[str]) -> str:
+    """The markdown table: per recipe its budget, training time and step cost, then per certificate (metric x
+    mapping) the share of weights digital and the mean [95% CI] at each time."""
+    certs = rows[0]["certificates"]
+    head = ["recipe", "gradient passes", "train s", "s / step (x digital)"] + [
+        f"{c['metric']} {c['mapping']} @{t}" for c in certs for t in times] + [
+        f"digital share ({c['metric']})" for c in certs if c["mapping"] != "pure analog"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        step = f"{r['step_s']:.2f} ({r['step_x_digital']:.2f}x)" if "step_s" in r else "-"
         cells = [f"{c['results'][t]['mean']:.4f} [{c['results'][t]['ci95'][0]:.4f}, {c['results'][t]['ci95'][1]:.4f}]"
                  for c in r["certificates"] for t in times]
-        print(f"| {r['recipe']} | {r.get('gradient_passes', 0)} | {r.get('train_s', 0)} | " + " | ".join(cells) + " |")
+        shares = [f"{c['weight_share']:.2%}" for c in r["certificates"] if c["mapping"] != "pure analog"]
+        lines.append("| " + " | ".join([r["recipe"], str(r.get("gradient_passes", 0)), str(r.get("train_s", "-")),
+                                        step, *cells, *shares]) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
