@@ -135,8 +135,8 @@ def _msnat_round(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callabl
             "_k": k, "_samples": batches.n}
 
 
-def _text_package(name: str, work: Path) -> Path:
-    """A package of a text model of the (f) rows, converted into `work`."""
+def text_package(name: str, work: Path) -> Path:
+    """A package of a text model of the (f) rows (TEXT_MODELS), converted into `work`: also bench/gpu.sh's LM."""
     import importlib.util
     import shutil
 
@@ -204,7 +204,7 @@ def _text_steps(cfg: SpeedConfig, device, model_name: str, row: str,
     if device.type == "cpu":
         keep_freed_memory()  # as recover's training loop does (recovery/cpu.py cpu_threads)
     if model_name not in packages:
-        packages[model_name] = _text_package(model_name, _scratch())
+        packages[model_name] = text_package(model_name, _scratch())
     base = packages[model_name]
     recipe, fl = TEXT_ROWS[row]
     # one client: its step is the same with or without the other FI clients (FI averages between rounds)
