@@ -22,6 +22,6 @@ def with_versions(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Ordere
     return out
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True):
-    """model.load_state_dict(state, strict) for a state without torch's module versions."""
-    return model.load_state_dict(with_versions(model, state), strict=strict)
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]):
+    """model.load_state_dict(state) (strict) for a state without torch's module versions."""
+    return model.load_state_dict(with_versions(model, state))

@@ -45,9 +45,9 @@ class PackageError(OperationFailed):
     """A package is missing, corrupt, or has been tampered with."""
 
 
-def closest(word: str, choices: Iterable[str], n: int = 3) -> str:
+def closest(word: str, choices: Iterable[str]) -> str:
     """'did you mean ...' text for `word`, or '' when nothing is close."""
-    matches = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    matches = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
     return f"did you mean: {', '.join(matches)}?" if matches else ""
 
 

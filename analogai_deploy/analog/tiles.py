@@ -55,8 +55,8 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None, rpu) -> nn.Module:
     return AnalogLinear.from_digital(digital_linear(weight, bias), copy.deepcopy(rpu))
 
 
-def explicit_padding(conv: nn.Module) -> list[int] | None:
-    """F.pad amounts (last dim first) equal to the conv's padding, or None when aihwkit can take it as is."""
+def explicit_padding(conv: nn.Module) -> list[int]:
+    """F.pad amounts (last dim first) equal to the conv's padding (all zeros for 'valid')."""
     k, d = conv.kernel_size, conv.dilation
     if isinstance(conv.padding, str):
         if conv.padding == "valid":
