@@ -55,10 +55,10 @@ DIGITAL = ["recovery.noise_0.act_inject.sigma=0.0", "noise.scale=tile", "noise.m
            "noise.input_scaling=none"]
 
 
-def step_seconds(base: Path, name: str, data: str, over: list[str], repeats: int = 3) -> float:
+def step_seconds(base: Path, name: str, data: str, over: list[str], repeats: int = 3):
     """Median seconds of one training step of `name` (with the run's overrides `over`) on one mini-batch, after
     one untimed step: one model's step (an MSNAT client's, feedback loops included) at the middle noise level,
-    or one aihwkit HWA step on its tiles."""
+    or one aihwkit HWA step on its tiles. Returns (seconds, the resolved recipe, the training examples)."""
     import statistics
 
     import torch
@@ -90,7 +90,7 @@ def step_seconds(base: Path, name: str, data: str, over: list[str], repeats: int
             t0 = time.perf_counter()
             step()
             ts.append(time.perf_counter() - t0)
-    return statistics.median(ts[1:])
+    return statistics.median(ts[1:]), rec, len(ds.train)
 
 
 def certificates(path: Path, args, write: bool) -> list[dict]:
@@ -140,26 +140,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     base = source(args.model, work)
     batch = f"training.batch_size={args.batch_size}"
-    digital = step_seconds(base, "vanilla", args.data, [batch, *DIGITAL])
+    digital = step_seconds(base, "vanilla", args.data, [batch, *DIGITAL])[0]
     print(f"digital distillation step: {digital:.2f} s (batch {args.batch_size})", flush=True)
     rows = []
     for name in args.recipes:
         pkg_path, info = base, {"recipe": name}
         if name != "none":
-            rec = recipes.load(name)
-            lr = args.hwa_lr if rec.training.engine == "aihwkit_hwa" else args.lr
+            lr = args.hwa_lr if recipes.load(name).training.engine == "aihwkit_hwa" else args.lr
             over = [batch, f"training.lr={lr}", "training.schedule=constant",
                     *args.set, *[kv for r, kv in args.rset if r == name]]
-            step = step_seconds(base, name, args.data, over)
+            step, rec, n_train = step_seconds(base, name, args.data, over)
             print(f"{name} step: {step:.2f} s, {step / digital:.2f}x digital", flush=True)
             info.update(step_s=round(step, 3), digital_step_s=round(digital, 3),
                         step_x_digital=round(step / digital, 2))
             if args.time_steps:
                 continue
-            from analogai_deploy.recovery import prepare
-
-            _, rec, ds = prepare(base, name, args.data, over)
-            steps = -(-len(ds.train) // args.batch_size)
+            steps = -(-n_train // args.batch_size)
             per = passes_per_step(rec)
             rounds = max(1, args.budget // (per * steps))
             out = work / f"{Path(base).name}-{name}"
