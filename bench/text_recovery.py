@@ -10,14 +10,15 @@ P passes per mini-batch (K FI clients x (1 + feedback loops)) gets budget / (P x
 rounds, at least 1. Each recovered package is certified with the default certify settings (the
 package's own mapping) on --cert-data at --times, --repeats repeats, --engine, and with --split also with
 the digital-outlier split (certify --outliers digital --outlier-std K) and its share of the weights digital.
-Before each recipe trains, one of its training steps is timed (median of 3 after one untimed; an MSNAT
-client's step, feedback loops included) beside a digital distillation step timed at the start of the run
-(the same loss, noise off, one pass); --time-steps only times them. The script prints one JSON line per
-run and a markdown table.
+Before each recipe trains, one of its training steps is timed (the median of --step-repeats after one
+untimed; an MSNAT client's step, feedback loops included) beside a digital distillation step timed at the
+start of the run (the same loss, noise off, one pass); --time-steps only times them. The script prints one
+JSON line per run and a markdown table.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import shutil
@@ -135,12 +136,13 @@ def main() -> None:
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
     ap.add_argument("--time-steps", action="store_true", help="only time one training step of each recipe")
+    ap.add_argument("--step-repeats", type=int, default=3, help="timed training steps per recipe (median)")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="text-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     base = source(args.model, work)
     batch = f"training.batch_size={args.batch_size}"
-    digital = step_seconds(base, "vanilla", args.data, [batch, *DIGITAL])[0]
+    digital = step_seconds(base, "vanilla", args.data, [batch, *DIGITAL], args.step_repeats)[0]
     print(f"digital distillation step: {digital:.2f} s (batch {args.batch_size})", flush=True)
     rows = []
     for name in args.recipes:
@@ -149,7 +151,8 @@ def main() -> None:
             lr = args.hwa_lr if recipes.load(name).training.engine == "aihwkit_hwa" else args.lr
             over = [batch, f"training.lr={lr}", "training.schedule=constant",
                     *args.set, *[kv for r, kv in args.rset if r == name]]
-            step, rec, n_train = step_seconds(base, name, args.data, over)
+            step, rec, n_train = step_seconds(base, name, args.data, over, args.step_repeats)
+            gc.collect()  # the timed trainer's models (reference cycles) go before recover builds its own
             print(f"{name} step: {step:.2f} s, {step / digital:.2f}x digital", flush=True)
             info.update(step_s=round(step, 3), digital_step_s=round(digital, 3),
                         step_x_digital=round(step / digital, 2))
