@@ -108,7 +108,8 @@ def certificates(path: Path, args, write: bool) -> list[dict]:
                 "mapping": "digital outliers" if split else "pure analog",
                 "weight_share": split["weight_share"] if split else 0.0,
                 "mac_share": split["mac_share"] if split else 0.0,
-                "results": {r["time"]: {"mean": r["mean"], "ci95": r["ci95"]} for r in cert["results"]}})
+                "results": {r["time"]: {"mean": r["mean"], "ci95": r["ci95"], "values": r["values"]}
+                            for r in cert["results"]}})
     return out
 
 
