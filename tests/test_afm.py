@@ -182,3 +182,33 @@ def test_afm_on_a_tiny_text_model_distils_at_t1_and_certifies_on_both_engines(tm
     for engine in ("fast", "aihwkit"):
         cert = ad.certify(out.path, repeats=1, times="1d", limit=8, write=False, engine=engine)
         assert cert["mapping"]["input_range"] == "learned" and 0 <= cert["results"][0]["mean"] <= 1
+
+
+def test_afm_refuses_to_clip_a_tied_lm_head_in_place_and_trains_it_with_the_forward_clip(tmp_path):
+    # SmolLM2's LM head is its embedding table: clipping the head in place after every step rewrote the table
+    # (clean agreement 0.014 after 24 passes, BENCHMARKS.md 6b)
+    from hf_models import VOCAB, bpe_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from analogai_deploy.data import text as text_data
+
+    torch.manual_seed(0)
+    hf = tmp_path / "hf"
+    LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 bos_token_id=0, eos_token_id=0, tie_word_embeddings=True)).save_pretrained(hf)
+    bpe_tokenizer(hf)
+    pkg = ad.convert(f"hf:{hf}", output=tmp_path / "lm", task="causal-lm")
+    (tmp_path / "few.txt").write_text("\n".join(text_data.corpus("train")[:16]) + "\n")
+    data, over = f"text:{tmp_path / 'few.txt'}", ["training.rounds=1", "training.batch_size=8"]
+    with pytest.raises(UsageError, match="tied to .*embed_tokens.*noise.clip_when=forward"):
+        ad.recover(pkg.path, "afm", data, output=tmp_path / "afm", overrides=over)
+    assert not (tmp_path / "afm").exists() and not (tmp_path / "afm.partial").exists()
+
+    out = ad.recover(pkg.path, "afm", data, output=tmp_path / "afm", overrides=[*over, "noise.clip_when=forward"])
+    emb = out.model.get_submodule("model.embed_tokens").weight
+    before = ad.load(pkg.path).model.get_submodule("model.embed_tokens").weight
+    std = emb.std(dim=1, keepdim=True)
+    assert (emb.abs() > 2.5 * std).any()  # the table keeps the rows' tails a clip at 2.5 std would cut
+    assert package.section(out.config, "mapping").clip == "channel_std"  # ... and certify clips the head's copy
+    assert torch.allclose(emb, before, atol=0.05)  # trained (distillation moves it), not clipped

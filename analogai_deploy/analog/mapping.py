@@ -199,14 +199,20 @@ def _channel_view(linear: bool, ndim: int) -> list[int]:
     return [1] * (ndim - 1) + [-1] if linear else [1, -1] + [1] * (ndim - 2)
 
 
+def sharers(model, module, w) -> list[str]:
+    """The names of the other modules of `model` that hold the tensor `w` as a parameter (a tied LM head's
+    weight is also the embedding table's)."""
+    return [name for name, m in model.named_modules()
+            if m is not module and any(p is w for p in m._parameters.values())]
+
+
 def own_weight(model, module):
     """`module.weight`, made its own Parameter first if another module shares it (a tied LM head and
     embedding): the mapping changes what goes on the tiles, never the digital layer that shares it."""
     import torch
 
     w = module.weight
-    holders = sum(1 for m in model.modules() if m is not module and m._parameters.get("weight") is w)
-    if holders:
+    if sharers(model, module, w):
         module.weight = torch.nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
     return module.weight
 

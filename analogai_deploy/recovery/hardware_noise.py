@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..analog.convert import analog_layers
+from ..analog.mapping import sharers
+from ..errors import UsageError
 from ..hardware.clipping import clamp, clip_bound
 from ..hardware.noise import RANGE, RANGE_SEEN, HardwareNoise
 
@@ -22,6 +24,8 @@ SCALABLE = ("AnalogLinear", "AnalogConv1d", "AnalogConv2d", "AnalogConv3d")
 def apply(model, noise, io, in_scales: dict[str, torch.Tensor] | None = None) -> int:
     """Put one HardwareNoise (from a recipe's noise / io sections) on every analog layer; returns how many.
     `noise` / `io` None: back to the seed's noise model. `in_scales`: s per layer name (`input_scales`)."""
+    if noise is not None and noise.clip_when == "step":
+        _refuse_tied_step_clip(model)
     n = 0
     learned = noise is not None and io.input_range.mode == "learned"
     for name, layer in analog_layers(model):
@@ -46,6 +50,21 @@ def learned_input_ranges(model) -> dict[str, float]:
     """{layer name: r} of the layers that learned an input range."""
     return {name: float(layer._parameters[RANGE].detach()) for name, layer in analog_layers(model)
             if RANGE in layer._parameters}
+
+
+def _refuse_tied_step_clip(model) -> None:
+    """A step clip rewrites the weight in place: on a weight tied to a digital layer (SmolLM2's LM head is its
+    embedding table) it would clip that layer too. aihwkit-lightning's conversion gives the head its own copy;
+    here the forward clip does the same (a clipped copy per pass, and certify clips the tile's own copy)."""
+    for name, layer in analog_layers(model):
+        for pname in layer.analog_weights:
+            tied = sharers(model, layer, layer.get_parameter(pname))
+            if tied:
+                raise UsageError(
+                    f"noise.clip_when: step would clip {name}'s weights in place, and they are tied to {tied[0]} "
+                    "(a tied LM head and embedding table): the clip would rewrite that layer too",
+                    "override noise.clip_when=forward: each forward pass then uses a clipped copy, and the package "
+                    "records the clip for certify")
 
 
 @torch.no_grad()
