@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import analogai_deploy as ad
+from analogai_deploy.benchmarks.ablation_plan import passes_per_batch
 from analogai_deploy.benchmarks.speed_workloads import text_package
 from analogai_deploy.recovery import recipe as recipes
 
@@ -36,12 +37,6 @@ def source(name: str, work: Path) -> Path:
     if name not in ("minilm", "smollm2"):
         raise SystemExit(f"unknown model {name!r}: a package folder, minilm or smollm2")
     return text_package(name, work)
-
-
-def passes_per_step(rec) -> int:
-    t, r = rec.training, rec.recovery
-    clients = len(r.sigmas) if t.use_FI and len(r.sigmas) > 1 else 1
-    return clients * (1 + (len(r.feedback.deltas) if t.use_FL else 0))
 
 
 #: overrides that turn every noise model off: the plain digital distillation step the recipes' are measured against
@@ -153,7 +148,7 @@ def main() -> None:
             if args.time_steps:
                 continue
             steps = -(-n_train // args.batch_size)
-            per = passes_per_step(rec)
+            per = passes_per_batch(rec)
             rounds = max(1, args.budget // (per * steps))
             out = work / f"{Path(base).name}-{name}"
             shutil.rmtree(out, ignore_errors=True)

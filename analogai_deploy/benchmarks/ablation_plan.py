@@ -74,20 +74,25 @@ class AblationConfig(StrictConfig):
 
 
 def passes_per_round(recipe: str) -> int:
-    """Forward+backward passes over the training set one round of `recipe` makes: epochs x FI clients x
-    (1 + feedback deltas when FL is on) x 2 with SAM, + the adversarial attack's passes. aihwkit HWA: epochs."""
+    """Forward+backward passes over the training set one round of `recipe` makes: epochs x `passes_per_batch`."""
     from ..recovery.recipe import load
 
     r = load(recipe)
+    return r.training.epochs_per_round * passes_per_batch(r)
+
+
+def passes_per_batch(r) -> int:
+    """Forward+backward passes one mini-batch costs a resolved recipe `r`: FI clients x (1 + feedback deltas when
+    FL is on) x 2 with SAM, + the adversarial attack's passes. aihwkit HWA: 1."""
     t, rec = r.training, r.recovery
     if t.engine == "aihwkit_hwa":
-        return t.epochs_per_round
+        return 1
     clients = len(rec.noise) if t.use_FI and len(rec.noise) > 1 else 1
     per_batch = (1 + len(rec.feedback.deltas)) if t.use_FL else 1
     per_batch *= 2 if rec.optimizer.sam else 1
     adv = rec.adversarial
     per_batch += (1 if adv.FGSM.use else 0) + (adv.PGD.steps if adv.PGD.use else 0)
-    return t.epochs_per_round * clients * per_batch
+    return clients * per_batch
 
 
 def plan(cfg: AblationConfig) -> list[dict[str, Any]]:
