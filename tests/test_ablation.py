@@ -50,6 +50,9 @@ def test_cache_resumes_and_report_only_builds_the_tables_from_it(tmp_path):
     write_report(ablation_report(cfg, cache), md, tmp_path / "a.png", "ablation")
     text = md.read_text()
     assert "Partial: 2 of 3 cells finished** (missing: mlp-vanilla-s0-r5)" in text
+    # one seed has no spread to print: its mean alone, and the header says so
+    assert "one seed: its 2-repeat Monte Carlo mean" in text
+    assert not [line for line in text.splitlines() if line.startswith("| vanilla") and "±" in line]
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
     # a cell certified with other settings is refused, not silently mixed in
     with pytest.raises(UsageError, match="other settings"):

@@ -37,8 +37,8 @@ def ablation_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(ms: tuple[float, float], best: bool) -> str:
-    text = f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+def _cell(ms: tuple[float, float], best: bool, seeds: int) -> str:
+    text = f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}" if seeds > 1 else f"{100 * ms[0]:.1f}"  # one seed: no spread
     return f"**{text}**" if best else text
 
 
@@ -84,8 +84,10 @@ def ablation_markdown(result: dict[str, Any], png_name: str = "bench/ablation.pn
             label = model_label(model, cfg["width"])
             what = (f"{cfg['rounds']} rounds for every recipe" if budget == "seed"
                     else f"{max(r['passes'] for r in brows)} passes for every recipe")
+            spread = ("mean ± std over seeds of each seed's" if any(len(r["seeds"]) > 1 for r in brows)
+                      else "one seed: its")
             out.append(f"**{label}, {budget} budget ({what}): accuracy % vs n_w at {cfg['sweep_time']}** "
-                       f"(mean ± std over seeds of each seed's {cfg['repeats']}-repeat Monte Carlo mean)\n")
+                       f"({spread} {cfg['repeats']}-repeat Monte Carlo mean)\n")
             nws = list(brows[0]["n_w"])
             out.append("| recipe | rounds | passes | seeds | digital | " + " | ".join(f"n_w={v}" for v in nws)
                        + " | MC CI ± |")
@@ -94,8 +96,8 @@ def ablation_markdown(result: dict[str, Any], png_name: str = "bench/ablation.pn
             best_d = max(r["digital"][0] for r in brows)
             for r in brows:
                 out.append(f"| {r['recipe']} | {r['rounds']} | {r['passes']} | {len(r['seeds'])}/{r['of_seeds']} | "
-                           f"{_cell(r['digital'], r['digital'][0] == best_d)} | "
-                           + " | ".join(_cell(r["n_w"][v], r["n_w"][v][0] == best[v]) for v in nws)
+                           f"{_cell(r['digital'], r['digital'][0] == best_d, len(r['seeds']))} | "
+                           + " | ".join(_cell(r["n_w"][v], r["n_w"][v][0] == best[v], len(r["seeds"])) for v in nws)
                            + f" | {100 * r['ci_half']:.1f} |")
             out.append("")
             out.append(f"**{label}, {budget} budget: PCM drift (n_w = 0), accuracy %**\n")
@@ -103,8 +105,8 @@ def ablation_markdown(result: dict[str, Any], png_name: str = "bench/ablation.pn
             out.append("|---|" + "---|" * (len(cfg["times"]) + 1))
             best = {t: max(r["drift"][t][0] for r in brows) for t in cfg["times"]}
             for r in brows:
-                out.append(f"| {r['recipe']} | " + " | ".join(_cell(r["drift"][t], r["drift"][t][0] == best[t])
-                                                             for t in cfg["times"]) + f" | {r['train_cpu_s']:.0f} s |")
+                out.append(f"| {r['recipe']} | " + " | ".join(_cell(r["drift"][t], r["drift"][t][0] == best[t],
+                                                                   len(r["seeds"])) for t in cfg["times"]) + f" | {r['train_cpu_s']:.0f} s |")
             out.append("")
             keys = [("n_w", v, f"n_w={v}") for v in nws if v != "0"] + [("drift", t, f"PCM {t}") for t in cfg["times"]]
             out.append(f"*{label}, {budget} budget: {verdict(brows, keys)}*\n")
