@@ -27,6 +27,7 @@ from pathlib import Path
 
 import analogai_deploy as ad
 from analogai_deploy.benchmarks.ablation_plan import passes_per_batch
+from analogai_deploy.benchmarks.common import scratch_dir
 from analogai_deploy.benchmarks.speed_workloads import text_package
 from analogai_deploy.recovery import recipe as recipes
 
@@ -122,12 +123,13 @@ def main() -> None:
     ap.add_argument("--metrics", nargs="+", default=["auto"])
     ap.add_argument("--split", action="store_true", help="certify each package also with the digital-outlier split")
     ap.add_argument("--outlier-std", type=float, default=2.5, help="the split's bound (certify --outlier-std)")
-    ap.add_argument("--work", default=None)
+    ap.add_argument("--work", default=None,
+                    help="keep the trained packages in this folder (default: a temporary one, removed at the end)")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
     ap.add_argument("--time-steps", action="store_true", help="only time one training step of each recipe")
     ap.add_argument("--step-repeats", type=int, default=3, help="timed training steps per recipe (median)")
     args = ap.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="text-bench-"))
+    work = Path(args.work) if args.work else scratch_dir("text-bench-")
     work.mkdir(parents=True, exist_ok=True)
     base = source(args.model, work)
     batch = f"training.batch_size={args.batch_size}"

@@ -1,9 +1,12 @@
 """What every benchmark figure shares: the machine record, medians, the BENCHMARKS.md sections."""
 from __future__ import annotations
 
+import atexit
 import math
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +45,14 @@ def update_markdown(path: str | Path, name: str, body: str) -> None:
     p = Path(path)
     text = p.read_text(encoding="utf-8") if p.is_file() else "# Benchmarks\n"
     p.write_text(replace_section(text, name, body), encoding="utf-8")
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder removed when the process ends: a benchmark's packages (a ResNet's take about
+    0.5 GB, a SmolLM2's 1 GB) must not pile up in the shared /tmp run after run."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
 
 
 def median_time(fn: Callable[[], Any], n: int) -> float:

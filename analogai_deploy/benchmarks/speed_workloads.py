@@ -3,22 +3,12 @@
 about the group (client count, sample count, why a side is missing), not workloads."""
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .common import scratch_dir
 from .speed_config import MODELS, TIMES4, SpeedConfig
-
-
-def _scratch() -> Path:
-    """A folder for one workload's packages, removed when the process ends: the workloads' closures use
-    it until the last row is timed, and a ResNet's packages take about 0.5 GB."""
-    tmp = Path(tempfile.mkdtemp(prefix="analogai-speed-"))
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    return tmp
 
 
 def _sync(device) -> None:
@@ -49,7 +39,7 @@ def _training_steps(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
     from ..analog.convert import set_noise, to_digital
 
     batch = cfg.gpu_batch if cfg.gpu else cfg.batch
-    tmp = _scratch()
+    tmp = scratch_dir("analogai-speed-")
     pkg = ad.convert(model_name, output=f"{tmp}/m", num_classes=10, input_shape=cfg.shape)
     ours = pkg.model.to(device).train()
     set_noise(ours, cfg.sigma)
@@ -103,7 +93,7 @@ def _msnat_round(cfg: SpeedConfig, device, model_name: str) -> dict[str, Callabl
     from ..recovery.trainers import make_trainer
     from ..recovery.recipe import load as load_recipe
 
-    tmp = _scratch()
+    tmp = scratch_dir("analogai-speed-")
     spec, kw = _spec(model_name)
     pkg = ad.convert(spec, output=tmp / "m", **kw)
     ds = data_mod.load("digits", input_shape=pkg.config["input"]["shape"])
@@ -211,7 +201,7 @@ def _text_steps(cfg: SpeedConfig, device, model_name: str, row: str,
     if device.type == "cpu":
         keep_freed_memory()  # as recover's training loop does (recovery/cpu.py cpu_threads)
     if model_name not in packages:
-        packages[model_name] = text_package(model_name, _scratch())
+        packages[model_name] = text_package(model_name, scratch_dir("analogai-speed-"))
     base = packages[model_name]
     recipe, fl = TEXT_ROWS[row]
     # one client: its step is the same with or without the other FI clients (FI averages between rounds)
@@ -258,7 +248,7 @@ def _certify_repeat(cfg: SpeedConfig, device, model_name: str) -> dict[str, Call
     from ..errors import UsageError as _Usage
 
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
-    tmp = _scratch()
+    tmp = scratch_dir("analogai-speed-")
     spec, kw = _spec(model_name)
     ad.convert(spec, output=f"{tmp}/m", **kw)
     data = MODELS[model_name][2]
