@@ -4,8 +4,9 @@ or swaps the machine to a halt) minutes later.
 
 The estimate: activations per sample, measured with one forward pass of one sample (every leaf module's
 output), times the batch, times the forward passes kept for backward (1 + the feedback loops), times 2
-(the activations and their gradients); plus the clients' weights, gradients and Adam moments; plus the
-dataset when it moves to a GPU. It errs high (in-place outputs count twice), and it only refuses runs
+(the activations and their gradients); plus the programmed tile weights each of those passes keeps for its
+backward (the weights with their noise: one copy of every analog weight per pass); plus the clients'
+weights, gradients and Adam moments; plus the dataset when it moves to a GPU. It errs high (in-place outputs count twice), and it only refuses runs
 that need more than all the memory there is.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..analog.convert import analog_layers
 from ..errors import UsageError
 
 GiB = 2**30
@@ -87,12 +89,15 @@ def check_fits(model: nn.Module, recipe, data, device: torch.device, teacher: bo
     params = sum(p.numel() for p in model.parameters()) * 4
     fixed = params * (clients * 4 + 3 + int(teacher))  # per client: weights, grads, 2 Adam moments; + fused, best,
     # input copies (+ the teacher)
+    analog = sum(m.get_parameter(n).numel() for _, m in analog_layers(model) for n in m.analog_weights)
+    programmed = analog * 4 * passes * (clients if t.mode == "batched" else 1)  # SmolLM2 with FL: 4 x 0.5 GiB
+    fixed += programmed
     if device.type == "cuda":
         fixed += sum(x.numel() * x.element_size() for ds in (data.train, data.val)
                      for x in getattr(ds, "tensors", ()))
     need = fixed + per_sample * batch
     free = available_bytes(device)
-    estimate = {"need_gib": need / GiB, "free_gib": (free or 0) / GiB}
+    estimate = {"need_gib": need / GiB, "free_gib": (free or 0) / GiB, "programmed_gib": programmed / GiB}
     if free is not None and need > free:
         fits = max(0, (free - fixed) // per_sample)
         hint = (f"lower training.batch_size (about {fits} fits)" if fits >= 1

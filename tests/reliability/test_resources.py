@@ -41,6 +41,9 @@ def test_small_runs_pass_the_memory_check(lenet_pkg):
     pkg, rec, ds = prepare(lenet_pkg, "msnat", "digits", ["training.batch_size=100000"])  # capped by the data
     est = check_fits(pkg.model, rec, ds, torch.device("cpu"))
     assert 0 < est["need_gib"] < 1
+    # each of the 4 passes of a feedback step keeps its own programmed copy of the analog weights for backward
+    analog = sum(m.weight.numel() for m in pkg.model.modules() if hasattr(m, "analog"))
+    assert est["programmed_gib"] * 2**30 == analog * 4 * 4
 
 
 @pytest.fixture
