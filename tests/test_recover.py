@@ -99,6 +99,30 @@ def test_fusion_is_the_mean_of_the_clients_full_state(lenet_pkg):
     assert all(torch.equal(c.state_dict()["0.weight"], fused.state_dict()["0.weight"]) for c in clients)
 
 
+def test_fusion_and_broadcast_update_a_tied_weight_once(tmp_path):
+    # GPT-2's LM head is its embedding table: one tensor under two state_dict keys. Updated in place through
+    # both, fusion scaled it by sum(a_k^2) + 2 (sum(a_k) - a_0) instead of averaging it (SmolLM2's 5 clients:
+    # a 1.64x embedding table after one round, next-token agreement of its own digital model 0.51)
+    from hf_models import gpt2_lm
+
+    pkg = ad.convert(f"hf:{gpt2_lm(tmp_path / 'hf')}", output=tmp_path / "lm", task="causal-lm")
+    clients = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = package.load(pkg.path).model
+        for p in m.parameters():
+            p.data.normal_()
+        clients.append(m)
+    fused = package.load(pkg.path).model
+    assert fused.get_submodule("lm_head").weight is fused.get_submodule("transformer.wte").weight
+    msnat.fuse(clients, msnat.fusion_weights(3), fused)
+    mean = sum(c.get_submodule("transformer.wte").weight for c in clients) / 3
+    torch.testing.assert_close(fused.get_submodule("lm_head").weight, mean)
+    old = clients[1].get_submodule("transformer.wte").weight.detach().clone()
+    msnat.broadcast(fused, clients, keep=0.1)
+    torch.testing.assert_close(clients[1].get_submodule("lm_head").weight, 0.1 * old + 0.9 * mean)
+
+
 def test_feedback_loss_equals_a_hand_computation(lenet_pkg):
     model = package.load(lenet_pkg).model.train()
     cfg = R.load("msnat").recovery.feedback

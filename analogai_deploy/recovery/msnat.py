@@ -58,8 +58,15 @@ def fusion_weights(k: int, accuracies: Sequence[float] | None = None) -> list[fl
     return [a / total for a in accuracies] if total > 0 else [1.0 / k] * k
 
 
-def _float_keys(state: dict[str, torch.Tensor]) -> list[str]:
-    return [key for key, t in state.items() if t.is_floating_point()]
+def float_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """The floating-point entries, each tensor once: a tied weight (an LM head that is its embedding table)
+    sits under two keys, and an in-place update through both would apply twice."""
+    seen, keys = set(), []
+    for key, t in state.items():
+        if t.is_floating_point() and (t.data_ptr(), t.shape, t.stride()) not in seen:
+            seen.add((t.data_ptr(), t.shape, t.stride()))
+            keys.append(key)
+    return keys
 
 
 @torch.no_grad()
@@ -67,7 +74,7 @@ def fuse(clients: Sequence[nn.Module], weights: Sequence[float], into: nn.Module
     """into <- sum_k a_k * client_k over the full state_dict; integer buffers (e.g. num_batches_tracked) from client 0."""
     states = [c.state_dict() for c in clients]
     target = into.state_dict()
-    keys = _float_keys(states[0])
+    keys = float_keys(states[0])
     out = [target[k] for k in keys]
     torch._foreach_copy_(out, [states[0][k] for k in keys])
     torch._foreach_mul_(out, float(weights[0]))
@@ -83,7 +90,7 @@ def fuse(clients: Sequence[nn.Module], weights: Sequence[float], into: nn.Module
 def broadcast(fused: nn.Module, clients: Sequence[nn.Module], keep: float = 0.0) -> None:
     """w_k <- w (keep = 0) or w_k <- keep * w_k + (1 - keep) * w (momentum broadcast)."""
     source = fused.state_dict()
-    keys = _float_keys(source)
+    keys = float_keys(source)
     src = [source[k] for k in keys]
     for client in clients:
         if client is fused:

@@ -106,7 +106,7 @@ def fuse(clients, weights, into, mine: range) -> None:
 
     msnat.fuse([clients[k] for k in mine], [weights[k] for k in mine], into)
     state = into.state_dict()
-    keys = [k for k, t in state.items() if t.is_floating_point()]
+    keys = msnat.float_keys(state)
     quant = [q for q in msnat.act_quantizers(into) if q is not None and q.act_max is not None]
     parts = [state[k] for k in keys] + [q.act_max.reshape(-1).float() for q in quant]
     summed = distributed.all_reduce_flat([t.detach() for t in parts])
