@@ -95,9 +95,10 @@ def ablation_markdown(result: dict[str, Any], png_name: str = "bench/ablation.pn
             best = {v: max(r["n_w"][v][0] for r in brows) for v in nws}
             best_d = max(r["digital"][0] for r in brows)
             for r in brows:
-                out.append(f"| {r['recipe']} | {r['rounds']} | {r['passes']} | {len(r['seeds'])}/{r['of_seeds']} | "
-                           f"{_cell(r['digital'], r['digital'][0] == best_d, len(r['seeds']))} | "
-                           + " | ".join(_cell(r["n_w"][v], r["n_w"][v][0] == best[v], len(r["seeds"])) for v in nws)
+                n = len(r["seeds"])
+                out.append(f"| {r['recipe']} | {r['rounds']} | {r['passes']} | {n}/{r['of_seeds']} | "
+                           f"{_cell(r['digital'], r['digital'][0] == best_d, n)} | "
+                           + " | ".join(_cell(r["n_w"][v], r["n_w"][v][0] == best[v], n) for v in nws)
                            + f" | {100 * r['ci_half']:.1f} |")
             out.append("")
             out.append(f"**{label}, {budget} budget: PCM drift (n_w = 0), accuracy %**\n")
@@ -105,8 +106,8 @@ def ablation_markdown(result: dict[str, Any], png_name: str = "bench/ablation.pn
             out.append("|---|" + "---|" * (len(cfg["times"]) + 1))
             best = {t: max(r["drift"][t][0] for r in brows) for t in cfg["times"]}
             for r in brows:
-                out.append(f"| {r['recipe']} | " + " | ".join(_cell(r["drift"][t], r["drift"][t][0] == best[t],
-                                                                   len(r["seeds"])) for t in cfg["times"]) + f" | {r['train_cpu_s']:.0f} s |")
+                cells = [_cell(r["drift"][t], r["drift"][t][0] == best[t], len(r["seeds"])) for t in cfg["times"]]
+                out.append(f"| {r['recipe']} | " + " | ".join(cells) + f" | {r['train_cpu_s']:.0f} s |")
             out.append("")
             keys = [("n_w", v, f"n_w={v}") for v in nws if v != "0"] + [("drift", t, f"PCM {t}") for t in cfg["times"]]
             out.append(f"*{label}, {budget} budget: {verdict(brows, keys)}*\n")

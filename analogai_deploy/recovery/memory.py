@@ -6,8 +6,10 @@ The estimate: activations per sample, measured with one forward pass of one samp
 output), times the batch, times the forward passes kept for backward (1 + the feedback loops), times 2
 (the activations and their gradients); plus the programmed tile weights each of those passes keeps for its
 backward (the weights with their noise: one copy of every analog weight per pass); plus the clients'
-weights, gradients and Adam moments; plus the dataset when it moves to a GPU. It errs high (in-place outputs count twice), and it only refuses runs
-that need more than all the memory there is.
+weights, gradients and Adam moments; plus the dataset when it moves to a GPU. It errs high (in-place
+outputs count twice) on training, and it only refuses runs that need more than all the memory there is.
+Validation batches (256 samples) are not counted: for an LM with a large vocabulary they can cost more than
+training (SmolLM2: 16.2 GB peak against 5.1 GiB asked, BENCHMARKS.md section 6).
 """
 from __future__ import annotations
 
