@@ -44,7 +44,8 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder, gguf = smollm2_gguf().parent, smollm2_gguf().name
+    path = smollm2_gguf()
+    folder, gguf = path.parent, path.name
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, torch_dtype=torch.float32).eval()
     tok.padding_side = "left"  # generation continues every prompt from its own last token
