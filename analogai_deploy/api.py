@@ -1,10 +1,10 @@
 """The public verbs, one per stage, with typed signatures: a config object plus keyword overrides.
 
-    convert(source, AnalogConfig, output)        -> Package
-    recover(package, Recipe | name, data)        -> Package
-    certify(package, CertifyConfig, **fields)    -> Certificate
-    export(package, ExportConfig, **fields)      -> ExportResult
-    to_aihwkit(package, CertifyConfig, **fields) -> the aihwkit model certify simulates
+    convert(source, AnalogConfig, output)              -> Package
+    recover(package, Recipe | name, data)              -> Package
+    certify(package, CertifyConfig, **CertifyKeywords) -> Certificate
+    export(package, ExportConfig, **fields)            -> ExportResult
+    to_aihwkit(package, CertifyConfig, **ChipKeywords) -> the aihwkit model certify simulates
     publish(package) / pull(name) / from_pretrained(name)
 
 recover is launcher.recover (the stage on `nproc` local processes); export, publish, pull and
@@ -14,10 +14,11 @@ A keyword given beside a config replaces that field of the config; a keyword lef
 """
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import torch
 from torch import nn
@@ -27,12 +28,17 @@ from .analog.config import AnalogConfig
 from .analog.convert import convert as convert_model
 from .analog.placement import check_selection, plan
 from .analog.mapping import MappingConfig
+from .errors import closest
 from .provenance import now, versions
 from .sources import Source, check_runs, resolve
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from .certification import Certificate, CertifyConfig
     from .hardware.devices import DeviceConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def default_output(spec: str) -> Path:
@@ -102,14 +108,73 @@ def load(path: str | Path, *, verify: bool = True) -> pkg.Package:
     return pkg.load(path, verify_hash=verify)
 
 
-#: the keyword settings of certify and to_aihwkit that set the DeviceConfig, and those that set its IOSettings
+class IOKeywords(TypedDict, total=False):
+    """The keywords of certify and to_aihwkit that set the device's IOSettings (None: keep)."""
+
+    dac_bits: int | None
+    adc_bits: int | None
+    out_noise: float | None
+    tile_size: int | None
+    drift_compensation: bool | None
+    n_w: float | None
+    w_noise_type: str | None
+
+
+class ChipKeywords(IOKeywords, total=False):
+    """The chip both verbs simulate: the device (`device` ... `device_file`, the IO settings), data, mapping."""
+
+    device: str | DeviceConfig | None
+    preset: str | None
+    tile: str | None
+    device_file: str | Path | None
+    data: str | None
+    match_qat: bool | None
+    mapping: MappingConfig | dict[str, Any] | None
+
+
+class CertifyKeywords(ChipKeywords, total=False):
+    """certify's keywords beyond the chip: the Monte Carlo and its gate."""
+
+    times: str | list[str] | None
+    repeats: int | str | None
+    seed: int | None
+    ci_width: float | None
+    max_repeats: int | None
+    max_drop: float | None
+    at: str | None
+    metric: str | None
+    limit: int | None
+    engine: str | None
+
+
+#: the chip keywords that build the DeviceConfig; the IO keywords set its IOSettings
 DEVICE_KEYWORDS = ("device", "preset", "tile", "device_file")
-IO_KEYWORDS = ("dac_bits", "adc_bits", "out_noise", "tile_size", "drift_compensation", "n_w", "w_noise_type")
+IO_KEYWORDS = tuple(IOKeywords.__annotations__)
 
 
-def _settings(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def typed_keywords(keywords: type) -> Callable[[F], F]:
+    """Show a verb's `**settings: Unpack[keywords]` to help() and inspect as the keywords themselves (type
+    checkers read the Unpack): one list of names and types for certify and to_aihwkit, a real signature for each."""
+
+    def show(verb: F) -> F:
+        signature = inspect.signature(verb)
+        own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        named = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                   annotation=getattr(hint, "__forward_arg__", hint))
+                 for name, hint in keywords.__annotations__.items()]
+        verb.__signature__ = signature.replace(parameters=own + named)  # type: ignore[attr-defined]
+        return verb
+
+    return show
+
+
+def _settings(verb: str, keywords: type, given: dict[str, Any]) -> tuple[dict, dict, dict]:
     """A verb's keyword settings, those left at None dropped, split into (the config's own fields, its
-    device's, its IO settings')."""
+    device's, its IO settings'); a keyword the verb does not take fails as Python's own would."""
+    for name in given:
+        if name not in keywords.__annotations__:
+            hint = closest(name, keywords.__annotations__)
+            raise TypeError(f"{verb}() got an unexpected keyword argument {name!r}" + (f"; {hint}" if hint else ""))
     fields = {k: v for k, v in given.items() if v is not None}
     device = {k: fields.pop(k) for k in DEVICE_KEYWORDS if k in fields}
     io = {k: fields.pop(k) for k in IO_KEYWORDS if k in fields}
@@ -139,44 +204,18 @@ def certify_config(config: CertifyConfig | None, fields: dict[str, Any], device:
     return CertifyConfig.from_dict(merged)
 
 
-#: certify's arguments that say how to run it, not what to simulate
-RUN_ARGUMENTS = ("package", "config", "progress", "write", "output", "overwrite", "nproc", "dist_timeout")
-
-
+@typed_keywords(CertifyKeywords)
 def certify(
     package: str | Path | pkg.Package,
     config: CertifyConfig | None = None,
     *,
-    device: str | DeviceConfig | None = None,
-    data: str | None = None,
-    times: str | list[str] | None = None,
-    repeats: int | str | None = None,
-    seed: int | None = None,
-    ci_width: float | None = None,
-    max_repeats: int | None = None,
-    max_drop: float | None = None,
-    at: str | None = None,
-    metric: str | None = None,
-    limit: int | None = None,
-    match_qat: bool | None = None,
-    engine: str | None = None,
-    mapping: MappingConfig | dict[str, Any] | None = None,
-    preset: str | None = None,
-    tile: str | None = None,
-    device_file: str | Path | None = None,
-    dac_bits: int | None = None,
-    adc_bits: int | None = None,
-    out_noise: float | None = None,
-    tile_size: int | None = None,
-    drift_compensation: bool | None = None,
-    n_w: float | None = None,
-    w_noise_type: str | None = None,
     progress: Callable[..., Any] | None = None,
     write: bool = True,
     output: str | Path | None = None,
     overwrite: bool = False,
     nproc: int = 1,
     dist_timeout: float | None = None,
+    **settings: Unpack[CertifyKeywords],
 ) -> Certificate:
     """Monte Carlo certificate of `package` on a simulated analog device, written into the package
     (certification.certify). `config` (a CertifyConfig) gives every setting at once; the keywords are its
@@ -184,8 +223,7 @@ def certify(
     its DeviceConfig) and replace them. Without a config, the keywords left at None take certify's defaults
     (PCM, 1s,1h,1d,1y, 10 repeats, seed 0, the package's mapping). `output`: write a copy of the package
     with the certificate there; `nproc` > 1 spreads the repeats over that many local processes."""
-    # every keyword setting as given (before any other local name exists): the signature is their one list
-    fields, dev, io = _settings({k: v for k, v in locals().items() if k not in RUN_ARGUMENTS})
+    fields, dev, io = _settings("certify", CertifyKeywords, settings)
     from . import launcher
     from .certification import settings_config
 
@@ -194,29 +232,16 @@ def certify(
                             nproc=nproc, dist_timeout=dist_timeout)
 
 
+@typed_keywords(ChipKeywords)
 def to_aihwkit(
     package: str | Path | pkg.Package,
     config: CertifyConfig | None = None,
-    *,
-    device: str | DeviceConfig | None = None,
-    data: str | None = None,
-    match_qat: bool | None = None,
-    mapping: MappingConfig | dict[str, Any] | None = None,
-    preset: str | None = None,
-    tile: str | None = None,
-    device_file: str | Path | None = None,
-    dac_bits: int | None = None,
-    adc_bits: int | None = None,
-    out_noise: float | None = None,
-    tile_size: int | None = None,
-    drift_compensation: bool | None = None,
-    n_w: float | None = None,
-    w_noise_type: str | None = None,
+    **settings: Unpack[ChipKeywords],
 ) -> nn.Module:
     """The package on aihwkit tiles exactly as certify's aihwkit engine simulates it
     (certification.to_aihwkit); `config` and the keywords as in `certify`
     (`config=CertifyConfig.from_dict(cert["settings"])` rebuilds a certificate's chip)."""
-    fields, dev, io = _settings({k: v for k, v in locals().items() if k not in ("package", "config")})
+    fields, dev, io = _settings("to_aihwkit", ChipKeywords, settings)
     from . import certification
 
     if config is None:

@@ -2,6 +2,7 @@
 `bench ablation` command, and BENCHMARKS.md's sections."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -56,7 +57,7 @@ def test_cache_resumes_and_report_only_builds_the_tables_from_it(tmp_path):
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
     # a cell certified with other settings is refused, not silently mixed in
     with pytest.raises(UsageError, match="other settings"):
-        ablation_report(AblationConfig(**{**cfg.to_dict(), "repeats": 3}), cache)
+        ablation_report(dataclasses.replace(cfg, repeats=3), cache)
 
 
 def test_narrow_resnet18_cifar_is_recorded_and_rebuilt_at_its_width(tmp_path):

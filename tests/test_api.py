@@ -131,10 +131,61 @@ def test_convert_names_exclude_types_and_the_cli_its_flag(tmp_path, cli):
     assert code == 2 and "--exclude-type Conv3x names no analog-capable layer type" in err
 
 
-def test_to_aihwkit_takes_certifys_chip_keywords_as_certify_declares_them():
-    """The two verbs list the chip settings each (typed signatures); the lists cannot drift apart."""
+def test_certify_and_to_aihwkit_read_one_typed_keyword_list():
+    """The chip keywords are one TypedDict that certify's extends: help() and inspect show each of them, and a
+    misspelt one fails as Python's own would, naming the close ones."""
+    from analogai_deploy.api import CertifyKeywords, ChipKeywords
+
     chip = inspect.signature(ad.to_aihwkit).parameters
     cert = inspect.signature(ad.certify).parameters
-    for name, p in chip.items():
-        if p.kind is p.KEYWORD_ONLY:
-            assert name in cert and (p.annotation, p.default) == (cert[name].annotation, cert[name].default), name
+    assert set(ChipKeywords.__annotations__) <= set(CertifyKeywords.__annotations__)
+    for verb, keywords in (("to_aihwkit", chip), ("certify", cert)):
+        assert {"device", "dac_bits", "mapping"} <= set(keywords), verb
+        assert keywords["n_w"].kind is inspect.Parameter.KEYWORD_ONLY and keywords["n_w"].default is None
+    assert "times" in cert and "times" not in chip
+    with pytest.raises(TypeError, match="certify.. got an unexpected keyword argument 'repeat'; did you mean: repeats"):
+        ad.certify("runs/none", repeat=3)
+    with pytest.raises(TypeError, match="to_aihwkit.. got an unexpected keyword argument 'times'"):
+        ad.to_aihwkit("runs/none", times="1d")
+
+
+def test_a_type_checker_sees_each_keyword_of_the_verbs(tmp_path):
+    """mypy (installed with aihwkit) reads the keywords through `Unpack`: a misspelt name and a wrong type are
+    errors, the right ones are not. (MYPYPATH: an editable install's import hook is invisible to mypy.)"""
+    import os
+    import subprocess
+    import sys
+
+    use = tmp_path / "use.py"
+    use.write_text('import analogai_deploy as ad\n'
+                   'ad.certify("p", times="1d", repeats=3, dac_bits=6)\n'
+                   'ad.to_aihwkit("p", device="PCM", n_w=0.1)\n'
+                   'ad.certify("p", repeat=3)\n'
+                   'ad.certify("p", seed="zero")\n'
+                   'ad.to_aihwkit("p", times="1d")\n')
+    run = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), "--follow-imports=silent",
+                          "--ignore-missing-imports", "--no-error-summary", str(use)],
+                         capture_output=True, text=True, env={**os.environ, "MYPYPATH": str(ROOT)})
+    errors = [line for line in run.stdout.splitlines() if ": error:" in line]
+    assert [int(line.split(":")[1]) for line in errors] == [4, 5, 6], run.stdout + run.stderr
+    assert 'did you mean "repeats"' in errors[0] and '"seed"' in errors[1] and '"times"' in errors[2]
+
+def test_every_config_is_frozen():
+    """A config changes through dataclasses.replace, which validates it again, never in place after validation."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    from analogai_deploy._config import StrictConfig
+
+    for module in pkgutil.walk_packages(ad.__path__, "analogai_deploy."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+    configs, todo = [], [StrictConfig]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if dataclasses.is_dataclass(cls) and cls.__module__.startswith("analogai_deploy."):
+            configs.append(cls)
+    assert len(configs) >= 20 and {"ExportConfig", "Policy", "CertifyConfig"} <= {c.__name__ for c in configs}
+    assert [c.__qualname__ for c in configs if not c.__dataclass_params__.frozen] == []

@@ -7,6 +7,7 @@ ablation_plan.py; its tables and PNG: ablation_tables.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import time
@@ -87,7 +88,7 @@ def measure(cfg: AblationConfig, out_dir: Path, cache: Path) -> dict[str, float]
     path = cache / "timing.json"
     if path.is_file():
         return json.loads(path.read_text())
-    probe = AblationConfig(**{**cfg.to_dict(), "repeats": 2, "n_w": [0.0], "times": [cfg.sweep_time]})
+    probe = dataclasses.replace(cfg, repeats=2, n_w=[0.0], times=[cfg.sweep_time])
     cell = {"model": cfg.models[0], "width": cfg.width, "seed": 0, "rounds": 1, "passes_per_round": 1}
     row = train_and_certify(probe, {**cell, "recipe": "vanilla"}, out_dir / "timing")
     timing = {"epoch_cpu_s": row["train"]["cpu_s"], "certify_cpu_s": row["certify"]["cpu_s"] / 2}

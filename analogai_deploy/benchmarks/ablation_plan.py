@@ -11,20 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .._config import StrictConfig
 from ..errors import UsageError
 
 RECIPES = ("vanilla", "single_noise", "msnat_no_fi", "msnat_no_fl", "msnat", "hwa_aihwkit", "afm")
-BUDGETS = ("seed", "equal")
+Budget = Literal["seed", "equal"]
+BUDGETS = get_args(Budget)
 #: the seed's figure: accuracy vs aihwkit's per-MAC weight noise n_w (forward.w_noise, C++ tiles)
 N_W = (0.0, 0.05, 0.10, 0.14, 0.20)
 #: --gpu: train on cuda with larger batches; aihwkit certifies on the CPU. Untested: no GPU here.
 GPU_ABLATION = {"device": "cuda", "batch_size": 256}
 
 
-@dataclass
+@dataclass(frozen=True)
 class AblationConfig(StrictConfig):
     """What one study trains and certifies.
 
@@ -40,7 +41,7 @@ class AblationConfig(StrictConfig):
     width: int | None = None
     recipes: list[str] = field(default_factory=lambda: list(RECIPES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    budgets: list[str] = field(default_factory=lambda: list(BUDGETS))
+    budgets: list[Budget] = field(default_factory=lambda: list(BUDGETS))
     rounds: int = 20
     equal_passes: int | None = None
     data: str = "digits"

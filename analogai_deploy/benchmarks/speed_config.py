@@ -21,7 +21,7 @@ TEXT_MODELS = {"minilm": "MiniLM-L6", "lm30k": "Qwen2-style causal LM (2 layers,
 TIMES4 = ["1s", "1h", "1d", "1y"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpeedConfig(StrictConfig):
     """What bench/speed.py measures. CPU default: the training steps at batch 128 of 3x32x32 inputs (the
     issue's reference setting), MSNAT rounds on digits, certify on the digits test split (MiniLM: the

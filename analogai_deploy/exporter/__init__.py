@@ -16,18 +16,19 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from .._config import StrictConfig
-from ..errors import UsageError, unknown
+from .._config import ChoiceConfig
+from ..errors import UsageError
 
-TARGETS = ("onnx", "aihwkit")
+Target = Literal["onnx", "aihwkit"]
+TARGETS = get_args(Target)
 ONNX_FILE = "model.onnx"
 
 
-@dataclass
-class ExportConfig(StrictConfig):
-    """How to export.
+@dataclass(frozen=True)
+class ExportConfig(ChoiceConfig):
+    """How to export (change it with dataclasses.replace).
 
     to: "onnx" (model.onnx, validated) or "aihwkit" (model.aihwkit.pt, the tile state of `to_aihwkit`'s model).
     opset: ONNX opset (13..20; QDQ needs 13+).
@@ -37,16 +38,17 @@ class ExportConfig(StrictConfig):
     device: target device recorded in the metadata when the package names none, and the aihwkit device.
     """
 
-    to: str = "onnx"
+    to: Target = "onnx"
     opset: int = 17
     atol: float | None = None
     rtol: float | None = None
     samples: int = 8
     device: str = "PCM"
 
+    _choices = {"to": "export target"}
+
     def __post_init__(self):
-        if self.to not in TARGETS:
-            raise unknown("export target", self.to, TARGETS)
+        self.set_choices()
         from .graph import MAX_OPSET, MIN_OPSET
 
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -100,9 +102,9 @@ def export(
     `output`: write a copy of the package with the export there instead (for read-only packages); an
     existing package there is replaced only with `overwrite`. Checked before the export runs.
     """
-    config = copy.deepcopy(config) if config is not None else ExportConfig()
     overrides = {"opset": opset, "to": to, "atol": atol, "rtol": rtol, "samples": samples, "device": device}
-    config = ExportConfig.from_dict({**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
+    config = ExportConfig.from_dict({**(config or ExportConfig()).to_dict(),
+                                     **{k: v for k, v in overrides.items() if v is not None}})
     from ..package import check_output
 
     path = Path(getattr(package, "path", package))

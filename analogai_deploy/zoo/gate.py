@@ -31,9 +31,9 @@ _REQUIRED = ("metric", "device", "weights_sha256", "results", "digital", "settin
 _TOL = 1e-9
 
 
-@dataclass
+@dataclass(frozen=True)
 class Policy(StrictConfig):
-    """What a zoo admits.
+    """What a zoo admits (frozen: change it with dataclasses.replace).
 
     max_drop: the loosest gate a certificate may carry, in percentage points of its own metric (a
         certificate certified with --max-drop above this is refused however well it did).
