@@ -7,14 +7,13 @@ names (never one the file names).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import reprlib
 import types
 import typing
 from typing import Any, TypeVar
 
 from .errors import PackageError, UsageError, closest, unknown
+from .provenance import sha256_json
 
 T = TypeVar("T", bound="StrictConfig")
 S = TypeVar("S")  # a config.json section's type: a StrictConfig, or a record with `_version` and `from_dict`
@@ -53,7 +52,7 @@ class StrictConfig:
         return envelope(self)
 
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return sha256_json(self.to_dict())
 
 
 def envelope(section: Any) -> dict[str, Any]:

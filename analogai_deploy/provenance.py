@@ -42,4 +42,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """The one identity hash of a JSON value (recipes, placements, config.json's model sections): sorted keys,
+    compact separators; a value JSON cannot hold (a Path) is hashed as its str."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()

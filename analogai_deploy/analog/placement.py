@@ -30,8 +30,6 @@ The record round-trips through `to_dict` / `from_dict`; `sha256` covers the anal
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -40,6 +38,7 @@ from torch import nn
 
 from .._config import envelope, read_section
 from ..errors import PackageError, UsageError
+from ..provenance import sha256_json
 from .config import AnalogConfig
 from .layers import AnalogLayer, AnalogMultiheadAttention, AnalogState
 from .registry import analog_class_for
@@ -118,8 +117,7 @@ class Placement(AnalogShare):
 
     @property
     def sha256(self) -> str:
-        text = json.dumps(self._core(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return sha256_json(self._core())
 
     @property
     def analog_entries(self) -> list[AnalogEntry]:

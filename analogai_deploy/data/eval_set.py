@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..provenance import sha256_file
 from ..labels import align, is_classifier
 from ..labels import ids as label_ids
 from ..labels import names as package_names
@@ -139,7 +140,7 @@ def _trained_on(config: dict[str, Any], spec: str) -> bool:
     recorded = (data.get("text") or {}).get("file_sha256")
     path = text_data.parse(spec)[1]
     if recorded:
-        return text_data.file_sha256(path) == recorded
+        return sha256_file(path) == recorded
     trained = str(data.get("spec") or "")
     return trained.startswith("text:") and Path(trained[5:]).resolve() == Path(path).resolve()
 

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..errors import PackageError, UsageError
+from ..provenance import sha256_file
 from ..tasks import Record
 from .base import IMAGE_KINDS, holdout, split
 
@@ -175,10 +176,6 @@ def read_file(path: str | Path) -> tuple[list[str], list[Any] | None]:
     return texts, labels
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def corpus(part: str) -> list[str]:
     """The shipped English corpus: part 'train' or 'heldout'."""
     return [s for s in (CORPUS_DIR / f"{part}.txt").read_text(encoding="utf-8").splitlines() if s.strip()]
@@ -291,7 +288,7 @@ def load(spec: str, package_path: str | Path, config: dict[str, Any], model=None
         if kind == "text":
             texts, raw_labels = read_file(arg)
             prov["source"] = str(Path(arg).resolve())
-            prov["file_sha256"] = file_sha256(arg)  # certify knows the file again wherever it is moved
+            prov["file_sha256"] = sha256_file(arg)  # certify knows the file again wherever it is moved
             if raw_labels is not None:  # mapped through the package's own label names (labels.py)
                 from ..labels import ids
 

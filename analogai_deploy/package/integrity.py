@@ -5,7 +5,6 @@ tokenizer it measured with. A package written before `files` held hashes is chec
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import struct
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PackageError
-from ..provenance import sha256_file
+from ..provenance import sha256_file, sha256_json
 from .format import (CARD, CERTIFICATE, CONFIG, KNOWN_FILES, MAX_HEADER, REFERENCE, TOKENIZER_FILES, WEIGHTS,
                      read_config, read_json, safe_name, short_list, unlisted_files)
 
@@ -27,13 +26,9 @@ MODEL_KEYS = ("source", "task", "num_classes", "input", "analog", "placement", "
 OPTIONAL_MODEL_KEYS = ("reference", "labels")
 
 
-def _json_sha256(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
-
-
 def model_sections(config: dict[str, Any]) -> dict[str, str]:
     """sha256 of each model-defining section (MODEL_KEYS), so a mismatch can name the edited one."""
-    return {key: _json_sha256(config.get(key)) for key in _model_keys(config)}
+    return {key: sha256_json(config.get(key)) for key in _model_keys(config)}
 
 
 def _model_keys(config: dict[str, Any]) -> tuple[str, ...]:
@@ -43,7 +38,7 @@ def _model_keys(config: dict[str, Any]) -> tuple[str, ...]:
 def model_sha256(config: dict[str, Any]) -> str:
     """One hash over the model-defining part of config.json (MODEL_KEYS, in that order, then the optional ones
     present)."""
-    return _json_sha256([[key, config.get(key)] for key in _model_keys(config)])
+    return sha256_json([[key, config.get(key)] for key in _model_keys(config)])
 
 
 def check_certificate_binding(path: Path, config: dict[str, Any], certificate: dict[str, Any],

@@ -26,7 +26,6 @@ from typing import Any, Literal
 from .. import _shipped
 from .._config import StrictConfig
 from ..errors import UsageError, unknown
-from ..provenance import sha256_json
 from .recipe_noise import NoiseModelConfig, TrainIOConfig
 from .recipe_training import NOISE_KEY, RecoveryConfig, TrainingConfig
 from .recipe_yaml import apply_overrides, read_yaml
@@ -78,9 +77,6 @@ class Recipe(StrictConfig):
         if self.hardware_noise:  # the seed's recipes keep their hash: the sections appear only when used
             out.update(noise=self.noise.to_dict(), io=self.io.to_dict())
         return out
-
-    def sha256(self) -> str:
-        return sha256_json(self.to_dict())
 
     def summary(self) -> str:
         t, r = self.training, self.recovery

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..provenance import sha256_file
 from . import weights as weights_io
 from .source import Source
 
@@ -99,7 +100,7 @@ def build(spec: str, *, num_classes=None, weights=None, input_shape=None) -> Sou
         "kind": "local",
         "file": str(file.resolve()),
         "factory": name,
-        "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+        "sha256": sha256_file(file),
         "kwargs": kwargs,
     }
     inputs: dict[str, Any] = {"kind": "image", "shape": shape}
@@ -155,6 +156,6 @@ def rebuild(spec: dict[str, Any]) -> nn.Module:
     if not file.is_file():
         raise UsageError(f"this package was built from local code {file}, which is not on this machine",
                          "copy the file there, or convert the model again")
-    if hashlib.sha256(file.read_bytes()).hexdigest() != spec.get("sha256"):
+    if sha256_file(file) != spec.get("sha256"):
         raise UsageError(f"{file} changed since the package was made", "convert the model again from the new code")
     return _call(_factory(file, spec["factory"]), spec.get("kwargs", {}), file)
