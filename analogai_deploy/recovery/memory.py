@@ -4,12 +4,12 @@ or swaps the machine to a halt) minutes later.
 
 The estimate: activations per sample, measured with one forward pass of one sample (every leaf module's
 output), times the batch, times the forward passes kept for backward (1 + the feedback loops), times 2
-(the activations and their gradients); plus the programmed tile weights each of those passes keeps for its
-backward (the weights with their noise: one copy of every analog weight per pass); plus the clients'
-weights, gradients and Adam moments; plus the dataset when it moves to a GPU. It errs high (in-place
-outputs count twice) on training, and it only refuses runs that need more than all the memory there is.
-Validation batches (256 samples) are not counted: for an LM with a large vocabulary they can cost more than
-training (SmolLM2: 16.2 GB peak against 5.1 GiB asked, BENCHMARKS.md section 6).
+(the activations and their gradients); plus the loss's tensors the size of the model's output (LOSS_COPIES:
+an LM's vocabulary-sized logits make them the largest of a step); plus the programmed tile weights each of
+those passes keeps for its backward (the weights with their noise: one copy of every analog weight per pass);
+plus the clients' weights, gradients and Adam moments; plus the dataset when it moves to a GPU. It errs high
+(in-place outputs count twice), and it only refuses runs that need more than all the memory there is.
+Validation runs at `validation_batch`: at most a training step's activations, so the estimate covers it too.
 """
 from __future__ import annotations
 
@@ -22,23 +22,39 @@ from ..analog.convert import analog_layers
 from ..errors import UsageError
 
 GiB = 2**30
+#: validation's batch where memory allows (throughput), and training's batch where that is larger
+VAL_BATCH = 256
+#: tensors the size of the model's output per sample and forward pass beside the leaf outputs (measured on a
+#: 30k-vocabulary LM, KL distillation: ~12 in a training pass (the teacher's outputs, the softmaxes, the
+#: loss's terms and their gradients), 6 in a validation pass (the model's and the teacher's outputs, the loss))
+LOSS_COPIES = 12
+VAL_COPIES = 6
 
 
-def activations_per_sample(model: nn.Module, input_shape: list[int], example=None) -> int:
-    """Floats produced by all leaf modules for one sample (zeros of `input_shape`, or `example`: a text
-    sample's keyword inputs).
+def _tensors(output) -> list[torch.Tensor]:
+    """The tensors of a module's output: a tensor, a tuple / list, or a transformers ModelOutput (a dict)."""
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else (output,)
+    return [t for t in items if isinstance(t, torch.Tensor)]
+
+
+def forward_floats(model: nn.Module, input_shape: list[int], example=None) -> tuple[int, int]:
+    """(floats produced by all leaf modules, floats of the model's largest output) for one sample (zeros of
+    `input_shape`, or `example`: a text sample's keyword inputs).
 
     The analog layers' noise draws happen in a forked RNG, so training's random stream is untouched."""
     total = 0
+    largest = 0
 
     def hook(_module, _inputs, output):
         nonlocal total
-        for t in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(t, torch.Tensor):
-                total += t.numel()
+        total += sum(t.numel() for t in _tensors(output))
+
+    def on_output(_module, _inputs, output):
+        nonlocal largest
+        largest = max((t.numel() for t in _tensors(output)), default=0)
 
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    handles = [m.register_forward_hook(hook) for m in leaves] + [model.register_forward_hook(on_output)]
     was_training = model.training
     device = next(model.parameters()).device
     try:
@@ -52,7 +68,28 @@ def activations_per_sample(model: nn.Module, input_shape: list[int], example=Non
         for h in handles:
             h.remove()
         model.train(was_training)
-    return total
+    return total, largest
+
+
+def step_bytes(model: nn.Module, recipe, data) -> tuple[int, int]:
+    """(bytes of one training sample's activations, bytes of one sample's output-sized validation tensors)."""
+    t, r = recipe.training, recipe.recovery
+    passes = 1 + (len(r.feedback.deltas) if t.use_FL else 0)
+    leaves, output = forward_floats(model, list(data.input_shape), data.example())
+    per_sample = (leaves * 2 + output * LOSS_COPIES) * 4 * passes
+    if t.mode == "batched" and t.use_FI:
+        per_sample *= len(r.sigmas)
+    return per_sample, output * VAL_COPIES * 4
+
+
+def validation_batch(model: nn.Module, recipe, data) -> int:
+    """Validation's batch size: VAL_BATCH or training's, fewer where that many samples' output-sized tensors
+    would outgrow a training step's activations (an LM's logits), so validation never sets the run's peak
+    (a 30k-vocabulary LM validated 76 sentences in one batch with 1.7 GiB against a 0.5 GiB step). It depends
+    on the model and the recipe only, so a resumed run validates alike."""
+    per_sample, per_val = step_bytes(model, recipe, data)
+    batch = min(recipe.training.batch_size, len(data.train))
+    return max(1, min(max(VAL_BATCH, recipe.training.batch_size), per_sample * batch // max(per_val, 1)))
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -83,10 +120,7 @@ def check_fits(model: nn.Module, recipe, data, device: torch.device, teacher: bo
     t, r = recipe.training, recipe.recovery
     clients = len(r.sigmas) if t.use_FI and len(r.sigmas) > 1 else 1
     passes = 1 + (len(r.feedback.deltas) if t.use_FL else 0)
-    example = data.example()
-    per_sample = activations_per_sample(model, list(data.input_shape), example) * 4 * passes * 2
-    if t.mode == "batched":
-        per_sample *= clients
+    per_sample = step_bytes(model, recipe, data)[0]
     batch = min(t.batch_size, len(data.train))
     params = sum(p.numel() for p in model.parameters()) * 4
     fixed = params * (clients * 4 + 3 + int(teacher))  # per client: weights, grads, 2 Adam moments; + fused, best,

@@ -122,7 +122,10 @@ def install_training_noise(pkg, model, rec: Recipe, log: Callable[[str], None] |
     if rec.noise.input_scaling == "package":
         scales, info = hardware_noise.input_scales(pkg, model)
         if log is not None:
-            log(f"training through the package's input scaling: {len(scales)} layers, calibrated on "
-                f"{info.get('spec', 'nothing (the mapping scales no inputs)')}")
+            total = len(pkg.placement.analog) if pkg.placement is not None else len(scales)
+            others = (" (attention and GPT-2 Conv1D projections and grouped convolutions take none)"
+                      if total > len(scales) else "")
+            log(f"training through the package's input scaling: {len(scales)} of {total} analog layers{others}, "
+                f"calibrated on {info.get('spec', 'nothing (the mapping scales no inputs)')}")
     hardware_noise.apply(model, rec.noise, rec.io, scales)
     return info

@@ -20,6 +20,7 @@ from .._state import load_state
 from . import checkpoint, msnat
 from .batches import Batches, pick_device
 from .cpu import cpu_threads
+from .memory import validation_batch
 from .objectives import Objective
 from .optim import lr_at
 from .recipe import Recipe
@@ -61,7 +62,7 @@ class Trainer:
         self.on_round = on_round
         self.device = pick_device(self.t.device)
         self.train_batches = Batches(data.train, self.t.batch_size, self.device)
-        self.val_batches = Batches(data.val, max(256, self.t.batch_size), self.device)
+        self.val_batches = Batches(data.val, validation_batch(model, recipe, data), self.device)
         self.optimizers: list = []
         self.round = 0
         self.best: dict[str, Any] = {}

@@ -46,6 +46,29 @@ def test_small_runs_pass_the_memory_check(lenet_pkg):
     assert est["programmed_gib"] * 2**30 == analog * 4 * 4
 
 
+def test_an_lms_validation_batch_stays_within_a_training_step(tmp_path, lenet_pkg):
+    """Validation's output-sized tensors (an LM's logits, the teacher's, the loss's) at its batch fit in the
+    activations a training step was estimated to hold, so validation never sets the run's peak; an image
+    classifier, whose outputs are small, still validates 256 a batch."""
+    import torch
+
+    import analogai_deploy as ad
+    from analogai_deploy.recovery import prepare
+    from analogai_deploy.recovery.memory import VAL_BATCH, check_fits, step_bytes, validation_batch
+    from hf_models import gpt2_lm
+
+    pkg = ad.convert(f"hf:{gpt2_lm(tmp_path / 'gpt2')}", output=tmp_path / "pkg").path
+    model, rec, ds = prepare(pkg, "single_noise", "corpus", ["training.batch_size=8"])
+    per_sample, per_val = step_bytes(model.model, rec, ds)
+    batch = validation_batch(model.model, rec, ds)
+    assert 8 <= batch < VAL_BATCH and batch * per_val <= per_sample * 8 < (batch + 1) * per_val
+    # the estimate counts the loss's logits-sized tensors: more than the leaf outputs alone
+    assert check_fits(model.model, rec, ds, torch.device("cpu"), teacher=True)["need_gib"] * 2**30 > per_sample * 8
+
+    lenet, rec, ds = prepare(lenet_pkg, "msnat", "digits")
+    assert validation_batch(lenet.model, rec, ds) == VAL_BATCH
+
+
 @pytest.fixture
 def disk(tmp_path):
     """disk(size) -> a real tmpfs of that size, which runs out of space (ENOSPC) as a full disk does (needs
