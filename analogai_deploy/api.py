@@ -108,6 +108,15 @@ def load(path: str | Path, *, verify: bool = True) -> pkg.Package:
     return pkg.load(path, verify_hash=verify)
 
 
+class DeviceKeywords(TypedDict, total=False):
+    """The keywords of certify and to_aihwkit that build the DeviceConfig (None: keep)."""
+
+    device: str | DeviceConfig | None
+    preset: str | None
+    tile: str | None
+    device_file: str | Path | None
+
+
 class IOKeywords(TypedDict, total=False):
     """The keywords of certify and to_aihwkit that set the device's IOSettings (None: keep)."""
 
@@ -120,13 +129,9 @@ class IOKeywords(TypedDict, total=False):
     w_noise_type: str | None
 
 
-class ChipKeywords(IOKeywords, total=False):
-    """The chip both verbs simulate: the device (`device` ... `device_file`, the IO settings), data, mapping."""
+class ChipKeywords(DeviceKeywords, IOKeywords, total=False):
+    """The chip both verbs simulate: the device, its IO settings, the data and the mapping."""
 
-    device: str | DeviceConfig | None
-    preset: str | None
-    tile: str | None
-    device_file: str | Path | None
     data: str | None
     match_qat: bool | None
     mapping: MappingConfig | dict[str, Any] | None
@@ -147,8 +152,7 @@ class CertifyKeywords(ChipKeywords, total=False):
     engine: str | None
 
 
-#: the chip keywords that build the DeviceConfig; the IO keywords set its IOSettings
-DEVICE_KEYWORDS = ("device", "preset", "tile", "device_file")
+DEVICE_KEYWORDS = tuple(DeviceKeywords.__annotations__)
 IO_KEYWORDS = tuple(IOKeywords.__annotations__)
 
 
