@@ -215,3 +215,22 @@ def test_modules_that_check_their_state_dict_version_load(tmp_path):
     loaded = ad.load(tmp_path / "m")
     assert loaded.placement.names == pkg.placement.names
     assert all(a.equal(b) for a, b in zip(loaded.model.state_dict().values(), pkg.model.state_dict().values()))
+
+
+def test_a_model_that_does_not_fit_its_placement_is_refused_alike_by_load_and_both_engines():
+    """One check (placement.placed) for every stage that looks a placement entry up: a layer renamed or
+    retyped since the record was written is a PackageError naming it, never a guess."""
+    from analogai_deploy.analog.placement import apply
+    from analogai_deploy.certification.fast import FastModel
+
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    placement = plan(model)
+    retyped = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Conv1d(6, 3, 1))  # "2" is a Conv1d now
+    missing = nn.Sequential(nn.Linear(8, 6))
+    for other, found in ((retyped, "Conv1d"), (missing, "nothing")):
+        message = f"the placement puts Linear '2' on tiles, but the model has {found} there"
+        for build in (lambda m: apply(copy.deepcopy(m), placement),
+                      lambda m: to_aihwkit(m, placement, _ideal()),
+                      lambda m: FastModel(m, rpu_config(DeviceConfig(name="PCM"), "torch"), placement=placement)):
+            with pytest.raises(PackageError, match=message):
+                build(other)

@@ -322,20 +322,26 @@ def plan(model: nn.Module, config: AnalogConfig | None = None) -> Placement:
     return Placement(analog, digital, sum(p.numel() for p in model.parameters()))
 
 
-def apply(model: nn.Module, placement: Placement, config: AnalogConfig | None = None) -> None:
-    """Make exactly the placement's analog modules analog-aware, in place (noise settings from `config`).
+def placed(model: nn.Module, entry: AnalogEntry) -> nn.Module:
+    """The module a placement entry names in `model`. One missing or of another type means the package does
+    not fit its architecture: PackageError, nothing guessed."""
+    try:
+        module = model.get_submodule(entry.name) if entry.name else model
+    except AttributeError:
+        module = None
+    if module is None or type(module).__name__ != entry.type:
+        found = type(module).__name__ if module is not None else "nothing"
+        raise PackageError(f"the placement puts {entry.type} {entry.name!r} on tiles, but the model has {found} there",
+                           "the package's config.json does not fit its architecture; convert again")
+    return module
 
-    A module the record names that is missing or of another type means the package does not fit its
-    architecture: PackageError, nothing guessed.
-    """
+
+def apply(model: nn.Module, placement: Placement, config: AnalogConfig | None = None) -> None:
+    """Make exactly the placement's analog modules analog-aware, in place (noise settings from `config`);
+    a module the record names must be there (`placed`)."""
     config = config or AnalogConfig()
-    modules = dict(model.named_modules())
     for e in placement.analog:
-        module = modules.get(e.name)
-        if module is None or type(module).__name__ != e.type:
-            found = type(module).__name__ if module is not None else "nothing"
-            raise PackageError(f"the placement puts {e.type} {e.name!r} on tiles, but the model has {found} there",
-                               "the package's config.json does not fit its architecture; convert again")
+        module = placed(model, e)
         analog_cls = analog_class_for(module)
         if analog_cls is None:
             raise PackageError(f"the placement puts {e.type} {e.name!r} on tiles, but no analog layer is registered "

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import OperationFailed
+from .placement import placed
 
 
 def digital_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -233,13 +234,7 @@ def to_aihwkit(digital: nn.Module, placement, rpu) -> tuple[nn.Module, list[str]
                               "convert without excluding every layer")
     simulated = []
     for entry in placement.analog:
-        try:
-            module = model.get_submodule(entry.name) if entry.name else model
-        except AttributeError:
-            raise OperationFailed(f"placement layer {entry.name!r} is not in the model") from None
-        if type(module).__name__ != entry.type:
-            raise OperationFailed(f"placement layer {entry.name!r} is {entry.type} in config.json but "
-                                  f"{type(module).__name__} in the model", "convert the model again")
+        module = placed(model, entry)
         try:
             new = _replacement(entry.kind, module, rpu)
         except OperationFailed as exc:

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import OperationFailed, UsageError
+from ...analog.placement import placed
+from ...errors import UsageError
 from .layer import FastLayer
 
 
@@ -119,13 +120,7 @@ class FastModel(nn.Module):
         self.layers: list[FastLayer] = []
         self.simulated: list[str] = []  # the placement layers on tiles, in placement order
         for entry in self.placement.analog:
-            try:
-                module = self.model.get_submodule(entry.name) if entry.name else self.model
-            except AttributeError:
-                raise OperationFailed(f"placement layer {entry.name!r} is not in the model") from None
-            if type(module).__name__ != entry.type:
-                raise OperationFailed(f"placement layer {entry.name!r} is {entry.type} in config.json but "
-                                      f"{type(module).__name__} in the model", "convert the model again")
+            module = placed(self.model, entry)
             new, layers = _on_tiles(entry, module, rpu)
             for param, layer in layers.items():  # the record's tile matrices are the ones built here
                 rows, cols = entry.matrices.get(param, [None, None])
