@@ -211,3 +211,13 @@ def test_noise_scale_speaks_the_mappings_words_and_still_reads_the_old_ones(tmp_
     assert NoiseModelConfig(scale="channel").scale == "column"
     with pytest.raises(UsageError, match="noise.scale 'row'"):
         R.load("msnat_hw", ["noise.scale=row"])
+
+
+@pytest.mark.parametrize("name, clients, passes", [("msnat", 5, 4), ("msnat_no_fi", 1, 4), ("msnat_no_fl", 5, 1),
+                                                   ("single_noise", 1, 1), ("vanilla", 1, 1)])
+def test_a_recipe_says_its_clients_and_kept_passes_once(name, clients, passes):
+    """How many FI clients a round trains and how many passes a step keeps: read by the trainers, the memory
+    check and the ablation's budgets alike."""
+    r = R.load(name)
+    assert (r.clients, r.passes) == (clients, passes)
+    assert ("FI=on" in r.summary()) == (clients > 1)

@@ -88,12 +88,10 @@ def passes_per_batch(r) -> int:
     t, rec = r.training, r.recovery
     if t.engine == "aihwkit_hwa":
         return 1
-    clients = len(rec.noise) if t.use_FI and len(rec.noise) > 1 else 1
-    per_batch = (1 + len(rec.feedback.deltas)) if t.use_FL else 1
-    per_batch *= 2 if rec.optimizer.sam else 1
+    per_batch = r.passes * (2 if rec.optimizer.sam else 1)
     adv = rec.adversarial
     per_batch += (1 if adv.FGSM.use else 0) + (adv.PGD.steps if adv.PGD.use else 0)
-    return clients * per_batch
+    return r.clients * per_batch
 
 
 def plan(cfg: AblationConfig) -> list[dict[str, Any]]:

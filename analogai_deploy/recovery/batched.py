@@ -33,9 +33,9 @@ from .recipe import Recipe
 
 def blockers(recipe: Recipe, data) -> list[str]:
     """Why this run cannot use the batched mode ([] = it can)."""
-    t, r = recipe.training, recipe.recovery
+    r = recipe.recovery
     out = []
-    if not (t.use_FI and len(r.sigmas) > 1):
+    if recipe.clients == 1:
         out.append("it needs FI with several noise levels")
     for name, on in (("SAM", r.optimizer.sam), ("adversarial training", r.adversarial.FGSM.use or r.adversarial.PGD.use),
                      ("QAT", r.qat)):

@@ -40,7 +40,7 @@ class LoopTrainer(Trainer):
         super().__init__(model, recipe, data, state_dir, **kwargs)
         self.amp = self.t.amp and self.device.type == "cuda"
         self.sigmas = self.r.sigmas
-        self.fi = self.t.use_FI and len(self.sigmas) > 1
+        self.fi = recipe.clients > 1
         model.to(self.device).train()
         if self.r.qat:
             from ..analog import qat

@@ -73,12 +73,10 @@ def forward_floats(model: nn.Module, input_shape: list[int], example=None) -> tu
 
 def step_bytes(model: nn.Module, recipe, data) -> tuple[int, int]:
     """(bytes of one training sample's activations, bytes of one sample's output-sized validation tensors)."""
-    t, r = recipe.training, recipe.recovery
-    passes = 1 + (len(r.feedback.deltas) if t.use_FL else 0)
     leaves, output = forward_floats(model, list(data.input_shape), data.example())
-    per_sample = (leaves * 2 + output * LOSS_COPIES) * 4 * passes
-    if t.mode == "batched" and t.use_FI:
-        per_sample *= len(r.sigmas)
+    per_sample = (leaves * 2 + output * LOSS_COPIES) * 4 * recipe.passes
+    if recipe.training.mode == "batched":  # every client's pass at once
+        per_sample *= recipe.clients
     return per_sample, output * VAL_COPIES * 4
 
 
@@ -117,9 +115,7 @@ def check_fits(model: nn.Module, recipe, data, device: torch.device, teacher: bo
     """Raise UsageError when the run cannot fit in `device`'s memory; returns the estimate (GiB) otherwise.
 
     `teacher`: distillation keeps a frozen digital copy of the model (one more set of weights)."""
-    t, r = recipe.training, recipe.recovery
-    clients = len(r.sigmas) if t.use_FI and len(r.sigmas) > 1 else 1
-    passes = 1 + (len(r.feedback.deltas) if t.use_FL else 0)
+    t, clients, passes = recipe.training, recipe.clients, recipe.passes
     per_sample = step_bytes(model, recipe, data)[0]
     batch = min(t.batch_size, len(data.train))
     params = sum(p.numel() for p in model.parameters()) * 4

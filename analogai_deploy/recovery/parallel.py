@@ -71,7 +71,7 @@ class DataParallel:
 
 def check_recover(recipe, data: Any = "digits", recipe_arg: Any = "msnat", nproc: int = 1) -> None:
     """What a distributed recover cannot do, refused before any process starts training."""
-    t, sigmas = recipe.training, recipe.recovery.sigmas
+    t = recipe.training
     if t.engine == "aihwkit_hwa":
         raise UsageError("training.engine=aihwkit_hwa (aihwkit's own trainer) runs on one process",
                          "drop `nproc` / torchrun, or use an MSNAT-family recipe (vanilla, single_noise, msnat, ...)")
@@ -82,9 +82,9 @@ def check_recover(recipe, data: Any = "digits", recipe_arg: Any = "msnat", nproc
             raise UsageError("with nproc the dataset goes by name", "pass data as a spec, e.g. 'digits'")
         if not isinstance(recipe_arg, (str, Path)):
             raise UsageError("with nproc the recipe goes by name or file", "pass 'msnat' or a YAML path, plus overrides")
-        if t.use_FI and len(sigmas) > 1 and nproc > len(sigmas):
-            raise UsageError(f"{nproc} processes for {len(sigmas)} MSNAT clients: a process would have no client",
-                             f"use `nproc={len(sigmas)}` or fewer")
+        if recipe.clients > 1 and nproc > recipe.clients:
+            raise UsageError(f"{nproc} processes for {recipe.clients} MSNAT clients: a process would have no client",
+                             f"use `nproc={recipe.clients}` or fewer")
 
 
 def client_share(k: int) -> range:

@@ -45,6 +45,17 @@ class Recipe(StrictConfig):
     io: TrainIOConfig = field(default_factory=TrainIOConfig)
 
     @property
+    def clients(self) -> int:
+        """MSNAT's clients a round trains: one per noise level with fusion injection (FI) on, else 1."""
+        levels = len(self.recovery.noise)
+        return levels if self.training.use_FI and levels > 1 else 1
+
+    @property
+    def passes(self) -> int:
+        """Forward passes a step keeps for its backward: 1, plus one per feedback delta with FL on."""
+        return 1 + (len(self.recovery.feedback.deltas) if self.training.use_FL else 0)
+
+    @property
     def hardware_noise(self) -> bool:
         """Whether the recipe trains with anything but the seed's noise model."""
         return self.noise != NoiseModelConfig() or self.io != TrainIOConfig()
@@ -82,7 +93,7 @@ class Recipe(StrictConfig):
         t, r = self.training, self.recovery
         if t.engine == "aihwkit_hwa":
             return f"aihwkit HWA training ({r.hwa.modifier} w_noise={r.hwa.w_noise}), {t.rounds} epochs"
-        parts = [f"K={len(r.noise)} sigma={r.sigmas}", f"FI={'on' if t.use_FI and len(r.noise) > 1 else 'off'}",
+        parts = [f"K={len(r.noise)} sigma={r.sigmas}", f"FI={'on' if self.clients > 1 else 'off'}",
                  f"FL={'on' if t.use_FL else 'off'}", f"{t.rounds} rounds x {t.epochs_per_round} epoch",
                  f"{t.optimizer} lr {t.lr:g} batch {t.batch_size}"]
         extras = [n for n, on in (("SAM", r.optimizer.sam), ("FGSM", r.adversarial.FGSM.use),
