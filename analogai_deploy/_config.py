@@ -48,11 +48,28 @@ class StrictConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def coerce(self, *names: str) -> None:
+        """Fields `names` as from_dict would take them ("17" -> 17; a wrong type a UsageError naming the field),
+        for a config built by its constructor. For `__post_init__`; frozen configs too."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for name in names:
+            object.__setattr__(self, name, _coerce(fields[name], getattr(self, name), name, type(self)))
+
     def serialise(self) -> dict[str, Any]:
         return envelope(self)
 
     def sha256(self) -> str:
         return sha256_json(self.to_dict())
+
+
+def expect(config: Any, cls: type[T], name: str = "config") -> T | None:
+    """`config` when it is a `cls` or None; anything else (another config, a dict) fails naming what it is."""
+    if config is None or isinstance(config, cls):
+        return config
+    a = f"{'an' if cls.__name__[0] in 'AEIOU' else 'a'} {cls.__name__}"
+    hint = (f"{cls.__name__}.from_dict(...) builds one from a dict" if isinstance(config, dict)
+            else f"pass {a}, or leave `{name}` out for the defaults")
+    raise UsageError(f"`{name}` must be {a}, got {type(config).__name__}", hint)
 
 
 def envelope(section: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from .analog.config import AnalogConfig
 from .analog.convert import convert as convert_model
 from .analog.placement import check_selection, plan
 from .analog.mapping import MappingConfig
+from ._config import expect
 from .errors import closest
 from .provenance import now, versions
 from .sources import Source, check_runs, resolve
@@ -54,7 +55,7 @@ def convert(
     num_classes: int | None = None,
     weights: str | None = None,
     task: str | None = None,
-    input_shape: list[int] | None = None,
+    input_shape: list[int] | str | None = None,
     tokenizer: str | None = None,
     seed: int = 0,
     overwrite: bool = False,
@@ -67,7 +68,8 @@ def convert(
     `mapping`: the tile mapping recorded in config.json["mapping"] (default: mapping.DEFAULTS).
     An existing package at `output` is replaced only with `overwrite`; anything else there is refused.
     """
-    config = config or AnalogConfig()
+    config = expect(config, AnalogConfig) or AnalogConfig()
+    expect(mapping, MappingConfig, "mapping")
     if isinstance(source, str):  # refused before the model is built (a Hub model can take minutes)
         pkg.check_output(output or default_output(source), overwrite=overwrite)
     torch.manual_seed(seed)  # random-init architectures are reproducible from the recorded seed
@@ -199,7 +201,7 @@ def certify_config(config: CertifyConfig | None, fields: dict[str, Any], device:
             value = value.split(",")
         merged[key] = value.to_dict() if key == "mapping" and not isinstance(value, dict) else value
     if isinstance(device.get("device"), DeviceConfig) or "device_file" in device:
-        merged["device"] = device_config(device.get("device", config.device.name), device.get("device_file"),
+        merged["device"] = device_config(device.get("device"), device.get("device_file"),
                                          device.get("preset"), device.get("tile", "auto"), io).to_dict()
     elif device or io:
         dev = merged["device"]
@@ -229,7 +231,9 @@ def certify(
     with the certificate there; `nproc` > 1 spreads the repeats over that many local processes."""
     fields, dev, io = _settings("certify", CertifyKeywords, settings)
     from . import launcher
-    from .certification import settings_config
+    from .certification import CertifyConfig, settings_config
+
+    expect(config, CertifyConfig)
 
     chip = settings_config(**fields, **dev, **io) if config is None else certify_config(config, fields, dev, io)
     return launcher.certify(package, chip, progress=progress, write=write, output=output, overwrite=overwrite,
@@ -247,6 +251,8 @@ def to_aihwkit(
     (`config=CertifyConfig.from_dict(cert["settings"])` rebuilds a certificate's chip)."""
     fields, dev, io = _settings("to_aihwkit", ChipKeywords, settings)
     from . import certification
+
+    expect(config, certification.CertifyConfig)
 
     if config is None:
         return certification.to_aihwkit(getattr(package, "path", package),

@@ -189,3 +189,24 @@ def test_every_config_is_frozen():
             configs.append(cls)
     assert len(configs) >= 20 and {"ExportConfig", "Policy", "CertifyConfig"} <= {c.__name__ for c in configs}
     assert [c.__qualname__ for c in configs if not c.__dataclass_params__.frozen] == []
+
+
+def test_a_verb_given_the_wrong_kind_of_argument_says_so(lenet_pkg, tmp_path):
+    """A config of another kind, a dict, a shape as a string, a constructor given strings: what a user passes
+    by mistake is one UsageError naming the parameter, or taken as the CLI would take it."""
+    for call, message in [
+        (lambda: ad.certify(lenet_pkg, ad.ExportConfig(), repeats=2), "`config` must be a CertifyConfig, got ExportConfig"),
+        (lambda: ad.certify(lenet_pkg, {"repeats": 2}), "got dict .CertifyConfig.from_dict"),
+        (lambda: ad.to_aihwkit(lenet_pkg, ad.ExportConfig()), "`config` must be a CertifyConfig"),
+        (lambda: ad.export(lenet_pkg, ad.CertifyConfig()), "`config` must be an ExportConfig, got CertifyConfig"),
+        (lambda: ad.convert("mlp", ad.CertifyConfig(), tmp_path / "c", num_classes=10), "must be an AnalogConfig"),
+        (lambda: ad.convert("mlp", output=tmp_path / "c", num_classes=10, input_shape="1,8"), "got 2 numbers"),
+        (lambda: ad.ExportConfig(opset="seventeen"), "opset must be an integer"),
+        (lambda: ad.certify(lenet_pkg, repeats=2, write=False, output=tmp_path / "copy"), "`write=False` writes nothing"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            call()
+    assert not (tmp_path / "c").exists() and not (tmp_path / "copy").exists()
+    assert ad.ExportConfig(opset="17").opset == 17
+    pkg = ad.convert("mlp", output=tmp_path / "mlp", num_classes=10, input_shape="1,8,8")
+    assert pkg.config["input"]["shape"] == [1, 8, 8]

@@ -165,6 +165,11 @@ def test_noisier_device_gives_lower_accuracy(pkg, tmp_path):
     # (mild PCM noise may even land above digital on 271 test images; 4x noise cannot)
     assert noisy.result("1y")["mean"] < pcm.result("1y")["mean"] - 0.05
     assert noisy.result("1y")["ci95"][1] < ideal.result("1y")["mean"]
+    # a device file is a custom device: alone, or beside a config (whose device it replaces), it needs no `device`
+    alone = ad.certify(pkg, device_file=noisy_file, times="1y", repeats=3, write=False)
+    beside = ad.certify(pkg, ad.CertifyConfig(repeats=3), device_file=noisy_file, times="1y", write=False)
+    for cert in (alone, beside):
+        assert cert["device"]["name"] == "noisy-pcm" and cert.result("1y")["values"] == noisy.result("1y")["values"]
 
 
 @pytest.mark.parametrize("device", ["ReRAM", "ReRAM-CMO", "Hermes-PCM"])
@@ -322,6 +327,10 @@ def test_bad_input_is_one_line_with_a_fix(pkg, cli, tmp_path):
     bad.write_text("noise_model: PCMLikeNoiseModel\nnoise: 1\n")
     code, _, err = cli("certify", pkg, "--device", "custom", "--device-file", bad)
     assert code == 2 and "unknown key 'noise'" in err and "valid keys" in err
+    code, _, err = cli("certify", pkg, "--device-file", bad)  # a device file alone: a custom device, read
+    assert code == 2 and "unknown key 'noise'" in err
+    code, _, err = cli("certify", pkg, "--device", "ReRAM", "--device-file", bad)
+    assert code == 2 and "--device-file goes with --device custom" in err and "drop --device" in err
     code, _, err = cli("certify", tmp_path / "nowhere")
     assert code == 2 and "no package" in err
 

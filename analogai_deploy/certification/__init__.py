@@ -32,6 +32,7 @@ from torch import nn
 from .._marks import mark
 from ..analog import outliers
 from ..analog.mapping import MappingConfig
+from ..errors import UsageError
 from ..hardware.devices import DEVICES, CustomDevice, DeviceConfig, IOSettings, describe
 from ..metrics import METRICS, statistics
 from . import certificate as cert_io
@@ -72,6 +73,9 @@ def certify(
     """
     from .. import distributed
 
+    if output is not None and not write:
+        raise UsageError("`output` writes a copy of the package with the certificate, and `write=False` writes "
+                         "nothing", "pass one of them")
     run = resolve(package, config or CertifyConfig())
     cfg, main = run.config, write and distributed.is_main()
     dest = destination(run.package, output, overwrite) if main else None

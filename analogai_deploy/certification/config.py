@@ -133,9 +133,10 @@ def parse_settings(overrides: list[str] | None) -> dict[str, str]:
     return out
 
 
-def device_config(device: str | DeviceConfig, device_file: str | Path | None, preset: str | None, tile: str,
+def device_config(device: str | DeviceConfig | None, device_file: str | Path | None, preset: str | None, tile: str,
                   io: dict[str, Any]) -> DeviceConfig:
-    """The DeviceConfig of the keyword settings (`device` may be one already; then nothing may go beside it)."""
+    """The DeviceConfig of the keyword settings (`device` may be one already; then nothing may go beside it).
+    No `device`: PCM, or custom when a `device_file` is given."""
     if isinstance(device, DeviceConfig):
         extra = [k for k, v in io.items() if v is not None] + (["preset"] if preset else []) + (
             ["tile"] if tile != "auto" else []) + (["device_file"] if device_file else [])
@@ -143,9 +144,12 @@ def device_config(device: str | DeviceConfig, device_file: str | Path | None, pr
             raise UsageError(f"{', '.join(extra)} given beside a DeviceConfig", "set them inside the DeviceConfig")
         return device
     ioset = IOSettings.from_dict({k: v for k, v in io.items() if v is not None})
+    if device is None:
+        device = "custom" if device_file is not None else "PCM"
     if device_file is not None:
         if str(device).lower() != "custom":
-            raise UsageError(f"`device_file` goes with `device=custom` (got `device={device}`)")
+            raise UsageError(f"`device_file` goes with `device=custom` (got `device={device}`)",
+                             "a device file is a custom device: drop `device`, or drop `device_file`")
         return DeviceConfig.from_file(device_file, io=ioset, preset=preset, tile=tile)
     return DeviceConfig(name=device, io=ioset, preset=preset, tile=tile)
 
@@ -161,7 +165,7 @@ def mapping_config(mapping: MappingConfig | dict[str, Any] | None) -> MappingCon
 def settings_config(
     config: CertifyConfig | None = None,
     *,
-    device: str | DeviceConfig = "PCM",
+    device: str | DeviceConfig | None = None,
     data: str | None = None,
     times: str | list[str] | None = None,
     repeats: int | str = 10,
@@ -186,7 +190,7 @@ def settings_config(
     if config is not None and io:
         raise UsageError(f"{', '.join(io)} given beside a CertifyConfig", "set them in config.device.io")
     if config is not None:
-        given = {"device": device != "PCM", "data": data is not None, "times": times is not None,
+        given = {"device": device is not None, "data": data is not None, "times": times is not None,
                  "repeats": repeats != 10, "seed": seed != 0, "ci_width": ci_width is not None,
                  "max_repeats": max_repeats != 200, "max_drop": max_drop is not None, "at": at != "1d",
                  "metric": metric != "auto", "preset": preset is not None, "tile": tile != "auto",

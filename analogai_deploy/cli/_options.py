@@ -5,7 +5,6 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError
 from ._output import Output, set_mode
 
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout (diagnostics go to stderr).")]
@@ -25,17 +24,3 @@ def rank_output(nproc: int, dist_timeout: float | None, json_: bool, quiet: bool
     main = distributed.configure_cli(nproc, dist_timeout)
     return output(json_ and main, quiet or not main)
 
-
-def parse_shape(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    try:
-        shape = [int(t) for t in text.replace("x", ",").split(",") if t.strip()]
-    except ValueError:
-        shape = []
-    if len(shape) != 3 or min(shape) < 1:
-        got = f"{len(shape)} number{'s' if len(shape) != 1 else ''}" if shape and min(shape) >= 1 else repr(text)
-        raise UsageError(f"--input-shape is an image's C,H,W (3 numbers >= 1), got {got}",
-                         "write e.g. --input-shape 3,32,32; a model that takes token ids is converted from a "
-                         "Hugging Face folder (hf:FOLDER, with its tokenizer)")
-    return shape

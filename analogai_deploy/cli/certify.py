@@ -57,7 +57,8 @@ tiles' read noise comes from an unseeded generator, so their numbers vary slight
 --match-qat: for packages recovered with QAT (config.json "quantization"), sets the DAC to the
 activation bits QAT trained for (a_bits), so the certificate simulates the converter the model expects.
 
-Engines: aihwkit (default) runs aihwkit's tiles; fast draws the same aihwkit device statistics
+Engines: auto (default) runs fast where it is validated for the package and device, else aihwkit, and
+the certificate says which ran and why; aihwkit runs aihwkit's tiles; fast draws the same aihwkit device statistics
 (programming noise, drift, read noise, drift compensation) and runs the network's fused forward
 with the PyTorch tile's DAC/ADC, output noise and bound management around each layer: several times
 faster, statistically equal (BENCHMARKS.md); it covers the PyTorch tile's settings (not --n-w, --preset).
@@ -78,7 +79,7 @@ Exit codes: 0 certified (and the gate passed), 1 the gate failed (the certificat
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help="Certify a package on aihwkit: accuracy vs time after programming, with a pass/fail gate."
+    app.command(help="Certify a package on a simulated analog device (aihwkit's device models): accuracy vs time after programming, with a pass/fail gate."
                 + EXAMPLES)(certify)
 
 
@@ -115,7 +116,7 @@ def certify(
     input_range: Annotated[str | None, typer.Option(help="Mapping: 'dynamic' abs-max scaling per input vector, 'calibrated' static range per layer from data (aihwkit pre_post.input_range), or 'learned' (the ranges a recipe with io.input_range: learned recorded, e.g. afm). [default: the package's; new: dynamic]")] = None,
     input_range_k: Annotated[float | None, typer.Option(help="Mapping: calibrated range = this many std of the layer's inputs. [default: 3]")] = None,
     input_scaling: Annotated[str | None, typer.Option(help="Mapping: 'channel' per-input-channel digital scales calibrated on data, folded into the weights, or 'none'. [default: the package's; new: channel]")] = None,
-    input_scaling_alpha: Annotated[float | None, typer.Option(help="Mapping: s_j = max|x_j|^a / max|W_:j|^(1-a). [default: 0.5]")] = None,
+    input_scaling_alpha: Annotated[float | None, typer.Option(help="Mapping: s_j = max|x_j|^a / max|W_:j|^(1-a). [default: the package's; new: 0.4]")] = None,
     output_scaling: Annotated[str | None, typer.Option(help="Mapping: drift-compensation gain per 'tile' (GlobalDriftCompensation) or per output 'column' (PerColumnDriftCompensation). (column needs --weight-scaling column: aihwkit reads each column out one-hot, and a column read as 0 by the ADC explodes) [default: the package's; new: tile]")] = None,
     calibration: Annotated[str | None, typer.Option(help="Mapping: calibration data (a --data spec). [default: the train split of --data; text: built-in calibration sentences]")] = None,
     calibration_samples: Annotated[int | None, typer.Option(help="Mapping: calibration samples. [default: 64]")] = None,
@@ -155,7 +156,7 @@ def certify(
             raise UsageError(f"{name} is given twice ({mapping[name]} and {given[key]})", "pass it once")
         mapping[name] = given.pop(key)
     settings = {k: v for k, v in given.items() if v is not None}
-    device_name = canonical_device(settings.pop("device", "PCM"))
+    device_name = canonical_device(settings.pop("device", "custom" if device_file else "PCM"))
     common = dict(device=device_name, device_file=device_file, max_drop=max_drop if not sweep else None, at=at,
                   match_qat=match_qat, limit=limit, times=settings.pop("times", None))
     kwargs = {**common, **settings, "engine": engine,

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import Json, Quiet, output, parse_shape
+from ._options import Json, Quiet, output
 
 EXAMPLES = """
 
@@ -60,7 +60,7 @@ def convert(
     out.info(f"converting {model} ...")
     pkg = api.convert(
         model, config, output_dir, num_classes=num_classes, weights=weights, task=task,
-        input_shape=parse_shape(input_shape), tokenizer=tokenizer, seed=seed, overwrite=overwrite, mapping=mapping,
+        input_shape=input_shape, tokenizer=tokenizer, seed=seed, overwrite=overwrite, mapping=mapping,
     )
     data = {"package": str(pkg.path), "weights_sha256": pkg.weights_sha256, "report": pkg.report.to_dict(),
             "mapping": section(pkg.config, "mapping").to_dict()}

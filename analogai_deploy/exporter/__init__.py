@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .._config import ChoiceConfig
+from .._config import ChoiceConfig, expect
 from ..errors import UsageError
 
 Target = Literal["onnx", "aihwkit"]
@@ -49,6 +49,7 @@ class ExportConfig(ChoiceConfig):
 
     def __post_init__(self):
         self.set_choices()
+        self.coerce("opset", "atol", "rtol", "samples")
         from .graph import MAX_OPSET, MIN_OPSET
 
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -103,7 +104,7 @@ def export(
     existing package there is replaced only with `overwrite`. Checked before the export runs.
     """
     overrides = {"opset": opset, "to": to, "atol": atol, "rtol": rtol, "samples": samples, "device": device}
-    config = ExportConfig.from_dict({**(config or ExportConfig()).to_dict(),
+    config = ExportConfig.from_dict({**(expect(config, ExportConfig) or ExportConfig()).to_dict(),
                                      **{k: v for k, v in overrides.items() if v is not None}})
     from ..package import check_output
 

@@ -26,6 +26,11 @@ from .format import (CARD, CERTIFICATE, CONFIG, FORMAT, FORMAT_VERSION, SECTIONS
 from .integrity import verify
 
 
+def _given(flag: str, value: str) -> str:
+    """`flag` given `value`: `output=runs/NAME` for a parameter (the CLI shows -o runs/NAME), else FLAG VALUE."""
+    return f"`{flag.strip('`')}={value}`" if flag.startswith("`") else f"{flag} {value}"
+
+
 def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = False,
                  flag: str = "`output`") -> Path:
     """Refuse a package output that would delete what the toolkit did not write (exit 2, naming it).
@@ -53,7 +58,7 @@ def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = 
         what = "the working directory" if where == cwd else "your home directory" if where == home else \
             "a parent of the working directory"
         raise UsageError(f"refusing to write a package at {dest}: it is {what}, and replacing it would delete "
-                         "everything in it", f"name a new folder, e.g. {flag} runs/NAME")
+                         "everything in it", f"name a new folder, e.g. {_given(flag, 'runs/NAME')}")
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise UsageError(f"{dest} exists and is not a package folder (a file or a link)",
                          f"choose a new folder for {flag}")
@@ -67,7 +72,7 @@ def check_output(dest: str | Path, *, overwrite: bool = False, in_place: bool = 
             them = "them" if len(foreign) > 1 else "it"
             raise UsageError(f"{dest} holds {short_list(foreign)} besides the package; refusing to replace it "
                              f"(that would delete {them})",
-                             f"move {them} out of the folder, or write elsewhere ({flag} NEW_FOLDER)")
+                             f"move {them} out of the folder, or write elsewhere ({_given(flag, 'NEW_FOLDER')})")
         if not overwrite and not in_place:
             raise UsageError(f"{dest} already holds a package", f"pass `overwrite` to replace it, or choose another {flag}")
     for parent in where.parents:

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import UsageError, closest
 from ..metrics import primary_output
-from .source import Source, example_input
+from .source import Source, example_input, parse_shape
 
 
 def resolve(
@@ -25,13 +25,15 @@ def resolve(
     num_classes: int | None = None,
     weights: str | None = None,
     task: str | None = None,
-    input_shape: list[int] | None = None,
+    input_shape: list[int] | str | None = None,
     tokenizer: str | None = None,
 ) -> Source:
-    """Build the digital model named by `spec` (see module docstring)."""
+    """Build the digital model named by `spec` (see module docstring). `input_shape`: C,H,W, a list or a
+    string ("3,32,32")."""
     from . import builtin, huggingface, local, torchvision_models
 
     spec = spec.strip()
+    input_shape = parse_shape(input_shape)
     if num_classes is not None and int(num_classes) < 1:
         raise UsageError(f"`num_classes={num_classes}`: a classifier needs at least 1 class",
                          "pass the number of classes of your data (e.g. `num_classes=10` for digits), or drop it")

@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import UsageError
+
 
 @dataclass
 class Source:
@@ -16,6 +18,23 @@ class Source:
     num_classes: int | None = None
     extra_files: dict[str, bytes] = field(default_factory=dict)  # e.g. tokenizer files, copied into the package
     tokenizer: dict[str, Any] | None = None  # config.json["tokenizer"] for text models (huggingface.py)
+
+
+def parse_shape(value: str | list[int] | tuple[int, ...] | None) -> list[int] | None:
+    """An image's input shape C,H,W from a list or a string ("3,32,32" or "3x32x32"); None stays None."""
+    if value is None or value == "":
+        return None
+    text = value if isinstance(value, str) else ",".join(map(str, value))
+    try:
+        shape = [int(t) for t in text.replace("x", ",").split(",") if t.strip()]
+    except ValueError:
+        shape = []
+    if len(shape) != 3 or min(shape) < 1:
+        got = f"{len(shape)} number{'s' if len(shape) != 1 else ''}" if shape and min(shape) >= 1 else repr(value)
+        raise UsageError(f"`input_shape` is an image's C,H,W (3 numbers >= 1), got {got}",
+                         "write e.g. `input_shape=3,32,32`; a model that takes token ids is converted from a "
+                         "Hugging Face folder (hf:FOLDER, with its tokenizer)")
+    return shape
 
 
 def example_input(inp: dict[str, Any], batch: int = 2) -> tuple[tuple, dict]:
