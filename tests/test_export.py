@@ -297,8 +297,9 @@ def test_certified_package_carries_its_certificate(lenet_pkg, tmp_path, cli):
                    "verdict": {"passed": True, "rule": "normalised >= 0.95 at 1y"},
                    "weights_sha256": config["weights"]["sha256"]}
     package.write(pkg_dir, config, files={"certificate.json": json.dumps(certificate).encode()}, base=pkg_dir)
-    result = ad.export(pkg_dir, device="ReRAM-CMO")  # the certified device wins over the default
+    result = ad.export(pkg_dir, device="ReRAM-CMO")  # the certified device wins over the one asked for, and says so
     assert result.metadata["analogai.target_device"] == "PCM"
+    assert any("records the device the package was made for, PCM, not ReRAM-CMO" in w for w in result.warnings)
     summary = json.loads(result.metadata["analogai.certificate"])
     assert summary["verdict"] is True and summary["results"] == {"1s": 0.96, "1y": 0.93}
     code, out, err = cli("inspect", pkg_dir / "model.onnx")

@@ -98,7 +98,7 @@ class CertifyConfig(ChoiceConfig):
             if self.repeats != "auto" and self.repeats < 2:
                 raise UsageError("a gate judges the lower 95% CI bound, which needs >= 2 repeats", "pass `repeats=10`")
         if self.limit is not None and self.limit < 1:
-            raise UsageError(f"limit must be >= 1, got {self.limit}")
+            raise UsageError(f"`limit` must be >= 1, got {self.limit}")
         self.time_points()  # validate early
 
     def time_points(self, default: str | list[str] | tuple[str, ...] = DEFAULT_TIMES) -> list[tuple[str, float]]:

@@ -171,8 +171,8 @@ def certify(
             try:
                 kwargs[key] = cast(kwargs[key])
             except ValueError:
-                hint = "or auto (--repeats auto --ci-width PP)" if key == "repeats" else None
-                raise UsageError(f"{key} must be an integer, got {kwargs[key]!r}", hint) from None
+                hint = "or auto: `repeats=auto` `ci_width=1`" if key == "repeats" else None
+                raise UsageError(f"`{key}` must be an integer, got {kwargs[key]!r}", hint) from None
 
     if sweep:
         if max_drop is not None:

@@ -195,6 +195,9 @@ def _export_onnx(path: Path, config: ExportConfig, graph_pass, dest: Path, overw
         "validation": {"inputs": source, "batch": result.batch, "atol": [o.atol for o in result.outputs], "rtol": rtol},
     }
     device = meta_io.target_device(pkg.config, certificate, config.device)
+    if device != config.device and config.device != ExportConfig().device:
+        warnings.append(f"the metadata records the device the package was made for, {device}, not {config.device} "
+                        "(the device asked for names the target only of a package with no certificate or recipe device)")
     meta = meta_io.onnx_metadata(pkg.config, certificate, device=device, export=record)
     meta_io.set_onnx_metadata(proto, meta)
     onnx.checker.check_model(proto)
