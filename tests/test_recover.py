@@ -364,6 +364,15 @@ def test_interrupt_in_round_one_names_no_checkpoint_and_resume_counts_honestly(m
     assert code == 0, err
     assert "vanilla: 2 rounds, 1 of them in this run" in out and "round 1 from the checkpoint" in out
 
+    # resumed again when the package is finished: nothing to train, the package as it is; a changed run retrains
+    before = (tmp_path / "o" / "model.safetensors").read_bytes()
+    code, out, err = cli("recover", mlp_pkg, "--recipe", "vanilla", "-o", tmp_path / "o", "--resume", *over)
+    assert code == 0 and "finished package (the same recipe, input weights and data): nothing to resume" in err
+    assert (tmp_path / "o" / "model.safetensors").read_bytes() == before and "left as it was:" in out
+    code, out, err = cli("recover", mlp_pkg, "--recipe", "vanilla", "-o", tmp_path / "o", "--resume",
+                         "training.rounds=1", "training.cpu_threads=1")
+    assert code == 2 and "already holds a package" in err  # another run's package is not replaced unasked
+
 
 def test_recover_on_an_image_folder(tmp_path):
     """Datasets that are not in-memory tensors go through a DataLoader (the cifar10/mnist/imagefolder path)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -74,6 +75,17 @@ def test_from_pretrained_gives_the_same_model(zoo_dir, certified):
     with noise_off(pkg.model), noise_off(original.model):
         assert torch.equal(pkg.model(x), original.model(x))
     assert [e["name"] for e in zoo.list_models()] == ["digits-cnn"]
+
+
+def test_recovering_a_zoo_entry_writes_outside_the_zoo(zoo_dir, certified, tmp_path, monkeypatch):
+    """A zoo entry's default recover output would be an uncertified folder inside the zoo, which `zoo list`
+    hides and `pull` cannot name: it goes under runs/ instead, and the zoo keeps only what publish wrote."""
+    zoo.publish(certified, name="digits-cnn")
+    before = sorted(p.name for p in zoo_dir.iterdir())
+    monkeypatch.chdir(tmp_path)
+    out = ad.recover(zoo_dir / "digits-cnn", "vanilla", "digits", overrides=["training.rounds=1"])
+    assert out.path == Path("runs") / "digits-cnn-vanilla" and (tmp_path / out.path / "config.json").exists()
+    assert sorted(p.name for p in zoo_dir.iterdir()) == before
 
 
 def test_refuses_package_without_certificate(cli, zoo_dir, lenet_pkg):

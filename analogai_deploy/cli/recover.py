@@ -92,20 +92,14 @@ def recover(
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    from pathlib import Path
-
     from ..analog.outliers import recorded_split_warning
     from ..launcher import recover as run_recover
-    from ..recovery import state_dir_for
 
     out = rank_output(nproc, dist_timeout, json_, quiet)
     overrides = list(overrides or [])  # the mapping options are the recipe's noise.outliers / noise.outlier_std
     overrides += [f"noise.{k}={v}" for k, v in (("outliers", outliers), ("outlier_std", outlier_std)) if v is not None]
     out.info(f"recovering {package} with recipe {recipe} on {data or 'the default data'} ...")
-    if resume:
-        target = Path(output_dir) if output_dir else None
-        if target is not None and not state_dir_for(target).exists():
-            out.warn(f"no checkpoint in {state_dir_for(target)}; starting from round 1")
+    before = _stamp(output_dir) if resume else None  # a finished package is returned as it is (nothing to resume)
     pkg = run_recover(package, recipe, data, output_dir, overrides=overrides, resume=resume,
                       restart=restart, overwrite=overwrite,
                       progress=(lambda **kw: out.progress(**kw)) if out.mode == "human" else None,
@@ -114,8 +108,9 @@ def recover(
         return
     t = pkg.config["training"]
     best = t["best"]
+    written = before is None or _stamp(pkg.path) != before
     result = {"package": str(pkg.path), "weights_sha256": pkg.weights_sha256, "recipe": pkg.config["recipe"]["name"],
-              "recipe_sha256": pkg.config["recipe"]["sha256"], "training": t}
+              "recipe_sha256": pkg.config["recipe"]["sha256"], "training": t, "written": written}
 
     metric = best.get("metric", "acc")  # "val_acc" holds the objective's metric (a cosine when distilling)
 
@@ -127,11 +122,21 @@ def recover(
             if done > kept else f"{done} rounds, all from the checkpoint (none left to run)")
         return (f"{d['recipe']}: {rounds} ({t['mode']} mode, {t['device']}); "
                 f"best round {best['round']}: val {metric} {best['val_acc']:.4f} at sigma={best['val_sigma']} "
-                f"(clean {best['val_clean_acc']:.4f})\nwrote {d['package']}")
+                f"(clean {best['val_clean_acc']:.4f})\n{'wrote' if written else 'left as it was:'} {d['package']}")
 
     out.result(result, human)
     if warning := recorded_split_warning(pkg.config):
         out.warn(warning)
+
+
+def _stamp(folder) -> int | None:
+    """When the package at `folder` was last written (its config.json's mtime), None where there is none."""
+    from pathlib import Path
+
+    try:
+        return (Path(folder) / "config.json").stat().st_mtime_ns if folder else None
+    except OSError:
+        return None
 
 
 def list_recipes(json_: Json = False) -> None:

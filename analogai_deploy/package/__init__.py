@@ -14,14 +14,15 @@ loading checks each one, and a certificate binds the tokenizer it measured with.
 """
 from .build import load, load_reference
 from .format import (CARD, CERTIFICATE, CONFIG, FORMAT, FORMAT_VERSION, RECORD_KEY, REFERENCE, SECTIONS, WEIGHTS,
-                     Package, foreign_entries, hf_native, is_package, read_config, read_json, read_record, safe_name,
-                     section, unlisted_files)
+                     ZOO_FORMAT, ZOO_INDEX, Package, foreign_entries, hf_native, in_zoo, is_package, read_config,
+                     read_json, read_record, safe_name, section, unlisted_files)
 from .integrity import (MODEL_KEYS, check_certificate_binding, check_files, check_safetensors,
                         measured_files, model_sections, model_sha256, recorded_files, unbound_files, verify)
 from .writer import check_output, flat_metadata, migrate, write
 
 __all__ = ["load", "load_reference", "CARD", "CERTIFICATE", "CONFIG", "FORMAT", "FORMAT_VERSION", "RECORD_KEY",
-           "REFERENCE", "SECTIONS", "WEIGHTS", "Package", "foreign_entries", "hf_native", "is_package", "read_config",
+           "REFERENCE", "SECTIONS", "WEIGHTS", "ZOO_FORMAT", "ZOO_INDEX", "Package", "foreign_entries", "hf_native",
+           "in_zoo", "is_package", "read_config",
            "read_json", "read_record", "safe_name", "section", "unlisted_files", "MODEL_KEYS",
            "check_certificate_binding", "check_files", "check_safetensors", "measured_files", "model_sections",
            "model_sha256", "recorded_files", "unbound_files", "verify", "check_output", "flat_metadata", "migrate",

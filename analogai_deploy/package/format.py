@@ -182,6 +182,19 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+#: a local zoo: a folder of packages with this index (zoo/local.py writes it; stages must not write into it)
+ZOO_INDEX = "index.json"
+ZOO_FORMAT = "analogai-deploy/zoo"
+
+
+def in_zoo(path: Path) -> bool:
+    """Whether `path` is an entry of a local zoo: its folder holds a zoo index."""
+    try:
+        return read_json(Path(path).resolve().parent / ZOO_INDEX).get("format") == ZOO_FORMAT
+    except (PackageError, OSError, AttributeError):
+        return False
+
+
 def is_package(path: Path) -> bool:
     """A folder whose config.json says it is an analogai-deploy package (nothing else is parsed)."""
     try:

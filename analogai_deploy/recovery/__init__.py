@@ -18,9 +18,9 @@ from typing import Any, Callable
 from .. import lock
 from .._marks import mark
 from ..errors import OperationFailed, UsageError
-from .checkpoint import Interrupted, discard_checkpoint, interrupted, state_dir_for
+from .checkpoint import Interrupted, discard_checkpoint, has_checkpoint, interrupted, state_dir_for
 from .objectives import objective_line
-from .output import check_outputs, output_for, recovered_package, run_identity
+from .output import check_outputs, made_by, output_for, recovered_package, run_identity
 from .prepare import install_training_noise, merge_overrides, prepare, prepare_run
 from .recipe import Recipe, load as load_recipe
 
@@ -86,6 +86,14 @@ def recover(
     # one writer per output: a second run on OUTPUT (or its .partial/) refuses now, not after training (lock.py)
     with lock.held(out_path, log=log) if distributed.is_main() else contextlib.nullcontext():
         replace = check_outputs(out_path, identity, resume=resume, restart=restart, overwrite=overwrite)
+        if resume and not has_checkpoint(state_dir):
+            if made_by(out_path, identity):  # finished already: training it again would only cost the time
+                if log is not None:
+                    log(f"{out_path} is this run's finished package (the same recipe, input weights and data): "
+                        "nothing to resume")
+                return pkg_mod.load(out_path)
+            if log is not None:
+                log(f"warning: no checkpoint in {state_dir}; starting from round 1")
         if distributed.world() > 1:
             if objective.text:
                 raise UsageError("text packages recover on one process", "drop `nproc` / torchrun")
@@ -93,6 +101,8 @@ def recover(
 
             check_recover(rec, data, recipe)
         if restart and distributed.is_main():
+            if has_checkpoint(state_dir) and log is not None:
+                log(f"restart: discarding the checkpoint in {state_dir}")
             discard_checkpoint(state_dir)  # a fresh run never mixes with an old checkpoint
         default_sigma = pkg_mod.section(pkg.config, "analog").sigma
         model = pkg.model

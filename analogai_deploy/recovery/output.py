@@ -28,7 +28,11 @@ def _inherited(path: Path) -> bool:
 
 
 def output_for(pkg, rec: Recipe, output: str | Path | None) -> Path:
-    return Path(output) if output is not None else pkg.path.parent / f"{pkg.path.name}-{rec.name}"
+    """`output`, else a folder beside the package (beside a zoo entry: under runs/, never into the zoo)."""
+    if output is not None:
+        return Path(output)
+    name = f"{pkg.path.name}-{rec.name}"
+    return Path("runs") / name if pkg_mod.in_zoo(pkg.path) else pkg.path.parent / name
 
 
 def run_identity(pkg, rec: Recipe, ds) -> dict[str, str]:
@@ -40,13 +44,13 @@ def check_outputs(out_path: Path, identity: dict[str, str], *, resume: bool, res
     """Refuse, before any training, an output or checkpoint the run would destroy unasked; returns whether
     the package at `out_path` may be replaced (`overwrite`, or a resumed run whose package landed just
     before a kill: the same run again, nothing lost)."""
-    replace = overwrite or (resume and _made_by(out_path, identity))
+    replace = overwrite or (resume and made_by(out_path, identity))
     pkg_mod.check_output(out_path, overwrite=replace)
     checkpoint.check_folder(checkpoint.state_dir_for(out_path), resume, restart)
     return replace
 
 
-def _made_by(out: Path, identity: dict[str, str]) -> bool:
+def made_by(out: Path, identity: dict[str, str]) -> bool:
     """Is the package at `out` the product of this very run (same recipe, input weights and data)?"""
     if not pkg_mod.is_package(out):
         return False

@@ -13,7 +13,13 @@ from .recipe import Recipe, load as load_recipe
 
 def merge_overrides(overrides: list[str] | dict[str, Any] | None, kwargs: dict[str, Any]
                     ) -> list[str] | dict[str, Any]:
-    """The overrides with Python keywords added (training__batch_size=256 for training.batch_size=256)."""
+    """The overrides with Python keywords added (training__batch_size=256 for training.batch_size=256); one
+    'key=value' string is a list of one, as the CLI takes it."""
+    if isinstance(overrides, (str, tuple)):
+        overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    elif overrides is not None and not isinstance(overrides, (list, dict)):
+        raise UsageError(f"`overrides` is a list of 'key=value' strings or a {{key: value}} dict, got "
+                         f"{type(overrides).__name__}", "e.g. `overrides=[\"training.rounds=5\"]`")
     if kwargs:  # Python keywords: training__batch_size=256 or **{"training.batch_size": 256}
         merged = dict(overrides) if isinstance(overrides, dict) else {}
         merged.update({k.replace("__", "."): v for k, v in kwargs.items()})

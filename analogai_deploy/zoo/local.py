@@ -24,8 +24,8 @@ from ..errors import OperationFailed, PackageError, UsageError, unknown
 from ..provenance import now
 from . import gate
 
-INDEX = "index.json"
-FORMAT = "analogai-deploy/zoo"
+INDEX = pkgio.ZOO_INDEX
+FORMAT = pkgio.ZOO_FORMAT
 VERSION = 1
 ENV = "ANALOGAI_ZOO"
 PENDING = ".pending-"  # journal of a publish in progress: .pending-NAME.json
