@@ -100,10 +100,11 @@ def read_checkpoint(state_dir: Path, identity: dict[str, str], mode: str) -> tup
     for key, want in identity.items():
         if meta["identity"].get(key) != want:
             raise UsageError(f"the checkpoint in {state_dir} was made with another {key.replace('_', ' ')}",
-                             "resume with the same package, recipe, overrides and data, or delete that folder")
+                             "resume with the same package, recipe, overrides and data, or pass `restart=True` to "
+                             "discard it")
     if meta["mode"] != mode:
         raise UsageError(f"the checkpoint in {state_dir} was made in {meta['mode']} mode, this run is {mode}",
-                         f"resume with training.mode={meta['mode']}, or delete that folder")
+                         f"resume with training.mode={meta['mode']}, or pass `restart=True` to discard it")
     return load_file(str(state_dir / meta["tensors"])), meta
 
 

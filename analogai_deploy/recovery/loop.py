@@ -249,10 +249,10 @@ class LoopTrainer(Trainer):
     def load_models(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         if meta["clients"] != len(self.clients):
             raise UsageError(f"the checkpoint in {self.state_dir} has {meta['clients']} clients, this recipe "
-                             f"{len(self.clients)}", "resume with the same recipe, or delete that folder")
+                             f"{len(self.clients)}", "resume with the same recipe, or pass `restart=True`")
         if len(meta["optimizers"]) != len(self.optimizers):
             raise UsageError(f"the checkpoint in {self.state_dir} holds {len(meta['optimizers'])} optimizer states, "
-                             f"this run {len(self.optimizers)}", "resume with the same recipe, or delete that folder")
+                             f"this run {len(self.optimizers)}", "resume with the same recipe, or pass `restart=True`")
         same = set(meta.get("same_as_fused", []))  # stored once, as the fused model
 
         def part(name: str, suffix: str = "") -> dict[str, torch.Tensor]:
