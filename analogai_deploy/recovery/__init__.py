@@ -91,6 +91,8 @@ def recover(
                 if log is not None:
                     log(f"{out_path} is this run's finished package (the same recipe, input weights and data): "
                         "nothing to resume")
+                if distributed.is_main():
+                    discard_checkpoint(state_dir)  # what a kill left of its checkpoint after the package landed
                 return pkg_mod.load(out_path)
             if log is not None:
                 log(f"warning: no checkpoint in {state_dir}; starting from round 1")
