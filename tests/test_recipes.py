@@ -221,3 +221,14 @@ def test_a_recipe_says_its_clients_and_kept_passes_once(name, clients, passes):
     r = R.load(name)
     assert (r.clients, r.passes) == (clients, passes)
     assert ("FI=on" in r.summary()) == (clients > 1)
+
+
+def test_a_mistake_in_the_users_recipe_file_names_the_file(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("name: mine\ntraining:\n  batch_sise: 32\n")
+    with pytest.raises(UsageError, match=r"mine\.yaml: unknown key 'training\.batch_sise'.*did you mean: batch_size"):
+        R.load(mine)
+    mine.write_text("name: mine\ntraining:\n  rounds: 3\n")
+    with pytest.raises(UsageError, match=r"^unknown key 'training\.bogus'"):  # the override's mistake, not the file's
+        R.load(mine, ["training.bogus=1"])
+    assert R.load(mine, ["training.rounds=2"]).training.rounds == 2

@@ -13,7 +13,7 @@ from zoo_helpers import certified_copy, fixture_certificate, flip_a_weight_byte
 
 import analogai_deploy as ad
 from analogai_deploy import package as pkgio
-from analogai_deploy.errors import PackageError
+from analogai_deploy.errors import PackageError, UsageError
 from analogai_deploy import zoo
 from analogai_deploy.analog.convert import noise_off
 
@@ -75,6 +75,16 @@ def test_from_pretrained_gives_the_same_model(zoo_dir, certified):
     with noise_off(pkg.model), noise_off(original.model):
         assert torch.equal(pkg.model(x), original.model(x))
     assert [e["name"] for e in zoo.list_models()] == ["digits-cnn"]
+    with pytest.raises(UsageError, match="is a package folder, not a zoo name.*analogai_deploy.load"):
+        ad.from_pretrained(str(certified))  # a folder is loaded, not pulled
+
+
+def test_publish_and_pull_say_only_the_times_the_certificate_measured(cli, zoo_dir, certified, tmp_path):
+    code, out, err = cli("publish", certified, "--name", "digits-cnn")  # certified at 1 d only
+    assert code == 0, err
+    assert "at 1 d (digital" in out and "at 1 y" not in out
+    code, out, err = cli("pull", "digits-cnn", "-o", tmp_path / "pulled")
+    assert code == 0 and "at 1 d (digital" in out and "at 1 y" not in out, err
 
 
 def test_recovering_a_zoo_entry_writes_outside_the_zoo(zoo_dir, certified, tmp_path, monkeypatch):

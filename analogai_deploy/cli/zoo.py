@@ -204,6 +204,12 @@ def _v(r: dict[str, Any], t: str) -> Any:
     return r.get(f"value_{t}", r.get(f"accuracy_{t}"))
 
 
+def _results(metric: Any, r: dict[str, Any]) -> str:
+    """"98.0% at 1 d, 97.8% at 1 y", leaving out a time the certificate did not measure."""
+    parts = [f"{_value(metric, _v(r, t))} at {t[:-1]} {t[-1]}" for t in ("1d", "1y") if _v(r, t) is not None]
+    return ", ".join(parts) or "(no result at 1 d or 1 y)"
+
+
 def _gate(r: dict[str, Any]) -> str:
     rule = r.get("gate")
     if not rule:
@@ -226,8 +232,8 @@ def _published(d: dict[str, Any]) -> str:
     from ..zoo.local import default_dir
 
     where = "" if Path(d["zoo"]).resolve() == default_dir().resolve() else f" --zoo {d['zoo']}"  # a pull must find it
-    return (f"published {d['name']} to {d['zoo']}: {d.get('device')} {m} {_value(m, _v(d, '1d'))} at 1 d, "
-            f"{_value(m, _v(d, '1y'))} at 1 y (digital {_value(m, d.get('digital'))}), {_size(d.get('size'))}\n"
+    return (f"published {d['name']} to {d['zoo']}: {d.get('device')} {m} {_results(m, d)} "
+            f"(digital {_value(m, d.get('digital'))}), {_size(d.get('size'))}\n"
             f"{gate}; {spot_text}\npull with: analogai-deploy pull {d['name']}{where}")
 
 
@@ -235,5 +241,5 @@ def _pulled(d: dict[str, Any]) -> str:
     m = d.get("metric")
     return (f"{d['name']}: verified (sha256 {d['weights_sha256'][:16]}... matches config.json and the certificate; "
             f"gate {d.get('gate')} recomputed: passed; spot check {d['spot_check']})\n"
-            f"certified on {d.get('device')}: {m} {_value(m, _v(d, '1d'))} at 1 d, {_value(m, _v(d, '1y'))} at 1 y "
+            f"certified on {d.get('device')}: {m} {_results(m, d)} "
             f"(digital {_value(m, d.get('digital'))})\npackage: {d['package']}")

@@ -19,6 +19,7 @@ overrides and marks the result `variant: text`; for image packages the section i
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -173,7 +174,7 @@ def load(name_or_path: str | Path | Recipe = "msnat", overrides: list[str] | dic
             return name_or_path
         data = name_or_path.to_dict()
     else:
-        data, _ = raw(name_or_path)
+        data, source = raw(name_or_path)
     section = _text_section(data)
     if section is not None:
         with_text = merge_section(data, section)
@@ -184,4 +185,18 @@ def load(name_or_path: str | Path | Recipe = "msnat", overrides: list[str] | dic
             raise UsageError(f"in the recipe's {TEXT_SECTION}: section: {exc.message}", exc.hint) from None
         if text:
             data = checked.to_dict()
-    return Recipe.from_dict(apply_overrides(data, overrides or []))
+    try:
+        return Recipe.from_dict(apply_overrides(copy.deepcopy(data), overrides or []))
+    except UsageError as exc:
+        if isinstance(name_or_path, Recipe) or source in shipped() or _from_overrides(data, exc):
+            raise
+        raise UsageError(f"{source}: {exc.message}", exc.hint) from None  # the user's file says it
+
+
+def _from_overrides(data: dict[str, Any], exc: UsageError) -> bool:
+    """Whether the overrides, not the file's own `data`, make `exc` (the file alone passes, or fails otherwise)."""
+    try:
+        Recipe.from_dict(data)
+    except UsageError as alone:
+        return alone.message != exc.message
+    return True

@@ -106,6 +106,10 @@ def find(name: str, zoo: str | Path | None = None) -> tuple[dict[str, Any], Path
     zoo_dir = existing_dir(zoo)
     found = {e.get("name"): e for e in read_index(zoo_dir)["entries"]}
     if name not in found:
+        if pkgio.is_package(Path(name)):  # a folder: zoo entries go by name, packages on disk load directly
+            raise UsageError(f"{name!r} is a package folder, not a zoo name",
+                             "a package folder is used as it is (analogai_deploy.load(PATH) in Python); pull "
+                             "and from_pretrained take a zoo entry's name")
         if not found:
             raise UsageError(f"no zoo model {name!r}: the zoo at {zoo_dir} is empty",
                              f"publish a package there, or point `zoo` / ${ENV} at another zoo")
