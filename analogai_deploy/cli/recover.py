@@ -133,8 +133,10 @@ def _stamp(folder) -> int | None:
     """When the package at `folder` was last written (its config.json's mtime), None where there is none."""
     from pathlib import Path
 
+    from ..package import CONFIG
+
     try:
-        return (Path(folder) / "config.json").stat().st_mtime_ns if folder else None
+        return (Path(folder) / CONFIG).stat().st_mtime_ns if folder else None
     except OSError:
         return None
 
