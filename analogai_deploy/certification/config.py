@@ -133,6 +133,11 @@ def parse_settings(overrides: list[str] | None) -> dict[str, str]:
     return out
 
 
+def implied_device(device: str | None, device_file: str | Path | None) -> str:
+    """`device`, or what leaving it out means: custom with a device file, else PCM."""
+    return device if device is not None else "custom" if device_file is not None else "PCM"
+
+
 def device_config(device: str | DeviceConfig | None, device_file: str | Path | None, preset: str | None, tile: str,
                   io: dict[str, Any]) -> DeviceConfig:
     """The DeviceConfig of the keyword settings (`device` may be one already; then nothing may go beside it).
@@ -144,8 +149,7 @@ def device_config(device: str | DeviceConfig | None, device_file: str | Path | N
             raise UsageError(f"{', '.join(extra)} given beside a DeviceConfig", "set them inside the DeviceConfig")
         return device
     ioset = IOSettings.from_dict({k: v for k, v in io.items() if v is not None})
-    if device is None:
-        device = "custom" if device_file is not None else "PCM"
+    device = implied_device(device, device_file)
     if device_file is not None:
         if str(device).lower() != "custom":
             raise UsageError(f"`device_file` goes with `device=custom` (got `device={device}`)",

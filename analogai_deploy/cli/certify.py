@@ -132,6 +132,7 @@ def certify(
 ) -> None:
     from ..errors import OperationFailed, UsageError
     from .. import certification as cert_mod
+    from ..certification.config import implied_device
     from ..hardware.devices import canonical_device
     from .. import launcher
 
@@ -156,7 +157,7 @@ def certify(
             raise UsageError(f"{name} is given twice ({mapping[name]} and {given[key]})", "pass it once")
         mapping[name] = given.pop(key)
     settings = {k: v for k, v in given.items() if v is not None}
-    device_name = canonical_device(settings.pop("device", "custom" if device_file else "PCM"))
+    device_name = canonical_device(implied_device(settings.pop("device", None), device_file))
     common = dict(device=device_name, device_file=device_file, max_drop=max_drop if not sweep else None, at=at,
                   match_qat=match_qat, limit=limit, times=settings.pop("times", None))
     kwargs = {**common, **settings, "engine": engine,

@@ -15,8 +15,10 @@ def merge_overrides(overrides: list[str] | dict[str, Any] | None, kwargs: dict[s
                     ) -> list[str] | dict[str, Any]:
     """The overrides with Python keywords added (training__batch_size=256 for training.batch_size=256); one
     'key=value' string is a list of one, as the CLI takes it."""
-    if isinstance(overrides, (str, tuple)):
-        overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    elif isinstance(overrides, tuple):
+        overrides = list(overrides)
     elif overrides is not None and not isinstance(overrides, (list, dict)):
         raise UsageError(f"`overrides` is a list of 'key=value' strings or a {{key: value}} dict, got "
                          f"{type(overrides).__name__}", "e.g. `overrides=[\"training.rounds=5\"]`")
